@@ -1,0 +1,198 @@
+"""The `appliance` command: a thin layer over the library. Each command parses flags, calls one
+library function, and formats what it returns; errors become one line and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import click
+import orjson
+
+from . import __version__
+from .errors import ApplianceError
+from .report import format_stats, format_status
+
+DB_OPTION = click.option("--db", envvar="APPLIANCE_DB", default="appliance.db", show_default=True,
+                         help="SQLite store (env APPLIANCE_DB).")
+SOCKET_OPTION = click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", default="appliance.sock",
+                             show_default=True, help="Unix socket of the running appliance (env APPLIANCE_SOCKET).")
+CONFIG_OPTION = click.option("--config", "config_path", envvar="APPLIANCE_CONFIG", type=click.Path(dir_okay=False),
+                             help="appliance.toml to use (default: ./appliance.toml, else the bundled sample).")
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one-line click errors (exit code 1), no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApplianceError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="appliance")
+def main() -> None:
+    """Real-time machine learning on one machine: stream in, learn online, serve over a socket."""
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--source", help='Events: a JSONL/CSV file (gz ok), "-" for stdin, river:NAME, or "sample".')
+@click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", help="Unix socket path [default: ./appliance.sock].")
+@click.option("--tcp", help="Also serve on TCP HOST:PORT (loopback unless --token is set).")
+@click.option("--token", envvar="APPLIANCE_TOKEN", help="Token TCP clients must send (env APPLIANCE_TOKEN).")
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@click.option("--speed", type=float, help="Event-time replay speed; 0 = as fast as possible.")
+@click.option("--model", "model_spec", help="River model, e.g. 'preprocessing.StandardScaler() | linear_model.LogisticRegression()'.")
+@click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
+@click.option("--status-every", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
+@friendly_errors
+def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None, token: str | None,
+       db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float) -> None:
+    """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
+    from .runtime import Appliance, RunOptions
+    from .settings import resolve_config
+
+    config = resolve_config(config_path, source, socket=socket_path, db=db, speed=speed)
+    config = _with_model(config, model_spec)
+    printer = _StatusPrinter(status_every)
+    options = RunOptions(serve=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token, on_tick=printer.tick,
+                         on_ready=lambda: click.echo(f"ready: serving on {config.socket}"))
+    appliance = Appliance(config, options)
+    _on_signals(appliance.stop)
+    click.echo(f"appliance {__version__}: source {appliance.source} at speed {config.speed:g}x, "
+               f"socket {config.socket}, store {config.db}" + (" (resumed)" if appliance.resumed else ""))
+    appliance.run()
+    click.echo(format_status(appliance.board.snapshot))
+    click.echo("stopped cleanly")
+
+
+@main.command()
+@click.argument("source", required=False)
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@click.option("--model", "model_spec", help="River model spec (see `appliance up --help`).")
+@click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Bytewax workers.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON.")
+@friendly_errors
+def replay(source: str | None, config_path: str | None, db: str | None, model_spec: str | None, fresh: bool,
+           workers: int, as_json: bool) -> None:
+    """Run the dataflow over a finite SOURCE as fast as possible (default: the bundled sample)."""
+    from .runtime import Appliance, RunOptions
+    from .settings import resolve_config
+
+    config = _with_model(resolve_config(config_path, source, db=db, speed=0.0), model_spec)
+    bar = _ReplayProgress(enabled=not as_json)
+    appliance = Appliance(config, RunOptions(serve=False, fresh=fresh, workers=workers, on_tick=bar.tick))
+    _on_signals(appliance.stop)
+    started = time.monotonic()
+    appliance.run()
+    bar.close()
+    stats = dict(appliance.board.snapshot)
+    stats["wall_seconds"] = round(time.monotonic() - started, 3)
+    stats["events_per_second"] = round(stats["counts"]["events"] / max(stats["wall_seconds"], 1e-9), 1)
+    click.echo(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() if as_json else format_stats(stats))
+
+
+@main.command()
+@click.argument("event", required=False)
+@SOCKET_OPTION
+@click.option("--no-ingest", is_flag=True, help="Score only; do not add the event to the stream.")
+@click.option("--explain", is_flag=True, help="Include the feature vector in the reply.")
+@friendly_errors
+def predict(event: str | None, socket_path: str, no_ingest: bool, explain: bool) -> None:
+    """Score EVENT (a JSON object) or each NDJSON line of stdin; print one reply line each."""
+    from .client import Client
+
+    lines = [event] if event is not None else [line for line in sys.stdin if line.strip()]
+    failures = 0
+    with Client(socket_path) as client:
+        for line in lines:
+            try:
+                body = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise click.ClickException(f"not a JSON object: {str(exc).splitlines()[0]}") from None
+            request = {"op": "predict", "event": body, "ingest": not no_ingest, "explain": explain}
+            reply = client.send_line(orjson.dumps(request))
+            failures += not reply.get("ok")
+            click.echo(orjson.dumps(reply).decode())
+    if failures:
+        sys.exit(1)
+
+
+@main.command()
+@SOCKET_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw stats as JSON.")
+@friendly_errors
+def stats(socket_path: str, as_json: bool) -> None:
+    """Show the running appliance's counters, label join and model metrics."""
+    from .client import Client
+
+    with Client(socket_path) as client:
+        reply = client.request("stats")
+    reply.pop("ok", None)
+    click.echo(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() if as_json else format_stats(reply))
+
+
+def _with_model(config: Any, model_spec: str | None) -> Any:
+    if model_spec is None:
+        return config
+    from dataclasses import replace
+
+    return replace(config, model=replace(config.model, spec=model_spec))
+
+
+def _parse_tcp(value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f'"{value}" is not HOST:PORT, e.g. 127.0.0.1:7700', param_hint="--tcp")
+    return host, int(port)
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        click.echo(f"\n{signal.Signals(signum).name}: stopping (answering in-flight requests, flushing)", err=True)
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+class _StatusPrinter:
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.next = time.monotonic() + every
+
+    def tick(self, appliance: Any) -> None:
+        if self.every > 0 and time.monotonic() >= self.next:
+            self.next = time.monotonic() + self.every
+            click.echo(format_status(appliance.board.snapshot))
+
+
+class _ReplayProgress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = 0.0
+
+    def tick(self, appliance: Any) -> None:
+        if self.enabled and time.monotonic() - self.last > 0.5:
+            self.last = time.monotonic()
+            snapshot = appliance.board.snapshot
+            counts = snapshot.get("counts", {})
+            click.echo(f"\r{counts.get('events', 0):>10,} events  {snapshot.get('watermark') or '':<24}",
+                       nl=False, err=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            click.echo("", err=True)

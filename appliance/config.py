@@ -1,0 +1,311 @@
+"""The appliance's configuration: `appliance.toml` parsed into frozen dataclasses.
+
+Every section has defaults, so a config only says what differs. `load_config` validates names and
+types and raises `ConfigError` naming the exact key on anything wrong.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .timeutil import parse_duration
+
+AGGREGATE_OPS = ("count", "sum", "mean", "min", "max", "std", "distinct", "last", "since", "rate")
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """Where an event keeps its id, time, type, label, entity keys and value fields."""
+
+    id_field: str = "event_id"
+    time_field: str = "ts"
+    type_field: str | None = "type"
+    label_type: str = "label"
+    label_field: str = "label"
+    keys: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    allowed_lateness: float = 300.0
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """One per-key aggregate over a trailing event-time window, e.g. rides per card over 10m."""
+
+    name: str
+    key: str
+    op: str
+    window: float
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class ExpressionSpec:
+    """A feature computed by arithmetic over other features and fields."""
+
+    name: str
+    expr: str
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """The declared features: passthrough fields, hashed categoricals, aggregates, expressions."""
+
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    hash_buckets: int = 16
+    time_of_day: bool = False
+    buckets_per_window: int = 6
+    aggregates: tuple[AggregateSpec, ...] = ()
+    expressions: tuple[ExpressionSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    """How long a prediction waits for its label, and what it learns when none comes."""
+
+    horizon: float | None = None
+    default: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The online model and when its learner is published to serving."""
+
+    task: str = "classification"
+    spec: str | None = None
+    publish_every: int = 500
+    publish_margin: float = 0.01
+    metric_window: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `appliance up` and `appliance replay` need."""
+
+    source: str = "sample"
+    speed: float = 0.0
+    event: EventSchema = EventSchema()
+    features: FeatureConfig = FeatureConfig()
+    labels: LabelPolicy = LabelPolicy()
+    model: ModelConfig = ModelConfig()
+    socket: str = "appliance.sock"
+    db: str = "appliance.db"
+    checkpoint_seconds: float = 2.0
+    path: str | None = None
+
+    def with_overrides(self, **changes: Any) -> Config:
+        """Return a copy with the non-None keyword arguments applied."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f'config file "{path}" not found; create one with "appliance init"') from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f'config file "{path}" is not valid TOML: {exc}') from None
+    return config_from_dict(data, base_dir=path.parent, path=str(path))
+
+
+def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path: str | None = None) -> Config:
+    """Build a `Config` from parsed TOML; relative source paths resolve against `base_dir`."""
+    _only(data, "", {"source", "event", "features", "labels", "model", "serve", "checkpoint"})
+    source_table = _table(data, "source")
+    serve = _table(data, "serve")
+    _only(source_table, "source", {"spec", "speed"})
+    _only(serve, "serve", {"socket", "db"})
+    source = str(source_table.get("spec", "sample"))
+    if base_dir is not None and _is_relative_file(source):
+        source = str((base_dir / source).resolve()) if (base_dir / source).exists() else source
+    event = _event_schema(_table(data, "event"))
+    features = _feature_config(_table(data, "features"), event)
+    config = Config(
+        source=source,
+        speed=_number(source_table, "source.speed", 0.0),
+        event=event,
+        features=features,
+        labels=_label_policy(_table(data, "labels")),
+        model=_model_config(_table(data, "model")),
+        socket=str(serve.get("socket", "appliance.sock")),
+        db=str(serve.get("db", "appliance.db")),
+        checkpoint_seconds=parse_duration(_table(data, "checkpoint").get("every", 2.0)),
+        path=path,
+    )
+    validate_config(config)
+    return config
+
+
+def validate_config(config: Config) -> None:
+    """Check cross-references: aggregates name declared keys, features have unique names."""
+    names: set[str] = set()
+    event_fields = set(config.event.numeric) | set(config.event.categorical) | set(config.event.keys)
+    for agg in config.features.aggregates:
+        if agg.name in names:
+            raise ConfigError(f'feature "{agg.name}" is declared twice')
+        names.add(agg.name)
+        if agg.key not in config.event.keys:
+            raise ConfigError(f'feature "{agg.name}": key "{agg.key}" is not in [event] keys')
+        if agg.field is not None and agg.field not in event_fields:
+            raise ConfigError(f'feature "{agg.name}": field "{agg.field}" is not an [event] field')
+    for name in config.features.numeric:
+        if name not in config.event.numeric:
+            raise ConfigError(f'[features] numeric "{name}" is not in [event] numeric')
+    for name in config.features.categorical:
+        if name not in config.event.categorical and name not in config.event.keys:
+            raise ConfigError(f'[features] categorical "{name}" is not an [event] field')
+    if config.model.task not in TASKS:
+        raise ConfigError(f'[model] task "{config.model.task}" must be one of {", ".join(TASKS)}')
+
+
+def _event_schema(table: dict[str, Any]) -> EventSchema:
+    allowed = {"id", "time", "type", "label_type", "label", "keys", "numeric", "categorical",
+               "optional", "bounds", "allowed_lateness"}
+    _only(table, "event", allowed)
+    bounds: dict[str, tuple[float | None, float | None]] = {}
+    for name, pair in _table(table, "bounds").items():
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ConfigError(f'[event.bounds] "{name}" must be [min, max]; use "inf" for no limit')
+        bounds[name] = (_bound(pair[0]), _bound(pair[1]))
+    type_field = table.get("type", "type")
+    return EventSchema(
+        id_field=str(table.get("id", "event_id")),
+        time_field=str(table.get("time", "ts")),
+        type_field=str(type_field) if type_field else None,
+        label_type=str(table.get("label_type", "label")),
+        label_field=str(table.get("label", "label")),
+        keys=_names(table, "event.keys"),
+        numeric=_names(table, "event.numeric"),
+        categorical=_names(table, "event.categorical"),
+        optional=_names(table, "event.optional"),
+        bounds=bounds,
+        allowed_lateness=parse_duration(table.get("allowed_lateness", "5m")),
+    )
+
+
+def _feature_config(table: dict[str, Any], event: EventSchema) -> FeatureConfig:
+    _only(table, "features", {"numeric", "categorical", "hash_buckets", "time_of_day",
+                              "buckets_per_window", "aggregate", "expression"})
+    aggregates = tuple(_aggregate(item, i) for i, item in enumerate(table.get("aggregate", [])))
+    expressions = tuple(
+        ExpressionSpec(name=str(_require(item, f"features.expression[{i}]", "name")),
+                       expr=str(_require(item, f"features.expression[{i}]", "expr")))
+        for i, item in enumerate(table.get("expression", []))
+    )
+    buckets = int(table.get("buckets_per_window", 6))
+    hash_buckets = int(table.get("hash_buckets", 16))
+    if not 1 <= buckets <= 64:
+        raise ConfigError("[features] buckets_per_window must be between 1 and 64")
+    if not 1 <= hash_buckets <= 4096:
+        raise ConfigError("[features] hash_buckets must be between 1 and 4096")
+    return FeatureConfig(
+        numeric=_names(table, "features.numeric") if "numeric" in table else event.numeric,
+        categorical=_names(table, "features.categorical") if "categorical" in table else event.categorical,
+        hash_buckets=hash_buckets,
+        time_of_day=bool(table.get("time_of_day", False)),
+        buckets_per_window=buckets,
+        aggregates=aggregates,
+        expressions=expressions,
+    )
+
+
+def _aggregate(item: dict[str, Any], index: int) -> AggregateSpec:
+    where = f"features.aggregate[{index}]"
+    _only(item, where, {"name", "key", "op", "window", "field"})
+    op = str(_require(item, where, "op"))
+    if op not in AGGREGATE_OPS:
+        raise ConfigError(f'[{where}] op "{op}" must be one of {", ".join(AGGREGATE_OPS)}')
+    needs_field = op not in ("count", "since", "rate")
+    field_name = item.get("field")
+    if needs_field and field_name is None:
+        raise ConfigError(f'[{where}] op "{op}" needs a "field"')
+    window = item.get("window")
+    if window is None and op not in ("last", "since"):
+        raise ConfigError(f'[{where}] op "{op}" needs a "window" such as "1h"')
+    return AggregateSpec(
+        name=str(_require(item, where, "name")),
+        key=str(_require(item, where, "key")),
+        op=op,
+        window=parse_duration(window) if window is not None else 0.0,
+        field=str(field_name) if field_name is not None else None,
+    )
+
+
+def _label_policy(table: dict[str, Any]) -> LabelPolicy:
+    _only(table, "labels", {"horizon", "default"})
+    horizon = table.get("horizon")
+    default = table.get("default", "drop")
+    if default != "drop" and not isinstance(default, (int, float)):
+        raise ConfigError('[labels] default must be a number or "drop"')
+    return LabelPolicy(
+        horizon=parse_duration(horizon) if horizon is not None else None,
+        default=None if default == "drop" else float(default),
+    )
+
+
+def _model_config(table: dict[str, Any]) -> ModelConfig:
+    _only(table, "model", {"task", "spec", "publish_every", "publish_margin", "metric_window"})
+    return ModelConfig(
+        task=str(table.get("task", "classification")),
+        spec=str(table["spec"]) if table.get("spec") else None,
+        publish_every=int(table.get("publish_every", 500)),
+        publish_margin=float(table.get("publish_margin", 0.01)),
+        metric_window=int(table.get("metric_window", 1000)),
+    )
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f'"{name}" must be a table ([{name}])')
+    return value
+
+
+def _only(table: dict[str, Any], where: str, allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError(f'unknown key "{key}" in [{where or "top level"}]; known keys: {known}')
+
+
+def _require(table: dict[str, Any], where: str, key: str) -> Any:
+    if key not in table:
+        raise ConfigError(f'[{where}] needs "{key}"')
+    return table[key]
+
+
+def _names(table: dict[str, Any], where: str) -> tuple[str, ...]:
+    value = table.get(where.rsplit(".", 1)[-1], [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"[{where.rsplit('.', 1)[0]}] {where.rsplit('.', 1)[-1]} must be a list of names")
+    return tuple(value)
+
+
+def _number(table: dict[str, Any], where: str, default: float) -> float:
+    key = where.rsplit(".", 1)[-1]
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"[{where.rsplit('.', 1)[0]}] {key} must be a non-negative number")
+    return float(value)
+
+
+def _bound(value: Any) -> float | None:
+    if value in ("inf", "-inf", None):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"bound {value!r} must be a number or \"inf\"")
+    return float(value)
+
+
+def _is_relative_file(source: str) -> bool:
+    return source not in ("-", "sample") and ":" not in source and not Path(source).is_absolute()

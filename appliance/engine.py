@@ -1,0 +1,249 @@
+"""The engine: features, prediction, delayed-label learning and metrics for a stream of events.
+
+The dataflow owns one `Engine` and feeds it parsed items in arrival order. For each event the engine
+computes features from entity state as it was before the event, scores the event with the served
+model (and the learner, in shadow), logs the prediction with its feature vector, folds the event
+into entity state, and learns when the label arrives, on the logged vector. Everything is a function
+of the items and their event times, so a replay at full speed gives the same results as live.
+
+Items (built by `dataflows.appliance_flow.parse_batch`):
+    ("event", source, offset, Event, served | None, ingest)
+    ("label", source, offset, Label)
+    ("dead", source, offset, payload_text, reason)
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections import OrderedDict
+from typing import Any, Callable
+
+import orjson
+
+from .config import Config
+from .events import Event, Label
+from .features import FeatureSpace
+from .label_join import LabelJoin, Pending
+from .learning import OnlineModel, Published
+from .metrics import positive_score, predicted_label
+from .model_spec import DEFAULT_MODELS
+from .timeutil import format_timestamp
+
+METRIC_EVERY = 200  # labels between two rows of metric history
+RECENTLY_EXPIRED = 100_000
+
+COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediate", "labels_early",
+            "labels_late", "labels_orphaned", "labels_defaulted", "predictions_expired",
+            "dead_letters", "late_events", "duplicates")
+
+
+class Engine:
+    """Owns entity state, the online model and pending labels; emits rows for the store."""
+
+    def __init__(self, config: Config, on_publish: Callable[[Published], None] | None = None) -> None:
+        self.config = config
+        self.task = config.model.task
+        self.space = FeatureSpace(config.features, config.event)
+        self.entities = self.space.new_store()
+        self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task])
+        self.join = LabelJoin(config.labels)
+        self.lateness = config.event.allowed_lateness
+        self.watermark = -math.inf
+        self.offsets: dict[str, int] = {}
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.recently_expired: OrderedDict[str, None] = OrderedDict()
+        self.dirty: set[tuple[str, str]] = set()
+        self.rows: dict[str, list[dict]] = _empty_rows()
+        self.on_publish = on_publish
+        self.rows["models"].append(_model_row(self.model.served))
+
+    # -- the per-item path -------------------------------------------------------------------
+    def process(self, item: tuple) -> None:
+        """Apply one parsed item; rows for the store accumulate in `self.rows`."""
+        kind, source, offset = item[0], item[1], item[2]
+        if kind == "event":
+            self._on_event(item[3], item[4], item[5], source, offset)
+        elif kind == "label":
+            self._on_label(item[3])
+        else:
+            self._dead(source, offset, item[3], item[4])
+        if offset is not None:
+            self.offsets[source] = offset
+
+    def _on_event(self, event: Event, served: dict | None, ingest: bool, source: str, offset: int | None) -> None:
+        if event.ts < self.watermark - self.lateness:
+            self.counts["late_events"] += 1
+            behind = self.watermark - event.ts
+            reason = f"late: {behind:.0f}s behind the watermark {format_timestamp(self.watermark)} (allowed {self.lateness:.0f}s)"
+            self._dead(source, offset, orjson.dumps(event.raw).decode(), reason)
+            return
+        if event.event_id in self.join.pending:
+            self.counts["duplicates"] += 1
+            self._dead(source, offset, orjson.dumps(event.raw).decode(), f'duplicate event id "{event.event_id}"')
+            return
+        model = self.model
+        if served is None:
+            x = self.space.compute(event.values, event.ts, self.entities)
+            y_served = model.predict(model.served.model, x)
+            version = model.served.version
+        else:
+            x, y_served, version = served["x"], _as_prediction(served["score"], self.task), served["version"]
+        if ingest:
+            self._ingest(event, source, offset)
+        if event.ts > self.watermark:
+            self.watermark = event.ts
+        y_learner = model.predict(model.learner, x)
+        self.counts["predictions"] += 1
+        self.rows["predictions"].append(self._prediction_row(event, x, y_served, y_learner, version, served))
+        label = event.label
+        status = "immediate"
+        if label is None:
+            label = self.join.pop_early(event.event_id)
+            status = "early"
+        if label is None:
+            self.join.add(Pending(event.event_id, event.ts, x, y_learner, y_served, version))
+        else:
+            self._learn(Pending(event.event_id, event.ts, x, y_learner, y_served, version), label, event.ts, status)
+        self._expire()
+
+    def _ingest(self, event: Event, source: str, offset: int | None) -> None:
+        self.space.update(event.values, event.ts, self.entities)
+        for key in self.space.layouts:
+            entity = event.values.get(key)
+            if entity is not None:
+                self.dirty.add((key, entity))
+        self.counts["events"] += 1
+        self.rows["events"].append({"event_id": event.event_id, "ts": event.ts, "source": source,
+                                    "offset": offset, "payload": orjson.dumps(event.raw).decode()})
+
+    def _on_label(self, label: Label) -> None:
+        self.counts["labels"] += 1
+        if label.ts is not None and label.ts > self.watermark:
+            self.watermark = label.ts
+        pending = self.join.take(label.event_id)
+        if pending is not None:
+            self._learn(pending, label.value, label.ts if label.ts is not None else self.watermark, "joined")
+        elif label.event_id in self.recently_expired:
+            self.counts["labels_late"] += 1
+            self._label_row(label.event_id, label.ts, label.value, None, "late")
+        else:
+            self.counts["labels_early"] += 1
+            self.join.hold_early(label.event_id, self.watermark, label.value)
+        self._expire()
+
+    def _learn(self, pending: Pending, y: Any, label_ts: float, status: str) -> None:
+        delay = max(0.0, label_ts - pending.ts)
+        self.counts["labels_" + ("joined" if status == "early" else status)] += 1
+        if status in ("joined", "early"):
+            self.join.record_delay(delay)
+        published = self.model.learn(pending.x, y, pending.y_learner, pending.y_served, self.watermark)
+        self._label_row(pending.event_id, label_ts, y, delay, status)
+        if self.model.learner_eval.count % METRIC_EVERY == 0:
+            self.rows["metrics"].append(self._metric_row())
+        if published is not None:
+            self.rows["models"].append(_model_row(published))
+            if self.on_publish is not None:
+                self.on_publish(published)
+
+    def _expire(self) -> None:
+        join = self.join
+        if join.pending:
+            first = join.pending[next(iter(join.pending))]
+            if first.ts >= self.watermark - join.horizon and self.watermark < join.next_early_sweep:
+                return
+        elif not join.early or self.watermark < join.next_early_sweep:
+            return
+        expired, orphans = join.expire(self.watermark)
+        self.counts["labels_orphaned"] += orphans
+        for pending in expired:
+            self.counts["predictions_expired"] += 1
+            self._remember_expired(pending.event_id)
+            if join.default is not None:
+                y = bool(join.default) if self.task == "classification" else join.default
+                self._learn(pending, y, pending.ts + join.horizon, "defaulted")
+
+    def _remember_expired(self, event_id: str) -> None:
+        self.recently_expired[event_id] = None
+        if len(self.recently_expired) > RECENTLY_EXPIRED:
+            self.recently_expired.popitem(last=False)
+
+    def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
+        self.counts["dead_letters"] += 1
+        self.rows["dead_letters"].append({"source": source, "offset": offset, "reason": reason,
+                                          "payload": payload[:65536]})
+
+    # -- rows ------------------------------------------------------------------------------
+    def _prediction_row(self, event: Event, x: dict, y_served: Any, y_learner: Any, version: int,
+                        served: dict | None) -> dict:
+        if self.task == "classification":
+            score, learner_score = positive_score(y_served), positive_score(y_learner)
+            label = predicted_label(y_served)
+        else:
+            score, learner_score, label = y_served, y_learner, None
+        return {"event_id": event.event_id, "ts": event.ts, "version": version, "score": score,
+                "predicted": label, "learner_score": learner_score,
+                "origin": "socket" if served is not None else "stream",
+                "features": orjson.dumps(x).decode()}
+
+    def _label_row(self, event_id: str, ts: float | None, y: Any, delay: float | None, status: str) -> None:
+        value = float(y) if not isinstance(y, bool) else int(y)
+        self.rows["labels"].append({"event_id": event_id, "ts": ts, "label": value, "delay": delay,
+                                    "status": status})
+
+    def _metric_row(self) -> dict:
+        return {"labels": self.model.learner_eval.count, "event_ts": self.watermark,
+                "version": self.model.served.version,
+                "learner": orjson.dumps(self.model.learner_eval.values()).decode(),
+                "served": orjson.dumps(self.model.served_eval.values()).decode()}
+
+    def take_rows(self) -> dict[str, list[dict]]:
+        """Return the rows produced since the last call and start a new set."""
+        rows, self.rows = self.rows, _empty_rows()
+        return rows
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """Return everything needed to resume exactly here; entity state only where it changed."""
+        entities = [(key, entity, pickle.dumps(self.entities[key][entity], protocol=5))
+                    for key, entity in self.dirty if entity in self.entities[key]]
+        self.dirty = set()
+        core = (self.model, self.join, self.watermark, self.counts, self.recently_expired, self.offsets)
+        return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities}
+
+    def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]]) -> None:
+        """Resume from a checkpoint written by `checkpoint` (only ever from the local store)."""
+        (self.model, self.join, self.watermark, self.counts, self.recently_expired,
+         self.offsets) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+        for key, entity, blob in entity_rows:
+            if key in self.entities:
+                self.entities[key][entity] = pickle.loads(blob)  # noqa: S301
+        self.rows = _empty_rows()
+
+    # -- stats -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Return counters, label-join figures and model metrics."""
+        return {
+            "counts": dict(self.counts),
+            "watermark": None if self.watermark == -math.inf else format_timestamp(self.watermark),
+            "pending_labels": len(self.join.pending),
+            "early_labels": len(self.join.early),
+            "label_delay_seconds": self.join.delay_quantiles(),
+            "entities": self.space.entity_count(self.entities),
+            "model": self.model.summary(),
+        }
+
+
+def _as_prediction(score: float, task: str) -> Any:
+    return {False: 1.0 - score, True: score} if task == "classification" else score
+
+
+def _model_row(published: Published) -> dict:
+    return {"version": published.version, "spec": published.spec, "parent": published.parent,
+            "n_learned": published.n_learned, "event_ts": published.event_ts, "wall_ts": published.wall_ts,
+            "metrics": orjson.dumps(published.metrics).decode(),
+            "model": pickle.dumps(published.model, protocol=5)}
+
+
+def _empty_rows() -> dict[str, list[dict]]:
+    return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": []}

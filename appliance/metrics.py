@@ -1,0 +1,98 @@
+"""Prequential (test-then-train) evaluation with River's own metrics, cumulative and rolling.
+
+Each prediction is scored when its label arrives, before the model learns from it, exactly as
+`river.evaluate.progressive_val_score` does, so the appliance's figures can be checked against River.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from river import metrics, utils
+
+# name -> (metric class, takes probabilities, bigger is better)
+_CLASSIFICATION = {"roc_auc": (metrics.ROCAUC, True, True), "log_loss": (metrics.LogLoss, True, False),
+                   "accuracy": (metrics.Accuracy, False, True)}
+_REGRESSION = {"mae": (metrics.MAE, False, False), "rmse": (metrics.RMSE, False, False)}
+PRIMARY = {"classification": "roc_auc", "regression": "mae"}
+
+
+def predicted_label(proba: dict) -> Any:
+    """Return the class River's `predict_one` would return for these probabilities."""
+    return max(proba, key=proba.get) if proba else None
+
+
+def positive_score(proba: dict) -> float:
+    """Return the probability of the positive class (True) from a River probability dict."""
+    return float(proba.get(True, 0.0))
+
+
+class Evaluation:
+    """Prequential metrics of one model on one task.
+
+    >>> ev = Evaluation("classification", window=2)
+    >>> ev.update(True, {True: 0.9, False: 0.1}); ev.update(False, {True: 0.2, False: 0.8})
+    >>> round(ev.values()["accuracy"], 3), ev.count
+    (1.0, 2)
+    """
+
+    def __init__(self, task: str, window: int = 1000) -> None:
+        self.task = task
+        self.window = window
+        table = _CLASSIFICATION if task == "classification" else _REGRESSION
+        self._metrics = [(name, cls(), uses_proba) for name, (cls, uses_proba, _) in table.items()]
+        self._rolling = [(name, utils.Rolling(cls, window_size=window), uses_proba)
+                         for name, (cls, uses_proba, _) in table.items()]
+        self.primary = PRIMARY[task]
+        self.bigger_is_better = table[self.primary][2]
+        self.count = 0
+
+    def update(self, y_true: Any, y_pred: Any) -> None:
+        """Score one prediction: a probability dict for classification, a number for regression."""
+        self.count += 1
+        if self.task == "classification":
+            label = predicted_label(y_pred)
+            for _, metric, uses_proba in self._metrics:
+                metric.update(y_true, y_pred if uses_proba else label)
+            for _, metric, uses_proba in self._rolling:
+                metric.update(y_true, y_pred if uses_proba else label)
+        else:
+            for _, metric, _ in self._metrics:
+                metric.update(y_true, y_pred)
+            for _, metric, _ in self._rolling:
+                metric.update(y_true, y_pred)
+
+    def values(self) -> dict[str, float]:
+        """Return cumulative metrics by name and rolling ones as `<name>_window`."""
+        out = {name: float(metric.get()) for name, metric, _ in self._metrics}
+        out.update({f"{name}_window": float(metric.get()) for name, metric, _ in self._rolling})
+        return out
+
+    def window_primary(self) -> float | None:
+        """Return the rolling value of the primary metric, or None before any label."""
+        if self.count == 0:
+            return None
+        for name, metric, _ in self._rolling:
+            if name == self.primary:
+                return float(metric.get())
+        return None
+
+    def metric(self, name: str) -> Any:
+        """Return the cumulative River metric object called `name` (for parity checks)."""
+        for metric_name, metric, _ in self._metrics:
+            if metric_name == name:
+                return metric
+        raise KeyError(name)
+
+
+def not_worse(candidate: float | None, incumbent: float | None, margin: float, bigger_is_better: bool) -> bool:
+    """Return whether `candidate` is within `margin` of `incumbent` or better.
+
+    >>> not_worse(0.80, 0.805, 0.01, True), not_worse(0.70, 0.80, 0.01, True), not_worse(1.2, 1.0, 0.1, False)
+    (True, False, False)
+    """
+    if candidate is None:
+        return False
+    if incumbent is None:
+        return True
+    return candidate >= incumbent - margin if bigger_is_better else candidate <= incumbent + margin

@@ -1,0 +1,56 @@
+"""Human formatting of stats: the one-line status of `appliance up` and the `stats` table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_status(stats: dict[str, Any]) -> str:
+    """Return one status line: rates, counts, the live metric and the served version."""
+    counts = stats.get("counts", {})
+    model = stats.get("model", {})
+    rates = stats.get("rates", {})
+    served = model.get("served", {})
+    metric = _metric_text(served)
+    return (f"[{stats.get('watermark') or 'no events yet'}] {rates.get('events_per_second', 0):,.0f} ev/s · "
+            f"events {counts.get('events', 0):,} · predictions {counts.get('predictions', 0):,} · "
+            f"labels joined {counts.get('labels_joined', 0) + counts.get('labels_immediate', 0):,} "
+            f"(+{counts.get('labels_defaulted', 0):,} by default) · pending {stats.get('pending_labels', 0):,} · "
+            f"{metric} · model {model.get('served_version', '?')}")
+
+
+def _metric_text(values: dict[str, float]) -> str:
+    if "roc_auc" in values:
+        return f"AUC {values['roc_auc']:.3f} (recent {values['roc_auc_window']:.3f})"
+    if "mae" in values:
+        return f"MAE {values['mae']:.4g} (recent {values['mae_window']:.4g})"
+    return "no labels yet"
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """Return a readable multi-line table of stats."""
+    counts = stats.get("counts", {})
+    model = stats.get("model", {})
+    lines = ["Stream"]
+    lines += [f"  {name.replace('_', ' '):<22} {value:>12,}" for name, value in counts.items()]
+    lines.append(f"  {'watermark':<22} {stats.get('watermark') or '-':>24}")
+    lines.append(f"  {'entities':<22} {stats.get('entities', 0):>12,}")
+    lines.append(f"  {'pending labels':<22} {stats.get('pending_labels', 0):>12,}")
+    delays = stats.get("label_delay_seconds") or {}
+    if delays:
+        lines.append("  label delay            " + "  ".join(f"{k} {v / 3600:.1f}h" for k, v in delays.items()))
+    for key in ("events_per_second", "wall_seconds"):
+        if key in stats:
+            lines.append(f"  {key.replace('_', ' '):<22} {stats[key]:>12,}")
+    lines.append(f"Model  {model.get('spec', '')}")
+    lines.append(f"  served version {model.get('served_version', '?')} · examples learned "
+                 f"{model.get('examples_learned', 0):,} · publications {model.get('publications', 0)} "
+                 f"(refused {model.get('publications_refused', 0)})")
+    for role in ("served", "learner"):
+        values = model.get(role) or {}
+        if values:
+            lines.append(f"  {role:<8} " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
+    server = stats.get("server")
+    if server:
+        lines.append("Server  " + "  ".join(f"{k} {v}" for k, v in server.items()))
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Wiring: config -> store -> engine (restored from its checkpoint) -> dataflow -> socket server.
+
+`Appliance` is what `appliance up` and `appliance replay` run. It owns the threads: the dataflow
+(one thread; Bytewax workers inside), the socket server (its own event loop), and the store writer.
+Stopping is ordered: the server stops accepting and answers what it already received, the inputs
+end (the inbox is drained first), the engine writes a final checkpoint, the writer commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config
+from .engine import Engine
+from .errors import ConfigError
+from .events import decode
+from .inbox import Inbox
+from .service import Service, StatsBoard
+from .sources import read_source, resolve_source
+from .store import StoreWriter, load_checkpoint, load_entities, open_db
+from .timeutil import parse_timestamp
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(config: Config) -> str:
+    """Return a digest of what entity state and models depend on: schema, features, model."""
+    text = repr((config.event, config.features, config.model.task, config.model.spec))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def store_files(db_path: str) -> list[Path]:
+    """Return the files that make up a store: the database, its WAL, and the inbox log."""
+    return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox")]
+
+
+@dataclass
+class RunOptions:
+    """How to run: which inputs, whether to serve, how many Bytewax workers."""
+
+    serve: bool = True
+    read_source: bool = True
+    fresh: bool = False
+    workers: int = 1
+    tcp: tuple[str, int] | None = None
+    token: str | None = None
+    on_ready: Callable[[], None] | None = None
+    on_tick: Callable[[Appliance], None] | None = None
+
+
+class Appliance:
+    """One appliance: prepared by `open`, run by `run`, stopped by `stop`."""
+
+    def __init__(self, config: Config, options: RunOptions) -> None:
+        self.config = config
+        self.options = options
+        self.stop_event = threading.Event()
+        self.board = StatsBoard()
+        self.server = None
+        self.error: BaseException | None = None
+        self.resumed = False
+        if options.fresh:
+            for path in store_files(config.db):
+                path.unlink(missing_ok=True)
+        self.source = resolve_source(config.source) if options.read_source else None
+        self.engine = self._restore_engine()
+        self.writer = StoreWriter(config.db)
+
+    def _restore_engine(self) -> Engine:
+        engine = Engine(self.config)
+        db = open_db(self.config.db)
+        try:
+            saved = load_checkpoint(db)
+            if saved is not None:
+                if saved["fingerprint"] != fingerprint(self.config):
+                    raise ConfigError(
+                        f'the store "{self.config.db}" was built with other features or another model; '
+                        "start with --fresh or use another --db"
+                    )
+                engine.restore(saved["engine"], load_entities(db))
+                self.resumed = True
+        finally:
+            db.conn.close()
+        return engine
+
+    def _inputs(self) -> list:
+        from dataflows.sources import InboxInput, ReplayInput
+
+        inputs: list = []
+        offsets = self.engine.offsets
+        if self.source is not None:
+            spec, schema, task = self.source, self.config.event, self.engine.task
+            start = int(offsets.get(spec, 0))
+            inputs.append(ReplayInput(spec, lambda: read_source(spec, schema, task, start),
+                                      speed=self.config.speed, event_time=self._event_time))
+        if self.options.serve:
+            inputs.append(InboxInput("inbox", self.config.db + "-inbox", int(offsets.get("inbox", 0))))
+        return inputs
+
+    def _event_time(self, payload: Any) -> float | None:
+        try:
+            return parse_timestamp(decode(payload).get(self.config.event.time_field))
+        except Exception:  # pacing only; the parse step reports bad events properly
+            return None
+
+    def start_server(self) -> None:
+        """Open the inbox and start answering on the socket."""
+        from .protocol import Protocol
+        from .server import SocketServer
+
+        inbox = Inbox(self.config.db + "-inbox")
+        service = Service(self.engine, inbox, self.board)
+        service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
+        server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
+                              tcp=self.options.tcp, token=self.options.token)
+        service.server_stats = server.stats
+        server.start()
+        self.server, self.inbox, self.service = server, inbox, service
+
+    def run(self) -> None:
+        """Run until the inputs end (replay) or `stop` is called (serving); re-raise flow errors."""
+        from bytewax.run import cli_main
+
+        from dataflows.appliance_flow import build_flow
+        from dataflows.sinks import StoreSink
+        from dataflows.sources import ApplianceSource
+
+        self.board.publish(self.engine, force=True)
+        self.writer.start()
+        self._flow_thread = None
+        if self.options.serve:
+            self.start_server()
+        flow = build_flow(ApplianceSource(self._inputs(), self.stop_event), StoreSink(self.writer), self.engine,
+                          fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
+                          after_batch=self.board.publish)
+
+        def run_flow() -> None:
+            try:
+                cli_main(flow, workers_per_process=self.options.workers)
+            except BaseException as exc:  # surfaced by run() on the main thread
+                self.error = exc
+                self.stop_event.set()
+
+        self._flow_thread = threading.Thread(target=run_flow, name="dataflow", daemon=True)
+        self._flow_thread.start()
+        if self.options.on_ready is not None:
+            self.options.on_ready()
+        try:
+            while self._flow_thread.is_alive():
+                self._flow_thread.join(0.2)
+                if self.options.on_tick is not None:
+                    self.options.on_tick(self)
+        finally:
+            self._shutdown()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Ask the appliance to stop; `run` returns once everything is flushed."""
+        if self.server is not None:
+            self.server.stop()
+        self.stop_event.set()
+
+    def _shutdown(self) -> None:
+        self.stop_event.set()
+        if self.server is not None:
+            self.server.stop()
+            self.inbox.close()
+        self.writer.close()
+        self.board.publish(self.engine, force=True)
+        if self.writer.error is not None and self.error is None:
+            self.error = self.writer.error
+
+    def flow_running(self) -> bool:
+        thread = getattr(self, "_flow_thread", None)
+        return thread is not None and thread.is_alive()

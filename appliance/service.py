@@ -1,0 +1,207 @@
+"""The socket operations: predict, ingest, label, features, stats, health.
+
+Handlers run on the server's event-loop thread and must stay fast: they read the engine's published
+state (the served model is frozen; entity states are replaced, never mutated) and append to the
+inbox; they never touch the learner, never wait on the dataflow and never call SQLite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from typing import Any, Callable
+
+from . import __version__
+from .engine import Engine
+from .errors import InvalidEvent, RequestError
+from .events import Event, parse_event, parse_label
+from .inbox import Inbox
+from .metrics import positive_score, predicted_label
+from .timeutil import format_timestamp
+
+MAX_INGEST = 10_000
+MAX_INBOX_LAG = 256 << 20  # bytes the flow may fall behind the socket before ingest is refused
+
+
+class StatsBoard:
+    """The latest stats snapshot, produced on the engine's thread and read by the server's."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        self.every = every
+        self.snapshot: dict[str, Any] = {}
+        self._next = 0.0
+        self._last: tuple[float, int, int] | None = None
+        self.rates = {"events_per_second": 0.0, "labels_per_second": 0.0}
+
+    def publish(self, engine: Engine, force: bool = False) -> None:
+        """Refresh the snapshot at most every `every` seconds (called after each engine batch)."""
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.every
+        stats = engine.stats()
+        counts = stats["counts"]
+        if self._last is not None and now > self._last[0]:
+            span = now - self._last[0]
+            self.rates = {"events_per_second": (counts["events"] - self._last[1]) / span,
+                          "labels_per_second": (counts["labels_joined"] + counts["labels_immediate"]
+                                                + counts["labels_defaulted"] - self._last[2]) / span}
+        self._last = (now, counts["events"],
+                      counts["labels_joined"] + counts["labels_immediate"] + counts["labels_defaulted"])
+        stats["rates"] = dict(self.rates)
+        stats["offsets"] = dict(engine.offsets)
+        self.snapshot = stats
+
+
+class Service:
+    """Builds the protocol's handler table over one engine and one inbox."""
+
+    def __init__(self, engine: Engine, inbox: Inbox, board: StatsBoard,
+                 server_stats: Callable[[], dict] | None = None) -> None:
+        self.engine = engine
+        self.inbox = inbox
+        self.board = board
+        self.server_stats = server_stats
+        self.schema = engine.config.event
+        self.task = engine.task
+        self.started = time.time()
+        self._ids = itertools.count(1)
+        self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
+        self.flow_alive: Callable[[], bool] = lambda: True
+
+    def handlers(self) -> dict[str, Callable[[dict], dict]]:
+        return {"predict": self.predict, "ingest": self.ingest, "label": self.label,
+                "features": self.features, "stats": self.stats, "health": self.health}
+
+    def predict(self, request: dict) -> dict:
+        """Score an event with the served model; by default the event also enters the stream."""
+        raw = request.get("event")
+        if not isinstance(raw, dict):
+            raise RequestError("bad_request", 'predict needs "event": an object with the event fields')
+        raw = self._complete(raw)
+        event = self._parse(raw)
+        if not isinstance(event, Event):
+            raise RequestError("bad_request", "predict needs an event, not a label")
+        engine = self.engine
+        x = engine.space.compute(event.values, event.ts, engine.entities)
+        published = engine.model.served  # one read: the whole request uses this version
+        y = engine.model.predict(published.model, x)
+        ingest = request.get("ingest", True) is not False
+        self._check_lag()
+        score = positive_score(y) if self.task == "classification" else y
+        self.inbox.append([{"event": raw, "ingest": ingest,
+                            "served": {"x": x, "score": score, "version": published.version}}])
+        reply: dict[str, Any] = {"event_id": event.event_id, "prediction_id": event.event_id,
+                                 "score": score, "version": published.name}
+        if self.task == "classification":
+            reply["label"] = predicted_label(y)
+        if request.get("explain"):
+            reply["features"] = x
+        return reply
+
+    def ingest(self, request: dict) -> dict:
+        """Append events (and labels) to the stream; reply once they are durable."""
+        events = request.get("events")
+        if events is None and "event" in request:
+            events = [request["event"]]
+        if not isinstance(events, list) or not events:
+            raise RequestError("bad_request", 'ingest needs "events": a non-empty list of event objects')
+        if len(events) > MAX_INGEST:
+            raise RequestError("too_large", f"ingest takes at most {MAX_INGEST} events per request")
+        self._check_lag()
+        rejected = []
+        records = []
+        for index, raw in enumerate(events):
+            try:
+                self._parse(raw if isinstance(raw, dict) else {"": raw})
+            except RequestError as exc:
+                rejected.append({"index": index, "reason": exc.message})
+            records.append({"event": raw})  # rejected ones too: the flow dead-letters them, keeping a record
+        self.inbox.append(records)
+        return {"accepted": len(events) - len(rejected), "rejected": rejected}
+
+    def label(self, request: dict) -> dict:
+        """Record the label of an earlier event."""
+        event_id = request.get("event_id")
+        if not isinstance(event_id, (str, int)) or isinstance(event_id, bool) or event_id == "":
+            raise RequestError("bad_request", 'label needs "event_id" (string) and "label"')
+        if "label" not in request:
+            raise RequestError("bad_request", 'label needs "label"')
+        try:
+            parse_label(request["label"], self.task)
+        except InvalidEvent as exc:
+            raise RequestError("invalid_label", exc.reason) from None
+        record = {self.schema.id_field: event_id, self.schema.label_field: request["label"]}
+        if self.schema.type_field:
+            record[self.schema.type_field] = self.schema.label_type
+        if "ts" in request:
+            record[self.schema.time_field] = request["ts"]
+        self._check_lag()
+        self.inbox.append([{"event": record}])
+        return {"accepted": True}
+
+    def features(self, request: dict) -> dict:
+        """Return an entity's current aggregates with the event time they last changed."""
+        entity = request.get("entity")
+        if isinstance(entity, dict):
+            pairs = [(k, str(v)) for k, v in entity.items()]
+        elif isinstance(request.get("key"), str) and isinstance(entity, (str, int)):
+            pairs = [(request["key"], str(entity))]
+        else:
+            raise RequestError("bad_request", 'features needs "key" and "entity", or "entity": {key: value}')
+        engine = self.engine
+        now = engine.watermark
+        result = {}
+        for key, value in pairs:
+            if key not in engine.space.layouts:
+                known = ", ".join(engine.space.layouts)
+                raise RequestError("unknown_key", f'no features are kept by "{key}"; keys: {known}')
+            values, last = engine.space.entity_features(key, value, now if math.isfinite(now) else 0.0,
+                                                        engine.entities)
+            result[key] = {"entity": value, "known": last is not None, "values": values,
+                           "updated_at": None if last is None else format_timestamp(last)}
+        return {"as_of": None if not math.isfinite(now) else format_timestamp(now), "entities": result}
+
+    def stats(self, request: dict) -> dict:
+        """Return the latest engine stats, server counters and uptime."""
+        stats = dict(self.board.snapshot)
+        stats["uptime_seconds"] = round(time.time() - self.started, 3)
+        stats["inbox_lag_bytes"] = self._lag()
+        if self.server_stats is not None:
+            stats["server"] = self.server_stats()
+        return stats
+
+    def health(self, request: dict) -> dict:
+        """Return whether the appliance is serving and its flow is alive."""
+        alive = self.flow_alive()
+        return {"status": "ok" if alive else "degraded", "flow_alive": alive, "version": __version__,
+                "model_version": self.engine.model.served.name, "pid": os.getpid(),
+                "started_at": format_timestamp(self.started),
+                "uptime_seconds": round(time.time() - self.started, 3)}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _complete(self, raw: dict) -> dict:
+        """Fill a missing id (generated) and time (the stream's current event time)."""
+        if raw.get(self.schema.id_field) is None or raw.get(self.schema.time_field) is None:
+            raw = dict(raw)
+            if raw.get(self.schema.id_field) is None:
+                raw[self.schema.id_field] = f"{self._prefix}{next(self._ids)}"
+            if raw.get(self.schema.time_field) is None:
+                watermark = self.engine.watermark
+                raw[self.schema.time_field] = watermark if math.isfinite(watermark) else time.time()
+        return raw
+
+    def _parse(self, raw: dict) -> Any:
+        try:
+            return parse_event(raw, self.schema, self.task)
+        except InvalidEvent as exc:
+            raise RequestError("invalid_event", exc.reason) from None
+
+    def _lag(self) -> int:
+        return max(0, self.inbox.size - int(self.engine.offsets.get("inbox", 0)))
+
+    def _check_lag(self) -> None:
+        if self._lag() > MAX_INBOX_LAG:
+            raise RequestError("overloaded", "the stream is behind; retry later")

@@ -1,0 +1,1 @@
+"""Bytewax dataflows of the appliance: sources, the main flow, and the store sink."""

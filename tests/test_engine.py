@@ -1,0 +1,157 @@
+"""The engine: test-then-train on logged features, delayed labels, publication, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+
+from appliance.engine import Engine
+from appliance.events import parse_event
+
+from .conftest import make_stream
+
+
+def items(config, stream, source="test"):
+    out = []
+    for offset, raw in enumerate(stream, start=1):
+        parsed = parse_event(raw, config.event, config.model.task)
+        kind = "label" if parsed.__class__.__name__ == "Label" else "event"
+        out.append((kind, source, offset, parsed, None, True) if kind == "event" else (kind, source, offset, parsed))
+    return out
+
+
+def run(engine, parsed_items):
+    rows = {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": []}
+    for item in parsed_items:
+        engine.process(item)
+    for table, new in engine.take_rows().items():
+        rows[table] += new
+    return rows
+
+
+def test_learning_uses_the_feature_vector_logged_at_prediction_time(small_config):
+    engine = Engine(small_config)
+    learned = []
+    original = engine.model.learner.learn_one
+    engine.model.learner.learn_one = lambda x, y: (learned.append((dict(x), y)), original(x, y))
+    rows = run(engine, items(small_config, make_stream(200)))
+    logged = {row["event_id"]: row["features"] for row in rows["predictions"]}
+    joined = [row for row in rows["labels"] if row["status"] == "joined"]
+    assert joined, "the stream has labels that arrive after their events"
+    import orjson
+
+    by_event = {row["event_id"]: orjson.loads(logged[row["event_id"]]) for row in rows["labels"]}
+    label_order = [row["event_id"] for row in rows["labels"]]
+    for (x, _), event_id in zip(learned, label_order):
+        assert x == by_event[event_id]
+
+
+def test_labels_before_their_event_are_held_then_joined(small_config):
+    engine = Engine(small_config)
+    stream = [
+        {"type": "label", "event_id": "late-event", "label": 1, "ts": 1000.0},
+        {"type": "payment", "event_id": "late-event", "ts": 1001.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+    ]
+    rows = run(engine, items(small_config, stream))
+    assert engine.counts["labels_early"] == 1
+    assert [r["status"] for r in rows["labels"]] == ["early"]
+    assert engine.model.n_learned == 1
+
+
+def test_no_label_by_the_horizon_learns_the_default(small_config):
+    engine = Engine(small_config)
+    stream = [
+        {"type": "payment", "event_id": "a", "ts": 0.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+        {"type": "payment", "event_id": "b", "ts": 3601.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+    ]
+    rows = run(engine, items(small_config, stream))
+    assert [(r["event_id"], r["status"], r["label"]) for r in rows["labels"]] == [("a", "defaulted", 0)]
+    assert engine.counts["predictions_expired"] == 1 and len(engine.join.pending) == 1
+
+
+def test_drop_policy_learns_nothing_on_expiry(small_config):
+    config = replace(small_config, labels=replace(small_config.labels, default=None))
+    engine = Engine(config)
+    stream = [
+        {"type": "payment", "event_id": "a", "ts": 0.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+        {"type": "payment", "event_id": "b", "ts": 3601.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+        {"type": "label", "event_id": "a", "label": 1, "ts": 3700.0},
+    ]
+    rows = run(engine, items(config, stream))
+    assert engine.model.n_learned == 0
+    assert [r["status"] for r in rows["labels"]] == ["late"]
+
+
+def test_late_events_become_dead_letters_with_a_reason(small_config):
+    engine = Engine(small_config)
+    stream = [
+        {"type": "payment", "event_id": "a", "ts": 10_000.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+        {"type": "payment", "event_id": "b", "ts": 10_000.0 - 601, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+        {"type": "payment", "event_id": "c", "ts": 10_000.0 - 599, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+    ]
+    rows = run(engine, items(small_config, stream))
+    assert [r["offset"] for r in rows["dead_letters"]] == [2]
+    assert rows["dead_letters"][0]["reason"].startswith("late: 601s behind")
+    assert engine.counts["events"] == 2
+
+
+def test_duplicate_event_ids_are_dead_lettered(small_config):
+    engine = Engine(small_config)
+    event = {"type": "payment", "event_id": "a", "ts": 0.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"}
+    rows = run(engine, items(small_config, [event, dict(event)]))
+    assert engine.counts["duplicates"] == 1 and "duplicate" in rows["dead_letters"][0]["reason"]
+
+
+def test_served_model_changes_only_at_publication(small_config):
+    engine = Engine(small_config)
+    published = []
+    engine.on_publish = published.append
+    first = engine.model.served
+    run(engine, items(small_config, make_stream(600)))
+    assert engine.model.n_learned > 20
+    assert engine.model.publications + engine.model.refusals == engine.model.n_learned // 20
+    assert published and engine.model.served is published[-1]
+    assert first.version == 1 and engine.model.served.version == 1 + len(published)
+    assert engine.model.served.model is not engine.model.learner
+
+
+def test_publication_is_refused_when_the_learner_is_worse(small_config):
+    engine = Engine(small_config)
+    model = engine.model
+    for y, good, bad in [(True, 0.9, 0.1), (False, 0.1, 0.9)] * 10:
+        model.learner_eval.update(y, {True: bad, False: 1 - bad})
+        model.served_eval.update(y, {True: good, False: 1 - good})
+    assert model.try_publish(0.0) is None and model.refusals == 1 and model.served.version == 1
+
+
+def test_checkpoint_restore_resumes_identically(small_config):
+    stream = items(small_config, make_stream(500))
+    straight = Engine(small_config)
+    run(straight, stream)
+
+    first = Engine(small_config)
+    run(first, stream[:230])
+    saved = first.checkpoint()
+    entity_rows = [row for row in saved["entities"]]
+    resumed = Engine(small_config)
+    resumed.restore(saved["engine"], entity_rows)
+    assert resumed.offsets == {"test": 230}
+    run(resumed, stream[230:])
+
+    assert resumed.counts == straight.counts
+    assert resumed.model.learner_eval.values() == straight.model.learner_eval.values()
+    probe = {"amount": 12.0, "card_n_10m": 2.0}
+    assert resumed.model.learner.predict_proba_one(probe) == straight.model.learner.predict_proba_one(probe)
+    for key in straight.entities:
+        assert {k: (v[0].tolist(), v[1]) for k, v in straight.entities[key].items()} == \
+               {k: (v[0].tolist(), v[1]) for k, v in resumed.entities[key].items()}
+
+
+def test_checkpoint_only_carries_entities_changed_since_the_last_one(small_config):
+    engine = Engine(small_config)
+    stream = items(small_config, make_stream(100))
+    run(engine, stream[:50])
+    assert engine.checkpoint()["entities"]
+    assert engine.checkpoint()["entities"] == []

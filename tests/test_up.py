@@ -1,0 +1,132 @@
+"""End to end: the real `appliance up` in a subprocess, answering over its real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from appliance.client import Client
+
+from .conftest import SMALL_CONFIG, make_stream
+
+
+def write_config(directory, source, speed=0):
+    lines = [f'[source]\nspec = "{source}"\nspeed = {speed}\n']
+    lines.append("[event]\nkeys = [\"user\", \"card\"]\nnumeric = [\"amount\"]\ncategorical = [\"city\"]\n"
+                 "allowed_lateness = \"10m\"\n")
+    lines.append("[labels]\nhorizon = \"1h\"\ndefault = 0\n")
+    lines.append("[model]\ntask = \"classification\"\npublish_every = 20\nmetric_window = 50\n")
+    lines.append("[features]\nhash_buckets = 8\n")
+    for agg in SMALL_CONFIG["features"]["aggregate"]:
+        body = "\n".join(f'{k} = "{v}"' for k, v in agg.items())
+        lines.append(f"[[features.aggregate]]\n{body}\n")
+    path = directory / "appliance.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+class Running:
+    """An `appliance up` subprocess; waits for its ready line instead of sleeping."""
+
+    def __init__(self, directory, *args):
+        self.socket = str(directory / "a.sock")
+        command = [sys.executable, "-m", "appliance", "up", "--socket", self.socket,
+                   "--db", str(directory / "a.db"), "--status-every", "0.5", *args]
+        self.proc = subprocess.Popen(command, cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines = []
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("ready:"):
+                return
+        raise AssertionError("appliance up never became ready:\n" + "".join(self.lines) + self.proc.stderr.read())
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, "".join(self.lines) + out, err
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)  # polling an observable condition with a deadline, not a timing assumption
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+def stream_file(short_dir):
+    path = short_dir / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in make_stream(600)) + "\n")
+    return path
+
+
+def test_up_serves_predictions_from_a_model_that_learned(short_dir, stream_file):
+    write_config(short_dir, stream_file)
+    app = Running(short_dir)
+    try:
+        with Client(app.socket) as client:
+            stats = wait_for(lambda: (s := client.request("stats"))["counts"]["labels_joined"] > 0 and s)
+            assert stats["model"]["examples_learned"] > 0
+            reply = client.request("predict", event={"user": "u1", "card": "c1", "amount": 12.0, "city": "faro"})
+            assert 0.0 <= reply["score"] <= 1.0 and reply["version"].startswith("v")
+            bad = client.send_line(b'{"op": "predict", "event": {"user": "u1"}}')
+            assert bad["ok"] is False and bad["error"]["code"] == "invalid_event"
+            assert client.request("health")["status"] == "ok"
+        assert oct(os.stat(app.socket).st_mode & 0o777) == "0o600"
+    finally:
+        code, out, err = app.stop()
+    assert code == 0, err
+    assert "stopped cleanly" in out
+    assert not os.path.exists(app.socket)
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_socat_is_a_working_client(short_dir, stream_file):
+    write_config(short_dir, stream_file)
+    app = Running(short_dir)
+    try:
+        request = b'{"op": "predict", "id": 7, "event": {"user": "u2", "card": "c2", "amount": 30, "city": "porto"}}\n'
+        result = subprocess.run(["socat", "-", f"UNIX-CONNECT:{app.socket}"], input=request,
+                                capture_output=True, timeout=10)
+        reply = orjson.loads(result.stdout.splitlines()[0])
+        assert reply["id"] == 7 and reply["ok"] is True and "score" in reply
+    finally:
+        app.stop()
+
+
+def test_restart_resumes_from_the_checkpoint(short_dir, stream_file):
+    write_config(short_dir, stream_file)
+    app = Running(short_dir)
+    with Client(app.socket) as client:
+        wait_for(lambda: client.request("stats")["offsets"].get(str(stream_file)) == 600 + _labels(stream_file))
+        client.request("ingest", events=[{"event_id": "sock-1", "ts": 1_767_300_000, "user": "u1", "card": "c9",
+                                          "amount": 10.0, "city": "faro"}])
+        wait_for(lambda: client.request("stats")["counts"]["events"] == 601)
+    code, _, err = app.stop()
+    assert code == 0, err
+    again = Running(short_dir)
+    try:
+        with Client(again.socket) as client:
+            stats = client.request("stats")
+            assert stats["counts"]["events"] == 601  # nothing replayed twice, nothing lost
+            features = client.request("features", key="card", entity="c9")
+            assert features["entities"]["card"]["known"] is True
+    finally:
+        code, out, err = again.stop()
+    assert code == 0 and "(resumed)" in out
+
+
+def _labels(path):
+    return sum(1 for line in path.read_text().splitlines() if '"label"' in line and '"type": "label"' in line)
