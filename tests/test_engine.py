@@ -31,11 +31,23 @@ def run(engine, parsed_items):
     return rows
 
 
+class LearnRecorder:
+    """Wraps `learn_one` and records what it was given (module level, so the model still pickles)."""
+
+    def __init__(self, learn_one):
+        self.learn_one = learn_one
+        self.calls = []
+
+    def __call__(self, x, y):
+        self.calls.append((dict(x), y))
+        return self.learn_one(x, y)
+
+
 def test_learning_uses_the_feature_vector_logged_at_prediction_time(small_config):
     engine = Engine(small_config)
-    learned = []
-    original = engine.model.learner.learn_one
-    engine.model.learner.learn_one = lambda x, y: (learned.append((dict(x), y)), original(x, y))
+    recorder = LearnRecorder(engine.model.learner.learn_one)
+    engine.model.learner.learn_one = recorder
+    learned = recorder.calls
     rows = run(engine, items(small_config, make_stream(200)))
     logged = {row["event_id"]: row["features"] for row in rows["predictions"]}
     joined = [row for row in rows["labels"] if row["status"] == "joined"]
@@ -44,6 +56,7 @@ def test_learning_uses_the_feature_vector_logged_at_prediction_time(small_config
 
     by_event = {row["event_id"]: orjson.loads(logged[row["event_id"]]) for row in rows["labels"]}
     label_order = [row["event_id"] for row in rows["labels"]]
+    assert len(learned) == len(label_order)
     for (x, _), event_id in zip(learned, label_order):
         assert x == by_event[event_id]
 
