@@ -65,6 +65,7 @@ class FeatureConfig:
     buckets_per_window: int = 6
     aggregates: tuple[AggregateSpec, ...] = ()
     expressions: tuple[ExpressionSpec, ...] = ()
+    ttl: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,13 @@ def _event_schema(table: dict[str, Any]) -> EventSchema:
 
 def _feature_config(table: dict[str, Any], event: EventSchema) -> FeatureConfig:
     _only(table, "features", {"numeric", "categorical", "hash_buckets", "time_of_day",
-                              "buckets_per_window", "aggregate", "expression"})
+                              "buckets_per_window", "aggregate", "expression", "ttl"})
+    ttl = {str(key): parse_duration(value) for key, value in _table(table, "ttl").items()}
+    for key, value in ttl.items():
+        if key not in event.keys:
+            raise ConfigError(f'[features.ttl] "{key}" is not in [event] keys')
+        if value <= 0:
+            raise ConfigError(f'[features.ttl] "{key}" must be a positive duration such as "7d"')
     aggregates = tuple(_aggregate(item, i) for i, item in enumerate(table.get("aggregate", [])))
     expressions = tuple(
         ExpressionSpec(name=str(_require(item, f"features.expression[{i}]", "name")),
@@ -216,6 +223,7 @@ def _feature_config(table: dict[str, Any], event: EventSchema) -> FeatureConfig:
         buckets_per_window=buckets,
         aggregates=aggregates,
         expressions=expressions,
+        ttl=ttl,
     )
 
 

@@ -54,6 +54,9 @@ class Engine:
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.recently_expired: OrderedDict[str, None] = OrderedDict()
         self.dirty: set[tuple[str, str]] = set()
+        self.evicted: set[tuple[str, str]] = set()
+        self.sweep_every = max(60.0, self.space.shortest_ttl / 4)
+        self.last_sweep = -math.inf
         self.rows: dict[str, list[dict]] = _empty_rows()
         self.on_publish = on_publish
         self.rows["models"].append(_model_row(self.model.served))
@@ -91,10 +94,12 @@ class Engine:
             x, y_served, version = served["x"], _as_prediction(served["score"], self.task), served["version"]
         if ingest:
             self._ingest(event, source, offset)
+        self.counts["predictions"] += 1
+        self._log_event(event, source, offset, ingest)
         if event.ts > self.watermark:
             self.watermark = event.ts
+            self._sweep()
         y_learner = model.predict(model.learner, x)
-        self.counts["predictions"] += 1
         self.rows["predictions"].append(self._prediction_row(event, x, y_served, y_learner, version, served))
         label = event.label
         status = "immediate"
@@ -114,8 +119,21 @@ class Engine:
             if entity is not None:
                 self.dirty.add((key, entity))
         self.counts["events"] += 1
-        self.rows["events"].append({"event_id": event.event_id, "ts": event.ts, "source": source,
-                                    "offset": offset, "payload": orjson.dumps(event.raw).decode()})
+
+    def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
+        self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
+                                    "source": source, "offset": offset, "ingested": int(ingest),
+                                    "payload": orjson.dumps(event.raw).decode()})
+
+    def _sweep(self) -> None:
+        """Evict idle entities once per `sweep_every` of event time (a function of the watermark)."""
+        tick = math.floor(self.watermark / self.sweep_every)
+        if tick <= self.last_sweep:
+            return
+        self.last_sweep = tick
+        for pair in self.space.evict(self.entities, self.watermark):
+            self.dirty.discard(pair)
+            self.evicted.add(pair)
 
     def _on_label(self, label: Label) -> None:
         self.counts["labels"] += 1
@@ -207,14 +225,17 @@ class Engine:
         """Return everything needed to resume exactly here; entity state only where it changed."""
         entities = [(key, entity, pickle.dumps(self.entities[key][entity], protocol=5))
                     for key, entity in self.dirty if entity in self.entities[key]]
-        self.dirty = set()
-        core = (self.model, self.join, self.watermark, self.counts, self.recently_expired, self.offsets)
-        return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities}
+        evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
+        self.dirty, self.evicted = set(), set()
+        core = (self.model, self.join, self.watermark, self.counts, self.recently_expired, self.offsets,
+                self.last_sweep)
+        return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
+                "evicted": evicted}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]]) -> None:
         """Resume from a checkpoint written by `checkpoint` (only ever from the local store)."""
         (self.model, self.join, self.watermark, self.counts, self.recently_expired,
-         self.offsets) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+         self.offsets, self.last_sweep) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 self.entities[key][entity] = pickle.loads(blob)  # noqa: S301

@@ -24,20 +24,26 @@ from .config import AggregateSpec, EventSchema, FeatureConfig
 from .expressions import compile_expression
 
 NAN = math.nan
-DISTINCT_CAP = 64  # distinct counts are exact up to this many values per window, then saturate
+DEFAULT_TTL = 86400.0  # an entity key whose aggregates have no window (since, last) forgets after a day
+DISTINCT_CAP = 128  # (value, bucket) pairs kept per distinct count; beyond, the oldest go (a lower bound)
 _STAT_OPS = {"count": (), "rate": (), "sum": ("sum",), "mean": ("sum",), "std": ("sum", "sumsq"),
              "min": ("min",), "max": ("max",)}
 
 
 @dataclass
 class _Slot:
-    """A ring of B buckets for one (field, window) on one key: [bid, count, stats...] per bucket."""
+    """A ring of buckets for one (field, window) on one key: [bid, count, stats...] per bucket.
+
+    The window spans `buckets` buckets; the ring keeps `ring` >= `buckets` of them, the extra ones
+    covering the allowed lateness, so an out-of-order event still sees its whole window.
+    """
 
     field: str | None
     window: float
     buckets: int
     offset: int
     stats: tuple[str, ...]
+    ring: int = 0
 
     @property
     def hop(self) -> float:
@@ -54,6 +60,7 @@ class _DistinctSlot:
     window: float
     buckets: int
     index: int
+    ring: int = 0
 
     @property
     def hop(self) -> float:
@@ -63,9 +70,12 @@ class _DistinctSlot:
 class _KeyLayout:
     """Where each aggregate of one entity key lives in that key's state array."""
 
-    def __init__(self, key: str, aggregates: list[AggregateSpec], buckets: int) -> None:
+    def __init__(self, key: str, aggregates: list[AggregateSpec], buckets: int, lateness: float,
+                 ttl: float | None) -> None:
         self.key = key
         self.aggregates = aggregates
+        longest = max((a.window for a in aggregates), default=0.0)
+        self.ttl = ttl if ttl is not None else (longest if longest > 0 else DEFAULT_TTL)
         self.last_fields = sorted({a.field for a in aggregates if a.op == "last" and a.field})
         self.last_offset = {name: 1 + i for i, name in enumerate(self.last_fields)}
         size = 1 + len(self.last_fields)
@@ -76,19 +86,22 @@ class _KeyLayout:
                 slot_key = (agg.field if agg.op not in ("count", "rate") else None, agg.window)
                 slot = self.slots.get(slot_key)
                 stats = set(_STAT_OPS[agg.op]) | (set(slot.stats) if slot else set())
-                self.slots[slot_key] = _Slot(slot_key[0], agg.window, buckets, 0, tuple(sorted(stats)))
+                ring = _ring_size(agg.window, buckets, lateness)
+                self.slots[slot_key] = _Slot(slot_key[0], agg.window, buckets, 0, tuple(sorted(stats)), ring)
             elif agg.op == "distinct":
                 dkey = (agg.field, agg.window)
-                self.distinct.setdefault(dkey, _DistinctSlot(agg.field, agg.window, buckets, len(self.distinct)))
+                ring = _ring_size(agg.window, buckets, lateness)
+                self.distinct.setdefault(dkey, _DistinctSlot(agg.field, agg.window, buckets, len(self.distinct), ring))
         for slot in self.slots.values():
             slot.offset = size
-            size += slot.buckets * slot.stride
+            size += slot.ring * slot.stride
         self.size = size
         self.blank = array("d", [0.0]) * size
-        self.blank[0] = NAN
+        for i in range(1 + len(self.last_fields)):
+            self.blank[i] = NAN  # last event time, then the last value of each `last` field
         for slot in self.slots.values():
-            for i in range(slot.buckets):
-                self.blank[slot.offset + i * slot.stride] = -1.0
+            for i in range(slot.ring):
+                self.blank[slot.offset + i * slot.stride] = -math.inf
         self.blank_distinct: tuple = tuple(() for _ in self.distinct)
 
 
@@ -115,7 +128,8 @@ class FeatureSpace:
         by_key: dict[str, list[AggregateSpec]] = {}
         for agg in config.aggregates:
             by_key.setdefault(agg.key, []).append(agg)
-        self.layouts = {key: _KeyLayout(key, aggs, config.buckets_per_window) for key, aggs in by_key.items()}
+        self.layouts = {key: _KeyLayout(key, aggs, config.buckets_per_window, schema.allowed_lateness,
+                                        config.ttl.get(key)) for key, aggs in by_key.items()}
         known = set(config.numeric) | {a.name for a in config.aggregates}
         self.expressions = []
         for spec in config.expressions:
@@ -174,7 +188,10 @@ class FeatureSpace:
             entities[entity] = _updated(layout, old, values, ts)
 
     def entity_features(self, key: str, entity: str, ts: float, store: dict) -> tuple[dict[str, float], float | None]:
-        """Return one entity's aggregates as of event time `ts`, and the event time it last changed."""
+        """Return one entity's aggregates as of event time `ts`, and the event time it last changed.
+
+        An entity idle for longer than its key's TTL has no state: its values are missing.
+        """
         layout = self.layouts.get(key)
         if layout is None:
             return {}, None
@@ -182,7 +199,29 @@ class FeatureSpace:
         x: dict[str, float] = {}
         _aggregates_into(x, layout, state, ts)
         last = None if state is None or math.isnan(state[0][0]) else state[0][0]
+        if last is not None and last < ts - layout.ttl:
+            last = None
         return x, last
+
+    def evict(self, store: dict, watermark: float) -> list[tuple[str, str]]:
+        """Drop entities no future event can see, i.e. idle past TTL + lateness; return them.
+
+        Only event time decides, so a replay evicts exactly what a live run evicts, and since an
+        expired state already reads as empty, eviction never changes a feature value.
+        """
+        evicted = []
+        for key, layout in self.layouts.items():
+            horizon = watermark - self.schema.allowed_lateness - layout.ttl
+            entities = store[key]
+            stale = [entity for entity, (arr, _) in entities.items() if arr[0] < horizon]
+            for entity in stale:
+                del entities[entity]
+                evicted.append((key, entity))
+        return evicted
+
+    @property
+    def shortest_ttl(self) -> float:
+        return min((layout.ttl for layout in self.layouts.values()), default=DEFAULT_TTL)
 
     def hashed_name(self, field: str, value: str) -> str:
         """Return the one-hot feature name of a categorical value, by a stable hash."""
@@ -200,7 +239,9 @@ class FeatureSpace:
 
 
 def _aggregates_into(x: dict[str, float], layout: _KeyLayout, state: tuple | None, ts: float) -> None:
-    arr, distinct = state if state is not None else (layout.blank, layout.blank_distinct)
+    if state is None or state[0][0] < ts - layout.ttl:  # never seen, or idle past its TTL
+        state = (layout.blank, layout.blank_distinct)
+    arr, distinct = state
     cache: dict[tuple, tuple] = {}
     for agg in layout.aggregates:
         op = agg.op
@@ -210,8 +251,9 @@ def _aggregates_into(x: dict[str, float], layout: _KeyLayout, state: tuple | Non
                 x[agg.name] = max(0.0, ts - last)
             continue
         if op == "last":
-            if arr[0] == arr[0]:
-                x[agg.name] = arr[layout.last_offset[agg.field]]
+            value = arr[layout.last_offset[agg.field]]
+            if value == value:  # NaN until an event carried the field
+                x[agg.name] = value
             continue
         if op == "distinct":
             dslot = layout.distinct[(agg.field, agg.window)]
@@ -233,7 +275,7 @@ def _window_totals(arr: array, slot: _Slot, ts: float) -> tuple:
     n_stats = len(slot.stats)
     totals = [0.0] * (1 + n_stats)
     kinds = slot.stats
-    for i in range(slot.buckets):
+    for i in range(slot.ring):
         base = slot.offset + i * stride
         bid = arr[base]
         if low < bid <= current:
@@ -269,14 +311,28 @@ def _finish(op: str, totals: tuple, kinds: tuple[str, ...], window: float) -> fl
     return totals[1 + kinds.index(op)]
 
 
+def _ring_size(window: float, buckets: int, lateness: float) -> int:
+    """Buckets a ring keeps: the window's, plus enough for events up to `lateness` out of order.
+
+    An accepted event is at most `lateness` older than the newest event, so its window starts at
+    most ceil(lateness / hop) + 1 buckets before the newest window starts. Capped at one extra
+    window: with a lateness longer than the window, a very late event may miss its oldest buckets.
+    """
+    hop = window / buckets
+    extra = math.ceil(lateness / hop) + 1 if hop > 0 else 0
+    return buckets + min(extra, buckets)
+
+
 def _distinct_count(entries: tuple, slot: _DistinctSlot, ts: float) -> int:
     current = math.floor(ts / slot.hop)
     low = current - slot.buckets
-    return sum(1 for _, bid in entries if low < bid <= current)
+    return len({h for h, bid in entries if low < bid <= current})
 
 
 def _updated(layout: _KeyLayout, old: tuple | None, values: dict[str, Any], ts: float) -> tuple:
-    arr, distinct = old if old is not None else (layout.blank, layout.blank_distinct)
+    if old is None or old[0][0] < ts - layout.ttl:  # new, or idle past its TTL: start afresh
+        old = (layout.blank, layout.blank_distinct)
+    arr, distinct = old
     arr = arr[:]  # copy-on-write: readers of the old state never see a half-applied update
     last = arr[0]
     if last != last or ts >= last:
@@ -301,7 +357,7 @@ def _add_to_slot(arr: array, slot: _Slot, values: dict[str, Any], ts: float) -> 
     else:
         value = 0.0
     bid = math.floor(ts / slot.hop)
-    base = slot.offset + (bid % slot.buckets) * slot.stride
+    base = slot.offset + (bid % slot.ring) * slot.stride
     stored = arr[base]
     if stored > bid:
         return  # this ring position already holds a newer bucket; the event is outside its window
@@ -323,20 +379,16 @@ def _add_to_slot(arr: array, slot: _Slot, values: dict[str, Any], ts: float) -> 
 
 
 def _add_distinct(entries: tuple, slot: _DistinctSlot, value: Any, ts: float) -> tuple:
+    """Record that `value` was seen in the bucket of `ts`: one (hash, bucket) entry per pair."""
     if value is None:
         return entries
     digest = zlib.crc32(str(value).encode("utf-8"))
     bid = math.floor(ts / slot.hop)
-    newest = bid
-    kept = []
-    for h, seen in entries:
-        if h == digest:
-            bid = max(bid, seen)
-            continue
-        newest = max(newest, seen)
-        kept.append((h, seen))
+    if (digest, bid) in entries:
+        return entries
+    newest = max(bid, max((seen for _, seen in entries), default=bid))
+    kept = [(h, seen) for h, seen in entries if seen > newest - slot.ring]
     kept.append((digest, bid))
-    kept = [(h, seen) for h, seen in kept if seen > newest - slot.buckets]
     if len(kept) > DISTINCT_CAP:
         kept.sort(key=lambda item: item[1])
         kept = kept[-DISTINCT_CAP:]

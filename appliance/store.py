@@ -26,7 +26,8 @@ import sqlite_utils
 log = logging.getLogger(__name__)
 
 TABLES: dict[str, tuple[dict[str, type], Any]] = {
-    "events": ({"event_id": str, "ts": float, "source": str, "offset": int, "payload": str}, "event_id"),
+    "events": ({"event_id": str, "seq": int, "ts": float, "source": str, "offset": int, "ingested": int,
+                "payload": str}, "event_id"),
     "predictions": ({"event_id": str, "ts": float, "version": int, "score": float, "predicted": int,
                      "learner_score": float, "origin": str, "features": str}, "event_id"),
     "labels": ({"event_id": str, "ts": float, "label": float, "delay": float, "status": str}, "event_id"),
@@ -47,6 +48,8 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     db.execute("PRAGMA synchronous=NORMAL")
     for name, (columns, pk) in TABLES.items():
         db[name].create(columns, pk=pk, if_not_exists=True)
+    db["events"].create_index(["seq"], if_not_exists=True)
+    db["predictions"].create_index(["ts"], if_not_exists=True)
     return db
 
 
@@ -139,6 +142,8 @@ class StoreWriter:
     def _write_checkpoint(self, conn: sqlite3.Connection, fingerprint: str, payload: dict[str, Any]) -> None:
         if payload["entities"]:
             conn.executemany(self._sql["entity_state"], payload["entities"])
+        if payload.get("evicted"):
+            conn.executemany("DELETE FROM entity_state WHERE key = ? AND entity = ?", payload["evicted"])
         conn.execute(self._sql["checkpoint"],
                      (1, fingerprint, orjson.dumps(payload["offsets"]).decode(), payload["engine"], time.time()))
 
