@@ -7,6 +7,7 @@ import functools
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -141,6 +142,57 @@ def stats(socket_path: str, as_json: bool) -> None:
         reply = client.request("stats")
     reply.pop("ok", None)
     click.echo(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() if as_json else format_stats(reply))
+
+
+@main.command()
+@click.argument("events_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="appliance.toml", show_default=True, help="Where to write the config.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@friendly_errors
+def init(events_file: str, out: str, force: bool) -> None:
+    """Read a sample of EVENTS_FILE (JSONL or CSV) and write a commented starter config."""
+    from .config import load_config
+    from .starter import write_starter
+
+    write_starter(events_file, out, force=force)
+    config = load_config(out)
+    n_features = len(config.features.aggregates) + len(config.features.expressions)
+    click.echo(f"wrote {out}: id {config.event.id_field!r}, time {config.event.time_field!r}, "
+               f"keys {list(config.event.keys)}, numeric {list(config.event.numeric)}, "
+               f"categorical {list(config.event.categorical)}, {n_features} aggregate features, "
+               f"task {config.model.task}")
+    click.echo(f"check it, then: appliance replay --config {out}   (learn from the file)")
+
+
+@main.group()
+def export() -> None:
+    """Export data from the store."""
+
+
+@export.command("training-set")
+@click.option("--out", required=True, help="Output file: .csv, .jsonl or .parquet (pyarrow needed).")
+@click.option("--from", "start", help="Only events at or after this time (ISO-8601 or epoch seconds).")
+@click.option("--to", "end", help="Only events before this time.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Overrides the suffix.")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@friendly_errors
+def export_training_set(out: str, start: str | None, end: str | None, fmt: str | None, config_path: str | None,
+                        db: str | None) -> None:
+    """Every labelled event with its features as they were at its event time (point in time)."""
+    from .export import training_set, write_training_set
+    from .features import FeatureSpace
+    from .settings import resolve_config
+    from .timeutil import parse_timestamp
+
+    config = resolve_config(config_path, None, db=db)
+    if not Path(config.db).exists():
+        raise click.ClickException(f'no store at "{config.db}"; run `appliance replay` or `appliance up` first')
+    rows = training_set(config.db, config, start=parse_timestamp(start) if start else None,
+                        end=parse_timestamp(end) if end else None)
+    names = FeatureSpace(config.features, config.event).names
+    count = write_training_set(rows, out, names, fmt)
+    click.echo(f"wrote {count:,} labelled rows with {len(names)} features to {out}")
 
 
 def _with_model(config: Any, model_spec: str | None) -> Any:
