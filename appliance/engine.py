@@ -23,7 +23,7 @@ import orjson
 
 from .config import Config
 from .events import Event, Label
-from .features import FeatureSpace
+from .features import CategoryStats, FeatureSpace
 from .label_join import LabelJoin, Pending
 from .learning import OnlineModel, Published
 from .metrics import positive_score, predicted_label
@@ -46,6 +46,7 @@ class Engine:
         self.task = config.model.task
         self.space = FeatureSpace(config.features, config.event)
         self.entities = self.space.new_store()
+        self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task])
         self.join = LabelJoin(config.labels)
         self.lateness = config.event.allowed_lateness
@@ -114,6 +115,7 @@ class Engine:
 
     def _ingest(self, event: Event, source: str, offset: int | None) -> None:
         self.space.update(event.values, event.ts, self.entities)
+        self.categories.observe(event.values)
         for key in self.space.layouts:
             entity = event.values.get(key)
             if entity is not None:
@@ -228,14 +230,14 @@ class Engine:
         evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
         self.dirty, self.evicted = set(), set()
         core = (self.model, self.join, self.watermark, self.counts, self.recently_expired, self.offsets,
-                self.last_sweep)
+                self.last_sweep, self.categories)
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
                 "evicted": evicted}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]]) -> None:
         """Resume from a checkpoint written by `checkpoint` (only ever from the local store)."""
         (self.model, self.join, self.watermark, self.counts, self.recently_expired,
-         self.offsets, self.last_sweep) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+         self.offsets, self.last_sweep, self.categories) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 self.entities[key][entity] = pickle.loads(blob)  # noqa: S301
@@ -251,6 +253,7 @@ class Engine:
             "early_labels": len(self.join.early),
             "label_delay_seconds": self.join.delay_quantiles(),
             "entities": self.space.entity_count(self.entities),
+            "categorical": self.categories.summary(),
             "model": self.model.summary(),
         }
 

@@ -78,8 +78,11 @@ class Service:
     def predict(self, request: dict) -> dict:
         """Score an event with the served model; by default the event also enters the stream."""
         raw = request.get("event")
+        if raw is None and isinstance(request.get("entity"), dict):
+            return self._predict_entity(request)
         if not isinstance(raw, dict):
-            raise RequestError("bad_request", 'predict needs "event": an object with the event fields')
+            raise RequestError("bad_request", 'predict needs "event": an object with the event fields, '
+                               'or "entity": {key: value} to score from stored features alone')
         raw = self._complete(raw)
         event = self._parse(raw)
         if not isinstance(event, Event):
@@ -95,6 +98,30 @@ class Service:
                             "served": {"x": x, "score": score, "version": published.version}}])
         reply: dict[str, Any] = {"event_id": event.event_id, "prediction_id": event.event_id,
                                  "score": score, "version": published.name}
+        if self.task == "classification":
+            reply["label"] = predicted_label(y)
+        if request.get("explain"):
+            reply["features"] = x
+        return reply
+
+    def _predict_entity(self, request: dict) -> dict:
+        """Score from entity features alone (no event fields): a lookup, not part of the stream."""
+        engine = self.engine
+        values = {}
+        for key, value in request["entity"].items():
+            if key not in engine.space.layouts:
+                known = ", ".join(engine.space.layouts)
+                raise RequestError("unknown_key", f'no features are kept by "{key}"; keys: {known}')
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise RequestError("bad_request", f'entity "{key}" must be a string or an integer')
+            values[key] = str(value)
+        now = engine.watermark if math.isfinite(engine.watermark) else time.time()
+        x = engine.space.compute(values, now, engine.entities)
+        published = engine.model.served
+        y = engine.model.predict(published.model, x)
+        score = positive_score(y) if self.task == "classification" else y
+        reply: dict[str, Any] = {"event_id": None, "score": score, "version": published.name,
+                                 "as_of": format_timestamp(now)}
         if self.task == "classification":
             reply["label"] = predicted_label(y)
         if request.get("explain"):
@@ -158,10 +185,12 @@ class Service:
             if key not in engine.space.layouts:
                 known = ", ".join(engine.space.layouts)
                 raise RequestError("unknown_key", f'no features are kept by "{key}"; keys: {known}')
-            values, last = engine.space.entity_features(key, value, now if math.isfinite(now) else 0.0,
-                                                        engine.entities)
+            as_of = now if math.isfinite(now) else 0.0
+            values, last = engine.space.entity_features(key, value, as_of, engine.entities)
             result[key] = {"entity": value, "known": last is not None, "values": values,
-                           "updated_at": None if last is None else format_timestamp(last)}
+                           "updated_at": None if last is None else format_timestamp(last),
+                           "age_seconds": None if last is None else round(max(0.0, as_of - last), 3),
+                           "ttl_seconds": engine.space.layouts[key].ttl}
         return {"as_of": None if not math.isfinite(now) else format_timestamp(now), "entities": result}
 
     def stats(self, request: dict) -> dict:
