@@ -35,11 +35,14 @@ class StatsBoard:
         self._last: tuple[float, int, int] | None = None
         self.rates = {"events_per_second": 0.0, "labels_per_second": 0.0}
 
-    def publish(self, engine: Engine, force: bool = False) -> None:
-        """Refresh the snapshot at most every `every` seconds (called after each engine batch)."""
+    def publish(self, engine: Engine, force: bool = False) -> bool:
+        """Refresh the snapshot at most every `every` seconds (called after each engine batch).
+
+        Returns whether it did; the dataflow publishes a skipped refresh a moment later.
+        """
         now = time.monotonic()
         if not force and now < self._next:
-            return
+            return False
         self._next = now + self.every
         stats = engine.stats()
         counts = stats["counts"]
@@ -53,6 +56,7 @@ class StatsBoard:
         stats["rates"] = dict(self.rates)
         stats["offsets"] = dict(engine.offsets)
         self.snapshot = stats
+        return True
 
 
 class Service:

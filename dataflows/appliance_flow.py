@@ -71,17 +71,21 @@ def _text(payload: Any) -> str:
     return str(payload)
 
 
+STATS_DELAY = 0.25  # seconds a throttled stats snapshot may lag the engine
+
+
 class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
     """Feeds batches to the engine and emits its rows, with a checkpoint every few seconds."""
 
     def __init__(self, engine: Engine, fingerprint: str, checkpoint_seconds: float,
-                 after_batch: Callable[[Engine], None] | None = None) -> None:
+                 after_batch: Callable[[Engine, bool], bool] | None = None) -> None:
         self.engine = engine
         self.fingerprint = fingerprint
         self.every = checkpoint_seconds
         self.after_batch = after_batch
         self.next_checkpoint = time.monotonic() + checkpoint_seconds
         self.changed = False
+        self.stale_stats = False  # a batch whose stats were not published yet (the board throttles)
 
     def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
         process = self.engine.process
@@ -91,24 +95,33 @@ class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
         out: list[tuple] = [("rows", self.engine.take_rows())]
         if time.monotonic() >= self.next_checkpoint:
             out.append(self._checkpoint())
-        if self.after_batch is not None:
-            self.after_batch(self.engine)
+        self._publish(force=False)
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[tuple], bool]:
+        if self.stale_stats:
+            self._publish(force=True)
+        if time.monotonic() < self.next_checkpoint:
+            return [], StatefulBatchLogic.RETAIN
         if not self.changed:
             self.next_checkpoint = time.monotonic() + self.every
             return [], StatefulBatchLogic.RETAIN
         return [("rows", self.engine.take_rows()), self._checkpoint()], StatefulBatchLogic.RETAIN
 
+    def _publish(self, force: bool) -> None:
+        if self.after_batch is not None:
+            published = self.after_batch(self.engine, force)
+            self.stale_stats = not published
+
     def on_eof(self) -> tuple[list[tuple], bool]:
         out = [("rows", self.engine.take_rows()), self._checkpoint()]
-        if self.after_batch is not None:
-            self.after_batch(self.engine)
+        self._publish(force=True)
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         delay = max(0.0, self.next_checkpoint - time.monotonic())
+        if self.stale_stats:
+            delay = min(delay, STATS_DELAY)
         return datetime.now(timezone.utc) + timedelta(seconds=delay)
 
     def snapshot(self) -> None:
@@ -121,7 +134,7 @@ class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
 
 
 def build_flow(source: Source, sink: Sink, engine: Engine, *, fingerprint: str = "",
-               checkpoint_seconds: float = 2.0, after_batch: Callable[[Engine], None] | None = None) -> Dataflow:
+               checkpoint_seconds: float = 2.0, after_batch: Callable[[Engine, bool], bool] | None = None) -> Dataflow:
     """Build the appliance dataflow over any source of `(source, offset, payload)` and any sink."""
     flow = Dataflow("appliance")
     raw = op.input("read", flow, source)

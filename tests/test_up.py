@@ -55,14 +55,14 @@ class Running:
         return self.proc.returncode, "".join(self.lines) + out, err
 
 
-def wait_for(predicate, timeout=30.0):
+def wait_for(predicate, timeout=30.0, explain=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)  # polling an observable condition with a deadline, not a timing assumption
-    raise AssertionError("condition not reached")
+    raise AssertionError("condition not reached" + (f": {explain()}" if explain else ""))
 
 
 @pytest.fixture
@@ -111,9 +111,10 @@ def test_restart_resumes_from_the_checkpoint(short_dir, stream_file):
     app = Running(short_dir)
     with Client(app.socket) as client:
         wait_for(lambda: client.request("stats")["offsets"].get(str(stream_file)) == 600 + _labels(stream_file))
-        client.request("ingest", events=[{"event_id": "sock-1", "ts": 1_767_300_000, "user": "u1", "card": "c9",
-                                          "amount": 10.0, "city": "faro"}])
-        wait_for(lambda: client.request("stats")["counts"]["events"] == 601)
+        reply = client.request("ingest", events=[{"event_id": "sock-1", "ts": 1_767_300_000, "user": "u1",
+                                                  "card": "c9", "amount": 10.0, "city": "faro"}])
+        assert reply["accepted"] == 1, reply
+        wait_for(lambda: client.request("stats")["counts"]["events"] == 601, explain=lambda: (reply, os.listdir(short_dir), client.request("stats")["inbox_lag_bytes"]))
     code, _, err = app.stop()
     assert code == 0, err
     again = Running(short_dir)

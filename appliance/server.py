@@ -1,0 +1,328 @@
+"""The socket transport: newline-delimited JSON over a Unix socket (and optionally loopback TCP).
+
+One asyncio event loop (uvloop when installed) runs in its own thread. Each connection is an
+`asyncio.Protocol`: `data_received` splits the bytes into lines, answers each complete line with
+`Protocol.handle_line` synchronously, and writes every reply of the chunk in one `write`. There is
+no per-request task, queue or lock: a request is answered on the loop thread from state the engine
+publishes by swapping references.
+
+Privacy: the Unix socket is created owner-only (bound under umask 0o177, so it is never visible
+with wider permissions); TCP sessions start unauthenticated when a token is set, and binding a
+non-loopback address without a token is refused.
+
+Backpressure: a client that sends but does not read fills its write buffer; past the high-water
+mark the server stops reading from it until the buffer drains, so its memory stays bounded and
+other clients are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import stat
+import threading
+from typing import Any
+
+from .errors import ConfigError
+from .protocol import Protocol, Session
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SocketServer"]
+
+HIGH_WATER = 1 << 20
+MAX_UNIX_PATH = 104
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("server", "session", "transport", "buffer", "discarding", "paused")
+
+    def __init__(self, server: SocketServer, session: Session) -> None:
+        self.server = server
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.discarding = False
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        server.connections_total += 1
+        if len(server.connections) >= server.max_connections:
+            server.connections_refused += 1
+            transport.close()
+            return
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+        server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        server = self.server
+        server.bytes_in += len(data)
+        buffer = self.buffer
+        buffer += data
+        protocol = server.protocol
+        limit = protocol.max_line
+        replies: list[bytes] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if self.discarding:  # the rest of a line that was too long
+                self.discarding = False
+            else:
+                line = buffer[start:end]
+                if line.strip():
+                    if len(line) > limit + 1:
+                        replies.append(protocol.line_too_long())
+                    else:
+                        replies.append(protocol.handle_line(line, self.session))
+            start = end + 1
+        if start:
+            del buffer[:start]
+        if len(buffer) > limit + 1:  # an unfinished line already over the limit
+            buffer.clear()
+            if not self.discarding:
+                self.discarding = True
+                replies.append(protocol.line_too_long())
+        if replies:
+            server.requests += len(replies)
+            out = b"".join(replies)
+            server.bytes_out += len(out)
+            transport.write(out)
+
+    def eof_received(self) -> bool:
+        return False  # half-closed by the client: replies written so far are flushed, then close
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.server.paused_total += 1
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+class SocketServer:
+    """Serve a `Protocol` on a Unix socket and/or loopback TCP from one event-loop thread.
+
+    Args:
+        protocol: Answers request lines.
+        unix_path: Where to create the Unix socket (owner-only); None for none.
+        tcp: (host, port) to listen on as well; port 0 picks a free one (see `tcp_address`).
+        token: Required from TCP clients (`{"op": "auth", "token": ...}` or a `token` field).
+        max_connections: Connections beyond this are closed right after accept.
+    """
+
+    def __init__(self, protocol: Protocol, *, unix_path: str | None, tcp: tuple[str, int] | None = None,
+                 token: str | None = None, max_connections: int = 1024) -> None:
+        if unix_path is None and tcp is None:
+            raise ConfigError("the server needs a Unix socket path or a TCP address")
+        if tcp is not None and token is None and not _is_loopback(tcp[0]):
+            raise ConfigError(f"refusing to listen on {tcp[0]}:{tcp[1]} without a token: it is not a loopback "
+                              "address; pass --token (or APPLIANCE_TOKEN) or bind 127.0.0.1")
+        self.protocol = protocol
+        self.unix_path = unix_path
+        self.tcp = tcp
+        self.token = token
+        self.max_connections = max_connections
+        self.tcp_address: tuple[str, int] | None = None
+        self.connections: set[_Connection] = set()
+        self.connections_total = 0
+        self.connections_refused = 0
+        self.paused_total = 0
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None
+        self._stop_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind and start serving; return once listening (raise if binding failed)."""
+        unix_sock = self._bind_unix() if self.unix_path else None
+        tcp_sock = self._bind_tcp() if self.tcp else None
+        self._thread = threading.Thread(target=self._serve, args=(unix_sock, tcp_sock), name="socket-server",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, answer what was received, flush replies, close; idempotent."""
+        with self._stop_lock:
+            loop, thread = self._loop, self._thread
+            if loop is None or thread is None or self._stopped.is_set():
+                return
+            if loop.is_running():
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
+            thread.join(timeout)
+            self._stopped.set()
+            self._remove_socket_file()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for `stats`; cheap, safe to call from any thread."""
+        return {"connections_open": len(self.connections), "connections_total": self.connections_total,
+                "connections_refused": self.connections_refused, "requests": self.requests,
+                "errors": self.protocol.errors_total, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "paused_clients": self.paused_total}
+
+    # -- internals ------------------------------------------------------------------------
+    def _serve(self, unix_sock: socket.socket | None, tcp_sock: socket.socket | None) -> None:
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            if unix_sock is not None:
+                self._servers.append(loop.run_until_complete(loop.create_unix_server(
+                    lambda: _Connection(self, Session(authenticated=True, peer="unix", token=self.token)),
+                    sock=unix_sock, backlog=1024)))
+            if tcp_sock is not None:
+                needs_auth = self.token is not None
+                self._servers.append(loop.run_until_complete(loop.create_server(
+                    lambda: _Connection(self, Session(authenticated=not needs_auth, peer="tcp", token=self.token)),
+                    sock=tcp_sock, backlog=1024)))
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()  # flushes what is buffered, then closes
+        for _ in range(200):  # until every transport has flushed and closed (bounded: ~2 s)
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        asyncio.get_running_loop().stop()
+
+    def _bind_unix(self) -> socket.socket:
+        path = str(self.unix_path)
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise ConfigError(f'socket path "{path}" is too long for a Unix socket ({MAX_UNIX_PATH} bytes at most); '
+                              "use a shorter --socket path")
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            if not stat.S_ISSOCK(mode):
+                raise ConfigError(f'"{path}" exists and is not a socket; remove it or choose another --socket')
+            if _socket_is_live(path):
+                raise ConfigError(f'another appliance is already serving on "{path}"')
+            os.unlink(path)  # a stale socket left by a crash
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ConfigError(f'cannot create socket "{path}": directory "{directory}" does not exist')
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f'cannot create socket "{path}": {exc.strerror}') from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.setblocking(False)
+        self._inode = os.stat(path).st_ino
+        return sock
+
+    def _bind_tcp(self) -> socket.socket:
+        host, port = self.tcp  # type: ignore[misc]
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise ConfigError(f'cannot resolve TCP host "{host}": {exc.strerror}') from None
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.setblocking(False)
+        self.tcp_address = sock.getsockname()[:2]
+        return sock
+
+    def _remove_socket_file(self) -> None:
+        path = self.unix_path
+        if not path:
+            return
+        try:
+            if os.stat(path).st_ino == getattr(self, "_inode", None):
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _socket_is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return True
+
+
+def describe(server: SocketServer) -> dict[str, Any]:
+    """Where the server listens, for humans."""
+    return {"unix": server.unix_path, "tcp": server.tcp_address}
