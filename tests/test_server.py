@@ -1,0 +1,215 @@
+"""The socket transport with real sockets: framing, errors, privacy, backpressure, shutdown."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+
+import orjson
+import pytest
+
+from appliance.client import Client
+from appliance.errors import ApplianceError, ConfigError, RequestError
+from appliance.protocol import Protocol
+from appliance.server import SocketServer
+
+
+def echo_handlers(release: threading.Event | None = None):
+    def echo(request):
+        return {"echo": request.get("value")}
+
+    def boom(request):
+        raise ZeroDivisionError("oops")
+
+    def wait(request):
+        assert release is not None and release.wait(10)
+        return {"waited": True}
+
+    return {"echo": echo, "boom": boom, "wait": wait}
+
+
+@pytest.fixture
+def server(short_dir):
+    srv = SocketServer(Protocol(echo_handlers(), max_line=1024), unix_path=str(short_dir / "s.sock"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def raw_connect(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(path)
+    return sock
+
+
+def read_lines(sock, n):
+    data = b""
+    while data.count(b"\n") < n:
+        chunk = sock.recv(1 << 16)
+        assert chunk, "connection closed early"
+        data += chunk
+    return [orjson.loads(line) for line in data.splitlines()[:n]]
+
+
+def test_request_reply_and_id_echo(server):
+    with Client(server.unix_path) as client:
+        assert client.request("echo", value=[1, "x"])["echo"] == [1, "x"]
+        reply = client.send_line(b'{"op": "echo", "id": "abc", "value": 3}')
+        assert reply == {"id": "abc", "ok": True, "echo": 3}
+
+
+def test_errors_are_replies_and_the_connection_stays_open(server):
+    with Client(server.unix_path) as client:
+        cases = [
+            (b"{not json", "bad_json"),
+            (b"[1, 2]", "bad_request"),
+            (b'{"op": "nope"}', "unknown_op"),
+            (b'{"op": 5}', "bad_request"),
+            (b'{"value": 1}', "bad_request"),
+            (b'{"op": "boom", "id": 9}', "internal"),
+            (b"\xff\xfe\x00junk", "bad_json"),
+            (b"[" * 300 + b"]" * 300, "bad_json"),
+            (b'{"op": "echo", "value": NaN}', "bad_json"),
+        ]
+        for line, code in cases:
+            reply = client.send_line(line)
+            assert reply["ok"] is False and reply["error"]["code"] == code, (line[:20], reply)
+            assert reply["error"]["message"]
+        assert client.request("echo", value=1)["echo"] == 1
+        with pytest.raises(RequestError) as info:
+            client.request("nope")
+        assert info.value.code == "unknown_op"
+
+
+def test_pipelined_and_split_lines(server):
+    sock = raw_connect(server.unix_path)
+    sock.sendall(b"".join(orjson.dumps({"op": "echo", "id": i, "value": i}) + b"\n" for i in range(1000)))
+    replies = read_lines(sock, 1000)
+    assert [r["id"] for r in replies] == list(range(1000))
+    sock.sendall(b'{"op": "ec')
+    sock.sendall(b'ho", "value": "split"}\n\n   \n')
+    assert read_lines(sock, 1)[0]["echo"] == "split"
+    sock.close()
+
+
+def test_a_line_over_the_limit_is_refused_then_the_next_one_works(server):
+    sock = raw_connect(server.unix_path)
+    sock.sendall(b'{"op": "echo", "value": "' + b"x" * 5000)  # over 1024, unfinished
+    sock.sendall(b"x" * 3000 + b'"}\n{"op": "echo", "value": 2}\n')
+    first, second = read_lines(sock, 2)
+    assert first["error"]["code"] == "line_too_long"
+    assert second["echo"] == 2
+    sock.close()
+
+
+def test_the_unix_socket_is_owner_only_and_removed_on_stop(short_dir):
+    path = str(short_dir / "p.sock")
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=path)
+    srv.start()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    srv.stop()
+    srv.stop()  # idempotent
+    assert not os.path.exists(path)
+
+
+def test_a_stale_socket_is_replaced_a_live_one_and_a_file_are_refused(short_dir):
+    stale = short_dir / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))
+    dead.close()  # the file stays, nobody listens: what a kill -9 leaves behind
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=str(stale))
+    srv.start()
+    try:
+        with pytest.raises(ConfigError, match="already serving"):
+            SocketServer(Protocol(echo_handlers()), unix_path=str(stale)).start()
+        with Client(str(stale)) as client:
+            assert client.request("echo", value=1)["echo"] == 1
+    finally:
+        srv.stop()
+    regular = short_dir / "file.sock"
+    regular.write_text("data")
+    with pytest.raises(ConfigError, match="not a socket"):
+        SocketServer(Protocol(echo_handlers()), unix_path=str(regular)).start()
+    assert regular.read_text() == "data"
+
+
+def test_tcp_wants_a_token_and_refuses_public_addresses_without_one():
+    with pytest.raises(ConfigError, match="without a token"):
+        SocketServer(Protocol(echo_handlers()), unix_path=None, tcp=("0.0.0.0", 0))
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=None, tcp=("127.0.0.1", 0), token="s3cret")
+    srv.start()
+    try:
+        with Client(None, tcp=srv.tcp_address) as client:
+            reply = client.send_line(b'{"op": "echo", "value": 1}')
+            assert reply["error"]["code"] == "unauthorized"
+            assert client.send_line(b'{"op": "auth", "token": "wrong"}')["error"]["code"] == "unauthorized"
+            assert client.send_line(b'{"op": "auth", "token": "s3cret"}')["ok"] is True
+            assert client.request("echo", value=2)["echo"] == 2
+        with Client(None, tcp=srv.tcp_address, token="s3cret") as client:
+            assert client.request("echo", value=3)["echo"] == 3
+        with Client(None, tcp=srv.tcp_address) as client:  # a token on the request itself also works
+            assert client.send_line(b'{"op": "echo", "value": 4, "token": "s3cret"}')["echo"] == 4
+    finally:
+        srv.stop()
+
+
+def test_stop_answers_requests_already_received(short_dir):
+    release = threading.Event()
+    srv = SocketServer(Protocol(echo_handlers(release)), unix_path=str(short_dir / "w.sock"))
+    srv.start()
+    sock = raw_connect(srv.unix_path)
+    sock.sendall(b'{"op": "wait", "id": 0}\n' + b"".join(b'{"op": "echo", "id": %d}\n' % i for i in range(1, 101)))
+    stopper = threading.Thread(target=srv.stop)
+    while srv.stats()["bytes_in"] == 0:  # the loop thread is inside the `wait` handler with the chunk read
+        threading.Event().wait(0.001)
+    stopper.start()
+    release.set()
+    replies = read_lines(sock, 101)
+    stopper.join(10)
+    assert [r["id"] for r in replies] == list(range(101)) and all(r["ok"] for r in replies)
+    assert sock.recv(10) == b""  # then the server closes the connection
+    sock.close()
+
+
+def test_a_client_that_never_reads_does_not_block_others(server):
+    import select
+
+    hog = raw_connect(server.unix_path)
+    hog.setblocking(False)
+    line = b'{"op": "echo", "value": "' + b"y" * 900 + b'"}\n'
+    sent = 0
+    while server.stats()["paused_clients"] == 0 and sent < 256 << 20:
+        select.select([], [hog], [], 1.0)  # writable again, or the server has stopped reading us
+        try:
+            sent += hog.send(line * 64)
+        except BlockingIOError:
+            pass
+    assert server.stats()["paused_clients"] == 1, "the server kept reading from a client that never reads"
+    taken = server.stats()["bytes_in"]
+    assert taken < 16 << 20  # bounded: about the high-water mark of replies, plus kernel buffers
+    with Client(server.unix_path, timeout=5) as other:
+        assert other.request("echo", value="still here")["echo"] == "still here"
+    hog.close()
+
+
+def test_connections_over_the_limit_are_closed(short_dir):
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=str(short_dir / "m.sock"), max_connections=2)
+    srv.start()
+    try:
+        a, b = Client(srv.unix_path), Client(srv.unix_path)
+        a.request("echo"), b.request("echo")
+        with pytest.raises(ApplianceError, match="closed the connection|lost the connection"):
+            Client(srv.unix_path).request("echo")
+        assert srv.stats()["connections_refused"] == 1
+        a.close()
+        b.close()
+    finally:
+        srv.stop()
+
+
+def test_client_says_how_to_start_the_appliance(short_dir):
+    with pytest.raises(ApplianceError, match="appliance up"):
+        Client(str(short_dir / "missing.sock"))
