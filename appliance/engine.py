@@ -56,8 +56,7 @@ class Engine:
         self.recently_expired: OrderedDict[str, None] = OrderedDict()
         self.dirty: set[tuple[str, str]] = set()
         self.evicted: set[tuple[str, str]] = set()
-        self.sweep_every = max(60.0, self.space.shortest_ttl / 4)
-        self.last_sweep = -math.inf
+        self.sweep_ticks: dict[str, int] = {}
         self.rows: dict[str, list[dict]] = _empty_rows()
         self.on_publish = on_publish
         self.rows["models"].append(_model_row(self.model.served))
@@ -128,12 +127,8 @@ class Engine:
                                     "payload": orjson.dumps(event.raw).decode()})
 
     def _sweep(self) -> None:
-        """Evict idle entities once per `sweep_every` of event time (a function of the watermark)."""
-        tick = math.floor(self.watermark / self.sweep_every)
-        if tick <= self.last_sweep:
-            return
-        self.last_sweep = tick
-        for pair in self.space.evict(self.entities, self.watermark):
+        """Evict idle entities on an event-time schedule (a function of the watermark alone)."""
+        for pair in self.space.sweep(self.entities, self.watermark, self.sweep_ticks):
             self.dirty.discard(pair)
             self.evicted.add(pair)
 
@@ -230,14 +225,14 @@ class Engine:
         evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
         self.dirty, self.evicted = set(), set()
         core = (self.model, self.join, self.watermark, self.counts, self.recently_expired, self.offsets,
-                self.last_sweep, self.categories)
+                self.sweep_ticks, self.categories)
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
                 "evicted": evicted}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]]) -> None:
         """Resume from a checkpoint written by `checkpoint` (only ever from the local store)."""
         (self.model, self.join, self.watermark, self.counts, self.recently_expired,
-         self.offsets, self.last_sweep, self.categories) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+         self.offsets, self.sweep_ticks, self.categories) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 self.entities[key][entity] = pickle.loads(blob)  # noqa: S301

@@ -37,8 +37,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     db = open_db(db_path)
     space = FeatureSpace(config.features, config.event)
     store = space.new_store()
-    sweep_every = max(60.0, space.shortest_ttl / 4)
-    last_sweep = -math.inf
+    sweep_ticks: dict[str, int] = {}
     watermark = -math.inf
     labels = {row[0]: row[1] for row in db.execute(
         f"SELECT event_id, label FROM labels WHERE status IN ({', '.join('?' * len(LEARNED))})", LEARNED)}
@@ -56,10 +55,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
                 space.update(values, ts, store)
             if ts > watermark:
                 watermark = ts
-                tick = math.floor(watermark / sweep_every)
-                if tick > last_sweep:
-                    last_sweep = tick
-                    space.evict(store, watermark)
+                space.sweep(store, watermark, sweep_ticks)
     db.conn.close()
 
 

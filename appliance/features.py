@@ -76,6 +76,7 @@ class _KeyLayout:
         self.aggregates = aggregates
         longest = max((a.window for a in aggregates), default=0.0)
         self.ttl = ttl if ttl is not None else (longest if longest > 0 else DEFAULT_TTL)
+        self.sweep_every = max(300.0, self.ttl / 2)
         self.last_fields = sorted({a.field for a in aggregates if a.op == "last" and a.field})
         self.last_offset = {name: 1 + i for i, name in enumerate(self.last_fields)}
         size = 1 + len(self.last_fields)
@@ -203,14 +204,20 @@ class FeatureSpace:
             last = None
         return x, last
 
-    def evict(self, store: dict, watermark: float) -> list[tuple[str, str]]:
-        """Drop entities no future event can see, i.e. idle past TTL + lateness; return them.
+    def sweep(self, store: dict, watermark: float, ticks: dict[str, int]) -> list[tuple[str, str]]:
+        """Evict idle entities of each key once per half TTL of event time; return what went.
 
-        Only event time decides, so a replay evicts exactly what a live run evicts, and since an
-        expired state already reads as empty, eviction never changes a feature value.
+        An entity idle past TTL + lateness can be seen by no future event. Only event time
+        decides, so a replay evicts exactly what a live run evicts, and since an expired state
+        already reads as empty, eviction never changes a feature value. `ticks` remembers the
+        last sweep of each key (the caller checkpoints it).
         """
         evicted = []
         for key, layout in self.layouts.items():
+            tick = math.floor(watermark / layout.sweep_every)
+            if tick <= ticks.get(key, -math.inf):
+                continue
+            ticks[key] = tick
             horizon = watermark - self.schema.allowed_lateness - layout.ttl
             entities = store[key]
             stale = [entity for entity, (arr, _) in entities.items() if arr[0] < horizon]
@@ -218,10 +225,6 @@ class FeatureSpace:
                 del entities[entity]
                 evicted.append((key, entity))
         return evicted
-
-    @property
-    def shortest_ttl(self) -> float:
-        return min((layout.ttl for layout in self.layouts.values()), default=DEFAULT_TTL)
 
     def hashed_name(self, field: str, value: str) -> str:
         """Return the one-hot feature name of a categorical value, by a stable hash."""
@@ -379,20 +382,29 @@ def _add_to_slot(arr: array, slot: _Slot, values: dict[str, Any], ts: float) -> 
 
 
 def _add_distinct(entries: tuple, slot: _DistinctSlot, value: Any, ts: float) -> tuple:
-    """Record that `value` was seen in the bucket of `ts`: one (hash, bucket) entry per pair."""
+    """Record that `value` was seen in the bucket of `ts`: one (hash, bucket) entry per pair,
+    kept in bucket order so the oldest are dropped from the front."""
     if value is None:
         return entries
     digest = zlib.crc32(str(value).encode("utf-8"))
     bid = math.floor(ts / slot.hop)
-    if (digest, bid) in entries:
+    entry = (digest, bid)
+    if entry in entries:
         return entries
-    newest = max(bid, max((seen for _, seen in entries), default=bid))
-    kept = [(h, seen) for h, seen in entries if seen > newest - slot.ring]
-    kept.append((digest, bid))
-    if len(kept) > DISTINCT_CAP:
-        kept.sort(key=lambda item: item[1])
-        kept = kept[-DISTINCT_CAP:]
-    return tuple(kept)
+    if not entries or entries[-1][1] <= bid:
+        kept = entries + (entry,)
+    else:  # out of order: insert in bucket order
+        at = len(entries)
+        while at > 0 and entries[at - 1][1] > bid:
+            at -= 1
+        kept = entries[:at] + (entry,) + entries[at:]
+    oldest = kept[-1][1] - slot.ring
+    drop = 0
+    while kept[drop][1] <= oldest:
+        drop += 1
+    if len(kept) - drop > DISTINCT_CAP:
+        drop = len(kept) - DISTINCT_CAP
+    return kept[drop:] if drop else kept
 
 
 class CategoryStats:
