@@ -195,6 +195,48 @@ def export_training_set(out: str, start: str | None, end: str | None, fmt: str |
     click.echo(f"wrote {count:,} labelled rows with {len(names)} features to {out}")
 
 
+@main.group()
+def bench() -> None:
+    """Measure the running appliance (numbers for docs/benchmarks.md)."""
+
+
+@bench.command("predict")
+@SOCKET_OPTION
+@click.option("--requests", type=int, default=5000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def bench_predict(socket_path: str, requests: int, as_json: bool) -> None:
+    """Predict round trip, sequential client over the Unix socket (the appliance keeps ingesting)."""
+    from .bench import machine, predict_latency
+
+    with Client_stats(socket_path) as before:
+        events_before = before
+    result = predict_latency(socket_path, requests)
+    with Client_stats(socket_path) as after:
+        result["events_ingested_meanwhile"] = after - events_before
+    result["machine"] = machine()
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(f"predict round trip over {socket_path}, {result['requests']:,} sequential requests: "
+                   f"p50 {result['p50_us']} µs · p90 {result['p90_us']} µs · p99 {result['p99_us']} µs · "
+                   f"max {result['max_us']} µs · errors {result['errors']} · "
+                   f"{result['events_ingested_meanwhile']:,} events ingested meanwhile")
+
+
+class Client_stats:  # noqa: N801 - a tiny context helper: events processed so far
+    def __init__(self, socket_path: str) -> None:
+        from .client import Client
+
+        self.client = Client(socket_path)
+
+    def __enter__(self) -> int:
+        return int(self.client.request("stats")["counts"]["events"])
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client.close()
+
+
 def _with_model(config: Any, model_spec: str | None) -> Any:
     if model_spec is None:
         return config

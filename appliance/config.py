@@ -99,7 +99,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     socket: str = "appliance.sock"
     db: str = "appliance.db"
-    checkpoint_seconds: float = 2.0
+    checkpoint_seconds: float = 5.0
     path: str | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
@@ -140,7 +140,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path
         model=_model_config(_table(data, "model")),
         socket=str(serve.get("socket", "appliance.sock")),
         db=str(serve.get("db", "appliance.db")),
-        checkpoint_seconds=parse_duration(_table(data, "checkpoint").get("every", 2.0)),
+        checkpoint_seconds=parse_duration(_table(data, "checkpoint").get("every", 5.0)),
         path=path,
     )
     validate_config(config)

@@ -101,6 +101,9 @@ class Engine:
             self._sweep()
         y_learner = model.predict(model.learner, x)
         self.rows["predictions"].append(self._prediction_row(event, x, y_served, y_learner, version, served))
+        if not ingest:  # scored only: not part of the stream, so nothing is learned from it
+            self._expire()
+            return
         label = event.label
         status = "immediate"
         if label is None:

@@ -8,7 +8,9 @@ end (the inbox is drained first), the engine writes a final checkpoint, the writ
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import sys
 import logging
 import threading
 from dataclasses import dataclass
@@ -131,6 +133,8 @@ class Appliance:
         from dataflows.sources import ApplianceSource
 
         self.board.publish(self.engine, force=True)
+        if self.options.serve:
+            _tune_for_serving()
         self.writer.start()
         self._flow_thread = None
         if self.options.serve:
@@ -179,3 +183,20 @@ class Appliance:
     def flow_running(self) -> bool:
         thread = getattr(self, "_flow_thread", None)
         return thread is not None and thread.is_alive()
+
+
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while the socket thread waits for it
+
+
+def _tune_for_serving() -> None:
+    """Keep the socket thread's waits short while the dataflow and the store writer run.
+
+    The server answers from its own thread; with the default 5 ms GIL switch interval a request
+    can wait that long behind a busy dataflow thread. Objects alive at start (the restored model
+    and state) are moved out of the collector's sight, and young-generation collections are made
+    rarer, so full collections do not stall requests.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
