@@ -131,3 +131,63 @@ def test_restart_resumes_from_the_checkpoint(short_dir, stream_file):
 
 def _labels(path):
     return sum(1 for line in path.read_text().splitlines() if '"label"' in line and '"type": "label"' in line)
+
+
+def test_up_with_no_arguments_serves_the_sample_and_the_cli_clients_work(short_dir):
+    """The README's first command: the bundled sample, ./appliance.sock, ./appliance.db."""
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "up", "--status-every", "1"], cwd=short_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("ready:"):
+                break
+        socket_path = str(short_dir / "appliance.sock")
+        with Client(socket_path) as client:
+            wait_for(lambda: client.request("stats")["model"]["examples_learned"] > 0, timeout=60)
+            event = {"user_id": "u00042", "card_id": "c000077", "device_id": "dv000043", "driver_id": "dlis0012",
+                     "city": "lisbon", "amount": 84.0, "ride_km": 3.1, "payment_method": "card"}
+            reply = client.request("predict", event=event, explain=True)
+            assert 0.0 <= reply["score"] <= 1.0 and reply["features"]["amount"] == 84.0
+            features = client.request("features", entity={"card_id": "c000077", "user_id": "u00042"})
+            assert set(features["entities"]) == {"card_id", "user_id"}
+        env = dict(os.environ, APPLIANCE_SOCKET=socket_path)
+        out = subprocess.run([sys.executable, "-m", "appliance", "predict", json.dumps(event)], env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert orjson.loads(out.stdout)["ok"] is True
+        out = subprocess.run([sys.executable, "-m", "appliance", "stats"], env=env, capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 0 and "served version" in out.stdout, out.stderr
+        out = subprocess.run([sys.executable, "-m", "appliance", "predict", "{not json"], env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1 and "not a JSON object" in out.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped cleanly" in out
+    assert (short_dir / "appliance.db").exists()
+
+
+def test_replay_reads_stdin_and_reports_dead_letters(short_dir, stream_file):
+    write_config(short_dir, "-")
+    lines = stream_file.read_text() + "{broken\n" + '{"event_id": "x", "user": "u"}\n'
+    out = subprocess.run([sys.executable, "-m", "appliance", "replay", "-", "--json", "--db", str(short_dir / "r.db")],
+                         cwd=short_dir, input=lines, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout)
+    assert stats["counts"]["events"] == 600 and stats["counts"]["dead_letters"] == 2
+    import sqlite3
+
+    reasons = [r[0] for r in sqlite3.connect(short_dir / "r.db").execute("SELECT reason FROM dead_letters")]
+    assert any("not valid JSON" in r for r in reasons) and any("missing time field" in r for r in reasons)
+
+
+def test_a_missing_source_and_a_bad_model_spec_are_one_line_errors(short_dir):
+    out = subprocess.run([sys.executable, "-m", "appliance", "replay", "nope.jsonl", "--config",
+                          str(write_config(short_dir, "x.jsonl"))], cwd=short_dir, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and "not found" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "appliance", "replay", "river:Phishing", "--model",
+                          "os.system('true')"], cwd=short_dir, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "not a River module" in out.stderr and "Traceback" not in out.stderr
