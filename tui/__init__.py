@@ -1,0 +1,1 @@
+"""The Textual operator console. Not built yet: see the console issue (`issues show 5`)."""
