@@ -275,18 +275,48 @@ class _StatusPrinter:
 
 
 class _ReplayProgress:
+    """A progress bar on stderr (when it is a terminal): lines consumed of the source, events/s."""
+
+    WIDTH = 30
+
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self.last = 0.0
+        self.total: int | None = None
+        self.counted = False
 
     def tick(self, appliance: Any) -> None:
-        if self.enabled and time.monotonic() - self.last > 0.5:
-            self.last = time.monotonic()
-            snapshot = appliance.board.snapshot
-            counts = snapshot.get("counts", {})
-            click.echo(f"\r{counts.get('events', 0):>10,} events  {snapshot.get('watermark') or '':<24}",
-                       nl=False, err=True)
+        if not self.enabled or time.monotonic() - self.last < 0.25:
+            return
+        self.last = time.monotonic()
+        source = appliance.source
+        if not self.counted:
+            self.counted = True
+            self.total = _count_lines(source)
+        snapshot = appliance.board.snapshot
+        done = int(snapshot.get("offsets", {}).get(source, 0))
+        rate = snapshot.get("rates", {}).get("events_per_second", 0.0)
+        if self.total:
+            fraction = min(1.0, done / self.total)
+            filled = int(fraction * self.WIDTH)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            text = f"\r[{bar}] {fraction:>4.0%} {done:,}/{self.total:,} lines  {rate:,.0f} ev/s  "
+        else:
+            text = f"\r{done:,} items  {rate:,.0f} ev/s  "
+        click.echo(text + str(snapshot.get("watermark") or ""), nl=False, err=True)
 
     def close(self) -> None:
         if self.enabled:
             click.echo("", err=True)
+
+
+def _count_lines(source: str | None) -> int | None:
+    """Lines in a file source (what its offsets count), or None for streams and datasets."""
+    if not source or source == "-" or ":" in source.split("/")[0] or not Path(source).is_file():
+        return None
+    import gzip
+
+    opener = gzip.open if source.endswith(".gz") else open
+    with opener(source, "rb") as handle:
+        total = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    return total - 1 if source.lower().removesuffix(".gz").endswith(".csv") else total

@@ -16,6 +16,8 @@ from .config import ModelConfig
 from .metrics import Evaluation, not_worse
 from .model_spec import build_model
 
+FIRST_CHECK = 50  # labels before the first publication check, while the untrained version serves
+
 
 @dataclass(frozen=True)
 class Published:
@@ -65,7 +67,10 @@ class OnlineModel:
         self.learner.learn_one(x, y)
         self.n_learned += 1
         self.labels_since_check += 1
-        if self.labels_since_check < self.config.publish_every:
+        due = self.config.publish_every
+        if self.served.parent is None and self.served.n_learned == 0:
+            due = min(due, FIRST_CHECK)  # the untrained initial version gives way early
+        if self.labels_since_check < due:
             return None
         self.labels_since_check = 0
         return self.try_publish(event_ts)

@@ -145,6 +145,8 @@ class Service:
         rejected = []
         records = []
         for index, raw in enumerate(events):
+            if isinstance(raw, dict) and raw.get(self.schema.time_field) is None:
+                raw = events[index] = self._complete(raw)
             try:
                 self._parse(raw if isinstance(raw, dict) else {"": raw})
             except RequestError as exc:
