@@ -91,22 +91,12 @@ class Service:
         event = self._parse(raw)
         if not isinstance(event, Event):
             raise RequestError("bad_request", "predict needs an event, not a label")
-        engine = self.engine
-        x = engine.space.compute(event.values, event.ts, engine.entities)
-        published = engine.model.served  # one read: the whole request uses this version
-        y = engine.model.predict(published.model, x)
         ingest = request.get("ingest", True) is not False
         self._check_lag()
-        score = positive_score(y) if self.task == "classification" else y
+        x, published, y, reply = self._score(event.values, event.ts, request.get("explain"))
         self.inbox.append([{"event": raw, "ingest": ingest,
-                            "served": {"x": x, "score": score, "version": published.version}}])
-        reply: dict[str, Any] = {"event_id": event.event_id, "prediction_id": event.event_id,
-                                 "score": score, "version": published.name}
-        if self.task == "classification":
-            reply["label"] = predicted_label(y)
-        if request.get("explain"):
-            reply["features"] = x
-        return reply
+                            "served": {"x": x, "score": reply["score"], "version": published.version}}])
+        return {"event_id": event.event_id, "prediction_id": event.event_id, **reply}
 
     def _predict_entity(self, request: dict) -> dict:
         """Score from entity features alone (no event fields): a lookup, not part of the stream."""
@@ -120,17 +110,22 @@ class Service:
                 raise RequestError("bad_request", f'entity "{key}" must be a string or an integer')
             values[key] = str(value)
         now = engine.watermark if math.isfinite(engine.watermark) else time.time()
-        x = engine.space.compute(values, now, engine.entities)
+        _, _, _, reply = self._score(values, now, request.get("explain"))
+        return {"event_id": None, "as_of": format_timestamp(now), **reply}
+
+    def _score(self, values: dict, ts: float, explain: Any) -> tuple[dict, Any, Any, dict]:
+        """Features and the served version's score; the version is read once for the whole request."""
+        engine = self.engine
+        x = engine.space.compute(values, ts, engine.entities)
         published = engine.model.served
         y = engine.model.predict(published.model, x)
-        score = positive_score(y) if self.task == "classification" else y
-        reply: dict[str, Any] = {"event_id": None, "score": score, "version": published.name,
-                                 "as_of": format_timestamp(now)}
+        reply: dict[str, Any] = {"score": positive_score(y) if self.task == "classification" else y,
+                                 "version": published.name}
         if self.task == "classification":
             reply["label"] = predicted_label(y)
-        if request.get("explain"):
+        if explain:
             reply["features"] = x
-        return reply
+        return x, published, y, reply
 
     def ingest(self, request: dict) -> dict:
         """Append events (and labels) to the stream; reply once they are durable."""
