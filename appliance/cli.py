@@ -190,9 +190,69 @@ def export_training_set(out: str, start: str | None, end: str | None, fmt: str |
         raise click.ClickException(f'no store at "{config.db}"; run `appliance replay` or `appliance up` first')
     rows = training_set(config.db, config, start=parse_timestamp(start) if start else None,
                         end=parse_timestamp(end) if end else None)
-    names = FeatureSpace(config.features, config.event).names
+    names = FeatureSpace.for_config(config).names
     count = write_training_set(rows, out, names, fmt)
     click.echo(f"wrote {count:,} labelled rows with {len(names)} features to {out}")
+
+
+@main.group()
+def attributes() -> None:
+    """Static entity attributes: CSV tables joined to events by key."""
+
+
+@attributes.command("refresh")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@SOCKET_OPTION
+@friendly_errors
+def attributes_refresh(config_path: str | None, db: str | None, socket_path: str) -> None:
+    """Reload every declared attribute CSV; a running appliance switches to changed tables at once."""
+    from .client import Client
+    from .errors import ConnectFailed
+    from .runtime import load_attribute_files
+    from .settings import resolve_config
+    from .store import open_db
+
+    config = resolve_config(config_path, None, db=db)
+    if not config.features.attributes:
+        raise click.ClickException("the config declares no [[features.attributes]] tables")
+    store = open_db(config.db)
+    try:
+        loaded = load_attribute_files(config, store)
+    finally:
+        store.conn.close()
+    for name, version, changed in loaded:
+        click.echo(f"{name}: version {version}" + ("" if changed else " (unchanged)"))
+    if not any(changed for _, _, changed in loaded):
+        return
+    try:
+        with Client(socket_path) as client:
+            client.request("refresh_attributes")
+        click.echo("the running appliance switches to the new versions before its next event")
+    except ConnectFailed:
+        click.echo("no appliance answers on the socket: the new versions apply when it next starts")
+
+
+@attributes.command("show")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@friendly_errors
+def attributes_show(config_path: str | None, db: str | None) -> None:
+    """List the stored versions of each attribute table and when each started serving."""
+    from .settings import resolve_config
+    from .store import open_db
+    from .timeutil import format_timestamp
+
+    config = resolve_config(config_path, None, db=db)
+    store = open_db(config.db)
+    applied = {(row["name"], row["version"]): row["seq"] for row in store.query(
+        "SELECT name, version, min(seq) AS seq FROM attribute_switches GROUP BY name, version")}
+    for row in store.query("SELECT * FROM attribute_versions ORDER BY name, version"):
+        seq = applied.get((row["name"], row["version"]))
+        serving = "not applied yet" if seq is None else f"from event #{seq + 1}"
+        click.echo(f'{row["name"]} v{row["version"]}: {row["rows"]:,} rows from {row["path"]} '
+                   f'(loaded {format_timestamp(row["loaded_at"])}), {serving}')
+    store.conn.close()
 
 
 @main.group()

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .errors import ApplianceError, RequestError
+from .errors import ConnectFailed, RequestError
 
 __all__ = ["Client"]
 
@@ -35,13 +35,13 @@ class Client:
                 self.sock.settimeout(timeout)
                 self.sock.connect(str(socket_path))
         except FileNotFoundError:
-            raise ApplianceError(f'cannot connect to {self.where}: no such socket (is the appliance running? '
+            raise ConnectFailed(f'cannot connect to {self.where}: no such socket (is the appliance running? '
                                  "start it with `appliance up`)") from None
         except ConnectionRefusedError:
-            raise ApplianceError(f"cannot connect to {self.where}: connection refused (is the appliance running? "
+            raise ConnectFailed(f"cannot connect to {self.where}: connection refused (is the appliance running? "
                                  "start it with `appliance up`)") from None
         except OSError as exc:
-            raise ApplianceError(f"cannot connect to {self.where}: {exc.strerror or exc}") from None
+            raise ConnectFailed(f"cannot connect to {self.where}: {exc.strerror or exc}") from None
         self._buffer = bytearray()
         self._ids = itertools.count(1)
         if token is not None:
@@ -78,7 +78,7 @@ class Client:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            raise ApplianceError(f"lost the connection to {self.where}: {exc.strerror or exc}") from None
+            raise ConnectFailed(f"lost the connection to {self.where}: {exc.strerror or exc}") from None
 
     def _read_line(self) -> bytes:
         buffer = self._buffer
@@ -91,9 +91,9 @@ class Client:
             try:
                 chunk = self.sock.recv(1 << 16)
             except TimeoutError:
-                raise ApplianceError(f"no reply from {self.where} in time") from None
+                raise ConnectFailed(f"no reply from {self.where} in time") from None
             except OSError as exc:
-                raise ApplianceError(f"lost the connection to {self.where}: {exc.strerror or exc}") from None
+                raise ConnectFailed(f"lost the connection to {self.where}: {exc.strerror or exc}") from None
             if not chunk:
-                raise ApplianceError(f"{self.where} closed the connection")
+                raise ConnectFailed(f"{self.where} closed the connection")
             buffer += chunk

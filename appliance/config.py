@@ -55,6 +55,29 @@ class ExpressionSpec:
 
 
 @dataclass(frozen=True)
+class AttributeSpec:
+    """A CSV of static attributes per entity, joined to events by one of their fields."""
+
+    name: str
+    key: str
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    key_column: str = ""
+    path: str = field(default="", compare=False, repr=False)  # where it is read from is not what it means
+
+    def feature_names(self) -> list[str]:
+        return [f"{self.name}_{column}" for column in self.numeric]
+
+
+@dataclass(frozen=True)
+class CustomSpec:
+    """A feature computed by a Python function `module:function` of (event, features)."""
+
+    name: str
+    function: str
+
+
+@dataclass(frozen=True)
 class FeatureConfig:
     """The declared features: passthrough fields, hashed categoricals, aggregates, expressions."""
 
@@ -66,6 +89,8 @@ class FeatureConfig:
     aggregates: tuple[AggregateSpec, ...] = ()
     expressions: tuple[ExpressionSpec, ...] = ()
     ttl: dict[str, float] = field(default_factory=dict)
+    attributes: tuple[AttributeSpec, ...] = ()
+    custom: tuple[CustomSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,24 @@ class ModelConfig:
     metric_window: int = 1000
 
 
+RETAINED_TABLES = ("events", "predictions", "labels", "dead_letters", "metrics")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much event time of history each table keeps (None: forever). Models are always kept."""
+
+    events: float | None = 90 * 86400.0
+    predictions: float | None = 90 * 86400.0
+    labels: float | None = 90 * 86400.0
+    dead_letters: float | None = 90 * 86400.0
+    metrics: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        """Return {table: seconds kept} for the tables that are pruned."""
+        return {name: getattr(self, name) for name in RETAINED_TABLES if getattr(self, name) is not None}
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything `appliance up` and `appliance replay` need."""
@@ -100,6 +143,7 @@ class Config:
     socket: str = "appliance.sock"
     db: str = "appliance.db"
     checkpoint_seconds: float = 5.0
+    retention: Retention = Retention()
     path: str | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
@@ -121,7 +165,8 @@ def load_config(path: str | Path) -> Config:
 
 def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path: str | None = None) -> Config:
     """Build a `Config` from parsed TOML; relative source paths resolve against `base_dir`."""
-    _only(data, "", {"source", "event", "features", "labels", "model", "serve", "checkpoint"})
+    _only(data, "", {"source", "event", "features", "labels", "model", "serve", "checkpoint",
+                    "retention"})
     source_table = _table(data, "source")
     serve = _table(data, "serve")
     _only(source_table, "source", {"spec", "speed"})
@@ -130,7 +175,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path
     if base_dir is not None and _is_relative_file(source):
         source = str((base_dir / source).resolve()) if (base_dir / source).exists() else source
     event = _event_schema(_table(data, "event"))
-    features = _feature_config(_table(data, "features"), event)
+    features = _feature_config(_table(data, "features"), event, base_dir)
     config = Config(
         source=source,
         speed=_number(source_table, "source.speed", 0.0),
@@ -141,6 +186,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path
         socket=str(serve.get("socket", "appliance.sock")),
         db=str(serve.get("db", "appliance.db")),
         checkpoint_seconds=parse_duration(_table(data, "checkpoint").get("every", 5.0)),
+        retention=_retention(_table(data, "retention")),
         path=path,
     )
     validate_config(config)
@@ -159,6 +205,20 @@ def validate_config(config: Config) -> None:
             raise ConfigError(f'feature "{agg.name}": key "{agg.key}" is not in [event] keys')
         if agg.field is not None and agg.field not in event_fields:
             raise ConfigError(f'feature "{agg.name}": field "{agg.field}" is not an [event] field')
+    event_fields |= set(config.event.optional)
+    for spec in config.features.attributes:
+        if spec.key not in event_fields:
+            raise ConfigError(f'attributes "{spec.name}": key "{spec.key}" is not an [event] field')
+        for feature in spec.feature_names() + [f"{spec.name}_{c}" for c in spec.categorical]:
+            if feature in names:
+                raise ConfigError(f'feature "{feature}" is declared twice')
+            names.add(feature)
+    if len({spec.name for spec in config.features.attributes}) != len(config.features.attributes):
+        raise ConfigError("two [[features.attributes]] tables have the same name")
+    for custom in config.features.custom:
+        if custom.name in names:
+            raise ConfigError(f'feature "{custom.name}" is declared twice')
+        names.add(custom.name)
     for name in config.features.numeric:
         if name not in config.event.numeric:
             raise ConfigError(f'[features] numeric "{name}" is not in [event] numeric')
@@ -194,9 +254,9 @@ def _event_schema(table: dict[str, Any]) -> EventSchema:
     )
 
 
-def _feature_config(table: dict[str, Any], event: EventSchema) -> FeatureConfig:
+def _feature_config(table: dict[str, Any], event: EventSchema, base_dir: Path | None) -> FeatureConfig:
     _only(table, "features", {"numeric", "categorical", "hash_buckets", "time_of_day",
-                              "buckets_per_window", "aggregate", "expression", "ttl"})
+                              "buckets_per_window", "aggregate", "expression", "ttl", "attributes", "custom"})
     ttl = {str(key): parse_duration(value) for key, value in _table(table, "ttl").items()}
     for key, value in ttl.items():
         if key not in event.keys:
@@ -224,7 +284,32 @@ def _feature_config(table: dict[str, Any], event: EventSchema) -> FeatureConfig:
         aggregates=aggregates,
         expressions=expressions,
         ttl=ttl,
+        attributes=tuple(_attributes(item, i, base_dir) for i, item in enumerate(table.get("attributes", []))),
+        custom=tuple(_custom(item, i) for i, item in enumerate(table.get("custom", []))),
     )
+
+
+def _attributes(item: dict[str, Any], index: int, base_dir: Path | None) -> AttributeSpec:
+    where = f"features.attributes[{index}]"
+    _only(item, where, {"name", "key", "path", "column", "numeric", "categorical"})
+    name = str(_require(item, where, "name"))
+    if not name.isidentifier():
+        raise ConfigError(f'[{where}] name "{name}" must be a plain identifier such as "driver"')
+    path = str(_require(item, where, "path"))
+    if base_dir is not None and not Path(path).is_absolute():
+        path = str((base_dir / path).resolve())
+    key = str(_require(item, where, "key"))
+    numeric, categorical = _names(item, f"{where}.numeric"), _names(item, f"{where}.categorical")
+    if not numeric and not categorical:
+        raise ConfigError(f"[{where}] declares no columns: list some under numeric or categorical")
+    return AttributeSpec(name=name, key=key, numeric=numeric, categorical=categorical,
+                         key_column=str(item.get("column", key)), path=path)
+
+
+def _custom(item: dict[str, Any], index: int) -> CustomSpec:
+    where = f"features.custom[{index}]"
+    _only(item, where, {"name", "function"})
+    return CustomSpec(name=str(_require(item, where, "name")), function=str(_require(item, where, "function")))
 
 
 def _aggregate(item: dict[str, Any], index: int) -> AggregateSpec:
@@ -259,6 +344,24 @@ def _label_policy(table: dict[str, Any]) -> LabelPolicy:
         horizon=parse_duration(horizon) if horizon is not None else None,
         default=None if default == "drop" else float(default),
     )
+
+
+def _retention(table: dict[str, Any]) -> Retention:
+    _only(table, "retention", {"keep", *RETAINED_TABLES})
+    default = Retention()
+
+    def keep(name: str, fallback: float | None) -> float | None:
+        value = table.get(name, table.get("keep", None) if name != "metrics" else None)
+        if value is None:
+            return fallback
+        if value == "forever":
+            return None
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ConfigError(f'[retention] {name} must be a positive duration such as "30d", or "forever"')
+        return seconds
+
+    return Retention(**{name: keep(name, getattr(default, name)) for name in RETAINED_TABLES})
 
 
 def _model_config(table: dict[str, Any]) -> ModelConfig:

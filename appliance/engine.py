@@ -10,6 +10,7 @@ Items (built by `dataflows.appliance_flow.parse_batch`):
     ("event", source, offset, Event, served | None, ingest)
     ("label", source, offset, Label)
     ("dead", source, offset, payload_text, reason)
+    ("control", source, offset, command)        e.g. "attributes": apply newly loaded attribute tables
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any, Callable
 
 import orjson
 
+from . import attributes
 from .config import Config
 from .events import Event, Label
-from .features import CategoryStats, FeatureSpace
+from .category_stats import CategoryStats
+from .features import FeatureSpace
 from .label_join import LabelJoin, Pending
 from .learning import OnlineModel, Published
 from .metrics import positive_score, predicted_label
@@ -44,7 +47,7 @@ class Engine:
     def __init__(self, config: Config, on_publish: Callable[[Published], None] | None = None) -> None:
         self.config = config
         self.task = config.model.task
-        self.space = FeatureSpace(config.features, config.event)
+        self.space = FeatureSpace.for_config(config)
         self.entities = self.space.new_store()
         self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task])
@@ -58,6 +61,7 @@ class Engine:
         self.evicted: set[tuple[str, str]] = set()
         self.sweep_ticks: dict[str, int] = {}
         self.rows: dict[str, list[dict]] = _empty_rows()
+        self._restored_attributes: dict[str, int] = {}
         self.on_publish = on_publish
         self.rows["models"].append(_model_row(self.model.served))
 
@@ -69,6 +73,9 @@ class Engine:
             self._on_event(item[3], item[4], item[5], source, offset)
         elif kind == "label":
             self._on_label(item[3])
+        elif kind == "control":
+            if item[3] == "attributes":
+                self.refresh_attributes()
         else:
             self._dead(source, offset, item[3], item[4])
         if offset is not None:
@@ -188,8 +195,45 @@ class Engine:
 
     def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
         self.counts["dead_letters"] += 1
+        watermark = self.watermark if self.watermark != -math.inf else None
         self.rows["dead_letters"].append({"source": source, "offset": offset, "reason": reason,
-                                          "payload": payload[:65536]})
+                                          "payload": payload[:65536], "watermark": watermark})
+
+    # -- attribute tables ------------------------------------------------------------------
+    def refresh_attributes(self, db: Any = None) -> list[tuple[str, int]]:
+        """Apply the newest stored version of each attribute table between two events.
+
+        The switch is logged with the sequence number of the last event scored before it, so
+        export applies it at the same point. Returns the (table, version) pairs switched to.
+        """
+        if not self.config.features.attributes:
+            return []
+        from .store import open_db
+
+        own = db is None
+        db = open_db(self.config.db) if own else db
+        switched = []
+        try:
+            for spec in self.config.features.attributes:
+                latest = attributes.latest_version(db, spec.name)
+                if latest is None or latest["version"] == self.space.attributes[spec.name].version:
+                    continue
+                self.space.set_attributes(attributes.read_version(db, spec, latest["version"]))
+                self.rows["attribute_switches"].append({"seq": self.counts["predictions"], "name": spec.name,
+                                                        "version": latest["version"]})
+                switched.append((spec.name, latest["version"]))
+        finally:
+            if own:
+                db.conn.close()
+        return switched
+
+    def attach_attributes(self, db: Any) -> None:
+        """After a restore: load the versions the checkpoint was scoring with, then any newer ones."""
+        for spec in self.config.features.attributes:
+            version = self._restored_attributes.get(spec.name, 0)
+            if version:
+                self.space.set_attributes(attributes.read_version(db, spec, version))
+        self.refresh_attributes(db)
 
     # -- rows ------------------------------------------------------------------------------
     def _prediction_row(self, event: Event, x: dict, y_served: Any, y_learner: Any, version: int,
@@ -227,15 +271,16 @@ class Engine:
                     for key, entity in self.dirty if entity in self.entities[key]]
         evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
         self.dirty, self.evicted = set(), set()
+        versions = {name: table.version for name, table in self.space.attributes.items()}
         core = (self.model, self.join, self.watermark, self.counts, self.recently_expired, self.offsets,
-                self.sweep_ticks, self.categories)
+                self.sweep_ticks, self.categories, versions)
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
-                "evicted": evicted}
+                "evicted": evicted, "watermark": self.watermark}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]]) -> None:
         """Resume from a checkpoint written by `checkpoint` (only ever from the local store)."""
         (self.model, self.join, self.watermark, self.counts, self.recently_expired,
-         self.offsets, self.sweep_ticks, self.categories) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+         self.offsets, self.sweep_ticks, self.categories, self._restored_attributes) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 self.entities[key][entity] = pickle.loads(blob)  # noqa: S301
@@ -252,6 +297,9 @@ class Engine:
             "label_delay_seconds": self.join.delay_quantiles(),
             "entities": self.space.entity_count(self.entities),
             "categorical": self.categories.summary(),
+            "attributes": {name: {"version": table.version, "rows": len(table.rows)}
+                           for name, table in self.space.attributes.items()},
+            "custom_features": {custom.name: custom.summary() for custom in self.space.custom},
             "model": self.model.summary(),
         }
 
@@ -268,4 +316,5 @@ def _model_row(published: Published) -> dict:
 
 
 def _empty_rows() -> dict[str, list[dict]]:
-    return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": []}
+    return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
+            "attribute_switches": []}

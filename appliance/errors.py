@@ -41,6 +41,10 @@ class InvalidEvent(ApplianceError):
         self.reason = reason
 
 
+class ConnectFailed(ApplianceError):
+    """No appliance answers on the socket (not running, or another path)."""
+
+
 class RequestError(ApplianceError):
     """A socket request cannot be served; `code` is stable, `message` is for humans."""
 

@@ -3,7 +3,8 @@
 `training_set` replays the `events` table in the order the engine processed it (`seq`) through a
 fresh `FeatureSpace`, exactly as the engine did: each event's features come from entity state
 before the event, only ingested events change state, and idle entities are evicted on the same
-event-time schedule. Each event with a learned label (joined, immediate, early or defaulted)
+event-time schedule; attribute tables switch versions at the event sequence numbers the engine
+logged. Each event with a learned label (joined, immediate, early or defaulted)
 yields one row. Because the code path is the engine's own, the rows equal the feature vectors the
 engine logged at prediction time; `tests/test_feature_properties.py` checks that on random streams.
 
@@ -21,6 +22,7 @@ from typing import IO, Any
 
 import orjson
 
+from . import attributes
 from .config import Config
 from .errors import ConfigError
 from .events import parse_event
@@ -35,18 +37,23 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
                  end: float | None = None) -> Iterator[dict[str, Any]]:
     """Yield {"event_id", "ts", "label", **features} for labelled events with start <= ts < end."""
     db = open_db(db_path)
-    space = FeatureSpace(config.features, config.event)
+    space = FeatureSpace.for_config(config)
     store = space.new_store()
+    specs = {spec.name: spec for spec in config.features.attributes}
+    switches = [s for s in attributes.switches(db) if s[1] in specs]
     sweep_ticks: dict[str, int] = {}
     watermark = -math.inf
     labels = {row[0]: row[1] for row in db.execute(
         f"SELECT event_id, label FROM labels WHERE status IN ({', '.join('?' * len(LEARNED))})", LEARNED)}
-    cursor = db.execute("SELECT event_id, ts, ingested, payload FROM events ORDER BY seq")
+    cursor = db.execute("SELECT seq, event_id, ts, ingested, payload FROM events ORDER BY seq")
     while True:
         batch = cursor.fetchmany(5000)
         if not batch:
             break
-        for event_id, ts, ingested, payload in batch:
+        for seq, event_id, ts, ingested, payload in batch:
+            while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
+                _, name, version = switches.pop(0)
+                space.set_attributes(attributes.read_version(db, specs[name], version))
             values = parse_event(payload, config.event, config.model.task).values
             if event_id in labels and (start is None or ts >= start) and (end is None or ts < end):
                 x = space.compute(values, ts, store)

@@ -20,7 +20,9 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .config import AggregateSpec, EventSchema, FeatureConfig
+from .attributes import AttributeTable
+from .config import AggregateSpec, Config, EventSchema, FeatureConfig
+from .custom_features import CustomFeature, config_dir
 from .expressions import compile_expression
 
 NAN = math.nan
@@ -123,21 +125,36 @@ class FeatureSpace:
     {'amount': 5.0, 'card_n_1h': 1.0, 'card_sum_1h': 10.0}
     """
 
-    def __init__(self, config: FeatureConfig, schema: EventSchema) -> None:
+    def __init__(self, config: FeatureConfig, schema: EventSchema, *, search_dir: str | None = None) -> None:
         self.config = config
         self.schema = schema
+        self.attributes = {spec.name: AttributeTable.empty(spec) for spec in config.attributes}
+        self.custom = [CustomFeature(spec.name, spec.function, search_dir) for spec in config.custom]
+        self._attribute_columns = {spec.name: (spec.feature_names(), [f"{spec.name}_{c}" for c in spec.categorical])
+                                   for spec in config.attributes}
         by_key: dict[str, list[AggregateSpec]] = {}
         for agg in config.aggregates:
             by_key.setdefault(agg.key, []).append(agg)
         self.layouts = {key: _KeyLayout(key, aggs, config.buckets_per_window, schema.allowed_lateness,
                                         config.ttl.get(key)) for key, aggs in by_key.items()}
-        known = set(config.numeric) | {a.name for a in config.aggregates}
+        known = set(config.numeric) | {a.name for a in config.aggregates} | {c.name for c in config.custom}
+        for spec in config.attributes:
+            known.update(spec.feature_names())
         self.expressions = []
         for spec in config.expressions:
             fn, _ = compile_expression(spec.expr, known)
             self.expressions.append((spec.name, fn))
             known.add(spec.name)
         self.names = self._names()
+
+    @classmethod
+    def for_config(cls, config: Config) -> FeatureSpace:
+        """The feature space of a whole config; custom feature modules come from its folder."""
+        return cls(config.features, config.event, search_dir=config_dir(config.path))
+
+    def set_attributes(self, table: AttributeTable) -> None:
+        """Swap in a version of an attribute table (one assignment: readers see old or new)."""
+        self.attributes = {**self.attributes, table.spec.name: table}
 
     def _names(self) -> list[str]:
         names = list(self.config.numeric)
@@ -146,6 +163,11 @@ class FeatureSpace:
         names += [f"{field}#{b:0{len(str(self.config.hash_buckets - 1))}d}"
                   for field in self.config.categorical for b in range(self.config.hash_buckets)]
         names += [a.name for a in self.config.aggregates]
+        for spec in self.config.attributes:
+            names += spec.feature_names()
+            names += [f"{spec.name}_{column}#{b:0{len(str(self.config.hash_buckets - 1))}d}"
+                      for column in spec.categorical for b in range(self.config.hash_buckets)]
+        names += [custom.name for custom in self.custom]
         names += [name for name, _ in self.expressions]
         return names
 
@@ -172,11 +194,33 @@ class FeatureSpace:
             entity = values.get(key)
             state = store[key].get(entity) if entity is not None else None
             _aggregates_into(x, layout, state, ts)
+        for table in self.attributes.values():
+            self._attributes_into(x, table, values)
+        for custom in self.custom:
+            value = custom(values, x)
+            if value is not None:
+                x[custom.name] = value
         for name, fn in self.expressions:
             value = fn(x)
             if value is not None:
                 x[name] = value
         return x
+
+    def _attributes_into(self, x: dict[str, float], table: AttributeTable, values: dict[str, Any]) -> None:
+        entity = values.get(table.spec.key)
+        row = table.rows.get(entity if isinstance(entity, str) else str(entity)) if entity is not None else None
+        if row is None:
+            return  # an entity the table does not know: its attributes are missing
+        numeric, categorical = self._attribute_columns[table.spec.name]
+        for i, name in enumerate(numeric):
+            value = row[i]
+            if value is not None:
+                x[name] = value
+        offset = len(numeric)
+        for i, name in enumerate(categorical):
+            value = row[offset + i]
+            if value is not None:
+                x[self.hashed_name(name, value)] = 1.0
 
     def update(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]]) -> None:
         """Fold an event into the state of each of its entities (copy-on-write)."""
@@ -405,53 +449,3 @@ def _add_distinct(entries: tuple, slot: _DistinctSlot, value: Any, ts: float) ->
     if len(kept) - drop > DISTINCT_CAP:
         drop = len(kept) - DISTINCT_CAP
     return kept[drop:] if drop else kept
-
-
-class CategoryStats:
-    """How well hashing serves each categorical field: distinct values seen, the share of them that
-    share a bucket with another value (collisions), and the share of events whose value was new.
-
-    Tracks up to `cap` distinct values per field; past that, new values still count as unseen.
-    """
-
-    def __init__(self, space: FeatureSpace, cap: int = 100_000) -> None:
-        self.hash_buckets = space.config.hash_buckets
-        self.cap = cap
-        self.seen: dict[str, dict[str, int]] = {f: {} for f in space.config.categorical}
-        self.occupancy: dict[str, dict[int, int]] = {f: {} for f in space.config.categorical}
-        self.events = dict.fromkeys(space.config.categorical, 0)
-        self.unseen = dict.fromkeys(space.config.categorical, 0)
-        self.recent: dict[str, list[int]] = {f: [0, 0] for f in space.config.categorical}  # [events, unseen]
-
-    def observe(self, values: dict[str, Any]) -> None:
-        for field, seen in self.seen.items():
-            value = values.get(field)
-            if value is None:
-                continue
-            self.events[field] += 1
-            recent = self.recent[field]
-            if recent[0] >= 10_000:
-                recent[0] = recent[1] = 0
-            recent[0] += 1
-            if value in seen:
-                continue
-            self.unseen[field] += 1
-            recent[1] += 1
-            if len(seen) < self.cap:
-                bucket = zlib.crc32(value.encode("utf-8")) % self.hash_buckets
-                seen[value] = bucket
-                occupancy = self.occupancy[field]
-                occupancy[bucket] = occupancy.get(bucket, 0) + 1
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for field, seen in self.seen.items():
-            distinct = len(seen)
-            colliding = sum(n for n in self.occupancy[field].values() if n > 1)
-            events = self.events[field]
-            recent = self.recent[field]
-            out[field] = {"distinct": distinct, "buckets": self.hash_buckets,
-                          "collision_rate": round(colliding / distinct, 4) if distinct else 0.0,
-                          "unseen_rate": round(self.unseen[field] / events, 4) if events else 0.0,
-                          "unseen_rate_recent": round(recent[1] / recent[0], 4) if recent[0] else 0.0}
-        return out

@@ -13,10 +13,12 @@ import hashlib
 import sys
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import attributes
 from .config import Config
 from .engine import Engine
 from .errors import ConfigError
@@ -34,6 +36,27 @@ def fingerprint(config: Config) -> str:
     """Return a digest of what entity state and models depend on: schema, features, model."""
     text = repr((config.event, config.features, config.model.task, config.model.spec))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_attribute_files(config: Config, db: Any) -> list[tuple[str, int, bool]]:
+    """Copy each declared attribute CSV into the store as a new version if its content changed.
+
+    Returns (table, version, changed) per table. A missing file is only an error when the store
+    holds no version of that table yet; otherwise the stored version goes on serving.
+    """
+    loaded = []
+    for spec in config.features.attributes:
+        try:
+            version, changed = attributes.load_csv(db, spec, spec.path, now=time.time())
+        except ConfigError:
+            latest = attributes.latest_version(db, spec.name)
+            if latest is None or Path(spec.path).exists():
+                raise
+            log.warning('attributes "%s": "%s" is gone; serving stored version %d', spec.name, spec.path,
+                        latest["version"])
+            version, changed = latest["version"], False
+        loaded.append((spec.name, version, changed))
+    return loaded
 
 
 def store_files(db_path: str) -> list[Path]:
@@ -71,7 +94,7 @@ class Appliance:
                 path.unlink(missing_ok=True)
         self.source = resolve_source(config.source) if options.read_source else None
         self.engine = self._restore_engine()
-        self.writer = StoreWriter(config.db)
+        self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
 
     def _restore_engine(self) -> Engine:
         engine = Engine(self.config)
@@ -86,6 +109,8 @@ class Appliance:
                     )
                 engine.restore(saved["engine"], load_entities(db))
                 self.resumed = True
+            load_attribute_files(self.config, db)
+            engine.attach_attributes(db)
         finally:
             db.conn.close()
         return engine

@@ -77,7 +77,15 @@ class Service:
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
         return {"predict": self.predict, "ingest": self.ingest, "label": self.label,
-                "features": self.features, "stats": self.stats, "health": self.health}
+                "features": self.features, "stats": self.stats, "health": self.health,
+                "refresh_attributes": self.refresh_attributes}
+
+    def refresh_attributes(self, request: dict) -> dict:
+        """Have the engine switch to the newest stored attribute tables, in order with the stream."""
+        if not self.engine.config.features.attributes:
+            raise RequestError("bad_request", "the config declares no [[features.attributes]] tables")
+        self.inbox.append([{"control": "attributes"}])
+        return {"queued": True}
 
     def predict(self, request: dict) -> dict:
         """Score an event with the served model; by default the event also enters the stream."""

@@ -31,11 +31,16 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "predictions": ({"event_id": str, "ts": float, "version": int, "score": float, "predicted": int,
                      "learner_score": float, "origin": str, "features": str}, "event_id"),
     "labels": ({"event_id": str, "ts": float, "label": float, "delay": float, "status": str}, "event_id"),
-    "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str}, ("source", "offset")),
+    "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},
+                     ("source", "offset")),
     "models": ({"version": int, "spec": str, "parent": int, "n_learned": int, "event_ts": float,
                 "wall_ts": float, "metrics": str, "model": bytes}, "version"),
     "metrics": ({"labels": int, "event_ts": float, "version": int, "learner": str, "served": str}, "labels"),
     "entity_state": ({"key": str, "entity": str, "state": bytes}, ("key", "entity")),
+    "attribute_versions": ({"name": str, "version": int, "path": str, "sha256": str, "rows": int,
+                            "loaded_at": float}, ("name", "version")),
+    "attribute_rows": ({"name": str, "version": int, "entity": str, "vals": str}, ("name", "version", "entity")),
+    "attribute_switches": ({"seq": int, "name": str, "version": int}, ("seq", "name")),
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
 }
 
@@ -48,16 +53,29 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     db.execute("PRAGMA synchronous=NORMAL")
     for name, (columns, pk) in TABLES.items():
         db[name].create(columns, pk=pk, if_not_exists=True)
+        missing = {c: t for c, t in columns.items() if c not in db[name].columns_dict}
+        for column, kind in missing.items():  # a store from an older release: add, never drop
+            db[name].add_column(column, kind)
     db["events"].create_index(["seq"], if_not_exists=True)
-    db["predictions"].create_index(["ts"], if_not_exists=True)
+    for name, column in RETENTION_COLUMNS.items():
+        db[name].create_index([column], if_not_exists=True)
     return db
+
+
+RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
+                     "metrics": "event_ts"}
+PRUNE_EVERY = 3600.0  # seconds of event time between two retention passes
 
 
 class StoreWriter:
     """The single writer thread: batched, ordered, idempotent writes."""
 
-    def __init__(self, path: str | Path, *, max_batches: int = 256, commit_every: float = 0.05) -> None:
+    def __init__(self, path: str | Path, *, max_batches: int = 256, commit_every: float = 0.05,
+                 retention: dict[str, float] | None = None) -> None:
         self.path = str(path)
+        self.retention = dict(retention or {})
+        self.pruned = dict.fromkeys(self.retention, 0)
+        self._next_prune = -float("inf")
         self.commit_every = commit_every
         self._queue: queue.Queue = queue.Queue(maxsize=max_batches)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -146,6 +164,31 @@ class StoreWriter:
             conn.executemany("DELETE FROM entity_state WHERE key = ? AND entity = ?", payload["evicted"])
         conn.execute(self._sql["checkpoint"],
                      (1, fingerprint, orjson.dumps(payload["offsets"]).decode(), payload["engine"], time.time()))
+        watermark = payload.get("watermark")
+        if self.retention and watermark is not None and watermark >= self._next_prune:
+            self._prune(conn, watermark)
+            self._next_prune = watermark + PRUNE_EVERY
+
+    def _prune(self, conn: sqlite3.Connection, watermark: float) -> None:
+        """Delete rows older than each table's retention, in event time (the watermark's clock)."""
+        for table, keep in self.retention.items():
+            column = RETENTION_COLUMNS[table]
+            cursor = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (watermark - keep,))
+            self.pruned[table] += cursor.rowcount
+        if "events" in self.retention:
+            _prune_attribute_versions(conn)
+
+
+def _prune_attribute_versions(conn: sqlite3.Connection) -> None:
+    """Drop attribute versions that no retained event was scored with (export never needs them)."""
+    oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+    if oldest is None:
+        return
+    needed = conn.execute("SELECT name, max(version) FROM attribute_switches WHERE seq < ? GROUP BY name",
+                          (oldest,)).fetchall()
+    for name, version in needed:
+        conn.execute("DELETE FROM attribute_rows WHERE name = ? AND version < ?", (name, version))
+        conn.execute("DELETE FROM attribute_switches WHERE name = ? AND version < ?", (name, version))
 
 
 def _insert_sql(table: str, columns: list[str]) -> str:

@@ -1,7 +1,7 @@
 """The appliance dataflow: read -> parse -> route -> engine -> store.
 
     read    (source, offset, payload)                       one partition per input
-    parse   ("event"|"label"|"dead", source, offset, ...)    validate; bad input becomes a dead letter
+    parse   ("event"|"label"|"dead"|"control", source, offset, ...)  validate; bad input: a dead letter
     route   ("engine", item)                                 one engine owns features and models
     engine  ("rows", {table: [row]}) | ("checkpoint", fp, payload)
     store   batched, ordered writes to SQLite
@@ -52,6 +52,8 @@ def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task
     ingest = True
     if source == INBOX:
         record = decode(payload)
+        if "control" in record:
+            return ("control", source, offset, record["control"])
         payload = record.get("event")
         if payload is None:
             raise InvalidEvent("inbox record has no event")

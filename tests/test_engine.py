@@ -23,11 +23,11 @@ def items(config, stream, source="test"):
 
 
 def run(engine, parsed_items):
-    rows = {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": []}
+    rows: dict[str, list] = {}
     for item in parsed_items:
         engine.process(item)
     for table, new in engine.take_rows().items():
-        rows[table] += new
+        rows.setdefault(table, []).extend(new)
     return rows
 
 

@@ -1,0 +1,69 @@
+"""The SQLite store: retention by event-time age, and stores written by an older release."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import orjson
+import pytest
+
+from appliance.config import config_from_dict
+from appliance.errors import ConfigError
+from appliance.runtime import Appliance, RunOptions
+from appliance.store import open_db
+
+from .conftest import SMALL_CONFIG, make_stream
+
+
+def replay(tmp_path, stream, **overrides):
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(raw) + b"\n" for raw in stream))
+    data = dict(SMALL_CONFIG, source={"spec": str(source)}, serve={"db": str(tmp_path / "a.db")}, **overrides)
+    appliance = Appliance(config_from_dict(data), RunOptions(serve=False))
+    appliance.run()
+    return appliance, open_db(tmp_path / "a.db")
+
+
+def test_retention_deletes_rows_older_than_their_age_in_event_time(tmp_path):
+    stream = make_stream(600)  # about 7.5 hours of event time
+    stream.insert(40, "{broken")
+    appliance, db = replay(tmp_path, stream, retention={"keep": "2h", "labels": "forever"})
+    cutoff = appliance.engine.watermark - 7200
+    payments = [e for e in stream if isinstance(e, dict) and e["type"] == "payment"]
+    kept = [e for e in payments if e["ts"] >= cutoff]
+    assert 0 < len(kept) < len(payments)
+    assert db["events"].count == len(kept)
+    assert db.execute("SELECT min(ts) FROM predictions").fetchone()[0] >= cutoff
+    assert db["predictions"].count == len(kept)
+    assert db["dead_letters"].count == 0  # the broken line came early: pruned with its watermark
+    labelled = db.execute("SELECT count(*) FROM labels WHERE ts < ?", (cutoff,)).fetchone()[0]
+    assert labelled > 0  # "forever" for labels overrides keep
+    assert db["models"].count == appliance.engine.model.served.version  # the registry is never pruned
+    assert appliance.writer.pruned["events"] == len(payments) - len(kept)
+
+
+def test_without_retention_nothing_is_deleted(tmp_path):
+    stream = make_stream(300)
+    _, db = replay(tmp_path, stream, retention={"keep": "forever"})
+    assert db["events"].count == sum(1 for e in stream if e["type"] == "payment")
+
+
+def test_retention_must_be_a_duration():
+    with pytest.raises(ConfigError, match=r"\[retention\] events must be a positive duration"):
+        config_from_dict(dict(SMALL_CONFIG, retention={"events": "0s"}))
+    with pytest.raises(ConfigError, match='unknown key "event"'):
+        config_from_dict(dict(SMALL_CONFIG, retention={"event": "1d"}))
+
+
+def test_a_store_from_an_older_release_gains_the_new_columns(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE dead_letters (source TEXT, offset INTEGER, reason TEXT, payload TEXT, "
+                 "PRIMARY KEY (source, offset))")
+    conn.execute("INSERT INTO dead_letters VALUES ('file', 3, 'not valid JSON', '{')")
+    conn.commit()
+    conn.close()
+    db = open_db(path)
+    assert "watermark" in db["dead_letters"].columns_dict
+    assert list(db["dead_letters"].rows) == [{"source": "file", "offset": 3, "reason": "not valid JSON",
+                                               "payload": "{", "watermark": None}]
