@@ -54,5 +54,62 @@ def predict_latency(socket_path: str, requests: int = 5000, warmup: int = 500, s
             "per_second": round(len(timings) / (sum(timings) / 1e6), 1)}
 
 
+def entity_memory(config: Any, entities: int, events_per_entity: int = 3, seed: int = 1) -> dict[str, Any]:
+    """Resident bytes per entity of `config`'s feature state, for `entities` entities over all keys.
+
+    Each entity gets `events_per_entity` events spread over its longest window (so every bucket
+    ring and distinct set holds something). Measured as growth of the process's resident memory
+    around building the store, which counts what Python allocates for the dicts, tuples and arrays.
+    """
+    import gc
+
+    from .features import FeatureSpace
+
+    space = FeatureSpace.for_config(config)
+    rng = random.Random(seed)
+    keys = list(space.layouts)
+    longest = max((a.window for a in config.features.aggregates), default=3600.0) or 3600.0
+    gc.collect()
+    before = _rss()
+    store = space.new_store()
+    started = time.perf_counter()
+    t0 = 1_767_225_600.0
+    per_key = entities // max(1, len(keys))
+    for i in range(per_key):
+        for j in range(events_per_entity):
+            values = {key: f"{key[:2]}{i:08d}" for key in keys}
+            for name in config.event.numeric:
+                values[name] = round(rng.uniform(1, 100), 2)
+            for name in config.event.categorical:
+                values[name] = f"v{rng.randrange(8)}"
+            space.update(values, t0 + i * 0.001 + j * longest / events_per_entity * 0.9, store)
+    elapsed = time.perf_counter() - started
+    gc.collect()
+    grown = _rss() - before
+    count = space.entity_count(store)
+    by_key = {key: round(sum(_state_size(entity, state) for entity, state in list(store[key].items())[:1000])
+                         / min(1000, len(store[key])), 1) for key in keys if store[key]}
+    return {"entities": count, "keys": len(keys), "events_per_entity": events_per_entity,
+            "rss_bytes": grown, "bytes_per_entity": round(grown / count, 1), "state_bytes_by_key": by_key,
+            "updates_per_second": round(per_key * events_per_entity / elapsed)}
+
+
+def _state_size(entity: str, state: tuple) -> int:
+    """Bytes of one entity's state by `sys.getsizeof`: key string, state tuple, array, distinct sets."""
+    import sys
+
+    arr, distinct = state
+    size = sys.getsizeof(entity) + sys.getsizeof(state) + sys.getsizeof(arr) + sys.getsizeof(distinct)
+    for entries in distinct:
+        size += sys.getsizeof(entries) + sum(sys.getsizeof(e) + sys.getsizeof(e[0]) + sys.getsizeof(e[1])
+                                             for e in entries)
+    return size
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _q(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(q * len(values)))], 1)

@@ -203,9 +203,9 @@ def attributes() -> None:
 @attributes.command("refresh")
 @CONFIG_OPTION
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
-@SOCKET_OPTION
+@click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", help="The running appliance's socket [default: the config's].")
 @friendly_errors
-def attributes_refresh(config_path: str | None, db: str | None, socket_path: str) -> None:
+def attributes_refresh(config_path: str | None, db: str | None, socket_path: str | None) -> None:
     """Reload every declared attribute CSV; a running appliance switches to changed tables at once."""
     from .client import Client
     from .errors import ConnectFailed
@@ -226,7 +226,7 @@ def attributes_refresh(config_path: str | None, db: str | None, socket_path: str
     if not any(changed for _, _, changed in loaded):
         return
     try:
-        with Client(socket_path) as client:
+        with Client(socket_path or config.socket) as client:
             client.request("refresh_attributes")
         click.echo("the running appliance switches to the new versions before its next event")
     except ConnectFailed:
@@ -282,6 +282,27 @@ def bench_predict(socket_path: str, requests: int, as_json: bool) -> None:
                    f"p50 {result['p50_us']} µs · p90 {result['p90_us']} µs · p99 {result['p99_us']} µs · "
                    f"max {result['max_us']} µs · errors {result['errors']} · "
                    f"{result['events_ingested_meanwhile']:,} events ingested meanwhile")
+
+
+@bench.command("memory")
+@CONFIG_OPTION
+@click.option("--entities", type=int, default=100_000, show_default=True, help="Entities over all keys.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def bench_memory(config_path: str | None, entities: int, as_json: bool) -> None:
+    """Bytes per entity of the config's feature state (built in this process, no appliance needed)."""
+    from .bench import entity_memory, machine
+    from .settings import resolve_config
+
+    result = entity_memory(resolve_config(config_path, None), entities)
+    result["machine"] = machine()
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        by_key = ", ".join(f"{key} {size:,.0f} B" for key, size in result["state_bytes_by_key"].items())
+        click.echo(f"{result['entities']:,} entities over {result['keys']} keys: {result['rss_bytes'] / 2**20:,.1f} MiB "
+                   f"resident, {result['bytes_per_entity']:,.0f} B per entity (state by key: {by_key}); "
+                   f"{result['updates_per_second']:,} updates/s")
 
 
 class Client_stats:  # noqa: N801 - a tiny context helper: events processed so far

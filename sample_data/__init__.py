@@ -1,6 +1,6 @@
 """The bundled sample: a ride-hailing payments stream with fraud, chargebacks and a drift.
 
-`EVENTS` is the committed stream (regenerate with `python -m sample_data.generate`), `CONFIG` the
+`EVENTS` is the committed stream (regenerate with `python -m sample_data.generate`), `DRIVERS` the drivers' attributes table, `CONFIG` the
 appliance config that describes it; `appliance up` with no arguments runs the two together.
 """
 
@@ -11,3 +11,4 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 EVENTS = HERE / "payments.jsonl.gz"
 CONFIG = HERE / "appliance.toml"
+DRIVERS = HERE / "drivers.csv"

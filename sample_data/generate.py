@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sample_data import EVENTS
+from sample_data import DRIVERS, EVENTS
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z, a Thursday
 DAY = 86_400.0
@@ -358,13 +358,34 @@ def write(path: str | Path = EVENTS, seed: int = 7, days: int = 28) -> dict:
     return stats
 
 
+VEHICLES = ["standard", "comfort", "van", "electric"]
+
+
+def driver_table(seed: int = 7) -> str:
+    """The drivers' static attributes as CSV text: rating, years on the platform, vehicle class.
+
+    Drawn from their own seed so the payments do not depend on them; the sample config joins this
+    table on `driver_id` to show attribute features (a driver's record is not a fraud signal here).
+    """
+    rng = random.Random(seed * 7919 + 1)
+    rows = ["driver_id,city,rating,years_active,vehicle"]
+    for city, share in zip(NAMES, SHARES):
+        for j in range(1, round(N_DRIVERS * share) + 1):
+            rating = round(min(5.0, rng.gauss(4.75, 0.15)), 2)
+            years = round(rng.expovariate(1 / 2.5), 1)
+            rows.append(f"d{city[:3]}{j:04d},{city},{rating},{years},{rng.choices(VEHICLES, [6, 2, 1, 1])[0]}")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--out", default=str(EVENTS))
+    parser.add_argument("--drivers", default=str(DRIVERS), help="where to write the drivers' attributes CSV")
     args = parser.parse_args(argv)
     print(json.dumps(write(args.out, args.seed, args.days), indent=1))
+    Path(args.drivers).write_text(driver_table(args.seed), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ own bookkeeping.
 
 from __future__ import annotations
 
+import csv
 import gzip
 from collections import Counter, defaultdict
 
@@ -15,7 +16,7 @@ import sample_data
 from appliance.config import load_config
 from appliance.errors import InvalidEvent
 from appliance.events import Event, Label, parse_event
-from sample_data.generate import DRIFT_DAY, START, generate, main, write
+from sample_data.generate import DRIFT_DAY, START, driver_table, generate, main, write
 
 HOUR = 3600.0
 DRIFT = START + DRIFT_DAY * 86400
@@ -76,8 +77,20 @@ def test_write_gives_the_same_bytes_and_main_takes_its_options(tmp_path):
     assert first.read_bytes() == second.read_bytes()
     assert first.read_bytes()[4:8] == b"\0\0\0\0"  # gzip mtime
     assert summary["payments"] > 1000 and summary["bytes"] == first.stat().st_size
-    main(["--seed", "3", "--days", "1", "--out", str(tmp_path / "c.jsonl.gz")])
+    main(["--seed", "3", "--days", "1", "--out", str(tmp_path / "c.jsonl.gz"), "--drivers", str(tmp_path / "d.csv")])
     assert (tmp_path / "c.jsonl.gz").read_bytes() == first.read_bytes()
+    assert (tmp_path / "d.csv").read_text() == driver_table(3) != driver_table(7)
+
+
+def test_the_drivers_table_is_fresh_and_covers_every_driver(parsed):
+    committed = sample_data.DRIVERS.read_text(encoding="utf-8")
+    assert committed == driver_table(7), "sample_data/drivers.csv is stale: run python -m sample_data.generate"
+    rows = list(csv.DictReader(committed.splitlines()))
+    known = {row["driver_id"] for row in rows}
+    assert len(known) == len(rows) > 1000
+    payments, _, _ = parsed
+    assert {p.values["driver_id"] for _, p in payments} <= known
+    assert all(1.0 <= float(row["rating"]) <= 5.0 and float(row["years_active"]) >= 0 for row in rows)
 
 
 def test_payments_carry_every_field_the_config_reads(parsed):

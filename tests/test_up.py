@@ -144,12 +144,12 @@ def test_up_with_no_arguments_serves_the_sample_and_the_cli_clients_work(short_d
         socket_path = str(short_dir / "appliance.sock")
         with Client(socket_path) as client:
             wait_for(lambda: client.request("stats")["model"]["served_version"] != "v1", timeout=60)
-            event = {"user_id": "u00042", "card_id": "c000077", "device_id": "dv000043", "driver_id": "dlis0012",
-                     "city": "lisbon", "amount": 84.0, "ride_km": 3.1, "payment_method": "card"}
+            event = {"user_id": "u39817", "card_id": "c219198", "device_id": "dv262614", "driver_id": "dmil0021",
+                     "city": "milan", "amount": 84.0, "ride_km": 3.1, "payment_method": "card"}
             reply = client.request("predict", event=event, explain=True)
             assert 0.0 <= reply["score"] <= 1.0 and reply["features"]["amount"] == 84.0
             assert reply["version"] != "v1"  # a version published after learning from labels
-            features = client.request("features", entity={"card_id": "c000077", "user_id": "u00042"})
+            features = client.request("features", entity={"card_id": "c219198", "user_id": "u39817"})
             assert set(features["entities"]) == {"card_id", "user_id"}
         env = dict(os.environ, APPLIANCE_SOCKET=socket_path)
         out = subprocess.run([sys.executable, "-m", "appliance", "predict", json.dumps(event)], env=env,
