@@ -293,6 +293,7 @@ class Engine:
             "counts": dict(self.counts),
             "watermark": None if self.watermark == -math.inf else format_timestamp(self.watermark),
             "pending_labels": len(self.join.pending),
+            "label_join_rate": _join_rate_of(self.counts),
             "early_labels": len(self.join.early),
             "label_delay_seconds": self.join.delay_quantiles(),
             "entities": self.space.entity_count(self.entities),
@@ -302,6 +303,13 @@ class Engine:
             "custom_features": {custom.name: custom.summary() for custom in self.space.custom},
             "model": self.model.summary(),
         }
+
+
+def _join_rate_of(counts: dict[str, int]) -> float | None:
+    """Share of resolved predictions whose label arrived (not expired into the default)."""
+    joined = counts["labels_joined"] + counts["labels_immediate"]
+    resolved = joined + counts["predictions_expired"]
+    return round(joined / resolved, 4) if resolved else None
 
 
 def _as_prediction(score: float, task: str) -> Any:

@@ -36,6 +36,13 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines.append(f"  {'watermark':<22} {stats.get('watermark') or '-':>24}")
     lines.append(f"  {'entities':<22} {stats.get('entities', 0):>12,}")
     lines.append(f"  {'pending labels':<22} {stats.get('pending_labels', 0):>12,}")
+    if stats.get("label_join_rate") is not None:
+        lines.append(f"  {'label join rate':<22} {stats['label_join_rate']:>12.2%}")
+    for name, table in (stats.get("attributes") or {}).items():
+        lines.append(f"  {'attributes ' + name:<22} {'v' + str(table['version']):>12} ({table['rows']:,} rows)")
+    for name, custom in (stats.get("custom_features") or {}).items():
+        if custom.get("errors"):
+            lines.append(f"  {'custom ' + name:<22} {custom['errors']:>12,} errors, last: {custom['last_error']}")
     delays = stats.get("label_delay_seconds") or {}
     if delays:
         lines.append("  label delay            " + "  ".join(f"{k} {v / 3600:.1f}h" for k, v in delays.items()))

@@ -82,6 +82,12 @@ def test_no_label_by_the_horizon_learns_the_default(small_config):
     rows = run(engine, items(small_config, stream))
     assert [(r["event_id"], r["status"], r["label"]) for r in rows["labels"]] == [("a", "defaulted", 0)]
     assert engine.counts["predictions_expired"] == 1 and len(engine.join.pending) == 1
+    assert engine.stats()["label_join_rate"] == 0.0
+    more = [{"type": "label", "event_id": "b", "ts": 3700.0, "label": 1},
+            {"type": "payment", "event_id": "c", "ts": 3800.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
+            {"type": "label", "event_id": "c", "ts": 3900.0, "label": 0}]
+    run(engine, items(small_config, more))
+    assert engine.stats()["label_join_rate"] == round(2 / 3, 4)  # b and c joined, a expired
 
 
 def test_drop_policy_learns_nothing_on_expiry(small_config):
