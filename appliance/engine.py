@@ -10,13 +10,15 @@ Items (built by `dataflows.appliance_flow.parse_batch`):
     ("event", source, offset, Event, served | None, ingest)
     ("label", source, offset, Label)
     ("dead", source, offset, payload_text, reason)
-    ("control", source, offset, command)        e.g. "attributes": apply newly loaded attribute tables
+    ("control", source, offset, record)         an operator's command from the inbox: {"control":
+        "attributes" | "promote" | "rollback" | "pause" | "resume", ...}, applied between two events
 """
 
 from __future__ import annotations
 
 import math
 import pickle
+import time
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -62,8 +64,10 @@ class Engine:
         self.sweep_ticks: dict[str, int] = {}
         self.rows: dict[str, list[dict]] = _empty_rows()
         self._restored_attributes: dict[str, int] = {}
+        self.audit_seq = 0
         self.on_publish = on_publish
         self.rows["models"].append(_model_row(self.model.served))
+        self._audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
 
     # -- the per-item path -------------------------------------------------------------------
     def process(self, item: tuple) -> None:
@@ -74,8 +78,7 @@ class Engine:
         elif kind == "label":
             self._on_label(item[3])
         elif kind == "control":
-            if item[3] == "attributes":
-                self.refresh_attributes()
+            self._control(item[3])
         else:
             self._dead(source, offset, item[3], item[4])
         if offset is not None:
@@ -162,8 +165,12 @@ class Engine:
         self.counts["labels_" + ("joined" if status == "early" else status)] += 1
         if status in ("joined", "early"):
             self.join.record_delay(delay)
+        refusals = self.model.refusals
         published = self.model.learn(pending.x, y, pending.y_learner, pending.y_served, self.watermark)
         self._label_row(pending.event_id, label_ts, y, delay, status)
+        if published is not None or self.model.refusals != refusals:
+            self._audit("publish" if published else "refuse", published.version if published else None,
+                        self._gate_reason(), "policy")
         if self.model.learner_eval.count % METRIC_EVERY == 0:
             self.rows["metrics"].append(self._metric_row())
         if published is not None:
@@ -198,6 +205,73 @@ class Engine:
         watermark = self.watermark if self.watermark != -math.inf else None
         self.rows["dead_letters"].append({"source": source, "offset": offset, "reason": reason,
                                           "payload": payload[:65536], "watermark": watermark})
+
+    # -- operator commands and the audit trail ----------------------------------------------
+    def _control(self, record: dict) -> None:
+        command = record.get("control")
+        actor = str(record.get("actor") or "operator")
+        model = self.model
+        if command == "attributes":
+            self.refresh_attributes()
+        elif command == "promote" and record.get("version") is None:
+            published = model.publish_now(self._event_time())
+            self.rows["models"].append(_model_row(published))
+            self._audit("promote", published.version, "the learner, published without the gate", actor)
+        elif command in ("promote", "rollback"):
+            version = record.get("version") if command == "promote" else record.get("version") or model.previous()
+            self._switch(command, version, actor)
+        elif command in ("pause", "resume"):
+            model.paused = command == "pause"
+            self._audit(command, None, "automatic publication " + ("paused" if model.paused else "resumed"), actor)
+
+    def _switch(self, action: str, version: Any, actor: str) -> None:
+        published = self._registered(version)
+        if published is None:
+            self._audit("refuse", version, f"{action}: version {version} is not in the registry", actor)
+            return
+        was = self.model.served.version
+        self.model.serve(published)
+        reason = f"{action} from v{was} to v{published.version}"
+        self._audit(action, published.version, reason, actor)
+        if action == "rollback" and not self.model.paused:
+            self.model.paused = True  # or the learner that was rolled back would be published again
+            self._audit("pause", None, "automatic publication paused by the rollback; resume it by hand", actor)
+
+    def _registered(self, version: Any) -> Published | None:
+        """A registered version: from memory if recent, else from the store's registry (our own file)."""
+        if not isinstance(version, int) or version not in self.model.catalog:
+            return None
+        if version == self.model.served.version:
+            return self.model.served
+        if version in self.model.recent:
+            return self.model.recent[version]
+        from .store import open_db
+
+        db = open_db(self.config.db)
+        try:
+            row = db.execute("SELECT model FROM models WHERE version = ?", [version]).fetchone()
+        finally:
+            db.conn.close()
+        if row is None:
+            return None
+        meta = self.model.catalog[version]
+        return Published(model=pickle.loads(row[0]), **meta)  # noqa: S301 - the local registry, never socket bytes
+
+    def _gate_reason(self) -> str:
+        model = self.model
+        learner, served = model.learner_eval.window_primary(), model.served_eval.window_primary()
+        name = model.learner_eval.primary
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        return (f"recent {name}: learner {fmt(learner)} vs served {fmt(served)} "
+                f"(margin {model.config.publish_margin}) after {model.n_learned} labels")
+
+    def _audit(self, action: str, version: int | None, reason: str, actor: str) -> None:
+        self.audit_seq += 1
+        self.rows["audit"].append({"id": self.audit_seq, "event_ts": self._event_time(), "wall_ts": time.time(),
+                                   "action": action, "version": version, "reason": reason, "actor": actor})
+
+    def _event_time(self) -> float | None:
+        return None if self.watermark == -math.inf else self.watermark
 
     # -- attribute tables ------------------------------------------------------------------
     def refresh_attributes(self, db: Any = None) -> list[tuple[str, int]]:
@@ -272,15 +346,25 @@ class Engine:
         evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
         self.dirty, self.evicted = set(), set()
         versions = {name: table.version for name, table in self.space.attributes.items()}
-        core = (self.model, self.join, self.watermark, self.counts, self.recently_expired, self.offsets,
-                self.sweep_ticks, self.categories, versions)
+        core = {"model": self.model, "join": self.join, "watermark": self.watermark, "counts": self.counts,
+                "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
+                "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq}
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
                 "evicted": evicted, "watermark": self.watermark}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]]) -> None:
         """Resume from a checkpoint written by `checkpoint` (only ever from the local store)."""
-        (self.model, self.join, self.watermark, self.counts, self.recently_expired,
-         self.offsets, self.sweep_ticks, self.categories, self._restored_attributes) = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+        core = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+        if isinstance(core, tuple):  # written by an earlier release
+            core = dict(zip(("model", "join", "watermark", "counts", "recently_expired", "offsets",
+                             "sweep_ticks", "categories"), core))
+        self.model, self.join, self.watermark = core["model"], core["join"], core["watermark"]
+        self.counts = {**dict.fromkeys(COUNTERS, 0), **core["counts"]}
+        self.recently_expired, self.offsets = core["recently_expired"], core["offsets"]
+        self.sweep_ticks, self.categories = core["sweep_ticks"], core["categories"]
+        self._restored_attributes = core.get("attributes", {})
+        self.audit_seq = core.get("audit_seq", 0)
+        _upgrade_model(self.model)
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 self.entities[key][entity] = pickle.loads(blob)  # noqa: S301
@@ -305,6 +389,15 @@ class Engine:
         }
 
 
+def _upgrade_model(model: OnlineModel) -> None:
+    """Give a model restored from an earlier release's checkpoint the registry fields it lacked."""
+    if not hasattr(model, "catalog"):
+        model.paused, model.recent = False, {}
+        model.last_version = model.served.version
+        model.catalog = {model.served.version: model.served.describe()}
+        model.history = [model.served.version]
+
+
 def _join_rate_of(counts: dict[str, int]) -> float | None:
     """Share of resolved predictions whose label arrived (not expired into the default)."""
     joined = counts["labels_joined"] + counts["labels_immediate"]
@@ -325,4 +418,4 @@ def _model_row(published: Published) -> dict:
 
 def _empty_rows() -> dict[str, list[dict]]:
     return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
-            "attribute_switches": []}
+            "attribute_switches": [], "audit": []}

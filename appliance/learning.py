@@ -1,8 +1,10 @@
 """The online model: a learner that updates on every label, and a served version that changes
-only when the learner has proved itself on live labels.
+only when the learner has proved itself on live labels, or when an operator says so.
 
 The served model is a deep copy frozen at publication; nothing mutates it afterwards, so the
-socket server can call it from its own thread without a lock. Every publication is a new version.
+socket server can call it from its own thread without a lock. Every publication is a new version
+with a number never reused; `catalog` keeps every version's metadata (the models themselves live
+in the store's registry), `history` the versions that served, in order, for rollback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from .metrics import Evaluation, not_worse
 from .model_spec import build_model
 
 FIRST_CHECK = 50  # labels before the first publication check, while the untrained version serves
+HISTORY = 1000  # served versions remembered for rollback
+RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,11 @@ class Published:
     def name(self) -> str:
         return f"v{self.version}"
 
+    def describe(self) -> dict[str, Any]:
+        """Metadata without the model: what `models` lists."""
+        return {"version": self.version, "spec": self.spec, "parent": self.parent, "n_learned": self.n_learned,
+                "event_ts": self.event_ts, "wall_ts": self.wall_ts, "metrics": self.metrics}
+
 
 class OnlineModel:
     """A learner, its prequential evaluation, and the evaluated version that serves."""
@@ -51,7 +60,18 @@ class OnlineModel:
         self.labels_since_check = 0
         self.publications = 0
         self.refusals = 0
-        self.served = self._freeze(version=1, parent=None, event_ts=None)
+        self.paused = False
+        self.last_version = 0
+        self.catalog: dict[int, dict[str, Any]] = {}
+        self.history: list[int] = []
+        self.recent: dict[int, Published] = {}
+        self.served = self._new_version(parent=None, event_ts=None)
+        self.history.append(self.served.version)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["recent"] = {}  # the registry in the store has them; a checkpoint stays small
+        return state
 
     def predict(self, model: Any, x: dict) -> Any:
         """Return a probability dict (classification) or a number (regression)."""
@@ -70,7 +90,7 @@ class OnlineModel:
         due = self.config.publish_every
         if self.served.parent is None and self.served.n_learned == 0:
             due = min(due, FIRST_CHECK)  # the untrained initial version gives way early
-        if self.labels_since_check < due:
+        if self.labels_since_check < due or self.paused:
             return None
         self.labels_since_check = 0
         return self.try_publish(event_ts)
@@ -82,9 +102,43 @@ class OnlineModel:
         if not ok:
             self.refusals += 1
             return None
-        self.served = self._freeze(self.served.version + 1, self.served.version, event_ts)
+        return self.publish_now(event_ts)
+
+    def publish_now(self, event_ts: float | None) -> Published:
+        """Freeze the learner as a new version and serve it, with no gate (an operator's promote)."""
+        published = self._new_version(self.served.version, event_ts)
+        self.serve(published, reset_window=False)
         self.publications += 1
-        return self.served
+        return published
+
+    def serve(self, published: Published, *, reset_window: bool = True) -> None:
+        """Make `published` the served version (one reference swap).
+
+        An operator's switch to another lineage restarts the served model's recent window, so the
+        publication gate compares the learner with what serves now, not with what served before.
+        """
+        self.served = published
+        self.history.append(published.version)
+        del self.history[:-HISTORY]
+        if reset_window:
+            self.served_eval.reset_window()
+
+    def previous(self) -> int | None:
+        """The version that served before the current one (what a rollback returns to)."""
+        current = self.served.version
+        for version in reversed(self.history):
+            if version != current:
+                return version
+        return None
+
+    def _new_version(self, parent: int | None, event_ts: float | None) -> Published:
+        self.last_version += 1
+        published = self._freeze(self.last_version, parent, event_ts)
+        self.catalog[published.version] = published.describe()
+        self.recent[published.version] = published
+        while len(self.recent) > RECENT:
+            del self.recent[next(iter(self.recent))]
+        return published
 
     def _freeze(self, version: int, parent: int | None, event_ts: float | None) -> Published:
         return Published(
@@ -104,6 +158,8 @@ class OnlineModel:
             "spec": self.spec,
             "task": self.task,
             "served_version": self.served.name,
+            "publishing": "paused" if self.paused else "automatic",
+            "versions": len(self.catalog),
             "examples_learned": self.n_learned,
             "publications": self.publications,
             "publications_refused": self.refusals,

@@ -46,10 +46,19 @@ class Evaluation:
         self.primary = PRIMARY[task]
         self.bigger_is_better = table[self.primary][2]
         self.count = 0
+        self.window_count = 0
+
+    def reset_window(self) -> None:
+        """Forget the rolling metrics (the served model changed); cumulative ones go on."""
+        table = _CLASSIFICATION if self.task == "classification" else _REGRESSION
+        self._rolling = [(name, utils.Rolling(cls, window_size=self.window), uses_proba)
+                         for name, (cls, uses_proba, _) in table.items()]
+        self.window_count = 0
 
     def update(self, y_true: Any, y_pred: Any) -> None:
         """Score one prediction: a probability dict for classification, a number for regression."""
         self.count += 1
+        self.window_count = getattr(self, "window_count", 0) + 1
         if self.task == "classification":
             label = predicted_label(y_pred)
             for _, metric, uses_proba in self._metrics:
@@ -70,7 +79,7 @@ class Evaluation:
 
     def window_primary(self) -> float | None:
         """Return the rolling value of the primary metric, or None before any label."""
-        if self.count == 0:
+        if self.count == 0 or getattr(self, "window_count", self.count) == 0:
             return None
         for name, metric, _ in self._rolling:
             if name == self.primary:

@@ -78,7 +78,61 @@ class Service:
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
         return {"predict": self.predict, "ingest": self.ingest, "label": self.label,
                 "features": self.features, "stats": self.stats, "health": self.health,
-                "refresh_attributes": self.refresh_attributes}
+                "refresh_attributes": self.refresh_attributes, "models": self.models, "promote": self.promote,
+                "rollback": self.rollback, "publishing": self.publishing}
+
+    # -- the model registry ----------------------------------------------------------------
+    def models(self, request: dict) -> dict:
+        """The served version, the learner, and the newest registered versions (metadata only)."""
+        model = self.engine.model
+        limit = request.get("limit", 20)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise RequestError("bad_request", '"limit" must be a positive integer')
+        versions = [model.catalog[v] for v in sorted(model.catalog)[-limit:]]
+        return {"served": model.served.version, "previous": model.previous(),
+                "publishing": "paused" if model.paused else "automatic",
+                "learner": {"spec": model.spec, "n_learned": model.n_learned,  # metrics: the engine's snapshot
+                            "metrics": self.board.snapshot.get("model", {}).get("learner", {})},
+                "versions": versions, "total_versions": len(model.catalog)}
+
+    def promote(self, request: dict) -> dict:
+        """Serve a registered version (`version`), or publish the learner now, past the gate."""
+        version = request.get("version")
+        if version is not None:
+            self._check_version(version)
+        self.inbox.append([{"control": "promote", "version": version, "actor": self._actor(request)}])
+        return {"queued": True, "action": "promote", "version": version if version is not None else "learner"}
+
+    def rollback(self, request: dict) -> dict:
+        """Serve the version that served before this one (or `version`); pauses automatic publication."""
+        model = self.engine.model
+        version = request.get("version")
+        if version is None:
+            version = model.previous()
+            if version is None:
+                raise RequestError("nothing_to_roll_back", f"v{model.served.version} is the only version that has served")
+        self._check_version(version)
+        self.inbox.append([{"control": "rollback", "version": version, "actor": self._actor(request)}])
+        return {"queued": True, "action": "rollback", "version": version}
+
+    def publishing(self, request: dict) -> dict:
+        """Pause or resume automatic publication: `{"op": "publishing", "paused": true}`."""
+        paused = request.get("paused")
+        if not isinstance(paused, bool):
+            raise RequestError("bad_request", 'publishing needs "paused": true or false')
+        self.inbox.append([{"control": "pause" if paused else "resume", "actor": self._actor(request)}])
+        return {"queued": True, "publishing": "paused" if paused else "automatic"}
+
+    def _check_version(self, version: Any) -> None:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise RequestError("bad_request", '"version" must be a version number, e.g. 3')
+        if version not in self.engine.model.catalog:
+            raise RequestError("not_found", f"no model version {version}; see the models op")
+
+    @staticmethod
+    def _actor(request: dict) -> str:
+        actor = request.get("actor")
+        return actor[:64] if isinstance(actor, str) and actor else "operator"
 
     def refresh_attributes(self, request: dict) -> dict:
         """Have the engine switch to the newest stored attribute tables, in order with the stream."""

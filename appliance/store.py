@@ -41,6 +41,8 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
                             "loaded_at": float}, ("name", "version")),
     "attribute_rows": ({"name": str, "version": int, "entity": str, "vals": str}, ("name", "version", "entity")),
     "attribute_switches": ({"seq": int, "name": str, "version": int}, ("seq", "name")),
+    "audit": ({"id": int, "event_ts": float, "wall_ts": float, "action": str, "version": int, "reason": str,
+               "actor": str}, "id"),
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
 }
 

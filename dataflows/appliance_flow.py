@@ -53,7 +53,7 @@ def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task
     if source == INBOX:
         record = decode(payload)
         if "control" in record:
-            return ("control", source, offset, record["control"])
+            return ("control", source, offset, record)
         payload = record.get("event")
         if payload is None:
             raise InvalidEvent("inbox record has no event")

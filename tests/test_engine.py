@@ -174,3 +174,18 @@ def test_checkpoint_only_carries_entities_changed_since_the_last_one(small_confi
     run(engine, stream[:50])
     assert engine.checkpoint()["entities"]
     assert engine.checkpoint()["entities"] == []
+
+
+def test_every_publication_and_refusal_is_audited_with_its_reason(small_config):
+    engine = Engine(small_config)
+    rows = run(engine, items(small_config, make_stream(900)))
+    audit = rows["audit"]
+    assert [row["id"] for row in audit] == list(range(1, len(audit) + 1))
+    assert audit[0]["action"] == "serve" and audit[0]["version"] == 1
+    published = [row for row in audit if row["action"] == "publish"]
+    refused = [row for row in audit if row["action"] == "refuse"]
+    assert len(published) == engine.model.publications > 0
+    assert len(refused) == engine.model.refusals
+    assert [row["version"] for row in published] == list(range(2, engine.model.served.version + 1))
+    assert all(row["actor"] == "policy" and row["reason"].startswith("recent roc_auc: learner ")
+               for row in published + refused)

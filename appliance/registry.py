@@ -1,0 +1,66 @@
+"""The model registry, read from the store: every version ever published, and the audit trail.
+
+The engine writes both (the `models` and `audit` tables); this module only reads them, for the
+CLI and for export. Which version serves is the engine's to change: the CLI asks a running
+appliance over the socket (`promote`, `rollback`, `publishing`), and the engine logs what it did.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+import orjson
+import sqlite_utils
+
+from .errors import NotFound
+
+SERVING_ACTIONS = ("serve", "publish", "promote", "rollback")
+EXPORT_FORMAT = "appliance-model/1"
+
+
+def versions(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every registered version, oldest first, without the serialized model."""
+    rows = db.query("SELECT version, spec, parent, n_learned, event_ts, wall_ts, metrics, length(model) AS bytes "
+                    "FROM models ORDER BY version")
+    return [dict(row, metrics=orjson.loads(row["metrics"] or "{}")) for row in rows]
+
+
+def served_version(db: sqlite_utils.Database) -> int | None:
+    """The version serving as of the last committed audit row (None for an empty store)."""
+    marks = ", ".join("?" for _ in SERVING_ACTIONS)
+    row = db.execute(f"SELECT version FROM audit WHERE action IN ({marks}) ORDER BY id DESC LIMIT 1",
+                     SERVING_ACTIONS).fetchone()
+    return row[0] if row else None
+
+
+def audit(db: sqlite_utils.Database, version: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest audit rows (for one version if given), newest first."""
+    where, args = ("WHERE version = ?", [version]) if version is not None else ("", [])
+    return list(db.query(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
+
+
+def version(db: sqlite_utils.Database, number: int) -> dict[str, Any]:
+    """One version's metadata, or NotFound."""
+    for row in versions(db):
+        if row["version"] == number:
+            return row
+    raise NotFound(f"no model version {number} in the registry")
+
+
+def export_version(db: sqlite_utils.Database, number: int, out: str) -> dict[str, Any]:
+    """Write one version to a zip: `meta.json` (spec, lineage, metrics) and `model.pkl`.
+
+    The pickle is River's own model object; load such a file only if you trust where it came from.
+    """
+    meta = version(db, number)
+    blob = db.execute("SELECT model FROM models WHERE version = ?", [number]).fetchone()[0]
+    meta = {"format": EXPORT_FORMAT, **{k: v for k, v in meta.items() if k != "bytes"}}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        archive.writestr("model.pkl", blob)
+    with open(out, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return meta
