@@ -229,7 +229,7 @@ def models_list(config_path: str | None, db: str | None, as_json: bool) -> None:
     for row in rows:
         mark = "* " if row["version"] == served else "  "
         metrics = row["metrics"]
-        primary = next((f"{k} {metrics[k]:.4f}" for k in ("roc_auc", "mae") if k in metrics), "-")
+        primary = next((f"{k} {metrics[k]:.4f}" for k in ("roc_auc", "mae") if metrics.get(k) is not None), "-")
         when = format_timestamp(row["event_ts"]) if row["event_ts"] is not None else "-"
         parent = f"v{row['parent']}" if row["parent"] else "-"
         click.echo(f"{mark}{'v' + str(row['version']):>8} {parent:>7} {row['n_learned']:>9,} {when:<25} {primary}")

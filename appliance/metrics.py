@@ -6,6 +6,7 @@ Each prediction is scored when its label arrives, before the model learns from i
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from typing import Any
 
 from river import metrics, utils
@@ -47,6 +48,9 @@ class Evaluation:
         self.bigger_is_better = table[self.primary][2]
         self.count = 0
         self.window_count = 0
+        self.classes: Counter = Counter()  # labels seen, overall and in the window: ROC AUC needs two
+        self.window_labels: deque = deque(maxlen=window)
+        self.window_classes: Counter = Counter()
 
     def reset_window(self) -> None:
         """Forget the rolling metrics (the served model changed); cumulative ones go on."""
@@ -54,12 +58,27 @@ class Evaluation:
         self._rolling = [(name, utils.Rolling(cls, window_size=self.window), uses_proba)
                          for name, (cls, uses_proba, _) in table.items()]
         self.window_count = 0
+        self.window_labels.clear()
+        self.window_classes.clear()
+
+    def _track(self, y_true: Any) -> None:
+        if not hasattr(self, "classes"):  # restored from an earlier release's checkpoint
+            self.classes, self.window_labels, self.window_classes = Counter(), deque(maxlen=self.window), Counter()
+        self.classes[y_true] += 1
+        if len(self.window_labels) == self.window_labels.maxlen:
+            old = self.window_labels[0]
+            self.window_classes[old] -= 1
+            if not self.window_classes[old]:
+                del self.window_classes[old]
+        self.window_labels.append(y_true)
+        self.window_classes[y_true] += 1
 
     def update(self, y_true: Any, y_pred: Any) -> None:
         """Score one prediction: a probability dict for classification, a number for regression."""
         self.count += 1
         self.window_count = getattr(self, "window_count", 0) + 1
         if self.task == "classification":
+            self._track(y_true)
             label = predicted_label(y_pred)
             for _, metric, uses_proba in self._metrics:
                 metric.update(y_true, y_pred if uses_proba else label)
@@ -71,15 +90,25 @@ class Evaluation:
             for _, metric, _ in self._rolling:
                 metric.update(y_true, y_pred)
 
-    def values(self) -> dict[str, float]:
-        """Return cumulative metrics by name and rolling ones as `<name>_window`."""
-        out = {name: float(metric.get()) for name, metric, _ in self._metrics}
+    def values(self) -> dict[str, float | None]:
+        """Return cumulative metrics by name and rolling ones as `<name>_window`.
+
+        ROC AUC is None (undefined) until both classes have been seen, overall or in the window.
+        """
+        out: dict[str, float | None] = {name: float(metric.get()) for name, metric, _ in self._metrics}
         out.update({f"{name}_window": float(metric.get()) for name, metric, _ in self._rolling})
+        if "roc_auc" in out:
+            if len(getattr(self, "classes", ())) < 2:
+                out["roc_auc"] = None
+            if len(getattr(self, "window_classes", ())) < 2:
+                out["roc_auc_window"] = None
         return out
 
     def window_primary(self) -> float | None:
-        """Return the rolling value of the primary metric, or None before any label."""
+        """Return the rolling value of the primary metric, or None while it is undefined."""
         if self.count == 0 or getattr(self, "window_count", self.count) == 0:
+            return None
+        if self.primary == "roc_auc" and len(getattr(self, "window_classes", (0, 0))) < 2:
             return None
         for name, metric, _ in self._rolling:
             if name == self.primary:

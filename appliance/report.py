@@ -19,9 +19,11 @@ def format_status(stats: dict[str, Any]) -> str:
             f"{metric} · model {model.get('served_version', '?')}")
 
 
-def _metric_text(values: dict[str, float]) -> str:
+def _metric_text(values: dict[str, float | None]) -> str:
     if "roc_auc" in values:
-        return f"AUC {values['roc_auc']:.3f} (recent {values['roc_auc_window']:.3f})"
+        if values["roc_auc"] is None:
+            return "AUC - (one class so far)"
+        return f"AUC {values['roc_auc']:.3f} (recent {_number(values['roc_auc_window'], '.3f')})"
     if "mae" in values:
         return f"MAE {values['mae']:.4g} (recent {values['mae_window']:.4g})"
     return "no labels yet"
@@ -56,8 +58,12 @@ def format_stats(stats: dict[str, Any]) -> str:
     for role in ("served", "learner"):
         values = model.get(role) or {}
         if values:
-            lines.append(f"  {role:<8} " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
+            lines.append(f"  {role:<8} " + "  ".join(f"{k} {_number(v, '.4f')}" for k, v in sorted(values.items())))
     server = stats.get("server")
     if server:
         lines.append("Server  " + "  ".join(f"{k} {v}" for k, v in server.items()))
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -189,3 +189,18 @@ def test_every_publication_and_refusal_is_audited_with_its_reason(small_config):
     assert [row["version"] for row in published] == list(range(2, engine.model.served.version + 1))
     assert all(row["actor"] == "policy" and row["reason"].startswith("recent roc_auc: learner ")
                for row in published + refused)
+
+
+def test_roc_auc_is_undefined_until_both_classes_are_seen_and_gates_nothing():
+    from appliance.metrics import Evaluation
+
+    evaluation = Evaluation("classification", window=3)
+    for _ in range(3):
+        evaluation.update(True, {True: 0.9, False: 0.1})
+    assert evaluation.values()["roc_auc"] is None and evaluation.window_primary() is None
+    evaluation.update(False, {True: 0.2, False: 0.8})
+    assert evaluation.values()["roc_auc"] == 1.0 and evaluation.window_primary() == 1.0
+    for _ in range(3):
+        evaluation.update(True, {True: 0.9, False: 0.1})
+    assert evaluation.values()["roc_auc"] == 1.0  # overall, both classes were seen
+    assert evaluation.values()["roc_auc_window"] is None  # the window of 3 holds only positives
