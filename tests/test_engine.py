@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
-import pytest
 
 from appliance.engine import Engine
 from appliance.events import parse_event

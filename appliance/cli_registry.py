@@ -1,0 +1,210 @@
+"""`appliance models` and `appliance attributes`: the registry and the attribute tables.
+
+Reads go to the store (SQLite, safe while the appliance runs); changes to what serves go to the
+running appliance over its socket, which applies them between two events and audits them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import orjson
+
+from .cli import CONFIG_OPTION, SOCKET_OPTION, friendly_errors
+
+
+@click.group()
+def models() -> None:
+    """The model registry: list and inspect versions; promote, roll back, pause publication."""
+
+
+def _store_for(config_path: str | None, db: str | None) -> Any:
+    from .settings import resolve_config
+    from .store import open_db
+
+    config = resolve_config(config_path, None, db=db)
+    if not Path(config.db).exists():
+        raise click.ClickException(f'no store at "{config.db}"; run `appliance replay` or `appliance up` first')
+    return open_db(config.db)
+
+
+@models.command("list")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def models_list(config_path: str | None, db: str | None, as_json: bool) -> None:
+    """Every registered version, with its lineage and the metrics it was published with."""
+    from . import registry
+    from .timeutil import format_timestamp
+
+    store = _store_for(config_path, db)
+    rows, served = registry.versions(store), registry.served_version(store)
+    if as_json:
+        click.echo(orjson.dumps({"served": served, "versions": rows}, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"{'':2}{'version':>8} {'parent':>7} {'labels':>9} {'event time':<25} {'primary metric at publication'}")
+    for row in rows:
+        mark = "* " if row["version"] == served else "  "
+        metrics = row["metrics"]
+        primary = next((f"{k} {metrics[k]:.4f}" for k in ("roc_auc", "mae") if metrics.get(k) is not None), "-")
+        when = format_timestamp(row["event_ts"]) if row["event_ts"] is not None else "-"
+        parent = f"v{row['parent']}" if row["parent"] else "-"
+        click.echo(f"{mark}{'v' + str(row['version']):>8} {parent:>7} {row['n_learned']:>9,} {when:<25} {primary}")
+    click.echo(f"{len(rows)} versions; * serves (as of the last commit)")
+
+
+@models.command("show")
+@click.argument("version", type=int)
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@friendly_errors
+def models_show(version: int, config_path: str | None, db: str | None) -> None:
+    """One version: spec, lineage, metrics at publication, and its audit trail."""
+    from . import registry
+
+    store = _store_for(config_path, db)
+    row = registry.version(store, version)
+    click.echo(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
+    for entry in registry.audit(store, version):
+        click.echo(f"audit #{entry['id']}: {entry['action']} by {entry['actor']}: {entry['reason']}")
+
+
+@models.command("export")
+@click.argument("version", type=int)
+@click.option("--out", required=True, help="The zip to write (meta.json + model.pkl).")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@friendly_errors
+def models_export(version: int, out: str, config_path: str | None, db: str | None) -> None:
+    """Write one registered version to a file."""
+    from . import registry
+
+    meta = registry.export_version(_store_for(config_path, db), version, out)
+    click.echo(f"wrote v{meta['version']} ({meta['spec']}) to {out}")
+
+
+def _operate(socket_path: str, op: str, wait_for: Callable[[dict, dict], bool], **fields: Any) -> dict:
+    """Send an operator command, then wait (up to 30 s) until the engine has applied it."""
+    from .client import Client
+
+    with Client(socket_path) as client:
+        reply = client.request(op, **fields)
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            state = client.request("models", limit=1)
+            if wait_for(reply, state):
+                return state
+            time.sleep(0.05)
+    raise click.ClickException(f"{op} was queued but not applied within 30 s (is the dataflow stalled?)")
+
+
+@models.command("promote")
+@click.argument("version", type=int, required=False)
+@SOCKET_OPTION
+@friendly_errors
+def models_promote(version: int | None, socket_path: str) -> None:
+    """Serve VERSION now; with no VERSION, publish the learner now without the gate."""
+    from .client import Client
+
+    with Client(socket_path) as client:
+        total = client.request("models", limit=1)["total_versions"]
+    state = _operate(socket_path, "promote", lambda r, s: s["served"] == version if version is not None
+                     else s["total_versions"] > total, version=version)
+    click.echo(f"v{state['served']} serves")
+
+
+@models.command("rollback")
+@click.option("--to", "version", type=int, help="Version to serve [default: the one that served before].")
+@SOCKET_OPTION
+@friendly_errors
+def models_rollback(version: int | None, socket_path: str) -> None:
+    """Serve the previous version again and pause automatic publication."""
+    state = _operate(socket_path, "rollback", lambda r, s: s["served"] == r["version"] and s["publishing"] == "paused",
+                     version=version)
+    click.echo(f"v{state['served']} serves; automatic publication is paused (`appliance models resume`)")
+
+
+@models.command("pause")
+@SOCKET_OPTION
+@friendly_errors
+def models_pause(socket_path: str) -> None:
+    """Stop publishing the learner automatically (it keeps learning)."""
+    _set_publishing(socket_path, paused=True)
+
+
+@models.command("resume")
+@SOCKET_OPTION
+@friendly_errors
+def models_resume(socket_path: str) -> None:
+    """Publish the learner automatically again, when it passes the gate."""
+    _set_publishing(socket_path, paused=False)
+
+
+def _set_publishing(socket_path: str, paused: bool) -> None:
+    wanted = "paused" if paused else "automatic"
+    _operate(socket_path, "publishing", lambda r, s: s["publishing"] == wanted, paused=paused)
+    click.echo(f"automatic publication {'paused' if paused else 'resumed'}")
+
+
+@click.group()
+def attributes() -> None:
+    """Static entity attributes: CSV tables joined to events by key."""
+
+
+@attributes.command("refresh")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", help="The running appliance's socket [default: the config's].")
+@friendly_errors
+def attributes_refresh(config_path: str | None, db: str | None, socket_path: str | None) -> None:
+    """Reload every declared attribute CSV; a running appliance switches to changed tables at once."""
+    from .client import Client
+    from .errors import ConnectFailed
+    from .runtime import load_attribute_files
+    from .settings import resolve_config
+    from .store import open_db
+
+    config = resolve_config(config_path, None, db=db)
+    if not config.features.attributes:
+        raise click.ClickException("the config declares no [[features.attributes]] tables")
+    store = open_db(config.db)
+    try:
+        loaded = load_attribute_files(config, store)
+    finally:
+        store.conn.close()
+    for name, version, changed in loaded:
+        click.echo(f"{name}: version {version}" + ("" if changed else " (unchanged)"))
+    if not any(changed for _, _, changed in loaded):
+        return
+    try:
+        with Client(socket_path or config.socket) as client:
+            client.request("refresh_attributes")
+        click.echo("the running appliance switches to the new versions before its next event")
+    except ConnectFailed:
+        click.echo("no appliance answers on the socket: the new versions apply when it next starts")
+
+
+@attributes.command("show")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@friendly_errors
+def attributes_show(config_path: str | None, db: str | None) -> None:
+    """List the stored versions of each attribute table and when each started serving."""
+    from .settings import resolve_config
+    from .store import open_db
+    from .timeutil import format_timestamp
+
+    config = resolve_config(config_path, None, db=db)
+    store = open_db(config.db)
+    applied = {(row["name"], row["version"]): row["seq"] for row in store.query(
+        "SELECT name, version, min(seq) AS seq FROM attribute_switches GROUP BY name, version")}
+    for row in store.query("SELECT * FROM attribute_versions ORDER BY name, version"):
+        seq = applied.get((row["name"], row["version"]))
+        serving = "not applied yet" if seq is None else f"from event #{seq + 1}"
+        click.echo(f'{row["name"]} v{row["version"]}: {row["rows"]:,} rows from {row["path"]} '
+                   f'(loaded {format_timestamp(row["loaded_at"])}), {serving}')
+    store.conn.close()
