@@ -87,6 +87,37 @@ def models_export(version: int, out: str, config_path: str | None, db: str | Non
     click.echo(f"wrote v{meta['version']} ({meta['spec']}) to {out}")
 
 
+@models.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", help="The running appliance's socket [default: the config's].")
+@friendly_errors
+def models_import(file: str, config_path: str | None, db: str | None, socket_path: str | None) -> None:
+    """Register a model FILE written by `models export` as a new version (it does not serve until promoted)."""
+    from . import registry
+    from .client import Client
+    from .errors import ConnectFailed
+    from .settings import resolve_config
+    from .store import open_db
+
+    config = resolve_config(config_path, None, db=db)
+    store = open_db(config.db)
+    try:
+        meta = registry.stage_import(store, file, config.model.task, now=time.time())
+    finally:
+        store.conn.close()
+    click.echo(f"staged {file} ({meta['spec']}, v{meta.get('version')} where it came from)")
+    try:
+        with Client(socket_path or config.socket) as client:
+            total = client.request("models", limit=1)["total_versions"]
+        state = _operate(socket_path or config.socket, "import_models", lambda r, s: s["total_versions"] > total)
+        click.echo(f"registered as v{state['versions'][-1]['version']}; serve it with `appliance models promote "
+                   f"{state['versions'][-1]['version']}`")
+    except ConnectFailed:
+        click.echo("no appliance answers on the socket: it is registered when the appliance next starts")
+
+
 def _operate(socket_path: str, op: str, wait_for: Callable[[dict, dict], bool], **fields: Any) -> dict:
     """Send an operator command, then wait (up to 30 s) until the engine has applied it."""
     from .client import Client

@@ -65,6 +65,7 @@ class Engine:
         self.rows: dict[str, list[dict]] = _empty_rows()
         self._restored_attributes: dict[str, int] = {}
         self.audit_seq = 0
+        self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
         self.on_publish = on_publish
         self.rows["models"].append(_model_row(self.model.served))
         self._audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
@@ -213,6 +214,8 @@ class Engine:
         model = self.model
         if command == "attributes":
             self.refresh_attributes()
+        elif command == "import":
+            self.import_models()
         elif command == "promote" and record.get("version") is None:
             published = model.publish_now(self._event_time())
             self.rows["models"].append(_model_row(published))
@@ -223,6 +226,31 @@ class Engine:
         elif command in ("pause", "resume"):
             model.paused = command == "pause"
             self._audit(command, None, "automatic publication " + ("paused" if model.paused else "resumed"), actor)
+
+    def import_models(self, db: Any = None) -> list[int]:
+        """Register the models `appliance models import` staged in the store; return their versions."""
+        from .store import open_db
+
+        own = db is None
+        db = open_db(self.config.db) if own else db
+        try:
+            staged = db.execute("SELECT id, path, meta, model FROM model_imports WHERE id > ? ORDER BY id",
+                                [self.last_import]).fetchall()
+        finally:
+            if own:
+                db.conn.close()
+        versions = []
+        for import_id, path, meta_text, blob in staged:
+            meta = orjson.loads(meta_text)
+            model = pickle.loads(blob)  # noqa: S301 - a file the operator named, staged in our own store
+            published = self.model.register(model, meta["spec"], int(meta.get("n_learned") or 0),
+                                            meta.get("metrics") or {}, self._event_time())
+            self.rows["models"].append(_model_row(published))
+            self.last_import = import_id
+            self._audit("import", published.version,
+                        f"imported from {path} (v{meta.get('version')} there); serve it with promote", "operator")
+            versions.append(published.version)
+        return versions
 
     def _switch(self, action: str, version: Any, actor: str) -> None:
         published = self._registered(version)
@@ -348,7 +376,8 @@ class Engine:
         versions = {name: table.version for name, table in self.space.attributes.items()}
         core = {"model": self.model, "join": self.join, "watermark": self.watermark, "counts": self.counts,
                 "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
-                "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq}
+                "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq,
+                "last_import": self.last_import}
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
                 "evicted": evicted, "watermark": self.watermark}
 
@@ -364,6 +393,7 @@ class Engine:
         self.sweep_ticks, self.categories = core["sweep_ticks"], core["categories"]
         self._restored_attributes = core.get("attributes", {})
         self.audit_seq = core.get("audit_seq", 0)
+        self.last_import = core.get("last_import", 0)
         _upgrade_model(self.model)
         for key, entity, blob in entity_rows:
             if key in self.entities:

@@ -131,13 +131,25 @@ class OnlineModel:
                 return version
         return None
 
+    def register(self, model: Any, spec: str, n_learned: int, metrics: dict, event_ts: float | None) -> Published:
+        """Add a model from outside (an import) to the registry as a new version; it does not serve."""
+        self.last_version += 1
+        published = Published(version=self.last_version, model=model, spec=spec, parent=None, n_learned=n_learned,
+                              event_ts=event_ts, wall_ts=time.time(), metrics=metrics)
+        self.catalog[published.version] = published.describe()
+        self._remember(published)
+        return published
+
+    def _remember(self, published: Published) -> None:
+        self.recent[published.version] = published
+        while len(self.recent) > RECENT:
+            del self.recent[next(iter(self.recent))]
+
     def _new_version(self, parent: int | None, event_ts: float | None) -> Published:
         self.last_version += 1
         published = self._freeze(self.last_version, parent, event_ts)
         self.catalog[published.version] = published.describe()
-        self.recent[published.version] = published
-        while len(self.recent) > RECENT:
-            del self.recent[next(iter(self.recent))]
+        self._remember(published)
         return published
 
     def _freeze(self, version: int, parent: int | None, event_ts: float | None) -> Published:

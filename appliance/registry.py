@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import sqlite_utils
 
-from .errors import NotFound
+from .errors import ConfigError, NotFound
 
 SERVING_ACTIONS = ("serve", "publish", "promote", "rollback")
 EXPORT_FORMAT = "appliance-model/1"
@@ -63,4 +63,30 @@ def export_version(db: sqlite_utils.Database, number: int, out: str) -> dict[str
         archive.writestr("model.pkl", blob)
     with open(out, "wb") as handle:
         handle.write(buffer.getvalue())
+    return meta
+
+
+def stage_import(db: sqlite_utils.Database, path: str, task: str, *, now: float) -> dict[str, Any]:
+    """Check a file written by `export_version` and stage it in the store for the engine to register.
+
+    The operator names the file; it is unpickled here, on this machine, to check that it is a model
+    for this task, and the engine loads it from the store (never from the socket).
+    """
+    import pickle
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            meta = orjson.loads(archive.read("meta.json"))
+            blob = archive.read("model.pkl")
+    except (OSError, KeyError, zipfile.BadZipFile, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f'"{path}" is not a model exported by `appliance models export`: {exc}') from None
+    if meta.get("format") != EXPORT_FORMAT or not isinstance(meta.get("spec"), str):
+        raise ConfigError(f'"{path}" has format {meta.get("format")!r}; expected {EXPORT_FORMAT!r}')
+    model = pickle.loads(blob)  # noqa: S301 - a file the operator named on the command line
+    needed = "predict_proba_one" if task == "classification" else "predict_one"
+    if not callable(getattr(model, needed, None)) or not callable(getattr(model, "learn_one", None)):
+        raise ConfigError(f'"{path}" holds a {type(model).__name__}, not a River model for {task} '
+                          f"(it needs {needed} and learn_one)")
+    db["model_imports"].insert({"path": str(path), "meta": orjson.dumps(meta).decode(), "model": blob,
+                                "wall_ts": now})
     return meta

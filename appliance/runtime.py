@@ -111,6 +111,7 @@ class Appliance:
                 self.resumed = True
             load_attribute_files(self.config, db)
             engine.attach_attributes(db)
+            engine.import_models(db)
         finally:
             db.conn.close()
         return engine

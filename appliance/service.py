@@ -79,7 +79,16 @@ class Service:
         return {"predict": self.predict, "ingest": self.ingest, "label": self.label,
                 "features": self.features, "stats": self.stats, "health": self.health,
                 "refresh_attributes": self.refresh_attributes, "models": self.models, "promote": self.promote,
-                "rollback": self.rollback, "publishing": self.publishing}
+                "rollback": self.rollback, "publishing": self.publishing,
+                "import_models": self.import_models}
+
+    def import_models(self, request: dict) -> dict:
+        """Have the engine register the models `appliance models import` staged in the store.
+
+        Only a signal: the model bytes never travel over the socket.
+        """
+        self.inbox.append([{"control": "import"}])
+        return {"queued": True}
 
     # -- the model registry ----------------------------------------------------------------
     def models(self, request: dict) -> dict:

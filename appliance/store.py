@@ -43,6 +43,7 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "attribute_switches": ({"seq": int, "name": str, "version": int}, ("seq", "name")),
     "audit": ({"id": int, "event_ts": float, "wall_ts": float, "action": str, "version": int, "reason": str,
                "actor": str}, "id"),
+    "model_imports": ({"id": int, "path": str, "meta": str, "model": bytes, "wall_ts": float}, "id"),
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
 }
 

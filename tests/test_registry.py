@@ -130,6 +130,29 @@ def test_rollback_restores_a_version_exactly_and_pauses_publication(running, sho
     x = client.request("predict", event=PROBE, ingest=False, explain=True)["features"]
     assert model.predict_proba_one(x)[True] == score_k
 
+    imported = CliRunner().invoke(main, ["models", "import", str(out), "--db", config.db, "--socket", config.socket])
+    assert imported.exit_code == 0, imported.output
+    new = client.request("models")["versions"][-1]
+    assert f"registered as v{new['version']}" in imported.output
+    assert new["parent"] is None and new["n_learned"] == meta["n_learned"]
+    promoted = CliRunner().invoke(main, ["models", "promote", str(new["version"]), "--socket", config.socket])
+    assert promoted.exit_code == 0, promoted.output
+    assert probe(client) == (f"v{new['version']}", score_k)  # the round trip kept the model exactly
+
+
+def test_an_import_that_is_not_a_model_export_is_refused(running, short_dir):
+    _, client, config = running
+    bogus = short_dir / "bogus.zip"
+    bogus.write_bytes(b"not a zip")
+    result = CliRunner().invoke(main, ["models", "import", str(bogus), "--db", config.db, "--socket", config.socket])
+    assert result.exit_code == 1 and "is not a model exported by `appliance models export`" in result.output
+    with zipfile.ZipFile(bogus, "w") as archive:
+        archive.writestr("meta.json", orjson.dumps({"format": "appliance-model/1", "spec": "x"}))
+        archive.writestr("model.pkl", pickle.dumps({"not": "a model"}))
+    result = CliRunner().invoke(main, ["models", "import", str(bogus), "--db", config.db, "--socket", config.socket])
+    assert result.exit_code == 1 and "holds a dict, not a River model for classification" in result.output
+    assert client.request("models")["total_versions"] == 1
+
 
 def test_operator_errors_are_json_replies(running):
     _, client, _ = running
