@@ -38,6 +38,12 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def require_store(path: str) -> None:
+    """Fail with one line when a command that reads the store finds none."""
+    if not Path(path).exists():
+        raise click.ClickException(f'no store at "{path}"; run `appliance replay` or `appliance up` first')
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="appliance")
 def main() -> None:
@@ -186,8 +192,7 @@ def export_training_set(out: str, start: str | None, end: str | None, fmt: str |
     from .timeutil import parse_timestamp
 
     config = resolve_config(config_path, None, db=db)
-    if not Path(config.db).exists():
-        raise click.ClickException(f'no store at "{config.db}"; run `appliance replay` or `appliance up` first')
+    require_store(config.db)
     rows = training_set(config.db, config, start=parse_timestamp(start) if start else None,
                         end=parse_timestamp(end) if end else None)
     names = FeatureSpace.for_config(config).names

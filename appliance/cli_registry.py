@@ -7,13 +7,12 @@ running appliance over its socket, which applies them between two events and aud
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import click
 import orjson
 
-from .cli import CONFIG_OPTION, SOCKET_OPTION, friendly_errors
+from .cli import CONFIG_OPTION, SOCKET_OPTION, friendly_errors, require_store
 
 
 @click.group()
@@ -26,8 +25,7 @@ def _store_for(config_path: str | None, db: str | None) -> Any:
     from .store import open_db
 
     config = resolve_config(config_path, None, db=db)
-    if not Path(config.db).exists():
-        raise click.ClickException(f'no store at "{config.db}"; run `appliance replay` or `appliance up` first')
+    require_store(config.db)
     return open_db(config.db)
 
 

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import math
 import pickle
-import time
 from collections import OrderedDict
 from typing import Any, Callable
 
 import orjson
 
-from . import attributes
+from .category_stats import CategoryStats
 from .config import Config
 from .events import Event, Label
-from .category_stats import CategoryStats
+from .engine_commands import EngineCommands, model_row
 from .features import FeatureSpace
 from .label_join import LabelJoin, Pending
 from .learning import OnlineModel, Published
@@ -43,7 +42,7 @@ COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediat
             "dead_letters", "late_events", "duplicates")
 
 
-class Engine:
+class Engine(EngineCommands):
     """Owns entity state, the online model and pending labels; emits rows for the store."""
 
     def __init__(self, config: Config, on_publish: Callable[[Published], None] | None = None) -> None:
@@ -67,7 +66,7 @@ class Engine:
         self.audit_seq = 0
         self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
         self.on_publish = on_publish
-        self.rows["models"].append(_model_row(self.model.served))
+        self.rows["models"].append(model_row(self.model.served))
         self._audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
 
     # -- the per-item path -------------------------------------------------------------------
@@ -175,7 +174,7 @@ class Engine:
         if self.model.learner_eval.count % METRIC_EVERY == 0:
             self.rows["metrics"].append(self._metric_row())
         if published is not None:
-            self.rows["models"].append(_model_row(published))
+            self.rows["models"].append(model_row(published))
             if self.on_publish is not None:
                 self.on_publish(published)
 
@@ -203,139 +202,11 @@ class Engine:
 
     def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
         self.counts["dead_letters"] += 1
-        watermark = self.watermark if self.watermark != -math.inf else None
         self.rows["dead_letters"].append({"source": source, "offset": offset, "reason": reason,
-                                          "payload": payload[:65536], "watermark": watermark})
-
-    # -- operator commands and the audit trail ----------------------------------------------
-    def _control(self, record: dict) -> None:
-        command = record.get("control")
-        actor = str(record.get("actor") or "operator")
-        model = self.model
-        if command == "attributes":
-            self.refresh_attributes()
-        elif command == "import":
-            self.import_models()
-        elif command == "promote" and record.get("version") is None:
-            published = model.publish_now(self._event_time())
-            self.rows["models"].append(_model_row(published))
-            self._audit("promote", published.version, "the learner, published without the gate", actor)
-        elif command in ("promote", "rollback"):
-            version = record.get("version") if command == "promote" else record.get("version") or model.previous()
-            self._switch(command, version, actor)
-        elif command in ("pause", "resume"):
-            model.paused = command == "pause"
-            self._audit(command, None, "automatic publication " + ("paused" if model.paused else "resumed"), actor)
-
-    def import_models(self, db: Any = None) -> list[int]:
-        """Register the models `appliance models import` staged in the store; return their versions."""
-        from .store import open_db
-
-        own = db is None
-        db = open_db(self.config.db) if own else db
-        try:
-            staged = db.execute("SELECT id, path, meta, model FROM model_imports WHERE id > ? ORDER BY id",
-                                [self.last_import]).fetchall()
-        finally:
-            if own:
-                db.conn.close()
-        versions = []
-        for import_id, path, meta_text, blob in staged:
-            meta = orjson.loads(meta_text)
-            model = pickle.loads(blob)  # noqa: S301 - a file the operator named, staged in our own store
-            published = self.model.register(model, meta["spec"], int(meta.get("n_learned") or 0),
-                                            meta.get("metrics") or {}, self._event_time())
-            self.rows["models"].append(_model_row(published))
-            self.last_import = import_id
-            self._audit("import", published.version,
-                        f"imported from {path} (v{meta.get('version')} there); serve it with promote", "operator")
-            versions.append(published.version)
-        return versions
-
-    def _switch(self, action: str, version: Any, actor: str) -> None:
-        published = self._registered(version)
-        if published is None:
-            self._audit("refuse", version, f"{action}: version {version} is not in the registry", actor)
-            return
-        was = self.model.served.version
-        self.model.serve(published)
-        reason = f"{action} from v{was} to v{published.version}"
-        self._audit(action, published.version, reason, actor)
-        if action == "rollback" and not self.model.paused:
-            self.model.paused = True  # or the learner that was rolled back would be published again
-            self._audit("pause", None, "automatic publication paused by the rollback; resume it by hand", actor)
-
-    def _registered(self, version: Any) -> Published | None:
-        """A registered version: from memory if recent, else from the store's registry (our own file)."""
-        if not isinstance(version, int) or version not in self.model.catalog:
-            return None
-        if version == self.model.served.version:
-            return self.model.served
-        if version in self.model.recent:
-            return self.model.recent[version]
-        from .store import open_db
-
-        db = open_db(self.config.db)
-        try:
-            row = db.execute("SELECT model FROM models WHERE version = ?", [version]).fetchone()
-        finally:
-            db.conn.close()
-        if row is None:
-            return None
-        meta = self.model.catalog[version]
-        return Published(model=pickle.loads(row[0]), **meta)  # noqa: S301 - the local registry, never socket bytes
-
-    def _gate_reason(self) -> str:
-        model = self.model
-        learner, served = model.learner_eval.window_primary(), model.served_eval.window_primary()
-        name = model.learner_eval.primary
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        return (f"recent {name}: learner {fmt(learner)} vs served {fmt(served)} "
-                f"(margin {model.config.publish_margin}) after {model.n_learned} labels")
-
-    def _audit(self, action: str, version: int | None, reason: str, actor: str) -> None:
-        self.audit_seq += 1
-        self.rows["audit"].append({"id": self.audit_seq, "event_ts": self._event_time(), "wall_ts": time.time(),
-                                   "action": action, "version": version, "reason": reason, "actor": actor})
+                                          "payload": payload[:65536], "watermark": self._event_time()})
 
     def _event_time(self) -> float | None:
         return None if self.watermark == -math.inf else self.watermark
-
-    # -- attribute tables ------------------------------------------------------------------
-    def refresh_attributes(self, db: Any = None) -> list[tuple[str, int]]:
-        """Apply the newest stored version of each attribute table between two events.
-
-        The switch is logged with the sequence number of the last event scored before it, so
-        export applies it at the same point. Returns the (table, version) pairs switched to.
-        """
-        if not self.config.features.attributes:
-            return []
-        from .store import open_db
-
-        own = db is None
-        db = open_db(self.config.db) if own else db
-        switched = []
-        try:
-            for spec in self.config.features.attributes:
-                latest = attributes.latest_version(db, spec.name)
-                if latest is None or latest["version"] == self.space.attributes[spec.name].version:
-                    continue
-                self.space.set_attributes(attributes.read_version(db, spec, latest["version"]))
-                self.rows["attribute_switches"].append({"seq": self.counts["predictions"], "name": spec.name,
-                                                        "version": latest["version"]})
-                switched.append((spec.name, latest["version"]))
-        finally:
-            if own:
-                db.conn.close()
-        return switched
-
-    def attach_attributes(self, db: Any) -> None:
-        """After a restore: load the versions the checkpoint was scoring with, then any newer ones."""
-        for spec in self.config.features.attributes:
-            version = self._restored_attributes.get(spec.name, 0)
-            if version:
-                self.space.set_attributes(attributes.read_version(db, spec, version))
-        self.refresh_attributes(db)
 
     # -- rows ------------------------------------------------------------------------------
     def _prediction_row(self, event: Event, x: dict, y_served: Any, y_learner: Any, version: int,
@@ -421,6 +292,8 @@ class Engine:
 
 def _upgrade_model(model: OnlineModel) -> None:
     """Give a model restored from an earlier release's checkpoint the registry fields it lacked."""
+    for evaluation in (model.learner_eval, model.served_eval):
+        evaluation.upgrade()
     if not hasattr(model, "catalog"):
         model.paused, model.recent = False, {}
         model.last_version = model.served.version
@@ -437,13 +310,6 @@ def _join_rate_of(counts: dict[str, int]) -> float | None:
 
 def _as_prediction(score: float, task: str) -> Any:
     return {False: 1.0 - score, True: score} if task == "classification" else score
-
-
-def _model_row(published: Published) -> dict:
-    return {"version": published.version, "spec": published.spec, "parent": published.parent,
-            "n_learned": published.n_learned, "event_ts": published.event_ts, "wall_ts": published.wall_ts,
-            "metrics": orjson.dumps(published.metrics).decode(),
-            "model": pickle.dumps(published.model, protocol=5)}
 
 
 def _empty_rows() -> dict[str, list[dict]]:

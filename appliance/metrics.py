@@ -61,9 +61,13 @@ class Evaluation:
         self.window_labels.clear()
         self.window_classes.clear()
 
-    def _track(self, y_true: Any) -> None:
-        if not hasattr(self, "classes"):  # restored from an earlier release's checkpoint
+    def upgrade(self) -> None:
+        """Give an evaluation restored from an earlier release's checkpoint the fields it lacked."""
+        if not hasattr(self, "classes"):
+            self.window_count = self.count
             self.classes, self.window_labels, self.window_classes = Counter(), deque(maxlen=self.window), Counter()
+
+    def _track(self, y_true: Any) -> None:
         self.classes[y_true] += 1
         if len(self.window_labels) == self.window_labels.maxlen:
             old = self.window_labels[0]
@@ -76,7 +80,7 @@ class Evaluation:
     def update(self, y_true: Any, y_pred: Any) -> None:
         """Score one prediction: a probability dict for classification, a number for regression."""
         self.count += 1
-        self.window_count = getattr(self, "window_count", 0) + 1
+        self.window_count += 1
         if self.task == "classification":
             self._track(y_true)
             label = predicted_label(y_pred)
@@ -98,17 +102,17 @@ class Evaluation:
         out: dict[str, float | None] = {name: float(metric.get()) for name, metric, _ in self._metrics}
         out.update({f"{name}_window": float(metric.get()) for name, metric, _ in self._rolling})
         if "roc_auc" in out:
-            if len(getattr(self, "classes", ())) < 2:
+            if len(self.classes) < 2:
                 out["roc_auc"] = None
-            if len(getattr(self, "window_classes", ())) < 2:
+            if len(self.window_classes) < 2:
                 out["roc_auc_window"] = None
         return out
 
     def window_primary(self) -> float | None:
         """Return the rolling value of the primary metric, or None while it is undefined."""
-        if self.count == 0 or getattr(self, "window_count", self.count) == 0:
+        if self.window_count == 0:
             return None
-        if self.primary == "roc_auc" and len(getattr(self, "window_classes", (0, 0))) < 2:
+        if self.primary == "roc_auc" and len(self.window_classes) < 2:
             return None
         for name, metric, _ in self._rolling:
             if name == self.primary:

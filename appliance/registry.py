@@ -49,13 +49,25 @@ def version(db: sqlite_utils.Database, number: int) -> dict[str, Any]:
     raise NotFound(f"no model version {number} in the registry")
 
 
+def model_blob(db: sqlite_utils.Database, number: int) -> bytes | None:
+    """The pickled model of one version (read by the engine, from its own store only)."""
+    row = db.execute("SELECT model FROM models WHERE version = ?", [number]).fetchone()
+    return row[0] if row else None
+
+
+def staged_imports(db: sqlite_utils.Database, after: int) -> list[tuple]:
+    """Imports staged by `stage_import` with an id above `after`: (id, path, meta json, pickled model)."""
+    return db.execute("SELECT id, path, meta, model FROM model_imports WHERE id > ? ORDER BY id",
+                      [after]).fetchall()
+
+
 def export_version(db: sqlite_utils.Database, number: int, out: str) -> dict[str, Any]:
     """Write one version to a zip: `meta.json` (spec, lineage, metrics) and `model.pkl`.
 
     The pickle is River's own model object; load such a file only if you trust where it came from.
     """
     meta = version(db, number)
-    blob = db.execute("SELECT model FROM models WHERE version = ?", [number]).fetchone()[0]
+    blob = model_blob(db, number)
     meta = {"format": EXPORT_FORMAT, **{k: v for k, v in meta.items() if k != "bytes"}}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -17,6 +17,8 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,19 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     for name, column in RETENTION_COLUMNS.items():
         db[name].create_index([column], if_not_exists=True)
     return db
+
+
+@contextmanager
+def reading(path: str | Path, db: sqlite_utils.Database | None = None) -> Iterator[sqlite_utils.Database]:
+    """Use `db` if given, else open the store at `path` for the block and close it after."""
+    if db is not None:
+        yield db
+        return
+    opened = open_db(path)
+    try:
+        yield opened
+    finally:
+        opened.conn.close()
 
 
 RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
