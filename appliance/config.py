@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .lifecycle_config import ChallengerSpec, Lifecycle, parse_challengers, parse_lifecycle
 from .timeutil import parse_duration
 
 AGGREGATE_OPS = ("count", "sum", "mean", "min", "max", "std", "distinct", "last", "since", "rate")
@@ -110,7 +111,10 @@ class ModelConfig:
     publish_every: int = 500
     publish_margin: float = 0.01
     metric_window: int = 1000
+    challengers: tuple[ChallengerSpec, ...] = ()
 
+
+CHAMPION = "main"  # the name of the [model] spec's learner among the candidates
 
 RETAINED_TABLES = ("events", "predictions", "labels", "dead_letters", "metrics")
 
@@ -144,6 +148,7 @@ class Config:
     db: str = "appliance.db"
     checkpoint_seconds: float = 5.0
     retention: Retention = Retention()
+    lifecycle: Lifecycle = Lifecycle()
     path: str | None = None
 
     def with_overrides(self, **changes: Any) -> Config:
@@ -166,7 +171,7 @@ def load_config(path: str | Path) -> Config:
 def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path: str | None = None) -> Config:
     """Build a `Config` from parsed TOML; relative source paths resolve against `base_dir`."""
     _only(data, "", {"source", "event", "features", "labels", "model", "serve", "checkpoint",
-                    "retention"})
+                    "retention", "lifecycle"})
     source_table = _table(data, "source")
     serve = _table(data, "serve")
     _only(source_table, "source", {"spec", "speed"})
@@ -187,6 +192,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path
         db=str(serve.get("db", "appliance.db")),
         checkpoint_seconds=parse_duration(_table(data, "checkpoint").get("every", 5.0)),
         retention=_retention(_table(data, "retention")),
+        lifecycle=parse_lifecycle(_table(data, "lifecycle")),
         path=path,
     )
     validate_config(config)
@@ -227,6 +233,21 @@ def validate_config(config: Config) -> None:
             raise ConfigError(f'[features] categorical "{name}" is not an [event] field')
     if config.model.task not in TASKS:
         raise ConfigError(f'[model] task "{config.model.task}" must be one of {", ".join(TASKS)}')
+    _check_lifecycle(config)
+
+
+def _check_lifecycle(config: Config) -> None:
+    """Build each challenger's spec and the drift detector once, so a typo fails at start."""
+    from .model_spec import build_model, parse_model
+
+    for challenger in config.model.challengers:
+        try:
+            build_model(challenger.spec, config.model.task)
+        except ConfigError as exc:
+            raise ConfigError(f'[[model.challenger]] "{challenger.name}": {exc}') from None
+    detector = parse_model(config.lifecycle.drift_detector)
+    if not hasattr(detector, "update") or not hasattr(detector, "drift_detected"):
+        raise ConfigError(f"[lifecycle] drift_detector {config.lifecycle.drift_detector!r} is not a drift detector")
 
 
 def _event_schema(table: dict[str, Any]) -> EventSchema:
@@ -365,13 +386,14 @@ def _retention(table: dict[str, Any]) -> Retention:
 
 
 def _model_config(table: dict[str, Any]) -> ModelConfig:
-    _only(table, "model", {"task", "spec", "publish_every", "publish_margin", "metric_window"})
+    _only(table, "model", {"task", "spec", "publish_every", "publish_margin", "metric_window", "challenger"})
     return ModelConfig(
         task=str(table.get("task", "classification")),
         spec=str(table["spec"]) if table.get("spec") else None,
         publish_every=int(table.get("publish_every", 500)),
         publish_margin=float(table.get("publish_margin", 0.01)),
         metric_window=int(table.get("metric_window", 1000)),
+        challengers=parse_challengers(table.get("challenger"), CHAMPION),
     )
 
 

@@ -28,8 +28,10 @@ from .config import Config
 from .events import Event, Label
 from .engine_commands import EngineCommands, model_row
 from .features import FeatureSpace
+from .drift import DriftMonitor
+from .errors import ConfigError
 from .label_join import LabelJoin, Pending
-from .learning import OnlineModel, Published
+from .learning import Decision, OnlineModel, Published, upgrade
 from .metrics import positive_score, predicted_label
 from .model_spec import DEFAULT_MODELS
 from .timeutil import format_timestamp
@@ -51,7 +53,13 @@ class Engine(EngineCommands):
         self.space = FeatureSpace.for_config(config)
         self.entities = self.space.new_store()
         self.categories = CategoryStats(self.space)
-        self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task])
+        self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
+        self.drift = DriftMonitor(config.lifecycle, self.task)
+        unknown = [name for name in config.lifecycle.drift_features if name not in self.space.names]
+        if unknown:
+            raise ConfigError(f"[lifecycle] drift_features: {', '.join(unknown)} not among the features "
+                              f"({', '.join(self.space.names[:8])}, ...)")
+        self.alert_seq = 0
         self.join = LabelJoin(config.labels)
         self.lateness = config.event.allowed_lateness
         self.watermark = -math.inf
@@ -109,20 +117,24 @@ class Engine(EngineCommands):
         if event.ts > self.watermark:
             self.watermark = event.ts
             self._sweep()
-        y_learner = model.predict(model.learner, x)
-        self.rows["predictions"].append(self._prediction_row(event, x, y_served, y_learner, version, served))
+        shadow = model.shadow(x)
+        self.rows["predictions"].append(self._prediction_row(event, x, y_served, shadow[model.champion], version,
+                                                             served))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
             return
+        if self.drift.features:
+            for alert in self.drift.observe_features(x, event.ts):
+                self._on_alert(alert, self.config.lifecycle.on_data_drift)
         label = event.label
         status = "immediate"
         if label is None:
             label = self.join.pop_early(event.event_id)
             status = "early"
         if label is None:
-            self.join.add(Pending(event.event_id, event.ts, x, y_learner, y_served, version))
+            self.join.add(Pending(event.event_id, event.ts, x, shadow, y_served, version))
         else:
-            self._learn(Pending(event.event_id, event.ts, x, y_learner, y_served, version), label, event.ts, status)
+            self._learn(Pending(event.event_id, event.ts, x, shadow, y_served, version), label, event.ts, status)
         self._expire()
 
     def _ingest(self, event: Event, source: str, offset: int | None) -> None:
@@ -165,18 +177,40 @@ class Engine(EngineCommands):
         self.counts["labels_" + ("joined" if status == "early" else status)] += 1
         if status in ("joined", "early"):
             self.join.record_delay(delay)
-        refusals = self.model.refusals
-        published = self.model.learn(pending.x, y, pending.y_learner, pending.y_served, self.watermark)
+        decisions = self.model.learn(pending.x, y, pending.shadow, pending.y_served, self.watermark)
         self._label_row(pending.event_id, label_ts, y, delay, status)
-        if published is not None or self.model.refusals != refusals:
-            self._audit("publish" if published else "refuse", published.version if published else None,
-                        self._gate_reason(), "policy")
+        alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
+        if alert is not None:
+            self._on_alert(alert, self.config.lifecycle.on_concept_drift)
         if self.model.learner_eval.count % METRIC_EVERY == 0:
             self.rows["metrics"].append(self._metric_row())
-        if published is not None:
-            self.rows["models"].append(model_row(published))
-            if self.on_publish is not None:
-                self.on_publish(published)
+        self._apply(decisions, "policy")
+
+    def _apply(self, decisions: list[Decision], actor: str) -> None:
+        """Log what the model decided: registry rows, the audit trail, and who to tell."""
+        for decision in decisions:
+            self._audit(decision.action, decision.version, decision.reason, actor)
+            if decision.new_version is not None:
+                self.rows["models"].append(model_row(decision.new_version))
+            if decision.switched:
+                if decision.action != "publish":
+                    self.drift.reset_concept()
+                if self.on_publish is not None:
+                    self.on_publish(self.model.served)
+
+    def _on_alert(self, alert: dict, action: str) -> None:
+        """Store a drift alert; with the "challenger" action, start a fresh challenger."""
+        self.alert_seq += 1
+        taken = "alert only"
+        if action == "challenger":
+            decision = self.model.start_challenger(f"{alert['kind']} drift on {alert['subject']}")
+            if decision is None:
+                taken = "none: a fresh challenger is already competing"
+            else:
+                taken = decision.reason.split(" ", 1)[0] + " started"
+                self._apply([decision], "policy")
+        self.rows["alerts"].append({**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(),
+                                    "action": taken})
 
     def _expire(self) -> None:
         join = self.join
@@ -248,7 +282,7 @@ class Engine(EngineCommands):
         core = {"model": self.model, "join": self.join, "watermark": self.watermark, "counts": self.counts,
                 "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
                 "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq,
-                "last_import": self.last_import}
+                "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq}
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
                 "evicted": evicted, "watermark": self.watermark}
 
@@ -265,11 +299,15 @@ class Engine(EngineCommands):
         self._restored_attributes = core.get("attributes", {})
         self.audit_seq = core.get("audit_seq", 0)
         self.last_import = core.get("last_import", 0)
-        _upgrade_model(self.model)
+        self.drift = core.get("drift") or self.drift
+        self.drift.lifecycle = self.config.lifecycle
+        self.alert_seq = core.get("alert_seq", 0)
+        upgrade(self.model)
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 self.entities[key][entity] = pickle.loads(blob)  # noqa: S301
         self.rows = _empty_rows()
+        self._apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
 
     # -- stats -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -287,18 +325,8 @@ class Engine(EngineCommands):
                            for name, table in self.space.attributes.items()},
             "custom_features": {custom.name: custom.summary() for custom in self.space.custom},
             "model": self.model.summary(),
+            "drift": self.drift.summary(),
         }
-
-
-def _upgrade_model(model: OnlineModel) -> None:
-    """Give a model restored from an earlier release's checkpoint the registry fields it lacked."""
-    for evaluation in (model.learner_eval, model.served_eval):
-        evaluation.upgrade()
-    if not hasattr(model, "catalog"):
-        model.paused, model.recent = False, {}
-        model.last_version = model.served.version
-        model.catalog = {model.served.version: model.served.describe()}
-        model.history = [model.served.version]
 
 
 def _join_rate_of(counts: dict[str, int]) -> float | None:
@@ -314,4 +342,4 @@ def _as_prediction(score: float, task: str) -> Any:
 
 def _empty_rows() -> dict[str, list[dict]]:
     return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
-            "attribute_switches": [], "audit": []}
+            "attribute_switches": [], "audit": [], "alerts": []}

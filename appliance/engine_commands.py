@@ -32,6 +32,27 @@ class EngineCommands:
             self.refresh_attributes()
         elif command == "import":
             self.import_models()
+        elif command == "promote" and record.get("challenger") is not None:
+            name = record["challenger"]
+            if name not in model.candidates or name == model.champion:
+                self._audit("refuse", None, f"promote: {name!r} is not a challenger", actor)
+            else:
+                self._apply([model.promote_candidate(name, self._event_time(), f"{name} promoted by hand",
+                                                     by_policy=False)], actor)
+        elif command == "challenge":
+            published = self._registered(record.get("version"))
+            if published is None:
+                self._audit("refuse", record.get("version"), "challenge: not a registered version", actor)
+            elif f"v{published.version}" in model.candidates:
+                self._audit("refuse", published.version, f"challenge: v{published.version} is already a candidate", actor)
+            else:
+                self._apply([model.add_challenger(published)], actor)
+        elif command == "retire":
+            name = record.get("challenger")
+            if name not in model.candidates or name == model.champion:
+                self._audit("refuse", None, f"retire: {name!r} is not a challenger (the champion cannot retire)", actor)
+            else:
+                self._apply([model.retire(name, "by hand")], actor)
         elif command == "promote" and record.get("version") is None:
             published = model.publish_now(self._event_time())
             self.rows["models"].append(model_row(published))
@@ -67,6 +88,10 @@ class EngineCommands:
             return
         was = self.model.served.version
         self.model.serve(published)
+        if published.candidate in self.model.candidates:
+            self.model.champion = published.candidate
+        self.model.probation = None
+        self.drift.reset_concept()
         self._audit(action, published.version, f"{action} from v{was} to v{published.version}", actor)
         if action == "rollback" and not self.model.paused:
             self.model.paused = True  # or the learner that was rolled back would be published again
@@ -88,16 +113,6 @@ class EngineCommands:
         return Published(model=pickle.loads(blob), **model.catalog[version])  # noqa: S301 - the local registry
 
     # -- the audit trail -------------------------------------------------------------------
-    def _gate_reason(self) -> str:
-        model = self.model
-        learner, served = model.learner_eval.window_primary(), model.served_eval.window_primary()
-
-        def fmt(value: float | None) -> str:
-            return "-" if value is None else f"{value:.4f}"
-
-        return (f"recent {model.learner_eval.primary}: learner {fmt(learner)} vs served {fmt(served)} "
-                f"(margin {model.config.publish_margin}) after {model.n_learned} labels")
-
     def _audit(self, action: str, version: int | None, reason: str, actor: str) -> None:
         self.audit_seq += 1
         self.rows["audit"].append({"id": self.audit_seq, "event_ts": self._event_time(), "wall_ts": time.time(),
@@ -138,4 +153,4 @@ def model_row(published: Published) -> dict:
     return {"version": published.version, "spec": published.spec, "parent": published.parent,
             "n_learned": published.n_learned, "event_ts": published.event_ts, "wall_ts": published.wall_ts,
             "metrics": orjson.dumps(published.metrics).decode(),
-            "model": pickle.dumps(published.model, protocol=5)}
+            "model": pickle.dumps(published.model, protocol=5), "candidate": published.candidate}

@@ -17,17 +17,23 @@ DEFAULT_HORIZON = 7 * 86400.0
 
 
 class Pending:
-    """A scored event waiting for its label."""
+    """A scored event waiting for its label: its features, the served prediction, and every
+    candidate's shadow prediction (by candidate name), all as they were at prediction time."""
 
-    __slots__ = ("event_id", "ts", "x", "y_learner", "y_served", "version")
+    __slots__ = ("event_id", "ts", "x", "shadow", "y_served", "version")
 
-    def __init__(self, event_id: str, ts: float, x: dict, y_learner: Any, y_served: Any, version: int) -> None:
+    def __init__(self, event_id: str, ts: float, x: dict, shadow: Any, y_served: Any, version: int) -> None:
         self.event_id = event_id
         self.ts = ts
         self.x = x
-        self.y_learner = y_learner
+        self.shadow = shadow
         self.y_served = y_served
         self.version = version
+
+    def __setstate__(self, state: Any) -> None:
+        slots = state[1] if isinstance(state, tuple) else state
+        for name, value in slots.items():  # an earlier release called the shadow prediction y_learner
+            setattr(self, "shadow" if name == "y_learner" else name, value)
 
 
 class LabelJoin:

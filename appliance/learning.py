@@ -1,26 +1,40 @@
-"""The online model: a learner that updates on every label, and a served version that changes
-only when the learner has proved itself on live labels, or when an operator says so.
+"""The online models: candidates that learn side by side, and the evaluated version that serves.
 
-The served model is a deep copy frozen at publication; nothing mutates it afterwards, so the
-socket server can call it from its own thread without a lock. Every publication is a new version
-with a number never reused; `catalog` keeps every version's metadata (the models themselves live
-in the store's registry), `history` the versions that served, in order, for rollback.
+Every candidate (the `[model]` learner, called "main", each `[[model.challenger]]`, fresh
+challengers started on drift, registered versions put up as challengers) predicts every event in
+shadow and is scored on every label, before it learns from it. The champion is the candidate whose
+lineage serves. The served model is a frozen copy, so the socket server can call it from its own
+thread without a lock; it changes only by a `Decision`:
+
+* publish: the champion's learner, every `publish_every` labels, when its recent metric is not worse
+  than the served version's by more than `publish_margin` (refuse otherwise);
+* promote: a challenger whose learner beat the champion's learner by more than `promote_margin`
+  over at least `promote_after` labels scored by both (learner against learner: the served copy
+  lags by up to `publish_every` labels), or one an operator names;
+* rollback: a policy promotion that then does worse than the version it replaced, scored side by
+  side on the same labels for `rollback_after` labels (or an operator's rollback).
+
+Every version gets a number never reused; `catalog` keeps every version's metadata (the models
+themselves live in the store's registry), `history` the versions that served, in order.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ModelConfig
-from .metrics import Evaluation, not_worse
+from .config import CHAMPION, ModelConfig
+from .lifecycle_config import Lifecycle
+from .metrics import Evaluation, better_by, not_worse
 from .model_spec import build_model
 
 FIRST_CHECK = 50  # labels before the first publication check, while the untrained version serves
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
+PROBATION = "@probation"  # the shadow score of the version a policy promotion replaced
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class Published:
     event_ts: float | None
     wall_ts: float
     metrics: dict
+    candidate: str = CHAMPION  # the lineage: which candidate's learner this is a copy of
 
     @property
     def name(self) -> str:
@@ -43,29 +58,94 @@ class Published:
     def describe(self) -> dict[str, Any]:
         """Metadata without the model: what `models` lists."""
         return {"version": self.version, "spec": self.spec, "parent": self.parent, "n_learned": self.n_learned,
-                "event_ts": self.event_ts, "wall_ts": self.wall_ts, "metrics": self.metrics}
+                "event_ts": self.event_ts, "wall_ts": self.wall_ts, "metrics": self.metrics,
+                "candidate": self.candidate}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A change to serving or to the candidates, for the engine to log, audit and publish."""
+
+    action: str  # publish | refuse | promote | rollback | keep | challenger | retire
+    version: int | None
+    reason: str
+    new_version: Published | None = None  # a version to write to the registry
+    switched: bool = False  # whether the served version changed
+
+
+class Candidate:
+    """A model that predicts every event in shadow and is scored on every label."""
+
+    def __init__(self, name: str, spec: str, model: Any, task: str, window: int, *, learns: bool = True,
+                 origin: str = "config", version: int | None = None) -> None:
+        self.name = name
+        self.spec = spec
+        self.model = model
+        self.learns = learns
+        self.origin = origin
+        self.version = version  # a registered version put up as a challenger
+        self.evaluation = Evaluation(task, window)
+        self.duel = Evaluation(task, window)  # this candidate since the champion last changed...
+        self.duel_champion = Evaluation(task, window)  # ...and the champion's learner on the same labels
+        self.n_learned = 0
+
+    def reset_duel(self) -> None:
+        self.duel.reset_window()
+        self.duel_champion.reset_window()
+
+    def summary(self, champion: str) -> dict[str, Any]:
+        values = self.evaluation.values() if self.evaluation.count else {}
+        row = {"name": self.name, "role": "champion" if self.name == champion else "challenger",
+               "spec": self.spec, "learns": self.learns, "origin": self.origin, "n_learned": self.n_learned,
+               "labels_scored": self.evaluation.count, "metrics": values}
+        if self.name != champion:
+            row["versus_champion"] = {"labels": self.duel.window_count, "challenger": self.duel.window_primary(),
+                                      "champion": self.duel_champion.window_primary()}
+        return row
+
+
+class Probation:
+    """A policy promotion on trial: the new served version against the one it replaced."""
+
+    def __init__(self, predecessor: Published, champion: str, promoted: Published, task: str, window: int) -> None:
+        self.predecessor = predecessor
+        self.champion = champion  # the candidate that was champion before
+        self.promoted = promoted.candidate
+        self.version = promoted.version
+        self.current = Evaluation(task, window)
+        self.previous = Evaluation(task, window)
 
 
 class OnlineModel:
-    """A learner, its prequential evaluation, and the evaluated version that serves."""
+    """The candidates, their prequential evaluations, and the evaluated version that serves."""
 
-    def __init__(self, config: ModelConfig, spec: str) -> None:
+    def __init__(self, config: ModelConfig, spec: str, lifecycle: Lifecycle | None = None) -> None:
         self.config = config
+        self.lifecycle = lifecycle or Lifecycle()
         self.task = config.task
-        self.spec = spec
-        self.learner = build_model(spec, config.task)
-        self.learner_eval = Evaluation(config.task, config.metric_window)
-        self.served_eval = Evaluation(config.task, config.metric_window)
+        window = config.metric_window
+        self.candidates: dict[str, Candidate] = {
+            CHAMPION: Candidate(CHAMPION, spec, build_model(spec, config.task), config.task, window)}
+        for challenger in config.challengers:
+            self.candidates[challenger.name] = Candidate(
+                challenger.name, challenger.spec, build_model(challenger.spec, config.task), config.task, window)
+        self.champion = CHAMPION
+        self.served_eval = Evaluation(config.task, window)
+        self.examples: deque = deque(maxlen=self.lifecycle.warm_start)  # (x, y): warm starts replay these
+        self.probation: Probation | None = None
         self.n_learned = 0
         self.labels_since_check = 0
         self.publications = 0
         self.refusals = 0
+        self.promotions = 0
+        self.rollbacks = 0
+        self.retrains = 0
         self.paused = False
         self.last_version = 0
         self.catalog: dict[int, dict[str, Any]] = {}
         self.history: list[int] = []
         self.recent: dict[int, Published] = {}
-        self.served = self._new_version(parent=None, event_ts=None)
+        self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
         self.history.append(self.served.version)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -73,6 +153,20 @@ class OnlineModel:
         state["recent"] = {}  # the registry in the store has them; a checkpoint stays small
         return state
 
+    # -- the champion's learner ------------------------------------------------------------
+    @property
+    def learner(self) -> Any:
+        return self.candidates[self.champion].model
+
+    @property
+    def learner_eval(self) -> Evaluation:
+        return self.candidates[self.champion].evaluation
+
+    @property
+    def spec(self) -> str:
+        return self.candidates[self.champion].spec
+
+    # -- prediction and learning -----------------------------------------------------------
     def predict(self, model: Any, x: dict) -> Any:
         """Return a probability dict (classification) or a number (regression)."""
         if self.task == "classification":
@@ -80,48 +174,217 @@ class OnlineModel:
         value = model.predict_one(x)
         return 0.0 if value is None else float(value)
 
-    def learn(self, x: dict, y: Any, y_learner: Any, y_served: Any, event_ts: float) -> Published | None:
-        """Score both models on this label, learn it, and publish when the schedule and gate allow."""
-        self.learner_eval.update(y, y_learner)
+    def shadow(self, x: dict) -> dict[str, Any]:
+        """Every candidate's prediction for `x` (and the probation predecessor's), by name."""
+        scores = {name: self.predict(candidate.model, x) for name, candidate in self.candidates.items()}
+        if self.probation is not None:
+            scores[PROBATION] = self.predict(self.probation.predecessor.model, x)
+        return scores
+
+    def learn(self, x: dict, y: Any, shadow: Any, y_served: Any, event_ts: float) -> list[Decision]:
+        """Score every candidate on this label, let them learn it, and decide what serves next."""
+        if not isinstance(shadow, dict) or (shadow and not isinstance(next(iter(shadow)), str)):
+            shadow = {CHAMPION: shadow}  # pending from an earlier release: the learner's prediction alone
         self.served_eval.update(y, y_served)
-        self.learner.learn_one(x, y)
+        y_champion = shadow.get(self.champion)
+        for name, candidate in self.candidates.items():
+            prediction = shadow.get(name)
+            if prediction is not None:
+                candidate.evaluation.update(y, prediction)
+                if name != self.champion and y_champion is not None:
+                    candidate.duel.update(y, prediction)
+                    candidate.duel_champion.update(y, y_champion)
+            if candidate.learns:
+                candidate.model.learn_one(x, y)
+                candidate.n_learned += 1
+        if self.examples.maxlen:
+            self.examples.append((x, y))
         self.n_learned += 1
+        decisions = []
+        if self.probation is not None and PROBATION in shadow:
+            decisions += self._judge_probation(y, y_served, shadow[PROBATION], event_ts)
+            if any(d.switched for d in decisions):
+                self.labels_since_check = 0  # the next check compares with the restored version
+                return decisions
         self.labels_since_check += 1
         due = self.config.publish_every
         if self.served.parent is None and self.served.n_learned == 0:
             due = min(due, FIRST_CHECK)  # the untrained initial version gives way early
         if self.labels_since_check < due or self.paused:
-            return None
+            return decisions
         self.labels_since_check = 0
-        return self.try_publish(event_ts)
+        return decisions + self.check(event_ts)
 
-    def try_publish(self, event_ts: float | None) -> Published | None:
-        """Publish the learner if its recent metric is not worse than the served model's."""
+    def check(self, event_ts: float | None) -> list[Decision]:
+        """The scheduled check: promote a challenger that wins, else publish the champion's learner."""
+        if self.lifecycle.auto_promote and self.probation is None:
+            winner = self._winning_challenger()
+            if winner is not None:
+                candidate, reason = winner
+                return [self.promote_candidate(candidate.name, event_ts, reason, by_policy=True)]
+        if not self.candidates[self.champion].learns:
+            return []  # a frozen champion (an offline model) has no learner to publish
+        return [self.try_publish(event_ts)]
+
+    def _winning_challenger(self) -> tuple[Candidate, str] | None:
+        life, best = self.lifecycle, None
+        for candidate in self.candidates.values():
+            if candidate.name == self.champion or candidate.duel.window_count < life.promote_after:
+                continue
+            mine, theirs = candidate.duel.window_primary(), candidate.duel_champion.window_primary()
+            if not better_by(mine, theirs, life.promote_margin, candidate.duel.bigger_is_better):
+                continue
+            if best is None or better_by(mine, best[1], 0.0, candidate.duel.bigger_is_better):
+                best = (candidate, mine, theirs)
+        if best is None:
+            return None
+        candidate, mine, theirs = best
+        primary = candidate.duel.primary
+        return candidate, (f"{candidate.name} beat the champion {self.champion} on the last "
+                           f"{min(candidate.duel.window_count, candidate.duel.window)} labels scored by both: "
+                           f"{primary} {mine:.4f} vs {theirs:.4f} (margin {life.promote_margin})")
+
+    def try_publish(self, event_ts: float | None) -> Decision:
+        """Publish the champion's learner if its recent metric is not worse than the served model's."""
         ok = not_worse(self.learner_eval.window_primary(), self.served_eval.window_primary(),
                        self.config.publish_margin, self.learner_eval.bigger_is_better)
         if not ok:
             self.refusals += 1
-            return None
-        return self.publish_now(event_ts)
+            return Decision("refuse", None, self.gate_reason())
+        published = self.publish_now(event_ts)
+        return Decision("publish", published.version, self.gate_reason(), published, True)
+
+    def gate_reason(self) -> str:
+        learner, served = self.learner_eval.window_primary(), self.served_eval.window_primary()
+        return (f"recent {self.learner_eval.primary}: learner {_fmt(learner)} vs served {_fmt(served)} "
+                f"(margin {self.config.publish_margin}) after {self.n_learned} labels")
 
     def publish_now(self, event_ts: float | None) -> Published:
-        """Freeze the learner as a new version and serve it, with no gate (an operator's promote)."""
-        published = self._new_version(self.served.version, event_ts)
+        """Freeze the champion's learner as a new version and serve it, with no gate."""
+        published = self._new_version(self.candidates[self.champion], self.served.version, event_ts)
         self.serve(published, reset_window=False)
         self.publications += 1
         return published
 
+    def promote_candidate(self, name: str, event_ts: float | None, reason: str, *, by_policy: bool) -> Decision:
+        """Serve candidate `name` (a frozen copy of its learner) and make it the champion."""
+        candidate = self.candidates[name]
+        predecessor, champion_before = self.served, self.champion
+        if candidate.learns:
+            published = self._new_version(candidate, self.served.version, event_ts)
+            new_version = published
+        else:
+            published = Published(model=candidate.model, **self.catalog[candidate.version])
+            new_version = None
+        self.champion = name
+        self.serve(published)
+        self.promotions += 1
+        if by_policy and self.lifecycle.auto_rollback:
+            self.probation = Probation(predecessor, champion_before, published, self.task, self.config.metric_window)
+        return Decision("promote", published.version, reason, new_version, True)
+
+    def _judge_probation(self, y: Any, y_served: Any, y_previous: Any, event_ts: float) -> list[Decision]:
+        trial, life = self.probation, self.lifecycle
+        trial.current.update(y, y_served)
+        trial.previous.update(y, y_previous)
+        if trial.current.window_count < life.rollback_after or self.paused:
+            return []
+        self.probation = None
+        now, before = trial.current.window_primary(), trial.previous.window_primary()
+        figures = (f"{trial.current.primary} on the last {min(trial.current.window_count, trial.current.window)} "
+                   f"labels: v{self.served.version} {_fmt(now)} vs v{trial.predecessor.version} {_fmt(before)} "
+                   f"(margin {life.rollback_margin})")
+        if now is None or before is None or not_worse(now, before, life.rollback_margin,
+                                                      trial.current.bigger_is_better):
+            return [Decision("keep", self.served.version, f"probation passed: {figures}")]
+        failed = f"{trial.promoted} (promoted as v{trial.version}, serving as v{self.served.version})"
+        if trial.champion in self.candidates:
+            self.champion = trial.champion
+        self.serve(trial.predecessor)
+        self.rollbacks += 1
+        decisions = [Decision("rollback", trial.predecessor.version,
+                              f"{failed} did worse than the version it replaced: {figures}", None, True)]
+        if trial.promoted.startswith("retrain-") and trial.promoted in self.candidates:
+            decisions.append(self.retire(trial.promoted, f"its promotion (v{trial.version}) was rolled back"))
+        return decisions
+
+    # -- challengers -----------------------------------------------------------------------
+    def start_challenger(self, reason: str) -> Decision | None:
+        """A fresh copy of the champion's spec, warm-started on the last labelled examples.
+
+        Returns None while the previous fresh challenger has not yet been scored on enough labels
+        to be judged (a burst of alerts starts one challenger, not many).
+        """
+        life = self.lifecycle
+        fresh = [c for c in self.candidates.values() if c.name.startswith("retrain-") and c.name != self.champion]
+        if fresh and fresh[-1].duel.window_count < life.promote_after:
+            return None
+        champion = self.candidates[self.champion]
+        spec = champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec
+        model = build_model(spec, self.task)
+        for x, y in self.examples:
+            model.learn_one(x, y)
+        self.retrains += 1
+        name = f"retrain-{self.retrains}"
+        candidate = Candidate(name, spec, model, self.task, self.config.metric_window, origin=reason)
+        candidate.n_learned = len(self.examples)
+        decisions_note = ""
+        while len(self.candidates) - 1 >= life.max_challengers and fresh:
+            oldest = fresh.pop(0)
+            del self.candidates[oldest.name]
+            decisions_note += f"; retired {oldest.name} to stay within {life.max_challengers} challengers"
+        self.candidates[name] = candidate
+        return Decision("challenger", None, f"{name} started ({spec}), warm-started on the last "
+                                            f"{len(self.examples)} labelled examples, after {reason}{decisions_note}")
+
+    def add_challenger(self, published: Published) -> Decision:
+        """Put a registered version up as a challenger: a River model learns on, an offline one does not."""
+        name = f"v{published.version}"
+        learns = callable(getattr(published.model, "learn_one", None)) and not getattr(published.model, "frozen", False)
+        model = copy.deepcopy(published.model) if learns else published.model
+        candidate = Candidate(name, published.spec, model, self.task, self.config.metric_window, learns=learns,
+                              origin=f"registry v{published.version}", version=None if learns else published.version)
+        candidate.n_learned = published.n_learned
+        self.candidates[name] = candidate
+        what = "learns on from there" if learns else "is scored but does not learn"
+        return Decision("challenger", published.version, f"{name} put up as a challenger; it {what}")
+
+    def retire(self, name: str, reason: str) -> Decision:
+        """Drop a challenger (never the champion)."""
+        del self.candidates[name]
+        return Decision("retire", None, f"{name} retired: {reason}")
+
+    def reconcile(self, config: ModelConfig, lifecycle: Lifecycle) -> list[Decision]:
+        """After a restore: take the config's settings, add its new challengers, drop removed ones."""
+        self.config, self.lifecycle = config, lifecycle
+        if self.examples.maxlen != lifecycle.warm_start:
+            self.examples = deque(self.examples, maxlen=lifecycle.warm_start)
+        wanted = {c.name for c in config.challengers}
+        decisions = [self.retire(name, "it is no longer in the config") for name, c in list(self.candidates.items())
+                     if c.origin == "config" and name not in (CHAMPION, self.champion) and name not in wanted]
+        for challenger in config.challengers:
+            if challenger.name not in self.candidates:
+                self.candidates[challenger.name] = Candidate(challenger.name, challenger.spec,
+                                                             build_model(challenger.spec, self.task), self.task,
+                                                             config.metric_window)
+                decisions.append(Decision("challenger", None, f"{challenger.name} added from the config "
+                                                              f"({challenger.spec}); it starts untrained"))
+        return decisions
+
+    # -- serving ---------------------------------------------------------------------------
     def serve(self, published: Published, *, reset_window: bool = True) -> None:
         """Make `published` the served version (one reference swap).
 
-        An operator's switch to another lineage restarts the served model's recent window, so the
-        publication gate compares the learner with what serves now, not with what served before.
+        A switch other than a publication restarts the served model's recent window and every
+        challenger's duel, so they compare with what serves now, not with what served before.
         """
         self.served = published
         self.history.append(published.version)
         del self.history[:-HISTORY]
         if reset_window:
             self.served_eval.reset_window()
+            for candidate in self.candidates.values():
+                candidate.reset_duel()
 
     def previous(self) -> int | None:
         """The version that served before the current one (what a rollback returns to)."""
@@ -131,11 +394,12 @@ class OnlineModel:
                 return version
         return None
 
-    def register(self, model: Any, spec: str, n_learned: int, metrics: dict, event_ts: float | None) -> Published:
+    def register(self, model: Any, spec: str, n_learned: int, metrics: dict, event_ts: float | None,
+                 candidate: str = "import") -> Published:
         """Add a model from outside (an import) to the registry as a new version; it does not serve."""
         self.last_version += 1
         published = Published(version=self.last_version, model=model, spec=spec, parent=None, n_learned=n_learned,
-                              event_ts=event_ts, wall_ts=time.time(), metrics=metrics)
+                              event_ts=event_ts, wall_ts=time.time(), metrics=metrics, candidate=candidate)
         self.catalog[published.version] = published.describe()
         self._remember(published)
         return published
@@ -145,37 +409,73 @@ class OnlineModel:
         while len(self.recent) > RECENT:
             del self.recent[next(iter(self.recent))]
 
-    def _new_version(self, parent: int | None, event_ts: float | None) -> Published:
+    def _new_version(self, candidate: Candidate, parent: int | None, event_ts: float | None) -> Published:
         self.last_version += 1
-        published = self._freeze(self.last_version, parent, event_ts)
+        published = Published(
+            version=self.last_version, model=copy.deepcopy(candidate.model), spec=candidate.spec, parent=parent,
+            n_learned=candidate.n_learned, event_ts=event_ts, wall_ts=time.time(),
+            metrics=candidate.evaluation.values() if candidate.evaluation.count else {}, candidate=candidate.name)
         self.catalog[published.version] = published.describe()
         self._remember(published)
         return published
 
-    def _freeze(self, version: int, parent: int | None, event_ts: float | None) -> Published:
-        return Published(
-            version=version,
-            model=copy.deepcopy(self.learner),
-            spec=self.spec,
-            parent=parent,
-            n_learned=self.n_learned,
-            event_ts=event_ts,
-            wall_ts=time.time(),
-            metrics=self.learner_eval.values() if self.learner_eval.count else {},
-        )
+    def leaderboard(self) -> list[dict[str, Any]]:
+        """Every candidate, champion first, then by recent primary metric (best first)."""
+        rows = [c.summary(self.champion) for c in self.candidates.values()]
+        primary = self.learner_eval.primary
+        sign = -1 if self.learner_eval.bigger_is_better else 1
+
+        def order(row: dict) -> tuple:
+            value = row["metrics"].get(f"{primary}_window")
+            return (row["role"] != "champion", value is None, sign * (value or 0.0))
+
+        return sorted(rows, key=order)
 
     def summary(self) -> dict[str, Any]:
         """Return the model's figures for `stats`."""
-        return {
+        out = {
             "spec": self.spec,
             "task": self.task,
+            "champion": self.champion,
             "served_version": self.served.name,
             "publishing": "paused" if self.paused else "automatic",
             "versions": len(self.catalog),
             "examples_learned": self.n_learned,
             "publications": self.publications,
             "publications_refused": self.refusals,
+            "promotions": self.promotions,
+            "rollbacks": self.rollbacks,
             "learner": self.learner_eval.values() if self.learner_eval.count else {},
             "served": self.served_eval.values() if self.served_eval.count else {},
             "labels_scored": self.learner_eval.count,
+            "leaderboard": self.leaderboard(),
         }
+        if self.probation is not None:
+            out["probation"] = {"version": self.served.version, "against": self.probation.predecessor.version,
+                                "labels": self.probation.current.window_count,
+                                "needed": self.lifecycle.rollback_after}
+        return out
+
+
+def upgrade(model: OnlineModel) -> None:
+    """Give a model restored from an earlier release's checkpoint the fields it lacked."""
+    state = model.__dict__
+    if "candidates" not in state:
+        champion = Candidate(CHAMPION, state.pop("spec"), state.pop("learner"), model.task, model.config.metric_window)
+        champion.evaluation = state.pop("learner_eval")
+        champion.n_learned = model.n_learned
+        model.candidates, model.champion = {CHAMPION: champion}, CHAMPION
+        model.lifecycle, model.examples, model.probation = Lifecycle(), deque(maxlen=Lifecycle().warm_start), None
+        model.promotions = model.rollbacks = model.retrains = 0
+    for candidate in model.candidates.values():
+        candidate.evaluation.upgrade()
+    model.served_eval.upgrade()
+    if "catalog" not in state:
+        model.paused, model.recent = False, {}
+        model.last_version = model.served.version
+        model.catalog = {model.served.version: model.served.describe()}
+        model.history = [model.served.version]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

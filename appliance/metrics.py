@@ -138,3 +138,14 @@ def not_worse(candidate: float | None, incumbent: float | None, margin: float, b
     if incumbent is None:
         return True
     return candidate >= incumbent - margin if bigger_is_better else candidate <= incumbent + margin
+
+
+def better_by(candidate: float | None, incumbent: float | None, margin: float, bigger_is_better: bool) -> bool:
+    """Return whether `candidate` beats `incumbent` by more than `margin` (both must be defined).
+
+    >>> better_by(0.90, 0.88, 0.01, True), better_by(0.88, 0.88, 0.0, True), better_by(0.9, 1.0, 0.05, False)
+    (True, False, True)
+    """
+    if candidate is None or incumbent is None:
+        return False
+    return candidate > incumbent + margin if bigger_is_better else candidate < incumbent - margin

@@ -36,7 +36,7 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},
                      ("source", "offset")),
     "models": ({"version": int, "spec": str, "parent": int, "n_learned": int, "event_ts": float,
-                "wall_ts": float, "metrics": str, "model": bytes}, "version"),
+                "wall_ts": float, "metrics": str, "model": bytes, "candidate": str}, "version"),
     "metrics": ({"labels": int, "event_ts": float, "version": int, "learner": str, "served": str}, "labels"),
     "entity_state": ({"key": str, "entity": str, "state": bytes}, ("key", "entity")),
     "attribute_versions": ({"name": str, "version": int, "path": str, "sha256": str, "rows": int,
@@ -45,6 +45,8 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "attribute_switches": ({"seq": int, "name": str, "version": int}, ("seq", "name")),
     "audit": ({"id": int, "event_ts": float, "wall_ts": float, "action": str, "version": int, "reason": str,
                "actor": str}, "id"),
+    "alerts": ({"id": int, "event_ts": float, "wall_ts": float, "kind": str, "detector": str, "subject": str,
+                "evidence": str, "action": str}, "id"),
     "model_imports": ({"id": int, "path": str, "meta": str, "model": bytes, "wall_ts": float}, "id"),
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
 }

@@ -140,7 +140,9 @@ def test_publication_is_refused_when_the_learner_is_worse(small_config):
     for y, good, bad in [(True, 0.9, 0.1), (False, 0.1, 0.9)] * 10:
         model.learner_eval.update(y, {True: bad, False: 1 - bad})
         model.served_eval.update(y, {True: good, False: 1 - good})
-    assert model.try_publish(0.0) is None and model.refusals == 1 and model.served.version == 1
+    decision = model.try_publish(0.0)
+    assert decision.action == "refuse" and decision.new_version is None
+    assert model.refusals == 1 and model.served.version == 1
 
 
 def test_checkpoint_restore_resumes_identically(small_config):

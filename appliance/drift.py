@@ -1,0 +1,94 @@
+"""Drift detection with River's detectors: concept drift on the served model's error stream, data
+drift on the distribution of chosen features.
+
+Both run on the engine's thread, in event order, so a replay raises the same alerts at the same
+events as a live run. An alert says when (event time), which detector, on what (the served version
+or a feature) and the evidence: the detector's estimate of the mean before and after the change,
+and how many values it had seen. The same subject does not alert again within `alert_cooldown` of
+event time; suppressed alerts are counted. A drop in the served model's error is an improvement,
+not concept drift, and is not alerted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from .lifecycle_config import Lifecycle
+from .metrics import positive_score
+from .model_spec import parse_model
+
+
+class DriftMonitor:
+    """One detector on the served model's errors and one per monitored feature."""
+
+    def __init__(self, lifecycle: Lifecycle, task: str) -> None:
+        self.lifecycle = lifecycle
+        self.task = task
+        self.concept = parse_model(lifecycle.drift_detector)
+        self.features = {name: parse_model(lifecycle.drift_detector) for name in lifecycle.drift_features}
+        self.seen: dict[str, int] = {}
+        self.last_alert: dict[str, float] = {}
+        self.alerts = 0
+        self.suppressed = 0
+
+    def observe_features(self, x: dict, ts: float) -> list[dict[str, Any]]:
+        """Feed the monitored features of one scored event; return any alerts."""
+        alerts = []
+        for name, detector in self.features.items():
+            value = x.get(name)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            alert = self._update(detector, f"feature {name}", "data", float(value), ts)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def observe_error(self, y: Any, y_served: Any, ts: float, version: int) -> dict[str, Any] | None:
+        """Feed the served model's error on one label; return an alert when it has risen."""
+        if self.task == "classification":
+            error = abs(float(bool(y)) - positive_score(y_served))
+        else:
+            error = abs(float(y) - float(y_served))
+        if not math.isfinite(error):
+            return None
+        return self._update(self.concept, f"served model (v{version})", "concept", error, ts, rises_only=True)
+
+    def reset_concept(self) -> None:
+        """The served model changed: its errors are a new stream."""
+        self.concept = parse_model(self.lifecycle.drift_detector)
+        self.seen.pop("concept", None)
+
+    def _update(self, detector: Any, subject: str, kind: str, value: float, ts: float,
+                rises_only: bool = False) -> dict[str, Any] | None:
+        stream = "concept" if kind == "concept" else subject
+        self.seen[stream] = self.seen.get(stream, 0) + 1
+        before = _estimate(detector)
+        detector.update(value)
+        if not detector.drift_detected:
+            return None
+        after = _estimate(detector)
+        if rises_only and before is not None and after is not None and after <= before:
+            return None
+        key = stream
+        if ts - self.last_alert.get(key, -math.inf) < self.lifecycle.alert_cooldown:
+            self.suppressed += 1
+            return None
+        self.last_alert[key] = ts
+        self.alerts += 1
+        what = "error" if kind == "concept" else "mean"
+        return {"event_ts": ts, "wall_ts": time.time(), "kind": kind, "detector": self.lifecycle.drift_detector,
+                "subject": subject,
+                "evidence": {f"{what}_before": before, f"{what}_after": after, "value": value,
+                             "window": getattr(detector, "width", None), "observations": self.seen[stream]}}
+
+    def summary(self) -> dict[str, Any]:
+        return {"detector": self.lifecycle.drift_detector, "features": list(self.features),
+                "alerts": self.alerts, "suppressed_by_cooldown": self.suppressed,
+                "error_estimate": _estimate(self.concept)}
+
+
+def _estimate(detector: Any) -> float | None:
+    value = getattr(detector, "estimation", None)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
