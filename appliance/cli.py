@@ -348,7 +348,8 @@ def _count_lines(source: str | None) -> int | None:
     return total - 1 if source.lower().removesuffix(".gz").endswith(".csv") else total
 
 
-from .cli_registry import attributes, models  # noqa: E402 - their module builds on the helpers above
+from .cli_registry import alerts, attributes, models  # noqa: E402 - their module builds on the helpers above
 
 main.add_command(models)
 main.add_command(attributes)
+main.add_command(alerts)

@@ -133,17 +133,84 @@ def _operate(socket_path: str, op: str, wait_for: Callable[[dict, dict], bool], 
 
 @models.command("promote")
 @click.argument("version", type=int, required=False)
+@click.option("--challenger", help="Promote this challenger (by name, see `models leaderboard`) instead.")
 @SOCKET_OPTION
 @friendly_errors
-def models_promote(version: int | None, socket_path: str) -> None:
-    """Serve VERSION now; with no VERSION, publish the learner now without the gate."""
+def models_promote(version: int | None, challenger: str | None, socket_path: str) -> None:
+    """Serve VERSION now; with --challenger, a copy of that challenger's learner (it becomes the
+    champion); with neither, publish the champion's learner now without the gate."""
     from .client import Client
 
+    if version is not None and challenger:
+        raise click.UsageError("give a VERSION or --challenger, not both")
     with Client(socket_path) as client:
         total = client.request("models", limit=1)["total_versions"]
+    if challenger:
+        state = _operate(socket_path, "promote", lambda r, s: s["champion"] == challenger, challenger=challenger)
+        click.echo(f"{challenger} is the champion; v{state['served']} serves")
+        return
     state = _operate(socket_path, "promote", lambda r, s: s["served"] == version if version is not None
                      else s["total_versions"] > total, version=version)
     click.echo(f"v{state['served']} serves")
+
+
+@models.command("leaderboard")
+@SOCKET_OPTION
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def models_leaderboard(socket_path: str, as_json: bool) -> None:
+    """The champion and its challengers, scored on the same live labels."""
+    from .client import Client
+
+    with Client(socket_path) as client:
+        state = client.request("models", limit=1)
+    board = state["leaderboard"]
+    if as_json:
+        click.echo(orjson.dumps(board, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"{'':2}{'candidate':<14} {'recent':>8} {'overall':>8} {'labels':>9}  {'vs champion (same labels)':<28} spec")
+    for row in board:
+        metrics = row["metrics"]
+        primary = "roc_auc" if "roc_auc" in metrics else "mae"
+        duel = row.get("versus_champion")
+        versus = "-" if not duel or duel["challenger"] is None or duel["champion"] is None else (
+            f"{duel['challenger']:.4f} vs {duel['champion']:.4f} on {duel['labels']:,}")
+        mark = "* " if row["role"] == "champion" else "  "
+        click.echo(f"{mark}{row['name']:<14} {_metric(metrics.get(primary + '_window')):>8} "
+                   f"{_metric(metrics.get(primary)):>8} {row['labels_scored']:>9,}  {versus:<28} {row['spec']}")
+    probation = state.get("probation")
+    if probation:
+        click.echo(f"v{probation['version']} is on probation against v{probation['against']}: "
+                   f"{probation['labels']:,}/{probation['needed']:,} labels")
+    click.echo(f"* the champion: its versions serve (v{state['served']} now); metric: {primary}")
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@models.command("challenge")
+@click.argument("version", type=int)
+@SOCKET_OPTION
+@friendly_errors
+def models_challenge(version: int, socket_path: str) -> None:
+    """Put registered VERSION up as a challenger: scored in shadow on live labels, never serving
+    until promoted. A River version learns on; an offline (ONNX) one does not."""
+    name = f"v{version}"
+    _operate(socket_path, "challenge", lambda r, s: any(row["name"] == name for row in s["leaderboard"]),
+             version=version)
+    click.echo(f"{name} is a challenger; see `appliance models leaderboard`")
+
+
+@models.command("retire")
+@click.argument("name")
+@SOCKET_OPTION
+@friendly_errors
+def models_retire(name: str, socket_path: str) -> None:
+    """Drop challenger NAME (the champion cannot be retired)."""
+    _operate(socket_path, "retire", lambda r, s: all(row["name"] != name for row in s["leaderboard"]),
+             challenger=name)
+    click.echo(f"{name} retired")
 
 
 @models.command("rollback")
@@ -177,6 +244,31 @@ def _set_publishing(socket_path: str, paused: bool) -> None:
     wanted = "paused" if paused else "automatic"
     _operate(socket_path, "publishing", lambda r, s: s["publishing"] == wanted, paused=paused)
     click.echo(f"automatic publication {'paused' if paused else 'resumed'}")
+
+
+@click.command("alerts")
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def alerts(config_path: str | None, db: str | None, limit: int, as_json: bool) -> None:
+    """Drift alerts from the store: when, which detector, on what, the evidence and the action taken."""
+    from .timeutil import format_timestamp
+
+    store = _store_for(config_path, db)
+    rows = list(store.query("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", [limit]))
+    if as_json:
+        click.echo(orjson.dumps([dict(r, evidence=orjson.loads(r["evidence"])) for r in rows],
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    for row in rows:
+        evidence = orjson.loads(row["evidence"])
+        figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in evidence.items())
+        click.echo(f"#{row['id']} {format_timestamp(row['event_ts'])} {row['kind']} drift on {row['subject']} "
+                   f"({row['detector']}): {figures}; action: {row['action']}")
+    if not rows:
+        click.echo("no drift alerts")
 
 
 @click.group()

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from typing import Any
 
 from .lifecycle_config import Lifecycle
 from .metrics import positive_score
 from .model_spec import parse_model
+
+RECENT = 20
 
 
 class DriftMonitor:
@@ -32,6 +35,7 @@ class DriftMonitor:
         self.last_alert: dict[str, float] = {}
         self.alerts = 0
         self.suppressed = 0
+        self.recent: deque = deque(maxlen=RECENT)  # the newest alert rows, for stats and the console
 
     def observe_features(self, x: dict, ts: float) -> list[dict[str, Any]]:
         """Feed the monitored features of one scored event; return any alerts."""
@@ -48,6 +52,8 @@ class DriftMonitor:
     def observe_error(self, y: Any, y_served: Any, ts: float, version: int) -> dict[str, Any] | None:
         """Feed the served model's error on one label; return an alert when it has risen."""
         if self.task == "classification":
+            if not y_served:
+                return None  # the served model had nothing to say yet
             error = abs(float(bool(y)) - positive_score(y_served))
         else:
             error = abs(float(y) - float(y_served))
@@ -86,7 +92,7 @@ class DriftMonitor:
     def summary(self) -> dict[str, Any]:
         return {"detector": self.lifecycle.drift_detector, "features": list(self.features),
                 "alerts": self.alerts, "suppressed_by_cooldown": self.suppressed,
-                "error_estimate": _estimate(self.concept)}
+                "error_estimate": _estimate(self.concept), "recent": list(self.recent)}
 
 
 def _estimate(detector: Any) -> float | None:

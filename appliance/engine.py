@@ -209,8 +209,9 @@ class Engine(EngineCommands):
             else:
                 taken = decision.reason.split(" ", 1)[0] + " started"
                 self._apply([decision], "policy")
-        self.rows["alerts"].append({**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(),
-                                    "action": taken})
+        row = {**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(), "action": taken}
+        self.rows["alerts"].append(row)
+        self.drift.recent.append({**alert, "id": self.alert_seq, "action": taken})
 
     def _expire(self) -> None:
         join = self.join

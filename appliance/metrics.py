@@ -78,7 +78,13 @@ class Evaluation:
         self.window_classes[y_true] += 1
 
     def update(self, y_true: Any, y_pred: Any) -> None:
-        """Score one prediction: a probability dict for classification, a number for regression."""
+        """Score one prediction: a probability dict for classification, a number for regression.
+
+        A model with nothing to say yet (None, or an empty dict from an untrained tree) is not
+        scored, exactly as `progressive_val_score` skips it.
+        """
+        if y_pred is None or (isinstance(y_pred, dict) and not y_pred):
+            return
         self.count += 1
         self.window_count += 1
         if self.task == "classification":

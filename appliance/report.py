@@ -59,6 +59,21 @@ def format_stats(stats: dict[str, Any]) -> str:
         values = model.get(role) or {}
         if values:
             lines.append(f"  {role:<8} " + "  ".join(f"{k} {_number(v, '.4f')}" for k, v in sorted(values.items())))
+    board = model.get("leaderboard") or []
+    if len(board) > 1:
+        lines.append(f"  champion {model.get('champion')} · promotions {model.get('promotions', 0)} · "
+                     f"rollbacks {model.get('rollbacks', 0)}")
+        for row in board:
+            metrics = row.get("metrics") or {}
+            primary = "roc_auc" if "roc_auc" in metrics else "mae"
+            lines.append(f"  {row['role']:<10} {row['name']:<12} recent {primary} "
+                         f"{_number(metrics.get(primary + '_window'), '.4f')}  overall "
+                         f"{_number(metrics.get(primary), '.4f')}  ({row['labels_scored']:,} labels)")
+    drift = stats.get("drift") or {}
+    if drift.get("alerts"):
+        last = drift["recent"][-1] if drift.get("recent") else None
+        lines.append(f"Drift  {drift['alerts']} alerts ({drift.get('suppressed_by_cooldown', 0)} suppressed by "
+                     f"cooldown)" + (f"; last: {last['kind']} on {last['subject']}, {last['action']}" if last else ""))
     server = stats.get("server")
     if server:
         lines.append("Server  " + "  ".join(f"{k} {v}" for k, v in server.items()))

@@ -80,7 +80,8 @@ class Service:
                 "features": self.features, "stats": self.stats, "health": self.health,
                 "refresh_attributes": self.refresh_attributes, "models": self.models, "promote": self.promote,
                 "rollback": self.rollback, "publishing": self.publishing,
-                "import_models": self.import_models}
+                "import_models": self.import_models, "challenge": self.challenge, "retire": self.retire,
+                "alerts": self.alerts}
 
     def import_models(self, request: dict) -> dict:
         """Have the engine register the models `appliance models import` staged in the store.
@@ -98,19 +99,58 @@ class Service:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise RequestError("bad_request", '"limit" must be a positive integer')
         versions = [model.catalog[v] for v in sorted(model.catalog)[-limit:]]
-        return {"served": model.served.version, "previous": model.previous(),
+        snapshot = self.board.snapshot.get("model", {})  # metrics: the engine's snapshot
+        return {"served": model.served.version, "previous": model.previous(), "champion": model.champion,
                 "publishing": "paused" if model.paused else "automatic",
-                "learner": {"spec": model.spec, "n_learned": model.n_learned,  # metrics: the engine's snapshot
-                            "metrics": self.board.snapshot.get("model", {}).get("learner", {})},
+                "learner": {"spec": model.spec, "n_learned": model.n_learned, "metrics": snapshot.get("learner", {})},
+                "leaderboard": snapshot.get("leaderboard", []), "probation": snapshot.get("probation"),
                 "versions": versions, "total_versions": len(model.catalog)}
 
     def promote(self, request: dict) -> dict:
-        """Serve a registered version (`version`), or publish the learner now, past the gate."""
-        version = request.get("version")
+        """Serve a registered version (`version`), a challenger (`challenger`: its name), or the
+        champion's learner now, past the gate (neither)."""
+        version, challenger = request.get("version"), request.get("challenger")
+        if version is not None and challenger is not None:
+            raise RequestError("bad_request", 'promote takes "version" or "challenger", not both')
         if version is not None:
             self._check_version(version)
-        self.inbox.append([{"control": "promote", "version": version, "actor": self._actor(request)}])
-        return {"queued": True, "action": "promote", "version": version if version is not None else "learner"}
+        if challenger is not None:
+            self._check_challenger(challenger)
+        self.inbox.append([{"control": "promote", "version": version, "challenger": challenger,
+                            "actor": self._actor(request)}])
+        target = version if version is not None else challenger if challenger is not None else "learner"
+        return {"queued": True, "action": "promote", "version": target}
+
+    def challenge(self, request: dict) -> dict:
+        """Put registered version `version` up as a challenger (scored in shadow, never serving)."""
+        version = request.get("version")
+        self._check_version(version)
+        if f"v{version}" in self.engine.model.candidates:
+            raise RequestError("conflict", f"v{version} is already a candidate")
+        self.inbox.append([{"control": "challenge", "version": version, "actor": self._actor(request)}])
+        return {"queued": True, "action": "challenge", "challenger": f"v{version}"}
+
+    def retire(self, request: dict) -> dict:
+        """Drop a challenger by name."""
+        name = request.get("challenger")
+        self._check_challenger(name)
+        self.inbox.append([{"control": "retire", "challenger": name, "actor": self._actor(request)}])
+        return {"queued": True, "action": "retire", "challenger": name}
+
+    def alerts(self, request: dict) -> dict:
+        """The newest drift alerts (the full history is the store's `alerts` table)."""
+        drift = self.board.snapshot.get("drift", {})
+        return {"alerts": list(reversed(drift.get("recent", []))), "total": drift.get("alerts", 0),
+                "suppressed_by_cooldown": drift.get("suppressed_by_cooldown", 0)}
+
+    def _check_challenger(self, name: Any) -> None:
+        model = self.engine.model
+        if not isinstance(name, str) or not name:
+            raise RequestError("bad_request", '"challenger" must be a challenger\'s name; see the models op')
+        if name == model.champion:
+            raise RequestError("conflict", f"{name} is the champion, not a challenger")
+        if name not in model.candidates:
+            raise RequestError("not_found", f"no challenger {name!r}; see the models op's leaderboard")
 
     def rollback(self, request: dict) -> dict:
         """Serve the version that served before this one (or `version`); pauses automatic publication."""

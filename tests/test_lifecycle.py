@@ -61,7 +61,8 @@ def test_challengers_are_scored_in_shadow_on_the_same_labels():
     run(engine, items(config, flip_stream(600, change=10_000)))
     model = engine.model
     main, twin, tree = (model.candidates[name] for name in ("main", "twin", "tree"))
-    assert main.evaluation.count == twin.evaluation.count == tree.evaluation.count == 600
+    assert main.evaluation.count == twin.evaluation.count == 600
+    assert 590 < tree.evaluation.count < 600  # an untrained tree predicts {}: not scored, as in River
     # the same spec, learning on the same logged vectors, gives the same metrics as the champion's learner
     assert twin.evaluation.values() == main.evaluation.values()
     assert tree.evaluation.values() != main.evaluation.values()
@@ -237,5 +238,9 @@ def test_checkpoint_restore_keeps_challengers_and_detectors(tmp_path):
     assert list(resumed.model.candidates) == list(straight.model.candidates)
     for name, candidate in straight.model.candidates.items():
         assert resumed.model.candidates[name].evaluation.values() == candidate.evaluation.values(), name
-    assert resumed.drift.summary() == straight.drift.summary()
+    def without_wall_time(summary):
+        return {**summary, "recent": [{k: v for k, v in a.items() if k != "wall_ts"} for a in summary["recent"]]}
+
+    assert straight.drift.alerts > 0
+    assert without_wall_time(resumed.drift.summary()) == without_wall_time(straight.drift.summary())
     assert resumed.model.served.version == straight.model.served.version

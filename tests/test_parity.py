@@ -40,3 +40,23 @@ def test_regression_parity_on_trump_approval(tmp_path):
 
     expected = evaluate.progressive_val_score(datasets.TrumpApproval(), parse_model(spec), metrics.MAE())
     assert appliance.engine.model.learner_eval.metric("mae").get() == expected.get()
+
+
+def test_a_challenger_in_shadow_equals_its_own_progressive_val_score(tmp_path):
+    """Shadow scoring is honest: a challenger's metrics are River's for that model alone."""
+    from dataclasses import replace
+
+    from appliance.lifecycle_config import ChallengerSpec
+
+    tree = "tree.HoeffdingTreeClassifier(grace_period=50)"
+    config = resolve_config(None, "river:Phishing", db=str(tmp_path / "c.db"))
+    config = config.with_overrides(model=replace(config.model, task="classification", spec=SPEC,
+                                                 challengers=(ChallengerSpec("tree", tree),)))
+    appliance = Appliance(config, RunOptions(serve=False))
+    appliance.run()
+    from river import datasets
+
+    expected = evaluate.progressive_val_score(datasets.Phishing(), parse_model(tree), metrics.ROCAUC())
+    assert appliance.engine.model.candidates["tree"].evaluation.metric("roc_auc").get() == expected.get()
+    champion = evaluate.progressive_val_score(datasets.Phishing(), parse_model(SPEC), metrics.ROCAUC())
+    assert appliance.engine.model.learner_eval.metric("roc_auc").get() == champion.get() != expected.get()
