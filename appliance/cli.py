@@ -353,3 +353,7 @@ from .cli_registry import alerts, attributes, models  # noqa: E402 - their modul
 main.add_command(models)
 main.add_command(attributes)
 main.add_command(alerts)
+
+from .cli_offline import train_offline  # noqa: E402
+
+main.add_command(train_offline)

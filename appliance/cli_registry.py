@@ -87,33 +87,58 @@ def models_export(version: int, out: str, config_path: str | None, db: str | Non
 
 @models.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--features", "features_file", type=click.Path(exists=True, dir_okay=False),
+              help="For an .onnx FILE: its input's feature names, one per line [default: the file's metadata].")
 @CONFIG_OPTION
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", help="The running appliance's socket [default: the config's].")
 @friendly_errors
-def models_import(file: str, config_path: str | None, db: str | None, socket_path: str | None) -> None:
-    """Register a model FILE written by `models export` as a new version (it does not serve until promoted)."""
+def models_import(file: str, features_file: str | None, config_path: str | None, db: str | None,
+                  socket_path: str | None) -> None:
+    """Register a model FILE as a new version (it does not serve until promoted): a zip written by
+    `models export`, or an .onnx model over the appliance's features."""
     from . import registry
-    from .client import Client
-    from .errors import ConnectFailed
     from .settings import resolve_config
     from .store import open_db
 
     config = resolve_config(config_path, None, db=db)
     store = open_db(config.db)
     try:
-        meta = registry.stage_import(store, file, config.model.task, now=time.time())
+        if file.lower().endswith(".onnx"):
+            from .features import FeatureSpace
+            from .offline import check_schema, load_onnx_file, read_feature_list
+
+            features = read_feature_list(features_file) if features_file else None
+            model = load_onnx_file(file, features, config.model.task)
+            check_schema(model, FeatureSpace.for_config(config).names)
+            meta = {"spec": f"onnx: {model.description}, sha256 {model.sha256[:12]}", "candidate": "onnx",
+                    "n_learned": 0, "metrics": {}, "version": None}
+            registry.stage_model(store, model, meta, file, now=time.time())
+        else:
+            meta = registry.stage_import(store, file, config.model.task, now=time.time())
     finally:
         store.conn.close()
-    click.echo(f"staged {file} ({meta['spec']}, v{meta.get('version')} where it came from)")
+    click.echo(f"staged {file} ({meta['spec']}" + (f", v{meta['version']} where it came from)" if meta.get("version")
+                                                   else ")"))
+    register_staged(socket_path or config.socket)
+
+
+def register_staged(socket_path: str) -> int | None:
+    """Have a running appliance register what was staged; return the new version (None if not running)."""
+    from .client import Client
+    from .errors import ConnectFailed
+
     try:
-        with Client(socket_path or config.socket) as client:
+        with Client(socket_path) as client:
             total = client.request("models", limit=1)["total_versions"]
-        state = _operate(socket_path or config.socket, "import_models", lambda r, s: s["total_versions"] > total)
-        click.echo(f"registered as v{state['versions'][-1]['version']}; serve it with `appliance models promote "
-                   f"{state['versions'][-1]['version']}`")
+        state = _operate(socket_path, "import_models", lambda r, s: s["total_versions"] > total)
     except ConnectFailed:
         click.echo("no appliance answers on the socket: it is registered when the appliance next starts")
+        return None
+    version = state["versions"][-1]["version"]
+    click.echo(f"registered as v{version}; serve it with `appliance models promote {version}`, or score it "
+               f"beside the champion with `appliance models challenge {version}`")
+    return version
 
 
 def _operate(socket_path: str, op: str, wait_for: Callable[[dict, dict], bool], **fields: Any) -> dict:

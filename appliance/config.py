@@ -79,6 +79,15 @@ class CustomSpec:
 
 
 @dataclass(frozen=True)
+class ModelScoreSpec:
+    """A feature that is an offline (ONNX) model's score over the other features."""
+
+    name: str
+    path: str
+    features: str | None = None  # a file listing the model's input features [default: its metadata]
+
+
+@dataclass(frozen=True)
 class FeatureConfig:
     """The declared features: passthrough fields, hashed categoricals, aggregates, expressions."""
 
@@ -92,6 +101,7 @@ class FeatureConfig:
     ttl: dict[str, float] = field(default_factory=dict)
     attributes: tuple[AttributeSpec, ...] = ()
     custom: tuple[CustomSpec, ...] = ()
+    model_scores: tuple[ModelScoreSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,7 +231,7 @@ def validate_config(config: Config) -> None:
             names.add(feature)
     if len({spec.name for spec in config.features.attributes}) != len(config.features.attributes):
         raise ConfigError("two [[features.attributes]] tables have the same name")
-    for custom in config.features.custom:
+    for custom in config.features.custom + config.features.model_scores:
         if custom.name in names:
             raise ConfigError(f'feature "{custom.name}" is declared twice')
         names.add(custom.name)
@@ -277,7 +287,8 @@ def _event_schema(table: dict[str, Any]) -> EventSchema:
 
 def _feature_config(table: dict[str, Any], event: EventSchema, base_dir: Path | None) -> FeatureConfig:
     _only(table, "features", {"numeric", "categorical", "hash_buckets", "time_of_day",
-                              "buckets_per_window", "aggregate", "expression", "ttl", "attributes", "custom"})
+                              "buckets_per_window", "aggregate", "expression", "ttl", "attributes", "custom",
+                          "model"})
     ttl = {str(key): parse_duration(value) for key, value in _table(table, "ttl").items()}
     for key, value in ttl.items():
         if key not in event.keys:
@@ -307,7 +318,20 @@ def _feature_config(table: dict[str, Any], event: EventSchema, base_dir: Path | 
         ttl=ttl,
         attributes=tuple(_attributes(item, i, base_dir) for i, item in enumerate(table.get("attributes", []))),
         custom=tuple(_custom(item, i) for i, item in enumerate(table.get("custom", []))),
+        model_scores=tuple(_model_score(item, i, base_dir) for i, item in enumerate(table.get("model", []))),
     )
+
+
+def _model_score(item: dict[str, Any], index: int, base_dir: Path | None) -> ModelScoreSpec:
+    where = f"features.model[{index}]"
+    _only(item, where, {"name", "path", "features"})
+
+    def located(value: Any) -> str:
+        path = Path(str(value))
+        return str((base_dir / path).resolve()) if base_dir is not None and not path.is_absolute() else str(path)
+
+    return ModelScoreSpec(name=str(_require(item, where, "name")), path=located(_require(item, where, "path")),
+                          features=located(item["features"]) if item.get("features") else None)
 
 
 def _attributes(item: dict[str, Any], index: int, base_dir: Path | None) -> AttributeSpec:

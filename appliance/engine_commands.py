@@ -73,7 +73,8 @@ class EngineCommands:
             meta = orjson.loads(meta_text)
             model = pickle.loads(blob)  # noqa: S301 - a file the operator named, staged in our own store
             published = self.model.register(model, meta["spec"], int(meta.get("n_learned") or 0),
-                                            meta.get("metrics") or {}, self._event_time())
+                                            meta.get("metrics") or {}, self._event_time(),
+                                            candidate=str(meta.get("candidate") or "import"))
             self.rows["models"].append(model_row(published))
             self.last_import = import_id
             self._audit("import", published.version,
@@ -86,10 +87,15 @@ class EngineCommands:
         if published is None:
             self._audit("refuse", version, f"{action}: version {version} is not in the registry", actor)
             return
-        was = self.model.served.version
-        self.model.serve(published)
-        if published.candidate in self.model.candidates:
-            self.model.champion = published.candidate
+        model = self.model
+        was = model.served.version
+        if published.candidate not in model.candidates and getattr(published.model, "frozen", False):
+            if f"v{published.version}" not in model.candidates:  # an offline model serves as a frozen champion
+                self._apply([model.add_challenger(published)], actor)
+            published = Published(**{**published.__dict__, "candidate": f"v{published.version}"})
+        model.serve(published)
+        if published.candidate in model.candidates:
+            model.champion = published.candidate
         self.model.probation = None
         self.drift.reset_concept()
         self._audit(action, published.version, f"{action} from v{was} to v{published.version}", actor)

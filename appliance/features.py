@@ -19,6 +19,7 @@ from .attributes import AttributeTable
 from .config import AggregateSpec, Config, EventSchema, FeatureConfig
 from .custom_features import CustomFeature, config_dir
 from .entity_state import KeyLayout, aggregates_into, updated
+from .errors import ConfigError
 from .expressions import compile_expression
 
 class FeatureSpace:
@@ -58,7 +59,15 @@ class FeatureSpace:
             fn, _ = compile_expression(spec.expr, known)
             self.expressions.append((spec.name, fn))
             known.add(spec.name)
+        self.model_scores = [(spec.name, _load_model_score(spec, schema)) for spec in config.model_scores]
         self.names = self._names()
+        for spec, (_, model) in zip(config.model_scores, self.model_scores):
+            from .offline import check_schema
+
+            try:  # an offline model scores the features computed before it (not model scores)
+                check_schema(model, self.names[:len(self.names) - len(self.model_scores)])
+            except ConfigError as exc:
+                raise ConfigError(f'[[features.model]] "{spec.name}" ({spec.path}): {exc}') from None
 
     @classmethod
     def for_config(cls, config: Config) -> FeatureSpace:
@@ -82,6 +91,7 @@ class FeatureSpace:
                       for column in spec.categorical for b in range(self.config.hash_buckets)]
         names += [custom.name for custom in self.custom]
         names += [name for name, _ in self.expressions]
+        names += [spec.name for spec in self.config.model_scores]
         return names
 
     def new_store(self) -> dict[str, dict[str, tuple]]:
@@ -117,6 +127,8 @@ class FeatureSpace:
             value = fn(x)
             if value is not None:
                 x[name] = value
+        for name, model in self.model_scores:
+            x[name] = model.score_one(x)
         return x
 
     def _attributes_into(self, x: dict[str, float], table: AttributeTable, values: dict[str, Any]) -> None:
@@ -196,3 +208,13 @@ class FeatureSpace:
         for key, entities in store.items():
             for entity, state in entities.items():
                 yield key, entity, state
+
+
+def _load_model_score(spec: Any, schema: EventSchema) -> Any:
+    from .offline import load_onnx_file, read_feature_list
+
+    features = read_feature_list(spec.features) if spec.features else None
+    try:
+        return load_onnx_file(spec.path, features, None)
+    except ConfigError as exc:
+        raise ConfigError(f'[[features.model]] "{spec.name}": {exc}') from None

@@ -22,8 +22,8 @@ EXPORT_FORMAT = "appliance-model/1"
 
 def versions(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """Every registered version, oldest first, without the serialized model."""
-    rows = db.query("SELECT version, spec, parent, n_learned, event_ts, wall_ts, metrics, length(model) AS bytes "
-                    "FROM models ORDER BY version")
+    rows = db.query("SELECT version, spec, parent, n_learned, event_ts, wall_ts, metrics, candidate, "
+                    "length(model) AS bytes FROM models ORDER BY version")
     return [dict(row, metrics=orjson.loads(row["metrics"] or "{}")) for row in rows]
 
 
@@ -96,9 +96,18 @@ def stage_import(db: sqlite_utils.Database, path: str, task: str, *, now: float)
         raise ConfigError(f'"{path}" has format {meta.get("format")!r}; expected {EXPORT_FORMAT!r}')
     model = pickle.loads(blob)  # noqa: S301 - a file the operator named on the command line
     needed = "predict_proba_one" if task == "classification" else "predict_one"
-    if not callable(getattr(model, needed, None)) or not callable(getattr(model, "learn_one", None)):
+    learns = callable(getattr(model, "learn_one", None)) or getattr(model, "frozen", False)
+    if not callable(getattr(model, needed, None)) or not learns:
         raise ConfigError(f'"{path}" holds a {type(model).__name__}, not a River model for {task} '
                           f"(it needs {needed} and learn_one)")
     db["model_imports"].insert({"path": str(path), "meta": orjson.dumps(meta).decode(), "model": blob,
                                 "wall_ts": now})
     return meta
+
+
+def stage_model(db: sqlite_utils.Database, model: Any, meta: dict[str, Any], path: str, *, now: float) -> None:
+    """Stage a model built on this machine (an offline ONNX model) for the engine to register."""
+    import pickle
+
+    db["model_imports"].insert({"path": str(path), "meta": orjson.dumps(meta).decode(),
+                                "model": pickle.dumps(model, protocol=5), "wall_ts": now})

@@ -1,0 +1,228 @@
+"""Offline models: trained with scikit-learn on the point-in-time training set, served with onnxruntime.
+
+`train` rebuilds the training set from the store (`export.training_set`: the features each event
+had at its event time), trains a scikit-learn model on the first part in event time and measures it
+on the rest, refits on everything, converts it with skl2onnx and checks that onnxruntime gives
+scikit-learn's scores on the training rows. `OnnxModel` wraps the ONNX bytes and the feature list
+so the engine can treat it like a River model that does not learn: champion, challenger, or the
+base model of a `[[features.model]]` score. Its session is built on first use, never pickled.
+
+A user's own `.onnx` file is registered the same way with its feature list (`load_onnx_file`);
+either way its input must be one float tensor of [batch, len(features)] and every feature must be
+one the appliance computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Iterable
+
+import orjson
+
+from .errors import ConfigError
+
+KINDS = {
+    "classification": ("logistic", "gbdt", "forest"),
+    "regression": ("linear", "gbdt", "forest"),
+}
+PARITY_TOLERANCE = 1e-4  # largest |onnxruntime - scikit-learn| score accepted (float32 inference)
+META_FEATURES = "appliance.features"
+META_TASK = "appliance.task"
+
+
+class OnnxModel:
+    """An ONNX model over named features, with River's predict API; it does not learn."""
+
+    frozen = True
+
+    def __init__(self, onnx_bytes: bytes, features: list[str], task: str, description: str = "") -> None:
+        self.onnx_bytes = onnx_bytes
+        self.features = list(features)
+        self.task = task
+        self.description = description
+        self.sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+        self._session: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_session"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({self.description or 'onnx'}, {len(self.features)} features, sha256 {self.sha256[:12]})"
+
+    def session(self) -> Any:
+        if self._session is None:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = 1  # one row at a time: a thread pool only adds latency
+            options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
+            self._input = session.get_inputs()[0].name
+            self._session = session
+        return self._session
+
+    def vector(self, x: dict) -> Any:
+        import numpy as np
+
+        get = x.get
+        return np.array([[float(get(name) or 0.0) for name in self.features]], dtype=np.float32)
+
+    def score_many(self, matrix: Any) -> Any:
+        """Scores for a float32 matrix: P(positive) for classification, the value for regression."""
+        outputs = self.session().run(None, {self._input: matrix})
+        if self.task == "classification":
+            probabilities = outputs[1] if len(outputs) > 1 else outputs[0]
+            return probabilities[:, -1]
+        return outputs[0].reshape(-1)
+
+    def score_one(self, x: dict) -> float:
+        return float(self.score_many(self.vector(x))[0])
+
+    def predict_proba_one(self, x: dict) -> dict:
+        p = self.score_one(x)
+        return {False: 1.0 - p, True: p}
+
+    def predict_one(self, x: dict) -> Any:
+        if self.task == "classification":
+            return self.score_one(x) >= 0.5
+        return self.score_one(x)
+
+
+def check_schema(model: OnnxModel, known: Iterable[str]) -> None:
+    """Refuse a model whose input is not [batch, n features] or that needs features we do not compute."""
+    import numpy as np
+
+    known = set(known)
+    missing = [name for name in model.features if name not in known]
+    if missing:
+        raise ConfigError(f"the model needs features the appliance does not compute: {', '.join(missing[:5])}"
+                          + (" ..." if len(missing) > 5 else ""))
+    if len(set(model.features)) != len(model.features):
+        raise ConfigError("the model's feature list names a feature twice")
+    try:
+        inputs = model.session().get_inputs()
+    except Exception as exc:  # onnxruntime's own message says what is wrong with the file
+        raise ConfigError(f"onnxruntime cannot load the model: {exc}") from None
+    if len(inputs) != 1:
+        raise ConfigError(f"the model has {len(inputs)} inputs; one float tensor [batch, features] is supported")
+    shape = inputs[0].shape
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != len(model.features)):
+        raise ConfigError(f"the model's input has shape {shape}; expected [batch, {len(model.features)}] "
+                          f"for {len(model.features)} features")
+    if "float" not in inputs[0].type:
+        raise ConfigError(f"the model's input is {inputs[0].type}; expected tensor(float)")
+    try:
+        model.score_many(np.zeros((1, len(model.features)), dtype=np.float32))
+    except Exception as exc:
+        raise ConfigError(f"the model does not run on a row of {len(model.features)} features: {exc}") from None
+
+
+def load_onnx_file(path: str, features: list[str] | None, task: str | None) -> OnnxModel:
+    """Read a `.onnx` file; its feature list comes from `features` or from its own metadata.
+
+    `task` None takes the file's own (a base model's score feature); a classifier by default."""
+    import onnx
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        proto = onnx.load_from_string(data)
+    except (OSError, Exception) as exc:  # onnx raises DecodeError and friends
+        raise ConfigError(f'"{path}" is not a readable ONNX model: {exc}') from None
+    meta = {prop.key: prop.value for prop in proto.metadata_props}
+    if features is None:
+        if META_FEATURES not in meta:
+            raise ConfigError(f'"{path}" carries no feature list; give one with --features FILE '
+                              "(one feature name per line, in the model's input order)")
+        features = orjson.loads(meta[META_FEATURES])
+    if task is None:
+        task = meta.get(META_TASK, "classification")
+    elif meta.get(META_TASK, task) != task:
+        raise ConfigError(f'"{path}" was trained for {meta[META_TASK]}; the appliance does {task}')
+    return OnnxModel(data, features, task, description=path.rsplit("/", 1)[-1])
+
+
+def read_feature_list(path: str) -> list[str]:
+    """One feature name per line (blank lines and # comments ignored), or a JSON list."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if text.lstrip().startswith("["):
+        return [str(name) for name in orjson.loads(text)]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _estimator(kind: str, task: str, seed: int) -> Any:
+    from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor, RandomForestClassifier,
+                                  RandomForestRegressor)
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind not in KINDS[task]:
+        raise ConfigError(f"--model {kind} is not offered for {task}; choose one of {', '.join(KINDS[task])}")
+    if task == "classification":
+        return {"logistic": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+                "gbdt": lambda: GradientBoostingClassifier(random_state=seed),
+                "forest": lambda: RandomForestClassifier(n_estimators=100, max_depth=12, random_state=seed,
+                                                         n_jobs=1)}[kind]()
+    return {"linear": lambda: make_pipeline(StandardScaler(), Ridge()),
+            "gbdt": lambda: GradientBoostingRegressor(random_state=seed),
+            "forest": lambda: RandomForestRegressor(n_estimators=100, max_depth=12, random_state=seed, n_jobs=1)}[kind]()
+
+
+def _scores(estimator: Any, matrix: Any, task: str) -> Any:
+    return estimator.predict_proba(matrix)[:, -1] if task == "classification" else estimator.predict(matrix)
+
+
+def _quality(y: Any, scores: Any, task: str) -> dict[str, float | None]:
+    from sklearn import metrics
+
+    if task == "classification":
+        defined = len(set(y.tolist())) > 1
+        return {"roc_auc": float(metrics.roc_auc_score(y, scores)) if defined else None,
+                "log_loss": float(metrics.log_loss(y, scores, labels=[0, 1])) if defined else None}
+    return {"mae": float(metrics.mean_absolute_error(y, scores))}
+
+
+def train(rows: Iterable[dict], features: list[str], task: str, kind: str, *, holdout: float = 0.2,
+          seed: int = 0) -> tuple[OnnxModel, dict[str, Any]]:
+    """Train `kind` on `rows` (time order), convert to ONNX, check parity; return the model and a report."""
+    import numpy as np
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    data = sorted(rows, key=lambda row: row["ts"])
+    if len(data) < 50:
+        raise ConfigError(f"only {len(data)} labelled events in the store; train-offline needs at least 50")
+    matrix = np.array([[float(row.get(name) or 0.0) for name in features] for row in data], dtype=np.float32)
+    labels = np.array([row["label"] for row in data], dtype=np.int64 if task == "classification" else np.float64)
+    if task == "classification" and len(set(labels.tolist())) < 2:
+        raise ConfigError("the labelled events are all of one class; nothing to learn offline yet")
+    cut = int(len(data) * (1 - holdout))
+    started = time.perf_counter()
+    report: dict[str, Any] = {"rows": len(data), "features": len(features), "kind": kind,
+                              "from": data[0]["ts"], "to": data[-1]["ts"]}
+    if 0 < cut < len(data) and holdout > 0:
+        trial = _estimator(kind, task, seed).fit(matrix[:cut], labels[:cut])
+        report["holdout"] = {"rows": len(data) - cut, "from": data[cut]["ts"],
+                             **_quality(labels[cut:], _scores(trial, matrix[cut:], task), task)}
+    estimator = _estimator(kind, task, seed).fit(matrix, labels)
+    report["train_seconds"] = round(time.perf_counter() - started, 2)
+    options = {id(estimator): {"zipmap": False}} if task == "classification" else None
+    proto = to_onnx(estimator, initial_types=[("features", FloatTensorType([None, len(features)]))],
+                    options=options)
+    for key, value in ((META_FEATURES, orjson.dumps(features).decode()), (META_TASK, task)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    model = OnnxModel(proto.SerializeToString(), features, task, description=f"{kind} ({type(estimator).__name__})")
+    expected = _scores(estimator, matrix, task)
+    got = model.score_many(matrix)
+    report["parity_max_abs_diff"] = float(np.max(np.abs(expected - got)))
+    if report["parity_max_abs_diff"] > PARITY_TOLERANCE:
+        raise ConfigError(f"onnxruntime's scores differ from scikit-learn's by up to {report['parity_max_abs_diff']:.2g} "
+                          f"(tolerance {PARITY_TOLERANCE}); not registered")
+    report["estimator"] = repr(estimator)
+    return model, report
