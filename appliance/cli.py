@@ -354,6 +354,7 @@ main.add_command(models)
 main.add_command(attributes)
 main.add_command(alerts)
 
-from .cli_offline import train_offline  # noqa: E402
+from .cli_offline import story, train_offline  # noqa: E402
 
 main.add_command(train_offline)
+main.add_command(story)

@@ -72,3 +72,31 @@ def train_offline(kind: str | None, start: str | None, end: str | None, holdout:
         _operate(socket_path or config.socket, "challenge",
                  lambda r, s: any(row["name"] == f"v{version}" for row in s["leaderboard"]), version=version)
         click.echo(f"v{version} is a challenger; see `appliance models leaderboard`")
+
+
+@click.command("story")
+@click.option("--out", default="lifecycle.svg", show_default=True, help="The plot to write (SVG).")
+@click.option("--workdir", default="story", show_default=True, help="Where the two runs' stores go.")
+@click.option("--drift-at", help="When the stream's drift starts (ISO-8601) [default: the sample's, 2026-01-15].")
+@CONFIG_OPTION
+@friendly_errors
+def story(out: str, workdir: str, drift_at: str | None, config_path: str | None) -> None:
+    """Replay the stream with and without the automatic drift policy; plot the served metric of both
+    over event time with the drift, alerts, promotions and rollbacks marked; print the figures."""
+    from pathlib import Path
+
+    from .lifecycle_story import run_story, write_svg
+    from .settings import resolve_config
+    from .timeutil import parse_timestamp
+
+    config = resolve_config(config_path, None)
+    if drift_at is None and config_path is None and config.source == "sample":
+        from sample_data.generate import DAY, DRIFT_DAY, START
+
+        at: float | None = START + DRIFT_DAY * DAY
+    else:
+        at = parse_timestamp(drift_at) if drift_at else None
+    result = run_story(config, Path(workdir), at)
+    write_svg(result, out, "Served model after a drift: automatic policy vs alerts only")
+    click.echo(orjson.dumps(result["figures"], option=orjson.OPT_INDENT_2).decode())
+    click.echo(f"wrote {out}; the two runs' stores are in {workdir}/")

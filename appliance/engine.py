@@ -182,7 +182,7 @@ class Engine(EngineCommands):
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
             self._on_alert(alert, self.config.lifecycle.on_concept_drift)
-        if self.model.learner_eval.count % METRIC_EVERY == 0:
+        if self.model.n_learned % METRIC_EVERY == 0:
             self.rows["metrics"].append(self._metric_row())
         self._apply(decisions, "policy")
 
@@ -207,8 +207,11 @@ class Engine(EngineCommands):
             if decision is None:
                 taken = "none: a fresh challenger is already competing"
             else:
-                taken = decision.reason.split(" ", 1)[0] + " started"
-                self._apply([decision], "policy")
+                name = decision.reason.split(" ", 1)[0]
+                scored = self.model.backfill(name, self.join.pending.values())
+                taken = f"{name} started"
+                self._apply([Decision(decision.action, None, f"{decision.reason}; it and the champion scored the "
+                                                               f"{scored} predictions waiting for labels")], "policy")
         row = {**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(), "action": taken}
         self.rows["alerts"].append(row)
         self.drift.recent.append({**alert, "id": self.alert_seq, "action": taken})
@@ -262,8 +265,8 @@ class Engine(EngineCommands):
                                     "status": status})
 
     def _metric_row(self) -> dict:
-        return {"labels": self.model.learner_eval.count, "event_ts": self.watermark,
-                "version": self.model.served.version,
+        return {"labels": self.model.n_learned, "event_ts": self.watermark,
+                "version": self.model.served.version, "champion": self.model.champion,
                 "learner": orjson.dumps(self.model.learner_eval.values()).decode(),
                 "served": orjson.dumps(self.model.served_eval.values()).decode()}
 

@@ -35,6 +35,7 @@ FIRST_CHECK = 50  # labels before the first publication check, while the untrain
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
 PROBATION = "@probation"  # the shadow score of the version a policy promotion replaced
+BACKFILL = "@backfill"  # suffix: (champion, its learner's score) made when a challenger scored a pending event late
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,13 @@ class OnlineModel:
         y_champion = shadow.get(self.champion)
         for name, candidate in self.candidates.items():
             prediction = shadow.get(name)
-            if prediction is not None:
+            if prediction is None:
+                pass
+            elif name + BACKFILL in shadow:  # a late prediction: judged only against the champion's, made then too
+                if shadow[name + BACKFILL][0] == self.champion:
+                    candidate.duel.update(y, prediction)
+                    candidate.duel_champion.update(y, shadow[name + BACKFILL][1])
+            else:
                 candidate.evaluation.update(y, prediction)
                 if name != self.champion and y_champion is not None:
                     candidate.duel.update(y, prediction)
@@ -336,6 +343,27 @@ class OnlineModel:
         self.candidates[name] = candidate
         return Decision("challenger", None, f"{name} started ({spec}), warm-started on the last "
                                             f"{len(self.examples)} labelled examples, after {reason}{decisions_note}")
+
+    def backfill(self, name: str, pending: Any) -> int:
+        """Let a new challenger score the predictions still waiting for their labels, now.
+
+        A challenger started at time T would otherwise be judged only on events it scored itself,
+        whose labels arrive up to a label horizon later. Scoring the waiting ones at T is fair only
+        against the champion's learner scoring them at T too (both know the labels that arrived
+        before T, neither knows these); so both scores are stored, these labels count only in the
+        challenger's duel, and never in its prequential metrics. Returns how many were scored.
+        """
+        candidate = self.candidates[name]
+        champion = self.candidates[self.champion]
+        count = 0
+        for waiting in pending:
+            shadow = waiting.shadow
+            if not isinstance(shadow, dict) or name in shadow:
+                continue
+            shadow[name] = self.predict(candidate.model, waiting.x)
+            shadow[name + BACKFILL] = (self.champion, self.predict(champion.model, waiting.x))
+            count += 1
+        return count
 
     def add_challenger(self, published: Published) -> Decision:
         """Put a registered version up as a challenger: a River model learns on, an offline one does not."""

@@ -18,6 +18,7 @@
     rollback_margin = 0.01               # ...by more than this
     max_challengers = 4
     alert_cooldown = "1d"                # event time before the same detector alerts again
+    drift_warmup = 1000                  # values a detector sees (after a start or a switch) before it may alert
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Lifecycle:
     rollback_margin: float = 0.01
     max_challengers: int = 4
     alert_cooldown: float = 86400.0
+    drift_warmup: int = 1000
 
 
 def parse_challengers(items: Any, champion_name: str) -> tuple[ChallengerSpec, ...]:
@@ -95,9 +97,9 @@ def parse_lifecycle(table: dict[str, Any]) -> Lifecycle:
         if not isinstance(value, bool):
             raise ConfigError(f"[lifecycle] {key} must be true or false")
         values[key] = value
-    for key in ("promote_after", "warm_start", "rollback_after", "max_challengers"):
+    for key in ("promote_after", "warm_start", "rollback_after", "max_challengers", "drift_warmup"):
         value = table.get(key, getattr(default, key))
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "warm_start" else 1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key in ("warm_start", "drift_warmup") else 1):
             raise ConfigError(f"[lifecycle] {key} must be a positive whole number")
         values[key] = value
     for key in ("promote_margin", "rollback_margin"):

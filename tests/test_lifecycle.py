@@ -223,7 +223,8 @@ def test_operator_puts_a_registered_version_up_as_a_challenger_and_retires_it(sm
 
 def test_checkpoint_restore_keeps_challengers_and_detectors(tmp_path):
     config = config_with({"challenger": [{"name": "tree", "spec": "tree.HoeffdingTreeClassifier()"}]},
-                         {"drift_features": ["amount"], "on_concept_drift": "challenger", "alert_cooldown": "1h"})
+                         {"drift_features": ["amount"], "on_concept_drift": "challenger", "alert_cooldown": "1h",
+                          "drift_warmup": 100})
     config = config.with_overrides(db=str(tmp_path / "a.db"))
     stream = items(config, flip_stream(2400, change=1200))
     straight = Engine(config)

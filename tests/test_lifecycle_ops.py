@@ -24,7 +24,8 @@ from .test_registry import feed, wait_for
 def running(short_dir):
     data = copy.deepcopy(SMALL_CONFIG)
     data["model"]["challenger"] = [{"name": "tree", "spec": "tree.HoeffdingTreeClassifier()"}]
-    data["lifecycle"] = {"auto_promote": False, "alert_cooldown": "1h", "drift_features": ["amount"]}
+    data["lifecycle"] = {"auto_promote": False, "alert_cooldown": "1h", "drift_features": ["amount"],
+                         "drift_warmup": 100}
     data["serve"] = {"db": str(short_dir / "a.db"), "socket": str(short_dir / "a.sock")}
     config = config_from_dict(data)
     ready = threading.Event()
