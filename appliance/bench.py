@@ -113,3 +113,39 @@ def _rss() -> int:
 
 def _q(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+def offline_latency(model_path: str, db_path: str, rows: int = 5000) -> dict[str, Any]:
+    """Per-row scoring time of an ONNX model (as the predict path calls it: a feature dict in, one
+    score out) on feature vectors the engine logged, in µs; and the same rows as one batch."""
+    import statistics
+
+    import numpy as np
+
+    from .offline import load_onnx_file
+    from .store import open_db
+
+    model = load_onnx_file(model_path, None, None)
+    db = open_db(db_path)
+    try:
+        vectors = [orjson.loads(row[0]) for row in db.execute("SELECT features FROM predictions LIMIT ?", [rows])]
+    finally:
+        db.conn.close()
+    if not vectors:
+        raise ValueError(f"no logged feature vectors in {db_path}")
+    for x in vectors[:200]:
+        model.predict_proba_one(x)  # warm-up: the session is built on first use
+    times = []
+    for x in vectors:
+        started = time.perf_counter_ns()
+        model.predict_proba_one(x)
+        times.append((time.perf_counter_ns() - started) / 1000)
+    matrix = np.array([[float(x.get(n) or 0.0) for n in model.features] for x in vectors], dtype=np.float32)
+    started = time.perf_counter()
+    model.score_many(matrix)
+    batch = (time.perf_counter() - started) / len(vectors) * 1e6
+    times.sort()
+    return {"model": model.description, "features": len(model.features), "rows": len(vectors),
+            "per_row_us": {"p50": round(statistics.median(times), 1), "p99": round(times[int(len(times) * 0.99)], 1),
+                           "mean": round(statistics.fmean(times), 1)},
+            "batch_us_per_row": round(batch, 2)}

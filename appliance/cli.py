@@ -250,6 +250,31 @@ def bench_memory(config_path: str | None, entities: int, as_json: bool) -> None:
                    f"{result['updates_per_second']:,} updates/s")
 
 
+@bench.command("offline")
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
+@CONFIG_OPTION
+@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store whose logged feature vectors are scored.")
+@click.option("--rows", type=int, default=5000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def bench_offline(model_file: str, config_path: str | None, db: str | None, rows: int, as_json: bool) -> None:
+    """Per-row scoring time of an ONNX model (e.g. from `train-offline`) on logged feature vectors."""
+    from .bench import machine, offline_latency
+    from .settings import resolve_config
+
+    config = resolve_config(config_path, None, db=db)
+    require_store(config.db)
+    result = offline_latency(model_file, config.db, rows)
+    result["machine"] = machine()
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        per_row = result["per_row_us"]
+        click.echo(f"{result['model']}, {result['features']} features, {result['rows']:,} rows: per row p50 "
+                   f"{per_row['p50']} µs, p99 {per_row['p99']} µs (dict in, score out); as one batch "
+                   f"{result['batch_us_per_row']} µs per row")
+
+
 class Client_stats:  # noqa: N801 - a tiny context helper: events processed so far
     def __init__(self, socket_path: str) -> None:
         from .client import Client

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import orjson
 
 from .config import Config
 from .lifecycle_config import Lifecycle
@@ -47,27 +46,48 @@ def run_story(config: Config, workdir: Path, drift_at: float | None) -> dict[str
         run_config = replace(config, lifecycle=lifecycle, db=str(db), speed=0.0)  # event time, full speed
         started = time.perf_counter()
         Appliance(run_config, RunOptions(serve=False, fresh=True)).run()
-        results[name] = {**history(str(db), config.model.task), "wall_seconds": round(time.perf_counter() - started, 1)}
+        results[name] = {**history(str(db), config.model.task, config.model.metric_window),
+                         "wall_seconds": round(time.perf_counter() - started, 1)}
     return {"drift_at": drift_at, "runs": results, "figures": figures(results, drift_at, config.model.task)}
 
 
-def history(db_path: str, task: str) -> dict[str, Any]:
-    """The served model's rolling primary metric over event time, alerts and serving changes."""
-    primary = "roc_auc_window" if task == "classification" else "mae_window"
+def history(db_path: str, task: str, window: int = 2000, every: int = 200) -> dict[str, Any]:
+    """What was served, scored as labels arrived: a rolling metric over the last `window` labels of
+    the scores the served versions gave at event time (continuous across switches), sampled every
+    `every` labels; plus the alerts and the serving changes."""
+    from river import metrics, utils
+
+    name = "roc_auc" if task == "classification" else "mae"
+    metric = utils.Rolling(metrics.ROCAUC if task == "classification" else metrics.MAE, window_size=window)
     db = open_db(db_path)
     try:
-        points = [(row["event_ts"], orjson.loads(row["served"]).get(primary))
-                  for row in db.query("SELECT event_ts, served FROM metrics ORDER BY labels")]
+        points = []
+        classes: dict[Any, int] = {}
+        recent: list[Any] = []
+        query = ("SELECT l.ts, l.label, p.score FROM labels l JOIN predictions p USING (event_id) "
+                 "WHERE l.status != 'late' AND p.origin = 'stream' ORDER BY l.rowid")
+        for count, (ts, label, score) in enumerate(db.execute(query), start=1):
+            if task == "classification":
+                y = bool(label)
+                metric.update(y, {True: score, False: 1.0 - score})
+                recent.append(y)
+                classes[y] = classes.get(y, 0) + 1
+                if len(recent) > window:
+                    old = recent.pop(0)
+                    classes[old] -= 1
+            else:
+                metric.update(label, score)
+            if count % every == 0 and ts is not None and (task != "classification" or all(classes.get(c) for c in (True, False))):
+                points.append((ts, float(metric.get())))
         alerts = [{"ts": row["event_ts"], "kind": row["kind"], "subject": row["subject"], "action": row["action"]}
                   for row in db.query("SELECT * FROM alerts ORDER BY id")]
         audit = [{"ts": row["event_ts"], "action": row["action"], "version": row["version"], "reason": row["reason"]}
                  for row in db.query("SELECT * FROM audit WHERE action IN ('promote', 'rollback', 'challenger', "
                                      "'retire', 'keep') ORDER BY id")]
-        overall = db.execute("SELECT served FROM metrics ORDER BY labels DESC LIMIT 1").fetchone()
     finally:
         db.conn.close()
-    return {"metric": primary, "points": [(t, v) for t, v in points if v is not None], "alerts": alerts,
-            "audit": audit, "final": orjson.loads(overall[0]) if overall else {}}
+    return {"metric": f"{name} of the served scores, last {window} labels", "points": points, "alerts": alerts,
+            "audit": audit}
 
 
 def figures(results: dict[str, Any], drift_at: float | None, task: str) -> dict[str, Any]:
@@ -142,8 +162,7 @@ def write_svg(story: dict[str, Any], path: str, title: str) -> None:
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">event time '
                  f'(UTC)</text>')
     parts.append(f'<text x="16" y="{(top + height - bottom) / 2}" transform="rotate(-90 16 '
-                 f'{(top + height - bottom) / 2})" text-anchor="middle">served {runs[RUNS[0]]["metric"]} '
-                 f'(rolling)</text>')
+                 f'{(top + height - bottom) / 2})" text-anchor="middle">{runs[RUNS[0]]["metric"]}</text>')
     if story.get("drift_at") is not None:
         d = x(story["drift_at"])
         parts.append(f'<line x1="{d:.1f}" x2="{d:.1f}" y1="{top}" y2="{height - bottom}" stroke="#d62728" '

@@ -89,6 +89,11 @@ def test_train_offline_registers_a_model_that_competes_and_serves(replayed, shor
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[:result.output.rindex("}") + 1])
     assert report["parity_max_abs_diff"] < 1e-4 and (short_dir / "offline.onnx").exists()
+    result = runner.invoke(main, ["bench", "offline", "offline.onnx", "--config", "appliance.toml", "--rows", "300",
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.output)
+    assert bench["rows"] == 300 and bench["features"] == len(FeatureSpace.for_config(config).names)
     # the user's own file (here: the same bytes) with an explicit feature list goes in too
     names = FeatureSpace.for_config(config).names
     (short_dir / "features.txt").write_text("\n".join(names))
