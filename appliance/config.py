@@ -255,6 +255,11 @@ def _check_lifecycle(config: Config) -> None:
             build_model(challenger.spec, config.model.task)
         except ConfigError as exc:
             raise ConfigError(f'[[model.challenger]] "{challenger.name}": {exc}') from None
+    if config.lifecycle.challenger_spec:
+        try:
+            build_model(config.lifecycle.challenger_spec, config.model.task)
+        except ConfigError as exc:
+            raise ConfigError(f"[lifecycle] challenger_spec: {exc}") from None
     detector = parse_model(config.lifecycle.drift_detector)
     if not hasattr(detector, "update") or not hasattr(detector, "drift_detected"):
         raise ConfigError(f"[lifecycle] drift_detector {config.lifecycle.drift_detector!r} is not a drift detector")

@@ -327,7 +327,7 @@ class OnlineModel:
         if fresh and fresh[-1].duel.window_count < life.promote_after:
             return None
         champion = self.candidates[self.champion]
-        spec = champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec
+        spec = life.challenger_spec or (champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec)
         model = build_model(spec, self.task)
         for x, y in self.examples:
             model.learn_one(x, y)

@@ -13,6 +13,7 @@
     on_concept_drift = "challenger"      # "alert" or "challenger": a fresh challenger...
     on_data_drift = "alert"
     warm_start = 2000                    # ...warm-started on the last 2000 labelled examples
+    challenger_spec = "..."              # ...of this River model [default: the champion's spec]
     auto_rollback = true                 # roll back a policy promotion that does worse...
     rollback_after = 1000                # ...than the version it replaced, over this many labels,
     rollback_margin = 0.01               # ...by more than this
@@ -58,6 +59,7 @@ class Lifecycle:
     max_challengers: int = 4
     alert_cooldown: float = 86400.0
     drift_warmup: int = 1000
+    challenger_spec: str | None = None  # the spec of drift challengers [default: the champion's]
 
 
 def parse_challengers(items: Any, champion_name: str) -> tuple[ChallengerSpec, ...]:
@@ -121,4 +123,8 @@ def parse_lifecycle(table: dict[str, Any]) -> Lifecycle:
         raise ConfigError('[lifecycle] drift_detector must be a River drift detector, e.g. "drift.ADWIN()"')
     values["drift_detector"] = detector
     values["alert_cooldown"] = parse_duration(table.get("alert_cooldown", default.alert_cooldown))
+    spec = table.get("challenger_spec")
+    if spec is not None and (not isinstance(spec, str) or not spec.strip()):
+        raise ConfigError("[lifecycle] challenger_spec must be a River model spec")
+    values["challenger_spec"] = spec
     return Lifecycle(**values)
