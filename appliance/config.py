@@ -119,6 +119,7 @@ class ModelConfig:
     task: str = "classification"
     spec: str | None = None
     publish_every: int = 500
+    publish_interval: float | None = None  # event-time seconds between checks, besides every N labels
     publish_margin: float = 0.01
     metric_window: int = 1000
     challengers: tuple[ChallengerSpec, ...] = ()
@@ -415,11 +416,13 @@ def _retention(table: dict[str, Any]) -> Retention:
 
 
 def _model_config(table: dict[str, Any]) -> ModelConfig:
-    _only(table, "model", {"task", "spec", "publish_every", "publish_margin", "metric_window", "challenger"})
+    _only(table, "model", {"task", "spec", "publish_every", "publish_interval", "publish_margin", "metric_window",
+                           "challenger"})
     return ModelConfig(
         task=str(table.get("task", "classification")),
         spec=str(table["spec"]) if table.get("spec") else None,
         publish_every=int(table.get("publish_every", 500)),
+        publish_interval=parse_duration(table["publish_interval"]) if table.get("publish_interval") else None,
         publish_margin=float(table.get("publish_margin", 0.01)),
         metric_window=int(table.get("metric_window", 1000)),
         challengers=parse_challengers(table.get("challenger"), CHAMPION),

@@ -6,7 +6,8 @@ shadow and is scored on every label, before it learns from it. The champion is t
 lineage serves. The served model is a frozen copy, so the socket server can call it from its own
 thread without a lock; it changes only by a `Decision`:
 
-* publish: the champion's learner, every `publish_every` labels, when its recent metric is not worse
+* publish: the champion's learner, every `publish_every` labels (or, with `publish_interval`, once
+  that much event time has passed since the last check, whichever comes first), when its recent metric is not worse
   than the served version's by more than `publish_margin` (refuse otherwise);
 * promote: a challenger whose learner beat the champion's learner by more than `promote_margin`
   over at least `promote_after` labels scored by both (learner against learner: the served copy
@@ -217,9 +218,15 @@ class OnlineModel:
         due = self.config.publish_every
         if self.served.parent is None and self.served.n_learned == 0:
             due = min(due, FIRST_CHECK)  # the untrained initial version gives way early
-        if self.labels_since_check < due or self.paused:
+        interval = self.config.publish_interval
+        last = getattr(self, "last_check_ts", None)
+        if last is None:
+            last = self.last_check_ts = event_ts
+        timely = interval is not None and event_ts - last >= interval
+        if (self.labels_since_check < due and not timely) or self.paused:
             return decisions
         self.labels_since_check = 0
+        self.last_check_ts = event_ts
         return decisions + self.check(event_ts)
 
     def check(self, event_ts: float | None) -> list[Decision]:

@@ -245,3 +245,19 @@ def test_checkpoint_restore_keeps_challengers_and_detectors(tmp_path):
     assert straight.drift.alerts > 0
     assert without_wall_time(resumed.drift.summary()) == without_wall_time(straight.drift.summary())
     assert resumed.model.served.version == straight.model.served.version
+
+
+def test_publication_is_also_checked_on_an_event_time_interval():
+    """`publish_interval`: a check once that much event time has passed, even before N labels."""
+    stream = flip_stream(400, change=10_000)  # 5-60 s between events
+    by_count = config_with({"spec": LEARNER, "publish_every": 10_000})
+    by_time = config_with({"spec": LEARNER, "publish_every": 10_000, "publish_interval": "30m"})
+    counted, timed = Engine(by_count), Engine(by_time)
+    run(counted, items(by_count, stream))
+    rows = run(timed, items(by_time, stream))
+    checks = [row for row in rows["audit"] if row["action"] in ("publish", "refuse")]
+    assert counted.model.publications + counted.model.refusals == 1  # only the first (untrained) check
+    span = (stream[-1]["ts"] - stream[0]["ts"]) / 1800
+    assert span - 3 <= len(checks) <= span + 1
+    times = [row["event_ts"] for row in checks]
+    assert all(b - a >= 1800 for a, b in zip(times[1:], times[2:]))
