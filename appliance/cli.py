@@ -61,9 +61,11 @@ def main() -> None:
 @click.option("--model", "model_spec", help="River model, e.g. 'preprocessing.StandardScaler() | linear_model.LogisticRegression()'.")
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
 @click.option("--status-every", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
+@click.option("--metrics-port", type=int, help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 @friendly_errors
 def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None, token: str | None,
-       db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float) -> None:
+       db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
+       metrics_port: int | None) -> None:
     """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
     from .runtime import Appliance, RunOptions
     from .settings import resolve_config
@@ -72,7 +74,10 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
     config = _with_model(config, model_spec)
     printer = _StatusPrinter(status_every)
     options = RunOptions(serve=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token, on_tick=printer.tick,
-                         on_ready=lambda: click.echo(f"ready: serving on {config.socket}"))
+                         on_ready=lambda: click.echo(f"ready: serving on {config.socket}"
+                                                     + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
+                                                        if metrics_port else "")),
+                         metrics_port=metrics_port)
     appliance = Appliance(config, options)
     _on_signals(appliance.stop)
     click.echo(f"appliance {__version__}: source {appliance.source} at speed {config.speed:g}x, "
@@ -139,14 +144,21 @@ def predict(event: str | None, socket_path: str, no_ingest: bool, explain: bool)
 @main.command()
 @SOCKET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the raw stats as JSON.")
+@click.option("--prometheus", is_flag=True, help="Print them in the Prometheus text format.")
 @friendly_errors
-def stats(socket_path: str, as_json: bool) -> None:
+def stats(socket_path: str, as_json: bool, prometheus: bool) -> None:
     """Show the running appliance's counters, label join and model metrics."""
     from .client import Client
 
     with Client(socket_path) as client:
         reply = client.request("stats")
     reply.pop("ok", None)
+    reply.pop("id", None)
+    if prometheus:
+        from .prometheus import render
+
+        click.echo(render(reply), nl=False)
+        return
     click.echo(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() if as_json else format_stats(reply))
 
 

@@ -76,6 +76,7 @@ class RunOptions:
     token: str | None = None
     on_ready: Callable[[], None] | None = None
     on_tick: Callable[[Appliance], None] | None = None
+    metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1:PORT/metrics
 
 
 class Appliance:
@@ -149,6 +150,15 @@ class Appliance:
         service.server_stats = server.stats
         server.start()
         self.server, self.inbox, self.service = server, inbox, service
+        if self.options.metrics_port is not None:
+            from . import prometheus
+
+            try:
+                self.metrics_http = prometheus.serve(self.options.metrics_port, lambda: service.stats({}))
+            except OSError as exc:
+                server.stop()
+                raise ConfigError(f"cannot serve metrics on 127.0.0.1:{self.options.metrics_port}: "
+                                  f"{exc.strerror or exc}") from None
 
     def run(self) -> None:
         """Run until the inputs end (replay) or `stop` is called (serving); re-raise flow errors."""
@@ -201,6 +211,9 @@ class Appliance:
         if self.server is not None:
             self.server.stop()
             self.inbox.close()
+        if getattr(self, "metrics_http", None) is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
         self.writer.close()
         self.board.publish(self.engine, force=True)
         if self.writer.error is not None and self.error is None:
