@@ -163,6 +163,20 @@ def stats(socket_path: str, as_json: bool, prometheus: bool) -> None:
 
 
 @main.command()
+@SOCKET_OPTION
+@click.option("--rate", type=float, default=2.0, show_default=True, help="Refreshes per second.")
+@click.option("--readonly", is_flag=True, help="Show only: refuse promote, rollback and pause.")
+@friendly_errors
+def console(socket_path: str, rate: float, readonly: bool) -> None:
+    """The operator console (Textual) for a running appliance, over its socket."""
+    from tui.console import Console
+
+    if not 0.1 <= rate <= 30:
+        raise click.BadParameter("between 0.1 and 30 refreshes per second", param_hint="--rate")
+    Console(socket_path, rate=rate, readonly=readonly).run()
+
+
+@main.command()
 @click.argument("events_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", default="appliance.toml", show_default=True, help="Where to write the config.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")

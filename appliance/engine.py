@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 import orjson
@@ -38,6 +38,7 @@ from .timeutil import format_timestamp
 
 METRIC_EVERY = 200  # labels between two rows of metric history
 RECENTLY_EXPIRED = 100_000
+RECENT_AUDIT = 100  # audit rows kept in memory for the console
 
 COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediate", "labels_early",
             "labels_late", "labels_orphaned", "labels_defaulted", "predictions_expired",
@@ -72,6 +73,7 @@ class Engine(EngineCommands):
         self.rows: dict[str, list[dict]] = _empty_rows()
         self._restored_attributes: dict[str, int] = {}
         self.audit_seq = 0
+        self.recent_audit: deque = deque(maxlen=RECENT_AUDIT)
         self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
         self.on_publish = on_publish
         self.rows["models"].append(model_row(self.model.served))

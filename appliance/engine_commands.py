@@ -121,8 +121,10 @@ class EngineCommands:
     # -- the audit trail -------------------------------------------------------------------
     def _audit(self, action: str, version: int | None, reason: str, actor: str) -> None:
         self.audit_seq += 1
-        self.rows["audit"].append({"id": self.audit_seq, "event_ts": self._event_time(), "wall_ts": time.time(),
-                                   "action": action, "version": version, "reason": reason, "actor": actor})
+        row = {"id": self.audit_seq, "event_ts": self._event_time(), "wall_ts": time.time(), "action": action,
+               "version": version, "reason": reason, "actor": actor}
+        self.rows["audit"].append(row)
+        self.recent_audit.append(row)  # for the console (the store has them all)
 
     # -- attribute tables ------------------------------------------------------------------
     def refresh_attributes(self, db: Any = None) -> list[tuple[str, int]]:

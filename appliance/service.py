@@ -81,7 +81,7 @@ class Service:
                 "refresh_attributes": self.refresh_attributes, "models": self.models, "promote": self.promote,
                 "rollback": self.rollback, "publishing": self.publishing,
                 "import_models": self.import_models, "challenge": self.challenge, "retire": self.retire,
-                "alerts": self.alerts}
+                "alerts": self.alerts, "audit": self.audit}
 
     def import_models(self, request: dict) -> dict:
         """Have the engine register the models `appliance models import` staged in the store.
@@ -142,6 +142,13 @@ class Service:
         drift = self.board.snapshot.get("drift", {})
         return {"alerts": list(reversed(drift.get("recent", []))), "total": drift.get("alerts", 0),
                 "suppressed_by_cooldown": drift.get("suppressed_by_cooldown", 0)}
+
+    def audit(self, request: dict) -> dict:
+        """The newest audit rows (every change to serving, automatic or not), newest first."""
+        limit = request.get("limit", 30)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100:
+            raise RequestError("bad_request", '"limit" must be an integer from 1 to 100')
+        return {"audit": list(reversed(list(self.engine.recent_audit)))[:limit]}
 
     def _check_challenger(self, name: Any) -> None:
         model = self.engine.model

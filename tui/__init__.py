@@ -1,1 +1,1 @@
-"""The Textual operator console. Not built yet: see the console issue (`issues show 5`)."""
+"""The Textual operator console (`appliance console`): `console.Console` over `link.Link`."""
