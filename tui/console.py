@@ -89,6 +89,7 @@ class Console(App):
         self.labels_rate: deque = deque(maxlen=HISTORY)
         self.polls = 0
         self.last_ok = 0.0
+        self._polling = False
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -132,7 +133,11 @@ class Console(App):
 
     # -- polling ---------------------------------------------------------------------------
     def poll(self) -> None:
-        self.run_worker(self._poll(), exclusive=True, group="poll")
+        """Start a poll unless one is still running (a slow appliance slows the display, nothing else)."""
+        if self._polling:
+            return
+        self._polling = True
+        self.run_worker(self._poll(), group="poll")
 
     async def _poll(self) -> None:
         self.polls += 1
@@ -144,6 +149,8 @@ class Console(App):
         except LinkError:
             self._show_state()
             return
+        finally:
+            self._polling = False
         self.stats, self.models = stats, models
         self.alerts = alerts.get("alerts") if isinstance(alerts.get("alerts"), list) else []
         self.audit = audit.get("audit") if isinstance(audit.get("audit"), list) else []

@@ -46,14 +46,18 @@ class Link:
             if self._writer is None:
                 await self._connect()
             assert self._reader is not None and self._writer is not None
+            request_id = next(self._ids)
             try:
-                self._writer.write(orjson.dumps({"op": op, "id": next(self._ids), **fields}) + b"\n")
+                self._writer.write(orjson.dumps({"op": op, "id": request_id, **fields}) + b"\n")
                 await self._writer.drain()
                 line = await asyncio.wait_for(self._reader.readline(), self.timeout)
             except (asyncio.TimeoutError, OSError, ConnectionError) as exc:
                 self._drop("stale" if isinstance(exc, asyncio.TimeoutError) else "disconnected",
                            f"{op}: {exc.__class__.__name__}")
                 raise LinkError(f"no reply to {op}") from None
+            except asyncio.CancelledError:  # a reply may still be on its way: never read it as another's
+                self._drop("connecting", f"{op} cancelled")
+                raise
             if not line:
                 self._drop("disconnected", "the appliance closed the connection")
                 raise LinkError("the appliance closed the connection")
@@ -62,8 +66,9 @@ class Link:
         except orjson.JSONDecodeError:
             self.state, self.detail = "stale", f"unreadable reply to {op}"
             raise LinkError(f"unreadable reply to {op}", "bad_reply") from None
-        if not isinstance(reply, dict):
-            self.state, self.detail = "stale", f"unexpected reply to {op}"
+        if not isinstance(reply, dict) or reply.get("id") != request_id:
+            async with self._lock:
+                self._drop("stale", f"unexpected reply to {op}")
             raise LinkError(f"unexpected reply to {op}", "bad_reply")
         if not reply.get("ok"):
             error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
