@@ -62,10 +62,12 @@ def main() -> None:
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
 @click.option("--status-every", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
 @click.option("--metrics-port", type=int, help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option("--console", "with_console", is_flag=True, help="Run the operator console in this terminal; "
+                                                               "quitting it stops the appliance.")
 @friendly_errors
 def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None, token: str | None,
        db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
-       metrics_port: int | None) -> None:
+       metrics_port: int | None, with_console: bool) -> None:
     """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
     from .runtime import Appliance, RunOptions
     from .settings import resolve_config
@@ -78,6 +80,9 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
                                                      + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
                                                         if metrics_port else "")),
                          metrics_port=metrics_port)
+    if with_console:
+        _up_with_console(config, options)
+        return
     appliance = Appliance(config, options)
     _on_signals(appliance.stop)
     click.echo(f"appliance {__version__}: source {appliance.source} at speed {config.speed:g}x, "
@@ -329,6 +334,42 @@ def _parse_tcp(value: str | None) -> tuple[str, int] | None:
     if not host or not port.isdigit():
         raise click.BadParameter(f'"{value}" is not HOST:PORT, e.g. 127.0.0.1:7700', param_hint="--tcp")
     return host, int(port)
+
+
+def _up_with_console(config: Any, options: Any) -> None:
+    """The appliance on background threads, the console in the foreground; one stops the other."""
+    import dataclasses
+    import threading
+
+    from tui.console import Console
+
+    from .runtime import Appliance
+
+    ready = threading.Event()
+    appliance = Appliance(config, dataclasses.replace(options, on_tick=None, on_ready=ready.set))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            appliance.run()
+        except BaseException as exc:  # shown after the console closes
+            failure.append(exc)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="appliance", daemon=True)
+    thread.start()
+    ready.wait()
+    if not failure:
+        console = Console(config.socket)
+        _on_signals(lambda: (appliance.stop(), console.exit()))
+        console.run()
+    appliance.stop()
+    thread.join()
+    if failure:
+        raise failure[0]
+    click.echo(format_status(appliance.board.snapshot))
+    click.echo("stopped cleanly")
 
 
 def _on_signals(stop: Callable[[], None]) -> None:
