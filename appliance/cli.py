@@ -81,7 +81,9 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
                                                         if metrics_port else "")),
                          metrics_port=metrics_port)
     if with_console:
-        _up_with_console(config, options)
+        from .cli_console import up_with_console
+
+        up_with_console(config, options)
         return
     appliance = Appliance(config, options)
     _on_signals(appliance.stop)
@@ -165,20 +167,6 @@ def stats(socket_path: str, as_json: bool, prometheus: bool) -> None:
         click.echo(render(reply), nl=False)
         return
     click.echo(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode() if as_json else format_stats(reply))
-
-
-@main.command()
-@SOCKET_OPTION
-@click.option("--rate", type=float, default=2.0, show_default=True, help="Refreshes per second.")
-@click.option("--readonly", is_flag=True, help="Show only: refuse promote, rollback and pause.")
-@friendly_errors
-def console(socket_path: str, rate: float, readonly: bool) -> None:
-    """The operator console (Textual) for a running appliance, over its socket."""
-    from tui.console import Console
-
-    if not 0.1 <= rate <= 30:
-        raise click.BadParameter("between 0.1 and 30 refreshes per second", param_hint="--rate")
-    Console(socket_path, rate=rate, readonly=readonly).run()
 
 
 @main.command()
@@ -336,42 +324,6 @@ def _parse_tcp(value: str | None) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _up_with_console(config: Any, options: Any) -> None:
-    """The appliance on background threads, the console in the foreground; one stops the other."""
-    import dataclasses
-    import threading
-
-    from tui.console import Console
-
-    from .runtime import Appliance
-
-    ready = threading.Event()
-    appliance = Appliance(config, dataclasses.replace(options, on_tick=None, on_ready=ready.set))
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            appliance.run()
-        except BaseException as exc:  # shown after the console closes
-            failure.append(exc)
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=run, name="appliance", daemon=True)
-    thread.start()
-    ready.wait()
-    if not failure:
-        console = Console(config.socket)
-        _on_signals(lambda: (appliance.stop(), console.exit()))
-        console.run()
-    appliance.stop()
-    thread.join()
-    if failure:
-        raise failure[0]
-    click.echo(format_status(appliance.board.snapshot))
-    click.echo("stopped cleanly")
-
-
 def _on_signals(stop: Callable[[], None]) -> None:
     def handler(signum: int, frame: Any) -> None:
         click.echo(f"\n{signal.Signals(signum).name}: stopping (answering in-flight requests, flushing)", err=True)
@@ -445,6 +397,10 @@ from .cli_registry import alerts, attributes, models  # noqa: E402 - their modul
 main.add_command(models)
 main.add_command(attributes)
 main.add_command(alerts)
+
+from .cli_console import console  # noqa: E402
+
+main.add_command(console)
 
 from .cli_offline import story, train_offline  # noqa: E402
 

@@ -137,6 +137,7 @@ class OnlineModel:
         self.probation: Probation | None = None
         self.n_learned = 0
         self.labels_since_check = 0
+        self.last_check_ts: float | None = None  # event time of the last scheduled check
         self.publications = 0
         self.refusals = 0
         self.promotions = 0
@@ -219,10 +220,9 @@ class OnlineModel:
         if self.served.parent is None and self.served.n_learned == 0:
             due = min(due, FIRST_CHECK)  # the untrained initial version gives way early
         interval = self.config.publish_interval
-        last = getattr(self, "last_check_ts", None)
-        if last is None:
-            last = self.last_check_ts = event_ts
-        timely = interval is not None and event_ts - last >= interval
+        if self.last_check_ts is None:
+            self.last_check_ts = event_ts
+        timely = interval is not None and event_ts - self.last_check_ts >= interval
         if (self.labels_since_check < due and not timely) or self.paused:
             return decisions
         self.labels_since_check = 0
@@ -502,6 +502,7 @@ def upgrade(model: OnlineModel) -> None:
         model.candidates, model.champion = {CHAMPION: champion}, CHAMPION
         model.lifecycle, model.examples, model.probation = Lifecycle(), deque(maxlen=Lifecycle().warm_start), None
         model.promotions = model.rollbacks = model.retrains = 0
+    state.setdefault("last_check_ts", None)
     for candidate in model.candidates.values():
         candidate.evaluation.upgrade()
     model.served_eval.upgrade()

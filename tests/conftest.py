@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,20 @@ def make_stream(n: int = 400, seed: int = 3, fraud_every: int = 9) -> list[dict]
     merged = [(e["ts"], 0, e) for e in events] + [(ts, 1, lab) for ts, lab in labels]
     merged.sort(key=lambda item: (item[0], item[1]))
     return [item[2] for item in merged]
+
+
+@contextmanager
+def serving(config, **options):
+    """A real appliance serving `config` in this process (inbox and socket only: no source file)."""
+    from appliance.runtime import Appliance, RunOptions
+
+    ready = threading.Event()
+    appliance = Appliance(config, RunOptions(serve=True, read_source=False, on_ready=ready.set, **options))
+    thread = threading.Thread(target=appliance.run)
+    thread.start()
+    try:
+        assert ready.wait(30), "the appliance never became ready"
+        yield appliance
+    finally:
+        appliance.stop()
+        thread.join(60)

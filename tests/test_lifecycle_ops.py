@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
 
 import orjson
 import pytest
@@ -13,9 +12,8 @@ from appliance.cli import main
 from appliance.client import Client
 from appliance.config import config_from_dict
 from appliance.errors import RequestError
-from appliance.runtime import Appliance, RunOptions
 
-from .conftest import SMALL_CONFIG
+from .conftest import SMALL_CONFIG, serving
 from .test_lifecycle import flip_stream
 from .test_registry import feed, wait_for
 
@@ -28,16 +26,8 @@ def running(short_dir):
                          "drift_warmup": 100}
     data["serve"] = {"db": str(short_dir / "a.db"), "socket": str(short_dir / "a.sock")}
     config = config_from_dict(data)
-    ready = threading.Event()
-    appliance = Appliance(config, RunOptions(serve=True, read_source=False, on_ready=ready.set))
-    thread = threading.Thread(target=appliance.run)
-    thread.start()
-    assert ready.wait(30)
-    client = Client(config.socket)
-    yield appliance, client, config
-    client.close()
-    appliance.stop()
-    thread.join(60)
+    with serving(config) as appliance, Client(config.socket) as client:
+        yield appliance, client, config
 
 
 def cli(*args):

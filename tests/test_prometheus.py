@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import socket
-import threading
 import urllib.error
 import urllib.request
 
@@ -17,7 +16,7 @@ from appliance.client import Client
 from appliance.config import config_from_dict
 from appliance.runtime import Appliance, RunOptions
 
-from .conftest import SMALL_CONFIG, make_stream
+from .conftest import SMALL_CONFIG, make_stream, serving
 from .test_registry import feed
 
 
@@ -34,14 +33,8 @@ def running(short_dir):
     data["serve"] = {"db": str(short_dir / "a.db"), "socket": str(short_dir / "a.sock")}
     config = config_from_dict(data)
     port = free_port()
-    ready = threading.Event()
-    appliance = Appliance(config, RunOptions(serve=True, read_source=False, on_ready=ready.set, metrics_port=port))
-    thread = threading.Thread(target=appliance.run)
-    thread.start()
-    assert ready.wait(30)
-    yield config, port
-    appliance.stop()
-    thread.join(60)
+    with serving(config, metrics_port=port):
+        yield config, port
 
 
 def samples(text):

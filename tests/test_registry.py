@@ -14,10 +14,9 @@ from appliance.cli import main
 from appliance.client import Client
 from appliance.config import config_from_dict
 from appliance.errors import RequestError
-from appliance.runtime import Appliance, RunOptions
 from appliance.store import open_db
 
-from .conftest import SMALL_CONFIG, make_stream
+from .conftest import SMALL_CONFIG, make_stream, serving
 
 # A payment on entities the stream never uses: its features depend on its own fields only, so the
 # same request gives the same vector at any time, and its score depends on the served version alone.
@@ -29,16 +28,8 @@ PROBE = {"event_id": "probe", "ts": 1_767_225_600.0, "user": "u-probe", "card": 
 def running(short_dir):
     config = config_from_dict(dict(SMALL_CONFIG, serve={"db": str(short_dir / "a.db"),
                                                        "socket": str(short_dir / "a.sock")}))
-    ready = threading.Event()
-    appliance = Appliance(config, RunOptions(serve=True, read_source=False, on_ready=ready.set))
-    thread = threading.Thread(target=appliance.run)
-    thread.start()
-    assert ready.wait(30)
-    client = Client(config.socket)
-    yield appliance, client, config
-    client.close()
-    appliance.stop()
-    thread.join(60)
+    with serving(config) as appliance, Client(config.socket) as client:
+        yield appliance, client, config
 
 
 def processed(client):
