@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 
 import orjson
 import pytest
@@ -18,7 +17,7 @@ from appliance.export import training_set
 from appliance.runtime import Appliance, RunOptions
 from appliance.store import open_db
 
-from .conftest import SMALL_CONFIG, make_stream
+from .conftest import SMALL_CONFIG, make_stream, serving
 
 CUSTOM_MODULE = '''
 import math
@@ -155,12 +154,7 @@ def test_a_refresh_applies_between_events_and_export_follows_it(tmp_path, monkey
 def test_a_running_appliance_switches_on_the_refresh_op(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = setup_dir(tmp_path, [])
-    ready = threading.Event()
-    appliance = Appliance(config, RunOptions(serve=True, read_source=False, on_ready=ready.set))
-    runner = threading.Thread(target=appliance.run)
-    runner.start()
-    try:
-        assert ready.wait(30)
+    with serving(config) as appliance:
         event = {"event_id": "x1", "ts": 1_767_225_600.0, "user": "u1", "card": "c3", "amount": 20.0,
                  "city": "faro"}
         with Client(config.socket) as client:
@@ -176,9 +170,6 @@ def test_a_running_appliance_switches_on_the_refresh_op(tmp_path, monkeypatch):
                 appliance.stop_event.wait(0.005)
             after = client.request("predict", event=dict(event, event_id="x2"), ingest=False, explain=True)
             assert after["features"]["card_limit"] == 5.0
-    finally:
-        appliance.stop()
-        runner.join(60)
 
 
 def test_bad_attribute_files_and_functions_are_clear_errors(tmp_path):

@@ -4,7 +4,6 @@ scored in shadow and served by onnxruntime."""
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import orjson
@@ -18,8 +17,8 @@ from appliance.errors import ConfigError
 from appliance.export import training_set
 from appliance.features import FeatureSpace
 from appliance.offline import _estimator, check_schema, load_onnx_file, train
-from appliance.runtime import Appliance, RunOptions
 
+from .conftest import serving
 from .test_init_export import write_csv
 from .test_registry import wait_for
 
@@ -102,37 +101,28 @@ def test_train_offline_registers_a_model_that_competes_and_serves(replayed, shor
     assert result.exit_code == 0, result.output
 
     config = config.with_overrides(socket=str(short_dir / "a.sock"))
-    ready = threading.Event()
-    appliance = Appliance(config, RunOptions(serve=True, read_source=False, on_ready=ready.set))
-    thread = threading.Thread(target=appliance.run)
-    thread.start()
-    try:
-        assert ready.wait(30)
-        with Client(config.socket) as client:
-            state = client.request("models")
-            offline = [v for v in state["versions"] if v["candidate"] == "offline"]
-            own = [v for v in state["versions"] if v["candidate"] == "onnx"]
-            assert len(offline) == 1 and len(own) == 1 and offline[0]["spec"].startswith("onnx: logistic")
-            version = offline[0]["version"]
-            result = runner.invoke(main, ["models", "challenge", str(version), "--socket", config.socket])
-            assert result.exit_code == 0, result.output
-            board = {row["name"]: row for row in wait_for(client, lambda s: len(s["leaderboard"]) == 2)["leaderboard"]}
-            assert board[f"v{version}"]["learns"] is False
+    with serving(config) as appliance, Client(config.socket) as client:
+        state = client.request("models")
+        offline = [v for v in state["versions"] if v["candidate"] == "offline"]
+        own = [v for v in state["versions"] if v["candidate"] == "onnx"]
+        assert len(offline) == 1 and len(own) == 1 and offline[0]["spec"].startswith("onnx: logistic")
+        version = offline[0]["version"]
+        result = runner.invoke(main, ["models", "challenge", str(version), "--socket", config.socket])
+        assert result.exit_code == 0, result.output
+        board = {row["name"]: row for row in wait_for(client, lambda s: len(s["leaderboard"]) == 2)["leaderboard"]}
+        assert board[f"v{version}"]["learns"] is False
 
-            result = runner.invoke(main, ["models", "promote", str(version), "--socket", config.socket])
-            assert result.exit_code == 0, result.output
-            event = {"event_id": "probe", "ts": 1_767_300_000.0, "user_id": "u1", "card_id": "c1",
-                     "amount": 42.0, "city": "faro"}
-            reply = client.request("predict", event=event, ingest=False, explain=True)
-            assert reply["version"] == f"v{version}"
-            served = appliance.engine.model.served.model
-            assert reply["score"] == served.score_one(reply["features"])
-            # an offline model serves as a frozen champion: the online learners now challenge it
-            state = wait_for(client, lambda s: s["leaderboard"][0]["name"] == f"v{version}")
-            assert state["champion"] == f"v{version}" and state["leaderboard"][0]["learns"] is False
-    finally:
-        appliance.stop()
-        thread.join(60)
+        result = runner.invoke(main, ["models", "promote", str(version), "--socket", config.socket])
+        assert result.exit_code == 0, result.output
+        event = {"event_id": "probe", "ts": 1_767_300_000.0, "user_id": "u1", "card_id": "c1",
+                 "amount": 42.0, "city": "faro"}
+        reply = client.request("predict", event=event, ingest=False, explain=True)
+        assert reply["version"] == f"v{version}"
+        served = appliance.engine.model.served.model
+        assert reply["score"] == served.score_one(reply["features"])
+        # an offline model serves as a frozen champion: the online learners now challenge it
+        state = wait_for(client, lambda s: s["leaderboard"][0]["name"] == f"v{version}")
+        assert state["champion"] == f"v{version}" and state["leaderboard"][0]["learns"] is False
 
 
 def test_an_offline_score_is_a_feature_of_the_online_model(replayed, short_dir):
