@@ -1,4 +1,4 @@
-"""How well hashing serves each categorical field, reported in stats."""
+"""How well hashing serves each categorical field, and how often each event field is missing, reported in stats."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ class CategoryStats:
     share a bucket with another value (collisions), and the share of events whose value was new.
 
     Tracks up to `cap` distinct values per field; past that, new values still count as unseen.
+    Also counts, for every key, numeric and categorical field of the event schema, the ingested events that lacked it.
     """
 
     def __init__(self, space: FeatureSpace, cap: int = 100_000) -> None:
@@ -23,8 +24,24 @@ class CategoryStats:
         self.events = dict.fromkeys(space.config.categorical, 0)
         self.unseen = dict.fromkeys(space.config.categorical, 0)
         self.recent: dict[str, list[int]] = {f: [0, 0] for f in space.config.categorical}  # [events, unseen]
+        schema = space.schema
+        self.fields = tuple(dict.fromkeys(schema.keys + schema.numeric + schema.categorical))
+        self.missing = dict.fromkeys(self.fields, 0)
+        self.observed = 0
+
+    def __setstate__(self, state: dict) -> None:  # checkpoints from before missing-value counts
+        self.__dict__.update(state)
+        if "missing" not in state:
+            self.fields = tuple(self.seen)
+            self.missing = dict.fromkeys(self.fields, 0)
+            self.observed = 0
 
     def observe(self, values: dict[str, Any]) -> None:
+        self.observed += 1
+        missing = self.missing
+        for field in self.fields:
+            if values.get(field) is None:
+                missing[field] += 1
         for field, seen in self.seen.items():
             value = values.get(field)
             if value is None:
@@ -56,3 +73,9 @@ class CategoryStats:
                           "unseen_rate": round(self.unseen[field] / events, 4) if events else 0.0,
                           "unseen_rate_recent": round(recent[1] / recent[0], 4) if recent[0] else 0.0}
         return out
+
+    def missing_summary(self) -> dict[str, dict[str, float]]:
+        """Per field: ingested events without a value, as a count and a share."""
+        observed = self.observed
+        return {field: {"missing": n, "missing_rate": round(n / observed, 4) if observed else 0.0}
+                for field, n in self.missing.items()}

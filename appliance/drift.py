@@ -96,8 +96,11 @@ class DriftMonitor:
                              "window": getattr(detector, "width", None), "observations": self.seen[stream]}}
 
     def summary(self) -> dict[str, Any]:
+        per_feature = {name: {"estimate": _estimate(detector), "observations": self.seen.get(f"feature {name}", 0),
+                              "last_alert": self.last_alert.get(f"feature {name}")}
+                       for name, detector in self.features.items()}
         return {"detector": self.lifecycle.drift_detector, "features": list(self.features),
-                "alerts": self.alerts, "suppressed_by_cooldown": self.suppressed,
+                "feature_drift": per_feature, "alerts": self.alerts, "suppressed_by_cooldown": self.suppressed,
                 "error_estimate": _estimate(self.concept), "recent": list(self.recent)}
 
 

@@ -39,6 +39,8 @@ from .timeutil import format_timestamp
 METRIC_EVERY = 200  # labels between two rows of metric history
 RECENTLY_EXPIRED = 100_000
 RECENT_AUDIT = 100  # audit rows kept in memory for the console
+RECENT_DEAD = 50  # dead letters kept in memory for the console (all of them are in the store)
+CURVE_POINTS = 500  # points of metric history kept in memory (one every METRIC_EVERY labels)
 
 COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediate", "labels_early",
             "labels_late", "labels_orphaned", "labels_defaulted", "predictions_expired",
@@ -74,6 +76,8 @@ class Engine(EngineCommands):
         self._restored_attributes: dict[str, int] = {}
         self.audit_seq = 0
         self.recent_audit: deque = deque(maxlen=RECENT_AUDIT)
+        self.recent_dead: deque = deque(maxlen=RECENT_DEAD)
+        self.curve: deque = deque(maxlen=CURVE_POINTS)
         self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
         self.on_publish = on_publish
         self.rows["models"].append(model_row(self.model.served))
@@ -242,8 +246,10 @@ class Engine(EngineCommands):
 
     def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
         self.counts["dead_letters"] += 1
-        self.rows["dead_letters"].append({"source": source, "offset": offset, "reason": reason,
-                                          "payload": payload[:65536], "watermark": self._event_time()})
+        row = {"source": source, "offset": offset, "reason": reason, "payload": payload[:65536],
+               "watermark": self._event_time()}
+        self.rows["dead_letters"].append(row)
+        self.recent_dead.append({**row, "payload": payload[:300]})
 
     def _event_time(self) -> float | None:
         return None if self.watermark == -math.inf else self.watermark
@@ -267,10 +273,17 @@ class Engine(EngineCommands):
                                     "status": status})
 
     def _metric_row(self) -> dict:
-        return {"labels": self.model.n_learned, "event_ts": self.watermark,
-                "version": self.model.served.version, "champion": self.model.champion,
-                "learner": orjson.dumps(self.model.learner_eval.values()).decode(),
-                "served": orjson.dumps(self.model.served_eval.values()).decode()}
+        """One point of metric history: the store's row, and the in-memory curve the console draws."""
+        model = self.model
+        candidates = {name: c.evaluation.window_primary() for name, c in model.candidates.items()}
+        self.curve.append({"event_ts": self.watermark, "labels": model.n_learned, "version": model.served.version,
+                           "champion": model.champion, "served": model.served_eval.window_primary(),
+                           "candidates": candidates})
+        return {"labels": model.n_learned, "event_ts": self.watermark,
+                "version": model.served.version, "champion": model.champion,
+                "learner": orjson.dumps(model.learner_eval.values()).decode(),
+                "served": orjson.dumps(model.served_eval.values()).decode(),
+                "candidates": orjson.dumps(candidates).decode()}
 
     def take_rows(self) -> dict[str, list[dict]]:
         """Return the rows produced since the last call and start a new set."""
@@ -288,7 +301,8 @@ class Engine(EngineCommands):
         core = {"model": self.model, "join": self.join, "watermark": self.watermark, "counts": self.counts,
                 "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
                 "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq,
-                "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq}
+                "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq,
+                "curve": self.curve, "recent_dead": self.recent_dead}
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
                 "evicted": evicted, "watermark": self.watermark}
 
@@ -308,6 +322,8 @@ class Engine(EngineCommands):
         self.drift = core.get("drift") or self.drift
         self.drift.lifecycle = self.config.lifecycle
         self.alert_seq = core.get("alert_seq", 0)
+        self.curve = core.get("curve") or self.curve
+        self.recent_dead = core.get("recent_dead") or self.recent_dead
         upgrade(self.model)
         for key, entity, blob in entity_rows:
             if key in self.entities:
@@ -327,6 +343,7 @@ class Engine(EngineCommands):
             "label_delay_seconds": self.join.delay_quantiles(),
             "entities": self.space.entity_count(self.entities),
             "categorical": self.categories.summary(),
+            "fields": self.categories.missing_summary(),
             "attributes": {name: {"version": table.version, "rows": len(table.rows)}
                            for name, table in self.space.attributes.items()},
             "custom_features": {custom.name: custom.summary() for custom in self.space.custom},

@@ -24,6 +24,7 @@ from .engine import Engine
 from .errors import ConfigError
 from .events import decode
 from .inbox import Inbox
+from .entity_history import index_entity_keys
 from .service import Service, StatsBoard
 from .sources import read_source, resolve_source
 from .store import StoreWriter, load_checkpoint, load_entities, open_db
@@ -110,6 +111,7 @@ class Appliance:
                     )
                 engine.restore(saved["engine"], load_entities(db))
                 self.resumed = True
+            index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)
             engine.attach_attributes(db)
             engine.import_models(db)
@@ -211,6 +213,7 @@ class Appliance:
         if self.server is not None:
             self.server.stop()
             self.inbox.close()
+            self.service.history.close()
         if getattr(self, "metrics_http", None) is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()

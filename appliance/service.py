@@ -1,8 +1,9 @@
-"""The socket operations: predict, ingest, label, features, stats, health.
+"""The socket operations: predict, ingest, label, features, stats, health, and the operator's ops.
 
 Handlers run on the server's event-loop thread and must stay fast: they read the engine's published
 state (the served model is frozen; entity states are replaced, never mutated) and append to the
-inbox; they never touch the learner, never wait on the dataflow and never call SQLite.
+inbox; they never touch the learner and never wait on the dataflow. Only one operator op reads
+SQLite: `entity` (an index range scan of one entity's newest events, bounded by its `limit`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any, Callable
 
 from . import __version__
 from .engine import Engine
+from .entity_history import EntityHistory
+from .health import stage_health
+from .latency import LatencyRing
 from .errors import InvalidEvent, RequestError
 from .events import Event, parse_event, parse_label
 from .inbox import Inbox
@@ -32,8 +36,9 @@ class StatsBoard:
         self.every = every
         self.snapshot: dict[str, Any] = {}
         self._next = 0.0
-        self._last: tuple[float, int, int] | None = None
-        self.rates = {"events_per_second": 0.0, "labels_per_second": 0.0}
+        self._last: tuple[float, ...] | None = None
+        self.rates = {"events_per_second": 0.0, "labels_per_second": 0.0, "predictions_per_second": 0.0,
+                      "learns_per_second": 0.0}
 
     def publish(self, engine: Engine, force: bool = False) -> bool:
         """Refresh the snapshot at most every `every` seconds (called after each engine batch).
@@ -46,15 +51,18 @@ class StatsBoard:
         self._next = now + self.every
         stats = engine.stats()
         counts = stats["counts"]
+        current = (now, counts["events"], counts["labels_joined"] + counts["labels_immediate"]
+                   + counts["labels_defaulted"], counts["predictions"], engine.model.n_learned)
         if self._last is not None and now > self._last[0]:
             span = now - self._last[0]
-            self.rates = {"events_per_second": (counts["events"] - self._last[1]) / span,
-                          "labels_per_second": (counts["labels_joined"] + counts["labels_immediate"]
-                                                + counts["labels_defaulted"] - self._last[2]) / span}
-        self._last = (now, counts["events"],
-                      counts["labels_joined"] + counts["labels_immediate"] + counts["labels_defaulted"])
+            done = [(value - last) / span for value, last in zip(current[1:], self._last[1:])]
+            self.rates = dict(zip(("events_per_second", "labels_per_second", "predictions_per_second",
+                                   "learns_per_second"), done))
+        self._last = current
         stats["rates"] = dict(self.rates)
         stats["offsets"] = dict(engine.offsets)
+        stats["dead_letters_recent"] = list(reversed(engine.recent_dead))
+        stats["curve"] = list(engine.curve)
         self.snapshot = stats
         return True
 
@@ -74,6 +82,8 @@ class Service:
         self._ids = itertools.count(1)
         self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
         self.flow_alive: Callable[[], bool] = lambda: True
+        self.predict_latency = LatencyRing()
+        self.history = EntityHistory(engine.config.db, tuple(engine.space.layouts))
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
         return {"predict": self.predict, "ingest": self.ingest, "label": self.label,
@@ -81,7 +91,8 @@ class Service:
                 "refresh_attributes": self.refresh_attributes, "models": self.models, "promote": self.promote,
                 "rollback": self.rollback, "publishing": self.publishing,
                 "import_models": self.import_models, "challenge": self.challenge, "retire": self.retire,
-                "alerts": self.alerts, "audit": self.audit}
+                "alerts": self.alerts, "audit": self.audit, "entity": self.entity, "data": self.data,
+                "curve": self.curve}
 
     def import_models(self, request: dict) -> dict:
         """Have the engine register the models `appliance models import` staged in the store.
@@ -199,9 +210,12 @@ class Service:
 
     def predict(self, request: dict) -> dict:
         """Score an event with the served model; by default the event also enters the stream."""
+        started = time.perf_counter_ns()
         raw = request.get("event")
         if raw is None and isinstance(request.get("entity"), dict):
-            return self._predict_entity(request)
+            reply = self._predict_entity(request)
+            self.predict_latency.record(time.perf_counter_ns() - started)
+            return reply
         if not isinstance(raw, dict):
             raise RequestError("bad_request", 'predict needs "event": an object with the event fields, '
                                'or "entity": {key: value} to score from stored features alone')
@@ -214,6 +228,7 @@ class Service:
         x, published, y, reply = self._score(event.values, event.ts, request.get("explain"))
         self.inbox.append([{"event": raw, "ingest": ingest,
                             "served": {"x": x, "score": reply["score"], "version": published.version}}])
+        self.predict_latency.record(time.perf_counter_ns() - started)
         return {"event_id": event.event_id, "prediction_id": event.event_id, **reply}
 
     def _predict_entity(self, request: dict) -> dict:
@@ -290,27 +305,68 @@ class Service:
 
     def features(self, request: dict) -> dict:
         """Return an entity's current aggregates with the event time they last changed."""
+        return {"as_of": self._as_of(), "entities": dict(self._entity_features(request))}
+
+    def entity(self, request: dict) -> dict:
+        """One entity for the operator: its current features with their age, and its newest events
+        with the prediction each got and the label, if one arrived (`limit`, default 20, at most 200)."""
+        limit = request.get("limit", 20)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 200:
+            raise RequestError("bad_request", '"limit" must be an integer from 1 to 200')
+        (key, features), = self._entity_features(request, single=True)
+        recent = self.history.recent(key, features["entity"], limit)
+        labelled = sum(1 for row in recent if row["label"] is not None)
+        return {"as_of": self._as_of(), "key": key, **features, "recent": recent, "recent_labelled": labelled}
+
+    def data(self, request: dict) -> dict:
+        """Per-field data quality: missing values, unseen categories, drift of the monitored
+        features, late events, and the newest dead letters with their reasons."""
+        snapshot = self.board.snapshot
+        counts = snapshot.get("counts", {})
+        drift = snapshot.get("drift", {})
+        return {"fields": snapshot.get("fields", {}), "categorical": snapshot.get("categorical", {}),
+                "feature_drift": drift.get("feature_drift", {}), "drift_detector": drift.get("detector"),
+                "events": counts.get("events", 0), "late_events": counts.get("late_events", 0),
+                "duplicates": counts.get("duplicates", 0), "dead_letters": counts.get("dead_letters", 0),
+                "dead_letters_recent": snapshot.get("dead_letters_recent", []),
+                "allowed_lateness_seconds": self.engine.lateness}
+
+    def curve(self, request: dict) -> dict:
+        """The windowed primary metric over event time: the served version and every candidate,
+        one point every few hundred labels (the newest 500 points)."""
+        model = self.board.snapshot.get("model", {})
+        return {"metric": self.engine.model.learner_eval.primary + "_window", "champion": model.get("champion"),
+                "points": [{**point, "event_time": format_timestamp(point["event_ts"])}
+                           for point in self.board.snapshot.get("curve", [])]}
+
+    def _as_of(self) -> str | None:
+        now = self.engine.watermark
+        return None if not math.isfinite(now) else format_timestamp(now)
+
+    def _entity_features(self, request: dict, single: bool = False) -> list[tuple[str, dict]]:
         entity = request.get("entity")
         if isinstance(entity, dict):
             pairs = [(k, str(v)) for k, v in entity.items()]
         elif isinstance(request.get("key"), str) and isinstance(entity, (str, int)):
             pairs = [(request["key"], str(entity))]
         else:
-            raise RequestError("bad_request", 'features needs "key" and "entity", or "entity": {key: value}')
+            raise RequestError("bad_request", f'{request.get("op")} needs "key" and "entity", or "entity": {{key: value}}')
+        if single and len(pairs) != 1:
+            raise RequestError("bad_request", f'{request.get("op")} takes one entity: "key" and "entity"')
         engine = self.engine
         now = engine.watermark
-        result = {}
+        result = []
         for key, value in pairs:
             if key not in engine.space.layouts:
                 known = ", ".join(engine.space.layouts)
                 raise RequestError("unknown_key", f'no features are kept by "{key}"; keys: {known}')
             as_of = now if math.isfinite(now) else 0.0
             values, last = engine.space.entity_features(key, value, as_of, engine.entities)
-            result[key] = {"entity": value, "known": last is not None, "values": values,
-                           "updated_at": None if last is None else format_timestamp(last),
-                           "age_seconds": None if last is None else round(max(0.0, as_of - last), 3),
-                           "ttl_seconds": engine.space.layouts[key].ttl}
-        return {"as_of": None if not math.isfinite(now) else format_timestamp(now), "entities": result}
+            result.append((key, {"entity": value, "known": last is not None, "values": values,
+                                 "updated_at": None if last is None else format_timestamp(last),
+                                 "age_seconds": None if last is None else round(max(0.0, as_of - last), 3),
+                                 "ttl_seconds": engine.space.layouts[key].ttl}))
+        return result
 
     def stats(self, request: dict) -> dict:
         """Return the latest engine stats, server counters and uptime."""
@@ -319,6 +375,10 @@ class Service:
         stats["inbox_lag_bytes"] = self._lag()
         if self.server_stats is not None:
             stats["server"] = self.server_stats()
+        stats["predict_latency"] = self.predict_latency.quantiles()
+        stats.pop("curve", None)  # the `curve` op's; too long for a stats poll
+        stats.pop("dead_letters_recent", None)  # the `data` op's
+        stats["stages"] = stage_health(stats, self.flow_alive())
         return stats
 
     def health(self, request: dict) -> dict:

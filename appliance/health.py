@@ -1,0 +1,84 @@
+"""The health of each stage of the appliance, from one stats snapshot: what the console's overview
+and `appliance stats` show at a glance.
+
+Stages, in the order an event meets them: ingest -> features -> predict -> labels -> learn. Each
+gets a state and the figure behind it:
+
+- `down`: the stage cannot work (the dataflow has stopped);
+- `behind`: work is queueing (the flow is more than `BEHIND_BYTES` behind the socket inbox);
+- `warn`: it works, with a problem an operator should look at (the reason says which);
+- `idle`: nothing has reached it yet;
+- `ok`.
+
+>>> states = stage_health({"counts": {"events": 0}}, flow_alive=True)
+>>> [(s["stage"], s["state"]) for s in states]
+[('ingest', 'idle'), ('features', 'idle'), ('predict', 'idle'), ('labels', 'idle'), ('learn', 'idle')]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BEHIND_BYTES = 16 << 20
+DEAD_LETTER_WARN = 0.01  # share of input lines dead-lettered (malformed, late, duplicate)
+P99_WARN_US = 5_000.0  # server time of a predict request
+
+
+def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]]:
+    counts = stats.get("counts") or {}
+    rates = stats.get("rates") or {}
+    model = stats.get("model") or {}
+    latency = stats.get("predict_latency") or {}
+    events, dead = counts.get("events", 0), counts.get("dead_letters", 0)
+    lag = stats.get("inbox_lag_bytes") or 0
+    stages = []
+
+    def add(stage: str, state: str, detail: str) -> None:
+        stages.append({"stage": stage, "state": state, "detail": detail})
+
+    events_rate = rates.get("events_per_second") or 0.0
+    if not flow_alive:
+        add("ingest", "down", "the dataflow has stopped; see the appliance's log")
+    elif lag > BEHIND_BYTES:
+        add("ingest", "behind", f"{lag:,} bytes of socket input not yet processed")
+    elif not events:
+        add("ingest", "idle", "no events yet")
+    else:
+        add("ingest", "ok", f"{events_rate:,.0f} events/s, {events:,} events")
+
+    share = dead / (events + dead) if events + dead else 0.0
+    late = counts.get("late_events", 0)
+    if not events and not dead:
+        add("features", "idle", "no events yet")
+    elif share > DEAD_LETTER_WARN:
+        add("features", "warn", f"{share:.1%} of input dead-lettered ({dead:,}; {late:,} late)")
+    else:
+        add("features", "ok", f"{stats.get('entities', 0):,} entities, {dead:,} dead letters, {late:,} late")
+
+    p99 = latency.get("p99_us")
+    predictions = counts.get("predictions", 0)
+    if not predictions and p99 is None:
+        add("predict", "idle", "no predictions yet")
+    elif p99 is not None and p99 > P99_WARN_US:
+        add("predict", "warn", f"p99 {p99:,.0f} µs server time (over {P99_WARN_US:,.0f})")
+    else:
+        add("predict", "ok", f"{predictions:,} predictions"
+            + (f", p50 {latency['p50_us']:,.0f} µs p99 {p99:,.0f} µs" if p99 is not None else ""))
+
+    labels = counts.get("labels_joined", 0) + counts.get("labels_immediate", 0)
+    pending = stats.get("pending_labels", 0)
+    if not labels and not counts.get("labels_defaulted", 0):
+        add("labels", "idle", f"no labels yet, {pending:,} predictions waiting")
+    else:
+        rate = stats.get("label_join_rate")
+        joined = "-" if rate is None else f"{rate:.0%}"
+        add("labels", "ok", f"{labels:,} joined ({joined} of resolved), {pending:,} pending")
+
+    learned = model.get("examples_learned", 0)
+    if not learned:
+        add("learn", "idle", "nothing learned yet")
+    elif model.get("publishing") == "paused":
+        add("learn", "warn", f"learning; automatic publication paused (serving {model.get('served_version')})")
+    else:
+        add("learn", "ok", f"{learned:,} examples, serving {model.get('served_version')}")
+    return stages
