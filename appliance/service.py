@@ -376,6 +376,7 @@ class Service:
         if self.server_stats is not None:
             stats["server"] = self.server_stats()
         stats["predict_latency"] = self.predict_latency.quantiles()
+        stats["entity_keys"] = list(self.engine.space.layouts)
         stats.pop("curve", None)  # the `curve` op's; too long for a stats poll
         stats.pop("dead_letters_recent", None)  # the `data` op's
         stats["stages"] = stage_health(stats, self.flow_alive())

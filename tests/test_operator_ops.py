@@ -30,7 +30,7 @@ def config_in(short_dir, **changes):
 def test_entity_shows_features_and_the_newest_predictions_with_their_labels(short_dir):
     config = config_in(short_dir)
     stream = make_stream(800)
-    with serving(config) as appliance, Client(config.socket) as client:
+    with serving(config), Client(config.socket) as client:
         feed(client, stream)
         card = "c3"
         events = [e for e in stream if e.get("type") == "payment" and e["card"] == card]
@@ -72,7 +72,7 @@ def test_data_counts_missing_values_and_keeps_dead_letters_with_reasons(short_di
                        "amount": 3})
     stream.insert(50, {"type": "payment", "event_id": "bad-amount", "ts": stream[49]["ts"], "user": "u1",
                        "card": "c1", "amount": "lots", "city": "faro"})
-    with serving(config) as appliance, Client(config.socket) as client:
+    with serving(config), Client(config.socket) as client:
         feed(client, stream)
         data = client.request("data")
         assert data["fields"]["city"]["missing"] == missing
@@ -86,7 +86,7 @@ def test_data_counts_missing_values_and_keeps_dead_letters_with_reasons(short_di
 
 def test_curve_tracks_every_candidate_and_stats_carry_stage_health_and_latency(short_dir):
     config = config_in(short_dir)
-    with serving(config) as appliance, Client(config.socket) as client:
+    with serving(config), Client(config.socket) as client:
         stats = client.request("stats")
         assert [s["state"] for s in stats["stages"]] == ["idle"] * 5
         feed(client, make_stream(1500))

@@ -1,30 +1,44 @@
 """`appliance console`: the operator's view of a running appliance, through its socket only.
 
-Views (number keys): 1 overview, 2 models, 3 alerts and audit, ? help. Actions, each confirmed:
-`r` roll back, `c` promote the challenger selected in the models view, `z` pause or resume automatic
-publication; `--readonly` refuses them. `p` freezes the display, `s` saves a screenshot. The data
-is polled from a timer at a fixed rate (`--rate`, default 2 Hz); a poll never overlaps the previous
-one, and a slow or absent appliance only changes the connection state shown at the top.
+Views (number keys, also in the command palette, ctrl+p): 1 overview, 2 models (leaderboard and
+the metric curve over event time; Enter on a row focuses its curve), 3 entities (look one up: its
+features with their age, its newest predictions and labels), 4 data (missing values, unseen
+categories, feature drift, late events, dead letters with reasons), 5 alerts and audit, ? help.
+Actions, each confirmed: `r` roll back, `c` promote the challenger selected in the models view,
+`z` pause or resume automatic publication; `--readonly` refuses them. `p` freezes the display,
+`s` saves a screenshot, `t` switches the theme.
+
+The data is polled from a timer at a fixed rate (`--rate`, default 2 Hz): stats and models always,
+the other views' data only while they show. A poll never overlaps the previous one, only the view
+on screen is painted, and only when its data changed; a slow or absent appliance only changes the
+connection state shown at the top. Replies of any shape are shown as far as they make sense; none
+can take the console down.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
-from rich.table import Table
 from rich.text import Text
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Footer, Header, Label, Sparkline, Static, TabbedContent, TabPane
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
+from textual.screen import ModalScreen, Screen
+from textual.widgets import (Button, DataTable, Footer, Header, Input, Label, Select, Sparkline, Static, TabbedContent,
+                             TabPane)
 
+from . import panels
 from .link import Link, LinkError
 
 HISTORY = 240  # samples kept for the sparklines (two minutes at the default rate)
 STATE_STYLE = {"connecting": "yellow", "connected": "green", "stale": "dark_orange", "disconnected": "red"}
+VIEWS = {"overview": "Overview", "models": "Models", "entities": "Entities", "data": "Features and data",
+         "alerts": "Alerts and audit", "help": "Help"}
+THEMES = ("textual-dark", "textual-light", "nord", "gruvbox", "monokai")
 
 
 class Confirm(ModalScreen[bool]):
@@ -57,21 +71,35 @@ class Console(App):
     CSS = """
     #state { height: 1; padding: 0 1; }
     #figures { height: auto; }
-    Sparkline { height: 3; margin: 0 1; }
+    #stages { height: auto; margin: 1 0 0 0; }
+    Sparkline { height: 2; margin: 0 1; }
     #confirm { width: 60; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
     Confirm { align: center middle; }
     DataTable { height: 1fr; }
+    #leaderboard { height: auto; max-height: 8; }
+    #curve-title, #curve { height: auto; }
+    #entity-bar { height: 3; }
+    #entity-key { width: 24; }
+    #entity-id { width: 1fr; }
+    #entity-tables { height: 1fr; }
+    #entity-features { width: 40; }
+    #fields { height: auto; max-height: 12; }
+    #alert-table { height: 1fr; }
+    #audit-table { height: 2fr; }
     """
     BINDINGS = [
         Binding("1", "view('overview')", "Overview"),
         Binding("2", "view('models')", "Models"),
-        Binding("3", "view('alerts')", "Alerts"),
+        Binding("3", "view('entities')", "Entities"),
+        Binding("4", "view('data')", "Data"),
+        Binding("5", "view('alerts')", "Alerts"),
         Binding("question_mark", "view('help')", "Help"),
         Binding("r", "rollback", "Roll back"),
-        Binding("c", "promote_challenger", "Promote challenger"),
-        Binding("z", "toggle_publishing", "Pause/resume publishing"),
-        Binding("p", "freeze", "Freeze display"),
+        Binding("c", "promote_challenger", "Promote"),
+        Binding("z", "toggle_publishing", "Pause/resume"),
+        Binding("p", "freeze", "Freeze"),
         Binding("s", "screenshot", "Screenshot"),
+        Binding("t", "next_theme", "Theme"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -85,11 +113,21 @@ class Console(App):
         self.models: dict[str, Any] = {}
         self.alerts: list[dict] = []
         self.audit: list[dict] = []
+        self.curve: dict[str, Any] = {}
+        self.data: dict[str, Any] = {}
+        self.entity: dict[str, Any] = {}
+        self.entity_query: tuple[str, str] | None = None
+        self.focus_candidate: str | None = None
         self.events_rate: deque = deque(maxlen=HISTORY)
+        self.predictions_rate: deque = deque(maxlen=HISTORY)
         self.labels_rate: deque = deque(maxlen=HISTORY)
+        self.p99: deque = deque(maxlen=HISTORY)
         self.polls = 0
+        self.paints = 0
         self.last_ok = 0.0
         self._polling = False
+        self._painted: dict[str, Any] = {}
+        self._keys: list[str] = []
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -97,24 +135,52 @@ class Console(App):
         yield Static("connecting...", id="state")
         with TabbedContent(initial="overview"):
             with TabPane("1 Overview", id="overview"):
-                yield Static(id="figures")
-                yield Label(" events/s")
-                yield Sparkline([0], id="events-spark")
-                yield Label(" labels learned/s")
-                yield Sparkline([0], id="labels-spark")
+                with VerticalScroll():
+                    yield Static(id="figures")
+                    yield Static(id="stages")
+                    yield Label(" events/s")
+                    yield Sparkline([0], id="events-spark")
+                    yield Label(" predictions/s")
+                    yield Sparkline([0], id="predictions-spark")
+                    yield Label(" labels learned/s")
+                    yield Sparkline([0], id="labels-spark")
+                    yield Label(" predict p99 (µs, server time)")
+                    yield Sparkline([0], id="p99-spark")
             with TabPane("2 Models", id="models"):
-                yield Static(id="serving")
-                yield DataTable(id="leaderboard", cursor_type="row", zebra_stripes=True)
-            with TabPane("3 Alerts", id="alerts"):
+                with VerticalScroll():
+                    yield Static(id="serving")
+                    yield DataTable(id="leaderboard", cursor_type="row", zebra_stripes=True)
+                    yield Static(id="curve-title")
+                    yield Static(id="curve")
+            with TabPane("3 Entities", id="entities"):
+                with Horizontal(id="entity-bar"):
+                    yield Select([], prompt="key", id="entity-key", allow_blank=True)
+                    yield Input(placeholder="entity id, then Enter", id="entity-id")
+                yield Static(panels.entity_summary({}), id="entity-summary")
+                with Horizontal(id="entity-tables"):
+                    yield DataTable(id="entity-features", zebra_stripes=True)
+                    yield DataTable(id="entity-recent", zebra_stripes=True)
+            with TabPane("4 Data", id="data"):
+                yield Static(id="data-summary")
+                yield DataTable(id="fields", zebra_stripes=True)
+                yield DataTable(id="dead-letters", zebra_stripes=True)
+            with TabPane("5 Alerts", id="alerts"):
                 yield DataTable(id="alert-table", zebra_stripes=True)
                 yield DataTable(id="audit-table", zebra_stripes=True)
             with TabPane("? Help", id="help"):
-                yield Static(self._help_text(), id="help-text")
+                with VerticalScroll():
+                    yield Static(self._help_text(), id="help-text")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#leaderboard", DataTable).add_columns(
             "candidate", "role", "recent", "overall", "labels", "vs champion", "learns", "spec")
+        self.query_one("#entity-features", DataTable).add_columns("feature", "value")
+        self.query_one("#entity-recent", DataTable).add_columns(
+            "event time", "event id", "score", "version", "label", "status", "delay s")
+        self.query_one("#fields", DataTable).add_columns(
+            "field", "missing", "missing %", "distinct", "unseen %", "unseen % recent", "collisions %")
+        self.query_one("#dead-letters", DataTable).add_columns("watermark", "source", "offset", "reason", "payload")
         self.query_one("#alert-table", DataTable).add_columns("#", "event time", "kind", "subject", "action")
         self.query_one("#audit-table", DataTable).add_columns("#", "event time", "action", "version", "by", "reason")
         self.set_interval(1.0 / self.rate, self.poll)
@@ -124,12 +190,29 @@ class Console(App):
         lines = ["Keys:"]
         for binding in self.BINDINGS:
             key = "?" if binding.key == "question_mark" else binding.key
-            lines.append(f"  {key:<4} {binding.description}")
-        lines.append("  ctrl+p  command palette (views, theme, quit)")
-        lines.append("")
-        lines.append("Read-only: actions are refused." if self.readonly else
-                     "Actions ask for confirmation; they are applied by the appliance between two events.")
+            lines.append(f"  {key:<6} {binding.description}")
+        lines += ["  enter  models view: focus the selected candidate's curve; entities view: look up",
+                  "  tab    move between the entity key and id fields",
+                  "  ctrl+p command palette (views, theme, quit)", "",
+                  "Read-only: actions are refused." if self.readonly else
+                  "Actions ask for confirmation; the appliance applies them between two events.", "",
+                  "States: connecting, connected, stale (a reply came late or was unreadable),",
+                  "disconnected (the console retries at every refresh and notices a restart)."]
         return "\n".join(lines)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for number, (view, title) in enumerate(VIEWS.items(), start=1):
+            key = "?" if view == "help" else str(number)
+            yield SystemCommand(f"View: {title}", f"Show the {title.lower()} view ({key})",
+                                lambda view=view: self.action_view(view))
+
+    @property
+    def active_view(self) -> str:
+        try:
+            return self.query_one(TabbedContent).active
+        except NoMatches:
+            return ""
 
     # -- polling ---------------------------------------------------------------------------
     def poll(self) -> None:
@@ -141,26 +224,54 @@ class Console(App):
 
     async def _poll(self) -> None:
         self.polls += 1
+        view = self.active_view
         try:
             stats = await self.link.request("stats")
             models = await self.link.request("models", limit=10)
-            alerts = await self.link.request("alerts")
-            audit = await self.link.request("audit", limit=30)
+            if view == "alerts" or self.polls % 10 == 1:
+                alerts = await self.link.request("alerts")
+                audit = await self.link.request("audit", limit=30)
+                self.alerts = panels.as_list(alerts.get("alerts"))
+                self.audit = panels.as_list(audit.get("audit"))
+            if view == "models":
+                self.curve = await self.link.request("curve")
+            if view == "data":
+                self.data = await self.link.request("data")
+            if view == "entities" and self.entity_query is not None:
+                await self._look_up()
         except LinkError:
             self._show_state()
             return
         finally:
             self._polling = False
         self.stats, self.models = stats, models
-        self.alerts = alerts.get("alerts") if isinstance(alerts.get("alerts"), list) else []
-        self.audit = audit.get("audit") if isinstance(audit.get("audit"), list) else []
-        rates = stats.get("rates") if isinstance(stats.get("rates"), dict) else {}
-        self.events_rate.append(_float(rates.get("events_per_second")))
-        self.labels_rate.append(_float(rates.get("labels_per_second")))
+        rates = panels.as_dict(stats.get("rates"))
+        self.events_rate.append(panels.number(rates.get("events_per_second")))
+        self.predictions_rate.append(panels.number(rates.get("predictions_per_second")))
+        self.labels_rate.append(panels.number(rates.get("learns_per_second")))
+        self.p99.append(panels.number(panels.as_dict(stats.get("predict_latency")).get("p99_us")))
         self.last_ok = time.monotonic()
+        keys = [k for k in panels.as_list(stats.get("entity_keys")) if isinstance(k, str)]
+        if keys and keys != self._keys:
+            self._keys = keys
+            try:
+                self.query_one("#entity-key", Select).set_options([(k, k) for k in keys])
+            except NoMatches:
+                pass
         self._show_state()
         if not self.frozen:
             self._paint()
+
+    async def _look_up(self) -> None:
+        key, entity = self.entity_query or ("", "")
+        try:
+            self.entity = await self.link.request("entity", key=key, entity=entity, limit=50)
+        except LinkError as exc:
+            if exc.code == "unavailable" or exc.code == "bad_reply":
+                raise
+            self.entity = {}
+            self.notify(f"{key} {entity}: {exc}", severity="warning")
+            self.entity_query = None
 
     def _show_state(self) -> None:
         link = self.link
@@ -176,84 +287,105 @@ class Console(App):
             text.append("  [display frozen: p]", style="bold magenta")
         if self.readonly:
             text.append("  read-only", style="dim")
-        self.query_one("#state", Static).update(text)
-
-    def _paint(self) -> None:
         try:
-            self._paint_overview()
-            self._paint_models()
-            self._paint_alerts()
+            self.query_one("#state", Static).update(text)
+        except NoMatches:  # the console is closing
+            pass
+
+    # -- painting --------------------------------------------------------------------------
+    def _paint(self, force: bool = False) -> None:
+        """Paint the view on screen, if what it shows changed since it was last painted."""
+        view = self.active_view
+        source = {"overview": (self.stats,), "models": (self.models, self.curve, self.focus_candidate),
+                  "entities": (self.entity,), "data": (self.data,), "alerts": (self.alerts, self.audit)}.get(view)
+        if source is None or (not force and self._painted.get(view) == source):
+            return
+        try:
+            getattr(self, f"_paint_{view}")()
+        except NoMatches:  # the console is closing
+            return
         except Exception as exc:  # an unexpected reply shape must not take the console down
-            self.link.state, self.link.detail = "stale", f"could not show a reply: {exc.__class__.__name__}"
+            self.link.state, self.link.detail = "stale", f"could not show a reply: {exc.__class__.__name__}: {exc}"
             self._show_state()
+            return
+        self._painted[view] = source
+        self.paints += 1
 
     def _paint_overview(self) -> None:
-        stats = self.stats
-        counts = stats.get("counts") or {}
-        model = stats.get("model") or {}
-        served = model.get("served") or {}
-        rates = stats.get("rates") or {}
-        table = Table.grid(padding=(0, 2))
-        for _ in range(4):
-            table.add_column()
-        rows = [
-            ("events/s", _fmt(rates.get("events_per_second"), ",.0f"), "labels/s", _fmt(rates.get("labels_per_second"), ",.0f")),
-            ("events", _fmt(counts.get("events"), ",d"), "predictions", _fmt(counts.get("predictions"), ",d")),
-            ("labels joined", _fmt(counts.get("labels_joined"), ",d"), "pending labels", _fmt(stats.get("pending_labels"), ",d")),
-            ("label join rate", _fmt(stats.get("label_join_rate"), ".1%"), "dead letters", _fmt(counts.get("dead_letters"), ",d")),
-            ("late events", _fmt(counts.get("late_events"), ",d"), "inbox lag", _fmt(stats.get("inbox_lag_bytes"), ",d") + " B"),
-            ("served version", str(model.get("served_version", "-")), "publishing", str(model.get("publishing", "-"))),
-            ("served ROC AUC (recent)", _fmt(served.get("roc_auc_window"), ".4f"), "served log loss", _fmt(served.get("log_loss"), ".4f")),
-            ("champion", str(model.get("champion", "-")), "drift alerts", _fmt((stats.get("drift") or {}).get("alerts"), ",d")),
-            ("watermark", str(stats.get("watermark") or "-"), "uptime", _fmt(stats.get("uptime_seconds"), ",.0f") + " s"),
-        ]
-        for row in rows:
-            table.add_row(Text(row[0], style="dim"), Text(row[1], style="bold"), Text(row[2], style="dim"),
-                          Text(row[3], style="bold"))
-        self.query_one("#figures", Static).update(table)
-        self.query_one("#events-spark", Sparkline).data = list(self.events_rate) or [0]
-        self.query_one("#labels-spark", Sparkline).data = list(self.labels_rate) or [0]
+        self.query_one("#figures", Static).update(panels.overview_figures(self.stats))
+        self.query_one("#stages", Static).update(panels.stage_strip(self.stats))
+        for name, values in (("events", self.events_rate), ("predictions", self.predictions_rate),
+                             ("labels", self.labels_rate), ("p99", self.p99)):
+            self.query_one(f"#{name}-spark", Sparkline).data = list(values) or [0]
 
     def _paint_models(self) -> None:
-        models = self.models
-        probation = models.get("probation")
-        line = (f" serving v{models.get('served')} (champion {models.get('champion')}), publication "
-                f"{models.get('publishing')}, {models.get('total_versions')} versions")
-        if isinstance(probation, dict):
-            line += f"; v{probation.get('version')} on probation: {probation.get('labels')}/{probation.get('needed')} labels"
-        self.query_one("#serving", Static).update(line)
+        self.query_one("#serving", Static).update(panels.serving_line(self.models))
         table = self.query_one("#leaderboard", DataTable)
         selected = table.cursor_row
         table.clear()
-        for row in models.get("leaderboard") or []:
-            metrics = row.get("metrics") or {}
-            primary = "roc_auc" if "roc_auc" in metrics else "mae"
-            duel = row.get("versus_champion") or {}
-            versus = "-" if duel.get("challenger") is None or duel.get("champion") is None else (
-                f"{duel['challenger']:.4f} vs {duel['champion']:.4f} ({duel.get('labels', 0):,})")
-            table.add_row(str(row.get("name")), str(row.get("role")), _fmt(metrics.get(primary + "_window"), ".4f"),
-                          _fmt(metrics.get(primary), ".4f"), _fmt(row.get("labels_scored"), ",d"), versus,
-                          "yes" if row.get("learns") else "no", str(row.get("spec"))[:60], key=str(row.get("name")))
+        for row in panels.leaderboard_rows(self.models):
+            table.add_row(*row, key=row[0])
         if table.row_count:
             table.move_cursor(row=min(selected, table.row_count - 1))
+        curve = self.query_one("#curve", Static)
+        width = max(20, (curve.size.width or self.size.width) - 12)
+        chart, title = panels.curve_chart(self.curve, width, 8, self.focus_candidate)
+        self.query_one("#curve-title", Static).update(title)
+        curve.update(chart)
+
+    def _paint_entities(self) -> None:
+        self.query_one("#entity-summary", Static).update(panels.entity_summary(self.entity))
+        features = self.query_one("#entity-features", DataTable)
+        features.clear()
+        for row in panels.entity_feature_rows(self.entity):
+            features.add_row(*row)
+        recent = self.query_one("#entity-recent", DataTable)
+        recent.clear()
+        for row in panels.entity_recent_rows(self.entity):
+            recent.add_row(*row)
+
+    def _paint_data(self) -> None:
+        self.query_one("#data-summary", Static).update(panels.data_summary(self.data))
+        fields = self.query_one("#fields", DataTable)
+        fields.clear()
+        for row in panels.field_rows(self.data):
+            fields.add_row(*row)
+        dead = self.query_one("#dead-letters", DataTable)
+        dead.clear()
+        for row in panels.dead_letter_rows(self.data):
+            dead.add_row(*row)
 
     def _paint_alerts(self) -> None:
-        from appliance.timeutil import format_timestamp
-
-        def when(value: Any) -> str:
-            return format_timestamp(value) if isinstance(value, (int, float)) else "-"
-
         alerts = self.query_one("#alert-table", DataTable)
         alerts.clear()
-        for alert in self.alerts:
-            alerts.add_row(str(alert.get("id")), when(alert.get("event_ts")), str(alert.get("kind")),
-                           str(alert.get("subject")), str(alert.get("action")))
+        for row in panels.alert_rows(self.alerts):
+            alerts.add_row(*row)
         audit = self.query_one("#audit-table", DataTable)
         audit.clear()
-        for entry in self.audit:
-            audit.add_row(str(entry.get("id")), when(entry.get("event_ts")), str(entry.get("action")),
-                          "-" if entry.get("version") is None else f"v{entry['version']}", str(entry.get("actor")),
-                          str(entry.get("reason"))[:100])
+        for row in panels.audit_rows(self.audit):
+            audit.add_row(*row)
+
+    # -- events ----------------------------------------------------------------------------
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._paint(force=True)
+        self.poll()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "leaderboard":
+            name = str(event.data_table.get_row_at(event.cursor_row)[0])
+            self.focus_candidate = None if self.focus_candidate == name else name
+            self._paint(force=True)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "entity-id":
+            return
+        key = self.query_one("#entity-key", Select).value
+        entity = event.value.strip()
+        if not isinstance(key, str) or not entity:
+            self.notify("choose a key and type an entity id", severity="warning")
+            return
+        self.entity_query = (key, entity)
+        self.poll()
 
     # -- actions ---------------------------------------------------------------------------
     def action_view(self, name: str) -> None:
@@ -263,11 +395,16 @@ class Console(App):
         self.frozen = not self.frozen
         self._show_state()
         if not self.frozen:
-            self._paint()
+            self._paint(force=True)
 
     def action_screenshot(self) -> None:
         path = self.save_screenshot()
         self.notify(f"saved {path}")
+
+    def action_next_theme(self) -> None:
+        themes = [t for t in THEMES if t in self.available_themes]
+        self.theme = themes[(themes.index(self.theme) + 1) % len(themes)] if self.theme in themes else themes[0]
+        self.notify(f"theme: {self.theme}")
 
     def action_rollback(self) -> None:
         previous = self.models.get("previous")
@@ -312,16 +449,3 @@ class Console(App):
             self.poll()
 
         self.push_screen(Confirm(question), act)
-
-
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-def _fmt(value: Any, spec: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "-"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)

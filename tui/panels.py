@@ -1,0 +1,230 @@
+"""What the console shows, as pure functions from the appliance's replies to Rich renderables and
+table rows. No widgets here: `tui.console` puts these into its views. Every function accepts
+replies of any shape (missing keys, wrong types) and shows "-" rather than failing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from appliance.timeutil import format_timestamp
+
+from .chart import PALETTE, legend, line_chart
+
+STAGE_STYLE = {"ok": "green", "idle": "dim", "warn": "yellow", "behind": "dark_orange", "down": "bold red"}
+
+
+def fmt(value: Any, spec: str) -> str:
+    """`value` formatted with `spec`, or "-" when it is not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def when(value: Any) -> str:
+    """An event time (epoch seconds) as ISO-8601, or "-"."""
+    return format_timestamp(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def overview_figures(stats: dict) -> Table:
+    """The overview's grid of figures: throughput, latency, labels, errors, serving."""
+    counts, model = as_dict(stats.get("counts")), as_dict(stats.get("model"))
+    served, rates = as_dict(model.get("served")), as_dict(stats.get("rates"))
+    latency, server = as_dict(stats.get("predict_latency")), as_dict(stats.get("server"))
+    delay = as_dict(stats.get("label_delay_seconds"))
+    table = Table.grid(padding=(0, 2))
+    for _ in range(4):
+        table.add_column()
+    rows = [
+        ("events/s", fmt(rates.get("events_per_second"), ",.0f"), "predictions/s", fmt(rates.get("predictions_per_second"), ",.0f")),
+        ("learns/s", fmt(rates.get("learns_per_second"), ",.0f"), "labels/s", fmt(rates.get("labels_per_second"), ",.0f")),
+        ("predict p50", fmt(latency.get("p50_us"), ",.0f") + " µs", "predict p99", fmt(latency.get("p99_us"), ",.0f") + " µs"),
+        ("events", fmt(counts.get("events"), ",d"), "predictions", fmt(counts.get("predictions"), ",d")),
+        ("labels joined", fmt(counts.get("labels_joined"), ",d"), "pending labels", fmt(stats.get("pending_labels"), ",d")),
+        ("label lag p50", fmt(delay.get("p50"), ",.0f") + " s", "label join rate", fmt(stats.get("label_join_rate"), ".1%")),
+        ("queue (inbox lag)", fmt(stats.get("inbox_lag_bytes"), ",d") + " B", "dead letters", fmt(counts.get("dead_letters"), ",d")),
+        ("late events", fmt(counts.get("late_events"), ",d"), "request errors", fmt(server.get("errors"), ",d")),
+        ("served version", str(model.get("served_version", "-")), "publishing", str(model.get("publishing", "-"))),
+        ("served ROC AUC (recent)", fmt(served.get("roc_auc_window"), ".4f"), "served log loss", fmt(served.get("log_loss"), ".4f")),
+        ("champion", str(model.get("champion", "-")), "drift alerts", fmt(as_dict(stats.get("drift")).get("alerts"), ",d")),
+        ("watermark", str(stats.get("watermark") or "-"), "uptime", fmt(stats.get("uptime_seconds"), ",.0f") + " s"),
+    ]
+    for row in rows:
+        table.add_row(Text(row[0], style="dim"), Text(row[1], style="bold"), Text(row[2], style="dim"),
+                      Text(row[3], style="bold"))
+    return table
+
+
+def stage_strip(stats: dict) -> Text:
+    """ingest -> features -> predict -> labels -> learn, each with its state, then the details."""
+    stages = [s for s in as_list(stats.get("stages")) if isinstance(s, dict)]
+    text = Text(" ")
+    for i, stage in enumerate(stages):
+        state = str(stage.get("state"))
+        if i:
+            text.append(" → ", style="dim")
+        text.append("● ", style=STAGE_STYLE.get(state, "white"))
+        text.append(f"{stage.get('stage')} ", style="bold")
+        text.append(state, style=STAGE_STYLE.get(state, "white"))
+    for stage in stages:
+        if stage.get("state") != "ok":
+            text.append(f"\n   {stage.get('stage')}: {stage.get('detail')}", style=STAGE_STYLE.get(str(stage.get("state")), ""))
+    return text if stages else Text(" stages: -", style="dim")
+
+
+def serving_line(models: dict) -> str:
+    probation = models.get("probation")
+    line = (f" serving v{models.get('served')} (champion {models.get('champion')}), publication "
+            f"{models.get('publishing')}, {models.get('total_versions')} versions")
+    if isinstance(probation, dict):
+        line += f"; v{probation.get('version')} on probation: {probation.get('labels')}/{probation.get('needed')} labels"
+    return line
+
+
+def leaderboard_rows(models: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for row in as_list(models.get("leaderboard")):
+        if not isinstance(row, dict):
+            continue
+        metrics = as_dict(row.get("metrics"))
+        primary = "roc_auc" if "roc_auc" in metrics else "mae"
+        duel = as_dict(row.get("versus_champion"))
+        versus = "-" if not isinstance(duel.get("challenger"), (int, float)) or not isinstance(duel.get("champion"), (int, float)) \
+            else f"{duel['challenger']:.4f} vs {duel['champion']:.4f} ({fmt(duel.get('labels', 0), ',d')})"
+        rows.append((str(row.get("name")), str(row.get("role")), fmt(metrics.get(primary + "_window"), ".4f"),
+                     fmt(metrics.get(primary), ".4f"), fmt(row.get("labels_scored"), ",d"), versus,
+                     "yes" if row.get("learns") else "no", str(row.get("spec"))[:60]))
+    return rows
+
+
+def curve_chart(curve: dict, width: int, height: int, focus: str | None = None) -> tuple[Text, Text]:
+    """The metric curve over event time: the served version and every candidate overlaid.
+
+    Returns (chart, legend). With `focus`, that candidate is drawn last and bold, the others dim.
+    """
+    points = [p for p in as_list(curve.get("points")) if isinstance(p, dict) and isinstance(p.get("event_ts"), (int, float))]
+    names: list[str] = []
+    for point in points:
+        for name in as_dict(point.get("candidates")):
+            if name not in names:
+                names.append(name)
+    series: dict[str, list] = {"served": [(p["event_ts"], _y(p.get("served"))) for p in points]}
+    for name in names:
+        series[name] = [(p["event_ts"], _y(as_dict(p.get("candidates")).get(name))) for p in points]
+    styles = {"served": "bold white"}
+    for i, name in enumerate(names):
+        styles[name] = PALETTE[i % len(PALETTE)]
+    if focus in series:
+        series = {**{k: v for k, v in series.items() if k != focus}, focus: series[focus]}
+        styles = {k: (f"bold {s.split()[-1]}" if k == focus else "dim") for k, s in styles.items()}
+    chart = line_chart(series, width, height, styles=styles,
+                       x_label=lambda x: format_timestamp(x)[:16].replace("T", " "))
+    title = Text(f" {curve.get('metric', 'metric')} over event time, one point per {_every(points)} labels;"
+                 f" champion {curve.get('champion')}\n ", style="dim")
+    title.append_text(legend(list(series), styles))
+    return chart, title
+
+
+def _every(points: list[dict]) -> str:
+    if len(points) >= 2 and isinstance(points[1].get("labels"), int) and isinstance(points[0].get("labels"), int):
+        return f"{points[1]['labels'] - points[0]['labels']:,}"
+    return "few hundred"
+
+
+def _y(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def entity_summary(reply: dict) -> Text:
+    if not reply:
+        return Text(" choose a key, type an entity id and press Enter", style="dim")
+    text = Text(f" {reply.get('key')} {reply.get('entity')}: ", style="bold")
+    if not reply.get("known"):
+        text.append("no features kept (never seen, or expired after its TTL)", style="yellow")
+    else:
+        text.append(f"updated {reply.get('updated_at')} (event time), {fmt(reply.get('age_seconds'), ',.0f')} s before "
+                    f"the watermark; TTL {fmt(reply.get('ttl_seconds'), ',.0f')} s")
+    recent = as_list(reply.get("recent"))
+    text.append(f"\n {len(recent)} newest events shown, {fmt(reply.get('recent_labelled'), 'd')} with a label;"
+                f" as of {reply.get('as_of')}", style="dim")
+    return text
+
+
+def entity_feature_rows(reply: dict) -> list[tuple[str, str]]:
+    return [(str(name), fmt(value, ",.4g")) for name, value in as_dict(reply.get("values")).items()]
+
+
+def entity_recent_rows(reply: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for row in as_list(reply.get("recent")):
+        if not isinstance(row, dict):
+            continue
+        label = row.get("label")
+        rows.append((str(row.get("event_time")), str(row.get("event_id")), fmt(row.get("score"), ".4f"),
+                     "-" if row.get("version") is None else f"v{row.get('version')}",
+                     "-" if label is None else fmt(label, "g"), str(row.get("label_status") or "pending"),
+                     fmt(row.get("label_delay_seconds"), ",.0f")))
+    return rows
+
+
+def field_rows(data: dict) -> list[tuple[str, ...]]:
+    categorical = as_dict(data.get("categorical"))
+    rows = []
+    for name, figures in as_dict(data.get("fields")).items():
+        figures, cat = as_dict(figures), as_dict(categorical.get(name))
+        rows.append((str(name), fmt(figures.get("missing"), ",d"), fmt(figures.get("missing_rate"), ".2%"),
+                     fmt(cat.get("distinct"), ",d"), fmt(cat.get("unseen_rate"), ".2%"),
+                     fmt(cat.get("unseen_rate_recent"), ".2%"), fmt(cat.get("collision_rate"), ".2%")))
+    return rows
+
+
+def data_summary(data: dict) -> Text:
+    text = Text(f" events {fmt(data.get('events'), ',d')}   late {fmt(data.get('late_events'), ',d')} "
+                f"(allowed lateness {fmt(data.get('allowed_lateness_seconds'), ',.0f')} s)   duplicates "
+                f"{fmt(data.get('duplicates'), ',d')}   dead letters {fmt(data.get('dead_letters'), ',d')}")
+    drift = as_dict(data.get("feature_drift"))
+    if drift:
+        text.append(f"\n data drift ({data.get('drift_detector')}):", style="dim")
+        for name, figures in drift.items():
+            figures = as_dict(figures)
+            last = figures.get("last_alert")
+            text.append(f"  {name} mean {fmt(figures.get('estimate'), '.4g')}"
+                        f" over {fmt(figures.get('observations'), ',d')}"
+                        + (f", alerted {when(last)}" if last is not None else ", no alert"))
+    else:
+        text.append("\n data drift: no features monitored ([lifecycle] drift_features)", style="dim")
+    return text
+
+
+def dead_letter_rows(data: dict) -> list[tuple[str, ...]]:
+    return [(when(row.get("watermark")), str(row.get("source")), str(row.get("offset")), str(row.get("reason"))[:90],
+             str(row.get("payload"))[:120]) for row in as_list(data.get("dead_letters_recent")) if isinstance(row, dict)]
+
+
+def alert_rows(alerts: list) -> list[tuple[str, ...]]:
+    return [(str(a.get("id")), when(a.get("event_ts")), str(a.get("kind")), str(a.get("subject")), str(a.get("action")))
+            for a in alerts if isinstance(a, dict)]
+
+
+def audit_rows(audit: list) -> list[tuple[str, ...]]:
+    return [(str(e.get("id")), when(e.get("event_ts")), str(e.get("action")),
+             "-" if e.get("version") is None else f"v{e['version']}", str(e.get("actor")), str(e.get("reason"))[:100])
+            for e in audit if isinstance(e, dict)]
