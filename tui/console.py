@@ -70,6 +70,8 @@ class Console(App):
     TITLE = "appliance console"
     CSS = """
     #state { height: 1; padding: 0 1; }
+    TabbedContent { height: 1fr; }
+    TabPane { height: 1fr; }
     #figures { height: auto; }
     #stages { height: auto; margin: 1 0 0 0; }
     Sparkline { height: 2; margin: 0 1; }
@@ -101,6 +103,7 @@ class Console(App):
         Binding("s", "screenshot", "Screenshot"),
         Binding("t", "next_theme", "Theme"),
         Binding("q", "quit", "Quit"),
+        Binding("escape", "leave_input", "Leave the field", show=False),
     ]
 
     def __init__(self, socket_path: str, *, rate: float = 2.0, readonly: bool = False) -> None:
@@ -192,7 +195,7 @@ class Console(App):
             key = "?" if binding.key == "question_mark" else binding.key
             lines.append(f"  {key:<6} {binding.description}")
         lines += ["  enter  models view: focus the selected candidate's curve; entities view: look up",
-                  "  tab    move between the entity key and id fields",
+                  "  tab    move between the entity key and id fields; esc leaves them",
                   "  ctrl+p command palette (views, theme, quit)", "",
                   "Read-only: actions are refused." if self.readonly else
                   "Actions ask for confirmation; the appliance applies them between two events.", "",
@@ -390,6 +393,9 @@ class Console(App):
     # -- actions ---------------------------------------------------------------------------
     def action_view(self, name: str) -> None:
         self.query_one(TabbedContent).active = name
+
+    def action_leave_input(self) -> None:
+        self.set_focus(None)
 
     def action_freeze(self) -> None:
         self.frozen = not self.frozen

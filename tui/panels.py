@@ -162,9 +162,14 @@ def entity_summary(reply: dict) -> Text:
     else:
         text.append(f"updated {reply.get('updated_at')} (event time), {fmt(reply.get('age_seconds'), ',.0f')} s before "
                     f"the watermark; TTL {fmt(reply.get('ttl_seconds'), ',.0f')} s")
-    recent = as_list(reply.get("recent"))
-    text.append(f"\n {len(recent)} newest events shown, {fmt(reply.get('recent_labelled'), 'd')} with a label;"
-                f" as of {reply.get('as_of')}", style="dim")
+    recent = [row for row in as_list(reply.get("recent")) if isinstance(row, dict)]
+    statuses: dict[str, int] = {}
+    for row in recent:
+        status = str(row.get("label_status") or "pending")
+        statuses[status] = statuses.get(status, 0) + 1
+    breakdown = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    text.append(f"\n {len(recent)} newest events{': ' + breakdown if breakdown else ''}"
+                f" (defaulted: no label within the horizon); as of {reply.get('as_of')}", style="dim")
     return text
 
 

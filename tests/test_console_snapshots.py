@@ -1,0 +1,89 @@
+"""Snapshots of the console at 80x24 and 120x40 (pytest-textual-snapshot), on deterministic data.
+
+The console talks to a real socket server answering with the replies a real appliance gave
+after a fixed stream (`tests/data/console_replies.json`, made by `make_console_replies.py`),
+so every run paints the same screen. After an intended change to the console, look at the
+failing report, then accept with `pytest tests/test_console_snapshots.py --snapshot-update`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.protocol import Protocol
+from appliance.server import SocketServer
+from tui.console import Console
+
+REPLIES = json.loads((Path(__file__).parent / "data" / "console_replies.json").read_text())
+
+
+@pytest.fixture
+def canned_appliance(short_dir, monkeypatch):
+    """A socket server answering every op with its recorded reply; the socket path is relative
+    (the console shows it), so the screen does not depend on the temporary directory."""
+    monkeypatch.chdir(short_dir)
+    handlers = {op: (lambda request, reply=reply: dict(reply)) for op, reply in REPLIES.items()}
+    server = SocketServer(Protocol(handlers), unix_path="appliance.sock")
+    server.start()
+    yield "appliance.sock"
+    server.stop()
+
+
+def settled(view: str, *keys: str):
+    """Open `view`, then wait until the console has polled twice and painted it."""
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        await pilot.press(*keys)
+        for _ in range(500):
+            await pilot.pause(0.02)
+            if app.polls >= 3 and app._painted.get(view) is not None and app.link.state == "connected":
+                break
+        else:
+            raise AssertionError(f"the {view} view never painted")
+        app.frozen = True  # no further repaint between here and the screenshot
+        await pilot.pause()
+    return run_before
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_overview(snap_compare, canned_appliance, size):
+    assert snap_compare(Console(canned_appliance, rate=20), terminal_size=size, run_before=settled("overview"))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_models(snap_compare, canned_appliance, size):
+    assert snap_compare(Console(canned_appliance, rate=20), terminal_size=size, run_before=settled("models", "2"))
+
+
+def test_entities(snap_compare, canned_appliance):
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        await pilot.press("3")
+        for _ in range(500):
+            await pilot.pause(0.02)
+            if app._keys:
+                break
+        app.query_one("#entity-key").value = "card"
+        app.query_one("#entity-id").value = "c3"
+        app.query_one("#entity-id").focus()
+        await pilot.press("enter")
+        await settled("entities")(pilot)
+        for _ in range(500):
+            if app.entity:
+                break
+            await pilot.pause(0.02)
+        app._paint(force=True)
+        await pilot.pause()
+
+    assert snap_compare(Console(canned_appliance, rate=20), terminal_size=(120, 40), run_before=run_before)
+
+
+def test_data(snap_compare, canned_appliance):
+    assert snap_compare(Console(canned_appliance, rate=20), terminal_size=(120, 40), run_before=settled("data", "4"))
+
+
+def test_alerts(snap_compare, canned_appliance):
+    assert snap_compare(Console(canned_appliance, rate=20), terminal_size=(80, 24), run_before=settled("alerts", "5"))
