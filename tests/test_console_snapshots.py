@@ -75,6 +75,7 @@ def test_entities(snap_compare, canned_appliance):
             if app.entity:
                 break
             await pilot.pause(0.02)
+        app.set_focus(None)  # no blinking cursor in the picture
         app._paint(force=True)
         await pilot.pause()
 

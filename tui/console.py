@@ -28,13 +28,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
-from textual.widgets import (Button, DataTable, Footer, Header, Input, Label, Select, Sparkline, Static, TabbedContent,
+from textual.widgets import (Button, DataTable, Footer, Header, Input, Label, Select, Static, TabbedContent,
                              TabPane)
 
 from . import panels
 from .link import Link, LinkError
 
-HISTORY = 240  # samples kept for the sparklines (two minutes at the default rate)
+HISTORY_SECONDS = 300  # the sparklines cover the last five minutes
 STATE_STYLE = {"connecting": "yellow", "connected": "green", "stale": "dark_orange", "disconnected": "red"}
 VIEWS = {"overview": "Overview", "models": "Models", "entities": "Entities", "data": "Features and data",
          "alerts": "Alerts and audit", "help": "Help"}
@@ -72,9 +72,10 @@ class Console(App):
     #state { height: 1; padding: 0 1; }
     TabbedContent { height: 1fr; }
     TabPane { height: 1fr; }
-    #figures { height: auto; }
+    #figures { height: 12; }
     #stages { height: auto; margin: 1 0 0 0; }
-    Sparkline { height: 2; margin: 0 1; }
+    #sparks-title { margin: 1 0 0 0; color: $text-muted; }
+    #sparks { height: 4; }
     #confirm { width: 60; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
     Confirm { align: center middle; }
     DataTable { height: 1fr; }
@@ -121,16 +122,18 @@ class Console(App):
         self.entity: dict[str, Any] = {}
         self.entity_query: tuple[str, str] | None = None
         self.focus_candidate: str | None = None
-        self.events_rate: deque = deque(maxlen=HISTORY)
-        self.predictions_rate: deque = deque(maxlen=HISTORY)
-        self.labels_rate: deque = deque(maxlen=HISTORY)
-        self.p99: deque = deque(maxlen=HISTORY)
+        history = max(10, round(HISTORY_SECONDS * rate))
+        self.events_rate: deque = deque(maxlen=history)
+        self.predictions_rate: deque = deque(maxlen=history)
+        self.labels_rate: deque = deque(maxlen=history)
+        self.p99: deque = deque(maxlen=history)
         self.polls = 0
         self.paints = 0
         self.last_ok = 0.0
         self._polling = False
         self._painted: dict[str, Any] = {}
         self._keys: list[str] = []
+        self._strip_lines = -1
 
     # -- layout ----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -141,14 +144,8 @@ class Console(App):
                 with VerticalScroll():
                     yield Static(id="figures")
                     yield Static(id="stages")
-                    yield Label(" events/s")
-                    yield Sparkline([0], id="events-spark")
-                    yield Label(" predictions/s")
-                    yield Sparkline([0], id="predictions-spark")
-                    yield Label(" labels learned/s")
-                    yield Sparkline([0], id="labels-spark")
-                    yield Label(" predict p99 (µs, server time)")
-                    yield Sparkline([0], id="p99-spark")
+                    yield Label(" the last five minutes", id="sparks-title")
+                    yield Static(id="sparks")
             with TabPane("2 Models", id="models"):
                 with VerticalScroll():
                     yield Static(id="serving")
@@ -291,7 +288,7 @@ class Console(App):
         if self.readonly:
             text.append("  read-only", style="dim")
         try:
-            self.query_one("#state", Static).update(text)
+            self.query_one("#state", Static).update(text, layout=False)
         except NoMatches:  # the console is closing
             pass
 
@@ -315,11 +312,18 @@ class Console(App):
         self.paints += 1
 
     def _paint_overview(self) -> None:
-        self.query_one("#figures", Static).update(panels.overview_figures(self.stats))
-        self.query_one("#stages", Static).update(panels.stage_strip(self.stats))
-        for name, values in (("events", self.events_rate), ("predictions", self.predictions_rate),
-                             ("labels", self.labels_rate), ("p99", self.p99)):
-            self.query_one(f"#{name}-spark", Sparkline).data = list(values) or [0]
+        self.query_one("#figures", Static).update(panels.overview_figures(self.stats), layout=False)
+        strip = panels.stage_strip(self.stats)
+        lines = strip.plain.count("\n")
+        self.query_one("#stages", Static).update(strip, layout=lines != self._strip_lines)
+        self._strip_lines = lines
+        sparks = self.query_one("#sparks", Static)
+        sparks.update(panels.sparklines([("events/s", list(self.events_rate), ",.0f"),
+                                         ("predictions/s", list(self.predictions_rate), ",.0f"),
+                                         ("learns/s", list(self.labels_rate), ",.0f"),
+                                         ("predict p99 µs", list(self.p99), ",.0f")], sparks.size.width or self.size.width,
+                                        self.p99.maxlen),
+                      layout=False)
 
     def _paint_models(self) -> None:
         self.query_one("#serving", Static).update(panels.serving_line(self.models))

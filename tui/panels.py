@@ -73,6 +73,45 @@ def overview_figures(stats: dict) -> Table:
     return table
 
 
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int, capacity: int | None = None) -> str:
+    """`values` as one line of block characters scaled to their maximum, the newest on the right.
+
+    The line stands for `capacity` values (default: as many as given) in at most `width` cells:
+    runs of values share a cell (their mean), and the part of the history not collected yet is
+    blank, so the time axis stays fixed while the history fills.
+
+    >>> sparkline([0, 1, 2, 4, 8], 5)
+    ' ▁▂▄█'
+    >>> sparkline([0, 0, 4, 4, 8, 8], 3)
+    ' ▄█'
+    >>> sparkline([2, 2, 4, 4], 4, capacity=8)
+    '  ▄█'
+    """
+    capacity = max(capacity or len(values), len(values), 1)
+    run = -(-capacity // max(1, width))
+    cells = -(-capacity // run)
+    means = [sum(values[i:i + run]) / len(values[i:i + run]) for i in range(0, len(values), run)]
+    top = max(means, default=0.0)
+    bars = "".join(_BARS[max(1, round(v / top * 8))] if top > 0 and v > 0 else "▁" if top <= 0 else " " for v in means)
+    return bars.rjust(cells)
+
+
+def sparklines(series: list[tuple[str, list[float], str]], width: int, capacity: int | None = None) -> Text:
+    """One labelled line per series: name, sparkline of its whole history, newest value (`fmt` spec)."""
+    text = Text()
+    for i, (name, values, spec) in enumerate(series):
+        if i:
+            text.append("\n")
+        newest = fmt(values[-1], spec) if values else "-"
+        text.append(f" {name:<16}", style="dim")
+        text.append(sparkline(values, max(8, width - 30), capacity), style="cyan")
+        text.append(f" {newest:>10}", style="bold")
+    return text
+
+
 def stage_strip(stats: dict) -> Text:
     """ingest -> features -> predict -> labels -> learn, each with its state, then the details."""
     stages = [s for s in as_list(stats.get("stages")) if isinstance(s, dict)]
