@@ -152,11 +152,22 @@ def predict(event: str | None, socket_path: str, no_ingest: bool, explain: bool)
 @SOCKET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the raw stats as JSON.")
 @click.option("--prometheus", is_flag=True, help="Print them in the Prometheus text format.")
+@click.option("--watch", "watch", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
+              help="Keep printing a status line (or JSON with --json) every SECONDS, pushed by the appliance.")
 @friendly_errors
-def stats(socket_path: str, as_json: bool, prometheus: bool) -> None:
+def stats(socket_path: str, as_json: bool, prometheus: bool, watch: float | None) -> None:
     """Show the running appliance's counters, label join and model metrics."""
     from .client import Client
 
+    if watch is not None:
+        with Client(socket_path) as client:
+            try:
+                for update in client.watch(watch):
+                    for field in ("ok", "id", "update", "dropped"):
+                        update.pop(field, None)
+                    click.echo(orjson.dumps(update).decode() if as_json else format_status(update))
+            except KeyboardInterrupt:
+                return
     with Client(socket_path) as client:
         reply = client.request("stats")
     reply.pop("ok", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -73,6 +74,13 @@ class Client:
         """Send many request lines at once, then read one reply per line, in order."""
         self._send(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
         return [orjson.loads(self._read_line()) for _ in lines]
+
+    def watch(self, interval: float = 1.0) -> Iterator[dict[str, Any]]:
+        """Ask for pushed stats updates every `interval` seconds and yield them as they come."""
+        self.request("watch", interval=interval)
+        self.sock.settimeout(interval + 10.0)
+        while True:
+            yield orjson.loads(self._read_line())
 
     def _send(self, data: bytes) -> None:
         try:

@@ -9,7 +9,7 @@ reference for clients.
 >>> proto.handle_line(b'{"op": "add", "id": 7, "a": 1, "b": 2}', Session())
 b'{"id":7,"ok":true,"sum":3}\\n'
 >>> proto.handle_line(b'{"op": "mul"}', Session())
-b'{"id":null,"ok":false,"error":{"code":"unknown_op","message":"unknown op \\\\"mul\\\\"; known ops: add, auth"}}\\n'
+b'{"id":null,"ok":false,"error":{"code":"unknown_op","message":"unknown op \\\\"mul\\\\"; known ops: add, auth, unwatch, watch"}}\\n'
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 MAX_DEPTH = 128
+MIN_WATCH = 0.1  # seconds: the shortest interval between pushed stats updates
 """Deepest nesting of arrays and objects a request may have; deeper lines are `bad_json`."""
 
 _MAX_MESSAGE = 500
@@ -56,11 +57,15 @@ class Session:
         authenticated: Whether requests may run without carrying a token.
         peer: `"unix"` or `"tcp"`, the kind of socket the connection came in on.
         token: The token the server was started with, or None when it has none.
+        watch: Seconds between two pushed stats updates, after a `watch` request; None when not watching.
+        watch_id: The `id` of the `watch` request, carried by every update it pushes.
     """
 
     authenticated: bool = True
     peer: str = "unix"
     token: str | None = None
+    watch: float | None = None
+    watch_id: Any = None
 
 
 def encode_reply(obj: Mapping[str, Any]) -> bytes:
@@ -144,7 +149,7 @@ class Protocol:
         self.handlers: dict[str, Handler] = dict(handlers)
         self.max_line = max_line
         self.errors_total = 0
-        self.known_ops = tuple(sorted(set(self.handlers) | {"auth"}))
+        self.known_ops = tuple(sorted(set(self.handlers) | {"auth", "watch", "unwatch"}))
 
     def handle_line(self, line: bytes | bytearray, session: Session) -> bytes:
         """Answer one request line (a trailing `\\n` or `\\r\\n` is allowed) with one reply line.
@@ -165,7 +170,24 @@ class Protocol:
             self.errors_total += 1
             return error_reply(reject.id, reject.code, reject.message)
         request.pop("token", None)
+        if handler is _watch:
+            return self._watch(request, session, rid)
         return self._run(handler, request, rid)
+
+    def _watch(self, request: dict[str, Any], session: Session, rid: Any) -> bytes:
+        """Start (`watch`, with `interval` seconds, default 1) or stop (`unwatch`) pushed stats updates.
+
+        The transport does the pushing; here the session only records what was asked.
+        """
+        if request.get("op") == "unwatch":
+            session.watch = session.watch_id = None
+            return _DUMPS({"id": rid, "ok": True, "watching": False}, option=_NEWLINE)
+        interval = request.get("interval", 1.0)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not MIN_WATCH <= interval <= 3600:
+            self.errors_total += 1
+            return error_reply(rid, "bad_request", f'"interval" must be seconds from {MIN_WATCH} to 3600')
+        session.watch, session.watch_id = float(interval), rid
+        return _DUMPS({"id": rid, "ok": True, "watching": True, "interval": float(interval)}, option=_NEWLINE)
 
     def line_too_long(self) -> bytes:
         """Build the error reply for a line over `max_line` (the transport discards the line)."""
@@ -216,6 +238,8 @@ class Protocol:
             raise _Reject(rid, "bad_request", f'field "op" {problem}')
         if op == "auth":
             return _auth_ok
+        if op == "watch" or op == "unwatch":
+            return _watch
         handler = self.handlers.get(op)
         if handler is None:
             known = ", ".join(self.known_ops)
@@ -250,6 +274,10 @@ class _Reject(Exception):
         self.id = id
         self.code = code
         self.message = message
+
+
+def _watch(request: dict[str, Any]) -> None:
+    """Marker for the built-in `watch` and `unwatch` ops (handled by `Protocol._watch`)."""
 
 
 def _auth_ok(request: dict[str, Any]) -> None:

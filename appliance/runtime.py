@@ -148,7 +148,7 @@ class Appliance:
         service = Service(self.engine, inbox, self.board)
         service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
         server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
-                              tcp=self.options.tcp, token=self.options.token)
+                              tcp=self.options.tcp, token=self.options.token, watch_source=lambda: service.stats({}))
         service.server_stats = server.stats
         server.start()
         self.server, self.inbox, self.service = server, inbox, service

@@ -13,6 +13,12 @@ non-loopback address without a token is refused.
 Backpressure: a client that sends but does not read fills its write buffer; past the high-water
 mark the server stops reading from it until the buffer drains, so its memory stays bounded and
 other clients are unaffected.
+
+Pushed updates: after `{"op": "watch", "interval": 1}` a connection gets a stats line every
+`interval` seconds (built once per tick for all watchers) until `unwatch` or close. Each update is
+a whole snapshot, so a watcher that does not keep up loses nothing by skipping one: while more
+than `WATCH_BUFFER` bytes wait in its write buffer, its updates are dropped (counted, and the next
+one it gets says how many), never queued. A slow or frozen dashboard costs the appliance nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ import os
 import socket
 import stat
 import threading
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from .errors import ConfigError
 from .protocol import Protocol, Session
@@ -34,11 +43,14 @@ log = logging.getLogger(__name__)
 __all__ = ["SocketServer"]
 
 HIGH_WATER = 1 << 20
+WATCH_BUFFER = 64 << 10  # bytes waiting for a watcher past which its updates are dropped
+WATCH_TICK = 0.05  # seconds between two checks for due updates
 MAX_UNIX_PATH = 104
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "session", "transport", "buffer", "discarding", "paused")
+    __slots__ = ("server", "session", "transport", "buffer", "discarding", "paused", "next_push", "dropped",
+                 "pushed")
 
     def __init__(self, server: SocketServer, session: Session) -> None:
         self.server = server
@@ -47,6 +59,9 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.discarding = False
         self.paused = False
+        self.next_push = 0.0
+        self.dropped = 0
+        self.pushed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
@@ -61,6 +76,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.watchers.discard(self)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -101,6 +117,12 @@ class _Connection(asyncio.Protocol):
             out = b"".join(replies)
             server.bytes_out += len(out)
             transport.write(out)
+        if (self.session.watch is not None) != (self in server.watchers):
+            if self.session.watch is None:
+                server.watchers.discard(self)
+            else:
+                server.watchers.add(self)
+                self.next_push = 0.0  # the first update goes out at the next tick
 
     def eof_received(self) -> bool:
         return False  # half-closed by the client: replies written so far are flushed, then close
@@ -126,10 +148,13 @@ class SocketServer:
         tcp: (host, port) to listen on as well; port 0 picks a free one (see `tcp_address`).
         token: Required from TCP clients (`{"op": "auth", "token": ...}` or a `token` field).
         max_connections: Connections beyond this are closed right after accept.
+        watch_source: Returns the stats pushed to watchers (called on the loop thread, once per
+            tick with a watcher due); None refuses `watch` requests' updates (none are sent).
     """
 
     def __init__(self, protocol: Protocol, *, unix_path: str | None, tcp: tuple[str, int] | None = None,
-                 token: str | None = None, max_connections: int = 1024) -> None:
+                 token: str | None = None, max_connections: int = 1024,
+                 watch_source: Callable[[], dict] | None = None) -> None:
         if unix_path is None and tcp is None:
             raise ConfigError("the server needs a Unix socket path or a TCP address")
         if tcp is not None and token is None and not _is_loopback(tcp[0]):
@@ -142,6 +167,10 @@ class SocketServer:
         self.max_connections = max_connections
         self.tcp_address: tuple[str, int] | None = None
         self.connections: set[_Connection] = set()
+        self.watchers: set[_Connection] = set()
+        self.watch_source = watch_source
+        self.watch_pushed = 0
+        self.watch_dropped = 0
         self.connections_total = 0
         self.connections_refused = 0
         self.paused_total = 0
@@ -155,6 +184,7 @@ class SocketServer:
         self._stopped = threading.Event()
         self._error: BaseException | None = None
         self._stop_lock = threading.Lock()
+        self._pusher: asyncio.Task | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,7 +215,8 @@ class SocketServer:
         return {"connections_open": len(self.connections), "connections_total": self.connections_total,
                 "connections_refused": self.connections_refused, "requests": self.requests,
                 "errors": self.protocol.errors_total, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                "paused_clients": self.paused_total}
+                "paused_clients": self.paused_total, "watchers": len(self.watchers),
+                "watch_updates_pushed": self.watch_pushed, "watch_updates_dropped": self.watch_dropped}
 
     # -- internals ------------------------------------------------------------------------
     def _serve(self, unix_sock: socket.socket | None, tcp_sock: socket.socket | None) -> None:
@@ -208,12 +239,47 @@ class SocketServer:
             loop.close()
             return
         self._ready.set()
+        if self.watch_source is not None:
+            self._pusher = loop.create_task(self._push_updates())
         try:
             loop.run_forever()
         finally:
             loop.close()
 
+    async def _push_updates(self) -> None:
+        """Send each watcher its due stats update, or drop it if the watcher is not reading."""
+        loop = asyncio.get_running_loop()
+        seq = 0
+        while True:
+            await asyncio.sleep(WATCH_TICK)
+            now = loop.time()
+            due = [c for c in self.watchers if c.next_push <= now and c.transport is not None]
+            if not due:
+                continue
+            try:
+                body = orjson.dumps(self.watch_source(), option=orjson.OPT_NON_STR_KEYS)  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - a failing snapshot skips a tick, never kills the pusher
+                log.exception("stats for watchers failed")
+                continue
+            seq += 1
+            for connection in due:
+                connection.next_push = now + (connection.session.watch or 1.0)
+                transport = connection.transport
+                if connection.paused or transport.get_write_buffer_size() > WATCH_BUFFER:  # type: ignore[union-attr]
+                    connection.dropped += 1
+                    self.watch_dropped += 1
+                    continue
+                head = orjson.dumps({"id": connection.session.watch_id, "ok": True, "update": seq,
+                                     "dropped": connection.dropped})
+                line = head[:-1] + b"," + body[1:] + b"\n" if len(body) > 2 else head + b"\n"
+                transport.write(line)  # type: ignore[union-attr]
+                connection.pushed += 1
+                self.watch_pushed += 1
+                self.bytes_out += len(line)
+
     async def _shutdown(self) -> None:
+        if self._pusher is not None:
+            self._pusher.cancel()
         for server in self._servers:
             server.close()
         for connection in list(self.connections):

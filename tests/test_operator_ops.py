@@ -105,3 +105,25 @@ def test_curve_tracks_every_candidate_and_stats_carry_stage_health_and_latency(s
     # the dataflow stopped: ingest is down, and says so
     from appliance.health import stage_health
     assert stage_health(stats, flow_alive=False)[0]["state"] == "down"
+
+
+def test_stats_watch_streams_pushed_updates_to_the_cli(short_dir):
+    import os
+    import subprocess
+    import sys
+
+    import orjson
+
+    config = config_in(short_dir)
+    with serving(config), Client(config.socket) as client:
+        feed(client, make_stream(200))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        watcher = subprocess.Popen([sys.executable, "-m", "appliance", "stats", "--socket", config.socket,
+                                    "--watch", "0.1", "--json"], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            updates = [orjson.loads(watcher.stdout.readline()) for _ in range(3)]
+        finally:
+            watcher.terminate()
+            watcher.wait(10)
+        assert all(u["counts"]["events"] == 200 and "stages" in u for u in updates)
+        assert client.request("stats")["server"]["watch_updates_pushed"] >= 3

@@ -213,3 +213,79 @@ def test_connections_over_the_limit_are_closed(short_dir):
 def test_client_says_how_to_start_the_appliance(short_dir):
     with pytest.raises(ApplianceError, match="appliance up"):
         Client(str(short_dir / "missing.sock"))
+
+
+def watched_server(short_dir, payload_bytes=100):
+    ticks = {"n": 0}
+
+    def snapshot():
+        ticks["n"] += 1
+        return {"tick": ticks["n"], "pad": "x" * payload_bytes}
+
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=str(short_dir / "w.sock"), watch_source=snapshot)
+    srv.start()
+    return srv
+
+
+def test_watch_pushes_stats_updates_until_unwatch(short_dir):
+    srv = watched_server(short_dir)
+    try:
+        sock = raw_connect(srv.unix_path)
+        sock.sendall(b'{"op": "watch", "id": "w1", "interval": 0.1}\n')
+        lines = read_lines(sock, 4)
+        assert lines[0] == {"id": "w1", "ok": True, "watching": True, "interval": 0.1}
+        updates = lines[1:]
+        assert all(u["id"] == "w1" and u["ok"] and u["dropped"] == 0 and u["pad"] == "x" * 100 for u in updates)
+        assert [u["update"] for u in updates] == sorted({u["update"] for u in updates})
+        assert updates[0]["tick"] < updates[1]["tick"] < updates[2]["tick"]
+        # unwatch: its reply is the last line about the watch; the next line answers the next request
+        sock.sendall(b'{"op": "unwatch", "id": "w2"}\n{"op": "echo", "id": 3, "value": "after"}\n')
+        rest = b""
+        while b'"after"' not in rest:
+            chunk = sock.recv(1 << 16)
+            assert chunk
+            rest += chunk
+        tail = [orjson.loads(line) for line in rest.splitlines()]
+        stop = next(i for i, line in enumerate(tail) if line.get("id") == "w2")
+        assert tail[stop] == {"id": "w2", "ok": True, "watching": False}
+        assert tail[stop + 1:] == [{"id": 3, "ok": True, "echo": "after"}]
+        assert srv.stats()["watchers"] == 0
+        # a bad interval is an error reply, and the connection stays usable
+        sock.sendall(b'{"op": "watch", "id": 4, "interval": 0}\n{"op": "echo", "id": 5, "value": "ok"}\n')
+        error, echo = read_lines(sock, 2)
+        assert error["error"]["code"] == "bad_request" and echo["echo"] == "ok"
+        sock.close()
+    finally:
+        srv.stop()
+
+
+def test_a_watcher_that_does_not_read_gets_updates_dropped_not_queued(short_dir):
+    import time
+
+    srv = watched_server(short_dir, payload_bytes=50_000)
+    try:
+        hog = raw_connect(srv.unix_path)
+        hog.sendall(b'{"op": "watch", "id": "hog", "interval": 0.1}\n')
+        deadline = time.monotonic() + 60
+        while srv.stats()["watch_updates_dropped"] < 5:  # the kernel buffer fills, then its write buffer
+            assert time.monotonic() < deadline, srv.stats()
+            threading.Event().wait(0.05)
+        (watcher,) = srv.watchers
+        from appliance.server import WATCH_BUFFER
+        assert watcher.transport.get_write_buffer_size() <= WATCH_BUFFER + 60_000  # at most one update past the mark
+        with Client(srv.unix_path, timeout=5) as other:  # everyone else is served as usual
+            assert other.request("echo", value="still here")["echo"] == "still here"
+        # the hog reads again: what it missed was dropped, and an update says how many
+        hog.settimeout(10)
+        data = b""
+        while True:
+            chunk = hog.recv(1 << 20)
+            assert chunk
+            data += chunk
+            lines = [orjson.loads(line) for line in data.split(b"\n")[1:-1]]
+            if any(line.get("dropped", 0) > 0 for line in lines):
+                break
+        assert max(line["dropped"] for line in lines) >= 5
+        hog.close()
+    finally:
+        srv.stop()
