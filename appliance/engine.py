@@ -99,7 +99,9 @@ class Engine(EngineCommands):
             self.offsets[source] = offset
 
     def _on_event(self, event: Event, served: dict | None, ingest: bool, source: str, offset: int | None) -> None:
-        if event.ts < self.watermark - self.lateness:
+        # A scored-only event (`"ingest": false`) is not part of the stream: it is logged with its
+        # prediction however old its time, and neither moves event time nor changes any state.
+        if ingest and event.ts < self.watermark - self.lateness:
             self.counts["late_events"] += 1
             behind = self.watermark - event.ts
             reason = f"late: {behind:.0f}s behind the watermark {format_timestamp(self.watermark)} (allowed {self.lateness:.0f}s)"
@@ -120,7 +122,7 @@ class Engine(EngineCommands):
             self._ingest(event, source, offset)
         self.counts["predictions"] += 1
         self._log_event(event, source, offset, ingest)
-        if event.ts > self.watermark:
+        if ingest and event.ts > self.watermark:
             self.watermark = event.ts
             self._sweep()
         shadow = model.shadow(x)

@@ -127,3 +127,27 @@ def test_stats_watch_streams_pushed_updates_to_the_cli(short_dir):
             watcher.wait(10)
         assert all(u["counts"]["events"] == 200 and "stages" in u for u in updates)
         assert client.request("stats")["server"]["watch_updates_pushed"] >= 3
+
+
+def test_a_scored_only_event_is_logged_never_late_and_does_not_move_event_time(short_dir):
+    config = config_in(short_dir)
+    stream = make_stream(200)
+    with serving(config), Client(config.socket) as client:
+        feed(client, stream)
+        before = client.request("stats")
+        old = {"event_id": "old", "ts": stream[0]["ts"] - 86_400, "user": "u1", "card": "c1", "amount": 9.5, "city": "faro"}
+        ahead = {"event_id": "ahead", "ts": stream[-1]["ts"] + 86_400 * 30, "user": "u1", "card": "c1", "amount": 9.5,
+                 "city": "faro"}
+        for event in (old, ahead):
+            client.request("predict", event=event, ingest=False)
+        deadline = time.monotonic() + 30
+        while client.request("stats")["counts"]["predictions"] < before["counts"]["predictions"] + 2:
+            assert time.monotonic() < deadline
+        after = client.request("stats")
+        assert after["counts"]["late_events"] == 0 and after["counts"]["dead_letters"] == 0
+        assert after["watermark"] == before["watermark"]
+        assert after["counts"]["events"] == before["counts"]["events"]  # no entity state changed
+        # the next event of the stream is not late because of the one far ahead
+        feed(client, [{"type": "payment", "event_id": "next", "ts": stream[-1]["ts"] + 1, "user": "u2", "card": "c2",
+                       "amount": 5.0, "city": "porto"}])
+        assert client.request("stats")["counts"]["late_events"] == 0
