@@ -194,6 +194,8 @@ class Console(App):
         lines += ["  enter  models view: focus the selected candidate's curve; entities view: look up",
                   "  tab    move between the entity key and id fields; esc leaves them",
                   "  ctrl+p command palette (views, theme, quit)", "",
+                  "Entities: a label is joined (arrived in time), defaulted (none within the horizon: the",
+                  "default label was learned), late, or pending; scored only = predicted with ingest false.", "",
                   "Read-only: actions are refused." if self.readonly else
                   "Actions ask for confirmation; the appliance applies them between two events.", "",
                   "States: connecting, connected, stale (a reply came late or was unreadable),",

@@ -204,16 +204,36 @@ def entity_summary(reply: dict) -> Text:
     recent = [row for row in as_list(reply.get("recent")) if isinstance(row, dict)]
     statuses: dict[str, int] = {}
     for row in recent:
-        status = str(row.get("label_status") or "pending")
+        status = _status(row)
         statuses[status] = statuses.get(status, 0) + 1
     breakdown = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     text.append(f"\n {len(recent)} newest events{': ' + breakdown if breakdown else ''}"
-                f" (defaulted: no label within the horizon); as of {reply.get('as_of')}", style="dim")
+                f"; as of {reply.get('as_of')}", style="dim")
     return text
 
 
+def feature_value(value: Any) -> str:
+    """A feature value, readable: thousands separated, at most four decimals, no trailing zeros.
+
+    >>> [feature_value(v) for v in (0.0, 41178.25, 0.123456, 2e9, None)]
+    ['0', '41,178.25', '0.1235', '2e+09', '-']
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    if abs(value) >= 1e9:
+        return f"{value:.4g}"
+    text = f"{value:,.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _status(row: dict) -> str:
+    if row.get("label_status"):
+        return str(row["label_status"])
+    return "pending" if row.get("ingested", True) else "scored only"
+
+
 def entity_feature_rows(reply: dict) -> list[tuple[str, str]]:
-    return [(str(name), fmt(value, ",.4g")) for name, value in as_dict(reply.get("values")).items()]
+    return [(str(name), feature_value(value)) for name, value in as_dict(reply.get("values")).items()]
 
 
 def entity_recent_rows(reply: dict) -> list[tuple[str, ...]]:
@@ -224,7 +244,7 @@ def entity_recent_rows(reply: dict) -> list[tuple[str, ...]]:
         label = row.get("label")
         rows.append((str(row.get("event_time")), str(row.get("event_id")), fmt(row.get("score"), ".4f"),
                      "-" if row.get("version") is None else f"v{row.get('version')}",
-                     "-" if label is None else fmt(label, "g"), str(row.get("label_status") or "pending"),
+                     "-" if label is None else fmt(label, "g"), _status(row),
                      fmt(row.get("label_delay_seconds"), ",.0f")))
     return rows
 
