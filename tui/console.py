@@ -298,7 +298,8 @@ class Console(App):
     def _paint(self, force: bool = False) -> None:
         """Paint the view on screen, if what it shows changed since it was last painted."""
         view = self.active_view
-        source = {"overview": (self.stats,), "models": (self.models, self.curve, self.focus_candidate),
+        source = {"overview": (self.stats,), "models": (self.models, self.curve, self.focus_candidate,
+                                                       panels.as_dict(self.stats.get("drift"))),
                   "entities": (self.entity,), "data": (self.data,), "alerts": (self.alerts, self.audit)}.get(view)
         if source is None or (not force and self._painted.get(view) == source):
             return
@@ -328,7 +329,7 @@ class Console(App):
                       layout=False)
 
     def _paint_models(self) -> None:
-        self.query_one("#serving", Static).update(panels.serving_line(self.models))
+        self.query_one("#serving", Static).update(panels.serving_line(self.models, self.stats))
         table = self.query_one("#leaderboard", DataTable)
         selected = table.cursor_row
         table.clear()

@@ -129,12 +129,20 @@ def stage_strip(stats: dict) -> Text:
     return text if stages else Text(" stages: -", style="dim")
 
 
-def serving_line(models: dict) -> str:
+def serving_line(models: dict, stats: dict | None = None) -> str:
+    """What serves, the publication state, any probation, and the concept-drift detector's state."""
     probation = models.get("probation")
     line = (f" serving v{models.get('served')} (champion {models.get('champion')}), publication "
             f"{models.get('publishing')}, {models.get('total_versions')} versions")
     if isinstance(probation, dict):
         line += f"; v{probation.get('version')} on probation: {probation.get('labels')}/{probation.get('needed')} labels"
+    drift = as_dict((stats or {}).get("drift"))
+    if drift:
+        recent = [a for a in as_list(drift.get("recent")) if isinstance(a, dict)]
+        last = f", last {when(recent[-1].get('event_ts'))} ({recent[-1].get('action')})" if recent else ""
+        detector = str(drift.get("detector")).removeprefix("drift.").removesuffix("()")
+        line += (f"\n drift ({detector}, served error): estimate {fmt(drift.get('error_estimate'), '.4f')}, "
+                 f"{fmt(drift.get('alerts'), ',d')} alerts{last}")
     return line
 
 
