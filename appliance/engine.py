@@ -99,9 +99,10 @@ class Engine(EngineCommands):
             self.offsets[source] = offset
 
     def _on_event(self, event: Event, served: dict | None, ingest: bool, source: str, offset: int | None) -> None:
-        # A scored-only event (`"ingest": false`) is not part of the stream: it is logged with its
-        # prediction however old its time, and neither moves event time nor changes any state.
-        if ingest and event.ts < self.watermark - self.lateness:
+        # A scored-only event (`"ingest": false`) is not part of the stream: it never moves event time
+        # or changes state, and once scored over the socket (`served`: features computed then) it is
+        # logged however far event time has moved on since.
+        if (ingest or served is None) and event.ts < self.watermark - self.lateness:
             self.counts["late_events"] += 1
             behind = self.watermark - event.ts
             reason = f"late: {behind:.0f}s behind the watermark {format_timestamp(self.watermark)} (allowed {self.lateness:.0f}s)"

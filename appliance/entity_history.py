@@ -50,7 +50,7 @@ class EntityHistory:
         return ("SELECT e.event_id, e.ts, e.ingested, p.score, p.version, p.origin, l.label, l.status, l.delay "
                 "FROM events e LEFT JOIN predictions p ON p.event_id = e.event_id "
                 "LEFT JOIN labels l ON l.event_id = e.event_id "
-                f"WHERE json_extract(e.payload, '{path}') IN (?, ?) ORDER BY e.ts DESC LIMIT ?")
+                f"WHERE json_extract(e.payload, '{path}') = ? ORDER BY e.ts DESC LIMIT ?")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -60,10 +60,14 @@ class EntityHistory:
     def recent(self, key: str, entity: str, limit: int = 20) -> list[dict[str, Any]]:
         """The newest `limit` events of `entity` under `key`, newest first.
 
-        An entity given as text also matches events that carried it as a JSON number.
+        An entity given as text also matches events that carried it as a JSON number. Each query
+        walks the index newest first and stops after `limit` rows, however many events the entity has.
         """
-        as_number: Any = int(entity) if entity.lstrip("-").isdigit() else entity
-        rows = self._connection().execute(self._sql[key], (entity, as_number, limit)).fetchall()
+        conn, sql = self._connection(), self._sql[key]
+        rows = conn.execute(sql, (entity, limit)).fetchall()
+        if entity.lstrip("-").isdigit():
+            rows += conn.execute(sql, (int(entity), limit)).fetchall()
+            rows = sorted(rows, key=lambda row: row[1], reverse=True)[:limit]
         return [{"event_id": event_id, "event_time": format_timestamp(ts), "ingested": bool(ingested),
                  "score": score, "version": version, "origin": origin, "label": label,
                  "label_status": status, "label_delay_seconds": delay}

@@ -26,11 +26,11 @@ import orjson
 
 from .errors import ApplianceError
 
-__all__ = ["MAX_DEPTH", "Handler", "Protocol", "Session", "encode_reply", "error_reply"]
+__all__ = ["MAX_DEPTH", "Deferred", "Handler", "Protocol", "Session", "encode_reply", "error_reply"]
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+Handler = Callable[[dict[str, Any]], "dict[str, Any] | Deferred | None"]
 
 MAX_DEPTH = 128
 MIN_WATCH = 0.1  # seconds: the shortest interval between pushed stats updates
@@ -151,10 +151,11 @@ class Protocol:
         self.errors_total = 0
         self.known_ops = tuple(sorted(set(self.handlers) | {"auth", "watch", "unwatch"}))
 
-    def handle_line(self, line: bytes | bytearray, session: Session) -> bytes:
+    def handle_line(self, line: bytes | bytearray, session: Session) -> bytes | Deferred:
         """Answer one request line (a trailing `\\n` or `\\r\\n` is allowed) with one reply line.
 
-        Never raises: every failure becomes an error reply.
+        Never raises: every failure becomes an error reply. Returns a `Deferred` instead of bytes
+        when the handler deferred its work (see `complete`).
         """
         try:
             request, rid = self._parse(line)
@@ -246,10 +247,30 @@ class Protocol:
             raise _Reject(rid, "unknown_op", _one_line(f'unknown op "{op}"; known ops: {known}'))
         return handler
 
-    def _run(self, handler: Handler, request: dict[str, Any], rid: Any) -> bytes:
-        """Call the handler and serialise its result, turning any failure into an error reply."""
+    def _run(self, handler: Handler, request: dict[str, Any], rid: Any) -> bytes | Deferred:
+        """Call the handler and serialise its result, turning any failure into an error reply.
+
+        A handler that returns a `Deferred` gets it back with the request's id and op set; the
+        transport runs it off the event loop and writes `complete(deferred)` in its place.
+        """
         try:
             result = handler(request)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a reply
+            return self._failure(exc, rid, request.get("op"))
+        if isinstance(result, Deferred):
+            result.rid, result.op = rid, request.get("op")
+            return result
+        return self._success(result, rid)
+
+    def complete(self, deferred: Deferred) -> bytes:
+        """Run a deferred handler's work (on any thread) and build its reply line; never raises."""
+        try:
+            return self._success(deferred.work(), deferred.rid)
+        except Exception as exc:  # noqa: BLE001
+            return self._failure(exc, deferred.rid, deferred.op)
+
+    def _success(self, result: dict[str, Any] | None, rid: Any) -> bytes:
+        try:
             if result is None:
                 return _DUMPS({"id": rid, "ok": True}, option=_NEWLINE)
             reply = {"id": rid, "ok": True, **result}
@@ -257,13 +278,29 @@ class Protocol:
                 reply["id"] = rid
                 reply["ok"] = True
             return _DUMPS(reply, option=_NEWLINE)
-        except ApplianceError as exc:
-            self.errors_total += 1
+        except Exception as exc:  # noqa: BLE001 - a reply JSON cannot carry
+            return self._failure(exc, rid, None)
+
+    def _failure(self, exc: Exception, rid: Any, op: Any) -> bytes:
+        self.errors_total += 1
+        if isinstance(exc, ApplianceError):
             return error_reply(rid, str(exc.code), _one_line(str(exc)))
-        except Exception as exc:  # noqa: BLE001 - any bug in a handler becomes a reply
-            self.errors_total += 1
-            logger.exception("op %r failed", request.get("op"))
-            return error_reply(rid, "internal", _one_line(f"{type(exc).__name__}: {exc}"))
+        logger.error("op %r failed", op, exc_info=exc)
+        return error_reply(rid, "internal", _one_line(f"{type(exc).__name__}: {exc}"))
+
+
+class Deferred:
+    """What a handler returns when part of its work may block (a SQLite read): `work()` runs on the
+    server's worker thread, off the event loop, and its result becomes the reply's fields. Replies
+    on one connection keep the order of its requests; other connections are not held up.
+    """
+
+    __slots__ = ("work", "rid", "op")
+
+    def __init__(self, work: Callable[[], dict[str, Any] | None]) -> None:
+        self.work = work
+        self.rid: Any = None
+        self.op: Any = None
 
 
 class _Reject(Exception):

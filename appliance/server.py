@@ -24,6 +24,7 @@ one it gets says how many), never queued. A slow or frozen dashboard costs the a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import logging
 import os
@@ -36,7 +37,7 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError
-from .protocol import Protocol, Session
+from .protocol import Deferred, Protocol, Session
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ MAX_UNIX_PATH = 104
 
 class _Connection(asyncio.Protocol):
     __slots__ = ("server", "session", "transport", "buffer", "discarding", "paused", "next_push", "dropped",
-                 "pushed")
+                 "pushed", "waiting")
 
     def __init__(self, server: SocketServer, session: Session) -> None:
         self.server = server
@@ -62,6 +63,7 @@ class _Connection(asyncio.Protocol):
         self.next_push = 0.0
         self.dropped = 0
         self.pushed = 0
+        self.waiting: Deferred | None = None  # a deferred request being worked on: later lines wait
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
@@ -80,18 +82,26 @@ class _Connection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        self.server.bytes_in += len(data)
+        self.buffer += data
+        if self.waiting is None:
+            self._answer_lines()
+
+    def _answer_lines(self) -> None:
+        """Answer every complete line in the buffer, in order, until one is deferred."""
         transport = self.transport
         if transport is None:
             return
         server = self.server
-        server.bytes_in += len(data)
         buffer = self.buffer
-        buffer += data
         protocol = server.protocol
         limit = protocol.max_line
         replies: list[bytes] = []
+        deferred: Deferred | None = None
         start = 0
-        while True:
+        while deferred is None:
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
@@ -103,11 +113,15 @@ class _Connection(asyncio.Protocol):
                     if len(line) > limit + 1:
                         replies.append(protocol.line_too_long())
                     else:
-                        replies.append(protocol.handle_line(line, self.session))
+                        reply = protocol.handle_line(line, self.session)
+                        if type(reply) is bytes:
+                            replies.append(reply)
+                        else:
+                            deferred = reply  # type: ignore[assignment]
             start = end + 1
         if start:
             del buffer[:start]
-        if len(buffer) > limit + 1:  # an unfinished line already over the limit
+        if deferred is None and len(buffer) > limit + 1:  # an unfinished line already over the limit
             buffer.clear()
             if not self.discarding:
                 self.discarding = True
@@ -123,6 +137,24 @@ class _Connection(asyncio.Protocol):
             else:
                 server.watchers.add(self)
                 self.next_push = 0.0  # the first update goes out at the next tick
+        if deferred is not None:
+            self.waiting = deferred
+            transport.pause_reading()  # later lines wait in the buffer: replies keep request order
+            future = asyncio.get_running_loop().run_in_executor(server.worker, protocol.complete, deferred)
+            future.add_done_callback(self._deferred_done)
+
+    def _deferred_done(self, future: asyncio.Future) -> None:
+        self.waiting = None
+        transport = self.transport
+        if transport is None or future.cancelled():
+            return
+        reply = future.result()  # `Protocol.complete` never raises
+        self.server.requests += 1
+        self.server.bytes_out += len(reply)
+        transport.write(reply)
+        if not self.paused:
+            transport.resume_reading()
+        self._answer_lines()
 
     def eof_received(self) -> bool:
         return False  # half-closed by the client: replies written so far are flushed, then close
@@ -136,7 +168,8 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
-            self.transport.resume_reading()
+            if self.waiting is None:
+                self.transport.resume_reading()
 
 
 class SocketServer:
@@ -185,6 +218,8 @@ class SocketServer:
         self._error: BaseException | None = None
         self._stop_lock = threading.Lock()
         self._pusher: asyncio.Task | None = None
+        # Deferred work (SQLite reads for operator ops), one at a time, never on the event loop.
+        self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="socket-worker")
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -208,6 +243,7 @@ class SocketServer:
                 loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
             thread.join(timeout)
             self._stopped.set()
+            self.worker.shutdown(wait=False, cancel_futures=True)
             self._remove_socket_file()
 
     def stats(self) -> dict[str, int]:

@@ -3,7 +3,8 @@
 Handlers run on the server's event-loop thread and must stay fast: they read the engine's published
 state (the served model is frozen; entity states are replaced, never mutated) and append to the
 inbox; they never touch the learner and never wait on the dataflow. Only one operator op reads
-SQLite: `entity` (an index range scan of one entity's newest events, bounded by its `limit`).
+SQLite: `entity` (an index range scan of one entity's newest events, bounded by its `limit`), and
+it defers that read to the server's worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import InvalidEvent, RequestError
 from .events import Event, parse_event, parse_label
 from .inbox import Inbox
 from .metrics import positive_score, predicted_label
+from .protocol import Deferred
 from .timeutil import format_timestamp
 
 MAX_INGEST = 10_000
@@ -307,16 +309,21 @@ class Service:
         """Return an entity's current aggregates with the event time they last changed."""
         return {"as_of": self._as_of(), "entities": dict(self._entity_features(request))}
 
-    def entity(self, request: dict) -> dict:
+    def entity(self, request: dict) -> Deferred:
         """One entity for the operator: its current features with their age, and its newest events
         with the prediction each got and the label, if one arrived (`limit`, default 20, at most 200)."""
         limit = request.get("limit", 20)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 200:
             raise RequestError("bad_request", '"limit" must be an integer from 1 to 200')
         (key, features), = self._entity_features(request, single=True)
-        recent = self.history.recent(key, features["entity"], limit)
-        labelled = sum(1 for row in recent if row["label"] is not None)
-        return {"as_of": self._as_of(), "key": key, **features, "recent": recent, "recent_labelled": labelled}
+        as_of = self._as_of()
+
+        def read_history() -> dict:  # on the server's worker thread: SQLite never blocks the event loop
+            recent = self.history.recent(key, features["entity"], limit)
+            labelled = sum(1 for row in recent if row["label"] is not None)
+            return {"as_of": as_of, "key": key, **features, "recent": recent, "recent_labelled": labelled}
+
+        return Deferred(read_history)
 
     def data(self, request: dict) -> dict:
         """Per-field data quality: missing values, unseen categories, drift of the monitored

@@ -103,7 +103,8 @@ def brute_force(config, stream):
             watermark = max(watermark, raw["ts"])
             continue
         t = raw["ts"]
-        if t < watermark - lateness or raw["event_id"] in seen:
+        score_only = raw.get("_score_only", False)  # scored here, not over the socket: it can be late,
+        if t < watermark - lateness or raw["event_id"] in seen:  # but it never moves event time
             continue
         seen.add(raw["event_id"])
         x = {}
@@ -119,9 +120,9 @@ def brute_force(config, stream):
         if "user_mean_2m" in x and "amount" in x:
             x["amount_vs_mean"] = x["amount"] / (x["user_mean_2m"] + 1)
         out[raw["event_id"]] = x
-        if not raw.get("_score_only"):
+        if not score_only:
             history.append(raw)
-        watermark = max(watermark, t)
+            watermark = max(watermark, t)
     return out
 
 

@@ -289,3 +289,41 @@ def test_a_watcher_that_does_not_read_gets_updates_dropped_not_queued(short_dir)
         hog.close()
     finally:
         srv.stop()
+
+
+def test_deferred_work_runs_off_the_loop_and_replies_keep_request_order(short_dir):
+    from appliance.protocol import Deferred
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(request):
+        def work():
+            started.set()
+            assert release.wait(10)
+            return {"slow": request.get("value")}
+        return Deferred(work)
+
+    def failing(request):
+        return Deferred(lambda: 1 / 0)
+
+    srv = SocketServer(Protocol({**echo_handlers(), "slow": slow, "failing": failing}), unix_path=str(short_dir / "d.sock"))
+    srv.start()
+    try:
+        sock = raw_connect(srv.unix_path)
+        sock.sendall(b'{"op": "echo", "id": 1, "value": "a"}\n{"op": "slow", "id": 2, "value": "b"}\n'
+                     b'{"op": "echo", "id": 3, "value": "c"}\n{"op": "failing", "id": 4}\n{"op": "echo", "id": 5}\n')
+        assert read_lines(sock, 1) == [{"id": 1, "ok": True, "echo": "a"}]
+        assert started.wait(10)
+        with Client(srv.unix_path, timeout=5) as other:  # the event loop is free while the work runs
+            assert other.request("echo", value="meanwhile")["echo"] == "meanwhile"
+        release.set()
+        replies = read_lines(sock, 4)
+        assert [r["id"] for r in replies] == [2, 3, 4, 5]
+        assert replies[0] == {"id": 2, "ok": True, "slow": "b"} and replies[1]["echo"] == "c"
+        assert replies[2]["ok"] is False and replies[2]["error"]["code"] == "internal"
+        assert replies[3] == {"id": 5, "ok": True, "echo": None}
+        sock.close()
+    finally:
+        release.set()
+        srv.stop()
