@@ -8,9 +8,9 @@ client (one connection, one request in flight, round trips in µs), then N concu
 flight per connection). The background ingest loads the machine for all targets alike, so the
 ratios compare the servers, not the moments they were measured at.
 
-Requests, built once: the appliance gets a `predict` of a sample-like payment (`ingest: false`, so
-the measurement adds nothing to the stream); the echo server the same line; FastAPI a POST of a
-feature vector the appliance logged; redis `GET` of a key holding a predict reply.
+Requests, built once and sent in turn: the appliance gets `predict`s of payments of the sample
+(`ingest: false`, so the measurement adds nothing to the stream); the echo server the same lines;
+FastAPI POSTs of feature vectors the appliance logged; redis `GET` of a key holding a predict reply.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from . import peers, wire
-from .measure import payments_like_sample, predict_line
+from .measure import predict_line
 
 
 @dataclass
@@ -52,18 +52,35 @@ class TargetResult:
 
 
 def targets(appliance_socket: str, echo: str | None, fastapi: str | None, redis: str | None,
-            feature_vector: dict | None) -> dict[str, wire.Target]:
-    """The pre-built requests for each server that is up."""
-    line = predict_line(payments_like_sample(1, seed=11)[0])
-    out = {"appliance": wire.Target("appliance", appliance_socket, line, "line", b'"ok":true')}
+            events: list[dict], feature_vectors: list[dict] | None) -> dict[str, wire.Target]:
+    """The pre-built requests for each server that is up: `predict` of each of `events` for the
+    appliance (and the echo server), a POST of each feature vector for FastAPI, one GET for redis."""
+    lines = tuple(predict_line(event, i + 1) for i, event in enumerate(events))
+    out = {"appliance": wire.Target("appliance", appliance_socket, lines, "line", b'"ok":true')}
     if echo:
-        out["echo"] = wire.Target("echo", echo, line, "line", b'"op":"predict"')
-    if fastapi and feature_vector is not None:
-        out["fastapi"] = wire.Target("fastapi", fastapi, peers.http_post("/predict", orjson.dumps({"x": feature_vector})),
-                                     "http", b'"score"')
+        out["echo"] = wire.Target("echo", echo, lines, "line", b'"op":"predict"')
+    if fastapi and feature_vectors:
+        posts = tuple(peers.http_post("/predict", orjson.dumps({"x": x})) for x in feature_vectors)
+        out["fastapi"] = wire.Target("fastapi", fastapi, posts, "http", b'"score"')
     if redis:
-        out["redis"] = wire.Target("redis", redis, peers.REDIS_GET, "resp", b"$")
+        out["redis"] = wire.Target("redis", redis, (peers.REDIS_GET,), "resp", b"$")
     return out
+
+
+def sample_payments(path: str, count: int) -> list[dict]:
+    """`count` payments spread evenly over a JSONL file of the sample, without their id and time, so
+    the appliance gives each a fresh id and the stream's current time: real entities, some with
+    state, some idle past their TTL, some not seen yet, as live traffic would be."""
+    with open(path, "rb") as handle:
+        payments = [line for line in handle if b'"type":"payment"' in line]
+    step = max(1, len(payments) // count)
+    events = []
+    for line in payments[::step][:count]:
+        event = orjson.loads(line)
+        event.pop("event_id", None)
+        event.pop("ts", None)
+        events.append(event)
+    return events
 
 
 def compare(servers: dict[str, wire.Target], plan: ServingPlan, ingest_counter: Any = None) -> dict[str, TargetResult]:

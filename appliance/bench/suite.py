@@ -69,6 +69,7 @@ TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
 
 
 NOT_RUN = {"skipped": "not run"}
+REQUESTS = 1000  # distinct requests each server is sent in turn
 
 
 @dataclass
@@ -112,6 +113,8 @@ def run(plan: Plan, workdir: Path | None = None, log: Callable[[str], None] = la
         sections["memory"] = _section(lambda: _memory(plan, config))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    for name in ("feature_vectors", "model_file"):  # inputs of the serving section, not figures
+        sections.get("ingest", {}).pop(name, None)
     report["rows"] = [asdict(row) for row in rows(sections, plan)]
     return report
 
@@ -143,7 +146,7 @@ def _ingest(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
             "labels_learned": appliance_runs[0]["labels_learned"], "spec": appliance_runs[0]["spec"],
             "appliance_events_per_second": [r["events_per_second"] for r in appliance_runs],
             "raw_events_per_second": [r["events_per_second"] for r in raw_runs],
-            "model_file": str(model), "feature_vector": logged[-1][0]}
+            "model_file": str(model), "feature_vectors": [x for x, _ in logged[-REQUESTS:]]}
 
 
 def _serving(plan: Plan, scratch: Path, config: str, ingested: dict[str, Any],
@@ -174,7 +177,7 @@ def _serving(plan: Plan, scratch: Path, config: str, ingested: dict[str, Any],
             started.append(redis)
             paths["redis"] = redis.path
         servers = serving.targets(app.socket, paths["echo"], paths["fastapi"], paths["redis"],
-                                  ingested.get("feature_vector"))
+                                  serving.sample_payments(str(source), REQUESTS), ingested.get("feature_vectors"))
         results = serving.compare(servers, plan.serving, ingest_counter=lambda: app.stats()["counts"]["events"])
         out: dict[str, Any] = {"ingest_speed": plan.serve_speed, "peers_skipped": skipped}
         for name, result in results.items():
@@ -188,8 +191,13 @@ def _serving(plan: Plan, scratch: Path, config: str, ingested: dict[str, Any],
         return out, console
     finally:
         for peer in started:
+            stopping = time.monotonic()
             peer.stop()
-        app.stop()
+            log(f"serving: {peer.name} stopped in {time.monotonic() - stopping:.1f} s")
+        log("serving: stopping the appliance (it answers what it received and drains its inbox first)")
+        stopping = time.monotonic()
+        code = app.stop()
+        log(f"serving: the appliance stopped in {time.monotonic() - stopping:.1f} s with exit code {code}")
 
 
 def _console(socket_path: str, seconds: float) -> dict[str, Any]:
@@ -202,7 +210,7 @@ def _one_reply(socket_path: str) -> bytes:
     from .measure import payments_like_sample, predict_line
     from .wire import Target
 
-    target = Target("appliance", socket_path, predict_line(payments_like_sample(1, seed=11)[0]), "line", b"")
+    target = Target("appliance", socket_path, (predict_line(payments_like_sample(1, seed=11)[0]),), "line", b"")
     with target.connect() as sock:
         return target.ask(sock).rstrip(b"\n")
 

@@ -1,6 +1,6 @@
 """Raw-socket clients for the serving comparisons: the same client code for every server.
 
-A `Target` is a Unix socket, one pre-built request (bytes, sent as is) and a `framing` that says
+A `Target` is a Unix socket, pre-built requests (bytes, sent as is, in turn) and a `framing` that says
 where a reply ends: `"line"` (NDJSON), `"resp"` (a Redis bulk or simple reply) or `"http"` (an
 HTTP/1.1 response with Content-Length). No JSON is built or parsed while timing, so the client
 costs the same few microseconds whatever server it measures.
@@ -68,12 +68,12 @@ FRAMINGS: dict[str, Callable[[bytes | bytearray], int]] = {"line": line_end, "re
 
 @dataclass(frozen=True)
 class Target:
-    """A server to measure: its Unix socket, the request sent to it, how its replies end, and bytes
-    every successful reply contains (`expect`)."""
+    """A server to measure: its Unix socket, the requests sent to it in turn, how its replies end,
+    and bytes every successful reply contains (`expect`)."""
 
     name: str
     path: str
-    request: bytes
+    requests: tuple[bytes, ...]
     framing: str
     expect: bytes
 
@@ -83,9 +83,9 @@ class Target:
         sock.connect(self.path)
         return sock
 
-    def ask(self, sock: socket.socket) -> bytes:
-        """Send the request on `sock` and return the whole reply (blocking)."""
-        sock.sendall(self.request)
+    def ask(self, sock: socket.socket, i: int = 0) -> bytes:
+        """Send request `i` (modulo their number) on `sock` and return the whole reply (blocking)."""
+        sock.sendall(self.requests[i % len(self.requests)])
         end = FRAMINGS[self.framing]
         buffer = b""
         while True:
@@ -110,7 +110,7 @@ def sequential(target: Target, requests: int, warmup: int) -> dict[str, float]:
     with target.connect() as sock:
         for i in range(warmup + requests):
             started = clock()
-            reply = ask(sock)
+            reply = ask(sock, i)
             elapsed = clock() - started
             if i >= warmup:
                 timings.append(elapsed / 1000.0)
@@ -135,10 +135,11 @@ def drive(target: Target, connections: int, seconds: float, warmup: float = 1.0)
         sock = target.connect()
         sock.setblocking(False)
         socks.append(sock)
-        selector.register(sock, selectors.EVENT_READ, bytearray())
-    request = target.request
-    for sock in socks:
-        sock.sendall(request)  # a request is far smaller than the socket buffer: never partial
+        selector.register(sock, selectors.EVENT_READ, [bytearray(), 0])
+    requests, n = target.requests, len(target.requests)
+    for i, sock in enumerate(socks):
+        selector.get_key(sock).data[1] = i * 7919  # connections start at different requests
+        sock.sendall(requests[(i * 7919) % n])  # far smaller than the socket buffer: never partial
     warm_until = time.monotonic() + warmup
     stop = warm_until + seconds
     done = errors = 0
@@ -150,7 +151,7 @@ def drive(target: Target, connections: int, seconds: float, warmup: float = 1.0)
         if not counting and now >= warm_until:
             counting, done, errors = True, 0, 0
         for key, _ in selector.select(timeout=0.1):
-            sock, buffer = key.fileobj, key.data
+            sock, (buffer, sent) = key.fileobj, key.data
             chunk = sock.recv(1 << 16)
             if not chunk:
                 raise ConnectionError(f"{target.name} closed a connection")
@@ -163,7 +164,9 @@ def drive(target: Target, connections: int, seconds: float, warmup: float = 1.0)
                 if not target.succeeded(bytes(buffer[:size])):
                     errors += 1
                 del buffer[:size]
-                sock.send(request)
+                sent += 1
+                key.data[1] = sent
+                sock.send(requests[sent % n])
     for sock in socks:
         selector.unregister(sock)
         sock.close()
@@ -176,7 +179,7 @@ def concurrent_processes(target: Target, connections: int, seconds: float, proce
     `drive`); return replies per second over all of them and errors."""
     processes = max(1, min(processes, connections))
     shares = [connections // processes + (i < connections % processes) for i in range(processes)]
-    spec = orjson.dumps(asdict(target) | {"request": target.request.decode("latin-1"),
+    spec = orjson.dumps(asdict(target) | {"requests": [r.decode("latin-1") for r in target.requests],
                                           "expect": target.expect.decode("latin-1")})
     procs = [subprocess.Popen([sys.executable, "-m", "appliance.bench.wire", "--connections", str(share),
                                "--seconds", str(seconds), "--warmup", str(warmup)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -211,8 +214,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     args = parser.parse_args()
     spec = orjson.loads(sys.stdin.buffer.read())
-    target = Target(spec["name"], spec["path"], spec["request"].encode("latin-1"), spec["framing"],
-                    spec["expect"].encode("latin-1"))
+    target = Target(spec["name"], spec["path"], tuple(r.encode("latin-1") for r in spec["requests"]),
+                    spec["framing"], spec["expect"].encode("latin-1"))
     sys.stdout.buffer.write(orjson.dumps(drive(target, args.connections, args.seconds, args.warmup)))
 
 
