@@ -25,11 +25,13 @@ from .cli import CONFIG_OPTION, SOCKET_OPTION, friendly_errors, require_store
 @click.option("--workdir", type=click.Path(file_okay=False, exists=True), help="Where the scratch directory goes "
                                                                                 "[default: /tmp].")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
+@click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON report here, after each section.")
 @click.pass_context
 @friendly_errors
 def bench(ctx: click.Context, smoke: bool, rounds: int | None, ingest_lines: int | None, requests: int | None,
           seconds: float | None, memory_entities: str | None, recovery_lines: int | None,
-          startup_rounds: int | None, console_seconds: float | None, workdir: str | None, as_json: bool) -> None:
+          startup_rounds: int | None, console_seconds: float | None, workdir: str | None, as_json: bool,
+          save: str | None) -> None:
     """Measure the appliance beside its peers and print one table of figures and ratios.
 
     Without a subcommand: ingest vs a raw River loop, predict latency and 16-client throughput vs
@@ -69,7 +71,8 @@ def bench(ctx: click.Context, smoke: bool, rounds: int | None, ingest_lines: int
     if console_seconds is not None:
         changes["console_seconds"] = console_seconds
     plan = replace(plan, **changes)
-    report = suite.run(plan, Path(workdir) if workdir else None, log=lambda text: click.echo(f"bench: {text}", err=True))
+    report = suite.run(plan, Path(workdir) if workdir else None, log=lambda text: click.echo(f"bench: {text}", err=True),
+                       save=Path(save) if save else None)
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:

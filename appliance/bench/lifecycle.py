@@ -133,6 +133,9 @@ def recovery(directory: Path, config: str, source: str, lines: int, timeout: flo
     app = launch(directory, config, source, speed=0.0, name="recover")
     deadline = time.monotonic() + timeout
     while (done := _checkpointed_lines(app.db)) < lines:
+        if app.proc.poll() is not None:
+            raise RuntimeError(f"appliance up exited with {app.proc.returncode} before the kill, after {done} "
+                               f"checkpointed lines (was it signalled from outside?): {app.log.read_text()[-300:]}")
         if time.monotonic() > deadline:
             app.kill9()
             raise RuntimeError(f"only {done} of {lines} lines checkpointed in {timeout:.0f} s")

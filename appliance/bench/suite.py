@@ -87,12 +87,20 @@ class Row:
     note: str = ""
 
 
-def run(plan: Plan, workdir: Path | None = None, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Run every section of `plan`; return the machine, the plan, each section's figures and the rows."""
+def run(plan: Plan, workdir: Path | None = None, log: Callable[[str], None] = lambda _: None,
+        save: Path | None = None) -> dict[str, Any]:
+    """Run every section of `plan`; return the machine, the plan, each section's figures and the rows.
+
+    With `save`, the report so far is also written there (JSON) after each section, so a long run
+    that is interrupted keeps what it measured.
+    """
     scratch = Path(tempfile.mkdtemp(prefix="apb-", dir=str(workdir) if workdir else "/tmp"))
     report: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "plan": asdict(plan), "sections": {}}
     sections = report["sections"]
+    if save is not None:
+        sections = _Saving(report, save)
+        report["sections"] = sections
     try:
         import sample_data
 
@@ -117,6 +125,20 @@ def run(plan: Plan, workdir: Path | None = None, log: Callable[[str], None] = la
         sections.get("ingest", {}).pop(name, None)
     report["rows"] = [asdict(row) for row in rows(sections, plan)]
     return report
+
+
+class _Saving(dict):
+    """The sections dict of a report that rewrites the report to a file whenever a section is set."""
+
+    def __init__(self, report: dict[str, Any], path: Path) -> None:
+        super().__init__()
+        self.report, self.path = report, path
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        figures = {name: {k: v for k, v in section.items() if k not in ("feature_vectors", "model_file")}
+                   for name, section in self.items()}
+        self.path.write_bytes(orjson.dumps(self.report | {"sections": figures}, option=orjson.OPT_INDENT_2))
 
 
 def _section(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
