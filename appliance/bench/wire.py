@@ -6,9 +6,9 @@ HTTP/1.1 response with Content-Length). No JSON is built or parsed while timing,
 costs the same few microseconds whatever server it measures.
 
 * `sequential`: one connection, one request in flight, round trip of each in µs.
-* `concurrent`: N connections each with one request in flight, driven from one epoll loop per
-  process; `python -m appliance.bench.wire` is that loop, run in several processes by
-  `concurrent_processes` so the client side uses both cores and does not serialise on one GIL.
+* `drive`: N connections each with one request in flight, from one epoll loop;
+  `python -m appliance.bench.wire` runs it in a process, and `concurrent_processes` starts several
+  so the client side uses both cores and does not serialise on one GIL.
 
 >>> line_end(b'{"ok":true}\\n{"o')
 12
