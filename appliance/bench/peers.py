@@ -49,7 +49,8 @@ def start(kind: str, path: str, model: str | None = None, timeout: float = 30.0)
     command = [sys.executable, "-m", "appliance.bench.peers", kind, "--unix", path]
     if model is not None:
         command += ["--model", model]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(path + ".log", "ab") as log:  # a file, not a pipe: a chatty peer never blocks on it
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     _wait_for_socket(path, proc, kind, timeout)
     return Peer(kind, path, proc)
 
@@ -61,9 +62,10 @@ def start_redis(directory: str, value: bytes, timeout: float = 30.0) -> Peer | s
     if binary is None:
         return "redis-server is not installed (apt-get install redis-server)"
     path = os.path.join(directory, "redis.sock")
-    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
-                             "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(path + ".log", "ab") as log:
+        proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
+                                 "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no"],
+                                stdout=log, stderr=subprocess.STDOUT)
     _wait_for_socket(path, proc, "redis-server", timeout)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(5)
@@ -83,12 +85,20 @@ def http_post(path: str, body: bytes) -> bytes:
             b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
 
 
+def _tail(log: str) -> str:
+    try:
+        with open(log, "rb") as handle:
+            return handle.read().decode(errors="replace").strip()[-300:]
+    except OSError:
+        return ""
+
+
 def _wait_for_socket(path: str, proc: subprocess.Popen, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}: "
-                               f"{proc.stderr.read().decode(errors='replace').strip()[-300:]}")
+                               f"{_tail(path + '.log')}")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.connect(path)
