@@ -191,7 +191,10 @@ def _serving(plan: Plan, scratch: Path, config: str, ingested: dict[str, Any],
                 skipped[kind] = str(exc).strip()[-300:]
                 paths[kind] = None
         reply = _one_reply(app.socket)
-        redis = peers.start_redis(str(scratch), reply)
+        try:
+            redis: peers.Peer | str = peers.start_redis(str(scratch), reply)
+        except Exception as exc:  # noqa: BLE001 - installed but not starting: a skipped row too
+            redis = f"redis-server did not start: {str(exc).strip()[-300:]}"
         if isinstance(redis, str):
             skipped["redis"] = redis
             paths["redis"] = None
