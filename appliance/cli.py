@@ -230,94 +230,6 @@ def export_training_set(out: str, start: str | None, end: str | None, fmt: str |
     click.echo(f"wrote {count:,} labelled rows with {len(names)} features to {out}")
 
 
-@main.group()
-def bench() -> None:
-    """Measure the running appliance (numbers for docs/benchmarks.md)."""
-
-
-@bench.command("predict")
-@SOCKET_OPTION
-@click.option("--requests", type=int, default=5000, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def bench_predict(socket_path: str, requests: int, as_json: bool) -> None:
-    """Predict round trip, sequential client over the Unix socket (the appliance keeps ingesting)."""
-    from .bench import machine, predict_latency
-
-    with Client_stats(socket_path) as before:
-        events_before = before
-    result = predict_latency(socket_path, requests)
-    with Client_stats(socket_path) as after:
-        result["events_ingested_meanwhile"] = after - events_before
-    result["machine"] = machine()
-    if as_json:
-        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    else:
-        click.echo(f"predict round trip over {socket_path}, {result['requests']:,} sequential requests: "
-                   f"p50 {result['p50_us']} µs · p90 {result['p90_us']} µs · p99 {result['p99_us']} µs · "
-                   f"max {result['max_us']} µs · errors {result['errors']} · "
-                   f"{result['events_ingested_meanwhile']:,} events ingested meanwhile")
-
-
-@bench.command("memory")
-@CONFIG_OPTION
-@click.option("--entities", type=int, default=100_000, show_default=True, help="Entities over all keys.")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def bench_memory(config_path: str | None, entities: int, as_json: bool) -> None:
-    """Bytes per entity of the config's feature state (built in this process, no appliance needed)."""
-    from .bench import entity_memory, machine
-    from .settings import resolve_config
-
-    result = entity_memory(resolve_config(config_path, None), entities)
-    result["machine"] = machine()
-    if as_json:
-        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    else:
-        by_key = ", ".join(f"{key} {size:,.0f} B" for key, size in result["state_bytes_by_key"].items())
-        click.echo(f"{result['entities']:,} entities over {result['keys']} keys: {result['rss_bytes'] / 2**20:,.1f} MiB "
-                   f"resident, {result['bytes_per_entity']:,.0f} B per entity (state by key: {by_key}); "
-                   f"{result['updates_per_second']:,} updates/s")
-
-
-@bench.command("offline")
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
-@CONFIG_OPTION
-@click.option("--db", envvar="APPLIANCE_DB", help="SQLite store whose logged feature vectors are scored.")
-@click.option("--rows", type=int, default=5000, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def bench_offline(model_file: str, config_path: str | None, db: str | None, rows: int, as_json: bool) -> None:
-    """Per-row scoring time of an ONNX model (e.g. from `train-offline`) on logged feature vectors."""
-    from .bench import machine, offline_latency
-    from .settings import resolve_config
-
-    config = resolve_config(config_path, None, db=db)
-    require_store(config.db)
-    result = offline_latency(model_file, config.db, rows)
-    result["machine"] = machine()
-    if as_json:
-        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    else:
-        per_row = result["per_row_us"]
-        click.echo(f"{result['model']}, {result['features']} features, {result['rows']:,} rows: per row p50 "
-                   f"{per_row['p50']} µs, p99 {per_row['p99']} µs (dict in, score out); as one batch "
-                   f"{result['batch_us_per_row']} µs per row")
-
-
-class Client_stats:  # noqa: N801 - a tiny context helper: events processed so far
-    def __init__(self, socket_path: str) -> None:
-        from .client import Client
-
-        self.client = Client(socket_path)
-
-    def __enter__(self) -> int:
-        return int(self.client.request("stats")["counts"]["events"])
-
-    def __exit__(self, *exc: Any) -> None:
-        self.client.close()
-
-
 def _with_model(config: Any, model_spec: str | None) -> Any:
     if model_spec is None:
         return config
@@ -412,6 +324,10 @@ main.add_command(alerts)
 from .cli_console import console  # noqa: E402
 
 main.add_command(console)
+
+from .cli_bench import bench  # noqa: E402
+
+main.add_command(bench)
 
 from .cli_offline import story, train_offline  # noqa: E402
 

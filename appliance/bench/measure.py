@@ -1,4 +1,5 @@
-"""Measurements behind `appliance bench`: what the numbers in docs/benchmarks.md come from.
+"""Single measurements: the predict round trip of a running appliance, feature state per entity,
+ONNX scoring per row (`appliance bench predict|memory|offline`).
 
 Speed is measured here, never asserted in tests. Each function returns plain figures; the CLI
 prints them with the machine they ran on.
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .client import Client
+from ..client import Client
 
 
 def machine() -> dict[str, Any]:
@@ -29,15 +30,7 @@ def predict_latency(socket_path: str, requests: int = 5000, warmup: int = 500, s
     The events look like the sample's payments; `ingest` is false so the measurement does not add
     events to the stream it is measuring alongside.
     """
-    rng = random.Random(seed)
-    cities = ["lisbon", "porto", "madrid", "barcelona", "paris", "lyon", "berlin", "milan"]
-    lines = []
-    for i in range(requests + warmup):
-        event = {"user_id": f"u{rng.randrange(5000):05d}", "card_id": f"c{rng.randrange(6500):06d}",
-                 "driver_id": f"d{rng.choice(cities)[:3]}{rng.randrange(160):04d}",
-                 "device_id": f"dv{rng.randrange(5000):06d}", "city": rng.choice(cities),
-                 "amount": round(rng.uniform(3, 60), 2), "payment_method": "card", "ride_km": round(rng.uniform(1, 20), 1)}
-        lines.append(orjson.dumps({"op": "predict", "id": i, "event": event, "ingest": False}) + b"\n")
+    lines = [predict_line(event, i) for i, event in enumerate(payments_like_sample(requests + warmup, seed))]
     timings = []
     errors = 0
     with Client(socket_path) as client:
@@ -54,6 +47,26 @@ def predict_latency(socket_path: str, requests: int = 5000, warmup: int = 500, s
             "per_second": round(len(timings) / (sum(timings) / 1e6), 1)}
 
 
+def payments_like_sample(count: int, seed: int = 1) -> list[dict[str, Any]]:
+    """`count` payment events with the sample's fields and entity id formats (no id, no time: the
+    appliance fills them in), drawn from a seeded generator."""
+    rng = random.Random(seed)
+    cities = ["lisbon", "porto", "madrid", "barcelona", "paris", "lyon", "berlin", "milan"]
+    events = []
+    for _ in range(count):
+        events.append({"user_id": f"u{rng.randrange(5000):05d}", "card_id": f"c{rng.randrange(6500):06d}",
+                       "driver_id": f"d{rng.choice(cities)[:3]}{rng.randrange(160):04d}",
+                       "device_id": f"dv{rng.randrange(5000):06d}", "city": rng.choice(cities),
+                       "amount": round(rng.uniform(3, 60), 2), "payment_method": "card",
+                       "ride_km": round(rng.uniform(1, 20), 1)})
+    return events
+
+
+def predict_line(event: dict[str, Any], request_id: int = 1) -> bytes:
+    """One `predict` request line that scores `event` without adding it to the stream."""
+    return orjson.dumps({"op": "predict", "id": request_id, "event": event, "ingest": False}) + b"\n"
+
+
 def entity_memory(config: Any, entities: int, events_per_entity: int = 3, seed: int = 1) -> dict[str, Any]:
     """Resident bytes per entity of `config`'s feature state, for `entities` entities over all keys.
 
@@ -63,7 +76,7 @@ def entity_memory(config: Any, entities: int, events_per_entity: int = 3, seed: 
     """
     import gc
 
-    from .features import FeatureSpace
+    from ..features import FeatureSpace
 
     space = FeatureSpace.for_config(config)
     rng = random.Random(seed)
@@ -122,8 +135,8 @@ def offline_latency(model_path: str, db_path: str, rows: int = 5000) -> dict[str
 
     import numpy as np
 
-    from .offline import load_onnx_file
-    from .store import open_db
+    from ..offline import load_onnx_file
+    from ..store import open_db
 
     model = load_onnx_file(model_path, None, None)
     db = open_db(db_path)

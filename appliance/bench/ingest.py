@@ -1,0 +1,140 @@
+"""Ingest: events/s through the whole appliance vs a plain River loop on the same feature vectors.
+
+The appliance side is `appliance replay` on the first N lines of the bundled sample, in a fresh
+process and a fresh store: parse, features, the served model and every candidate scoring each
+event, label join, learning, and every row written to SQLite. Its clock starts when `run` is called
+(imports, config and store opening are outside it) and stops once the writer has committed.
+
+The raw side is the loop a notebook would write: for each event, `predict_proba_one(x)`, then
+`learn_one(x, y)` when the event got a label, with the sample's model spec, on the feature vectors
+the appliance itself logged (read from its store once, outside the timed loop), so both sides see
+the same dicts. It is also run in a fresh process.
+
+`python -m appliance.bench.ingest appliance|raw ...` is one timed run; it prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def sample_subset(lines: int, out: Path) -> dict[str, int]:
+    """Write the first `lines` lines of the bundled sample to `out`; count payments and labels."""
+    import sample_data
+
+    counts = {"lines": 0, "labels": 0}
+    with gzip.open(sample_data.EVENTS, "rb") as source, open(out, "wb") as target:
+        for line in source:
+            if counts["lines"] >= lines:
+                break
+            target.write(line)
+            counts["lines"] += 1
+            counts["labels"] += b'"type":"label"' in line
+    return counts
+
+
+def replay_once(config_path: str, source: str, db: str) -> dict[str, Any]:
+    """One timed `appliance replay` of `source` into a fresh `db`, in a new process."""
+    return _child(["appliance", "--config", config_path, "--source", source, "--db", db])
+
+
+def raw_once(vectors: str, spec: str, task: str, save_model: str | None = None) -> dict[str, Any]:
+    """One timed raw River loop over the pickled `(x, y)` list in `vectors`, in a new process."""
+    extra = ["--save-model", save_model] if save_model else []
+    return _child(["raw", "--vectors", vectors, "--spec", spec, "--task", task, *extra])
+
+
+def logged_vectors(db: str, task: str) -> list[tuple[dict, Any]]:
+    """The feature vector of each ingested event in stream order, with its label (None when it got
+    none, or only a late one the appliance did not learn)."""
+    from ..store import open_db
+
+    conn = open_db(db).conn
+    try:
+        rows = conn.execute(
+            "SELECT p.features, l.label, l.status FROM events e JOIN predictions p ON p.event_id = e.event_id "
+            "LEFT JOIN labels l ON l.event_id = e.event_id WHERE e.ingested = 1 ORDER BY e.seq").fetchall()
+    finally:
+        conn.close()
+    out = []
+    for features, label, status in rows:
+        y = None if label is None or status == "late" else (bool(label) if task == "classification" else label)
+        out.append((orjson.loads(features), y))
+    return out
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "appliance.bench.ingest", *args], capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ingest run failed: {proc.stderr.decode(errors='replace').strip()[-500:]}")
+    return orjson.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_appliance(config_path: str, source: str, db: str) -> dict[str, Any]:
+    from ..runtime import Appliance, RunOptions
+    from ..settings import resolve_config
+
+    config = resolve_config(config_path, source, db=db, speed=0.0)
+    appliance = Appliance(config, RunOptions(serve=False, fresh=True))
+    started = time.perf_counter()
+    appliance.run()
+    seconds = time.perf_counter() - started
+    counts = appliance.board.snapshot["counts"]
+    learned = counts["labels_joined"] + counts["labels_immediate"] + counts["labels_defaulted"]
+    return {"events": counts["events"], "labels_learned": learned, "seconds": round(seconds, 4),
+            "events_per_second": round(counts["events"] / seconds, 1), "task": appliance.engine.task,
+            "spec": config.model.spec, "candidates": len(appliance.engine.model.candidates)}
+
+
+def _run_raw(vectors_path: str, spec: str, task: str, save_model: str | None) -> dict[str, Any]:
+    from ..model_spec import build_model
+
+    vectors = pickle.loads(Path(vectors_path).read_bytes())
+    model = build_model(spec, task)
+    predict = model.predict_proba_one if task == "classification" else model.predict_one
+    learn = model.learn_one
+    learned = 0
+    started = time.perf_counter()
+    for x, y in vectors:
+        predict(x)
+        if y is not None:
+            learn(x, y)
+            learned += 1
+    seconds = time.perf_counter() - started
+    if save_model:
+        Path(save_model).write_bytes(pickle.dumps(model))
+    return {"events": len(vectors), "labels_learned": learned, "seconds": round(seconds, 4),
+            "events_per_second": round(len(vectors) / seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="One timed ingest run for `appliance bench`.")
+    sub = parser.add_subparsers(dest="side", required=True)
+    app = sub.add_parser("appliance")
+    app.add_argument("--config", required=True)
+    app.add_argument("--source", required=True)
+    app.add_argument("--db", required=True)
+    raw = sub.add_parser("raw")
+    raw.add_argument("--vectors", required=True)
+    raw.add_argument("--spec", required=True)
+    raw.add_argument("--task", required=True)
+    raw.add_argument("--save-model")
+    args = parser.parse_args()
+    if args.side == "appliance":
+        result = _run_appliance(args.config, args.source, args.db)
+    else:
+        result = _run_raw(args.vectors, args.spec, args.task, args.save_model)
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`appliance bench`: the harness end to end in its smoke sizes (real subprocesses and sockets).
+
+Nothing here is timed or compared with a speed: the smoke run proves every row of the table can be
+produced, with peers that cannot run reported as skipped, and the wire framing is exact.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from appliance.bench import peers, suite, wire
+
+MEASURES = ["ingest", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
+            "start-up to first prediction", "serving again after kill -9", "console CPU at default rate"]
+
+
+def test_bench_smoke_produces_every_row(short_dir):
+    proc = subprocess.run([sys.executable, "-m", "appliance", "bench", "--smoke", "--json", "--workdir", str(short_dir)],
+                          capture_output=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    report = orjson.loads(proc.stdout)
+    rows = report["rows"]
+    assert sorted({row["measure"] for row in rows}) == sorted(MEASURES)
+    for measure in ("predict p50", "predict p99", "16-client throughput"):
+        assert {row["peer"] for row in rows if row["measure"] == measure} == {"redis GET", "FastAPI+uvicorn",
+                                                                              "asyncio echo"}
+    for row in rows:
+        if row["verdict"] == "skipped":
+            assert row["note"], row  # a skipped row says why
+        else:
+            assert row["appliance"] is not None and row["appliance"] > 0, row
+            assert (row["peer"] is None) == (row["peer_value"] is None), row
+    sections = report["sections"]
+    assert "skipped" not in sections["ingest"], sections["ingest"]
+    assert sections["ingest"]["events"] > 0 and sections["ingest"]["labels_learned"] > 0
+    serving = sections["serving"]
+    assert "skipped" not in serving, serving
+    assert serving["appliance"]["errors"] == 0
+    assert serving["appliance"]["events_ingested"] > 0  # the appliance kept ingesting while measured
+    for peer in ("echo", "fastapi"):  # installed by the test extra: they must run
+        assert peer in serving and serving[peer]["errors"] == 0, serving.get("peers_skipped")
+    recovery = sections["recovery"]
+    assert recovery["events_restored_at_first_prediction"] > 0
+    assert recovery["events_before_kill"] >= recovery["events_restored_at_first_prediction"]
+    assert not list(short_dir.iterdir())  # the scratch directory is removed
+
+
+def test_a_missing_redis_is_a_reason_not_an_error(monkeypatch, short_dir):
+    monkeypatch.setattr(peers.shutil, "which", lambda name: None)
+    reason = peers.start_redis(str(short_dir), b"x")
+    assert isinstance(reason, str) and "redis-server" in reason
+    sections = {"serving": {"appliance": {"p50_us": 100.0, "p99_us": 300.0, "throughput": 5000.0},
+                            "echo": {"p50_us": 20.0, "p99_us": 60.0, "throughput": 40000.0},
+                            "peers_skipped": {"redis": reason, "fastapi": "no module named fastapi"}}}
+    rows = [row for row in suite.rows(sections, suite.SMOKE) if row.peer == "redis GET"]
+    assert len(rows) == 3 and all(row.verdict == "skipped" and row.note == reason for row in rows)
+    echo = [row for row in suite.rows(sections, suite.SMOKE) if row.peer == "asyncio echo"]
+    assert [row.ratio for row in echo] == [5.0, 5.0, 0.125]
+
+
+def test_targets_are_judged_on_the_ratio_or_the_figure():
+    row = suite._compare("ingest", "events/s", 3000.0, "raw River loop", 40000.0, "ingest")
+    assert (row.ratio, row.target, row.verdict) == (0.075, ">= 0.6x", "missed")
+    row = suite._compare("start-up", "s", 1.8, None, None, "startup")
+    assert (row.ratio, row.target, row.verdict) == (None, "<= 3 s", "met")
+
+
+def test_framing_finds_whole_replies_only():
+    assert wire.resp_end(b"$-1\r\n") == 5
+    assert wire.resp_end(b"+OK\r\n$3") == 5
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"
+    assert wire.http_end(head + b'{"score":0.') == 0
+    assert wire.http_end(head + b'{"score":0.1}' + b"HTTP") == len(head) + 12
+    assert wire.line_end(b'{"id":1}') == 0
