@@ -61,7 +61,7 @@ def load_attribute_files(config: Config, db: Any) -> list[tuple[str, int, bool]]
 
 
 def store_files(db_path: str) -> list[Path]:
-    """Return the files that make up a store: the database, its WAL, and the inbox log."""
+    """Return the files that make up a store: the database, its WAL, the inbox log and the order log."""
     return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox", "-order")]
 
 

@@ -23,7 +23,7 @@ from .conftest import make_stream
 from .test_up import Running, wait_for, write_config
 
 N_EVENTS = 9000
-CRASHES = 10
+CRASHES = 12
 SEED = 20261125
 USERS = [f"u{i}" for i in range(12)]
 CARDS = [f"c{i}" for i in range(15)]
