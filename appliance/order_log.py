@@ -25,7 +25,7 @@ __all__ = ["OrderLog"]
 
 log = logging.getLogger(__name__)
 
-MAX_HELD = 1_000_000  # items held back waiting for a planned run before the plan is given up
+MAX_HELD = 100_000  # items held back waiting for a planned run before the plan is given up
 
 
 class OrderLog:

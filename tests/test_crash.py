@@ -215,14 +215,14 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
     _config(directory, source)
     rng = random.Random(SEED)
     targets = sorted(rng.randrange(1, total * 7 // 10) for _ in range(CRASHES))
-    resumed_at, redone = [], []
+    checkpointed, redone = [], []
     sigkill(Running(directory))  # right after start: before the run's first checkpoint
     for target in targets:
         app = Running(directory)
         with Client(app.socket, timeout=30) as client:
-            resumed_at.append(offset_of(client, str(source)))
             wait_for(lambda: offset_of(client, str(source)) >= target, timeout=120)
         sigkill(app)
+        checkpointed.append(checkpoint_offsets(directory / "a.db").get(str(source), 0))
         redone.append(committed_past_checkpoint(directory / "a.db", str(source)))
     # Past the file: events acknowledged over the socket and processed, then a kill before any checkpoint
     # covers them (checkpoints only at a clean stop from here on). The next run reads the rest of the
@@ -235,9 +235,10 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
         wait_for(lambda: stats_of(client)["inbox_lag_bytes"] == 0 and "inbox" in stats_of(client)["offsets"])
     sigkill(app)
     observed = observe(Running(directory), str(source), total)
-    # Each run resumed where a previous one checkpointed, and the kills cost committed, uncheckpointed
+    # The runs made progress from checkpoint to checkpoint, and the kills cost committed, uncheckpointed
     # work that the next run wrote again: the path that must not duplicate anything was taken.
-    assert resumed_at == sorted(resumed_at) and resumed_at[-1] > 0 and any(redone), (resumed_at, redone)
+    assert checkpointed == sorted(checkpointed) and len(set(checkpointed)) > 2, checkpointed
+    assert any(redone), (checkpointed, redone)
     assert observed == expected
     got = tables(directory / "a.db")
     for table in expected_tables:
@@ -286,12 +287,14 @@ def test_sigterm_answers_in_flight_requests_drains_the_inbox_checkpoints_and_a_r
 
 
 def checkpoint_offsets(db_path) -> dict:
-    return json.loads(count(db_path, "SELECT offsets FROM checkpoint"))
+    row = count(db_path, "SELECT offsets FROM checkpoint")
+    return {} if row is None else json.loads(row)
 
 
 def count(db_path, sql):
     conn = sqlite3.connect(db_path)
     try:
-        return conn.execute(sql).fetchone()[0]
+        row = conn.execute(sql).fetchone()
+        return None if row is None else row[0]
     finally:
         conn.close()
