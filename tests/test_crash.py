@@ -76,9 +76,22 @@ def replayed(client: Client, source: str, total: int) -> None:
              explain=lambda: stats_of(client).get("offsets"))
 
 
-def ingest_batch(client: Client) -> None:
+def ingest_batch(client: Client) -> list:
+    """Send the socket batch, then score 5 events that enter the stream (`predict`, `ingest` true).
+
+    Returns the predict replies' (event id, score, version): the engine learns on what was served, so
+    a replay after a crash must reuse them, not score again.
+    """
     reply = client.request("ingest", events=socket_batch())
     assert reply["accepted"] == len(socket_batch()) and reply["rejected"] == []
+    wait_for(lambda: stats_of(client)["inbox_lag_bytes"] == 0)  # scored on the state after the batch
+    t = socket_batch()[-1]["ts"] + 60
+    served = []
+    for i, probe in enumerate(probes()[:5]):
+        reply = client.request("predict", event={**probe, "event_id": f"served-{i}", "ts": t + i})
+        served.append((reply["event_id"], reply["score"], reply["version"]))
+        wait_for(lambda: stats_of(client)["inbox_lag_bytes"] == 0)  # the next one sees this one
+    return served
 
 
 def observe(app: Running, source: str, total: int) -> dict:
@@ -181,8 +194,9 @@ def replay(tmp_path_factory):
     app = Running(reference)
     with Client(app.socket, timeout=30) as client:
         replayed(client, str(source), len(lines))
-        ingest_batch(client)
+        observed_served = ingest_batch(client)
     observed = observe(app, str(source), len(lines))
+    observed["served"] = observed_served
     yield base, source, len(lines), observed, tables(reference / "a.db")
     import os, shutil
 
@@ -208,7 +222,7 @@ def committed_past_checkpoint(db_path, source: str) -> int:
 
 def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_run(replay):
     base, source, total, expected, expected_tables = replay
-    assert expected["counts"]["events"] == N_EVENTS + 60 and expected["counts"]["dead_letters"] >= 9
+    assert expected["counts"]["events"] == N_EVENTS + 65 and expected["counts"]["dead_letters"] >= 9
     assert expected["counts"]["labels_joined"] > 1000 and expected["model"]["served_version"] != "v1"
     directory = base / "crashed"
     directory.mkdir()
@@ -231,10 +245,11 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
     app = Running(directory)
     with Client(app.socket, timeout=30) as client:
         replayed(client, str(source), total)
-        ingest_batch(client)
+        served = ingest_batch(client)
         wait_for(lambda: stats_of(client)["inbox_lag_bytes"] == 0 and "inbox" in stats_of(client)["offsets"])
     sigkill(app)
     observed = observe(Running(directory), str(source), total)
+    observed["served"] = served
     # The runs made progress from checkpoint to checkpoint, and the kills cost committed, uncheckpointed
     # work that the next run wrote again: the path that must not duplicate anything was taken.
     assert checkpointed == sorted(checkpointed) and len(set(checkpointed)) > 2, checkpointed
@@ -275,13 +290,14 @@ def test_sigterm_answers_in_flight_requests_drains_the_inbox_checkpoints_and_a_r
     with Client(app.socket, timeout=30) as client:
         assert offset_of(client, str(source)) >= stopped_at
         replayed(client, str(source), total)
-        ingest_batch(client)  # acknowledged: in the inbox; the stop below must process it first
+        served = ingest_batch(client)  # acknowledged: in the inbox; the stop below must process it first
     code, out, err = app.stop()
     assert code == 0, err
     inbox_size = (directory / "a.db-inbox").stat().st_size
     assert checkpoint_offsets(db)["inbox"] == inbox_size
-    assert count(db, "SELECT count(*) FROM events WHERE source = 'inbox'") == 60
+    assert count(db, "SELECT count(*) FROM events WHERE source = 'inbox'") == 65
     observed = observe(Running(directory), str(source), total)
+    observed["served"] = served
     assert observed == expected
     assert tables(db) == expected_tables
 
