@@ -7,6 +7,7 @@ same rows in every SQLite table that is exactly-once (see docs/reliability.md).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import signal
@@ -36,8 +37,13 @@ EXACTLY_ONCE = ("events", "predictions", "labels", "dead_letters", "models", "me
 
 
 def stream_lines(n: int) -> list[str]:
-    """The replayed file: payments and late labels, with a malformed line now and then."""
-    lines = [json.dumps(e) for e in make_stream(n, seed=11)]
+    """The replayed file: payments and late labels, with a malformed line now and then, and amounts
+    four times larger in the second half (data drift: alerts, and challengers started by policy)."""
+    events = make_stream(n, seed=11)
+    for event in events[len(events) // 2:]:
+        if "amount" in event:
+            event["amount"] = round(event["amount"] * 4, 2)
+    lines = [json.dumps(e) for e in events]
     for i in range(len(lines) // 997):  # dead letters too: they are keyed by (source, offset)
         lines.insert(i * 997 + 500, '{"event_id": "broken-%d", "user": ' % i)
     return lines
@@ -94,13 +100,21 @@ def ingest_batch(client: Client) -> list:
     return served
 
 
+def settled(client: Client, directory, source: str, total: int) -> dict:
+    """The stats snapshot once the file and everything in the inbox so far are processed (the snapshot
+    lags the engine by up to 0.25 s, so its own offsets are checked, against the inbox file's size)."""
+    inbox = os.path.join(directory, "a.db-inbox")
+    return wait_for(lambda: (s := stats_of(client))["offsets"].get(source) == total
+                    and s["offsets"].get("inbox") == os.path.getsize(inbox) and s, timeout=120,
+                    explain=lambda: (stats_of(client)["offsets"], os.path.getsize(inbox)))
+
+
 def observe(app: Running, source: str, total: int) -> dict:
     """Wait until both inputs are processed, observe over the socket, stop with SIGTERM."""
+    directory = os.path.dirname(app.socket)
     try:
         with Client(app.socket, timeout=30) as client:
-            wait_for(lambda: (s := stats_of(client))["offsets"].get(source) == total and "inbox" in s["offsets"]
-                     and s["inbox_lag_bytes"] == 0, timeout=120, explain=lambda: stats_of(client)["offsets"])
-            stats = stats_of(client)
+            stats = settled(client, directory, source, total)
             features = {key: {e: client.request("features", key=key, entity=e)["entities"][key]
                               for e in entities}
                         for key, entities in (("user", USERS), ("card", CARDS))}
@@ -108,8 +122,8 @@ def observe(app: Running, source: str, total: int) -> dict:
             for probe in probes():
                 reply = client.request("predict", event=probe, ingest=False, explain=True)
                 scores.append((reply["score"], reply["version"], reply["features"]))
-            wait_for(lambda: stats_of(client)["counts"]["predictions"]
-                     == stats["counts"]["predictions"] + len(scores))  # the probes went through the stream
+            after = settled(client, directory, source, total)
+            assert after["counts"]["predictions"] == stats["counts"]["predictions"] + len(scores)  # logged
     finally:
         code, out, err = app.stop()
     assert code == 0, err
@@ -204,9 +218,26 @@ def replay(tmp_path_factory):
         shutil.rmtree(base, ignore_errors=True)
 
 
+LIFECYCLE = """
+[[model.challenger]]
+name = "fast"
+spec = "preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.1))"
+
+[lifecycle]
+promote_after = 300
+drift_features = ["card_sum_1h", "user_mean_1h"]
+on_data_drift = "challenger"
+drift_warmup = 300
+alert_cooldown = "6h"
+warm_start = 500
+"""
+
+
 def _config(directory, source, every="0.3s"):
+    """The small config with a challenger and the drift policy, so their state is recovered too."""
     path = write_config(directory, source)
-    path.write_text(path.read_text() + f'\n[checkpoint]\nevery = "{every}"\n')
+    text = path.read_text().replace("[features]", LIFECYCLE + "\n[features]", 1)
+    path.write_text(text + f'\n[checkpoint]\nevery = "{every}"\n')
 
 
 def committed_past_checkpoint(db_path, source: str) -> int:
@@ -224,6 +255,8 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
     base, source, total, expected, expected_tables = replay
     assert expected["counts"]["events"] == N_EVENTS + 65 and expected["counts"]["dead_letters"] >= 9
     assert expected["counts"]["labels_joined"] > 1000 and expected["model"]["served_version"] != "v1"
+    assert expected_tables["alerts"] and any(row[2] == "challenger" for row in expected_tables["audit"]), \
+        "the drift policy never acted: its recovery would go untested"  # (id, event_ts, action, ...)
     directory = base / "crashed"
     directory.mkdir()
     _config(directory, source)
