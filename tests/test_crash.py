@@ -315,6 +315,7 @@ def test_sigterm_answers_in_flight_requests_drains_the_inbox_checkpoints_and_a_r
     sock.close()
     code, out, err = app.stop()
     assert code == 0 and "stopped cleanly" in out, err
+    assert not os.path.exists(app.socket)  # no longer accepting: the socket is gone
     assert [r["id"] for r in replies] == list(range(len(replies))) and all(r["ok"] for r in replies)
     stopped_at = checkpoint_offsets(db)[str(source)]
     assert 0 < stopped_at < total and committed_past_checkpoint(db, str(source)) == 0  # nothing to redo
