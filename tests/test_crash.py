@@ -12,8 +12,11 @@ import pickle
 import random
 import signal
 import socket
+import shutil
 import sqlite3
 import subprocess
+import tempfile
+from pathlib import Path
 
 import orjson
 import pytest
@@ -193,10 +196,11 @@ def sigkill(app: Running) -> None:
 
 
 @pytest.fixture(scope="module")
-def replay(tmp_path_factory):
-    """The same input file for both runs, and the uninterrupted run's observations."""
-    import tempfile
-    from pathlib import Path
+def replay():
+    """The same input file for both runs, and the uninterrupted run's observations.
+
+    APL_KEEP=1 keeps the directory (/tmp/apl-crash-*: both stores) to look at after a failure.
+    """
 
     base = Path(tempfile.mkdtemp(prefix="apl-crash-", dir="/tmp"))
     lines = stream_lines(N_EVENTS)
@@ -212,8 +216,6 @@ def replay(tmp_path_factory):
     observed = observe(app, str(source), len(lines))
     observed["served"] = observed_served
     yield base, source, len(lines), observed, tables(reference / "a.db")
-    import os, shutil
-
     if not os.environ.get("APL_KEEP"):
         shutil.rmtree(base, ignore_errors=True)
 
