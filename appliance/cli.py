@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import threading
 import sys
 import time
 from pathlib import Path
@@ -250,7 +251,15 @@ def _parse_tcp(value: str | None) -> tuple[str, int] | None:
 def _on_signals(stop: Callable[[], None]) -> None:
     def handler(signum: int, frame: Any) -> None:
         click.echo(f"\n{signal.Signals(signum).name}: stopping (answering in-flight requests, flushing)", err=True)
+        # Once: stopping waits for the server thread while holding the server's stop lock, and a second
+        # signal (Ctrl-C twice, SIGTERM then SIGINT) runs this handler again on the same thread, inside
+        # that wait; calling stop() again there deadlocked the process.
+        if stopping.is_set():
+            return
+        stopping.set()
         stop()
+
+    stopping = threading.Event()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

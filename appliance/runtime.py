@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .events import decode
 from .inbox import Inbox
 from .entity_history import index_entity_keys
+from .order_log import OrderLog
 from .service import Service, StatsBoard
 from .sources import read_source, resolve_source
 from .store import StoreWriter, load_checkpoint, load_entities, open_db
@@ -61,8 +62,8 @@ def load_attribute_files(config: Config, db: Any) -> list[tuple[str, int, bool]]
 
 
 def store_files(db_path: str) -> list[Path]:
-    """Return the files that make up a store: the database, its WAL, and the inbox log."""
-    return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox")]
+    """Return the files that make up a store: the database, its WAL, the inbox log and the order log."""
+    return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox", "-order")]
 
 
 @dataclass
@@ -177,9 +178,11 @@ class Appliance:
         self._flow_thread = None
         if self.options.serve:
             self.start_server()
-        flow = build_flow(ApplianceSource(self._inputs(), self.stop_event), StoreSink(self.writer), self.engine,
+        inputs = self._inputs()
+        self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
+        flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
-                          after_batch=self.board.publish)
+                          after_batch=self.board.publish, order_log=self.order_log)
 
         def run_flow() -> None:
             try:
@@ -218,6 +221,8 @@ class Appliance:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
         self.writer.close()
+        if getattr(self, "order_log", None) is not None:
+            self.order_log.close()
         self.board.publish(self.engine, force=True)
         if self.writer.error is not None and self.error is None:
             self.error = self.writer.error

@@ -51,11 +51,14 @@ def parse_timestamp(value: object) -> float:
     (1767225603.5, 1767225603.5)
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer past the largest float
+            raise InvalidEvent(f"timestamp {str(value)[:40]} is out of range") from None
         if not math.isfinite(seconds):
             raise InvalidEvent(f"timestamp {value!r} is not finite")
         # Numbers past the year 5138 in seconds are taken as milliseconds.
-        return seconds / 1000.0 if abs(seconds) > 1e11 else seconds
+        return _in_range(seconds / 1000.0 if abs(seconds) > 1e11 else seconds, value)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -63,8 +66,22 @@ def parse_timestamp(value: object) -> float:
             raise InvalidEvent(f"timestamp {value[:40]!r} is not ISO-8601 or epoch seconds") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
+        try:
+            return _in_range(parsed.timestamp(), value)
+        except (OverflowError, ValueError):  # an offset that moves it out of years 1-9999
+            raise InvalidEvent(f"timestamp {value[:40]!r} is out of range") from None
     raise InvalidEvent(f"timestamp must be a string or a number, got {type(value).__name__}")
+
+
+# Event times the appliance can print (stats, replies, dead letters): years 1 to 9999, UTC.
+MIN_TIMESTAMP = datetime(1, 1, 2, tzinfo=timezone.utc).timestamp()
+MAX_TIMESTAMP = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
+
+
+def _in_range(seconds: float, value: object) -> float:
+    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
+        raise InvalidEvent(f"timestamp {str(value)[:40]} is out of range (years 1 to 9999)")
+    return seconds
 
 
 def format_timestamp(seconds: float) -> str:

@@ -28,6 +28,7 @@ from appliance.config import EventSchema
 from appliance.engine import Engine
 from appliance.errors import InvalidEvent
 from appliance.events import Event, decode, parse_event
+from appliance.order_log import OrderLog
 
 INBOX = "inbox"
 
@@ -80,8 +81,10 @@ class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
     """Feeds batches to the engine and emits its rows, with a checkpoint every few seconds."""
 
     def __init__(self, engine: Engine, fingerprint: str, checkpoint_seconds: float,
-                 after_batch: Callable[[Engine, bool], bool] | None = None) -> None:
+                 after_batch: Callable[[Engine, bool], bool] | None = None,
+                 order_log: OrderLog | None = None) -> None:
         self.engine = engine
+        self.order_log = order_log
         self.fingerprint = fingerprint
         self.every = checkpoint_seconds
         self.after_batch = after_batch
@@ -90,6 +93,8 @@ class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
         self.stale_stats = False  # a batch whose stats were not published yet (the board throttles)
 
     def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
+        if self.order_log is not None:  # after a restart: the order of the first run, then arrival order
+            values = self.order_log.order(values)
         process = self.engine.process
         for item in values:
             process(item)
@@ -136,14 +141,19 @@ class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
 
 
 def build_flow(source: Source, sink: Sink, engine: Engine, *, fingerprint: str = "",
-               checkpoint_seconds: float = 2.0, after_batch: Callable[[Engine, bool], bool] | None = None) -> Dataflow:
-    """Build the appliance dataflow over any source of `(source, offset, payload)` and any sink."""
+               checkpoint_seconds: float = 2.0, after_batch: Callable[[Engine, bool], bool] | None = None,
+               order_log: OrderLog | None = None) -> Dataflow:
+    """Build the appliance dataflow over any source of `(source, offset, payload)` and any sink.
+
+    With an `order_log`, the engine records the order in which it takes items from the inputs and,
+    after a restart, processes what the last run did after its checkpoint in that same order.
+    """
     flow = Dataflow("appliance")
     raw = op.input("read", flow, source)
     parsed = op.flat_map_batch("parse", raw, make_parser(engine.config.event, engine.task))
     routed = op.key_on("route", parsed, lambda _item: "engine")
     results = op.stateful_batch(
-        "engine", routed, lambda _resume: EngineLogic(engine, fingerprint, checkpoint_seconds, after_batch)
+        "engine", routed, lambda _resume: EngineLogic(engine, fingerprint, checkpoint_seconds, after_batch, order_log)
     )
     op.output("store", op.key_rm("unkey", results), sink)
     return flow
