@@ -334,9 +334,10 @@ from .cli_console import console  # noqa: E402
 
 main.add_command(console)
 
-from .cli_bench import bench  # noqa: E402
+from .cli_bench import bench, soak  # noqa: E402
 
 main.add_command(bench)
+main.add_command(soak)
 
 from .cli_offline import story, train_offline  # noqa: E402
 

@@ -160,3 +160,12 @@ class Client_stats:  # noqa: N801 - a tiny context helper: events processed so f
 
     def __exit__(self, *exc: Any) -> None:
         self.client.close()
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def soak(args: tuple[str, ...]) -> None:
+    """Run the appliance under steady load and sample memory and latency (--help for options)."""
+    from .soak import main as soak_main
+
+    raise SystemExit(soak_main(list(args)))

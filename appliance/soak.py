@@ -1,6 +1,6 @@
 """A soak run: `appliance up` on the bundled sample under steady socket load, sampled every few seconds.
 
-    python -m appliance.soak --minutes 30 --out soak.jsonl
+    appliance soak --minutes 30 --out soak.jsonl
 
 Starts `appliance up --fresh` in a work directory (the sample replayed at its own speed, then
 serving), and for the whole run keeps two clients busy: one ingests payments (and labels for a
@@ -225,7 +225,7 @@ def soak(minutes: float, every: float, rate: float, out: Path, workdir: Path, se
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m appliance.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="appliance soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between two samples")
     parser.add_argument("--rate", type=float, default=200.0, help="events per second ingested over the socket")
