@@ -85,6 +85,7 @@ class Service:
         self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
         self.flow_alive: Callable[[], bool] = lambda: True
         self.predict_latency = LatencyRing()
+        self.unlogged = 0  # scored-only predictions answered but not logged while overloaded
         self.history = EntityHistory(engine.config.db, tuple(engine.space.layouts))
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
@@ -226,10 +227,15 @@ class Service:
         if not isinstance(event, Event):
             raise RequestError("bad_request", "predict needs an event, not a label")
         ingest = request.get("ingest", True) is not False
-        self._check_lag()
+        if ingest:
+            self._check_lag()
         x, published, y, reply = self._score(event.values, event.ts, request.get("explain"))
-        self.inbox.append([{"event": raw, "ingest": ingest,
-                            "served": {"x": x, "score": reply["score"], "version": published.version}}])
+        if ingest or self._lag() <= MAX_INBOX_LAG:
+            self.inbox.append([{"event": raw, "ingest": ingest,
+                                "served": {"x": x, "score": reply["score"], "version": published.version}}])
+        else:  # overloaded: a scored-only prediction is still answered, but not logged (and says so)
+            self.unlogged += 1
+            reply["logged"] = False
         self.predict_latency.record(time.perf_counter_ns() - started)
         return {"event_id": event.event_id, "prediction_id": event.event_id, **reply}
 
@@ -383,6 +389,7 @@ class Service:
         if self.server_stats is not None:
             stats["server"] = self.server_stats()
         stats["predict_latency"] = self.predict_latency.quantiles()
+        stats["predictions_unlogged"] = self.unlogged
         stats["entity_keys"] = list(self.engine.space.layouts)
         stats.pop("curve", None)  # the `curve` op's; too long for a stats poll
         stats.pop("dead_letters_recent", None)  # the `data` op's

@@ -53,6 +53,10 @@ def test_a_stalled_dataflow_makes_writes_overloaded_reads_still_answered_then_it
                             {"op": "predict", "event": events(10**6, 1)[0]}):
                 reply = client.send_line(orjson.dumps(refused))
                 assert reply["error"]["code"] == "overloaded", reply
+            # A scored-only predict is still answered, not logged, and says so.
+            scored = client.request("predict", event=events(10**6 + 1, 1)[0], ingest=False)
+            assert 0.0 <= scored["score"] <= 1.0 and scored["logged"] is False
+            assert client.request("stats")["predictions_unlogged"] == 1
             # Reads do not wait for the dataflow: still answered, from the state it last published.
             assert client.request("health")["status"] == "ok"
             assert client.request("features", key="card", entity="c1")["entities"]["card"]["known"] is False
