@@ -146,6 +146,7 @@ class Appliance:
         from .server import SocketServer
 
         inbox = Inbox(self.config.db + "-inbox")
+        self.writer.after_durable_checkpoint = lambda offsets: inbox.release(int(offsets.get("inbox", 0)))
         service = Service(self.engine, inbox, self.board)
         service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
         server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,

@@ -386,6 +386,7 @@ class Service:
         stats = dict(self.board.snapshot)
         stats["uptime_seconds"] = round(time.time() - self.started, 3)
         stats["inbox_lag_bytes"] = self._lag()
+        stats["inbox_bytes"] = {"written": self.inbox.size, "released": self.inbox.released}
         if self.server_stats is not None:
             stats["server"] = self.server_stats()
         stats["predict_latency"] = self.predict_latency.quantiles()

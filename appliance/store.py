@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ def reading(path: str | Path, db: sqlite_utils.Database | None = None) -> Iterat
 RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
                      "metrics": "event_ts"}
 PRUNE_EVERY = 3600.0  # seconds of event time between two retention passes
+RELEASE_EVERY = 30.0  # wall seconds between two releases of input that a checkpoint covers
 
 
 class StoreWriter:
@@ -104,6 +105,11 @@ class StoreWriter:
         self._sql = {name: _insert_sql(name, list(columns)) for name, (columns, _) in TABLES.items()}
         self.rows_written = 0
         self.transactions = 0
+        # Called (on this thread) with the input offsets of a checkpoint once it is durable, so the
+        # inbox can give back the disk space of what no restart will read again.
+        self.after_durable_checkpoint: Callable[[dict[str, int]], None] | None = None
+        self._committed_offsets: dict[str, int] | None = None
+        self._next_release = time.monotonic() + RELEASE_EVERY
         self.error: BaseException | None = None
         open_db(self.path).conn.close()
 
@@ -168,6 +174,8 @@ class StoreWriter:
                 break
         conn.execute("COMMIT")
         self.transactions += 1
+        if self._committed_offsets is not None and time.monotonic() >= self._next_release:
+            self._release(conn)
         for waiter in waiters:
             waiter.set()
         return running
@@ -186,10 +194,24 @@ class StoreWriter:
             conn.executemany("DELETE FROM entity_state WHERE key = ? AND entity = ?", payload["evicted"])
         conn.execute(self._sql["checkpoint"],
                      (1, fingerprint, orjson.dumps(payload["offsets"]).decode(), payload["engine"], time.time()))
+        self._committed_offsets = dict(payload["offsets"])
         watermark = payload.get("watermark")
         if self.retention and watermark is not None and watermark >= self._next_prune:
             self._prune(conn, watermark)
             self._next_prune = watermark + PRUNE_EVERY
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        """Make the last committed checkpoint durable (a WAL checkpoint syncs the WAL first, even with
+        synchronous=NORMAL), then hand its offsets to `after_durable_checkpoint`."""
+        self._next_release = time.monotonic() + RELEASE_EVERY
+        offsets, self._committed_offsets = self._committed_offsets, None
+        if self.after_durable_checkpoint is None or offsets is None:
+            return
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            self.after_durable_checkpoint(offsets)
+        except Exception:  # noqa: BLE001 - giving space back is best effort, never a store failure
+            log.exception("releasing input already checkpointed failed")
 
     def _prune(self, conn: sqlite3.Connection, watermark: float) -> None:
         """Delete rows older than each table's retention, in event time (the watermark's clock)."""
