@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,15 @@ import orjson
 from .client import Client
 from .errors import ApplianceError, RequestError
 
+EPOCH = 1_772_323_200.0  # 2026-03-01T00:00Z: where the soak's own event time starts
 CITIES = ["lisbon", "porto", "madrid", "barcelona", "paris", "lyon", "berlin", "milan"]
 
 
-def payment(rng: random.Random, event_id: str) -> dict[str, Any]:
-    """A payment shaped like the sample's; no `ts`: it takes the stream's current event time."""
+def payment(rng: random.Random, event_id: str | None, ts: float | None = None) -> dict[str, Any]:
+    """A payment shaped like the sample's; without `ts` it takes the stream's current event time."""
     city = rng.choice(CITIES)
-    return {"type": "payment", "event_id": event_id, "user_id": f"u{rng.randrange(5000):05d}",
+    event: dict[str, Any] = {} if ts is None else {"ts": round(ts, 3)}
+    return {**event, "type": "payment", "event_id": event_id, "user_id": f"u{rng.randrange(5000):05d}",
             "card_id": f"c{rng.randrange(6500):06d}", "driver_id": f"d{city[:3]}{rng.randrange(160):04d}",
             "device_id": f"dv{rng.randrange(5000):06d}", "city": city, "amount": round(rng.uniform(3, 60), 2),
             "payment_method": rng.choice(["card", "wallet"]), "ride_km": round(rng.uniform(1, 20), 1)}
@@ -49,8 +52,10 @@ def payment(rng: random.Random, event_id: str) -> dict[str, Any]:
 class Load:
     """The two clients, on their own threads, until `stop` is set."""
 
-    def __init__(self, socket_path: str, rate: float, seed: int) -> None:
+    def __init__(self, socket_path: str, rate: float, seed: int,
+                 clock: Callable[[], float | None] = lambda: None) -> None:
         self.socket_path = socket_path
+        self.clock = clock  # the event time to stamp on what is sent now (None: leave it to the stream)
         self.rate = rate
         self.rng = random.Random(seed)
         self.stop = threading.Event()
@@ -85,10 +90,13 @@ class Load:
             with Client(self.socket_path, timeout=30) as client:
                 next_at = time.monotonic()
                 while not self.stop.is_set():
-                    events = [payment(rng, f"soak-{n + i}") for i in range(per_batch)]
+                    now = self.clock()
+                    events = [payment(rng, f"soak-{n + i}", now) for i in range(per_batch)]
                     labels, pending_labels = pending_labels, [
                         {"type": "label", "event_id": e["event_id"], "label": int(rng.random() < 0.05)}
                         for e in events if rng.random() < 0.1]
+                    if now is not None:  # labels arrive a batch later, in event time too
+                        labels = [dict(label, ts=round(now, 3)) for label in labels]
                     try:
                         reply = client.request("ingest", events=events + labels)
                         if reply["rejected"]:
@@ -153,18 +161,38 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
     return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(values[-1] * 1000, 3)}
 
 
+def disk(path: Path) -> int:
+    """Bytes the file occupies on disk (less than its length where holes were punched)."""
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0
+
+
 def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
 
 
 def soak(minutes: float, every: float, rate: float, out: Path, workdir: Path, seed: int = 1,
-         echo=print) -> int:
-    """Run the soak; return the process exit code (0 when everything held)."""
+         echo=print, event_speed: float = 0.0) -> int:
+    """Run the soak; return the process exit code (0 when everything held).
+
+    With `event_speed` > 0 the soak's clients are the whole stream (the appliance replays no file):
+    their events carry event times running at `event_speed` times wall time from `EPOCH`, so label
+    horizons pass and pending predictions expire within the run. With 0, the bundled sample replays
+    first and the soak's events carry no time.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     socket_path, db = str(workdir / "soak.sock"), workdir / "soak.db"
     errors = (workdir / "soak-appliance.err").open("w+")  # a file: a full pipe would stall the appliance
+    source: list[str] = []
+    if event_speed > 0:
+        (workdir / "no-file.jsonl").write_text("")
+        import sample_data
+
+        source = ["--config", str(sample_data.CONFIG), "--source", str(workdir / "no-file.jsonl")]
     proc = subprocess.Popen([sys.executable, "-m", "appliance", "up", "--fresh", "--socket", socket_path,
-                             "--db", str(db), "--status-every", "0"], cwd=workdir,
+                             "--db", str(db), "--status-every", "0", *source], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=errors, text=True)
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.startswith("ready:"):
@@ -175,9 +203,10 @@ def soak(minutes: float, every: float, rate: float, out: Path, workdir: Path, se
         echo(f"appliance up never became ready: {errors.read()[-2000:]}")
         return 1
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    load = Load(socket_path, rate, seed)
-    load.start()
     started = time.monotonic()
+    clock = (lambda: EPOCH + (time.monotonic() - started) * event_speed) if event_speed > 0 else (lambda: None)
+    load = Load(socket_path, rate, seed, clock)
+    load.start()
     end = started + minutes * 60
     died = False
     with out.open("w") as sink, Client(socket_path, timeout=30) as client:
@@ -190,6 +219,7 @@ def soak(minutes: float, every: float, rate: float, out: Path, workdir: Path, se
             counts = stats.get("counts", {})
             row = {"t": round(time.monotonic() - started, 1), **process_figures(proc.pid),
                    "db_bytes": size(db), "inbox_bytes": size(Path(str(db) + "-inbox")),
+                   "inbox_disk_bytes": disk(Path(str(db) + "-inbox")),
                    "events": counts.get("events"), "predictions": counts.get("predictions"),
                    "labels_joined": counts.get("labels_joined"), "inbox_lag_bytes": stats.get("inbox_lag_bytes"),
                    "ingested": load.ingested, "overloaded": load.overloaded}
@@ -199,7 +229,7 @@ def soak(minutes: float, every: float, rate: float, out: Path, workdir: Path, se
             sink.write(orjson.dumps(row).decode() + "\n")
             sink.flush()
             echo(f"[{row['t']:>7.1f}s] rss {row.get('rss_mib')} MiB · fds {row.get('fds')} · events {row['events']} · "
-                 f"lag {row['inbox_lag_bytes']} B · predict p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms "
+                 f"lag {row['inbox_lag_bytes']} B · inbox {row['inbox_bytes'] >> 20} MiB ({row['inbox_disk_bytes'] >> 20} on disk) · predict p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms "
                  f"max {row['max_ms']} ms ({row['predicts']}) · overloaded {row['overloaded']}")
     load.stop.set()
     for thread in load.threads:
@@ -232,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("soak.jsonl"))
     parser.add_argument("--workdir", type=Path, default=None, help="where the store goes [a temporary directory]")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--event-speed", type=float, default=0.0,
+                        help="event time runs this many times faster than wall time, and the soak's "
+                             "clients are the whole stream; 0: replay the sample first, events without ts")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="apl-soak-", dir="/tmp"))
-    return soak(args.minutes, args.every, args.rate, args.out, workdir, args.seed)
+    return soak(args.minutes, args.every, args.rate, args.out, workdir, args.seed, event_speed=args.event_speed)
 
 
 if __name__ == "__main__":
