@@ -345,35 +345,24 @@ class Console(App):
 
     def _paint_entities(self) -> None:
         self.query_one("#entity-summary", Static).update(panels.entity_summary(self.entity))
-        features = self.query_one("#entity-features", DataTable)
-        features.clear()
-        for row in panels.entity_feature_rows(self.entity):
-            features.add_row(*row)
-        recent = self.query_one("#entity-recent", DataTable)
-        recent.clear()
-        for row in panels.entity_recent_rows(self.entity):
-            recent.add_row(*row)
+        self._fill("#entity-features", panels.entity_feature_rows(self.entity))
+        self._fill("#entity-recent", panels.entity_recent_rows(self.entity))
 
     def _paint_data(self) -> None:
         self.query_one("#data-summary", Static).update(panels.data_summary(self.data))
-        fields = self.query_one("#fields", DataTable)
-        fields.clear()
-        for row in panels.field_rows(self.data):
-            fields.add_row(*row)
-        dead = self.query_one("#dead-letters", DataTable)
-        dead.clear()
-        for row in panels.dead_letter_rows(self.data):
-            dead.add_row(*row)
+        self._fill("#fields", panels.field_rows(self.data))
+        self._fill("#dead-letters", panels.dead_letter_rows(self.data))
 
     def _paint_alerts(self) -> None:
-        alerts = self.query_one("#alert-table", DataTable)
-        alerts.clear()
-        for row in panels.alert_rows(self.alerts):
-            alerts.add_row(*row)
-        audit = self.query_one("#audit-table", DataTable)
-        audit.clear()
-        for row in panels.audit_rows(self.audit):
-            audit.add_row(*row)
+        self._fill("#alert-table", panels.alert_rows(self.alerts))
+        self._fill("#audit-table", panels.audit_rows(self.audit))
+
+    def _fill(self, selector: str, rows: list[tuple[str, ...]]) -> None:
+        """Replace a table's rows."""
+        table = self.query_one(selector, DataTable)
+        table.clear()
+        for row in rows:
+            table.add_row(*row)
 
     # -- events ----------------------------------------------------------------------------
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
