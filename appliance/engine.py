@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -30,7 +30,7 @@ from .engine_commands import EngineCommands, model_row
 from .features import FeatureSpace
 from .drift import DriftMonitor
 from .errors import ConfigError
-from .label_join import LabelJoin, Pending
+from .label_join import LabelJoin, Pending, Scored
 from .learning import Decision, OnlineModel, Published, upgrade
 from .metrics import positive_score, predicted_label
 from .model_spec import DEFAULT_MODELS
@@ -119,6 +119,7 @@ class Engine(EngineCommands):
             version = model.served.version
         else:
             x, y_served, version = served["x"], _as_prediction(served["score"], self.task), served["version"]
+        features = orjson.dumps(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
         self.counts["predictions"] += 1
@@ -127,8 +128,8 @@ class Engine(EngineCommands):
             self.watermark = event.ts
             self._sweep()
         shadow = model.shadow(x)
-        self.rows["predictions"].append(self._prediction_row(event, x, y_served, shadow[model.champion], version,
-                                                             served))
+        self.rows["predictions"].append(self._prediction_row(event, features, y_served, shadow[model.champion],
+                                                             version, served))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
             return
@@ -140,10 +141,11 @@ class Engine(EngineCommands):
         if label is None:
             label = self.join.pop_early(event.event_id)
             status = "early"
+        scored = Scored(event.event_id, event.ts, x, shadow, y_served, version)
         if label is None:
-            self.join.add(Pending(event.event_id, event.ts, x, shadow, y_served, version))
+            self.join.add(Pending.pack(scored, features))
         else:
-            self._learn(Pending(event.event_id, event.ts, x, shadow, y_served, version), label, event.ts, status)
+            self._learn(scored, label, event.ts, status)
         self._expire()
 
     def _ingest(self, event: Event, source: str, offset: int | None) -> None:
@@ -172,7 +174,7 @@ class Engine(EngineCommands):
             self.watermark = label.ts
         pending = self.join.take(label.event_id)
         if pending is not None:
-            self._learn(pending, label.value, label.ts if label.ts is not None else self.watermark, "joined")
+            self._learn(pending.unpack(), label.value, label.ts if label.ts is not None else self.watermark, "joined")
         elif label.event_id in self.recently_expired:
             self.counts["labels_late"] += 1
             self._label_row(label.event_id, label.ts, label.value, None, "late")
@@ -181,7 +183,7 @@ class Engine(EngineCommands):
             self.join.hold_early(label.event_id, self.watermark, label.value)
         self._expire()
 
-    def _learn(self, pending: Pending, y: Any, label_ts: float, status: str) -> None:
+    def _learn(self, pending: Scored, y: Any, label_ts: float, status: str) -> None:
         delay = max(0.0, label_ts - pending.ts)
         self.counts["labels_" + ("joined" if status == "early" else status)] += 1
         if status in ("joined", "early"):
@@ -218,6 +220,7 @@ class Engine(EngineCommands):
             else:
                 name = decision.reason.split(" ", 1)[0]
                 scored = self.model.backfill(name, self.join.pending.values())
+                self.join.touch_all()  # repacked with the new shadow predictions
                 taken = f"{name} started"
                 self._apply([Decision(decision.action, None, f"{decision.reason}; it and the champion scored the "
                                                                f"{scored} predictions waiting for labels")], "policy")
@@ -240,7 +243,7 @@ class Engine(EngineCommands):
             self._remember_expired(pending.event_id)
             if join.default is not None:
                 y = bool(join.default) if self.task == "classification" else join.default
-                self._learn(pending, y, pending.ts + join.horizon, "defaulted")
+                self._learn(pending.unpack(), y, pending.ts + join.horizon, "defaulted")
 
     def _remember_expired(self, event_id: str) -> None:
         self.recently_expired[event_id] = None
@@ -258,7 +261,7 @@ class Engine(EngineCommands):
         return None if self.watermark == -math.inf else self.watermark
 
     # -- rows ------------------------------------------------------------------------------
-    def _prediction_row(self, event: Event, x: dict, y_served: Any, y_learner: Any, version: int,
+    def _prediction_row(self, event: Event, features: bytes, y_served: Any, y_learner: Any, version: int,
                         served: dict | None) -> dict:
         if self.task == "classification":
             score, learner_score = positive_score(y_served), positive_score(y_learner)
@@ -268,7 +271,7 @@ class Engine(EngineCommands):
         return {"event_id": event.event_id, "ts": event.ts, "version": version, "score": score,
                 "predicted": label, "learner_score": learner_score,
                 "origin": "socket" if served is not None else "stream",
-                "features": orjson.dumps(x).decode()}
+                "features": features.decode()}
 
     def _label_row(self, event_id: str, ts: float | None, y: Any, delay: float | None, status: str) -> None:
         value = float(y) if not isinstance(y, bool) else int(y)
@@ -307,15 +310,20 @@ class Engine(EngineCommands):
                 "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq,
                 "curve": self.curve, "recent_dead": self.recent_dead}
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
-                "evicted": evicted, "watermark": self.watermark}
+                "evicted": evicted, "watermark": self.watermark, "pending": self.join.changes()}
 
-    def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]]) -> None:
-        """Resume from a checkpoint written by `checkpoint` (only ever from the local store)."""
+    def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]],
+                pending_rows: Iterable[tuple[str, float, bytes]] = ()) -> None:
+        """Resume from a checkpoint written by `checkpoint` (only ever from the local store).
+
+        `pending_rows` are the store's pending predictions (event id, ts, packed) in arrival order.
+        """
         core = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
         if isinstance(core, tuple):  # written by an earlier release
             core = dict(zip(("model", "join", "watermark", "counts", "recently_expired", "offsets",
                              "sweep_ticks", "categories"), core))
         self.model, self.join, self.watermark = core["model"], core["join"], core["watermark"]
+        self.join.load(pending_rows)
         self.counts = {**dict.fromkeys(COUNTERS, 0), **core["counts"]}
         self.recently_expired, self.offsets = core["recently_expired"], core["offsets"]
         self.sweep_ticks, self.categories = core["sweep_ticks"], core["categories"]

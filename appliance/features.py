@@ -129,7 +129,7 @@ class FeatureSpace:
                 x[name] = value
         for name, model in self.model_scores:
             x[name] = model.score_one(x)
-        return x
+        return _finite(x)
 
     def _attributes_into(self, x: dict[str, float], table: AttributeTable, values: dict[str, Any]) -> None:
         entity = values.get(table.spec.key)
@@ -218,3 +218,19 @@ def _load_model_score(spec: Any, schema: EventSchema) -> Any:
         return load_onnx_file(spec.path, features, None)
     except ConfigError as exc:
         raise ConfigError(f'[[features.model]] "{spec.name}": {exc}') from None
+
+
+def _finite(x: dict[str, float]) -> dict[str, float]:
+    """Drop NaN and infinite values (a custom feature's, or a sum that overflowed): missing, not poison.
+
+    A feature vector is logged as JSON, where they have no spelling; dropping them here keeps what
+    is served, logged and learned the same vector. One sum finds them; a clean vector costs nothing more.
+    """
+    try:
+        if math.isfinite(sum(x.values())):
+            return x
+    except TypeError:  # a custom feature that is not a number: not ours to judge
+        return x
+    return {name: value for name, value in x.items()
+            if not isinstance(value, float) or math.isfinite(value)}
+

@@ -8,36 +8,80 @@ Both maps are bounded by the horizon, so memory is bounded by the event rate tim
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import orjson
 
 from .config import LabelPolicy
 
 DEFAULT_HORIZON = 7 * 86400.0
 
 
+class Scored(NamedTuple):
+    """What learning needs of a prediction: its features, every candidate's shadow prediction
+    (by candidate name), the served prediction and version, all as they were at prediction time."""
+
+    event_id: str
+    ts: float
+    x: dict
+    shadow: Any
+    y_served: Any
+    version: int
+
+
 class Pending:
-    """A scored event waiting for its label: its features, the served prediction, and every
-    candidate's shadow prediction (by candidate name), all as they were at prediction time."""
+    """A scored event waiting for its label, packed into one blob: the feature vector as it was
+    logged (JSON), the shadow predictions, the served prediction and version.
 
-    __slots__ = ("event_id", "ts", "x", "shadow", "y_served", "version")
+    Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
+    and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
+    when the label arrives.
+    """
 
-    def __init__(self, event_id: str, ts: float, x: dict, shadow: Any, y_served: Any, version: int) -> None:
+    __slots__ = ("event_id", "ts", "packed")
+
+    def __init__(self, event_id: str, ts: float, packed: bytes) -> None:
         self.event_id = event_id
         self.ts = ts
-        self.x = x
-        self.shadow = shadow
-        self.y_served = y_served
-        self.version = version
+        self.packed = packed
+
+    @classmethod
+    def pack(cls, scored: Scored, features: bytes | None = None) -> Pending:
+        """Pack a prediction; `features` is its vector already encoded as JSON, if at hand."""
+        features = orjson.dumps(scored.x) if features is None else features
+        return cls(scored.event_id, scored.ts,
+                   pickle.dumps((features, scored.shadow, scored.y_served, scored.version), protocol=5))
+
+    def unpack(self) -> Scored:
+        features, shadow, y_served, version = pickle.loads(self.packed)  # noqa: S301 - our own blob
+        return Scored(self.event_id, self.ts, orjson.loads(features), shadow, y_served, version)
+
+    def repack(self, scored: Scored) -> None:
+        """Replace the packed fields (a challenger's late shadow prediction was added)."""
+        self.packed = Pending.pack(scored).packed
 
     def __setstate__(self, state: Any) -> None:
         slots = state[1] if isinstance(state, tuple) else state
-        for name, value in slots.items():  # an earlier release called the shadow prediction y_learner
-            setattr(self, "shadow" if name == "y_learner" else name, value)
+        if "packed" in slots:
+            for name, value in slots.items():
+                setattr(self, name, value)
+            return
+        # An earlier release kept the fields unpacked (and called the shadow prediction y_learner).
+        shadow = slots.get("shadow", slots.get("y_learner"))
+        scored = Scored(slots["event_id"], slots["ts"], slots["x"], shadow, slots["y_served"], slots["version"])
+        self.event_id, self.ts, self.packed = scored.event_id, scored.ts, Pending.pack(scored).packed
 
 
 class LabelJoin:
-    """Pending predictions and early labels, expired by event time."""
+    """Pending predictions and early labels, expired by event time.
+
+    The pending predictions are checkpointed as changes: `changes` returns what was added (or
+    repacked) and what left since the last call, and the store applies them to its table of
+    pending rows in the checkpoint's transaction. A checkpoint's cost follows what changed, not
+    how many predictions wait (a long label horizon keeps a great many waiting).
+    """
 
     def __init__(self, policy: LabelPolicy) -> None:
         self.horizon = policy.horizon if policy.horizon is not None else DEFAULT_HORIZON
@@ -47,14 +91,62 @@ class LabelJoin:
         self.next_early_sweep = -float("inf")
         self.early: dict[str, tuple[float, Any]] = {}
         self.delays: list[float] = []  # bounded sample of label delays, for stats
+        self.seq = 0  # arrival order of pending predictions, kept by the store's rows
+        self._added: dict[str, int] = {}  # since the last checkpoint: event id -> seq
+        self._removed: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in ("pending", "_added", "_removed"):  # the store's pending rows carry these
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.seq = state.get("seq", 0)
+        self._added, self._removed = {}, set()
+        if "pending" in state:  # a checkpoint of an earlier release pickled them here: write them out
+            self.touch_all()
+        else:
+            self.pending = OrderedDict()
+
+    def load(self, rows: Iterable[tuple[str, float, bytes]]) -> None:
+        """Take back the pending predictions of the store's rows (event id, ts, packed), in seq order."""
+        for event_id, ts, packed in rows:
+            self.pending[event_id] = Pending(event_id, ts, packed)
+
+    def changes(self) -> tuple[list[tuple[str, int, float, bytes]], list[str]]:
+        """Return rows (event id, seq, ts, packed) to write and event ids to delete since the last call."""
+        pending = self.pending
+        rows = [(event_id, seq, pending[event_id].ts, pending[event_id].packed)
+                for event_id, seq in self._added.items()]
+        removed = list(self._removed)
+        self._added, self._removed = {}, set()
+        return rows, removed
+
+    def touch_all(self) -> None:
+        """Mark every pending prediction changed (after they were repacked in place)."""
+        for event_id in self.pending:
+            self.seq += 1
+            self._added[event_id] = self.seq
 
     def add(self, pending: Pending) -> None:
         """Start waiting for the label of a scored event."""
         self.pending[pending.event_id] = pending
+        self.seq += 1
+        self._added[pending.event_id] = self.seq
 
     def take(self, event_id: str) -> Pending | None:
         """Return and forget the prediction waiting for this label, if any."""
-        return self.pending.pop(event_id, None)
+        pending = self.pending.pop(event_id, None)
+        if pending is not None:
+            self._forget(event_id)
+        return pending
+
+    def _forget(self, event_id: str) -> None:
+        # Even one added since the last checkpoint may have a row from an earlier one (touch_all).
+        self._added.pop(event_id, None)
+        self._removed.add(event_id)
 
     def hold_early(self, event_id: str, seen_at: float, value: Any) -> None:
         """Keep a label whose event has not arrived yet."""
@@ -78,6 +170,8 @@ class LabelJoin:
         """
         limit = watermark - self.horizon
         expired = list(_take_while_old(self.pending, limit))
+        for pending in expired:
+            self._forget(pending.event_id)
         orphans = 0
         if self.early and watermark >= self.next_early_sweep:
             self.next_early_sweep = watermark + self.horizon / 64

@@ -322,11 +322,13 @@ class OnlineModel:
         champion = self.candidates[self.champion]
         count = 0
         for waiting in pending:
-            shadow = waiting.shadow
+            scored = waiting.unpack()
+            shadow = scored.shadow
             if not isinstance(shadow, dict) or name in shadow:
                 continue
-            shadow[name] = self.predict(candidate.model, waiting.x)
-            shadow[name + BACKFILL] = (self.champion, self.predict(champion.model, waiting.x))
+            shadow[name] = self.predict(candidate.model, scored.x)
+            shadow[name + BACKFILL] = (self.champion, self.predict(champion.model, scored.x))
+            waiting.repack(scored)
             count += 1
         return count
 

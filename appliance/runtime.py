@@ -28,7 +28,7 @@ from .entity_history import index_entity_keys
 from .order_log import OrderLog
 from .service import Service, StatsBoard
 from .sources import read_source, resolve_source
-from .store import StoreWriter, load_checkpoint, load_entities, open_db
+from .store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from .timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Appliance:
                         f'the store "{self.config.db}" was built with other features or another model; '
                         "start with --fresh or use another --db"
                     )
-                engine.restore(saved["engine"], load_entities(db))
+                engine.restore(saved["engine"], load_entities(db), load_pending(db))
                 self.resumed = True
             index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)

@@ -41,6 +41,7 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
                  "candidates": str},
                 "labels"),
     "entity_state": ({"key": str, "entity": str, "state": bytes}, ("key", "entity")),
+    "pending_labels": ({"event_id": str, "seq": int, "ts": float, "packed": bytes}, "event_id"),
     "attribute_versions": ({"name": str, "version": int, "path": str, "sha256": str, "rows": int,
                             "loaded_at": float}, ("name", "version")),
     "attribute_rows": ({"name": str, "version": int, "entity": str, "vals": str}, ("name", "version", "entity")),
@@ -192,6 +193,10 @@ class StoreWriter:
             conn.executemany(self._sql["entity_state"], payload["entities"])
         if payload.get("evicted"):
             conn.executemany("DELETE FROM entity_state WHERE key = ? AND entity = ?", payload["evicted"])
+        if "pending" in payload:  # the label join's changes since the last checkpoint: deletes first
+            rows, removed = payload["pending"]
+            conn.executemany("DELETE FROM pending_labels WHERE event_id = ?", [(event_id,) for event_id in removed])
+            conn.executemany(self._sql["pending_labels"], rows)
         conn.execute(self._sql["checkpoint"],
                      (1, fingerprint, orjson.dumps(payload["offsets"]).decode(), payload["engine"], time.time()))
         self._committed_offsets = dict(payload["offsets"])
@@ -248,6 +253,11 @@ def load_checkpoint(db: sqlite_utils.Database) -> dict[str, Any] | None:
         return None
     row = rows[0]
     return {"fingerprint": row["fingerprint"], "offsets": orjson.loads(row["offsets"]), "engine": row["engine"]}
+
+
+def load_pending(db: sqlite_utils.Database) -> list[tuple[str, float, bytes]]:
+    """Return the label join's pending predictions as (event id, ts, packed), in arrival order."""
+    return [tuple(row) for row in db.execute("SELECT event_id, ts, packed FROM pending_labels ORDER BY seq")]
 
 
 def load_entities(db: sqlite_utils.Database) -> list[tuple[str, str, bytes]]:

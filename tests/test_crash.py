@@ -36,7 +36,7 @@ CARDS = [f"c{i}" for i in range(15)]
 WALL_CLOCK = {"wall_ts"}
 # Every table the dataflow writes; each must hold exactly the rows of an uninterrupted run.
 EXACTLY_ONCE = ("events", "predictions", "labels", "dead_letters", "models", "metrics", "audit", "alerts",
-                "entity_state", "attribute_switches")
+                "entity_state", "pending_labels", "attribute_switches")
 
 
 def stream_lines(n: int) -> list[str]:
@@ -140,7 +140,7 @@ def _model(summary: dict) -> dict:
 
 # Pickled columns: compared by the state they hold, not byte for byte (pickle's memo and framing
 # depend on object identity, which a restore from a checkpoint does not reproduce).
-PICKLED = {("models", "model"), ("entity_state", "state")}
+PICKLED = {("models", "model"), ("entity_state", "state"), ("pending_labels", "packed")}
 
 
 def tables(db_path) -> dict[str, list]:

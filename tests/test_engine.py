@@ -155,7 +155,7 @@ def test_checkpoint_restore_resumes_identically(small_config):
     saved = first.checkpoint()
     entity_rows = [row for row in saved["entities"]]
     resumed = Engine(small_config)
-    resumed.restore(saved["engine"], entity_rows)
+    resumed.restore(saved["engine"], entity_rows, [(r[0], r[2], r[3]) for r in saved["pending"][0]])
     assert resumed.offsets == {"test": 230}
     run(resumed, stream[230:])
 

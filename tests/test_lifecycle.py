@@ -234,7 +234,7 @@ def test_checkpoint_restore_keeps_challengers_and_detectors(tmp_path):
     blob = first.checkpoint()
     resumed = Engine(config)
     entities = [(key, entity, state) for key, entity, state in blob["entities"]]
-    resumed.restore(blob["engine"], entities)
+    resumed.restore(blob["engine"], entities, [(r[0], r[2], r[3]) for r in blob["pending"][0]])
     run(resumed, stream[1300:])
     assert list(resumed.model.candidates) == list(straight.model.candidates)
     for name, candidate in straight.model.candidates.items():
