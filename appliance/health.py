@@ -1,11 +1,12 @@
 """The health of each stage of the appliance, from one stats snapshot: what the console's overview
 and `appliance stats` show at a glance.
 
-Stages, in the order an event meets them: ingest -> features -> predict -> labels -> learn. Each
-gets a state and the figure behind it:
+Stages, in the order an event meets them: ingest -> features -> predict -> labels -> learn, and
+the store they all write to. Each gets a state and the figure behind it:
 
 - `down`: the stage cannot work (the dataflow has stopped);
-- `behind`: work is queueing (the flow is more than `BEHIND_BYTES` behind the socket inbox);
+- `behind`: work is queueing (the flow is more than `BEHIND_BYTES` behind the socket inbox, or
+  the store writer's row queue is nearly full);
 - `warn`: it works, with a problem an operator should look at (the reason says which);
 - `idle`: nothing has reached it yet;
 - `ok`.
@@ -22,6 +23,7 @@ from typing import Any
 BEHIND_BYTES = 16 << 20
 DEAD_LETTER_WARN = 0.01  # share of input lines dead-lettered (malformed, late, duplicate)
 P99_WARN_US = 5_000.0  # server time of a predict request
+STORE_BEHIND = 0.8  # share of the store writer's row queue in use
 
 
 def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]]:
@@ -81,4 +83,13 @@ def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]
         add("learn", "warn", f"learning; automatic publication paused (serving {model.get('served_version')})")
     else:
         add("learn", "ok", f"{learned:,} examples, serving {model.get('served_version')}")
+
+    store = stats.get("store")
+    if isinstance(store, dict):
+        queued, limit = store.get("queued_rows", 0), store.get("max_rows") or 1
+        if queued >= STORE_BEHIND * limit:
+            add("store", "behind", f"{queued:,} rows waiting to be written (the flow waits at {limit:,}); "
+                                   "the disk or the CPU is the bottleneck")
+        else:
+            add("store", "ok", f"{store.get('rows_written', 0):,} rows written, {queued:,} queued")
     return stages

@@ -26,6 +26,9 @@ def render(stats: dict[str, Any]) -> str:
                stats.get("label_join_rate"))
     out.metric("uptime_seconds", "gauge", "seconds since the appliance started", stats.get("uptime_seconds"))
     out.metric("inbox_lag_bytes", "gauge", "bytes the flow is behind the socket's inbox", stats.get("inbox_lag_bytes"))
+    store = stats.get("store") or {}
+    out.metric("store_queued_rows", "gauge", "rows waiting for the store writer", store.get("queued_rows"))
+    out.metric("store_rows_written_total", "counter", "rows the store writer wrote since start", store.get("rows_written"))
     for key, value in (stats.get("rates") or {}).items():
         out.metric(key, "gauge", key.replace("_", " "), value)
     entities = stats.get("entities")

@@ -152,6 +152,7 @@ class Appliance:
         server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
                               tcp=self.options.tcp, token=self.options.token, watch_source=lambda: service.stats({}))
         service.server_stats = server.stats
+        service.store_stats = self.writer.stats
         server.start()
         self.server, self.inbox, self.service = server, inbox, service
         if self.options.metrics_port is not None:

@@ -80,6 +80,7 @@ class Service:
         self.inbox = inbox
         self.board = board
         self.server_stats = server_stats
+        self.store_stats: Callable[[], dict] | None = None
         self.schema = engine.config.event
         self.task = engine.task
         self.started = time.time()
@@ -251,6 +252,8 @@ class Service:
         stats["inbox_bytes"] = {"written": self.inbox.size, "released": self.inbox.released}
         if self.server_stats is not None:
             stats["server"] = self.server_stats()
+        if self.store_stats is not None:
+            stats["store"] = self.store_stats()
         stats["predict_latency"] = self.predict_latency.quantiles()
         stats["predictions_unlogged"] = self.unlogged
         stats["entity_keys"] = list(self.engine.space.layouts)

@@ -222,6 +222,8 @@ def soak(minutes: float, every: float, rate: float, out: Path, workdir: Path, se
                    "inbox_disk_bytes": disk(Path(str(db) + "-inbox")),
                    "events": counts.get("events"), "predictions": counts.get("predictions"),
                    "labels_joined": counts.get("labels_joined"), "inbox_lag_bytes": stats.get("inbox_lag_bytes"),
+                   "pending_labels": stats.get("pending_labels"), "store_queued_rows": stats.get("store", {}).get("queued_rows"),
+                   "unlogged": stats.get("predictions_unlogged"),
                    "ingested": load.ingested, "overloaded": load.overloaded}
             latencies = load.take_latencies()
             row["predicts"] = len(latencies)
@@ -229,7 +231,7 @@ def soak(minutes: float, every: float, rate: float, out: Path, workdir: Path, se
             sink.write(orjson.dumps(row).decode() + "\n")
             sink.flush()
             echo(f"[{row['t']:>7.1f}s] rss {row.get('rss_mib')} MiB · fds {row.get('fds')} · events {row['events']} · "
-                 f"lag {row['inbox_lag_bytes']} B · inbox {row['inbox_bytes'] >> 20} MiB ({row['inbox_disk_bytes'] >> 20} on disk) · predict p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms "
+                 f"lag {row['inbox_lag_bytes']} B · store queue {row['store_queued_rows']} · pending {row['pending_labels']} · inbox {row['inbox_bytes'] >> 20} MiB ({row['inbox_disk_bytes'] >> 20} on disk) · predict p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms "
                  f"max {row['max_ms']} ms ({row['predicts']}) · overloaded {row['overloaded']}")
     load.stop.set()
     for thread in load.threads:

@@ -27,6 +27,8 @@ import sqlite_utils
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED_ROWS = 50_000  # rows handed to the writer and not yet written (~50-100 MB at most)
+
 TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "events": ({"event_id": str, "seq": int, "ts": float, "source": str, "offset": int, "ingested": int,
                 "payload": str}, "event_id"),
@@ -94,14 +96,20 @@ RELEASE_EVERY = 30.0  # wall seconds between two releases of input that a checkp
 class StoreWriter:
     """The single writer thread: batched, ordered, idempotent writes."""
 
-    def __init__(self, path: str | Path, *, max_batches: int = 256, commit_every: float = 0.05,
-                 retention: dict[str, float] | None = None) -> None:
+    def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
+                 commit_every: float = 0.05, retention: dict[str, float] | None = None) -> None:
         self.path = str(path)
         self.retention = dict(retention or {})
         self.pruned = dict.fromkeys(self.retention, 0)
         self._next_prune = -float("inf")
         self.commit_every = commit_every
         self._queue: queue.Queue = queue.Queue(maxsize=max_batches)
+        # Bounded by rows as well as batches: a batch's size follows how far the flow is behind, so
+        # a count of batches alone would not bound memory when the disk is the bottleneck.
+        self.max_rows = max_rows
+        self._queued_rows = 0
+        self._room = threading.Condition()
+        self.waits = 0  # times the flow waited for room: the store was the bottleneck
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._sql = {name: _insert_sql(name, list(columns)) for name, (columns, _) in TABLES.items()}
         self.rows_written = 0
@@ -119,9 +127,22 @@ class StoreWriter:
         return self
 
     def put_rows(self, rows: dict[str, list[dict]]) -> None:
-        """Queue rows for writing; blocks while the queue is full."""
-        if any(rows.values()):
-            self._queue.put(("rows", rows))
+        """Queue rows for writing; blocks while `max_rows` rows (or `max_batches`) are queued."""
+        count = sum(map(len, rows.values()))
+        if not count:
+            return
+        with self._room:
+            if self._queued_rows and self._queued_rows + count > self.max_rows:
+                self.waits += 1
+                while self._queued_rows and self._queued_rows + count > self.max_rows and self._thread.is_alive():
+                    self._room.wait(0.5)
+            self._queued_rows += count
+        self._queue.put(("rows", rows))
+
+    def stats(self) -> dict[str, Any]:
+        """What is waiting to be written, and what was written."""
+        return {"queued_rows": self._queued_rows, "max_rows": self.max_rows, "rows_written": self.rows_written,
+                "transactions": self.transactions, "waits": self.waits}
 
     def put_checkpoint(self, fingerprint: str, payload: dict[str, Any]) -> None:
         """Queue a checkpoint; it commits after all rows queued before it."""
@@ -161,6 +182,9 @@ class StoreWriter:
             kind, body = item
             if kind == "rows":
                 self._write_rows(conn, body)
+                with self._room:
+                    self._queued_rows -= sum(map(len, body.values()))
+                    self._room.notify_all()
             elif kind == "checkpoint":
                 self._write_checkpoint(conn, *body)
             elif kind == "flush":

@@ -67,3 +67,45 @@ def test_a_store_from_an_older_release_gains_the_new_columns(tmp_path):
     assert "watermark" in db["dead_letters"].columns_dict
     assert list(db["dead_letters"].rows) == [{"source": "file", "offset": 3, "reason": "not valid JSON",
                                                "payload": "{", "watermark": None}]
+
+
+def test_the_writer_queue_is_bounded_by_rows_and_the_flow_waits_for_room(tmp_path):
+    """Batches grow with how far the flow is behind, so the writer bounds rows, not just batches."""
+    import threading
+
+    from appliance.store import StoreWriter
+
+    path = tmp_path / "a.db"
+    writer = StoreWriter(path, max_rows=100).start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the disk is "slow": the writer cannot commit until released
+
+    def rows(start, n):
+        return {"labels": [{"event_id": f"e{i}", "ts": float(i), "label": 1.0, "delay": 0.0, "status": "joined"}
+                           for i in range(start, start + n)]}
+
+    writer.put_rows(rows(0, 60))  # room: accepted at once
+    second_done = threading.Event()
+    second = threading.Thread(target=lambda: (writer.put_rows(rows(60, 60)), second_done.set()))
+    second.start()
+    assert not second_done.wait(0.5), "120 rows queued with room for 100: the second batch should wait"
+    assert writer.stats()["queued_rows"] == 60
+    blocker.execute("ROLLBACK")
+    assert second_done.wait(30)
+    second.join()
+    assert writer.flush()
+    writer.close()
+    stats = writer.stats()
+    assert stats["waits"] == 1 and stats["queued_rows"] == 0 and stats["rows_written"] == 120
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM labels").fetchone()[0] == 120
+
+
+def test_one_batch_larger_than_the_bound_is_still_written(tmp_path):
+    from appliance.store import StoreWriter
+
+    writer = StoreWriter(tmp_path / "a.db", max_rows=10).start()
+    writer.put_rows({"labels": [{"event_id": f"e{i}", "ts": float(i), "label": 0.0, "delay": 0.0, "status": "joined"}
+                                for i in range(25)]})
+    assert writer.flush()
+    writer.close()
+    assert writer.stats()["rows_written"] == 25 and writer.stats()["waits"] == 0
