@@ -12,7 +12,8 @@ line per run of consecutive items from one input, offsets inclusive), to `<db>-o
 `write(2)` (which survives a kill -9, like the inbox). On restart, the runs past the checkpoint's
 offsets are the plan: the engine holds back items until the plan says their turn has come, so the
 work a crash undid is redone in exactly the same order. Then it goes on in arrival order. The file
-is compacted to the plan at each start, so it holds about one checkpoint interval of runs.
+is compacted to the plan at each start, and while running, once it passes `COMPACT_BYTES`, to the
+runs past the last checkpoint known durable (`release`): no restart reads what lies before it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = ["OrderLog"]
 log = logging.getLogger(__name__)
 
 MAX_HELD = 100_000  # items held back waiting for a planned run before the plan is given up
+COMPACT_BYTES = 1 << 20  # the log's size past which a durable checkpoint lets it be compacted
 
 
 class OrderLog:
@@ -42,11 +44,26 @@ class OrderLog:
         self.plan: deque[tuple[str, int, int]] = deque(run for run in _read_runs(path, offsets) if run[0] in inputs)
         self.held: list[tuple] = []
         self.replayed = 0  # items processed to follow the plan (for tests and logs)
-        tmp = path + ".tmp"
+        self.compactions = 0
+        self._durable: dict[str, int] | None = None
+        self._fd = -1
+        self._rewrite(list(self.plan))
+
+    def release(self, offsets: dict[str, int]) -> None:
+        """A checkpoint with these offsets is durable: runs before them may go (from any thread;
+        the compaction itself happens on the recording thread, between two appends)."""
+        self._durable = dict(offsets)
+
+    def _rewrite(self, runs: list[tuple[str, int, int]]) -> None:
+        data = b"".join(_line(run) for run in runs)
+        tmp = self.path + ".tmp"
         with open(tmp, "wb") as handle:
-            handle.write(b"".join(_line(run) for run in self.plan))
-        os.replace(tmp, path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            handle.write(data)
+        os.replace(tmp, self.path)  # atomic: a kill leaves the old log or the new one
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._size = len(data)
 
     def order(self, items: list[tuple]) -> list[tuple]:
         """Return the items to process now, in order; record the ones the plan did not dictate.
@@ -79,7 +96,13 @@ class OrderLog:
 
     def _record(self, items: list[tuple]) -> None:
         if items:
-            os.write(self._fd, b"".join(_line(run) for run in _runs(items)))
+            data = b"".join(_line(run) for run in _runs(items))
+            os.write(self._fd, data)
+            self._size += len(data)
+            if self._size >= COMPACT_BYTES and self._durable is not None:
+                durable, self._durable = self._durable, None
+                self._rewrite(_read_runs(self.path, durable))
+                self.compactions += 1
 
     def close(self) -> None:
         if self._fd >= 0:

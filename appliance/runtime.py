@@ -146,7 +146,6 @@ class Appliance:
         from .server import SocketServer
 
         inbox = Inbox(self.config.db + "-inbox")
-        self.writer.after_durable_checkpoint = lambda offsets: inbox.release(int(offsets.get("inbox", 0)))
         service = Service(self.engine, inbox, self.board)
         service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
         server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
@@ -182,6 +181,7 @@ class Appliance:
             self.start_server()
         inputs = self._inputs()
         self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
+        self.writer.after_durable_checkpoint = self._released
         flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
                           after_batch=self.board.publish, order_log=self.order_log)
@@ -206,6 +206,12 @@ class Appliance:
             self._shutdown()
         if self.error is not None:
             raise self.error
+
+    def _released(self, offsets: dict[str, int]) -> None:
+        """A checkpoint with these offsets is durable: what lies before them may be given back."""
+        self.order_log.release(offsets)
+        if self.server is not None:
+            self.inbox.release(int(offsets.get("inbox", 0)))
 
     def stop(self) -> None:
         """Ask the appliance to stop; `run` returns once everything is flushed."""

@@ -27,7 +27,7 @@ import sqlite_utils
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_ROWS = 50_000  # rows handed to the writer and not yet written (~50-100 MB at most)
+MAX_QUEUED_ROWS = 20_000  # rows handed to the writer and not yet written (~30 MB on the sample)
 
 TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "events": ({"event_id": str, "seq": int, "ts": float, "source": str, "offset": int, "ingested": int,

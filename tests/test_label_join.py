@@ -96,3 +96,17 @@ def test_restoring_from_a_store_fed_by_many_checkpoints_resumes_exactly(tmp_path
     assert list(resumed.join.pending) == list(straight.join.pending)
     for name, candidate in straight.model.candidates.items():
         assert resumed.model.candidates[name].evaluation.values() == candidate.evaluation.values(), name
+
+
+def test_a_join_pickled_whole_by_an_earlier_release_writes_its_pending_predictions_out():
+    from collections import OrderedDict
+
+    old = Pending.__new__(Pending)
+    old.__setstate__((None, {"event_id": "e1", "ts": 100.0, "x": {"amount": 12.5}, "shadow": {"main": 0.25},
+                             "y_served": 0.5, "version": 2}))
+    join = LabelJoin.__new__(LabelJoin)
+    join.__setstate__({"horizon": 3600.0, "default": 0, "pending": OrderedDict(e1=old), "next_early_sweep": 0.0,
+                       "early": {}, "delays": []})
+    rows, removed = join.changes()
+    assert [(row[0], row[2]) for row in rows] == [("e1", 100.0)] and removed == []
+    assert join.take("e1").unpack().x == {"amount": 12.5}
