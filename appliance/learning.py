@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .candidates import Candidate, Probation
 from .config import CHAMPION, ModelConfig
 from .lifecycle_config import Lifecycle
@@ -91,7 +93,9 @@ class OnlineModel:
                 challenger.name, challenger.spec, build_model(challenger.spec, config.task), config.task, window)
         self.champion = CHAMPION
         self.served_eval = Evaluation(config.task, window)
-        self.examples: deque = deque(maxlen=self.lifecycle.warm_start)  # (x, y): warm starts replay these
+        # (x as JSON, y): warm starts replay these. Encoded, 10,000 examples are 10,000 objects to keep
+        # and to checkpoint, not half a million floats.
+        self.examples: deque = deque(maxlen=self.lifecycle.warm_start)
         self.probation: Probation | None = None
         self.n_learned = 0
         self.labels_since_check = 0
@@ -165,7 +169,7 @@ class OnlineModel:
                 candidate.model.learn_one(x, y)
                 candidate.n_learned += 1
         if self.examples.maxlen:
-            self.examples.append((x, y))
+            self.examples.append((orjson.dumps(x), y))
         self.n_learned += 1
         decisions = []
         if self.probation is not None and PROBATION in shadow:
@@ -295,7 +299,7 @@ class OnlineModel:
         spec = life.challenger_spec or (champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec)
         model = build_model(spec, self.task)
         for x, y in self.examples:
-            model.learn_one(x, y)
+            model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
         self.retrains += 1
         name = f"retrain-{self.retrains}"
         candidate = Candidate(name, spec, model, self.task, self.config.metric_window, origin=reason)

@@ -192,8 +192,8 @@ def test_drift_starts_a_challenger_warm_started_on_the_last_labelled_examples():
             # at its start, the challenger is exactly a fresh model trained on the last 300 examples
             expected = build_model(LEARNER, "classification")
             for x, y in list(engine.model.examples):
-                expected.learn_one(x, y)
-            probe = engine.model.examples[-1][0]
+                expected.learn_one(orjson.loads(x), y)  # kept as the JSON they were logged as
+            probe = orjson.loads(engine.model.examples[-1][0])
             challenger = engine.model.candidates["retrain-1"]
             assert challenger.n_learned == 300
             assert challenger.model.predict_proba_one(probe) == expected.predict_proba_one(probe)
