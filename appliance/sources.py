@@ -26,6 +26,7 @@ from .config import EventSchema
 from .errors import SourceError
 
 RIVER_PREFIX = "river:"
+READ_AHEAD = 1 << 20  # bytes the inbox tail reads at a time, and at most holds unread
 
 
 def resolve_source(spec: str) -> str:
@@ -133,12 +134,17 @@ def river_dataset(name: str) -> Any:
 
 
 class InboxTail:
-    """Reads complete lines appended to the inbox file, from a byte offset."""
+    """Reads complete lines appended to the inbox file, from a byte offset.
+
+    It reads ahead at most `READ_AHEAD` bytes past what it has handed out: when the flow is behind,
+    the backlog stays in the file, not in memory (a line longer than that is read whole).
+    """
 
     def __init__(self, path: str, start: int = 0) -> None:
         self.path = path
         self.position = start
         self._buffer = b""
+        self._start = 0  # where the unread part of `_buffer` begins
         self._handle: IO[bytes] | None = None
 
     def read(self, limit: int = 1024) -> list[tuple[int, bytes]]:
@@ -148,23 +154,29 @@ class InboxTail:
                 return []
             self._handle = open(self.path, "rb")  # noqa: SIM115 - closed in close()
             self._handle.seek(self.position)
-        chunk = self._handle.read(1 << 20)
-        if chunk:
-            self._buffer += chunk
+        if len(self._buffer) - self._start < READ_AHEAD:
+            self._fill()
         items: list[tuple[int, bytes]] = []
-        start = 0
-        buffer = self._buffer
         while len(items) < limit:
-            end = buffer.find(b"\n", start)
+            end = self._buffer.find(b"\n", self._start)
             if end < 0:
-                break
-            self.position += end + 1 - start
-            line = buffer[start:end]
-            start = end + 1
+                if items or not self._fill():  # no whole line buffered: read on, unless at the end
+                    break
+                continue
+            line = self._buffer[self._start:end]
+            self.position += end + 1 - self._start
+            self._start = end + 1
             if line.strip():
                 items.append((self.position, line))
-        self._buffer = buffer[start:]
         return items
+
+    def _fill(self) -> bool:
+        chunk = self._handle.read(READ_AHEAD) if self._handle is not None else b""
+        if not chunk:
+            return False
+        self._buffer = self._buffer[self._start:] + chunk  # one copy per chunk read, not per call
+        self._start = 0
+        return True
 
     def close(self) -> None:
         if self._handle is not None:
