@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .metrics import Evaluation
 
 if TYPE_CHECKING:
-    from .learning import Published
+    from .versions import Published
 
 
 class Candidate:

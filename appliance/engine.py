@@ -31,7 +31,9 @@ from .features import FeatureSpace
 from .drift import DriftMonitor
 from .errors import ConfigError
 from .label_join import LabelJoin, Pending, Scored
-from .learning import Decision, OnlineModel, Published, upgrade
+from .learning import OnlineModel, upgrade
+from .model_report import model_summary
+from .versions import Decision, Published
 from .metrics import positive_score, predicted_label
 from .model_spec import DEFAULT_MODELS
 from .timeutil import format_timestamp
@@ -358,7 +360,7 @@ class Engine(EngineCommands):
             "attributes": {name: {"version": table.version, "rows": len(table.rows)}
                            for name, table in self.space.attributes.items()},
             "custom_features": {custom.name: custom.summary() for custom in self.space.custom},
-            "model": self.model.summary(),
+            "model": model_summary(self.model),
             "drift": self.drift.summary(),
         }
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from . import attributes, registry
-from .learning import Published
+from .versions import Published
 from .store import reading
 
 

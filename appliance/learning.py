@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,48 +33,14 @@ from .config import CHAMPION, ModelConfig
 from .lifecycle_config import Lifecycle
 from .metrics import Evaluation, better_by, not_worse
 from .model_spec import build_model
+# Published and Decision lived here; checkpoints pickled before they moved name them by this module.
+from .versions import Decision, Published
 
 FIRST_CHECK = 50  # labels before the first publication check, while the untrained version serves
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
 PROBATION = "@probation"  # the shadow score of the version a policy promotion replaced
 BACKFILL = "@backfill"  # suffix: (champion, its learner's score) made when a challenger scored a pending event late
-
-
-@dataclass(frozen=True)
-class Published:
-    """An immutable served model version."""
-
-    version: int
-    model: Any
-    spec: str
-    parent: int | None
-    n_learned: int
-    event_ts: float | None
-    wall_ts: float
-    metrics: dict
-    candidate: str = CHAMPION  # the lineage: which candidate's learner this is a copy of
-
-    @property
-    def name(self) -> str:
-        return f"v{self.version}"
-
-    def describe(self) -> dict[str, Any]:
-        """Metadata without the model: what `models` lists."""
-        return {"version": self.version, "spec": self.spec, "parent": self.parent, "n_learned": self.n_learned,
-                "event_ts": self.event_ts, "wall_ts": self.wall_ts, "metrics": self.metrics,
-                "candidate": self.candidate}
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A change to serving or to the candidates, for the engine to log, audit and publish."""
-
-    action: str  # publish | refuse | promote | rollback | keep | challenger | retire
-    version: int | None
-    reason: str
-    new_version: Published | None = None  # a version to write to the registry
-    switched: bool = False  # whether the served version changed
 
 
 class OnlineModel:
@@ -417,43 +382,6 @@ class OnlineModel:
         self.catalog[published.version] = published.describe()
         self._remember(published)
         return published
-
-    def leaderboard(self) -> list[dict[str, Any]]:
-        """Every candidate, champion first, then by recent primary metric (best first)."""
-        rows = [c.summary(self.champion) for c in self.candidates.values()]
-        primary = self.learner_eval.primary
-        sign = -1 if self.learner_eval.bigger_is_better else 1
-
-        def order(row: dict) -> tuple:
-            value = row["metrics"].get(f"{primary}_window")
-            return (row["role"] != "champion", value is None, sign * (value or 0.0))
-
-        return sorted(rows, key=order)
-
-    def summary(self) -> dict[str, Any]:
-        """Return the model's figures for `stats`."""
-        out = {
-            "spec": self.spec,
-            "task": self.task,
-            "champion": self.champion,
-            "served_version": self.served.name,
-            "publishing": "paused" if self.paused else "automatic",
-            "versions": len(self.catalog),
-            "examples_learned": self.n_learned,
-            "publications": self.publications,
-            "publications_refused": self.refusals,
-            "promotions": self.promotions,
-            "rollbacks": self.rollbacks,
-            "learner": self.learner_eval.values() if self.learner_eval.count else {},
-            "served": self.served_eval.values() if self.served_eval.count else {},
-            "labels_scored": self.learner_eval.count,
-            "leaderboard": self.leaderboard(),
-        }
-        if self.probation is not None:
-            out["probation"] = {"version": self.served.version, "against": self.probation.predecessor.version,
-                                "labels": self.probation.current.window_count,
-                                "needed": self.lifecycle.rollback_after}
-        return out
 
 
 def upgrade(model: OnlineModel) -> None:
