@@ -222,7 +222,7 @@ class Console(App):
         if self._polling:
             return
         self._polling = True
-        self.run_worker(self._poll(), group="poll")
+        self.run_worker(self._poll, group="poll")  # the coroutine is made when the worker runs: none left unawaited at exit
 
     async def _poll(self) -> None:
         self.polls += 1
