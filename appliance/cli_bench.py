@@ -1,5 +1,6 @@
 """`appliance bench`: the whole comparison in one run (`appliance.bench.suite`), and single
-measurements (`predict` against a running appliance, `memory`, `offline`)."""
+measurements (`predict` against a running appliance, `memory`, `offline`) and `drift`, the drift
+policy on River's synthetic streams (`appliance.bench.drift_harness`)."""
 
 from __future__ import annotations
 
@@ -147,6 +148,35 @@ def bench_offline(model_file: str, config_path: str | None, db: str | None, rows
         click.echo(f"{result['model']}, {result['features']} features, {result['rows']:,} rows: per row p50 "
                    f"{per_row['p50']} µs, p99 {per_row['p99']} µs (dict in, score out); as one batch "
                    f"{result['batch_us_per_row']} µs per row")
+
+
+@bench.command("drift")
+@click.option("--quick", is_flag=True, help="One abrupt change, one model, immediate labels, 3,000 events (CI).")
+@click.option("--events", type=int, help="Events per drifting stream [full: 10,000; the change is halfway].")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the tables.")
+@click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@friendly_errors
+def bench_drift(quick: bool, events: int | None, seed: int, as_json: bool, save: str | None) -> None:
+    """The drift policy vs alerts only vs no detection on River's synthetic streams with known changes.
+
+    Alert delay (events after the change), the served model's accuracy before, right after and after
+    recovery, per stream, label timing (immediate or delayed) and champion (linear, Hoeffding tree,
+    adaptive tree, a frozen ONNX model); and false alarms on stationary streams.
+    """
+    from dataclasses import replace
+
+    from .bench import drift_harness
+
+    plan = replace(drift_harness.QUICK if quick else drift_harness.FULL, seed=seed)
+    if events is not None:
+        plan = replace(plan, events=events)
+    report = drift_harness.run(plan, log=lambda text: click.echo(f"bench drift: {text}", err=True))
+    if save:
+        with open(save, "wb") as handle:
+            handle.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json
+               else drift_harness.format_table(report))
 
 
 class Client_stats:  # noqa: N801 - a tiny context helper: events processed so far

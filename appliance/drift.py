@@ -10,7 +10,10 @@ events as a live run. An alert says when (event time), which detector, on what (
 or a feature) and the evidence: the detector's estimate of the mean before and after the change,
 and how many values it had seen. The same subject does not alert again within `alert_cooldown` of
 event time; suppressed alerts are counted. A drop in the served model's error is an improvement,
-not concept drift, and is not alerted.
+not concept drift, and is not alerted; nor is a rise of the error estimate by less than
+`drift_min_effect` (relative), which on a stationary stream is the noise of a heavy-tailed loss.
+A concept alert's evidence carries `since_change`, the detector's estimate of how many labels came
+after the change (ADWIN's window after its cut): what a drift challenger is warm-started on.
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ class DriftMonitor:
         if not detector.drift_detected or self.seen[stream] <= self.lifecycle.drift_warmup:
             return None  # a detector on a new stream (a new model's errors) first learns what is normal
         after = _estimate(detector)
-        if rises_only and before is not None and after is not None and after <= before:
-            return None
+        if rises_only and before is not None and after is not None and \
+                after <= before * (1.0 + self.lifecycle.drift_min_effect):
+            return None  # a fall of the error is an improvement; a rise below the minimum effect is noise
         key = stream
         if ts - self.last_alert.get(key, -math.inf) < self.lifecycle.alert_cooldown:
             self.suppressed += 1
@@ -93,7 +97,8 @@ class DriftMonitor:
         return {"event_ts": ts, "wall_ts": time.time(), "kind": kind, "detector": self.lifecycle.drift_detector,
                 "subject": subject,
                 "evidence": {f"{what}_before": before, f"{what}_after": after, "value": value,
-                             "window": getattr(detector, "width", None), "observations": self.seen[stream]}}
+                             "window": getattr(detector, "width", None), "observations": self.seen[stream],
+                             "since_change": _since_change(detector)}}
 
     def summary(self) -> dict[str, Any]:
         per_feature = {name: {"estimate": _estimate(detector), "observations": self.seen.get(f"feature {name}", 0),
@@ -102,6 +107,16 @@ class DriftMonitor:
         return {"detector": self.lifecycle.drift_detector, "features": list(self.features),
                 "feature_drift": per_feature, "alerts": self.alerts, "suppressed_by_cooldown": self.suppressed,
                 "error_estimate": _estimate(self.concept), "recent": list(self.recent)}
+
+
+def _since_change(detector: Any) -> int | None:
+    """The detector's estimate of how many values it has seen since the change, if it has one.
+
+    ADWIN drops the older part of its window when it detects a change: what remains is what it
+    believes came after it. Other detectors give no such estimate.
+    """
+    width = getattr(detector, "width", None)
+    return int(width) if type(detector).__name__ == "ADWIN" and isinstance(width, (int, float)) else None
 
 
 def _estimate(detector: Any) -> float | None:

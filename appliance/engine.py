@@ -216,7 +216,8 @@ class Engine(EngineCommands):
         self.alert_seq += 1
         taken = "alert only"
         if action == "challenger":
-            decision = self.model.start_challenger(f"{alert['kind']} drift on {alert['subject']}")
+            since = alert["evidence"].get("since_change") if alert["kind"] == "concept" else None
+            decision = self.model.start_challenger(f"{alert['kind']} drift on {alert['subject']}", since)
             if decision is None:
                 taken = "none: a fresh challenger is already competing"
             else:

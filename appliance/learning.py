@@ -22,6 +22,7 @@ themselves live in the store's registry), `history` the versions that served, in
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections import deque
 from typing import Any
@@ -138,7 +139,9 @@ class OnlineModel:
         self.n_learned += 1
         decisions = []
         if self.probation is not None and PROBATION in shadow:
-            decisions += self._judge_probation(y, y_served, shadow[PROBATION], event_ts)
+            trial = self.probation
+            trial.update(y, y_served, shadow[PROBATION], shadow.get(trial.promoted), shadow.get(trial.champion))
+            decisions += self._judge_probation(event_ts)
             if any(d.switched for d in decisions):
                 self.labels_since_check = 0  # the next check compares with the restored version
                 return decisions
@@ -221,40 +224,55 @@ class OnlineModel:
         self.serve(published)
         self.promotions += 1
         if by_policy and self.lifecycle.auto_rollback:
-            self.probation = Probation(predecessor, champion_before, published, self.task, self.config.metric_window)
+            live = champion_before in self.candidates and self.candidates[champion_before].learns
+            self.probation = Probation(predecessor, champion_before, published, self.task, self.config.metric_window,
+                                       live=live)
         return Decision("promote", published.version, reason, new_version, True)
 
-    def _judge_probation(self, y: Any, y_served: Any, y_previous: Any, event_ts: float) -> list[Decision]:
+    def _judge_probation(self, event_ts: float) -> list[Decision]:
+        """After `rollback_after` labels: keep the promotion, or roll back if it lost to either baseline.
+
+        It loses if what serves did worse than the version it replaced, or if the promoted learner did
+        worse than the replaced champion's live learner (which would have been published meanwhile).
+        A rollback returns to the replaced champion's lineage: the version it replaced when that one
+        scored at least as well as the live learner on the probation's labels (exactly that version
+        serves again), otherwise a new version of the live learner.
+        """
         trial, life = self.probation, self.lifecycle
-        trial.current.update(y, y_served)
-        trial.previous.update(y, y_previous)
         if trial.current.window_count < life.rollback_after or self.paused:
             return []
         self.probation = None
-        now, before = trial.current.window_primary(), trial.previous.window_primary()
-        figures = (f"{trial.current.primary} on the last {min(trial.current.window_count, trial.current.window)} "
-                   f"labels: v{self.served.version} {_fmt(now)} vs v{trial.predecessor.version} {_fmt(before)} "
-                   f"(margin {life.rollback_margin})")
-        if now is None or before is None or not_worse(now, before, life.rollback_margin,
-                                                      trial.current.bigger_is_better):
+        verdict = trial.verdict(life.rollback_margin, self.served.version, live_available=trial.champion in self.candidates)
+        figures = verdict.figures
+        if not verdict.lost_to:
             return [Decision("keep", self.served.version, f"probation passed: {figures}")]
         failed = f"{trial.promoted} (promoted as v{trial.version}, serving as v{self.served.version})"
+        lost_to, self.rollbacks = verdict.lost_to, self.rollbacks + 1
         if trial.champion in self.candidates:
             self.champion = trial.champion
-        self.serve(trial.predecessor)
-        self.rollbacks += 1
-        decisions = [Decision("rollback", trial.predecessor.version,
-                              f"{failed} did worse than the version it replaced: {figures}", None, True)]
+        if verdict.live_is_better:
+            published = self._new_version(self.candidates[trial.champion], self.served.version, event_ts)
+            self.serve(published)
+            decisions = [Decision("rollback", published.version, f"{failed} did worse than {lost_to}: {figures}; "
+                                                                 f"{trial.champion}'s learner serves as v{published.version}",
+                                  published, True)]
+        else:
+            self.serve(trial.predecessor)
+            decisions = [Decision("rollback", trial.predecessor.version,
+                                  f"{failed} did worse than {lost_to}: {figures}", None, True)]
         if trial.promoted.startswith("retrain-") and trial.promoted in self.candidates:
             decisions.append(self.retire(trial.promoted, f"its promotion (v{trial.version}) was rolled back"))
         return decisions
 
     # -- challengers -----------------------------------------------------------------------
-    def start_challenger(self, reason: str) -> Decision | None:
-        """A fresh copy of the champion's spec, warm-started on the last labelled examples.
+    def start_challenger(self, reason: str, since_change: int | None = None) -> Decision | None:
+        """A fresh model (`challenger_spec`, or the champion's), warm-started on what came after the change.
 
-        Returns None while the previous fresh challenger has not yet been scored on enough labels
-        to be judged (a burst of alerts starts one challenger, not many).
+        `since_change` is the detector's estimate of how many labels arrived since the change (ADWIN's
+        window after its cut); the challenger learns the last that many of the last `warm_start`
+        labelled examples, and none without an estimate: examples of the old concept would only teach
+        it what the champion already knows. Returns None while the previous fresh challenger has not
+        yet been scored on enough labels to be judged (a burst of alerts starts one challenger).
         """
         life = self.lifecycle
         fresh = [c for c in self.candidates.values() if c.name.startswith("retrain-") and c.name != self.champion]
@@ -263,20 +281,22 @@ class OnlineModel:
         champion = self.candidates[self.champion]
         spec = life.challenger_spec or (champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec)
         model = build_model(spec, self.task)
-        for x, y in self.examples:
+        warm = min(len(self.examples), max(0, since_change or 0))
+        for x, y in itertools.islice(self.examples, len(self.examples) - warm, None):
             model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
         self.retrains += 1
         name = f"retrain-{self.retrains}"
         candidate = Candidate(name, spec, model, self.task, self.config.metric_window, origin=reason)
-        candidate.n_learned = len(self.examples)
+        candidate.n_learned = warm
         decisions_note = ""
         while len(self.candidates) - 1 >= life.max_challengers and fresh:
             oldest = fresh.pop(0)
             del self.candidates[oldest.name]
             decisions_note += f"; retired {oldest.name} to stay within {life.max_challengers} challengers"
         self.candidates[name] = candidate
-        return Decision("challenger", None, f"{name} started ({spec}), warm-started on the last "
-                                            f"{len(self.examples)} labelled examples, after {reason}{decisions_note}")
+        start = (f"warm-started on the last {warm} labelled examples (since the estimated change)" if warm
+                 else "untrained (no estimate of the change)" if since_change is None else "untrained")
+        return Decision("challenger", None, f"{name} started ({spec}), {start}, after {reason}{decisions_note}")
 
     def backfill(self, name: str, pending: Any) -> int:
         """Let a new challenger score the predictions still waiting for their labels, now.

@@ -20,6 +20,7 @@
     max_challengers = 4
     alert_cooldown = "1d"                # event time before the same detector alerts again
     drift_warmup = 1000                  # values a detector sees (after a start or a switch) before it may alert
+    drift_min_effect = 0.0               # a concept alert needs the error estimate to rise by this much (0.1: 10 %)
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Lifecycle:
     max_challengers: int = 4
     alert_cooldown: float = 86400.0
     drift_warmup: int = 1000
+    drift_min_effect: float = 0.0  # a concept alert needs the error estimate to rise by this much (relative)
     challenger_spec: str | None = None  # the spec of drift challengers [default: the champion's]
 
 
@@ -104,7 +106,7 @@ def parse_lifecycle(table: dict[str, Any]) -> Lifecycle:
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key in ("warm_start", "drift_warmup") else 1):
             raise ConfigError(f"[lifecycle] {key} must be a positive whole number")
         values[key] = value
-    for key in ("promote_margin", "rollback_margin"):
+    for key in ("promote_margin", "rollback_margin", "drift_min_effect"):
         value = table.get(key, getattr(default, key))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"[lifecycle] {key} must be a number >= 0")

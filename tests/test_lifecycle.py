@@ -177,7 +177,7 @@ def test_unknown_drift_feature_is_refused():
         Engine(config_with({}, {"drift_features": ["nope"]}))
 
 
-def test_drift_starts_a_challenger_warm_started_on_the_last_labelled_examples():
+def test_drift_starts_a_challenger_warm_started_on_the_examples_since_the_estimated_change():
     change = 1500
     stream = flip_stream(3000, change=change)
     config = config_with({"spec": LEARNER}, {"on_concept_drift": "challenger", "warm_start": 300,
@@ -189,18 +189,20 @@ def test_drift_starts_a_challenger_warm_started_on_the_last_labelled_examples():
         engine.process(item)
         if "retrain-1" in engine.model.candidates and started_at is None:
             started_at = index
-            # at its start, the challenger is exactly a fresh model trained on the last 300 examples
+            since = engine.drift.recent[-1]["evidence"]["since_change"]
+            warm = min(300, since)
+            # at its start, the challenger is exactly a fresh model trained on the last `warm` examples
             expected = build_model(LEARNER, "classification")
-            for x, y in list(engine.model.examples):
+            for x, y in list(engine.model.examples)[-warm:]:
                 expected.learn_one(orjson.loads(x), y)  # kept as the JSON they were logged as
             probe = orjson.loads(engine.model.examples[-1][0])
             challenger = engine.model.candidates["retrain-1"]
-            assert challenger.n_learned == 300
+            assert 0 < challenger.n_learned == warm < 300
             assert challenger.model.predict_proba_one(probe) == expected.predict_proba_one(probe)
     rows = engine.take_rows()
     assert started_at is not None and started_at >= change
     started = [row for row in rows["audit"] if row["action"] == "challenger"]
-    assert started[0]["actor"] == "policy" and "warm-started on the last 300" in started[0]["reason"]
+    assert started[0]["actor"] == "policy" and "(since the estimated change)" in started[0]["reason"]
     assert any(row["action"] == "retrain-1 started" for row in rows["alerts"])
 
 
