@@ -54,7 +54,7 @@ class Plan:
 
 FULL = Plan(scenarios=("agrawal-abrupt", "sea-abrupt", "hyperplane", "rbf-drift", "cds-abrupt", "cds-gradual"),
             stationary=("agrawal-stationary", "sea-stationary", "hyperplane-stationary", "rbf-stationary"))
-QUICK = Plan(scenarios=("agrawal-abrupt",), labels=("immediate",), models=("linear",), events=3000, after=500,
+QUICK = Plan(scenarios=("agrawal-abrupt",), labels=("immediate",), models=("hoeffding",), events=3000, after=500,
              stationary=("sea-stationary",), stationary_events=3000)
 
 
