@@ -6,7 +6,7 @@
 
     [lifecycle]
     auto_promote = true                  # a challenger that beats the champion...
-    promote_margin = 0.005               # ...by this much of the primary metric...
+    promote_margin = 0.02                # ...by this much of the primary metric...
     promote_after = 1000                 # ...over at least this many labels scored by both, serves
     drift_detector = "drift.ADWIN()"     # River detector on the champion's error stream
     drift_features = ["amount"]          # and on the distribution of these features
@@ -47,7 +47,7 @@ class Lifecycle:
     """Champion/challenger promotion, drift detection and the automatic actions taken on it."""
 
     auto_promote: bool = True
-    promote_margin: float = 0.005
+    promote_margin: float = 0.02
     promote_after: int = 1000
     drift_detector: str = "drift.ADWIN()"
     drift_features: tuple[str, ...] = ()
