@@ -66,6 +66,8 @@ class Probation:
       None when the replaced champion does not learn (an offline model).
     """
 
+    live: Evaluation | None = None  # a probation pickled by an earlier release compares with the frozen version only
+
     def __init__(self, predecessor: Published, champion: str, promoted: Published, task: str, window: int,
                  *, live: bool = True) -> None:
         self.predecessor = predecessor

@@ -271,8 +271,9 @@ class OnlineModel:
         `since_change` is the detector's estimate of how many labels arrived since the change (ADWIN's
         window after its cut); the challenger learns the last that many of the last `warm_start`
         labelled examples, and none without an estimate: examples of the old concept would only teach
-        it what the champion already knows. Returns None while the previous fresh challenger has not
-        yet been scored on enough labels to be judged (a burst of alerts starts one challenger).
+        it what the champion already knows (`warm_start_from = "last"`: all of them, as before).
+        Returns None while the previous fresh challenger has not yet been scored on enough labels to
+        be judged (a burst of alerts starts one challenger).
         """
         life = self.lifecycle
         fresh = [c for c in self.candidates.values() if c.name.startswith("retrain-") and c.name != self.champion]
@@ -281,7 +282,8 @@ class OnlineModel:
         champion = self.candidates[self.champion]
         spec = life.challenger_spec or (champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec)
         model = build_model(spec, self.task)
-        warm = min(len(self.examples), max(0, since_change or 0))
+        everything = life.warm_start_from == "last"
+        warm = len(self.examples) if everything else min(len(self.examples), max(0, since_change or 0))
         for x, y in itertools.islice(self.examples, len(self.examples) - warm, None):
             model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
         self.retrains += 1
@@ -294,8 +296,8 @@ class OnlineModel:
             del self.candidates[oldest.name]
             decisions_note += f"; retired {oldest.name} to stay within {life.max_challengers} challengers"
         self.candidates[name] = candidate
-        start = (f"warm-started on the last {warm} labelled examples (since the estimated change)" if warm
-                 else "untrained (no estimate of the change)" if since_change is None else "untrained")
+        start = (f"warm-started on the last {warm} labelled examples" + ("" if everything else " (since the estimated change)")
+                 if warm else "untrained (no estimate of the change)" if since_change is None else "untrained")
         return Decision("challenger", None, f"{name} started ({spec}), {start}, after {reason}{decisions_note}")
 
     def backfill(self, name: str, pending: Any) -> int:

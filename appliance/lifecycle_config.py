@@ -12,7 +12,8 @@
     drift_features = ["amount"]          # and on the distribution of these features
     on_concept_drift = "challenger"      # "alert" or "challenger": a fresh challenger...
     on_data_drift = "alert"
-    warm_start = 2000                    # ...warm-started on the last 2000 labelled examples
+    warm_start = 2000                    # ...warm-started on the labelled examples (of the last 2000)...
+    warm_start_from = "change"           # ...after the detector's estimate of the change ("last": all of them)
     challenger_spec = "..."              # ...of this River model [default: the champion's spec]
     auto_rollback = true                 # roll back a policy promotion that does worse...
     rollback_after = 1000                # ...than the version it replaced, over this many labels,
@@ -32,6 +33,7 @@ from .errors import ConfigError
 from .timeutil import parse_duration
 
 DRIFT_ACTIONS = ("alert", "challenger")
+WARM_STARTS = ("change", "last")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Lifecycle:
     on_concept_drift: str = "alert"
     on_data_drift: str = "alert"
     warm_start: int = 2000
+    warm_start_from: str = "change"  # "change": only the examples since the estimated change; "last": all kept
     auto_rollback: bool = True
     rollback_after: int = 1000
     rollback_margin: float = 0.01
@@ -116,6 +119,10 @@ def parse_lifecycle(table: dict[str, Any]) -> Lifecycle:
         if value not in DRIFT_ACTIONS:
             raise ConfigError(f'[lifecycle] {key} must be one of {", ".join(DRIFT_ACTIONS)}, not {value!r}')
         values[key] = value
+    warm_from = table.get("warm_start_from", default.warm_start_from)
+    if warm_from not in WARM_STARTS:
+        raise ConfigError(f'[lifecycle] warm_start_from must be one of {", ".join(WARM_STARTS)}, not {warm_from!r}')
+    values["warm_start_from"] = warm_from
     features = table.get("drift_features", [])
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise ConfigError("[lifecycle] drift_features must be a list of feature names")

@@ -5,11 +5,13 @@ stream, and `appliance bench drift` over River's synthetic streams (real engine 
 from __future__ import annotations
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from appliance.bench import drift_harness
 from appliance.cli import main
 from appliance.engine import Engine
+from appliance.errors import ConfigError
 from appliance.model_spec import build_model
 
 from .test_engine import items, run
@@ -51,6 +53,18 @@ def test_without_an_estimate_of_the_change_a_drift_challenger_starts_untrained()
     decision = engine.model.start_challenger("data drift on feature amount", None)
     assert "untrained (no estimate of the change)" in decision.reason
     assert engine.model.candidates["retrain-1"].n_learned == 0
+
+
+def test_warm_start_from_last_keeps_the_old_behaviour_and_a_bad_value_is_refused():
+    config = config_with({"spec": LEARNER}, {"on_concept_drift": "challenger", "warm_start_from": "last",
+                                              "warm_start": 250})
+    engine = Engine(config)
+    run(engine, items(config, flip_stream(300, change=10_000)))
+    decision = engine.model.start_challenger("concept drift on served model (v3)", 40)
+    assert engine.model.candidates["retrain-1"].n_learned == 250
+    assert "warm-started on the last 250 labelled examples," in decision.reason
+    with pytest.raises(ConfigError, match="warm_start_from must be one of change, last"):
+        config_with({}, {"warm_start_from": "everything"})
 
 
 def test_probation_rolls_back_to_the_live_learner_when_the_promotion_loses_to_it():
