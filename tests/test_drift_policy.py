@@ -158,4 +158,8 @@ def test_bench_drift_quick_prints_the_table_with_a_finite_alert_delay(tmp_path):
     assert report["stationary"] and all(row["alerts_per_10k"] is not None for row in report["stationary"])
     assert report["machine"]
     table = drift_harness.format_table(report)
-    assert table.splitlines()[0].startswith("| scenario | labels | model | run | alert_delay")
+    lines = table.splitlines()
+    assert lines[0].startswith("| scenario | labels | model | alert delay |")
+    assert "right after: no detection / alert only / policy" in lines[0]
+    assert lines[2].startswith("| agrawal-abrupt | immediate | hoeffding | ")
+    assert len(lines[2].split(" | ")) == len(lines[0].split(" | "))

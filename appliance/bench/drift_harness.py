@@ -265,9 +265,26 @@ def _fmt(value: Any) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The report as two Markdown tables: drifting streams, then stationary ones."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row.get(k)) for k in COLUMNS) + " |" for row in report["rows"]]
+    """The report as Markdown: one row per stream, label timing and model, the runs side by side
+    ("a / b / c" in the order of the header), then the false alarms on stationary streams."""
+    cases: dict[tuple, dict[str, dict]] = {}
+    for row in report["rows"]:
+        cases.setdefault((row["scenario"], row["labels"], row["model"]), {})[row["run"]] = row
+    runs = list(dict.fromkeys(row["run"] for row in report["rows"]))
+    head = " / ".join(runs)
+    header = ["scenario", "labels", "model", "alert delay", "alerts before change", "before",
+              f"right after: {head}", f"recovery: {head}", f"mean after: {head}",
+              "challengers / promotions / rollbacks (policy runs)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for (scenario, labels, model), by_run in cases.items():
+        alerted = next((r for r in by_run.values() if r["alert_delay"] is not None), next(iter(by_run.values())))
+        acts = " ; ".join(f"{r['challengers']} / {r['promotions']} / {r['rollbacks']}" for name, r in by_run.items()
+                          if name not in ("no detection", "alert only"))
+        cells = [scenario, labels, model, _fmt(alerted["alert_delay"]), _fmt(alerted["alerts_before_change"]),
+                 _fmt(alerted["before"])]
+        cells += [" / ".join(_fmt(by_run[run].get(key)) for run in runs if run in by_run)
+                  for key in ("right_after", "recovery", "mean_after")]
+        lines.append("| " + " | ".join(cells + [acts or "-"]) + " |")
     if report["stationary"]:
         lines += ["", "| " + " | ".join(STATIONARY_COLUMNS) + " |", "|" + " --- |" * len(STATIONARY_COLUMNS)]
         lines += ["| " + " | ".join(_fmt(row.get(k)) for k in STATIONARY_COLUMNS) + " |" for row in report["stationary"]]
