@@ -272,12 +272,12 @@ def format_table(report: dict[str, Any]) -> str:
         cases.setdefault((row["scenario"], row["labels"], row["model"]), {})[row["run"]] = row
     runs = list(dict.fromkeys(row["run"] for row in report["rows"]))
     head = " / ".join(runs)
-    header = ["scenario", "labels", "model", "alert delay", "alerts before change", "before",
+    header = ["scenario", "labels", "model", "alert delay", "alerts before change", "before",  # of "alert only"
               f"right after: {head}", f"recovery: {head}", f"mean after: {head}",
               "challengers / promotions / rollbacks (policy runs)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for (scenario, labels, model), by_run in cases.items():
-        alerted = next((r for r in by_run.values() if r["alert_delay"] is not None), next(iter(by_run.values())))
+        alerted = by_run.get("alert only") or next(iter(by_run.values()))
         acts = " ; ".join(f"{r['challengers']} / {r['promotions']} / {r['rollbacks']}" for name, r in by_run.items()
                           if name not in ("no detection", "alert only"))
         cells = [scenario, labels, model, _fmt(alerted["alert_delay"]), _fmt(alerted["alerts_before_change"]),
