@@ -43,6 +43,8 @@ KEY_MIN_RECURRING = 0.3  # a key's values recur: at least this share of events n
 CODE_MIN_ROUGHNESS = 0.5  # neighbouring integers' frequencies differ by e^0.5 = 1.6x (median): a code
 MAX_CATEGORIES = 200  # more distinct values than this are not one-hot (a key, if they recur)
 MAX_KEYS = 6
+LEAK_AUC = 0.99  # a field that alone ranks the inline label this well is probably known only with it
+BINARY = frozenset({"0", "1", "true", "false", "0.0", "1.0"})
 MAJORITY = 0.99  # a field is numeric (string, ...) when this share of its values are; the rest are dead letters
 OPTIONAL_MIN_MISSING = 0.001  # missing in fewer events than this share: bad events, not an optional field
 MIN_BUCKETS, MAX_BUCKETS = 16, 1024
@@ -78,6 +80,15 @@ class Guess:
     labels: dict[str, Any] = field(default_factory=dict)
     amount: tuple[str | None, str] = (None, "")
 
+    def warnings(self) -> list[str]:
+        """What will go wrong if the file is replayed as it is."""
+        found = list(self.profile.layout.notes)
+        if self.lateness[1].startswith("SORT"):
+            found.append("the file is not in time order; sort it by time, or many events will be dead letters")
+        if self.labels.get("why", "").startswith(("LABEL NOT BINARY", "no label field")):
+            found.append(self.labels["why"])
+        return found
+
 
 def read_sample(path: str, limit: int = HEAD_ROWS) -> list[dict[str, Any]]:
     """Return up to `limit` records of a JSONL or CSV file (gzip ok), numbers in CSV converted."""
@@ -100,7 +111,7 @@ def starter_config(path: str, records: Iterable[dict[str, Any]] | None = None, c
 
 
 def write_starter(events_path: str, out: str, *, force: bool = False) -> str:
-    """Write the starter config for `events_path` to `out`; return its text."""
+    """Write the starter config for `events_path` to `out`; return its text (warnings as "# WARNING:" lines)."""
     target = Path(out)
     if target.exists() and not force:
         raise ConfigError(f'"{out}" already exists; pass --force to overwrite it')
@@ -158,6 +169,10 @@ def _role(name: str, p: FieldProfile, events: int) -> Role:
         if max(p.numbers, p.strings, p.bools) < p.count else ""
     if p.bools >= MAJORITY * p.count:
         return Role(name, ["categorical"], "categorical: true/false" + missing + odd, optional)
+    auc = _auc(p.pairs)
+    if p.numbers >= MAJORITY * p.count and auc is not None and abs(auc - 0.5) >= LEAK_AUC - 0.5:
+        return Role(name, [], f"ignored: it nearly decides the label on its own (ROC AUC {max(auc, 1 - auc):.3f}): "
+                    "is it known only once the label is? Add it back if it is known at event time")
     if p.numbers >= MAJORITY * p.count and p.ints < p.numbers:
         return Role(name, ["numeric"], f"numeric: {p.distinct:,} values, not all integers" + missing + odd, optional)
     if p.numbers >= MAJORITY * p.count:
@@ -236,13 +251,21 @@ def _windows(profile: StreamProfile, key: str, lateness: float) -> tuple[float, 
 
 def _label_policy(profile: StreamProfile) -> dict[str, Any]:
     layout = profile.layout
-    total = sum(profile.label_values.values())
-    values = {v: n for v, n in profile.label_values.items() if n >= (1 - MAJORITY) * total}  # rare junk aside
-    binary = bool(values) and set(values) <= {"0", "1", "true", "false", "0.0", "1.0"}
-    policy: dict[str, Any] = {"values": values, "task": "classification" if binary or not values else "regression",
-                              "horizon": None, "default": "drop"}
+    seen = profile.label_values
+    total = sum(seen.values())
+    binary_share = sum(n for v, n in seen.items() if v in BINARY) / max(total, 1)
+    numeric_share = sum(n for v, n in seen.items() if _is_number(v)) / max(total, 1)
+    binary = total > 0 and binary_share >= MAJORITY
+    values = {v: n for v, n in seen.items() if v in BINARY} if binary else seen
+    task = "classification" if binary or total == 0 or numeric_share < MAJORITY else "regression"
+    policy: dict[str, Any] = {"values": values, "task": task, "horizon": None, "default": "drop"}
     if layout.label_field is None:
         policy["why"] = "no label field found; set [event] label (and task)"
+        return policy
+    if not binary and task == "classification":
+        policy["why"] = (f'LABEL NOT BINARY: "{layout.label_field}" has {len(seen)}{"+" if len(seen) >= 1000 else ""} '
+                         "values that are not numbers; the appliance learns a binary label (true/false, 1/0) or a "
+                         "number: map it (e.g. one class against the rest) before replaying")
         return policy
     if not layout.separate_labels:
         policy["why"] = f'each event carries its label in "{layout.label_field}": learned as soon as it is scored'
@@ -262,6 +285,31 @@ def _label_policy(profile: StreamProfile) -> dict[str, Any]:
         policy["default_why"] = (f"only {'positive' if positive else 'negative'} labels arrive ({profile.labels:,} "
                                  f"for {profile.events:,} events): no label by the horizon means the other outcome")
     return policy
+
+
+def _auc(pairs: list[tuple[float, bool]]) -> float | None:
+    """ROC AUC of a value as a score for the inline label (ties share their ranks), None if one class."""
+    positives = sum(label for _, label in pairs)
+    negatives = len(pairs) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ordered = sorted(pairs)
+    rank_sum, i = 0.0, 0
+    while i < len(ordered):
+        j = i
+        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+            j += 1
+        rank = (i + j + 1) / 2  # average of ranks i+1 .. j
+        rank_sum += rank * sum(label for _, label in ordered[i:j])
+        i = j
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _amount(guess: Guess) -> tuple[str | None, str]:

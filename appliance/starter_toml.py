@@ -62,7 +62,10 @@ def _header(w: Write, guess: Guess, path: str) -> None:
     w(".\n# Every guess says why; check them, then run\n")
     w("#   appliance replay --config <this file>     # learn from the history, as fast as possible\n")
     w("#   appliance up --config <this file>         # then serve predictions on ./appliance.sock\n")
-    w("# docs/config.md explains every key.\n\n")
+    w("# docs/config.md explains every key.\n")
+    for warning in guess.warnings():
+        w(f"# WARNING: {warning}\n")
+    w("\n")
 
 
 def _event(w: Write, guess: Guess) -> None:

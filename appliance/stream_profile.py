@@ -109,6 +109,8 @@ class FieldProfile:
     gaps: list[float] = field(default_factory=list)
     gap_stride: int = 1
     saturated: bool = False
+    pairs: list[tuple[float, bool]] = field(default_factory=list)  # (value, inline label), thinned evenly
+    pair_stride: int = 1
 
     @property
     def distinct(self) -> int:
@@ -243,12 +245,16 @@ def profile_stream(records: Iterable[dict[str, Any]], layout: Layout, max_rows: 
             _count_label(profile, record[layout.label_field])
         check_time = profile.events <= 2000
         fields = profile.fields
+        label = _binary(record.get(layout.label_field)) if not layout.separate_labels else None  # type: ignore[arg-type]
         for name, value in record.items():
             if name not in skip:
                 field_profile = fields.get(name)
                 if field_profile is None:
                     field_profile = fields[name] = FieldProfile()
                 field_profile.add(value, ts, check_time)
+                if label is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    field_profile.pair_stride = _keep_sample(field_profile.pairs, (float(value), label),  # type: ignore[arg-type]
+                                                             field_profile.pair_stride, profile.events)
     return profile
 
 
@@ -292,7 +298,12 @@ def _count_label(profile: StreamProfile, value: Any) -> None:
         profile.label_values[key] = profile.label_values.get(key, 0) + 1
 
 
-def _keep_sample(sample: list[float], value: float, stride: int, n: int) -> int:
+def _binary(value: Any) -> bool | None:
+    text = str(value).lower()
+    return True if text in ("1", "true", "1.0") else False if text in ("0", "false", "0.0") else None
+
+
+def _keep_sample(sample: list[Any], value: Any, stride: int, n: int) -> int:
     """Keep every stride-th value; when the sample is full, drop every other one and double the stride."""
     if n % stride == 0:
         sample.append(value)

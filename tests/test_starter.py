@@ -183,3 +183,30 @@ def test_write_starter_refuses_to_overwrite(tmp_path):
     write_starter(str(events), str(tmp_path / "a.toml"))
     with pytest.raises(Exception, match="already exists"):
         write_starter(str(events), str(tmp_path / "a.toml"))
+
+
+def test_a_field_that_decides_the_inline_label_alone_is_left_out_and_said_why(tmp_path):
+    rng = random.Random(11)
+    rows = orders(n=3000, seed=11)
+    for row in rows:
+        row["minutes_late"] = round(rng.uniform(16, 90) if row["delivered_late"] else rng.uniform(-10, 15), 1)
+    text, config = init(tmp_path, rows)
+    assert "minutes_late" not in config["event"]["numeric"] and "basket" in config["event"]["numeric"]
+    assert re.search(r"#\s+minutes_late\s+ignored: it nearly decides the label on its own \(ROC AUC 1.000\)", text)
+
+
+def test_what_cannot_replay_as_it_is_is_a_warning_in_the_file_and_on_stderr(tmp_path, monkeypatch):
+    rows = orders(n=2000, seed=12)
+    rng = random.Random(12)
+    rng.shuffle(rows)  # not in time order
+    for row in rows:
+        del row["delivered_late"]
+        row["label"] = rng.choice(["on time", "late", "lost"])  # not binary
+    write_csv(tmp_path / "events.csv", rows)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["init", "events.csv"])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: the file is not in time order" in result.stderr
+    assert "WARNING: LABEL NOT BINARY" in result.stderr
+    text = (tmp_path / "appliance.toml").read_text()
+    assert "# WARNING: the file is not in time order" in text and "SORT THE FILE BY TIME" in text
