@@ -396,8 +396,11 @@ def _label_rows_layout(layout: Layout, marker: tuple[str, str] | None, label_row
     overlap = {n: sum(str(r[n]) in event_ids for r in label_rows if n in r) for n in candidates}
     label_id = max(candidates, key=lambda n: overlap[n], default=None)
     if label_id is None or overlap[label_id] == 0:
-        layout.notes.append("rows that look like labels were seen, but none names an event id seen before it")
-        label_id = layout.id_field
+        layout.label_field = _inline_label(events, {layout.id_field, layout.time_field})
+        if marker is not None:  # unmarked sparse rows naming no event are events with missing fields
+            layout.notes.append(f'rows with {marker[0]} = "{marker[1]}" look like labels, but none names an '
+                                "event seen before it; they are read as events")
+        return
     if marker is None and label_id in event_fields:
         layout.notes.append(f'rows with few fields look like labels naming events by "{label_id}", but nothing '
                             "tells them from events: add a type field, or name their event field differently")

@@ -210,3 +210,14 @@ def test_what_cannot_replay_as_it_is_is_a_warning_in_the_file_and_on_stderr(tmp_
     assert "WARNING: LABEL NOT BINARY" in result.stderr
     text = (tmp_path / "appliance.toml").read_text()
     assert "# WARNING: the file is not in time order" in text and "SORT THE FILE BY TIME" in text
+
+
+def test_events_with_many_missing_fields_are_not_taken_for_label_rows(tmp_path):
+    rows = orders(n=2000, seed=13)
+    for row in rows[::7]:
+        for name in ("shop", "courier", "basket", "channel", "note"):
+            del row[name]
+    text, config = init(tmp_path, rows)
+    assert config["event"]["type"] == "type" and "label_by" not in config["event"]  # no label rows
+    assert config["event"]["label"] == "delivered_late" and "WARNING" not in text
+    assert set(config["event"]["optional"]) == {"shop", "courier", "basket", "channel"}
