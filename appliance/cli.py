@@ -187,11 +187,14 @@ def stats(socket_path: str, as_json: bool, prometheus: bool, watch: float | None
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @friendly_errors
 def init(events_file: str, out: str, force: bool) -> None:
-    """Read a sample of EVENTS_FILE (JSONL or CSV) and write a commented starter config."""
+    """Read EVENTS_FILE (JSONL or CSV) and write a commented starter config that explains each guess."""
     from .config import load_config
     from .starter import write_starter
 
-    write_starter(events_file, out, force=force)
+    text = write_starter(events_file, out, force=force)
+    for line in text.splitlines():
+        if line.startswith("# WARNING: "):
+            click.echo(line.removeprefix("# "), err=True)
     config = load_config(out)
     n_features = len(config.features.aggregates) + len(config.features.expressions)
     click.echo(f"wrote {out}: id {config.event.id_field!r}, time {config.event.time_field!r}, "

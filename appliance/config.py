@@ -17,11 +17,18 @@ from .timeutil import parse_duration
 
 AGGREGATE_OPS = ("count", "sum", "mean", "min", "max", "std", "distinct", "last", "since", "rate")
 TASKS = ("classification", "regression")
+LABEL_BY = ("type", "label_id")  # how a label event is recognised: its type field, or carrying label_id
 
 
 @dataclass(frozen=True)
 class EventSchema:
-    """Where an event keeps its id, time, type, label, entity keys and value fields."""
+    """Where an event keeps its id, time, type, label, entity keys and value fields.
+
+    A label event names its prediction's event by `label_id_field` and carries its own time in
+    `label_time_field`; both default (empty) to the events' `id_field` and `time_field`. It is
+    recognised by `type_field` == `label_type` (`label_by = "type"`), or by carrying
+    `label_id_field` at all (`label_by = "label_id"`, for label streams with no type field).
+    """
 
     id_field: str = "event_id"
     time_field: str = "ts"
@@ -34,6 +41,15 @@ class EventSchema:
     optional: tuple[str, ...] = ()
     bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     allowed_lateness: float = 300.0
+    label_id_field: str = ""
+    label_time_field: str = ""
+    label_by: str = "type"
+
+    def __post_init__(self) -> None:
+        if not self.label_id_field:
+            object.__setattr__(self, "label_id_field", self.id_field)
+        if not self.label_time_field:
+            object.__setattr__(self, "label_time_field", self.time_field)
 
 
 @dataclass(frozen=True)
@@ -268,7 +284,7 @@ def _check_lifecycle(config: Config) -> None:
 
 def _event_schema(table: dict[str, Any]) -> EventSchema:
     allowed = {"id", "time", "type", "label_type", "label", "keys", "numeric", "categorical",
-               "optional", "bounds", "allowed_lateness"}
+               "optional", "bounds", "allowed_lateness", "label_id", "label_time", "label_by"}
     _only(table, "event", allowed)
     bounds: dict[str, tuple[float | None, float | None]] = {}
     for name, pair in _table(table, "bounds").items():
@@ -276,19 +292,52 @@ def _event_schema(table: dict[str, Any]) -> EventSchema:
             raise ConfigError(f'[event.bounds] "{name}" must be [min, max]; use "inf" for no limit')
         bounds[name] = (_bound(pair[0]), _bound(pair[1]))
     type_field = table.get("type", "type")
-    return EventSchema(
-        id_field=str(table.get("id", "event_id")),
-        time_field=str(table.get("time", "ts")),
+    schema = EventSchema(
+        id_field=_field_name(table, "id", "event_id"),
+        time_field=_field_name(table, "time", "ts"),
         type_field=str(type_field) if type_field else None,
         label_type=str(table.get("label_type", "label")),
-        label_field=str(table.get("label", "label")),
+        label_field=_field_name(table, "label", "label"),
         keys=_names(table, "event.keys"),
         numeric=_names(table, "event.numeric"),
         categorical=_names(table, "event.categorical"),
         optional=_names(table, "event.optional"),
         bounds=bounds,
         allowed_lateness=parse_duration(table.get("allowed_lateness", "5m")),
+        label_id_field=_field_name(table, "label_id", "") if "label_id" in table else "",
+        label_time_field=_field_name(table, "label_time", "") if "label_time" in table else "",
+        label_by=str(table.get("label_by", "type")),
     )
+    _check_label_mapping(schema, explicit_type="label_by" in table)
+    return schema
+
+
+def _field_name(table: dict[str, Any], key: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f'[event] {key} must be a field name (a non-empty string), got {value!r}')
+    return value
+
+
+def _check_label_mapping(schema: EventSchema, explicit_type: bool) -> None:
+    """Refuse a label mapping that would read events as labels, labels as events, or a label as a feature."""
+    if schema.label_by not in LABEL_BY:
+        raise ConfigError(f'[event] label_by "{schema.label_by}" must be "type" (the type field marks label '
+                          'events) or "label_id" (an event carrying the label_id field is a label)')
+    if schema.label_by == "type" and explicit_type and schema.type_field is None:
+        raise ConfigError('[event] label_by = "type" needs a type field; set [event] type, or '
+                          'label_by = "label_id" with a label_id field that events do not have')
+    values = {*schema.keys, *schema.numeric, *schema.categorical}
+    if schema.label_by == "label_id":
+        if schema.label_id_field == schema.id_field:
+            raise ConfigError(f'[event] label_by = "label_id" needs a label_id field other than the id field '
+                              f'"{schema.id_field}" (every event carries that one, so every event would be a label)')
+        if schema.label_id_field in values or schema.label_id_field == schema.time_field:
+            raise ConfigError(f'[event] label_id "{schema.label_id_field}" is also an event field; with '
+                              'label_by = "label_id" every event carrying it would be read as a label')
+    if schema.label_field in values or schema.label_field in (schema.id_field, schema.time_field):
+        raise ConfigError(f'[event] label "{schema.label_field}" is also an id, time, key or value field; '
+                          'the label must be a field of its own (a label used as a feature leaks the answer)')
 
 
 def _feature_config(table: dict[str, Any], event: EventSchema, base_dir: Path | None) -> FeatureConfig:

@@ -75,19 +75,27 @@ def parse_event(payload: bytes | str | dict, schema: EventSchema, task: str) -> 
         InvalidEvent: with a one-line reason naming the field.
     """
     data = decode(payload)
+    if schema.label_by == "type":
+        if schema.type_field is not None and data.get(schema.type_field) == schema.label_type:
+            return _label(data, schema, task)
+    elif schema.label_id_field in data:
+        return _label(data, schema, task)
     event_id = _event_id(data.get(schema.id_field), schema.id_field)
-    if schema.type_field is not None and data.get(schema.type_field) == schema.label_type:
-        ts_value = data.get(schema.time_field)
-        ts = parse_timestamp(ts_value) if ts_value is not None else None
-        if schema.label_field not in data:
-            raise InvalidEvent(f'label event has no "{schema.label_field}" field')
-        return Label(event_id, ts, parse_label(data[schema.label_field], task))
     if schema.time_field not in data:
         raise InvalidEvent(f'missing time field "{schema.time_field}"')
     ts = parse_timestamp(data[schema.time_field])
     values = _values(data, schema)
     label = data.get(schema.label_field)
     return Event(event_id, ts, values, None if label is None else parse_label(label, task), data)
+
+
+def _label(data: dict, schema: EventSchema, task: str) -> Label:
+    event_id = _event_id(data.get(schema.label_id_field), schema.label_id_field)
+    ts_value = data.get(schema.label_time_field)
+    ts = parse_timestamp(ts_value) if ts_value is not None else None
+    if schema.label_field not in data:
+        raise InvalidEvent(f'label event has no "{schema.label_field}" field')
+    return Label(event_id, ts, parse_label(data[schema.label_field], task))
 
 
 def parse_label(value: Any, task: str) -> bool | float:

@@ -188,11 +188,12 @@ class Service:
             parse_label(request["label"], self.task)
         except InvalidEvent as exc:
             raise RequestError("invalid_label", exc.reason) from None
-        record = {self.schema.id_field: event_id, self.schema.label_field: request["label"]}
+        # The record is shaped as the config says label events look, so the flow parses it as one.
+        record = {self.schema.label_id_field: event_id, self.schema.label_field: request["label"]}
         if self.schema.type_field:
             record[self.schema.type_field] = self.schema.label_type
         if "ts" in request:
-            record[self.schema.time_field] = request["ts"]
+            record[self.schema.label_time_field] = request["ts"]
         self._check_lag()
         self.inbox.append([{"event": record}])
         return {"accepted": True}

@@ -1,238 +1,334 @@
-"""`appliance init`: read a sample of a user's events and write a commented starter config.
+"""`appliance init`: read a user's events and write a commented starter config.
 
-The guesses are plain rules a person can check in the file it writes: the id is the field whose
-values are all distinct and whose name says id; the time is the field that parses as a timestamp;
-entity keys are the other id-like fields that repeat; numbers are numeric fields, categoricals are
-strings with few distinct values; the label is a field named like one. Features follow from the
-keys and numbers: counts and time-since per key, sums and means of the first amount-like number,
-distinct counts of one key per another.
+The guesses come from one pass over the file (`stream_profile`), not from names alone:
+
+- entity keys are fields whose values recur across events with a moderate number of distinct values
+  (strings, or integer codes: integers whose neighbouring values are not about as frequent, as a
+  quantity's are); a key with few values is also one-hot; a high-cardinality key is kept as a key;
+- categoricals are strings (or booleans) with a few hundred values at most, hashed into a bucket
+  count about ten times the largest one's distinct values;
+- windows follow the median gap between an entity's consecutive events, capped by the file's span;
+- `allowed_lateness` covers how far the file's events arrive out of order;
+- the label is inline or arrives as label rows; then the horizon covers the observed delays and,
+  when only one outcome is ever labelled, the default is the other.
+
+Each guess is written with its reason as a comment.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import json
+import itertools
+import math
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, SourceError
-from .timeutil import parse_timestamp
+from .starter_toml import approx_duration, render_toml
+from .stream_profile import (
+    FieldProfile,
+    StreamProfile,
+    detect_layout,
+    profile_stream,
+    quantile,
+    read_records,
+)
+from .timeutil import format_duration
 
-ID_NAMES = ("event_id", "id", "transaction_id", "txn_id", "request_id", "uuid")
-TIME_NAMES = ("ts", "timestamp", "time", "event_time", "created_at", "datetime", "date")
-LABEL_NAMES = ("label", "is_fraud", "fraud", "target", "y", "class", "outcome", "clicked", "churned")
-MAX_CATEGORIES = 50
+HEAD_ROWS = 5000  # rows read to find the id, the time and the label layout before the whole pass
+KEY_MIN_DISTINCT = 10  # fewer values than this: a categorical, not an entity
+KEY_MIN_RECURRING = 0.3  # a key's values recur: at least this share of events names an entity seen before
+CODE_MIN_ROUGHNESS = 0.5  # neighbouring integers' frequencies differ by e^0.5 = 1.6x (median): a code
+MAX_CATEGORIES = 200  # more distinct values than this are not one-hot (a key, if they recur)
+MAX_KEYS = 6
+LEAK_AUC = 0.99  # a field that alone ranks the inline label this well is probably known only with it
+BINARY = frozenset({"0", "1", "true", "false", "0.0", "1.0"})
+MAJORITY = 0.99  # a field is numeric (string, ...) when this share of its values are; the rest are dead letters
+OPTIONAL_MIN_MISSING = 0.001  # missing in fewer events than this share: bad events, not an optional field
+MIN_BUCKETS, MAX_BUCKETS = 16, 1024
+LADDER = tuple(s for s in (60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 3 * 86400,
+                           7 * 86400, 14 * 86400, 30 * 86400, 90 * 86400, 180 * 86400, 365 * 86400))
+AMOUNT_WORDS = ("amount", "price", "value", "total", "cost", "delay", "duration", "size", "qty", "quantity")
 
 
-def read_sample(path: str, limit: int = 2000) -> list[dict[str, Any]]:
+@dataclass
+class Role:
+    """What init made of one field, and why."""
+
+    name: str
+    roles: list[str]
+    why: str
+    optional: bool = False
+
+
+@dataclass
+class Guess:
+    """The starter config's content, each choice beside its reason."""
+
+    profile: StreamProfile
+    fields: list[Role] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)  # [event] categorical
+    one_hot: list[str] = field(default_factory=list)  # [features] categorical: categoricals and small keys
+    optional: list[str] = field(default_factory=list)
+    windows: dict[str, tuple[float, float | None, str]] = field(default_factory=dict)
+    buckets: tuple[int, str] = (MIN_BUCKETS, "")
+    lateness: tuple[float, str] = (300.0, "")
+    labels: dict[str, Any] = field(default_factory=dict)
+    amount: tuple[str | None, str] = (None, "")
+
+    def warnings(self) -> list[str]:
+        """What will go wrong if the file is replayed as it is."""
+        found = list(self.profile.layout.notes)
+        if self.lateness[1].startswith("SORT"):
+            found.append("the file is not in time order; sort it by time, or many events will be dead letters")
+        if self.labels.get("why", "").startswith(("LABEL NOT BINARY", "no label field")):
+            found.append(self.labels["why"])
+        return found
+
+
+def read_sample(path: str, limit: int = HEAD_ROWS) -> list[dict[str, Any]]:
     """Return up to `limit` records of a JSONL or CSV file (gzip ok), numbers in CSV converted."""
-    file = Path(path)
-    if not file.exists():
-        raise SourceError(f'"{path}" not found')
-    opener = gzip.open if file.name.endswith(".gz") else open
-    name = file.name.lower().removesuffix(".gz")
-    records: list[dict[str, Any]] = []
-    with opener(file, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
-        if name.endswith(".csv"):
-            for row in csv.DictReader(handle):
-                records.append({k: _csv_value(v) for k, v in row.items() if k and v not in (None, "")})
-                if len(records) >= limit:
-                    break
-        else:
-            for line in handle:
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(value, dict):
-                    records.append(value)
-                if len(records) >= limit:
-                    break
+    records = list(itertools.islice(read_records(path), limit))
     if not records:
         raise SourceError(f'"{path}" has no JSON objects or CSV rows to learn the fields from')
     return records
 
 
-def starter_config(path: str, records: list[dict[str, Any]]) -> str:
-    """Return the text of a commented `appliance.toml` for events like `records`."""
-    fields = _profile(records)
-    type_field = "type" if any(r.get("type") == "label" for r in records) else None
-    payloads = [r for r in records if type_field is None or r.get(type_field) != "label"]
-    id_field = _pick_id(fields, len(payloads))
-    time_field = _pick_time(fields)
-    label_field = next((n for n in LABEL_NAMES if n in fields), None)
-    label_values = {v for r in records if label_field in r for v in [r[label_field]]} if label_field else set()
-    binary = bool(label_values) and all(str(v).lower() in ("0", "1", "true", "false", "0.0", "1.0")
-                                        for v in label_values)
-    used = {id_field, time_field, label_field, type_field}
-    keys = [n for n, p in fields.items() if n not in used and p["strings"] and _id_like(n)
-            and 1 < p["distinct"] < p["count"]]
-    numeric = [n for n, p in fields.items() if n not in used and n not in keys and p["numbers"] == p["count"]]
-    categorical = [n for n, p in fields.items() if n not in used and n not in keys and n not in numeric
-                   and p["strings"] == p["count"] and p["distinct"] <= MAX_CATEGORIES]
-    return _render(path, id_field, time_field, type_field, label_field, binary, keys, numeric, categorical)
+def starter_config(path: str, records: Iterable[dict[str, Any]] | None = None, config_dir: str | Path = ".") -> str:
+    """Return the text of a commented `appliance.toml` for the events of `path` (or `records`)."""
+    stream = iter(records if records is not None else read_records(path))
+    head = list(itertools.islice(stream, HEAD_ROWS))
+    layout = detect_layout(head)
+    profile = profile_stream(itertools.chain(head, stream), layout)
+    source, home = Path(path).resolve(), Path(config_dir).resolve()
+    common = os.path.commonpath([source, home])
+    spec = os.path.relpath(source, home) if common != os.path.sep else str(source)
+    return render_toml(guess_config(profile), path, spec)
 
 
 def write_starter(events_path: str, out: str, *, force: bool = False) -> str:
-    """Write the starter config for `events_path` to `out`; return its text."""
+    """Write the starter config for `events_path` to `out`; return its text (warnings as "# WARNING:" lines)."""
     target = Path(out)
     if target.exists() and not force:
         raise ConfigError(f'"{out}" already exists; pass --force to overwrite it')
-    text = starter_config(events_path, read_sample(events_path))
+    if not target.parent.is_dir():
+        raise ConfigError(f'folder "{target.parent}" for "{out}" does not exist; create it first')
+    text = starter_config(events_path, config_dir=target.parent)
     target.write_text(text, encoding="utf-8")
     return text
 
 
-def _csv_value(text: str) -> Any:
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+def guess_config(profile: StreamProfile) -> Guess:
+    """Decide every field's role, the windows, buckets, lateness and label policy from a profile."""
+    guess = Guess(profile=profile)
+    for name, p in profile.fields.items():
+        role = _role(name, p, profile.events)
+        guess.fields.append(role)
+        if "key" in role.roles and len(guess.keys) < MAX_KEYS:
+            guess.keys.append(name)
+        elif "key" in role.roles:
+            role.roles.remove("key")
+            role.why += f"; not a key: {MAX_KEYS} keys already"
+        for kind, target in (("numeric", guess.numeric), ("categorical", guess.categorical)):
+            if kind in role.roles:
+                target.append(name)
+        if "one-hot" in role.roles or "categorical" in role.roles:
+            guess.one_hot.append(name)
+        if role.optional and any(r in role.roles for r in ("key", "numeric", "categorical")):
+            guess.optional.append(name)
+    guess.lateness = _lateness(profile)
+    guess.buckets = _buckets(guess)
+    for key in guess.keys:
+        guess.windows[key] = _windows(profile, key, guess.lateness[0])
+    guess.labels = _label_policy(profile)
+    guess.amount = _amount(guess)
+    return guess
 
 
-def _profile(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    fields: dict[str, dict[str, Any]] = {}
-    for record in records:
-        for name, value in record.items():
-            p = fields.setdefault(name, {"count": 0, "numbers": 0, "strings": 0, "values": set(), "times": 0})
-            p["count"] += 1
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                p["numbers"] += 1
-            elif isinstance(value, str):
-                p["strings"] += 1
-            if len(p["values"]) <= 100_000:
-                p["values"].add(json.dumps(value, sort_keys=True))
-            if _is_time(value):
-                p["times"] += 1
-    for p in fields.values():
-        p["distinct"] = len(p.pop("values"))
-    return fields
-
-
-def _is_time(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return False
-    if isinstance(value, (int, float)) and not 1e8 < value < 1e10:  # epoch seconds, 1973..2286
-        return False
-    try:
-        parse_timestamp(value)
-    except Exception:
-        return False
-    return True
-
-
-def _id_like(name: str) -> bool:
-    lowered = name.lower()
-    return lowered.endswith(("_id", "id", "_key")) or lowered in ("user", "card", "device", "account", "customer")
-
-
-def _pick_id(fields: dict[str, dict[str, Any]], n_events: int) -> str:
-    for name in ID_NAMES:
-        if name in fields:
-            return name
-    unique = [n for n, p in fields.items() if _id_like(n) and p["distinct"] >= n_events]
-    if unique:
-        return unique[0]
-    raise ConfigError("no event id field found (a field like event_id whose values are all distinct); "
-                      "add one to your events: predictions and labels are joined by it")
-
-
-def _pick_time(fields: dict[str, dict[str, Any]]) -> str:
-    for name in TIME_NAMES:
-        if name in fields and fields[name]["times"] == fields[name]["count"]:
-            return name
-    timed = [n for n, p in fields.items() if p["times"] == p["count"] and p["strings"]]
-    if timed:
-        return timed[0]
-    raise ConfigError("no timestamp field found (ISO-8601 text or epoch seconds); events need their event time")
-
-
-def _q(values: list[str]) -> str:
-    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
-
-
-def _render(path: str, id_field: str, time_field: str, type_field: str | None, label_field: str | None,
-            binary: bool, keys: list[str], numeric: list[str], categorical: list[str]) -> str:
-    out = io.StringIO()
-    w = out.write
-    w(f"# Starter config written by `appliance init {path}`. Check every guess, then run\n")
-    w("#   appliance replay --config appliance.toml     # learn from the history, as fast as possible\n")
-    w("#   appliance up --config appliance.toml         # then serve predictions on ./appliance.sock\n")
-    w("# docs/config.md explains every key.\n\n")
-    w("[source]\n")
-    w(f"spec = {json.dumps(str(Path(path).resolve()))}\n")
-    w("speed = 0                # event-time replay speed for `up`; 0 = as fast as possible\n\n")
-    w("[event]\n")
-    w(f"id = {json.dumps(id_field)}      # unique per event; labels name events by it\n")
-    w(f"time = {json.dumps(time_field)}      # event time: ISO-8601 or epoch seconds\n")
-    if type_field:
-        w(f'type = "{type_field}"      # events with type = "label" are labels for an earlier event\n')
-        w('label_type = "label"\n')
+def _role(name: str, p: FieldProfile, events: int) -> Role:
+    present = p.count / max(events, 1)
+    optional = present < 1.0 - OPTIONAL_MIN_MISSING
+    if optional:
+        missing = f"; missing in {1 - present:.1%} of events"
+    elif p.count < events:
+        missing = f"; missing in {events - p.count} events only: required, those are dead letters"
     else:
-        w('type = "type"      # events with type = "label" carry a label for an earlier event id\n')
-    w(f"label = {json.dumps(label_field or 'label')}" + ("" if label_field else "      # no label field seen; set it")
-      + "\n")
-    w(f"keys = {_q(keys)}      # entities that features are kept for\n")
-    w(f"numeric = {_q(numeric)}\n")
-    w(f"categorical = {_q(categorical)}\n")
-    w("# optional = []      # fields that may be missing (others are required)\n")
-    w('allowed_lateness = "5m"      # events older than the newest minus this go to dead_letters\n\n')
-    w("[labels]\n")
-    w('horizon = "7d"      # how long a prediction waits for its label\n')
-    w('default = "drop"    # no label by the horizon: "drop", or a value to learn, e.g. 0\n\n')
-    w("[model]\n")
-    w(f'task = "{"classification" if binary or not label_field else "regression"}"\n')
-    w("# spec = \"preprocessing.StandardScaler() | linear_model.LogisticRegression()\"\n")
-    w("publish_every = 500      # labels between two publication checks\n")
-    w("publish_margin = 0.01    # the learner may be this much worse than the served model and still publish\n")
-    w("metric_window = 1000\n\n")
-    w("[features]\n")
-    w(f"numeric = {_q(numeric)}\n")
-    w(f"categorical = {_q(categorical)}      # one-hot by hashing: unseen values need no retraining\n")
-    w("hash_buckets = 16\n")
-    w("time_of_day = true\n\n")
-    amount = next((n for n in numeric if any(k in n.lower() for k in ("amount", "price", "value", "total"))),
-                  numeric[0] if numeric else None)
-    for key in keys:
-        short = key.removesuffix("_id")
-        w(f"# {key}\n")
-        _agg(w, f"{short}_events_1h", key, "count", "1h")
-        _agg(w, f"{short}_events_1d", key, "count", "1d")
-        _agg(w, f"{short}_since_last", key, "since")
-        if amount:
-            _agg(w, f"{short}_{amount}_sum_1h", key, "sum", "1h", amount)
-            _agg(w, f"{short}_{amount}_mean_7d", key, "mean", "7d", amount)
-        other = next((k for k in keys if k != key), None)
-        if other:
-            _agg(w, f"{short}_{other.removesuffix('_id')}s_1d", key, "distinct", "1d", other)
-    if amount and keys:
-        short = keys[0].removesuffix("_id")
-        w("[[features.expression]]\n")
-        w(f'name = "{amount}_vs_{short}_mean"\n')
-        w(f'expr = "{amount} / ({short}_{amount}_mean_7d + 1)"\n\n')
-    first_key = keys[0] if keys else "entity_id"
-    w("# Static attributes per entity from a CSV, joined by key (see docs/config.md):\n")
-    w(f'# [[features.attributes]]\n# name = "{first_key.removesuffix("_id")}"\n# key = "{first_key}"\n')
-    w('# path = "attributes.csv"\n# numeric = ["age_days"]\n# categorical = ["segment"]\n\n')
-    w("# Your own Python: function(event, features) -> number or None, from a module beside this file:\n")
-    w('# [[features.custom]]\n# name = "my_score"\n# function = "my_features:my_score"\n\n')
-    w("[retention]\n")
-    w('keep = "90d"             # event time of history kept in the store; "forever" keeps everything\n\n')
-    w("[serve]\n")
-    w('socket = "appliance.sock"\n')
-    w('db = "appliance.db"\n')
-    return out.getvalue()
+        missing = ""
+    recurring = p.repeats / max(p.count, 1)
+    per_value = p.count / max(p.distinct, 1)
+    many = f"{p.distinct:,}{'+' if p.saturated else ''} values, ~{per_value:,.0f} events each"
+    if p.timelike:
+        return Role(name, [], "ignored: a second timestamp (the event time is another field)")
+    if p.distinct <= 1 and not p.saturated:
+        return Role(name, [], f"ignored: always {next(iter(p.counts), None)!r}")
+    odd = f"; {p.count - max(p.numbers, p.strings, p.bools)} odd values are dead letters" \
+        if max(p.numbers, p.strings, p.bools) < p.count else ""
+    if p.bools >= MAJORITY * p.count:
+        return Role(name, ["categorical"], "categorical: true/false" + missing + odd, optional)
+    auc = _auc(p.pairs)
+    if p.numbers >= MAJORITY * p.count and auc is not None and abs(auc - 0.5) >= LEAK_AUC - 0.5:
+        return Role(name, [], f"ignored: it nearly decides the label on its own (ROC AUC {max(auc, 1 - auc):.3f}): "
+                    "is it known only once the label is? Add it back if it is known at event time")
+    if p.numbers >= MAJORITY * p.count and p.ints < p.numbers:
+        return Role(name, ["numeric"], f"numeric: {p.distinct:,} values, not all integers" + missing + odd, optional)
+    if p.numbers >= MAJORITY * p.count:
+        rough = p.roughness()
+        dense = p.density() >= 0.9
+        code = rough >= CODE_MIN_ROUGHNESS and not (p.clock and p.hundreds) and not dense
+        if code and p.distinct >= KEY_MIN_DISTINCT and per_value >= 3 and recurring >= KEY_MIN_RECURRING:
+            return Role(name, ["key"], f"key: an integer code ({many}; neighbouring numbers differ in frequency "
+                        f"{math.exp(rough):.1f}x, as codes do, not as quantities)" + missing, optional)
+        shape = ("a clock time HHMM" if p.clock and p.hundreds
+                 else f"{p.distinct:,} integer values, filling {p.low:g}..{p.high:g}: an ordinal" if dense
+                 else f"{p.distinct:,} integer values")
+        return Role(name, ["numeric"], f"numeric: {shape}" + missing + odd, optional)
+    if p.strings + p.numbers < MAJORITY * p.count:
+        return Role(name, [], "ignored: neither numbers nor strings throughout")
+    roles = []
+    if p.distinct >= KEY_MIN_DISTINCT and recurring >= KEY_MIN_RECURRING and per_value >= 2:
+        roles.append("key")
+    if p.distinct <= MAX_CATEGORIES and not p.saturated:
+        roles.append("one-hot" if roles else "categorical")
+    if not roles:
+        return Role(name, [], f"ignored: {many}, {1 - recurring:.0%} of events bring a value never seen before "
+                    "(free text or another id); neither a recurring entity nor a category")
+    why = {("key",): f"key: {many}; {recurring:.0%} of events name one seen before",
+           ("key", "one-hot"): f"key + one-hot: {many}; {recurring:.0%} of events name one seen before",
+           ("categorical",): f"categorical: {p.distinct} values"}[tuple(roles)]
+    return Role(name, roles, why + missing, optional)
 
 
-def _agg(w: Any, name: str, key: str, op: str, window: str | None = None, field: str | None = None) -> None:
-    w("[[features.aggregate]]\n")
-    w(f'name = "{name}"\nkey = "{key}"\nop = "{op}"\n')
-    if field:
-        w(f'field = "{field}"\n')
-    if window:
-        w(f'window = "{window}"\n')
-    w("\n")
+def _lateness(profile: StreamProfile) -> tuple[float, str]:
+    if profile.late_rows == 0:
+        return 300.0, "the file is in time order; 5m leaves room for a live source's disorder"
+    share = profile.late_rows / max(profile.events, 1)
+    q = max(0.0, 1.0 - 0.001 * profile.events / profile.late_rows)
+    worst = max(profile.lateness)
+    wanted = min(quantile(profile.lateness, q) or 0.0, 86400.0)
+    chosen = _ceil(max(wanted, 60.0))
+    why = (f"{profile.late_rows:,} events ({share:.1%}) arrive after a later one, by up to "
+           f"{approx_duration(worst)}; this covers all but 0.1% of events")
+    if worst > chosen:
+        why += "; later ones are dead letters (sort the file by time to keep them)"
+    if share > 0.05:
+        why = f"SORT THE FILE BY TIME: {why}"
+    return chosen, why
+
+
+def _buckets(guess: Guess) -> tuple[int, str]:
+    sizes = {n: guess.profile.fields[n].distinct for n in guess.one_hot}
+    if not sizes:
+        return MIN_BUCKETS, "no categorical field"
+    widest = max(sizes, key=lambda n: sizes[n])
+    wanted = 1 << max(0, math.ceil(math.log2(10 * sizes[widest])))
+    buckets = min(MAX_BUCKETS, max(MIN_BUCKETS, wanted))
+    return buckets, (f'the widest, "{widest}", has {sizes[widest]} values: ~10x that as a power of two '
+                     f"(at most {MAX_BUCKETS}) keeps most values in a bucket of their own")
+
+
+def _windows(profile: StreamProfile, key: str, lateness: float) -> tuple[float, float | None, str]:
+    p = profile.fields[key]
+    quick, typical = quantile(p.gaps, 0.1), quantile(p.gaps, 0.5)
+    if not quick or not typical:
+        quick = typical = profile.span * p.distinct / max(p.count, 1) or 3600.0
+        seen = f"about {approx_duration(typical)} between an entity's events (span x values / events)"
+    else:
+        seen = (f"an entity's next event comes after a median {approx_duration(typical)} "
+                f"(10% within {approx_duration(quick)})")
+    short = _ceil(max(quick, lateness, 60.0))
+    cap = _floor(profile.span / 4) if profile.span > 0 else short
+    long: float | None = min(_ceil(10 * typical), cap)
+    long = long if long is not None and long > short else None
+    why = f"{seen}: {format_duration(short)} sees a quick return"
+    if long:
+        why += f", {format_duration(long)} about ten events (at most a quarter of the file's span)"
+    return short, long, why
+
+
+def _label_policy(profile: StreamProfile) -> dict[str, Any]:
+    layout = profile.layout
+    seen = profile.label_values
+    total = sum(seen.values())
+    binary_share = sum(n for v, n in seen.items() if v in BINARY) / max(total, 1)
+    numeric_share = sum(n for v, n in seen.items() if _is_number(v)) / max(total, 1)
+    binary = total > 0 and binary_share >= MAJORITY
+    values = {v: n for v, n in seen.items() if v in BINARY} if binary else seen
+    task = "classification" if binary or total == 0 or numeric_share < MAJORITY else "regression"
+    policy: dict[str, Any] = {"values": values, "task": task, "horizon": None, "default": "drop"}
+    if layout.label_field is None:
+        policy["why"] = "no label field found; set [event] label (and task)"
+        return policy
+    if not binary and task == "classification":
+        policy["why"] = (f'LABEL NOT BINARY: "{layout.label_field}" has {len(seen)}{"+" if len(seen) >= 1000 else ""} '
+                         "values that are not numbers; the appliance learns a binary label (true/false, 1/0) or a "
+                         "number: map it (e.g. one class against the rest) before replaying")
+        return policy
+    if not layout.separate_labels:
+        policy["why"] = f'each event carries its label in "{layout.label_field}": learned as soon as it is scored'
+        return policy
+    delays = profile.delays
+    if delays:
+        p50, p99, worst = quantile(delays, 0.5), quantile(delays, 0.99), max(delays)
+        policy["horizon"] = _ceil(max(p99 or 0.0, 60.0))
+        policy["why"] = (f"{len(delays):,} labels matched to their events: delay p50 {approx_duration(p50)}, p99 {approx_duration(p99)}, "
+                         f"max {approx_duration(worst)}; the horizon covers 99%")
+    else:
+        policy["horizon"] = 7 * 86400.0
+        policy["why"] = "no label could be matched to its event's time; 7d is a guess"
+    if binary and len({v in ("1", "true", "1.0") for v in values}) == 1 and profile.labels < profile.events / 2:
+        positive = next(iter(values)) in ("1", "true", "1.0")
+        policy["default"] = 0 if positive else 1
+        policy["default_why"] = (f"only {'positive' if positive else 'negative'} labels arrive ({profile.labels:,} "
+                                 f"for {profile.events:,} events): no label by the horizon means the other outcome")
+    return policy
+
+
+def _auc(pairs: list[tuple[float, bool]]) -> float | None:
+    """ROC AUC of a value as a score for the inline label (ties share their ranks), None if one class."""
+    positives = sum(label for _, label in pairs)
+    negatives = len(pairs) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ordered = sorted(pairs)
+    rank_sum, i = 0.0, 0
+    while i < len(ordered):
+        j = i
+        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+            j += 1
+        rank = (i + j + 1) / 2  # average of ranks i+1 .. j
+        rank_sum += rank * sum(label for _, label in ordered[i:j])
+        i = j
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _amount(guess: Guess) -> tuple[str | None, str]:
+    fields = guess.profile.fields
+    numeric = [n for n in guess.numeric if not (fields[n].clock and fields[n].hundreds)]
+    named = [n for n in numeric if any(word in n.lower() for word in AMOUNT_WORDS)]
+    if named:
+        return named[0], "its name says it is an amount"
+    if numeric:
+        richest = max(numeric, key=lambda n: guess.profile.fields[n].distinct)
+        return richest, "the numeric field with the most distinct values"
+    return None, ""
+
+
+def _ceil(seconds: float) -> float:
+    return next((s for s in LADDER if s >= seconds), LADDER[-1])
+
+
+def _floor(seconds: float) -> float:
+    return max((s for s in LADDER if s <= seconds), default=LADDER[0])
+
+
