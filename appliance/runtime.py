@@ -76,6 +76,7 @@ class RunOptions:
     workers: int = 1
     tcp: tuple[str, int] | None = None
     token: str | None = None
+    auth_timeout: float = 5.0  # seconds a TCP connection has to authenticate
     on_ready: Callable[[], None] | None = None
     on_tick: Callable[[Appliance], None] | None = None
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1:PORT/metrics
@@ -149,7 +150,8 @@ class Appliance:
         service = Service(self.engine, inbox, self.board)
         service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
         server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
-                              tcp=self.options.tcp, token=self.options.token, watch_source=lambda: service.stats({}))
+                              tcp=self.options.tcp, token=self.options.token, auth_timeout=self.options.auth_timeout,
+                              watch_source=lambda: service.stats({}))
         service.server_stats = server.stats
         service.store_stats = self.writer.stats
         server.start()
