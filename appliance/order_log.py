@@ -57,7 +57,9 @@ class OrderLog:
     def _rewrite(self, runs: list[tuple[str, int, int]]) -> None:
         data = b"".join(_line(run) for run in runs)
         tmp = self.path + ".tmp"
-        with open(tmp, "wb") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # owner-only whatever the umask, like every file of the store
+        with open(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, self.path)  # atomic: a kill leaves the old log or the new one
         if self._fd >= 0:

@@ -28,7 +28,7 @@ from .entity_history import index_entity_keys
 from .order_log import OrderLog
 from .service import Service, StatsBoard
 from .sources import read_source, resolve_source
-from .store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
+from .store import StoreLock, StoreWriter, load_checkpoint, load_entities, load_pending, make_private, open_db
 from .timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,20 @@ class Appliance:
         self.server = None
         self.error: BaseException | None = None
         self.resumed = False
-        if options.fresh:
+        self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
+        try:
+            if options.fresh:
+                for path in store_files(config.db):
+                    path.unlink(missing_ok=True)
             for path in store_files(config.db):
-                path.unlink(missing_ok=True)
-        self.source = resolve_source(config.source) if options.read_source else None
-        self.engine = self._restore_engine()
-        self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+                if path.exists():
+                    make_private(path)
+            self.source = resolve_source(config.source) if options.read_source else None
+            self.engine = self._restore_engine()
+            self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+        except BaseException:
+            self.lock.release()
+            raise
 
     def _restore_engine(self) -> Engine:
         engine = Engine(self.config)
@@ -236,6 +244,7 @@ class Appliance:
         self.board.publish(self.engine, force=True)
         if self.writer.error is not None and self.error is None:
             self.error = self.writer.error
+        self.lock.release()
 
     def flow_running(self) -> bool:
         thread = getattr(self, "_flow_thread", None)
