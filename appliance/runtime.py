@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import attributes
+from .availability import Availability, GuardedInbox, Outage
 from .config import Config
 from .engine import Engine
 from .errors import ConfigError
 from .events import decode
-from .inbox import Inbox
 from .entity_history import index_entity_keys
 from .order_log import OrderLog
 from .service import Service, StatsBoard
@@ -93,6 +93,7 @@ class Appliance:
         self.server = None
         self.error: BaseException | None = None
         self.resumed = False
+        self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
         try:
             if options.fresh:
@@ -107,6 +108,35 @@ class Appliance:
         except BaseException:
             self.lock.release()
             raise
+
+    def _watch_stages(self) -> Availability:
+        """What refuses writes: the store writer failing, the order log failing, the dataflow stopped."""
+        availability = Availability()
+
+        def store() -> Outage | None:
+            failure = self.writer.failure
+            return None if failure is None else Outage("store", failure)
+
+        def order_log() -> Outage | None:
+            failure = getattr(getattr(self, "order_log", None), "failure", None)
+            return None if failure is None else Outage("order log", failure)
+
+        def flow() -> Outage | None:
+            thread = getattr(self, "_flow_thread", None)
+            if thread is None or thread.is_alive() or self.stop_event.is_set():
+                return None
+            return Outage("dataflow", "the dataflow has stopped; see the appliance's log")
+
+        for check in (store, order_log, flow):
+            availability.watch(check)
+        return availability
+
+    def failure(self) -> str | None:
+        """Why the last state could not be saved (a full disk...), or None."""
+        for found in (self.writer.failure, getattr(getattr(self, "order_log", None), "failure", None)):
+            if found is not None:
+                return found
+        return None
 
     def _restore_engine(self) -> Engine:
         engine = Engine(self.config)
@@ -154,9 +184,10 @@ class Appliance:
         from .protocol import Protocol
         from .server import SocketServer
 
-        inbox = Inbox(self.config.db + "-inbox")
+        inbox = GuardedInbox(self.config.db + "-inbox", self.availability)
         service = Service(self.engine, inbox, self.board)
         service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
+        service.outage = self.availability.outage
         server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
                               tcp=self.options.tcp, token=self.options.token, auth_timeout=self.options.auth_timeout,
                               watch_source=lambda: service.stats({}))
@@ -191,6 +222,7 @@ class Appliance:
             self.start_server()
         inputs = self._inputs()
         self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
+        self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.writer.after_durable_checkpoint = self._released
         flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
@@ -210,12 +242,20 @@ class Appliance:
         try:
             while self._flow_thread.is_alive():
                 self._flow_thread.join(0.2)
+                self._check_stages()
                 if self.options.on_tick is not None:
                     self.options.on_tick(self)
         finally:
             self._shutdown()
         if self.error is not None:
             raise self.error
+
+    def _check_stages(self) -> None:
+        """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
+        if self.server is not None:
+            self.inbox.verify()
+        if self.stop_event.is_set() and self.writer.failure is not None:
+            self.writer.abandon()  # the flow may be waiting for room in the writer's queue
 
     def _released(self, offsets: dict[str, int]) -> None:
         """A checkpoint with these offsets is durable: what lies before them may be given back."""

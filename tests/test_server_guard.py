@@ -23,6 +23,7 @@ from appliance.server import (
 )
 
 from .test_server import echo_handlers
+from .test_up import wait_for
 
 TOKEN = "0123456789abcdef-token"
 
@@ -121,6 +122,7 @@ def test_tcp_clients_cannot_take_the_unix_sockets_room(short_dir):
     try:
         for _ in range(1100):  # more than the Unix socket's limit of 1,024, all idle and unauthenticated
             idle.append(tcp_connect(srv.tcp_address))
+        wait_for(lambda: srv.stats()["connections_total"] >= 1100)  # the server has taken every one
         with Client(srv.unix_path, timeout=10) as client:
             assert client.request("echo", value="operator")["echo"] == "operator"
         assert srv.stats()["connections_open_tcp"] <= srv.limits["tcp"]

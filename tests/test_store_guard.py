@@ -11,7 +11,7 @@ import sys
 
 from appliance.client import Client
 
-from .test_up import Running, _labels, stream_file, wait_for, write_config  # noqa: F401 - stream_file: fixture
+from .test_up import Running, _labels, stream_file, wait_for, write_config  # noqa: F401, F811 - stream_file: fixture
 
 
 def run_cli(directory, *args, timeout=120):
