@@ -6,7 +6,8 @@ dataflow alive, the store writer committing, the inbox and the store still the f
 `Availability` asks each stage (`watch`) and remembers what cannot heal (`latch`: a file deleted
 or truncated under the running appliance); `GuardedInbox` refuses a write with the stable code
 `unavailable` while there is an outage, and checks after every append that the bytes landed where
-the offsets say (a truncated or deleted inbox would swallow them).
+the offsets say (a truncated inbox would swallow them); a deleted or replaced inbox is caught by
+`verify`, which the runtime calls every 0.2 s.
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ class GuardedInbox(Inbox):
             os.ftruncate(self._fd, self.size)  # a part written before the failure: no torn record stays
             raise RequestError("unavailable", f"cannot write the inbox: {exc.strerror or exc}; nothing was "
                                               "acknowledged, retry later") from None
-        st = os.fstat(self._fd)
-        if st.st_size != end or st.st_nlink == 0:
-            self.availability.latch("inbox", self._tampered(st.st_nlink == 0, st.st_size, end))
+        landed = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended (cheaper than fstat)
+        if landed != end:
+            self.availability.latch("inbox", self._tampered(False, landed, end))
             raise RequestError("unavailable", f"not accepting writes: {self.availability.latched.reason}")
         return end
 
