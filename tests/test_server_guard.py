@@ -4,8 +4,11 @@ connection limit of its own, so TCP clients never lock the local operator out of
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -22,10 +25,19 @@ from appliance.server import (
     read_token_file,
 )
 
+from .conftest import make_stream
 from .test_server import echo_handlers
-from .test_up import wait_for
+from .test_up import Running, wait_for, write_config
 
 TOKEN = "0123456789abcdef-token"
+
+
+@pytest.fixture
+def source_file(short_dir):
+    """The same 600-event file as `test_up`'s."""
+    path = short_dir / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in make_stream(600)) + "\n")
+    return path
 
 
 @pytest.fixture
@@ -146,3 +158,39 @@ def test_a_token_file_must_be_owner_only_and_not_empty(tmp_path):
         read_token_file(str(path))
     with pytest.raises(ConfigError, match="cannot read"):
         read_token_file(str(tmp_path / "missing"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_up_refuses_an_empty_token_off_loopback(short_dir, source_file):
+    write_config(short_dir, source_file)
+    env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "appliance", "up", "--tcp", "0.0.0.0:0", "--token", "",
+                             "--socket", str(short_dir / "a.sock"), "--db", str(short_dir / "a.db")],
+                            cwd=short_dir, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"at least {MIN_TOKEN_LENGTH} characters" in result.stderr
+    assert not (short_dir / "a.sock").exists()
+
+
+def test_up_takes_the_token_from_a_file_and_it_never_shows_in_the_command_line(short_dir, source_file):
+    write_config(short_dir, source_file)
+    token_file = short_dir / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    app = Running(short_dir, "--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file))
+    try:
+        with open(f"/proc/{app.proc.pid}/cmdline", "rb") as handle:
+            assert TOKEN.encode() not in handle.read()
+        with Client(None, tcp=("127.0.0.1", port), token=TOKEN) as client:
+            assert client.request("health")["status"] == "ok"
+        with Client(None, tcp=("127.0.0.1", port)) as client:
+            assert client.send_line(b'{"op": "auth", "token": ""}')["error"]["code"] == "unauthorized"
+    finally:
+        code, _, err = app.stop()
+    assert code == 0, err

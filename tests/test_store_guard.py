@@ -4,14 +4,26 @@ whatever the umask. With the real `appliance up` in subprocesses."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import sys
 
+import pytest
+
 from appliance.client import Client
 
-from .test_up import Running, _labels, stream_file, wait_for, write_config  # noqa: F401, F811 - stream_file: fixture
+from .conftest import make_stream
+from .test_up import Running, _labels, wait_for, write_config
+
+
+@pytest.fixture
+def source_file(short_dir):
+    """The same 600-event file as `test_up`'s."""
+    path = short_dir / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in make_stream(600)) + "\n")
+    return path
 
 
 def run_cli(directory, *args, timeout=120):
@@ -23,13 +35,13 @@ def store_inodes(directory):
     return {p.name: p.stat().st_ino for p in directory.iterdir() if p.name.startswith("a.db")}
 
 
-def test_a_second_up_or_fresh_or_replay_on_a_store_in_use_is_refused_and_reads_still_work(short_dir, stream_file):
-    write_config(short_dir, stream_file)
+def test_a_second_up_or_fresh_or_replay_on_a_store_in_use_is_refused_and_reads_still_work(short_dir, source_file):
+    write_config(short_dir, source_file)
     app = Running(short_dir)
     try:
         with Client(app.socket) as client:
-            total = 600 + _labels(stream_file)
-            wait_for(lambda: client.request("stats")["offsets"].get(str(stream_file)) == total)
+            total = 600 + _labels(source_file)
+            wait_for(lambda: client.request("stats")["offsets"].get(str(source_file)) == total)
             pid = client.request("health")["pid"]
         before = store_inodes(short_dir)
         db = str(short_dir / "a.db")
@@ -57,8 +69,8 @@ def test_a_second_up_or_fresh_or_replay_on_a_store_in_use_is_refused_and_reads_s
     again.stop()
 
 
-def test_every_file_of_the_store_is_owner_only_under_umask_000(short_dir, stream_file):
-    write_config(short_dir, stream_file)
+def test_every_file_of_the_store_is_owner_only_under_umask_000(short_dir, source_file):
+    write_config(short_dir, source_file)
     (short_dir / "a.db").write_bytes(b"")  # an existing store file with wide permissions is tightened too
     os.chmod(short_dir / "a.db", 0o666)
     old = os.umask(0)
