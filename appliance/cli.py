@@ -55,8 +55,13 @@ def main() -> None:
 @CONFIG_OPTION
 @click.option("--source", help='Events: a JSONL/CSV file (gz ok), "-" for stdin, river:NAME, or "sample".')
 @click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", help="Unix socket path [default: ./appliance.sock].")
-@click.option("--tcp", help="Also serve on TCP HOST:PORT (loopback unless --token is set).")
-@click.option("--token", envvar="APPLIANCE_TOKEN", help="Token TCP clients must send (env APPLIANCE_TOKEN).")
+@click.option("--tcp", help="Also serve on TCP HOST:PORT (loopback unless a token is set).")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the token TCP clients must send (owner-only, at least 16 characters).")
+@click.option("--token", envvar="APPLIANCE_TOKEN", help="The token itself (env APPLIANCE_TOKEN); prefer --token-file "
+                                                         "or the environment: a flag shows in the process list.")
+@click.option("--auth-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds a TCP connection has to authenticate.")
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @click.option("--speed", type=float, help="Event-time replay speed; 0 = as fast as possible.")
 @click.option("--model", "model_spec", help="River model, e.g. 'preprocessing.StandardScaler() | linear_model.LogisticRegression()'.")
@@ -66,8 +71,8 @@ def main() -> None:
 @click.option("--console", "with_console", is_flag=True, help="Run the operator console in this terminal; "
                                                                "quitting it stops the appliance.")
 @friendly_errors
-def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None, token: str | None,
-       db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
+def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None,
+       token_file: str | None, token: str | None, auth_timeout: float, db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
        metrics_port: int | None, with_console: bool) -> None:
     """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
     from .runtime import Appliance, RunOptions
@@ -76,7 +81,14 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
     config = resolve_config(config_path, source, socket=socket_path, db=db, speed=speed)
     config = _with_model(config, model_spec)
     printer = _StatusPrinter(status_every)
-    options = RunOptions(serve=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token, on_tick=printer.tick,
+    if token_file is not None:
+        from .server import read_token_file
+
+        if token is not None:
+            raise click.UsageError("pass the token with --token-file or --token (APPLIANCE_TOKEN), not both")
+        token = read_token_file(token_file)
+    options = RunOptions(serve=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token, auth_timeout=auth_timeout,
+                         on_tick=printer.tick,
                          on_ready=lambda: click.echo(f"ready: serving on {config.socket}"
                                                      + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
                                                         if metrics_port else "")),
@@ -92,7 +104,10 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
                f"socket {config.socket}, store {config.db}" + (" (resumed)" if appliance.resumed else ""))
     appliance.run()
     click.echo(format_status(appliance.board.snapshot))
-    click.echo("stopped cleanly")
+    failure = appliance.failure()
+    click.echo("stopped cleanly" if failure is None else
+               f"stopped, but the last state could not be saved ({failure}); everything acknowledged is in the "
+               "inbox: the next start redoes the work since the last checkpoint")
 
 
 @main.command()

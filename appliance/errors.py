@@ -58,3 +58,9 @@ class NotFound(ApplianceError):
     """A named thing (model version, entity, file) does not exist."""
 
     code = "not_found"
+
+
+class StoreInUse(ApplianceError):
+    """Another appliance holds the store's lock (`up`, `up --fresh` and `replay` need it alone)."""
+
+    code = "store_in_use"

@@ -4,7 +4,8 @@ and `appliance stats` show at a glance.
 Stages, in the order an event meets them: ingest -> features -> predict -> labels -> learn, and
 the store they all write to. Each gets a state and the figure behind it:
 
-- `down`: the stage cannot work (the dataflow has stopped);
+- `down`: the stage cannot work (the dataflow has stopped; the store cannot be written, e.g. the
+  disk is full; the inbox was truncated or deleted under the running appliance): writes are refused;
 - `behind`: work is queueing (the flow is more than `BEHIND_BYTES` behind the socket inbox, or
   the store writer's row queue is nearly full);
 - `warn`: it works, with a problem an operator should look at (the reason says which);
@@ -39,8 +40,11 @@ def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]
         stages.append({"stage": stage, "state": state, "detail": detail})
 
     events_rate = rates.get("events_per_second") or 0.0
+    outage = stats.get("outage") or {}
     if not flow_alive:
         add("ingest", "down", "the dataflow has stopped; see the appliance's log")
+    elif outage.get("stage") in ("inbox", "order log"):
+        add("ingest", "down", f"{outage['stage']}: {outage['reason']}; writes refused")
     elif lag > BEHIND_BYTES:
         add("ingest", "behind", f"{lag:,} bytes of socket input not yet processed")
     elif not events:
@@ -87,7 +91,9 @@ def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]
     store = stats.get("store")
     if isinstance(store, dict):
         queued, limit = store.get("queued_rows", 0), store.get("max_rows") or 1
-        if queued >= STORE_BEHIND * limit:
+        if store.get("failure"):
+            add("store", "down", f"{store['failure']}; writes refused, {queued:,} rows held")
+        elif queued >= STORE_BEHIND * limit:
             add("store", "behind", f"{queued:,} rows waiting to be written (the flow waits at {limit:,}); "
                                    "the disk or the CPU is the bottleneck")
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 
 __all__ = ["OrderLog"]
@@ -27,6 +28,7 @@ __all__ = ["OrderLog"]
 log = logging.getLogger(__name__)
 
 MAX_HELD = 100_000  # items held back waiting for a planned run before the plan is given up
+RETRY_EVERY = 1.0  # seconds between two attempts at an append that failed (a full disk)
 COMPACT_BYTES = 1 << 20  # the log's size past which a durable checkpoint lets it be compacted
 
 
@@ -47,6 +49,8 @@ class OrderLog:
         self.compactions = 0
         self._durable: dict[str, int] | None = None
         self._fd = -1
+        self.failure: str | None = None  # why the last append failed, while it goes on failing
+        self.give_up: threading.Event | None = None  # set: stop retrying a failed append
         self._rewrite(list(self.plan))
 
     def release(self, offsets: dict[str, int]) -> None:
@@ -57,7 +61,9 @@ class OrderLog:
     def _rewrite(self, runs: list[tuple[str, int, int]]) -> None:
         data = b"".join(_line(run) for run in runs)
         tmp = self.path + ".tmp"
-        with open(tmp, "wb") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # owner-only whatever the umask, like every file of the store
+        with open(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, self.path)  # atomic: a kill leaves the old log or the new one
         if self._fd >= 0:
@@ -97,12 +103,37 @@ class OrderLog:
     def _record(self, items: list[tuple]) -> None:
         if items:
             data = b"".join(_line(run) for run in _runs(items))
-            os.write(self._fd, data)
+            if not self._append(data):
+                return
             self._size += len(data)
             if self._size >= COMPACT_BYTES and self._durable is not None:
                 durable, self._durable = self._durable, None
                 self._rewrite(_read_runs(self.path, durable))
                 self.compactions += 1
+
+    def _append(self, data: bytes) -> bool:
+        """Write `data` whole; on a write failure (a full disk) undo any part written and retry every
+        `RETRY_EVERY` s, the flow waiting, until it succeeds (True) or `give_up` is set (False: the
+        appliance is stopping; its last checkpoint cannot be committed either, and the next start
+        takes the unlogged items in arrival order)."""
+        while True:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                if self.failure is not None:
+                    log.warning("the order log is writable again")
+                    self.failure = None
+                return True
+            except OSError as exc:
+                os.ftruncate(self._fd, self._size)  # no torn line
+                if self.failure is None:
+                    log.error("cannot write the order log: %s; the flow waits", exc.strerror or exc)
+                self.failure = f"cannot write the order log: {exc.strerror or exc}"
+            if self.give_up is not None and self.give_up.wait(RETRY_EVERY):
+                return False
+            if self.give_up is None:
+                raise OSError(f"cannot write the order log {self.path}")
 
     def close(self) -> None:
         if self._fd >= 0:

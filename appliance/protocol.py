@@ -59,6 +59,8 @@ class Session:
         token: The token the server was started with, or None when it has none.
         watch: Seconds between two pushed stats updates, after a `watch` request; None when not watching.
         watch_id: The `id` of the `watch` request, carried by every update it pushes.
+        failed_auths: Requests refused as `unauthorized` on this connection (the transport closes it
+            after a few).
     """
 
     authenticated: bool = True
@@ -66,6 +68,7 @@ class Session:
     token: str | None = None
     watch: float | None = None
     watch_id: Any = None
+    failed_auths: int = 0
 
 
 def encode_reply(obj: Mapping[str, Any]) -> bytes:
@@ -225,6 +228,7 @@ class Protocol:
         if _token_matches(given, session.token):
             session.authenticated = True
             return
+        session.failed_auths += 1
         message = (
             "wrong token"
             if given is not None
@@ -324,6 +328,6 @@ def _auth_ok(request: dict[str, Any]) -> None:
 
 def _token_matches(given: Any, expected: str | None) -> bool:
     """Compare a request's token with the configured one in constant time."""
-    if expected is None or not isinstance(given, str):
+    if not expected or not isinstance(given, str):  # an empty token is no token: it matches nothing
         return False
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))

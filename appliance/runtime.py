@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import attributes
+from .availability import Availability, GuardedInbox, Outage
 from .config import Config
 from .engine import Engine
 from .errors import ConfigError
 from .events import decode
-from .inbox import Inbox
 from .entity_history import index_entity_keys
 from .order_log import OrderLog
 from .service import Service, StatsBoard
 from .sources import read_source, resolve_source
-from .store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
+from .store import StoreLock, StoreWriter, load_checkpoint, load_entities, load_pending, make_private, open_db
 from .timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class RunOptions:
     workers: int = 1
     tcp: tuple[str, int] | None = None
     token: str | None = None
+    auth_timeout: float = 5.0  # seconds a TCP connection has to authenticate
     on_ready: Callable[[], None] | None = None
     on_tick: Callable[[Appliance], None] | None = None
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1:PORT/metrics
@@ -92,12 +93,50 @@ class Appliance:
         self.server = None
         self.error: BaseException | None = None
         self.resumed = False
-        if options.fresh:
+        self.availability = self._watch_stages()
+        self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
+        try:
+            if options.fresh:
+                for path in store_files(config.db):
+                    path.unlink(missing_ok=True)
             for path in store_files(config.db):
-                path.unlink(missing_ok=True)
-        self.source = resolve_source(config.source) if options.read_source else None
-        self.engine = self._restore_engine()
-        self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+                if path.exists():
+                    make_private(path)
+            self.source = resolve_source(config.source) if options.read_source else None
+            self.engine = self._restore_engine()
+            self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _watch_stages(self) -> Availability:
+        """What refuses writes: the store writer failing, the order log failing, the dataflow stopped."""
+        availability = Availability()
+
+        def store() -> Outage | None:
+            failure = self.writer.failure
+            return None if failure is None else Outage("store", failure)
+
+        def order_log() -> Outage | None:
+            failure = getattr(getattr(self, "order_log", None), "failure", None)
+            return None if failure is None else Outage("order log", failure)
+
+        def flow() -> Outage | None:
+            thread = getattr(self, "_flow_thread", None)
+            if thread is None or thread.is_alive() or self.stop_event.is_set():
+                return None
+            return Outage("dataflow", "the dataflow has stopped; see the appliance's log")
+
+        for check in (store, order_log, flow):
+            availability.watch(check)
+        return availability
+
+    def failure(self) -> str | None:
+        """Why the last state could not be saved (a full disk...), or None."""
+        for found in (self.writer.failure, getattr(getattr(self, "order_log", None), "failure", None)):
+            if found is not None:
+                return found
+        return None
 
     def _restore_engine(self) -> Engine:
         engine = Engine(self.config)
@@ -145,11 +184,13 @@ class Appliance:
         from .protocol import Protocol
         from .server import SocketServer
 
-        inbox = Inbox(self.config.db + "-inbox")
+        inbox = GuardedInbox(self.config.db + "-inbox", self.availability)
         service = Service(self.engine, inbox, self.board)
         service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
+        service.outage = self.availability.outage
         server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
-                              tcp=self.options.tcp, token=self.options.token, watch_source=lambda: service.stats({}))
+                              tcp=self.options.tcp, token=self.options.token, auth_timeout=self.options.auth_timeout,
+                              watch_source=lambda: service.stats({}))
         service.server_stats = server.stats
         service.store_stats = self.writer.stats
         server.start()
@@ -181,6 +222,7 @@ class Appliance:
             self.start_server()
         inputs = self._inputs()
         self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
+        self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.writer.after_durable_checkpoint = self._released
         flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
@@ -200,12 +242,20 @@ class Appliance:
         try:
             while self._flow_thread.is_alive():
                 self._flow_thread.join(0.2)
+                self._check_stages()
                 if self.options.on_tick is not None:
                     self.options.on_tick(self)
         finally:
             self._shutdown()
         if self.error is not None:
             raise self.error
+
+    def _check_stages(self) -> None:
+        """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
+        if self.server is not None:
+            self.inbox.verify()
+        if self.stop_event.is_set() and self.writer.failure is not None:
+            self.writer.abandon()  # the flow may be waiting for room in the writer's queue
 
     def _released(self, offsets: dict[str, int]) -> None:
         """A checkpoint with these offsets is durable: what lies before them may be given back."""
@@ -234,6 +284,7 @@ class Appliance:
         self.board.publish(self.engine, force=True)
         if self.writer.error is not None and self.error is None:
             self.error = self.writer.error
+        self.lock.release()
 
     def flow_running(self) -> bool:
         thread = getattr(self, "_flow_thread", None)

@@ -8,7 +8,15 @@ publishes by swapping references.
 
 Privacy: the Unix socket is created owner-only (bound under umask 0o177, so it is never visible
 with wider permissions); TCP sessions start unauthenticated when a token is set, and binding a
-non-loopback address without a token is refused.
+non-loopback address without a token is refused. A token shorter than `MIN_TOKEN_LENGTH`
+characters (the empty one included) is refused at start: it is no token.
+
+Until a TCP connection has authenticated it gets little: `UNAUTHENTICATED_LINE` bytes per line
+(a longer line closes it), `auth_timeout` seconds to authenticate (then it is closed), and
+`MAX_FAILED_AUTHS` failed attempts (then it is closed). Every failed attempt's reply waits for a
+slot of a global budget (`FAILED_AUTHS_PER_SECOND`), on a timer, never blocking the loop: guessing
+the token from many connections is as slow as from one. Each listener has its own connection
+limit, so TCP clients can never take the room of the local operator on the Unix socket.
 
 Backpressure: a client that sends but does not read fills its write buffer; past the high-water
 mark the server stops reading from it until the buffer drains, so its memory stays bounded and
@@ -37,25 +45,35 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError
-from .protocol import Deferred, Protocol, Session
+from .protocol import Deferred, Protocol, Session, error_reply
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SocketServer"]
+__all__ = ["SocketServer", "read_token_file"]
 
 HIGH_WATER = 1 << 20
+MIN_TOKEN_LENGTH = 16  # characters; a shorter token (the empty one included) is refused at start
+UNAUTHENTICATED_LINE = 4096  # bytes a line may have before the connection has authenticated
+AUTH_TIMEOUT = 5.0  # seconds a TCP connection has to authenticate
+MAX_FAILED_AUTHS = 3  # failed authentications after which a connection is closed
+FAILED_AUTHS_PER_SECOND = 10.0  # every failed attempt's reply waits for a slot of this global budget
 WATCH_BUFFER = 64 << 10  # bytes waiting for a watcher past which its updates are dropped
 WATCH_TICK = 0.05  # seconds between two checks for due updates
 MAX_UNIX_PATH = 104
 
 
+_HELD = object()  # `waiting` while a failed authentication's reply waits for its slot
+
+
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "session", "transport", "buffer", "discarding", "paused", "next_push", "dropped",
-                 "pushed", "waiting")
+    __slots__ = ("buffer", "deadline", "discarding", "dropped", "listener", "next_push", "paused", "pushed",
+                 "server", "session", "transport", "waiting")
 
     def __init__(self, server: SocketServer, session: Session) -> None:
         self.server = server
         self.session = session
+        self.listener = session.peer
+        self.deadline: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.discarding = False
@@ -63,23 +81,37 @@ class _Connection(asyncio.Protocol):
         self.next_push = 0.0
         self.dropped = 0
         self.pushed = 0
-        self.waiting: Deferred | None = None  # a deferred request being worked on: later lines wait
+        # A deferred request being worked on, or `_HELD`: later lines wait in the buffer.
+        self.waiting: Deferred | object | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
         server.connections_total += 1
-        if len(server.connections) >= server.max_connections:
+        open_here = server.open_by_listener
+        if open_here[self.listener] >= server.limits[self.listener]:
             server.connections_refused += 1
             transport.close()
             return
+        open_here[self.listener] += 1
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
         server.connections.add(self)
+        if not self.session.authenticated:
+            self.deadline = asyncio.get_running_loop().call_later(server.auth_timeout, self._auth_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.server.connections:
+            self.server.open_by_listener[self.listener] -= 1
         self.server.connections.discard(self)
         self.server.watchers.discard(self)
+        if self.deadline is not None:
+            self.deadline.cancel()
         self.transport = None
+
+    def _auth_deadline(self) -> None:
+        if self.transport is not None and not self.session.authenticated:
+            self.server.auth_timeouts += 1
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -88,6 +120,8 @@ class _Connection(asyncio.Protocol):
         self.buffer += data
         if self.waiting is None:
             self._answer_lines()
+        elif not self.session.authenticated and len(self.buffer) > UNAUTHENTICATED_LINE:
+            self.transport.abort()  # an unauthenticated client piling up input while its reply waits
 
     def _answer_lines(self) -> None:
         """Answer every complete line in the buffer, in order, until one is deferred."""
@@ -98,10 +132,13 @@ class _Connection(asyncio.Protocol):
         buffer = self.buffer
         protocol = server.protocol
         limit = protocol.max_line
+        session = self.session
         replies: list[bytes] = []
         deferred: Deferred | None = None
+        refused: bytes | None = None  # a failed authentication's reply, held back for its slot
+        too_long = False  # an unauthenticated line over UNAUTHENTICATED_LINE
         start = 0
-        while deferred is None:
+        while deferred is None and refused is None:
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
@@ -112,15 +149,30 @@ class _Connection(asyncio.Protocol):
                 if line.strip():
                     if len(line) > limit + 1:
                         replies.append(protocol.line_too_long())
-                    else:
-                        reply = protocol.handle_line(line, self.session)
+                    elif session.authenticated:
+                        reply = protocol.handle_line(line, session)
                         if type(reply) is bytes:
+                            replies.append(reply)
+                        else:
+                            deferred = reply  # type: ignore[assignment]
+                    elif len(line) > UNAUTHENTICATED_LINE + 1:
+                        too_long = True
+                        break
+                    else:
+                        failed = session.failed_auths
+                        reply = protocol.handle_line(line, session)
+                        if session.failed_auths != failed:
+                            refused = reply  # type: ignore[assignment]
+                        elif type(reply) is bytes:
                             replies.append(reply)
                         else:
                             deferred = reply  # type: ignore[assignment]
             start = end + 1
         if start:
             del buffer[:start]
+        if too_long or (not session.authenticated and refused is None and len(buffer) > UNAUTHENTICATED_LINE):
+            self._refuse_unauthenticated(replies)
+            return
         if deferred is None and len(buffer) > limit + 1:  # an unfinished line already over the limit
             buffer.clear()
             if not self.discarding:
@@ -142,6 +194,38 @@ class _Connection(asyncio.Protocol):
             transport.pause_reading()  # later lines wait in the buffer: replies keep request order
             future = asyncio.get_running_loop().run_in_executor(server.worker, protocol.complete, deferred)
             future.add_done_callback(self._deferred_done)
+        elif refused is not None:
+            self.waiting = _HELD
+            transport.pause_reading()
+            delay = server.failed_auth_delay(asyncio.get_running_loop().time())
+            asyncio.get_running_loop().call_later(delay, self._refusal_due, refused)
+
+    def _refuse_unauthenticated(self, replies: list[bytes]) -> None:
+        """An unauthenticated line over `UNAUTHENTICATED_LINE`: say so and close the connection."""
+        self.server.protocol.errors_total += 1
+        replies.append(error_reply(None, "line_too_long", f"a request line longer than {UNAUTHENTICATED_LINE} "
+                                   "bytes before authenticating; connection closed"))
+        self.buffer.clear()
+        self.transport.write(b"".join(replies))  # type: ignore[union-attr]
+        self.transport.close()  # type: ignore[union-attr]
+
+    def _refusal_due(self, reply: bytes) -> None:
+        """Send a failed authentication's reply once its slot has come; close after too many."""
+        self.waiting = None
+        transport = self.transport
+        if transport is None:
+            return
+        self.server.requests += 1
+        self.server.bytes_out += len(reply)
+        transport.write(reply)
+        if self.session.failed_auths >= MAX_FAILED_AUTHS:
+            self.server.auth_closed += 1
+            self.buffer.clear()
+            transport.close()
+            return
+        if not self.paused:
+            transport.resume_reading()
+        self._answer_lines()
 
     def _deferred_done(self, future: asyncio.Future) -> None:
         self.waiting = None
@@ -179,17 +263,26 @@ class SocketServer:
         protocol: Answers request lines.
         unix_path: Where to create the Unix socket (owner-only); None for none.
         tcp: (host, port) to listen on as well; port 0 picks a free one (see `tcp_address`).
-        token: Required from TCP clients (`{"op": "auth", "token": ...}` or a `token` field).
-        max_connections: Connections beyond this are closed right after accept.
+        token: Required from TCP clients (`{"op": "auth", "token": ...}` or a `token` field); at least
+            `MIN_TOKEN_LENGTH` characters.
+        max_connections: Unix-socket connections beyond this are closed right after accept.
+        max_tcp_connections: The same for TCP, counted apart: TCP clients never take the Unix socket's room.
+        auth_timeout: Seconds a TCP connection has to authenticate before it is closed.
         watch_source: Returns the stats pushed to watchers (called on the loop thread, once per
             tick with a watcher due); None refuses `watch` requests' updates (none are sent).
     """
 
     def __init__(self, protocol: Protocol, *, unix_path: str | None, tcp: tuple[str, int] | None = None,
-                 token: str | None = None, max_connections: int = 1024,
-                 watch_source: Callable[[], dict] | None = None) -> None:
+                 token: str | None = None, max_connections: int = 1024, max_tcp_connections: int = 256,
+                 auth_timeout: float = AUTH_TIMEOUT, watch_source: Callable[[], dict] | None = None) -> None:
         if unix_path is None and tcp is None:
             raise ConfigError("the server needs a Unix socket path or a TCP address")
+        if token is not None and len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(f"the token is {'empty' if not token else f'{len(token)} characters'}: a token needs "
+                              f"at least {MIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 16`); "
+                              "pass it with --token-file or APPLIANCE_TOKEN")
+        if not auth_timeout > 0:
+            raise ConfigError(f"the authentication timeout must be positive seconds, not {auth_timeout}")
         if tcp is not None and token is None and not _is_loopback(tcp[0]):
             raise ConfigError(f"refusing to listen on {tcp[0]}:{tcp[1]} without a token: it is not a loopback "
                               "address; pass --token (or APPLIANCE_TOKEN) or bind 127.0.0.1")
@@ -198,6 +291,13 @@ class SocketServer:
         self.tcp = tcp
         self.token = token
         self.max_connections = max_connections
+        self.limits = {"unix": max_connections, "tcp": max_tcp_connections}
+        self.open_by_listener = {"unix": 0, "tcp": 0}
+        self.auth_timeout = auth_timeout
+        self.auth_timeouts = 0  # connections closed for not authenticating in time
+        self.auth_failures = 0
+        self.auth_closed = 0  # connections closed after MAX_FAILED_AUTHS failures
+        self._next_failure_slot = 0.0
         self.tcp_address: tuple[str, int] | None = None
         self.connections: set[_Connection] = set()
         self.watchers: set[_Connection] = set()
@@ -246,9 +346,18 @@ class SocketServer:
             self.worker.shutdown(wait=False, cancel_futures=True)
             self._remove_socket_file()
 
+    def failed_auth_delay(self, now: float) -> float:
+        """Reserve the next slot of the global failed-authentication budget; return seconds to wait."""
+        self.auth_failures += 1
+        slot = max(now, self._next_failure_slot)
+        self._next_failure_slot = slot + 1.0 / FAILED_AUTHS_PER_SECOND
+        return slot - now
+
     def stats(self) -> dict[str, int]:
         """Counters for `stats`; cheap, safe to call from any thread."""
         return {"connections_open": len(self.connections), "connections_total": self.connections_total,
+                "connections_open_tcp": self.open_by_listener["tcp"], "auth_failures": self.auth_failures,
+                "auth_timeouts": self.auth_timeouts, "auth_closed": self.auth_closed,
                 "connections_refused": self.connections_refused, "requests": self.requests,
                 "errors": self.protocol.errors_total, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
                 "paused_clients": self.paused_total, "watchers": len(self.watchers),
@@ -392,6 +501,26 @@ class SocketServer:
                 os.unlink(path)
         except OSError:
             pass
+
+
+def read_token_file(path: str) -> str:
+    """Read a token from a file only its owner can read (a trailing newline is dropped).
+
+    Raises `ConfigError` when the file is missing, readable by group or others, or empty.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f'cannot read token file "{path}": {exc.strerror}') from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if mode & 0o077:
+            raise ConfigError(f'token file "{path}" is readable by others (mode {stat.S_IMODE(mode):04o}); '
+                              f'run `chmod 600 "{path}"`')
+        token = handle.read(4096).decode("utf-8", "replace").rstrip("\r\n")
+    if not token:
+        raise ConfigError(f'token file "{path}" is empty')
+    return token
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

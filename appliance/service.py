@@ -87,6 +87,7 @@ class Service:
         self._ids = itertools.count(1)
         self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
         self.flow_alive: Callable[[], bool] = lambda: True
+        self.outage: Callable[[], Any] = lambda: None  # the `Outage` refusing writes, or None
         self.predict_latency = LatencyRing()
         self.unlogged = 0  # scored-only predictions answered but not logged while overloaded
         self.history = EntityHistory(engine.config.db, tuple(engine.space.layouts))
@@ -116,10 +117,10 @@ class Service:
         if ingest:
             self._check_lag()
         x, published, y, reply = self._score(event.values, event.ts, request.get("explain"))
-        if ingest or self._lag() <= MAX_INBOX_LAG:
+        if ingest or (self._lag() <= MAX_INBOX_LAG and self.outage() is None):
             self.inbox.append([{"event": raw, "ingest": ingest,
                                 "served": {"x": x, "score": reply["score"], "version": published.version}}])
-        else:  # overloaded: a scored-only prediction is still answered, but not logged (and says so)
+        else:  # overloaded or a stage down: a scored-only prediction is answered, not logged (and says so)
             self.unlogged += 1
             reply["logged"] = False
         self.predict_latency.record(time.perf_counter_ns() - started)
@@ -260,13 +261,18 @@ class Service:
         stats["entity_keys"] = list(self.engine.space.layouts)
         stats.pop("curve", None)  # the `curve` op's; too long for a stats poll
         stats.pop("dead_letters_recent", None)  # the `data` op's
+        outage = self.outage()
+        stats["outage"] = None if outage is None else outage._asdict()
         stats["stages"] = stage_health(stats, self.flow_alive())
         return stats
 
     def health(self, request: dict) -> dict:
         """Return whether the appliance is serving and its flow is alive."""
         alive = self.flow_alive()
-        return {"status": "ok" if alive else "degraded", "flow_alive": alive, "version": __version__,
+        outage = self.outage()
+        status = "down" if outage is not None else "ok" if alive else "degraded"
+        return {"status": status, "flow_alive": alive, "version": __version__,
+                "outage": None if outage is None else outage._asdict(), "accepting_writes": outage is None,
                 "model_version": self.engine.model.served.name, "pid": os.getpid(),
                 "started_at": format_timestamp(self.started),
                 "uptime_seconds": round(time.time() - self.started, 3)}

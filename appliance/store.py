@@ -12,7 +12,10 @@ statements because sqlite-utils' per-row type handling would cost the flow ~10 Â
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -57,8 +60,68 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
 }
 
 
+PRIVATE = 0o600  # every file of a store: owner-only, whatever the umask
+LOCK_SUFFIX = "-lock"
+
+
+def make_private(path: str | Path) -> None:
+    """Create `path` if missing, owner-only, and make an existing one owner-only, whatever the umask.
+
+    SQLite creates a database's `-wal` and `-shm` files with the database file's permissions, so
+    making the database file private before SQLite opens it makes all three private.
+    """
+    try:
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, PRIVATE)
+    except PermissionError:  # a store we may only read: leave it as it is
+        return
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE:
+            os.fchmod(fd, PRIVATE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.chmod(f"{path}{suffix}", PRIVATE)
+        except (FileNotFoundError, PermissionError):
+            pass
+
+
+class StoreLock:
+    """An exclusive lock on a store, held while an appliance runs on it (`flock` on `<db>-lock`).
+
+    Taken before anything of the store is unlinked or opened for writing; the kernel drops it when
+    the process dies, so a crash never leaves a stale lock. The file holds the holder's pid, for
+    the message a second appliance gets.
+    """
+
+    def __init__(self, db_path: str | Path) -> None:
+        from .errors import StoreInUse
+
+        self.path = f"{db_path}{LOCK_SUFFIX}"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise StoreInUse(f'the store "{db_path}" is in use by another appliance (pid {holder}); '
+                             "stop it first, or use another --db") from None
+        os.fchmod(self._fd, PRIVATE)
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Give the lock back (closing the file releases it); idempotent."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating if needed) the store with WAL and every table in place."""
+    """Open (creating if needed, owner-only) the store with WAL and every table in place."""
+    make_private(path)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
     db = sqlite_utils.Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
@@ -91,6 +154,7 @@ RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_
                      "metrics": "event_ts"}
 PRUNE_EVERY = 3600.0  # seconds of event time between two retention passes
 RELEASE_EVERY = 30.0  # wall seconds between two releases of input that a checkpoint covers
+RETRY_EVERY = 1.0  # seconds between two attempts at a transaction that failed (a full disk)
 
 
 class StoreWriter:
@@ -120,33 +184,52 @@ class StoreWriter:
         self._committed_offsets: dict[str, int] | None = None
         self._next_release = time.monotonic() + RELEASE_EVERY
         self.error: BaseException | None = None
+        self.failure: str | None = None  # why writes fail right now (a full disk...), None when they do not
+        self.write_failures = 0
+        self._abandoned = threading.Event()
         open_db(self.path).conn.close()
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
 
     def start(self) -> StoreWriter:
         self._thread.start()
         return self
 
     def put_rows(self, rows: dict[str, list[dict]]) -> None:
-        """Queue rows for writing; blocks while `max_rows` rows (or `max_batches`) are queued."""
+        """Queue rows for writing; blocks while `max_rows` rows (or `max_batches`) are queued.
+
+        Once the writer has given up (`abandon`, or the store file is gone), rows are dropped: no
+        checkpoint will commit after them either, so the next start redoes their work.
+        """
         count = sum(map(len, rows.values()))
         if not count:
             return
         with self._room:
             if self._queued_rows and self._queued_rows + count > self.max_rows:
                 self.waits += 1
-                while self._queued_rows and self._queued_rows + count > self.max_rows and self._thread.is_alive():
+                while (self._queued_rows and self._queued_rows + count > self.max_rows and self._thread.is_alive()
+                       and not self._abandoned.is_set()):
                     self._room.wait(0.5)
             self._queued_rows += count
-        self._queue.put(("rows", rows))
+        self._put(("rows", rows))
 
     def stats(self) -> dict[str, Any]:
-        """What is waiting to be written, and what was written."""
+        """What is waiting to be written, and what was written; `failure` while writes fail."""
         return {"queued_rows": self._queued_rows, "max_rows": self.max_rows, "rows_written": self.rows_written,
-                "transactions": self.transactions, "waits": self.waits}
+                "transactions": self.transactions, "waits": self.waits, "failure": self.failure,
+                "write_failures": self.write_failures}
 
     def put_checkpoint(self, fingerprint: str, payload: dict[str, Any]) -> None:
         """Queue a checkpoint; it commits after all rows queued before it."""
-        self._queue.put(("checkpoint", (fingerprint, payload)))
+        self._put(("checkpoint", (fingerprint, payload)))
+
+    def _put(self, item: tuple) -> None:
+        while not self._abandoned.is_set() and self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything queued so far is committed."""
@@ -154,11 +237,28 @@ class StoreWriter:
         self._queue.put(("flush", done))
         return done.wait(timeout)
 
+    def abandon(self) -> None:
+        """Stop retrying a failing store: drop what is queued and what comes; the thread ends.
+
+        Nothing acknowledged is lost: the last committed checkpoint covers only committed rows,
+        and the next start reads the inputs again from its offsets.
+        """
+        self._abandoned.set()
+        with self._room:
+            self._room.notify_all()
+
     def close(self, timeout: float = 60.0) -> None:
-        """Commit what is queued and stop the thread."""
-        if self._thread.is_alive():
-            self._queue.put(("stop", None))
-            self._thread.join(timeout)
+        """Commit what is queued and stop the thread (or give up at once if the store is failing)."""
+        while self._thread.is_alive():
+            if self.failure is not None:
+                self.abandon()
+                break
+            try:
+                self._queue.put(("stop", None), timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -168,42 +268,87 @@ class StoreWriter:
                 pass
         except BaseException as exc:  # a store failure must be visible, not silent
             self.error = exc
+            self.failure = f"the store writer stopped: {type(exc).__name__}: {exc}"
             log.exception("store writer stopped")
         finally:
             conn.close()
 
     def _drain_once(self, conn: sqlite3.Connection) -> bool:
+        """Take what is queued (for up to `commit_every`) and commit it in one transaction.
+
+        A transaction that fails (the disk is full, an I/O error) is rolled back and retried, the
+        same items, every `RETRY_EVERY` seconds, until it commits or the writer is abandoned:
+        nothing taken from the queue is lost while the flow waits (its queue is full).
+        """
         item = self._queue.get()
         deadline = time.monotonic() + self.commit_every
-        waiters: list[threading.Event] = []
-        running = True
-        conn.execute("BEGIN")
+        batch: list[tuple[str, Any]] = []
         while True:
-            kind, body = item
-            if kind == "rows":
-                self._write_rows(conn, body)
-                with self._room:
-                    self._queued_rows -= sum(map(len, body.values()))
-                    self._room.notify_all()
-            elif kind == "checkpoint":
-                self._write_checkpoint(conn, *body)
-            elif kind == "flush":
-                waiters.append(body)
-            else:
-                running = False
-            if not running or waiters or time.monotonic() >= deadline:
+            batch.append(item)
+            if item[0] in ("flush", "stop") or time.monotonic() >= deadline:
                 break
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-        conn.execute("COMMIT")
-        self.transactions += 1
+        while not self._commit(conn, batch):
+            if self._abandoned.wait(RETRY_EVERY):
+                return False
+        rows = sum(sum(map(len, body.values())) for kind, body in batch if kind == "rows")
+        if rows:
+            with self._room:
+                self._queued_rows -= rows
+                self._room.notify_all()
+        if not self._same_file():
+            return False
         if self._committed_offsets is not None and time.monotonic() >= self._next_release:
             self._release(conn)
-        for waiter in waiters:
-            waiter.set()
-        return running
+        for kind, body in batch:
+            if kind == "flush":
+                body.set()
+        return batch[-1][0] != "stop"
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[str, Any]]) -> bool:
+        """Write a batch in one transaction; on a write failure roll back, record why, return False."""
+        try:
+            conn.execute("BEGIN")
+            for kind, body in batch:
+                if kind == "rows":
+                    self._write_rows(conn, body)
+                elif kind == "checkpoint":
+                    self._write_checkpoint(conn, *body)
+            conn.execute("COMMIT")
+        except (sqlite3.OperationalError, OSError) as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self.write_failures += 1
+            if self.failure is None:
+                log.error("cannot write the store %s: %s; writes are refused until it can, retrying every %g s",
+                          self.path, exc, RETRY_EVERY)
+            self.failure = f"cannot write the store: {exc}"
+            return False
+        self.transactions += 1
+        if self.failure is not None:
+            log.warning("the store %s is writable again; the writes held back are committed", self.path)
+            self.failure = None
+        return True
+
+    def _same_file(self) -> bool:
+        """Whether the store file is still the one this writer opened; if not, give up loudly."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            self.failure = (f'the store file "{self.path}" was deleted or replaced while running; nothing more '
+                            "is written; stop the appliance and restore the file")
+            log.error("%s", self.failure)
+            self.abandon()
+        return same
 
     def _write_rows(self, conn: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
         for table, items in rows.items():
@@ -236,7 +381,11 @@ class StoreWriter:
         offsets, self._committed_offsets = self._committed_offsets, None
         if self.after_durable_checkpoint is None or offsets is None:
             return
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError as exc:  # not durable yet: release at a later checkpoint
+            log.warning("cannot checkpoint the WAL (%s); input is released later", exc)
+            return
         try:
             self.after_durable_checkpoint(offsets)
         except Exception:  # noqa: BLE001 - giving space back is best effort, never a store failure

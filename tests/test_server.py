@@ -139,19 +139,19 @@ def test_a_stale_socket_is_replaced_a_live_one_and_a_file_are_refused(short_dir)
 def test_tcp_wants_a_token_and_refuses_public_addresses_without_one():
     with pytest.raises(ConfigError, match="without a token"):
         SocketServer(Protocol(echo_handlers()), unix_path=None, tcp=("0.0.0.0", 0))
-    srv = SocketServer(Protocol(echo_handlers()), unix_path=None, tcp=("127.0.0.1", 0), token="s3cret")
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=None, tcp=("127.0.0.1", 0), token="s3cret-s3cret-s3cret")
     srv.start()
     try:
         with Client(None, tcp=srv.tcp_address) as client:
             reply = client.send_line(b'{"op": "echo", "value": 1}')
             assert reply["error"]["code"] == "unauthorized"
             assert client.send_line(b'{"op": "auth", "token": "wrong"}')["error"]["code"] == "unauthorized"
-            assert client.send_line(b'{"op": "auth", "token": "s3cret"}')["ok"] is True
+            assert client.send_line(b'{"op": "auth", "token": "s3cret-s3cret-s3cret"}')["ok"] is True
             assert client.request("echo", value=2)["echo"] == 2
-        with Client(None, tcp=srv.tcp_address, token="s3cret") as client:
+        with Client(None, tcp=srv.tcp_address, token="s3cret-s3cret-s3cret") as client:
             assert client.request("echo", value=3)["echo"] == 3
         with Client(None, tcp=srv.tcp_address) as client:  # a token on the request itself also works
-            assert client.send_line(b'{"op": "echo", "value": 4, "token": "s3cret"}')["echo"] == 4
+            assert client.send_line(b'{"op": "echo", "value": 4, "token": "s3cret-s3cret-s3cret"}')["echo"] == 4
     finally:
         srv.stop()
 
