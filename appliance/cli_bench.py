@@ -1,6 +1,7 @@
-"""`appliance bench`: the whole comparison in one run (`appliance.bench.suite`), and single
-measurements (`predict` against a running appliance, `memory`, `offline`) and `drift`, the drift
-policy on River's synthetic streams (`appliance.bench.drift_harness`)."""
+"""`appliance bench`: the whole comparison in one run (`appliance.bench.suite`), single
+measurements (`predict` against a running appliance, `memory`, `offline`), `drift`, the drift
+policy on River's synthetic streams (`appliance.bench.drift_harness`), and `learning`, the
+comparison with a hand-written River script on real data (`appliance.bench.learning_eval`)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,39 @@ def bench_drift(quick: bool, events: int | None, seed: int, as_json: bool, save:
             handle.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json
                else drift_harness.format_table(report))
+
+
+@bench.command("learning")
+@click.option("--dataset", "names", multiple=True, help="A dataset by name (repeatable) [default: the development "
+                                                         "ones: flights, movielens].")
+@click.option("--held-out", is_flag=True, help="Also run the held-out dataset (mpls_stops): only for the final check.")
+@click.option("--quick", is_flag=True, help="The first few thousand events of each dataset (a CI smoke test, "
+                                            "not a result).")
+@click.option("--workdir", type=click.Path(file_okay=False, exists=True), help="Where the scratch directory goes "
+                                                                                "[default: /tmp].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
+@friendly_errors
+def bench_learning(names: tuple[str, ...], held_out: bool, quick: bool, workdir: str | None, as_json: bool) -> None:
+    """The appliance (init + the keys a user names + replay) vs a hand-written River script, on real data.
+
+    Per dataset: the served model's and the learner's progressive ROC AUC (or MAE) against River's
+    progressive validation of a one-hot + scaled linear model with the same label timing, and the
+    verdict against issue 15's targets. Needs the datasets' packages: pip install -e '.[eval]'.
+    """
+    from pathlib import Path
+
+    from .bench import learning_eval
+
+    try:
+        report = learning_eval.run(list(names) or None, quick=quick, held_out=held_out,
+                                   workdir=Path(workdir) if workdir else None,
+                                   log=lambda text: click.echo(f"bench learning: {text}", err=True))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dataset") from None
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(learning_eval.format_table(report))
 
 
 class Client_stats:  # noqa: N801 - a tiny context helper: events processed so far
