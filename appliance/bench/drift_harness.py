@@ -114,6 +114,7 @@ def events(pairs: Iterator[tuple[dict, Any]], labels: str, delay: int) -> Iterat
 
 
 def config_for(fields: list[str], spec: str, delay: int, lifecycle: Any) -> Any:
+    """A config over the generator's fields as they are (no aggregates), labels awaited 2x `delay` minutes."""
     from ..config import config_from_dict
 
     config = config_from_dict({
@@ -148,7 +149,7 @@ class Outcome:
 def run_case(scenario: str, labels: str, model: str, run: str, plan: Plan, n: int | None = None) -> tuple[Outcome, int | None]:
     """Replay one generated stream through a real Engine; return what served and the change point."""
     from ..engine import Engine
-    from ..events import parse_event
+    from ..events import Label, parse_event
 
     n = n or plan.events
     pairs, change = stream(scenario, n, plan.seed)
@@ -164,7 +165,7 @@ def run_case(scenario: str, labels: str, model: str, run: str, plan: Plan, n: in
     seen = [False] * n
     for offset, item in enumerate(raw, start=1):
         parsed = parse_event(item, config.event, "classification")
-        if type(parsed).__name__ == "Label":
+        if isinstance(parsed, Label):
             engine.process(("label", "bench", offset, parsed))
         else:
             engine.process(("event", "bench", offset, parsed, None, True))
