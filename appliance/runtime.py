@@ -138,6 +138,14 @@ class Appliance:
                 return found
         return None
 
+    def stop_message(self) -> str:
+        """What `up` says once stopped: cleanly, or why the last state could not be saved."""
+        failure = self.failure()
+        if failure is None:
+            return "stopped cleanly"
+        return (f"stopped, but the last state could not be saved ({failure}); everything acknowledged is in the "
+                "inbox: the next start redoes the work since the last checkpoint")
+
     def _restore_engine(self) -> Engine:
         engine = Engine(self.config)
         db = open_db(self.config.db)

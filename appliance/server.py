@@ -285,7 +285,7 @@ class SocketServer:
             raise ConfigError(f"the authentication timeout must be positive seconds, not {auth_timeout}")
         if tcp is not None and token is None and not _is_loopback(tcp[0]):
             raise ConfigError(f"refusing to listen on {tcp[0]}:{tcp[1]} without a token: it is not a loopback "
-                              "address; pass --token (or APPLIANCE_TOKEN) or bind 127.0.0.1")
+                              "address; pass --token-file (or APPLIANCE_TOKEN) or bind 127.0.0.1")
         self.protocol = protocol
         self.unix_path = unix_path
         self.tcp = tcp

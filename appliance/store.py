@@ -249,16 +249,18 @@ class StoreWriter:
 
     def close(self, timeout: float = 60.0) -> None:
         """Commit what is queued and stop the thread (or give up at once if the store is failing)."""
-        while self._thread.is_alive():
-            if self.failure is not None:
+        deadline = time.monotonic() + timeout
+        stop_sent = False
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self.failure is not None:  # what is queued (the last checkpoint...) cannot be committed
                 self.abandon()
-                break
-            try:
-                self._queue.put(("stop", None), timeout=0.2)
-                break
-            except queue.Full:
-                continue
-        self._thread.join(timeout)
+            elif not stop_sent:
+                try:
+                    self._queue.put(("stop", None), timeout=0.2)
+                    stop_sent = True
+                except queue.Full:
+                    continue
+            self._thread.join(0.2)
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
