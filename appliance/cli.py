@@ -82,7 +82,7 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
     config = _with_model(config, model_spec)
     printer = _StatusPrinter(status_every)
     if token_file is not None:
-        from .server import read_token_file
+        from .access import read_token_file
 
         if token is not None:
             raise click.UsageError("pass the token with --token-file or --token (APPLIANCE_TOKEN), not both")

@@ -28,7 +28,8 @@ from .entity_history import index_entity_keys
 from .order_log import OrderLog
 from .service import Service, StatsBoard
 from .sources import read_source, resolve_source
-from .store import StoreLock, StoreWriter, load_checkpoint, load_entities, load_pending, make_private, open_db
+from .ownership import StoreLock, make_private
+from .store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from .timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
