@@ -28,14 +28,14 @@ def small_disk():
     """An 8 MiB tmpfs (root only); skipped where it cannot be mounted."""
     path = Path(tempfile.mkdtemp(prefix="apl-df-", dir="/tmp"))
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+                             capture_output=True, check=False).returncode == 0
     if not mounted:
         shutil.rmtree(path, ignore_errors=True)
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -170,7 +170,7 @@ def test_an_inbox_truncated_or_a_store_deleted_while_running_stops_writes_loudly
             stages = {s["stage"]: s["state"] for s in client.request("stats")["stages"]}
             assert stages["ingest"] == "down"
     finally:
-        code, out, err = app.stop()
+        _code, _out, err = app.stop()
     assert "inbox" in err and "truncated" in err  # a clear log line
 
 
@@ -187,6 +187,6 @@ def test_a_store_file_deleted_while_running_is_reported_and_writes_refused(short
                 client.request("ingest", events=[{**EVENT, "event_id": "after", "ts": 1_767_300_001}])
             assert refused.value.code == "unavailable" and "deleted or replaced" in refused.value.message
     finally:
-        code, out, err = app.stop()
+        code, _out, err = app.stop()
     assert code == 0, err
     assert "deleted or replaced" in err

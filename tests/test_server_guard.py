@@ -13,10 +13,6 @@ import sys
 import orjson
 import pytest
 
-from appliance.client import Client
-from appliance.errors import ConfigError
-from appliance.protocol import Protocol, Session
-from appliance.server import SocketServer
 from appliance.access import (
     FAILED_AUTHS_PER_SECOND,
     MAX_FAILED_AUTHS,
@@ -24,6 +20,10 @@ from appliance.access import (
     UNAUTHENTICATED_LINE,
     read_token_file,
 )
+from appliance.client import Client
+from appliance.errors import ConfigError
+from appliance.protocol import Protocol, Session
+from appliance.server import SocketServer
 
 from .conftest import make_stream
 from .test_server import echo_handlers
@@ -171,7 +171,7 @@ def test_up_refuses_an_empty_token_off_loopback(short_dir, source_file):
     env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_TOKEN"}
     result = subprocess.run([sys.executable, "-m", "appliance", "up", "--tcp", "0.0.0.0:0", "--token", "",
                              "--socket", str(short_dir / "a.sock"), "--db", str(short_dir / "a.db")],
-                            cwd=short_dir, capture_output=True, text=True, timeout=120, env=env)
+                            cwd=short_dir, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"at least {MIN_TOKEN_LENGTH} characters" in result.stderr
     assert not (short_dir / "a.sock").exists()
