@@ -142,6 +142,9 @@ class Appliance:
     def stop_message(self) -> str:
         """What `up` says once stopped: cleanly, or why the last state could not be saved."""
         failure = self.failure()
+        latched = self.availability.latched
+        if failure is None and latched is not None:
+            return f"stopped; writes were refused since {latched.stage} went down: {latched.reason}"
         if failure is None:
             return "stopped cleanly"
         return (f"stopped, but the last state could not be saved ({failure}); everything acknowledged is in the "

@@ -170,8 +170,10 @@ def test_an_inbox_truncated_or_a_store_deleted_while_running_stops_writes_loudly
             stages = {s["stage"]: s["state"] for s in client.request("stats")["stages"]}
             assert stages["ingest"] == "down"
     finally:
-        _code, _out, err = app.stop()
+        code, out, err = app.stop()
+    assert code == 0, err
     assert "inbox" in err and "truncated" in err  # a clear log line
+    assert "writes were refused since inbox went down" in out
 
 
 def test_a_store_file_deleted_while_running_is_reported_and_writes_refused(short_dir):
