@@ -82,7 +82,7 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
     config = _with_model(config, model_spec)
     printer = _StatusPrinter(status_every)
     if token_file is not None:
-        from .server import read_token_file
+        from .access import read_token_file
 
         if token is not None:
             raise click.UsageError("pass the token with --token-file or --token (APPLIANCE_TOKEN), not both")
@@ -104,10 +104,7 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
                f"socket {config.socket}, store {config.db}" + (" (resumed)" if appliance.resumed else ""))
     appliance.run()
     click.echo(format_status(appliance.board.snapshot))
-    failure = appliance.failure()
-    click.echo("stopped cleanly" if failure is None else
-               f"stopped, but the last state could not be saved ({failure}); everything acknowledged is in the "
-               "inbox: the next start redoes the work since the last checkpoint")
+    click.echo(appliance.stop_message())
 
 
 @main.command()

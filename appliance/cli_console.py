@@ -58,4 +58,4 @@ def up_with_console(config: Any, options: Any) -> None:
     if failure:
         raise failure[0]
     click.echo(format_status(appliance.board.snapshot))
-    click.echo("stopped cleanly")
+    click.echo(appliance.stop_message())

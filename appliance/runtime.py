@@ -28,7 +28,8 @@ from .entity_history import index_entity_keys
 from .order_log import OrderLog
 from .service import Service, StatsBoard
 from .sources import read_source, resolve_source
-from .store import StoreLock, StoreWriter, load_checkpoint, load_entities, load_pending, make_private, open_db
+from .ownership import StoreLock, make_private
+from .store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from .timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,17 @@ class Appliance:
             if found is not None:
                 return found
         return None
+
+    def stop_message(self) -> str:
+        """What `up` says once stopped: cleanly, or why the last state could not be saved."""
+        failure = self.failure()
+        latched = self.availability.latched
+        if failure is None and latched is not None:
+            return f"stopped; writes were refused since {latched.stage} went down: {latched.reason}"
+        if failure is None:
+            return "stopped cleanly"
+        return (f"stopped, but the last state could not be saved ({failure}); everything acknowledged is in the "
+                "inbox: the next start redoes the work since the last checkpoint")
 
     def _restore_engine(self) -> Engine:
         engine = Engine(self.config)

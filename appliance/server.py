@@ -8,15 +8,13 @@ publishes by swapping references.
 
 Privacy: the Unix socket is created owner-only (bound under umask 0o177, so it is never visible
 with wider permissions); TCP sessions start unauthenticated when a token is set, and binding a
-non-loopback address without a token is refused. A token shorter than `MIN_TOKEN_LENGTH`
-characters (the empty one included) is refused at start: it is no token.
+non-loopback address without a token is refused; `appliance.access` says what a token must be.
 
 Until a TCP connection has authenticated it gets little: `UNAUTHENTICATED_LINE` bytes per line
 (a longer line closes it), `auth_timeout` seconds to authenticate (then it is closed), and
-`MAX_FAILED_AUTHS` failed attempts (then it is closed). Every failed attempt's reply waits for a
-slot of a global budget (`FAILED_AUTHS_PER_SECOND`), on a timer, never blocking the loop: guessing
-the token from many connections is as slow as from one. Each listener has its own connection
-limit, so TCP clients can never take the room of the local operator on the Unix socket.
+`MAX_FAILED_AUTHS` failed attempts (then it is closed). Every failed attempt's reply waits for its
+slot of the global `FailedAuthBudget`, on a timer, never blocking the loop. Each listener has its
+own connection limit, so TCP clients can never take the room of the local operator on the Unix socket.
 
 Backpressure: a client that sends but does not read fills its write buffer; past the high-water
 mark the server stops reading from it until the buffer drains, so its memory stays bounded and
@@ -44,19 +42,21 @@ from typing import Any
 
 import orjson
 
+from .access import (
+    AUTH_TIMEOUT,
+    MAX_FAILED_AUTHS,
+    UNAUTHENTICATED_LINE,
+    FailedAuthBudget,
+    check_token,
+)
 from .errors import ConfigError
 from .protocol import Deferred, Protocol, Session, error_reply
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SocketServer", "read_token_file"]
+__all__ = ["SocketServer"]
 
 HIGH_WATER = 1 << 20
-MIN_TOKEN_LENGTH = 16  # characters; a shorter token (the empty one included) is refused at start
-UNAUTHENTICATED_LINE = 4096  # bytes a line may have before the connection has authenticated
-AUTH_TIMEOUT = 5.0  # seconds a TCP connection has to authenticate
-MAX_FAILED_AUTHS = 3  # failed authentications after which a connection is closed
-FAILED_AUTHS_PER_SECOND = 10.0  # every failed attempt's reply waits for a slot of this global budget
 WATCH_BUFFER = 64 << 10  # bytes waiting for a watcher past which its updates are dropped
 WATCH_TICK = 0.05  # seconds between two checks for due updates
 MAX_UNIX_PATH = 104
@@ -197,7 +197,7 @@ class _Connection(asyncio.Protocol):
         elif refused is not None:
             self.waiting = _HELD
             transport.pause_reading()
-            delay = server.failed_auth_delay(asyncio.get_running_loop().time())
+            delay = server.failed_auths.delay(asyncio.get_running_loop().time())
             asyncio.get_running_loop().call_later(delay, self._refusal_due, refused)
 
     def _refuse_unauthenticated(self, replies: list[bytes]) -> None:
@@ -277,15 +277,13 @@ class SocketServer:
                  auth_timeout: float = AUTH_TIMEOUT, watch_source: Callable[[], dict] | None = None) -> None:
         if unix_path is None and tcp is None:
             raise ConfigError("the server needs a Unix socket path or a TCP address")
-        if token is not None and len(token) < MIN_TOKEN_LENGTH:
-            raise ConfigError(f"the token is {'empty' if not token else f'{len(token)} characters'}: a token needs "
-                              f"at least {MIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 16`); "
-                              "pass it with --token-file or APPLIANCE_TOKEN")
+        if token is not None:
+            check_token(token)
         if not auth_timeout > 0:
             raise ConfigError(f"the authentication timeout must be positive seconds, not {auth_timeout}")
         if tcp is not None and token is None and not _is_loopback(tcp[0]):
             raise ConfigError(f"refusing to listen on {tcp[0]}:{tcp[1]} without a token: it is not a loopback "
-                              "address; pass --token (or APPLIANCE_TOKEN) or bind 127.0.0.1")
+                              "address; pass --token-file (or APPLIANCE_TOKEN) or bind 127.0.0.1")
         self.protocol = protocol
         self.unix_path = unix_path
         self.tcp = tcp
@@ -295,9 +293,8 @@ class SocketServer:
         self.open_by_listener = {"unix": 0, "tcp": 0}
         self.auth_timeout = auth_timeout
         self.auth_timeouts = 0  # connections closed for not authenticating in time
-        self.auth_failures = 0
         self.auth_closed = 0  # connections closed after MAX_FAILED_AUTHS failures
-        self._next_failure_slot = 0.0
+        self.failed_auths = FailedAuthBudget()
         self.tcp_address: tuple[str, int] | None = None
         self.connections: set[_Connection] = set()
         self.watchers: set[_Connection] = set()
@@ -346,17 +343,10 @@ class SocketServer:
             self.worker.shutdown(wait=False, cancel_futures=True)
             self._remove_socket_file()
 
-    def failed_auth_delay(self, now: float) -> float:
-        """Reserve the next slot of the global failed-authentication budget; return seconds to wait."""
-        self.auth_failures += 1
-        slot = max(now, self._next_failure_slot)
-        self._next_failure_slot = slot + 1.0 / FAILED_AUTHS_PER_SECOND
-        return slot - now
-
     def stats(self) -> dict[str, int]:
         """Counters for `stats`; cheap, safe to call from any thread."""
         return {"connections_open": len(self.connections), "connections_total": self.connections_total,
-                "connections_open_tcp": self.open_by_listener["tcp"], "auth_failures": self.auth_failures,
+                "connections_open_tcp": self.open_by_listener["tcp"], "auth_failures": self.failed_auths.total,
                 "auth_timeouts": self.auth_timeouts, "auth_closed": self.auth_closed,
                 "connections_refused": self.connections_refused, "requests": self.requests,
                 "errors": self.protocol.errors_total, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
@@ -501,26 +491,6 @@ class SocketServer:
                 os.unlink(path)
         except OSError:
             pass
-
-
-def read_token_file(path: str) -> str:
-    """Read a token from a file only its owner can read (a trailing newline is dropped).
-
-    Raises `ConfigError` when the file is missing, readable by group or others, or empty.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise ConfigError(f'cannot read token file "{path}": {exc.strerror}') from None
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if mode & 0o077:
-            raise ConfigError(f'token file "{path}" is readable by others (mode {stat.S_IMODE(mode):04o}); '
-                              f'run `chmod 600 "{path}"`')
-        token = handle.read(4096).decode("utf-8", "replace").rstrip("\r\n")
-    if not token:
-        raise ConfigError(f'token file "{path}" is empty')
-    return token
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

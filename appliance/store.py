@@ -12,8 +12,6 @@ statements because sqlite-utils' per-row type handling would cost the flow ~10 Â
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import queue
@@ -27,6 +25,8 @@ from typing import Any
 
 import orjson
 import sqlite_utils
+
+from .ownership import make_private
 
 log = logging.getLogger(__name__)
 
@@ -58,65 +58,6 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "model_imports": ({"id": int, "path": str, "meta": str, "model": bytes, "wall_ts": float}, "id"),
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
 }
-
-
-PRIVATE = 0o600  # every file of a store: owner-only, whatever the umask
-LOCK_SUFFIX = "-lock"
-
-
-def make_private(path: str | Path) -> None:
-    """Create `path` if missing, owner-only, and make an existing one owner-only, whatever the umask.
-
-    SQLite creates a database's `-wal` and `-shm` files with the database file's permissions, so
-    making the database file private before SQLite opens it makes all three private.
-    """
-    try:
-        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, PRIVATE)
-    except PermissionError:  # a store we may only read: leave it as it is
-        return
-    try:
-        if os.fstat(fd).st_mode & 0o777 != PRIVATE:
-            os.fchmod(fd, PRIVATE)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm"):
-        try:
-            os.chmod(f"{path}{suffix}", PRIVATE)
-        except (FileNotFoundError, PermissionError):
-            pass
-
-
-class StoreLock:
-    """An exclusive lock on a store, held while an appliance runs on it (`flock` on `<db>-lock`).
-
-    Taken before anything of the store is unlinked or opened for writing; the kernel drops it when
-    the process dies, so a crash never leaves a stale lock. The file holds the holder's pid, for
-    the message a second appliance gets.
-    """
-
-    def __init__(self, db_path: str | Path) -> None:
-        from .errors import StoreInUse
-
-        self.path = f"{db_path}{LOCK_SUFFIX}"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self._fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            raise StoreInUse(f'the store "{db_path}" is in use by another appliance (pid {holder}); '
-                             "stop it first, or use another --db") from None
-        os.fchmod(self._fd, PRIVATE)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
-
-    def release(self) -> None:
-        """Give the lock back (closing the file releases it); idempotent."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -249,16 +190,18 @@ class StoreWriter:
 
     def close(self, timeout: float = 60.0) -> None:
         """Commit what is queued and stop the thread (or give up at once if the store is failing)."""
-        while self._thread.is_alive():
-            if self.failure is not None:
+        deadline = time.monotonic() + timeout
+        stop_sent = False
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self.failure is not None:  # what is queued (the last checkpoint...) cannot be committed
                 self.abandon()
-                break
-            try:
-                self._queue.put(("stop", None), timeout=0.2)
-                break
-            except queue.Full:
-                continue
-        self._thread.join(timeout)
+            elif not stop_sent:
+                try:
+                    self._queue.put(("stop", None), timeout=0.2)
+                    stop_sent = True
+                except queue.Full:
+                    continue
+            self._thread.join(0.2)
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)

@@ -13,17 +13,17 @@ import sys
 import orjson
 import pytest
 
-from appliance.client import Client
-from appliance.errors import ConfigError
-from appliance.protocol import Protocol, Session
-from appliance.server import (
+from appliance.access import (
     FAILED_AUTHS_PER_SECOND,
     MAX_FAILED_AUTHS,
     MIN_TOKEN_LENGTH,
     UNAUTHENTICATED_LINE,
-    SocketServer,
     read_token_file,
 )
+from appliance.client import Client
+from appliance.errors import ConfigError
+from appliance.protocol import Protocol, Session
+from appliance.server import SocketServer
 
 from .conftest import make_stream
 from .test_server import echo_handlers
@@ -95,10 +95,10 @@ def test_guesses_on_one_connection_are_answered_a_few_times_then_the_connection_
 
 def test_failed_authentications_share_one_budget_per_second_across_connections(tcp_server):
     now = 1000.0
-    delays = [tcp_server.failed_auth_delay(now) for _ in range(30)]  # 30 connections failing at once
+    delays = [tcp_server.failed_auths.delay(now) for _ in range(30)]  # 30 connections failing at once
     assert delays == pytest.approx([i / FAILED_AUTHS_PER_SECOND for i in range(30)])
     later = now + 100.0  # the budget refills: a lone failure later waits for nothing
-    assert tcp_server.failed_auth_delay(later) == 0.0
+    assert tcp_server.failed_auths.delay(later) == 0.0
 
 
 def test_a_connection_that_does_not_authenticate_in_time_is_closed(tcp_server):
@@ -171,7 +171,7 @@ def test_up_refuses_an_empty_token_off_loopback(short_dir, source_file):
     env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_TOKEN"}
     result = subprocess.run([sys.executable, "-m", "appliance", "up", "--tcp", "0.0.0.0:0", "--token", "",
                              "--socket", str(short_dir / "a.sock"), "--db", str(short_dir / "a.db")],
-                            cwd=short_dir, capture_output=True, text=True, timeout=120, env=env)
+                            cwd=short_dir, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"at least {MIN_TOKEN_LENGTH} characters" in result.stderr
     assert not (short_dir / "a.sock").exists()

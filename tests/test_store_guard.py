@@ -28,7 +28,7 @@ def source_file(short_dir):
 
 def run_cli(directory, *args, timeout=120):
     return subprocess.run([sys.executable, "-m", "appliance", *args], cwd=directory, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def store_inodes(directory):
@@ -63,7 +63,7 @@ def test_a_second_up_or_fresh_or_replay_on_a_store_in_use_is_refused_and_reads_s
                                               "amount": 10.0, "city": "faro"}])
             wait_for(lambda: client.request("stats")["counts"]["events"] == 601)
     finally:
-        code, out, err = app.stop()
+        code, _out, err = app.stop()
     assert code == 0, err
     again = Running(short_dir)  # the lock went with the process that held it
     again.stop()
