@@ -130,8 +130,8 @@ def guess_config(profile: StreamProfile) -> Guess:
         guess.fields.append(role)
         if "key" in role.roles and len(guess.keys) < MAX_KEYS:
             guess.keys.append(name)
-        elif "key" in role.roles:
-            role.roles.remove("key")
+        elif "key" in role.roles:  # one-hot alone if it has few values, else left out
+            role.roles = ["categorical"] if "one-hot" in role.roles else []
             role.why += f"; not a key: {MAX_KEYS} keys already"
         for kind, target in (("numeric", guess.numeric), ("categorical", guess.categorical)):
             if kind in role.roles:

@@ -221,3 +221,17 @@ def test_events_with_many_missing_fields_are_not_taken_for_label_rows(tmp_path):
     assert config["event"]["type"] == "type" and "label_by" not in config["event"]  # no label rows
     assert config["event"]["label"] == "delivered_late" and "WARNING" not in text
     assert set(config["event"]["optional"]) == {"shop", "courier", "basket", "channel"}
+
+
+def test_past_six_keys_the_rest_are_one_hot_or_left_out_and_the_config_loads(tmp_path):
+    rng = random.Random(14)
+    rows = orders(n=3000, seed=14)
+    for row in rows:
+        for k in range(6):
+            row[f"team{k}"] = f"t{zipf_choice(rng, list(range(40)))}"
+    events = write_csv(tmp_path / "events.csv", rows)
+    write_starter(str(events), str(tmp_path / "appliance.toml"))
+    config = load_config(tmp_path / "appliance.toml")
+    assert config.event.keys == ("shop", "courier", "team0", "team1", "team2", "team3")
+    assert {"team4", "team5"} <= set(config.event.categorical)
+    assert "6 keys already" in (tmp_path / "appliance.toml").read_text()
