@@ -7,7 +7,8 @@ The guesses come from one pass over the file (`stream_profile`), not from names 
   quantity's are); a key with few values is also one-hot; a high-cardinality key is kept as a key;
 - categoricals are strings (or booleans) with a few hundred values at most, hashed into a bucket
   count about ten times the largest one's distinct values;
-- windows follow the median gap between an entity's consecutive events, capped by the file's span;
+- windows at up to three scales of the gaps between an entity's consecutive events: a burst (the
+  quickest 1%), the median gap, ten median gaps (capped by the file's span);
 - `allowed_lateness` covers how far the file's events arrive out of order;
 - the label is inline or arrives as label rows; then the horizon covers the observed delays and,
   when only one outcome is ever labelled, the default is the other.
@@ -48,6 +49,9 @@ BINARY = frozenset({"0", "1", "true", "false", "0.0", "1.0"})
 MAJORITY = 0.99  # a field is numeric (string, ...) when this share of its values are; the rest are dead letters
 OPTIONAL_MIN_MISSING = 0.001  # missing in fewer events than this share: bad events, not an optional field
 MIN_BUCKETS, MAX_BUCKETS = 16, 1024
+BURST_QUANTILE = 0.01  # the burst window: the quickest 1% of an entity's returns
+LONG_GAPS = 10  # the long window: about this many of an entity's median gaps
+MIN_SCALE_RATIO = 3  # a window less than 3x the next shorter one adds little: dropped
 LADDER = tuple(s for s in (60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 3 * 86400,
                            7 * 86400, 14 * 86400, 30 * 86400, 90 * 86400, 180 * 86400, 365 * 86400))
 AMOUNT_WORDS = ("amount", "price", "value", "total", "cost", "delay", "duration", "size", "qty", "quantity")
@@ -64,6 +68,22 @@ class Role:
 
 
 @dataclass
+class Windows:
+    """One key's window lengths (seconds, shortest first, 1 to 3 of them) and why."""
+
+    scales: tuple[float, ...]
+    why: str
+
+    @property
+    def shortest(self) -> float:
+        return self.scales[0]
+
+    @property
+    def longest(self) -> float:
+        return self.scales[-1]
+
+
+@dataclass
 class Guess:
     """The starter config's content, each choice beside its reason."""
 
@@ -74,7 +94,7 @@ class Guess:
     categorical: list[str] = field(default_factory=list)  # [event] categorical
     one_hot: list[str] = field(default_factory=list)  # [features] categorical: categoricals and small keys
     optional: list[str] = field(default_factory=list)
-    windows: dict[str, tuple[float, float | None, str]] = field(default_factory=dict)
+    windows: dict[str, Windows] = field(default_factory=dict)
     buckets: tuple[int, str] = (MIN_BUCKETS, "")
     lateness: tuple[float, str] = (300.0, "")
     labels: dict[str, Any] = field(default_factory=dict)
@@ -130,8 +150,8 @@ def guess_config(profile: StreamProfile) -> Guess:
         guess.fields.append(role)
         if "key" in role.roles and len(guess.keys) < MAX_KEYS:
             guess.keys.append(name)
-        elif "key" in role.roles:
-            role.roles.remove("key")
+        elif "key" in role.roles:  # one-hot alone if it has few values, else left out
+            role.roles = ["categorical"] if "one-hot" in role.roles else []
             role.why += f"; not a key: {MAX_KEYS} keys already"
         for kind, target in (("numeric", guess.numeric), ("categorical", guess.categorical)):
             if kind in role.roles:
@@ -230,23 +250,35 @@ def _buckets(guess: Guess) -> tuple[int, str]:
                      f"(at most {MAX_BUCKETS}) keeps most values in a bucket of their own")
 
 
-def _windows(profile: StreamProfile, key: str, lateness: float) -> tuple[float, float | None, str]:
+def _windows(profile: StreamProfile, key: str, lateness: float) -> Windows:
+    """Windows at up to three scales of one key's own gaps: a burst, its typical pace, a long horizon.
+
+    The burst scale is the quickest 1% of an entity's returns (BURST_QUANTILE): a short run of
+    events far quicker than the entity's median gap, which a window at the median averages away.
+    Scales land on the LADDER, never below the allowed lateness (a shorter window would miss a late
+    event's oldest buckets), the long one within a quarter of the file's span; the burst or the long
+    scale within MIN_SCALE_RATIO of the usual one is dropped as adding nothing.
+    """
     p = profile.fields[key]
-    quick, typical = quantile(p.gaps, 0.1), quantile(p.gaps, 0.5)
-    if not quick or not typical:
-        quick = typical = profile.span * p.distinct / max(p.count, 1) or 3600.0
+    burst, typical = quantile(p.gaps, BURST_QUANTILE), quantile(p.gaps, 0.5)
+    if not burst or not typical:
+        burst = typical = profile.span * p.distinct / max(p.count, 1) or 3600.0
         seen = f"about {approx_duration(typical)} between an entity's events (span x values / events)"
     else:
-        seen = (f"an entity's next event comes after a median {approx_duration(typical)} "
-                f"(10% within {approx_duration(quick)})")
-    short = _ceil(max(quick, lateness, 60.0))
-    cap = _floor(profile.span / 4) if profile.span > 0 else short
-    long: float | None = min(_ceil(10 * typical), cap)
-    long = long if long is not None and long > short else None
-    why = f"{seen}: {format_duration(short)} sees a quick return"
-    if long:
-        why += f", {format_duration(long)} about ten events (at most a quarter of the file's span)"
-    return short, long, why
+        seen = (f"an entity's next event comes after a median {approx_duration(typical)}, "
+                f"{BURST_QUANTILE:.0%} within {approx_duration(burst)}")
+    floor = max(lateness, 60.0)
+    cap = _floor(profile.span / 4) if profile.span > 0 else _ceil(floor)
+    usual = _ceil(max(typical, floor))
+    long = min(_ceil(LONG_GAPS * typical), cap)
+    quick = _ceil(max(burst, floor))
+    scales = [(usual, "the usual pace")]
+    if long >= MIN_SCALE_RATIO * usual:
+        scales.append((long, "about ten events (at most a quarter of the span)"))
+    if MIN_SCALE_RATIO * quick <= usual:
+        scales.insert(0, (quick, "a burst"))
+    reasons = [f"{format_duration(seconds)} {reason}" for seconds, reason in scales]
+    return Windows(tuple(seconds for seconds, _ in scales), f"{seen}: " + ", ".join(reasons))
 
 
 def _label_policy(profile: StreamProfile) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .timeutil import format_duration, format_timestamp
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .starter import Guess
 
 Write = Callable[[str], Any]
+MAX_AGGREGATES = 32  # per-key aggregates the starter writes at most (4 keys x 8)
 
 
 def render_toml(guess: Guess, path: str, spec: str) -> str:
@@ -139,27 +140,59 @@ def _features(w: Write, guess: Guess) -> None:
     w("\n")
 
 
-def _aggregates(w: Write, guess: Guess) -> None:
+class Planned(NamedTuple):
+    """One aggregate the starter writes; the budget drops the highest `rank` (least needed) first."""
+
+    name: str
+    key: str
+    op: str
+    window: float | None = None
+    field: str | None = None
+    rank: int = 0
+
+
+def plan_aggregates(guess: Guess) -> list[Planned]:
+    """Per key: a count at every window scale and the time since its last event; the amount's sum over
+    the burst and mean over the longest window; distinct values of another key over the longest (and
+    the burst) window. Past MAX_AGGREGATES, the burst distinct counts, then the middle-scale counts,
+    go from the last keys first: every window is a slot updated on each event (the hot path)."""
     amount = guess.amount[0]
     by_size = sorted(guess.keys, key=lambda k: -guess.profile.fields[k].distinct)
+    planned: list[Planned] = []
     for key in guess.keys:
-        short, long, why = guess.windows[key]
-        name = _slug(key)
-        s, lg = format_duration(short), format_duration(long) if long else None
-        w(f"# {key}: {why}\n")
-        _agg(w, f"{name}_events_{s}", key, "count", s)
-        if lg:
-            _agg(w, f"{name}_events_{lg}", key, "count", lg)
-        _agg(w, f"{name}_since_last", key, "since")
+        windows = guess.windows[key]
+        name, short, long = _slug(key), windows.shortest, windows.longest
+        for i, scale in enumerate(windows.scales):
+            middle = 0 < i < len(windows.scales) - 1
+            planned.append(Planned(f"{name}_events_{format_duration(scale)}", key, "count", scale, rank=2 if middle else 0))
+        planned.append(Planned(f"{name}_since_last", key, "since"))
         if amount:
-            _agg(w, f"{name}_{_slug(amount)}_sum_{s}", key, "sum", s, amount)
-            _agg(w, f"{name}_{_slug(amount)}_mean_{lg or s}", key, "mean", lg or s, amount)
+            planned.append(Planned(f"{name}_{_slug(amount)}_sum_{format_duration(short)}", key, "sum", short, amount))
+            planned.append(Planned(f"{name}_{_slug(amount)}_mean_{format_duration(long)}", key, "mean", long, amount))
         other = next((k for k in by_size if k != key), None)
         if other:
-            _agg(w, f"{name}_{_slug(other)}s_{lg or s}", key, "distinct", lg or s, other)
+            if short < long:
+                planned.append(Planned(f"{name}_{_slug(other)}s_{format_duration(short)}", key, "distinct", short,
+                                       other, rank=1))
+            planned.append(Planned(f"{name}_{_slug(other)}s_{format_duration(long)}", key, "distinct", long, other))
+    for rank in (1, 2):
+        while len(planned) > MAX_AGGREGATES and any(a.rank == rank for a in planned):
+            last = max(i for i, a in enumerate(planned) if a.rank == rank)
+            del planned[last]
+    return planned
+
+
+def _aggregates(w: Write, guess: Guess) -> None:
+    amount = guess.amount[0]
+    planned = plan_aggregates(guess)
+    for key in guess.keys:
+        w(f"# {key}: {guess.windows[key].why}\n")
+        for agg in planned:
+            if agg.key == key:
+                _agg(w, agg.name, key, agg.op, format_duration(agg.window) if agg.window else None, agg.field)
     if amount and guess.keys:
         key = guess.keys[0]
-        mean = f"{_slug(key)}_{_slug(amount)}_mean_{format_duration(guess.windows[key][1] or guess.windows[key][0])}"
+        mean = f"{_slug(key)}_{_slug(amount)}_mean_{format_duration(guess.windows[key].longest)}"
         w("[[features.expression]]\n")
         w(f'name = "{_slug(amount)}_vs_{_slug(key)}_mean"\n')
         w(f'expr = "{amount} / (abs({mean}) + 1)"\n\n' if _plain(amount) else f"# {amount} is not a plain name\n\n")

@@ -96,17 +96,62 @@ def test_high_cardinality_fields_are_kept_as_keys_and_buckets_follow_the_widest_
     assert small["features"]["hash_buckets"] == 2 ** math.ceil(math.log2(10 * 12))
 
 
+def count_windows(config: dict, key: str) -> list[float]:
+    return sorted(parse_duration(a["window"]) for a in config["features"]["aggregate"]
+                  if a["key"] == key and a["op"] == "count")
+
+
 def test_windows_follow_the_pace_of_the_data(tmp_path):
     _, fast = init(tmp_path / "fast", orders(pace=6.0, seed=5))
     _, slow = init(tmp_path / "slow", orders(pace=600.0, seed=5))
     fast_w, slow_w = windows_of(fast, "shop"), windows_of(slow, "shop")
-    assert fast_w <= set(LADDER) and slow_w <= set(LADDER) and len(fast_w) == len(slow_w) == 2
+    assert fast_w <= set(LADDER) and slow_w <= set(LADDER)
     assert max(slow_w) >= 30 * max(fast_w)  # 100x slower: windows ~100x longer (on the ladder)...
-    assert min(slow_w) >= 5 * min(fast_w)
+    assert sorted(slow_w)[1] >= 5 * sorted(fast_w)[1]  # the usual pace too (the burst scale may be the floor)
     lateness = parse_duration(fast["event"]["allowed_lateness"])
     assert min(fast_w) == lateness  # ...but never shorter than the allowed lateness
     span = 6000 * 600.0
     assert max(slow_w) <= span / 4  # a window must fill within the file
+    for config in (fast, slow):  # every window scale has its count
+        assert set(count_windows(config, "shop")) == windows_of(config, "shop")
+
+
+def visits(bursts: bool, seed: int = 11, members: int = 60, period: float = 8 * 3600.0) -> list[dict]:
+    """Members who come back about every `period` (jittered); with `bursts`, 4% of visits start a run
+    of two or three more visits a minute or a few apart, far quicker than the member's usual gap."""
+    rng = random.Random(seed)
+    timed: list[tuple[float, str, float]] = []
+    for m in range(members):
+        t = T0 + rng.uniform(0, period)
+        while t < T0 + 30 * 86400:
+            timed.append((t, f"m{m:03d}", round(rng.lognormvariate(3, 0.5), 2)))
+            if bursts and rng.random() < 0.04:
+                u = t
+                for _ in range(rng.choice((2, 3))):
+                    u += rng.uniform(60, 240)
+                    timed.append((u, f"m{m:03d}", round(rng.lognormvariate(4, 0.5), 2)))
+            t += period * rng.uniform(0.8, 1.2)
+    timed.sort()
+    return [{"visit": f"v{i}", "at": iso(t), "member": m, "spend": spend, "flagged": int(rng.random() < 0.1)}
+            for i, (t, m, spend) in enumerate(timed)]
+
+
+def test_windows_see_bursts_quicker_than_an_entitys_usual_gap(tmp_path):
+    _, steady = init(tmp_path / "steady", visits(bursts=False))
+    _, bursty = init(tmp_path / "bursty", visits(bursts=True))
+    steady_w, bursty_w = count_windows(steady, "member"), count_windows(bursty, "member")
+    # a steady member: one window at the 8h pace, one of about ten visits (80h); no burst scale
+    assert steady_w == [_ceil(8 * 3600), _ceil(80 * 3600)]
+    # the same pace with runs of visits minutes apart: a burst window of minutes below those
+    assert len(bursty_w) == 3 and bursty_w[1:] == steady_w
+    assert 300.0 <= bursty_w[0] <= 1800.0  # the runs span 2-12 minutes; never below the 5m lateness
+    ops = {(a["op"], parse_duration(a.get("window", "0s"))) for a in bursty["features"]["aggregate"]
+           if a["key"] == "member"}
+    assert ("sum", bursty_w[0]) in ops and ("mean", bursty_w[-1]) in ops and ("since", 0.0) in ops
+
+
+def _ceil(seconds: float) -> float:
+    return next(s for s in LADDER if s >= seconds)
 
 
 def payments_with_chargebacks(n: int = 4000, seed: int = 7) -> tuple[list[dict], list[float]]:
@@ -221,3 +266,17 @@ def test_events_with_many_missing_fields_are_not_taken_for_label_rows(tmp_path):
     assert config["event"]["type"] == "type" and "label_by" not in config["event"]  # no label rows
     assert config["event"]["label"] == "delivered_late" and "WARNING" not in text
     assert set(config["event"]["optional"]) == {"shop", "courier", "basket", "channel"}
+
+
+def test_past_six_keys_the_rest_are_one_hot_or_left_out_and_the_config_loads(tmp_path):
+    rng = random.Random(14)
+    rows = orders(n=3000, seed=14)
+    for row in rows:
+        for k in range(6):
+            row[f"team{k}"] = f"t{zipf_choice(rng, list(range(40)))}"
+    events = write_csv(tmp_path / "events.csv", rows)
+    write_starter(str(events), str(tmp_path / "appliance.toml"))
+    config = load_config(tmp_path / "appliance.toml")
+    assert config.event.keys == ("shop", "courier", "team0", "team1", "team2", "team3")
+    assert {"team4", "team5"} <= set(config.event.categorical)
+    assert "6 keys already" in (tmp_path / "appliance.toml").read_text()
