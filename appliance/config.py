@@ -34,6 +34,8 @@ class EventSchema:
     optional: tuple[str, ...] = ()
     bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     allowed_lateness: float = 300.0
+    # Out of repr, so out of the checkpoint's fingerprint: it changes what is refused, not state.
+    max_future_skew: float = field(default=86400.0, repr=False)
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,7 @@ def _check_lifecycle(config: Config) -> None:
 
 def _event_schema(table: dict[str, Any]) -> EventSchema:
     allowed = {"id", "time", "type", "label_type", "label", "keys", "numeric", "categorical",
-               "optional", "bounds", "allowed_lateness"}
+               "optional", "bounds", "allowed_lateness", "max_future_skew"}
     _only(table, "event", allowed)
     bounds: dict[str, tuple[float | None, float | None]] = {}
     for name, pair in _table(table, "bounds").items():
@@ -288,6 +290,7 @@ def _event_schema(table: dict[str, Any]) -> EventSchema:
         optional=_names(table, "event.optional"),
         bounds=bounds,
         allowed_lateness=parse_duration(table.get("allowed_lateness", "5m")),
+        max_future_skew=parse_duration(table.get("max_future_skew", "1d")),
     )
 
 
