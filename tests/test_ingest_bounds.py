@@ -72,13 +72,14 @@ def test_a_far_future_time_is_refused_on_every_socket_op_and_the_stream_goes_on(
         assert client.request("features", key="card", entity="c1")["entities"]["card"]["known"] is True
 
 
-def test_a_far_future_line_in_a_file_is_dead_lettered_and_the_history_is_kept(short_dir):
+def test_a_far_future_line_in_a_file_is_dead_lettered_and_retention_keeps_the_history(short_dir):
     lines = [payment(f"f{i}", T + 60 * i) for i in range(5)]
     lines.insert(2, {**payment("far", FAR), "type": "payment"})
     lines.insert(4, {"type": "label", "event_id": "f1", "label": 1, "ts": FAR})
     source = short_dir / "events.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    write_config(short_dir, source)
+    config = write_config(short_dir, source)
+    config.write_text(config.read_text() + '\n[retention]\nkeep = "1d"\n')  # relative to the watermark
     app = Running(short_dir)
     try:
         with Client(app.socket, timeout=30) as client:
