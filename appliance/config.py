@@ -50,6 +50,8 @@ class EventSchema:
             object.__setattr__(self, "label_id_field", self.id_field)
         if not self.label_time_field:
             object.__setattr__(self, "label_time_field", self.time_field)
+    # Out of repr, so out of the checkpoint's fingerprint: it changes what is refused, not state.
+    max_future_skew: float = field(default=86400.0, repr=False)
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,8 @@ def _check_lifecycle(config: Config) -> None:
 
 def _event_schema(table: dict[str, Any]) -> EventSchema:
     allowed = {"id", "time", "type", "label_type", "label", "keys", "numeric", "categorical",
-               "optional", "bounds", "allowed_lateness", "label_id", "label_time", "label_by"}
+               "optional", "bounds", "allowed_lateness", "label_id", "label_time", "label_by",
+               "max_future_skew"}
     _only(table, "event", allowed)
     bounds: dict[str, tuple[float | None, float | None]] = {}
     for name, pair in _table(table, "bounds").items():
@@ -307,6 +310,7 @@ def _event_schema(table: dict[str, Any]) -> EventSchema:
         label_id_field=_field_name(table, "label_id", "") if "label_id" in table else "",
         label_time_field=_field_name(table, "label_time", "") if "label_time" in table else "",
         label_by=str(table.get("label_by", "type")),
+        max_future_skew=parse_duration(table.get("max_future_skew", "1d")),
     )
     _check_label_mapping(schema, explicit_type="label_by" in table)
     return schema

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 from collections import OrderedDict, deque
 from typing import Any, Callable, Iterable
 
@@ -25,11 +26,11 @@ import orjson
 
 from .category_stats import CategoryStats
 from .config import Config
-from .events import Event, Label
+from .events import Event, Label, check_not_ahead
 from .engine_commands import EngineCommands, model_row
 from .features import FeatureSpace
 from .drift import DriftMonitor
-from .errors import ConfigError
+from .errors import ConfigError, InvalidEvent
 from .label_join import LabelJoin, Pending, Scored
 from .learning import OnlineModel, upgrade
 from .model_report import model_summary
@@ -46,7 +47,8 @@ CURVE_POINTS = 500  # points of metric history kept in memory (one every METRIC_
 
 COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediate", "labels_early",
             "labels_late", "labels_orphaned", "labels_defaulted", "predictions_expired",
-            "dead_letters", "late_events", "duplicates")
+            "dead_letters", "late_events", "duplicates", "future_events",
+            "labels_early_dropped")
 
 
 class Engine(EngineCommands):
@@ -67,6 +69,7 @@ class Engine(EngineCommands):
         self.alert_seq = 0
         self.join = LabelJoin(config.labels)
         self.lateness = config.event.allowed_lateness
+        self.skew = config.event.max_future_skew
         self.watermark = -math.inf
         self.offsets: dict[str, int] = {}
         self.counts = dict.fromkeys(COUNTERS, 0)
@@ -92,7 +95,7 @@ class Engine(EngineCommands):
         if kind == "event":
             self._on_event(item[3], item[4], item[5], source, offset)
         elif kind == "label":
-            self._on_label(item[3])
+            self._on_label(item[3], source, offset)
         elif kind == "control":
             self._control(item[3])
         else:
@@ -104,6 +107,8 @@ class Engine(EngineCommands):
         # A scored-only event (`"ingest": false`) is not part of the stream: it never moves event time
         # or changes state, and once scored over the socket (`served`: features computed then) it is
         # logged however far event time has moved on since.
+        if event.ts > self.watermark + self.skew and self._refuse_ahead(event.ts, event.raw, source, offset):
+            return
         if (ingest or served is None) and event.ts < self.watermark - self.lateness:
             self.counts["late_events"] += 1
             behind = self.watermark - event.ts
@@ -170,7 +175,20 @@ class Engine(EngineCommands):
             self.dirty.discard(pair)
             self.evicted.add(pair)
 
-    def _on_label(self, label: Label) -> None:
+    def _refuse_ahead(self, ts: float, raw: dict, source: str, offset: int | None) -> bool:
+        """Dead-letter an event time too far ahead of the stream and of the clock (rare: off the hot path)."""
+        try:
+            check_not_ahead(ts, self.watermark, time.time(), self.skew)
+        except InvalidEvent as exc:
+            self.counts["future_events"] += 1
+            self._dead(source, offset, orjson.dumps(raw).decode(), f"future: {exc.reason}")
+            return True
+        return False
+
+    def _on_label(self, label: Label, source: str = "", offset: int | None = None) -> None:
+        if label.ts is not None and label.ts > self.watermark + self.skew and self._refuse_ahead(
+                label.ts, {"event_id": label.event_id, "ts": label.ts, "label": label.value}, source, offset):
+            return
         self.counts["labels"] += 1
         if label.ts is not None and label.ts > self.watermark:
             self.watermark = label.ts
@@ -182,7 +200,7 @@ class Engine(EngineCommands):
             self._label_row(label.event_id, label.ts, label.value, None, "late")
         else:
             self.counts["labels_early"] += 1
-            self.join.hold_early(label.event_id, self.watermark, label.value)
+            self.counts["labels_early_dropped"] += self.join.hold_early(label.event_id, self.watermark, label.value)
         self._expire()
 
     def _learn(self, pending: Scored, y: Any, label_ts: float, status: str) -> None:

@@ -65,8 +65,9 @@ class EntityHistory:
         """
         conn, sql = self._connection(), self._sql[key]
         rows = conn.execute(sql, (entity, limit)).fetchall()
-        if entity.lstrip("-").isdigit():
-            rows += conn.execute(sql, (int(entity), limit)).fetchall()
+        number = _as_integer(entity)
+        if number is not None:
+            rows += conn.execute(sql, (number, limit)).fetchall()
             rows = sorted(rows, key=lambda row: row[1], reverse=True)[:limit]
         return [{"event_id": event_id, "event_time": format_timestamp(ts), "ingested": bool(ingested),
                  "score": score, "version": version, "origin": origin, "label": label,
@@ -77,3 +78,17 @@ class EntityHistory:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _as_integer(text: str) -> int | None:
+    """The JSON integer an entity id given as text may have been sent as: ASCII digits within
+    SQLite's 64-bit range (a key outside it could not have been stored as a number).
+
+    >>> _as_integer("-42"), _as_integer("²"), _as_integer("9" * 30), _as_integer("u1")
+    (-42, None, None, None)
+    """
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        return None
+    number = int(text)
+    return number if -(1 << 63) <= number < (1 << 63) else None

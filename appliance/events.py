@@ -14,7 +14,7 @@ import orjson
 
 from .config import EventSchema
 from .errors import InvalidEvent
-from .timeutil import parse_timestamp
+from .timeutil import format_timestamp, parse_timestamp
 
 MAX_ID_LENGTH = 256
 MAX_KEY_LENGTH = 256
@@ -90,12 +90,34 @@ def parse_event(payload: bytes | str | dict, schema: EventSchema, task: str) -> 
 
 
 def _label(data: dict, schema: EventSchema, task: str) -> Label:
-    event_id = _event_id(data.get(schema.label_id_field), schema.label_id_field)
-    ts_value = data.get(schema.label_time_field)
-    ts = parse_timestamp(ts_value) if ts_value is not None else None
     if schema.label_field not in data:
         raise InvalidEvent(f'label event has no "{schema.label_field}" field')
-    return Label(event_id, ts, parse_label(data[schema.label_field], task))
+    return make_label(data.get(schema.label_id_field), data.get(schema.label_time_field), data[schema.label_field],
+                      task, id_field=schema.label_id_field)
+
+
+def make_label(event_id: Any, ts: Any, value: Any, task: str, id_field: str = "event_id") -> Label:
+    """Validate a label's id, optional time and value (the `label` op and label events alike)."""
+    return Label(_event_id(event_id, id_field), None if ts is None else parse_timestamp(ts), parse_label(value, task))
+
+
+def check_not_ahead(ts: float, watermark: float, now: float, skew: float) -> None:
+    """Refuse an event time more than `skew` ahead of both the stream's event time and the clock.
+
+    One far-future time would otherwise become the watermark: every pending prediction defaulted,
+    every entity unknown, retention deleting the history. A stream replaying its own future is
+    allowed as long as it advances by less than `skew` at a time.
+
+    >>> check_not_ahead(100.0, 50.0, 60.0, 3600.0)
+    >>> check_not_ahead(1e9, 50.0, 60.0, 3600.0)
+    Traceback (most recent call last):
+    ...
+    appliance.errors.InvalidEvent: event time 2001-09-09T01:46:40.000Z is more than max_future_skew (3600s) ahead of the stream (1970-01-01T00:00:50.000Z) and of the clock (1970-01-01T00:01:00.000Z)
+    """
+    if ts > (watermark if watermark > now else now) + skew:
+        stream = format_timestamp(watermark) if math.isfinite(watermark) else "none yet"
+        raise InvalidEvent(f"event time {format_timestamp(ts)} is more than max_future_skew ({skew:.0f}s) ahead of "
+                           f"the stream ({stream}) and of the clock ({format_timestamp(now)})")
 
 
 def parse_label(value: Any, task: str) -> bool | float:

@@ -10,6 +10,14 @@ The log only grows in length (offsets never change), but its disk space is given
 checkpoint covering offset N is durable, `release(N)` punches a hole over the bytes before it
 (Linux `fallocate(PUNCH_HOLE)`; they read back as zeros and no restart reads them again). Where
 the file system cannot punch holes the log keeps its space, as before.
+
+Every complete line is a whole record, and only a whole record is acknowledged. A `kill -9` in the
+middle of a large append, or a disk that fills part-way through one, can leave a partial line at the
+end. Such a torn tail is never glued to the next record: the inbox notes it at open (and after a
+failed write) and starts its next append with a newline, so the fragment stays a line of its own,
+which the flow dead-letters as a torn write. A failed append is blanked (the bytes it managed to
+write are overwritten with spaces, which the reader skips) and raises `InboxWriteError`: the request
+is refused, never acknowledged.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import os
 import threading
 
 import orjson
+
+from .errors import ApplianceError
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +48,31 @@ def _fallocate():
     return fallocate
 
 
+class InboxWriteError(ApplianceError):
+    """An append did not reach the inbox whole; nothing of it will enter the stream."""
+
+    code = "write_failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot write to the inbox ({reason}); nothing was recorded, retry later")
+        self.message = str(self)
+
+
+def _ends_torn(fd: int, size: int) -> bool:
+    """Whether the file's last byte is not a newline (a write was cut short)."""
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
 class Inbox:
     """Append-only writer; used from the server's event-loop thread only."""
 
     def __init__(self, path: str, *, sync_every: float = 0.2) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self.size = os.fstat(self._fd).st_size
+        self.torn = _ends_torn(self._fd, self.size)  # the next append starts with a newline
+        if self.torn:
+            log.warning("the inbox %s ends in a partial line (a write cut short); it will be dead-lettered", path)
         self._dirty = False
         self.released = 0  # bytes before this offset have been given back to the file system
         self._release_lock = threading.Lock()  # release() runs on the store writer's thread
@@ -54,15 +82,41 @@ class Inbox:
         self._syncer.start()
 
     def append(self, records: list[dict]) -> int:
-        """Append records as JSON lines; return the byte offset after the last one."""
+        """Append records as JSON lines; return the byte offset after the last one.
+
+        Raises:
+            InboxWriteError: nothing of `records` will be read back (what was written is blanked).
+        """
         data = b"".join(orjson.dumps(record) + b"\n" for record in records)
+        if self.torn:
+            data = b"\n" + data
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._blank_failed_append()
+            raise InboxWriteError(exc.strerror or str(exc)) from None
         self.size += len(data)
+        self.torn = False
         self._dirty = True
         return self.size
+
+    def _blank_failed_append(self) -> None:
+        """Overwrite what a failed append wrote with spaces (whole records in it must not be read)."""
+        size = os.fstat(self._fd).st_size
+        if size > self.size:
+            try:  # overwriting allocated blocks needs no new space; pwrite on an O_APPEND fd would append
+                fd = os.open(self.path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, b" " * (size - self.size), self.size)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("cannot blank a failed inbox append (%s)", exc.strerror)
+        self.size = size
+        self.torn = _ends_torn(self._fd, size)
 
     def _sync_loop(self, every: float) -> None:
         while not self._closed.wait(every):

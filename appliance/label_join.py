@@ -74,6 +74,10 @@ class Pending:
         self.event_id, self.ts, self.packed = scored.event_id, scored.ts, Pending.pack(scored).packed
 
 
+MAX_EARLY = 100_000  # early labels held at most (the oldest is dropped past it, counted)
+MAX_EARLY_BYTES = 8 << 20  # and at most this many bytes of their event ids
+
+
 class LabelJoin:
     """Pending predictions and early labels, expired by event time.
 
@@ -89,7 +93,8 @@ class LabelJoin:
         # OrderedDict, not dict: popping from the front of a plain dict degrades to O(n) per peek.
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         self.next_early_sweep = -float("inf")
-        self.early: dict[str, tuple[float, Any]] = {}
+        self.early: OrderedDict[str, tuple[float, Any]] = OrderedDict()  # in arrival order
+        self.early_bytes = 0  # length of the held event ids
         self.delays: list[float] = []  # bounded sample of label delays, for stats
         self.seq = 0  # arrival order of pending predictions, kept by the store's rows
         self._added: dict[str, int] = {}  # since the last checkpoint: event id -> seq
@@ -104,6 +109,9 @@ class LabelJoin:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.seq = state.get("seq", 0)
+        if not isinstance(self.early, OrderedDict):  # a checkpoint of an earlier release: a plain dict
+            self.early = OrderedDict(self.early)
+        self.early_bytes = state.get("early_bytes", sum(map(len, self.early)))
         self._added, self._removed = {}, set()
         if "pending" in state:  # a checkpoint of an earlier release pickled them here: write them out
             self.touch_all()
@@ -148,14 +156,37 @@ class LabelJoin:
         self._added.pop(event_id, None)
         self._removed.add(event_id)
 
-    def hold_early(self, event_id: str, seen_at: float, value: Any) -> None:
-        """Keep a label whose event has not arrived yet."""
-        self.early[event_id] = (seen_at, value)
+    def hold_early(self, event_id: str, seen_at: float, value: Any) -> int:
+        """Keep a label whose event has not arrived yet; return how many of the oldest were dropped.
+
+        Labels for ids that never come (a typo, another system's ids, a hostile client) would grow
+        memory until the horizon expires them: past `MAX_EARLY` labels or `MAX_EARLY_BYTES` of ids
+        the oldest go first (the least likely to meet their event; a label cannot be refused at the
+        socket, which cannot know whether its event is on the way).
+
+        >>> from appliance.config import LabelPolicy
+        >>> join = LabelJoin(LabelPolicy())
+        >>> sum(join.hold_early(f"e{i}", 0.0, True) for i in range(MAX_EARLY + 2)), next(iter(join.early))
+        (2, 'e2')
+        """
+        early = self.early
+        self.pop_early(event_id)  # a second label for the same id replaces the first, at the back
+        early[event_id] = (seen_at, value)
+        self.early_bytes += len(event_id)
+        dropped = 0
+        while len(early) > MAX_EARLY or self.early_bytes > MAX_EARLY_BYTES:
+            oldest, _ = early.popitem(last=False)
+            self.early_bytes -= len(oldest)
+            dropped += 1
+        return dropped
 
     def pop_early(self, event_id: str) -> Any | None:
         """Return the label held for an event that has just arrived, if any."""
         held = self.early.pop(event_id, None)
-        return None if held is None else held[1]
+        if held is None:
+            return None
+        self.early_bytes -= len(event_id)
+        return held[1]
 
     def record_delay(self, delay: float) -> None:
         """Remember a label delay; keeps the most recent 4,096."""
@@ -178,6 +209,7 @@ class LabelJoin:
             old = [key for key, (seen_at, _) in self.early.items() if seen_at < limit]
             for key in old:
                 del self.early[key]
+                self.early_bytes -= len(key)
             orphans = len(old)
         return expired, orphans
 

@@ -22,7 +22,7 @@ from .entity_history import EntityHistory
 from .health import stage_health
 from .latency import LatencyRing
 from .errors import InvalidEvent, RequestError
-from .events import Event, parse_event, parse_label
+from .events import Event, Label, check_not_ahead, make_label, parse_event
 from .inbox import Inbox
 from .metrics import positive_score, predicted_label
 from .operator_ops import OperatorOps, limit_of
@@ -109,14 +109,18 @@ class Service:
         if not isinstance(raw, dict):
             raise RequestError("bad_request", 'predict needs "event": an object with the event fields, '
                                'or "entity": {key: value} to score from stored features alone')
+        ingest, explain = _flag(request, "ingest", True), _flag(request, "explain", False)
         raw = self._complete(raw)
         event = self._parse(raw)
         if not isinstance(event, Event):
             raise RequestError("bad_request", "predict needs an event, not a label")
-        ingest = request.get("ingest", True) is not False
+        self._check_ahead(event.ts)
         if ingest:
             self._check_lag()
-        x, published, y, reply = self._score(event.values, event.ts, request.get("explain"))
+        x, published, y, reply = self._score(event.values, event.ts, explain)
+        late = self._late(event.ts) if ingest else None
+        if late is not None:  # the flow dead-letters it as late: scored, but not logged and never learned on
+            reply.update(late=True, logged=False, reason=late)
         if ingest or (self._lag() <= MAX_INBOX_LAG and self.outage() is None):
             self.inbox.append([{"event": raw, "ingest": ingest,
                                 "served": {"x": x, "score": reply["score"], "version": published.version}}])
@@ -171,7 +175,12 @@ class Service:
             if isinstance(raw, dict) and raw.get(self.schema.time_field) is None:
                 raw = events[index] = self._complete(raw)
             try:
-                self._parse(raw if isinstance(raw, dict) else {"": raw})
+                parsed = self._parse(raw if isinstance(raw, dict) else {"": raw})
+                if parsed.ts is not None:
+                    self._check_ahead(parsed.ts)
+                late = self._late(parsed.ts) if isinstance(parsed, Event) else None
+                if late is not None:
+                    rejected.append({"index": index, "reason": late})
             except RequestError as exc:
                 rejected.append({"index": index, "reason": exc.message})
             records.append({"event": raw})  # rejected ones too: the flow dead-letters them, keeping a record
@@ -185,10 +194,9 @@ class Service:
             raise RequestError("bad_request", 'label needs "event_id" (string) and "label"')
         if "label" not in request:
             raise RequestError("bad_request", 'label needs "label"')
-        try:
-            parse_label(request["label"], self.task)
-        except InvalidEvent as exc:
-            raise RequestError("invalid_label", exc.reason) from None
+        label = self._parse_label(event_id, request.get("ts"), request["label"])
+        if label.ts is not None:
+            self._check_ahead(label.ts)
         # The record is shaped as the config says label events look, so the flow parses it as one.
         record = {self.schema.label_id_field: event_id, self.schema.label_field: request["label"]}
         if self.schema.type_field:
@@ -295,9 +303,41 @@ class Service:
         except InvalidEvent as exc:
             raise RequestError("invalid_event", exc.reason) from None
 
+    def _parse_label(self, event_id: Any, ts: Any, value: Any) -> Label:
+        """The flow's own label validator, so a label accepted here is never dead-lettered as invalid."""
+        try:
+            return make_label(event_id, ts, value, self.task)
+        except InvalidEvent as exc:
+            code = "invalid_label" if exc.reason.startswith("label ") else "invalid_event"
+            raise RequestError(code, exc.reason) from None
+
+    def _check_ahead(self, ts: float) -> None:
+        """Refuse a time too far ahead of the stream and of the clock (the flow's rule, `max_future_skew`)."""
+        if ts > self.engine.watermark + self.schema.max_future_skew:
+            try:
+                check_not_ahead(ts, self.engine.watermark, time.time(), self.schema.max_future_skew)
+            except InvalidEvent as exc:
+                raise RequestError("invalid_event", exc.reason) from None
+
+    def _late(self, ts: float) -> str | None:
+        """Why the flow will dead-letter an event of time `ts` as late, or None if it will not (yet)."""
+        watermark = self.engine.watermark
+        if ts >= watermark - self.schema.allowed_lateness:
+            return None
+        return (f"late: {watermark - ts:.0f}s behind the watermark {format_timestamp(watermark)} (allowed "
+                f"{self.schema.allowed_lateness:.0f}s); not logged, never learned on")
+
     def _lag(self) -> int:
         return max(0, self.inbox.size - int(self.engine.offsets.get("inbox", 0)))
 
     def _check_lag(self) -> None:
         if self._lag() > MAX_INBOX_LAG:
             raise RequestError("overloaded", "the stream is behind; retry later")
+
+
+def _flag(request: dict, name: str, default: bool) -> bool:
+    """A boolean field of a request: true or false, nothing else (0 or "no" are refused, not guessed)."""
+    value = request.get(name, default)
+    if not isinstance(value, bool):
+        raise RequestError("bad_request", f'"{name}" must be true or false, got {str(value)[:40]!r}')
+    return value

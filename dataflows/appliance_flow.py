@@ -52,7 +52,7 @@ def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task
     served = None
     ingest = True
     if source == INBOX:
-        record = decode(payload)
+        record = _inbox_record(payload)
         if "control" in record:
             return ("control", source, offset, record)
         payload = record.get("event")
@@ -64,6 +64,15 @@ def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task
     if isinstance(parsed, Event):
         return ("event", source, offset, parsed, served, ingest)
     return ("label", source, offset, parsed)
+
+
+def _inbox_record(payload: bytes) -> dict:
+    """Decode an inbox line; the server writes only whole JSON records, so any other line is the
+    fragment of a write cut short (a kill or a full disk), which was never acknowledged."""
+    try:
+        return decode(payload)
+    except InvalidEvent as exc:
+        raise InvalidEvent(f"torn write (never acknowledged): {exc.reason}") from None
 
 
 def _text(payload: Any) -> str:

@@ -205,7 +205,7 @@ def test_abusive_lines_each_get_a_clear_error_and_the_connection_goes_on(applian
          "bad_json"),  # a huge integer is read as a float, and this one is infinite
         (b'{"op": "ingest", "events": [{"event_id": "h1", "ts": 1e300, "user": "u1", "card": "c1", "amount": 1, '
          b'"city": "faro"}]}', None),  # accepted: 0, rejected with its reason
-        (b'{"op": "label", "event_id": "x", "label": 1, "ts": 1e300}', None),
+        (b'{"op": "label", "event_id": "x", "label": 1, "ts": 1e300}', "invalid_event"),  # was ok, then dead
         (b'{"op": "features", "key": "card", "entity": "' + b"c" * 100_000 + b'"}', None),
         (b"[" * 100_000 + b"]" * 100_000, "bad_json"),
         (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "bad_json"),
