@@ -162,3 +162,14 @@ def test_every_metric_the_protocol_doc_names_is_exposed(running):
     assert len(documented) >= 10
     exposed = {name for name, _ in samples(scrape(port)[1])}
     assert documented <= exposed, documented - exposed
+
+
+def test_the_metrics_server_listens_on_loopback_only():
+    server = prometheus.serve(free_port(), lambda: {"counts": {"events": 1}})
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        _, body = scrape(server.server_address[1])
+        assert samples(body)[("appliance_events_total", ())] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
