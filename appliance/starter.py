@@ -186,7 +186,7 @@ def _render(path: str, id_field: str, time_field: str, type_field: str | None, l
     w('default = "drop"    # no label by the horizon: "drop", or a value to learn, e.g. 0\n\n')
     w("[model]\n")
     w(f'task = "{"classification" if binary or not label_field else "regression"}"\n')
-    w("# spec = \"preprocessing.StandardScaler() | linear_model.LogisticRegression()\"\n")
+    w("# spec = \"appliance.ScaleNumeric() | linear_model.LogisticRegression()\"\n")
     w("publish_every = 500      # labels between two publication checks\n")
     w("publish_margin = 0.01    # the learner may be this much worse than the served model and still publish\n")
     w("metric_window = 1000\n\n")
