@@ -52,13 +52,13 @@ def test_airports_and_carriers_share_no_bucket_at_every_power_of_two():
 
 def test_bucket_is_murmur3_so_names_are_stable_across_processes():
     here = bucket_of("lisbon", 1024)
-    there = subprocess.run([sys.executable, "-c", "from appliance.features import bucket_of; "
-                            "print(bucket_of('lisbon', 1024))"], capture_output=True, text=True, check=True)
+    code = "from appliance.features import bucket_of; print(bucket_of('lisbon', 1024))"
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert here == int(there.stdout) == mmh3.hash("lisbon", 0, False) % 1024
 
 
 def test_hashed_name_is_cached_and_the_cache_is_bounded(small_config, monkeypatch):
-    import appliance.features as features
+    from appliance import features
 
     monkeypatch.setattr(features, "HASH_CACHE", 4)
     space = FeatureSpace(small_config.features, small_config.event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -41,7 +42,7 @@ def test_checks_come_every_n_over_young_labels_up_to_publish_every():
         feed(model, 1, seed=n)
         if model.publications + model.refusals > before:
             checks.append(n)
-    gaps = [b - a for a, b in zip(checks, checks[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(checks)]
     assert checks[0] == 1 and gaps[:YOUNG] == [1] * YOUNG  # every label while young...
     assert set(gaps[-10:]) == {7}  # ...then every publish_every
     assert all(gap <= 7 for gap in gaps)
