@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import replace
 
 import mmh3
+import orjson
 from river import checks, preprocessing
 
 from appliance.category_stats import CategoryStats, buckets_for
@@ -140,3 +141,23 @@ def test_the_hash_is_part_of_the_store_fingerprint_only_with_categoricals(small_
     numeric_only = config_from_dict({"event": {"numeric": ["amount"]}})
     text = repr((numeric_only.event, numeric_only.features, numeric_only.model.task, numeric_only.model.spec))
     assert fingerprint(numeric_only) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_replay_shows_the_warning_once_and_the_default_spec_none(tmp_path):
+    from .conftest import make_stream
+    from .test_up import write_config
+
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(orjson.dumps(e).decode() + "\n" for e in make_stream(60)))
+    config = write_config(tmp_path, str(events))
+
+    def replay(*model):
+        return subprocess.run([sys.executable, "-m", "appliance", "replay", "--config", str(config), "--db",
+                               str(tmp_path / f"a{len(model)}.db"), "--json", *model],
+                              check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    zeroing = replay("--model", "preprocessing.StandardScaler() | linear_model.LogisticRegression()")
+    assert zeroing.returncode == 0, zeroing.stderr
+    assert zeroing.stderr.count("StandardScaler maps hashed categorical features") == 1
+    default = replay()
+    assert default.returncode == 0 and "maps hashed categorical" not in default.stderr
