@@ -118,7 +118,7 @@ class ModelConfig:
 
     task: str = "classification"
     spec: str | None = None
-    publish_every: int = 100  # labels between checks at most (every n/10 labels while the learner is young)
+    publish_every: int = 50  # labels between checks at most (every n/100 while the learner has n labels)
     publish_interval: float | None = None  # event-time seconds between checks, besides every N labels
     publish_margin: float = 0.01  # in the gate metric's units
     first_publish: int = 1  # labels after which the learner replaces the untrained first version, ungated
