@@ -7,7 +7,7 @@ lineage serves. The served model is a frozen copy, so the socket server can call
 thread without a lock; it changes only by a `Decision`:
 
 * publish: the champion's learner replaces the untrained first version once it has `first_publish`
-  labels; after that, at every check (every n/10 labels while the learner has n, at most every
+  labels; after that, at every check (every n/100 labels while the learner has n, at most every
   `publish_every`; or, with `publish_interval`, once that much event time has passed), when its
   recent `gate_metric` (log loss or MAE by default), scored on the same labels as the served
   version's, is not worse than the served version's by more than `publish_margin` (refuse otherwise);
