@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
-from .features import FeatureSpace
+from .features import FeatureSpace, bucket_of
+
+
+def buckets_for(distinct: int, share: float = 0.10) -> int:
+    """Return the smallest power of two of buckets at which a value shares its bucket with another
+    one less often than `share`, for `distinct` values and a uniform hash: 1 - (1 - 1/b)**(d - 1).
+
+    >>> buckets_for(3), buckets_for(16), buckets_for(105)
+    (32, 256, 1024)
+    """
+    buckets = 1
+    while distinct > 1 and 1.0 - (1.0 - 1.0 / buckets) ** (distinct - 1) >= share:
+        buckets *= 2
+    return buckets
 
 
 class CategoryStats:
     """How well hashing serves each categorical field: distinct values seen, the share of them that
-    share a bucket with another value (collisions), and the share of events whose value was new.
+    share a bucket with another value (collisions) and the buckets that would bring it under 10%,
+    and the share of events whose value was new.
 
     Tracks up to `cap` distinct values per field; past that, new values still count as unseen.
     Also counts, for every key, numeric and categorical field of the event schema, the ingested events that lacked it.
@@ -56,7 +69,7 @@ class CategoryStats:
             self.unseen[field] += 1
             recent[1] += 1
             if len(seen) < self.cap:
-                bucket = zlib.crc32(value.encode("utf-8")) % self.hash_buckets
+                bucket = bucket_of(value, self.hash_buckets)
                 seen[value] = bucket
                 occupancy = self.occupancy[field]
                 occupancy[bucket] = occupancy.get(bucket, 0) + 1
@@ -70,6 +83,7 @@ class CategoryStats:
             recent = self.recent[field]
             out[field] = {"distinct": distinct, "buckets": self.hash_buckets,
                           "collision_rate": round(colliding / distinct, 4) if distinct else 0.0,
+                          "buckets_for_10pct": buckets_for(distinct),
                           "unseen_rate": round(self.unseen[field] / events, 4) if events else 0.0,
                           "unseen_rate_recent": round(recent[1] / recent[0], 4) if recent[0] else 0.0}
         return out

@@ -64,7 +64,7 @@ def main() -> None:
               help="Seconds a TCP connection has to authenticate.")
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @click.option("--speed", type=float, help="Event-time replay speed; 0 = as fast as possible.")
-@click.option("--model", "model_spec", help="River model, e.g. 'preprocessing.StandardScaler() | linear_model.LogisticRegression()'.")
+@click.option("--model", "model_spec", help="River model, e.g. 'appliance.ScaleNumeric() | linear_model.LogisticRegression()'.")
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
 @click.option("--status-every", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
 @click.option("--metrics-port", type=int, help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")

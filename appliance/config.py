@@ -111,7 +111,7 @@ class FeatureConfig:
 
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
-    hash_buckets: int = 16
+    hash_buckets: int = 128  # up to 13 values per field share a bucket less than 10% of the time
     time_of_day: bool = False
     buckets_per_window: int = 6
     aggregates: tuple[AggregateSpec, ...] = ()
@@ -136,9 +136,11 @@ class ModelConfig:
 
     task: str = "classification"
     spec: str | None = None
-    publish_every: int = 500
+    publish_every: int = 50  # labels between checks at most (every n/100 while the learner has n labels)
     publish_interval: float | None = None  # event-time seconds between checks, besides every N labels
-    publish_margin: float = 0.01
+    publish_margin: float = 0.01  # in the gate metric's units
+    first_publish: int = 1  # labels after which the learner replaces the untrained first version, ungated
+    gate_metric: str | None = None  # the gate's metric (None: metrics.GATE, log loss or MAE)
     metric_window: int = 1000
     challengers: tuple[ChallengerSpec, ...] = ()
 
@@ -361,7 +363,7 @@ def _feature_config(table: dict[str, Any], event: EventSchema, base_dir: Path | 
         for i, item in enumerate(table.get("expression", []))
     )
     buckets = int(table.get("buckets_per_window", 6))
-    hash_buckets = int(table.get("hash_buckets", 16))
+    hash_buckets = int(table.get("hash_buckets", FeatureConfig.hash_buckets))
     if not 1 <= buckets <= 64:
         raise ConfigError("[features] buckets_per_window must be between 1 and 64")
     if not 1 <= hash_buckets <= 4096:
@@ -470,14 +472,28 @@ def _retention(table: dict[str, Any]) -> Retention:
 
 def _model_config(table: dict[str, Any]) -> ModelConfig:
     _only(table, "model", {"task", "spec", "publish_every", "publish_interval", "publish_margin", "metric_window",
-                           "challenger"})
+                           "first_publish", "gate_metric", "challenger"})
+    from .metrics import metric_names  # River's metrics: loaded only when a config is
+
+    default = ModelConfig()
+    task = str(table.get("task", default.task))
+    gate_metric = str(table["gate_metric"]) if table.get("gate_metric") else None
+    if gate_metric is not None and task in TASKS and gate_metric not in metric_names(task):
+        raise ConfigError(f'[model] gate_metric "{gate_metric}" is not a {task} metric; '
+                          f'use one of {", ".join(metric_names(task))}')
+    publish_every, first_publish = (int(table.get(key, getattr(default, key))) for key in ("publish_every",
+                                                                                            "first_publish"))
+    if publish_every < 1 or first_publish < 1:
+        raise ConfigError("[model] publish_every and first_publish must be at least 1")
     return ModelConfig(
-        task=str(table.get("task", "classification")),
+        task=task,
         spec=str(table["spec"]) if table.get("spec") else None,
-        publish_every=int(table.get("publish_every", 500)),
+        publish_every=publish_every,
         publish_interval=parse_duration(table["publish_interval"]) if table.get("publish_interval") else None,
-        publish_margin=float(table.get("publish_margin", 0.01)),
-        metric_window=int(table.get("metric_window", 1000)),
+        publish_margin=float(table.get("publish_margin", default.publish_margin)),
+        metric_window=int(table.get("metric_window", default.metric_window)),
+        first_publish=first_publish,
+        gate_metric=gate_metric,
         challengers=parse_challengers(table.get("challenger"), CHAMPION),
     )
 

@@ -12,8 +12,9 @@ in `entity_state.py`.
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any, Iterator
+
+import mmh3
 
 from .attributes import AttributeTable
 from .config import AggregateSpec, Config, EventSchema, FeatureConfig
@@ -21,6 +22,20 @@ from .custom_features import CustomFeature, config_dir
 from .entity_state import KeyLayout, aggregates_into, updated
 from .errors import ConfigError
 from .expressions import compile_expression
+
+HASH = "murmur3_32"  # the bucket hash; part of the store's fingerprint (runtime.fingerprint)
+HASH_CACHE = 65_536  # hashed names remembered per field; past that the field's cache starts over
+
+
+def bucket_of(value: str, buckets: int) -> int:
+    """Return the hash bucket of a categorical value: MurmurHash3 (32-bit, seed 0), as VW and
+    scikit-learn's FeatureHasher use; it spreads short codes that `crc32 % 2**k` put in fixed pairs.
+
+    >>> [bucket_of(code, 128) for code in ("EWR", "JFK", "LGA")]
+    [40, 104, 67]
+    """
+    return mmh3.hash(value, 0, False) % buckets
+
 
 class FeatureSpace:
     """Compiled feature definitions: `compute` a vector, `update` entity state.
@@ -42,6 +57,7 @@ class FeatureSpace:
     def __init__(self, config: FeatureConfig, schema: EventSchema, *, search_dir: str | None = None) -> None:
         self.config = config
         self.schema = schema
+        self._hashed: dict[str, dict[str, str]] = {}  # field -> value -> hashed name
         self.attributes = {spec.name: AttributeTable.empty(spec) for spec in config.attributes}
         self.custom = [CustomFeature(spec.name, spec.function, search_dir) for spec in config.custom]
         self._attribute_columns = {spec.name: (spec.feature_names(), [f"{spec.name}_{c}" for c in spec.categorical])
@@ -196,9 +212,17 @@ class FeatureSpace:
         return evicted
 
     def hashed_name(self, field: str, value: str) -> str:
-        """Return the one-hot feature name of a categorical value, by a stable hash."""
-        bucket = zlib.crc32(value.encode("utf-8")) % self.config.hash_buckets
-        return f"{field}#{bucket:0{len(str(self.config.hash_buckets - 1))}d}"
+        """Return the one-hot feature name of a categorical value, by a stable hash (cached)."""
+        cache = self._hashed.get(field)
+        if cache is None:
+            cache = self._hashed[field] = {}
+        name = cache.get(value)
+        if name is None:
+            if len(cache) >= HASH_CACHE:
+                cache.clear()
+            buckets = self.config.hash_buckets
+            name = cache[value] = f"{field}#{bucket_of(value, buckets):0{len(str(buckets - 1))}d}"
+        return name
 
     def entity_count(self, store: dict) -> int:
         """Return how many entities the store holds, over all keys."""

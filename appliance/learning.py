@@ -6,9 +6,11 @@ shadow and is scored on every label, before it learns from it. The champion is t
 lineage serves. The served model is a frozen copy, so the socket server can call it from its own
 thread without a lock; it changes only by a `Decision`:
 
-* publish: the champion's learner, every `publish_every` labels (or, with `publish_interval`, once
-  that much event time has passed since the last check, whichever comes first), when its recent metric is not worse
-  than the served version's by more than `publish_margin` (refuse otherwise);
+* publish: the champion's learner replaces the untrained first version once it has `first_publish`
+  labels; after that, at every check (every n/100 labels while the learner has n, at most every
+  `publish_every`; or, with `publish_interval`, once that much event time has passed), when its
+  recent `gate_metric` (log loss or MAE by default), scored on the same labels as the served
+  version's, is not worse than the served version's by more than `publish_margin` (refuse otherwise);
 * promote: a challenger whose learner beat the champion's learner by more than `promote_margin`
   over at least `promote_after` labels scored by both (learner against learner: the served copy
   lags by up to `publish_every` labels), or one an operator names;
@@ -32,12 +34,12 @@ import orjson
 from .candidates import Candidate, Probation
 from .config import CHAMPION, ModelConfig
 from .lifecycle_config import Lifecycle
-from .metrics import Evaluation, better_by, not_worse
+from .metrics import GATE, Evaluation, better_by, bigger_is_better, not_worse
 from .model_spec import build_model
 # Published and Decision lived here; checkpoints pickled before they moved name them by this module.
 from .versions import Decision, Published
 
-FIRST_CHECK = 50  # labels before the first publication check, while the untrained version serves
+YOUNG = 100  # while the learner has n labels, checks come every n/YOUNG labels (it changes most early)
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
 PROBATION = "@probation"  # the shadow score of the version a policy promotion replaced
@@ -146,9 +148,13 @@ class OnlineModel:
                 self.labels_since_check = 0  # the next check compares with the restored version
                 return decisions
         self.labels_since_check += 1
-        due = self.config.publish_every
-        if self.served.parent is None and self.served.n_learned == 0:
-            due = min(due, FIRST_CHECK)  # the untrained initial version gives way early
+        if self._untrained_serves():
+            if self.paused or self.candidates[self.champion].n_learned < self.first_publish:
+                return decisions
+            self.labels_since_check = 0
+            self.last_check_ts = event_ts
+            return decisions + self.check(event_ts)
+        due = self.check_due()
         interval = self.config.publish_interval
         if self.last_check_ts is None:
             self.last_check_ts = event_ts
@@ -158,6 +164,21 @@ class OnlineModel:
         self.labels_since_check = 0
         self.last_check_ts = event_ts
         return decisions + self.check(event_ts)
+
+    @property
+    def first_publish(self) -> int:
+        return getattr(self.config, "first_publish", 1)  # a config pickled by an earlier release lacks it
+
+    @property
+    def gate_metric(self) -> str:
+        return getattr(self.config, "gate_metric", None) or GATE[self.task]
+
+    def check_due(self) -> int:
+        """Labels between two checks: n/YOUNG while the learner has n labels, at most `publish_every`."""
+        return max(self.first_publish, min(self.config.publish_every, self.n_learned // YOUNG))
+
+    def _untrained_serves(self) -> bool:
+        return self.served.parent is None and self.served.n_learned == 0 and self.served.candidate == CHAMPION
 
     def check(self, event_ts: float | None) -> list[Decision]:
         """The scheduled check: promote a challenger that wins, else publish the champion's learner."""
@@ -189,9 +210,19 @@ class OnlineModel:
                            f"{primary} {mine:.4f} vs {theirs:.4f} (margin {life.promote_margin})")
 
     def try_publish(self, event_ts: float | None) -> Decision:
-        """Publish the champion's learner if its recent metric is not worse than the served model's."""
-        ok = not_worse(self.learner_eval.window_primary(), self.served_eval.window_primary(),
-                       self.config.publish_margin, self.learner_eval.bigger_is_better)
+        """Publish the champion's learner if its recent gate metric is not worse than the served model's.
+
+        Both are scored on the same recent labels (the served figure over whichever versions served
+        them). The untrained first version gives way without a comparison once the learner has
+        `first_publish` labels.
+        """
+        if self._untrained_serves():
+            reason = f"first version: the learner has {self.candidates[self.champion].n_learned} labels"
+            published = self.publish_now(event_ts)
+            return Decision("publish", published.version, reason, published, True)
+        metric = self.gate_metric
+        ok = not_worse(self.learner_eval.window_value(metric), self.served_eval.window_value(metric),
+                       self.config.publish_margin, bigger_is_better(self.task, metric))
         if not ok:
             self.refusals += 1
             return Decision("refuse", None, self.gate_reason())
@@ -199,8 +230,9 @@ class OnlineModel:
         return Decision("publish", published.version, self.gate_reason(), published, True)
 
     def gate_reason(self) -> str:
-        learner, served = self.learner_eval.window_primary(), self.served_eval.window_primary()
-        return (f"recent {self.learner_eval.primary}: learner {_fmt(learner)} vs served {_fmt(served)} "
+        metric = self.gate_metric
+        learner, served = self.learner_eval.window_value(metric), self.served_eval.window_value(metric)
+        return (f"recent {metric}: learner {_fmt(learner)} vs served {_fmt(served)} "
                 f"(margin {self.config.publish_margin}) after {self.n_learned} labels")
 
     def publish_now(self, event_ts: float | None) -> Published:

@@ -16,6 +16,27 @@ _CLASSIFICATION = {"roc_auc": (metrics.ROCAUC, True, True), "log_loss": (metrics
                    "accuracy": (metrics.Accuracy, False, True)}
 _REGRESSION = {"mae": (metrics.MAE, False, False), "rmse": (metrics.RMSE, False, False)}
 PRIMARY = {"classification": "roc_auc", "regression": "mae"}
+# What the publication gate compares by default: a proper scoring rule (log loss) for classification,
+# the task's error for regression. ROC AUC ignores calibration and is undefined on one-class windows.
+GATE = {"classification": "log_loss", "regression": "mae"}
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    """Return the metrics `Evaluation` keeps for `task`.
+
+    >>> metric_names("regression")
+    ('mae', 'rmse')
+    """
+    return tuple(_CLASSIFICATION if task == "classification" else _REGRESSION)
+
+
+def bigger_is_better(task: str, name: str) -> bool:
+    """Return whether a bigger value of metric `name` is better.
+
+    >>> bigger_is_better("classification", "roc_auc"), bigger_is_better("classification", "log_loss")
+    (True, False)
+    """
+    return (_CLASSIFICATION if task == "classification" else _REGRESSION)[name][2]
 
 
 def predicted_label(proba: dict) -> Any:
@@ -124,6 +145,19 @@ class Evaluation:
             if name == self.primary:
                 return float(metric.get())
         return None
+
+    def window_value(self, name: str) -> float | None:
+        """Return the rolling value of metric `name`, or None while it is undefined."""
+        if name == self.primary:
+            return self.window_primary()
+        if self.window_count == 0:
+            return None
+        if name == "roc_auc" and len(self.window_classes) < 2:
+            return None
+        for metric_name, metric, _ in self._rolling:
+            if metric_name == name:
+                return float(metric.get())
+        raise KeyError(name)
 
     def metric(self, name: str) -> Any:
         """Return the cumulative River metric object called `name` (for parity checks)."""

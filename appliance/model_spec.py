@@ -27,7 +27,8 @@ from typing import Any
 
 from .errors import ModelSpecError
 
-__all__ = ["ALLOWED_MODULES", "DEFAULT_MODELS", "build_model", "check_task", "parse_model"]
+__all__ = ["ALLOWED_MODULES", "DEFAULT_MODELS", "EXTENSIONS", "build_model", "check_task", "parse_model",
+           "zeroing_warning"]
 
 ALLOWED_MODULES = (
     "anomaly", "cluster", "compose", "drift", "ensemble", "feature_extraction", "feature_selection",
@@ -35,10 +36,16 @@ ALLOWED_MODULES = (
     "neural_net", "optim", "preprocessing", "rules", "stats", "tree", "utils",
 )
 
+# The appliance's own River transformers, named in a spec as `appliance.<name>` (see scaling.py).
+EXTENSIONS = {"appliance": "appliance.scaling"}
+
+# ScaleNumeric, not StandardScaler: River's StandardScaler maps hashed one-hots (always 1.0) to 0.
 DEFAULT_MODELS = {
-    "classification": "preprocessing.StandardScaler() | linear_model.LogisticRegression()",
-    "regression": "preprocessing.StandardScaler() | linear_model.LinearRegression()",
+    "classification": "appliance.ScaleNumeric() | linear_model.LogisticRegression()",
+    "regression": "appliance.ScaleNumeric() | linear_model.LinearRegression()",
 }
+# Scalers that map a feature of variance 0 (a hashed one-hot) to 0.
+ZEROING_SCALERS = ("StandardScaler", "AdaptiveStandardScaler")
 
 _MAX_SPEC = 4000
 
@@ -78,6 +85,30 @@ def build_model(spec: str | None, task: str) -> Any:
     model = parse_model(spec if spec is not None else DEFAULT_MODELS[task])
     check_task(model, task)
     return model
+
+
+def zeroing_warning(spec: str, task: str, what: str = "[model] spec") -> str | None:
+    """Say why `spec` will ignore hashed one-hot features, or return None.
+
+    A River `StandardScaler` applied to the raw features (a top-level pipeline step) maps every
+    hashed one-hot, always 1.0 when present, to 0: their weights never move.
+
+    >>> zeroing_warning("preprocessing.StandardScaler() | linear_model.LogisticRegression()", "classification")[:60]
+    '[model] spec "preprocessing.StandardScaler() | linear_model.'
+    >>> zeroing_warning(DEFAULT_MODELS["classification"], "classification") is None
+    True
+    """
+    model = build_model(spec, task)
+    steps = list(model.steps.values()) if hasattr(model, "steps") else [model]
+    for step in steps[:-1]:
+        name = type(step).__name__
+        if name in ZEROING_SCALERS and type(step).__module__.startswith("river."):
+            return (f'{what} "{spec}": River\'s {name} maps hashed categorical features (always 1.0) '
+                    f'to 0, so they are ignored; use "appliance.ScaleNumeric()" instead, which scales '
+                    f"numbers and passes one-hots through")
+        if name not in ("ScaleNumeric",) and not name.endswith("Scaler"):
+            return None  # a step that changes the features (a Select, a union): not judged
+    return None
 
 
 def _build(node: ast.AST) -> Any:
@@ -123,6 +154,12 @@ def _value(node: ast.AST) -> Any:
 
 def _resolve(node: ast.AST) -> Any:
     parts = _dotted(node).split(".")
+    if len(parts) == 2 and parts[0] in EXTENSIONS:
+        module = importlib.import_module(EXTENSIONS[parts[0]])
+        if parts[1] not in module.__all__:
+            raise ModelSpecError(f"{'.'.join(parts)} does not exist; the appliance's own: "
+                                 f"{', '.join(parts[0] + '.' + n for n in module.__all__)}")
+        return getattr(module, parts[1])
     if len(parts) < 2 or parts[0] not in ALLOWED_MODULES:
         allowed = ", ".join(ALLOWED_MODULES[:3]) + ", ..."
         raise ModelSpecError(f"{'.'.join(parts)}: {parts[0]!r} is not a River module; allowed: {allowed}")

@@ -24,6 +24,8 @@ from .config import Config
 from .engine import Engine
 from .errors import ConfigError
 from .events import decode
+from .features import HASH
+from .model_spec import DEFAULT_MODELS, zeroing_warning
 from .entity_history import index_entity_keys
 from .order_log import OrderLog
 from .service import Service, StatsBoard
@@ -38,7 +40,24 @@ log = logging.getLogger(__name__)
 def fingerprint(config: Config) -> str:
     """Return a digest of what entity state and models depend on: schema, features, model."""
     text = repr((config.event, config.features, config.model.task, config.model.spec))
+    if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
+        text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def warn_zeroing(config: Config) -> list[str]:
+    """Warn (log, once per start) about each model spec that will ignore the hashed categoricals."""
+    if not (config.features.categorical or any(spec.categorical for spec in config.features.attributes)):
+        return []
+    task = config.model.task
+    specs = [("[model] spec", config.model.spec or DEFAULT_MODELS[task])]
+    specs += [(f'[[model.challenger]] "{c.name}"', c.spec) for c in config.model.challengers]
+    if config.lifecycle.challenger_spec:
+        specs.append(("[lifecycle] challenger_spec", config.lifecycle.challenger_spec))
+    warnings = [w for what, spec in specs if (w := zeroing_warning(spec, task, what)) is not None]
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 def load_attribute_files(config: Config, db: Any) -> list[tuple[str, int, bool]]:
@@ -151,6 +170,7 @@ class Appliance:
                 "inbox: the next start redoes the work since the last checkpoint")
 
     def _restore_engine(self) -> Engine:
+        warn_zeroing(self.config)
         engine = Engine(self.config)
         db = open_db(self.config.db)
         try:
@@ -158,7 +178,8 @@ class Appliance:
             if saved is not None:
                 if saved["fingerprint"] != fingerprint(self.config):
                     raise ConfigError(
-                        f'the store "{self.config.db}" was built with other features or another model; '
+                        f'the store "{self.config.db}" was built with other features, another model or '
+                        "an earlier release's categorical hash; "
                         "start with --fresh or use another --db"
                     )
                 engine.restore(saved["engine"], load_entities(db), load_pending(db))

@@ -12,7 +12,7 @@ import pytest
 from appliance.config import config_from_dict
 from appliance.engine import Engine
 from appliance.errors import ConfigError
-from appliance.model_spec import build_model
+from appliance.model_spec import DEFAULT_MODELS, build_model
 
 from .conftest import SMALL_CONFIG
 from .test_engine import items, run
@@ -54,8 +54,7 @@ def audit_rows(rows, action=None):
 
 
 def test_challengers_are_scored_in_shadow_on_the_same_labels():
-    config = config_with({"challenger": [{"name": "twin", "spec": "preprocessing.StandardScaler() | "
-                                          "linear_model.LogisticRegression()"},
+    config = config_with({"challenger": [{"name": "twin", "spec": DEFAULT_MODELS["classification"]},
                                          {"name": "tree", "spec": "tree.HoeffdingTreeClassifier()"}]})
     engine = Engine(config)
     run(engine, items(config, flip_stream(600, change=10_000)))
@@ -255,10 +254,12 @@ def test_publication_is_also_checked_on_an_event_time_interval():
     by_count = config_with({"spec": LEARNER, "publish_every": 10_000})
     by_time = config_with({"spec": LEARNER, "publish_every": 10_000, "publish_interval": "30m"})
     counted, timed = Engine(by_count), Engine(by_time)
+    # past its young phase (checks every n/100 labels while it has n), a learner checks every publish_every
+    counted.model.n_learned = timed.model.n_learned = 10**9
     run(counted, items(by_count, stream))
     rows = run(timed, items(by_time, stream))
     checks = [row for row in rows["audit"] if row["action"] in ("publish", "refuse")]
-    assert counted.model.publications + counted.model.refusals == 1  # only the first (untrained) check
+    assert counted.model.publications + counted.model.refusals == 1  # only the first version's
     span = (stream[-1]["ts"] - stream[0]["ts"]) / 1800
     assert span - 3 <= len(checks) <= span + 1
     times = [row["event_ts"] for row in checks]
