@@ -29,6 +29,7 @@ from .metrics import positive_score
 from .model_spec import parse_model
 
 RECENT = 20
+KEPT_ERRORS = 4096  # the served model's newest errors: what a detector's window is rebuilt from after a fall
 EPSILON = 1e-6  # probabilities are clipped here: one confident miss weighs at most -log(1e-6) = 13.8
 
 
@@ -45,6 +46,7 @@ class DriftMonitor:
         self.alerts = 0
         self.suppressed = 0
         self.recent: deque = deque(maxlen=RECENT)  # the newest alert rows, for stats and the console
+        self.errors: deque = deque(maxlen=KEPT_ERRORS)
 
     def observe_features(self, x: dict, ts: float) -> list[dict[str, Any]]:
         """Feed the monitored features of one scored event; return any alerts."""
@@ -69,6 +71,7 @@ class DriftMonitor:
             error = abs(float(y) - float(y_served))
         if not math.isfinite(error):
             return None
+        self.errors.append(error)
         return self._update(self.concept, f"served model (v{version})", "concept", error, ts, rises_only=True)
 
     def reset_concept(self) -> None:
@@ -87,6 +90,8 @@ class DriftMonitor:
         after = _estimate(detector)
         if rises_only and before is not None and after is not None and \
                 after <= before * (1.0 + self.lifecycle.drift_min_effect):
+            if kind == "concept":
+                self._keep_window(detector)
             return None  # a fall of the error is an improvement; a rise below the minimum effect is noise
         key = stream
         if ts - self.last_alert.get(key, -math.inf) < self.lifecycle.alert_cooldown:
@@ -100,6 +105,23 @@ class DriftMonitor:
                 "evidence": {f"{what}_before": before, f"{what}_after": after, "value": value,
                              "window": getattr(detector, "width", None), "observations": self.seen[stream],
                              "since_change": _since_change(detector)}}
+
+    def _keep_window(self, detector: Any) -> None:
+        """Rebuild the concept detector on the window it kept after a change it will not alert on.
+
+        River resets a detector at the update after any detection. After a fall of the error (a model
+        that learned) that would throw away what is normal now, and a rise right after it would then
+        go unseen: the new detector would start on the raised errors. The detector is rebuilt on the
+        newest errors it kept (its window after the cut), as if it had only dropped the older part.
+        """
+        width = getattr(detector, "width", None)
+        if not isinstance(width, (int, float)) or width <= 0:
+            return
+        fresh = parse_model(self.lifecycle.drift_detector)
+        for error in list(self.errors)[-int(width):]:
+            fresh.update(error)
+        if not fresh.drift_detected:
+            self.concept = fresh
 
     def summary(self) -> dict[str, Any]:
         per_feature = {name: {"estimate": _estimate(detector), "observations": self.seen.get(f"feature {name}", 0),
