@@ -96,14 +96,15 @@ class GuardedInbox(Inbox):
         """Latch an outage if the inbox file was deleted, replaced or truncated (called periodically)."""
         if self.availability.latched is not None or self._closed.is_set():
             return
+        expected = self.size  # read before the fstat: an append on the server's thread may land in between
         st = os.fstat(self._fd)
         try:
             on_disk = os.stat(self.path)
             replaced = (on_disk.st_dev, on_disk.st_ino) != self._identity
         except FileNotFoundError:
             replaced = True
-        if replaced or st.st_nlink == 0 or st.st_size < self.size:
-            self.availability.latch("inbox", self._tampered(replaced or st.st_nlink == 0, st.st_size, self.size))
+        if replaced or st.st_nlink == 0 or st.st_size < expected:
+            self.availability.latch("inbox", self._tampered(replaced or st.st_nlink == 0, st.st_size, expected))
 
     def _tampered(self, gone: bool, size: int, expected: int) -> str:
         if gone:
