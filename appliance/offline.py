@@ -204,8 +204,13 @@ def feature_matrix(data: list[dict], features: list[str]) -> Any:
 
 
 def _fit_input(matrix: Any, kind: str) -> Any:
-    """What the estimator is fitted on: the CSR matrix, or dense float32 columns made from it once."""
-    return matrix if kind in SPARSE_KINDS else matrix.toarray()
+    """What the estimator is fitted on: the CSR matrix, or dense columns made from it once (float64
+    for gbdt, which would copy float32 into float64 anyway; float32 for the scaled linear models)."""
+    import numpy as np
+
+    if kind in SPARSE_KINDS:
+        return matrix
+    return matrix.astype(np.float64).toarray() if kind == "gbdt" else matrix.toarray()
 
 
 def _in_chunks(score: Any, matrix: Any, rows: int = 8192) -> Any:

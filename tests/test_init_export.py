@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import orjson
 import pytest
@@ -102,9 +103,9 @@ def test_parquet_and_jsonl_exports_hold_exactly_the_csv_values(tmp_path, monkeyp
     write_csv("events.csv", n=1500)
     runner = CliRunner()
     assert runner.invoke(main, ["init", "events.csv"]).exit_code == 0
-    text = open("appliance.toml").read()
-    assert "hash_buckets" in text
-    open("appliance.toml", "w").write(text.replace("hash_buckets = ", "hash_buckets = 512 # "))
+    toml = Path("appliance.toml")
+    assert "hash_buckets" in toml.read_text()
+    toml.write_text(toml.read_text().replace("hash_buckets = ", "hash_buckets = 512 # "))
     assert runner.invoke(main, ["replay", "--config", "appliance.toml", "--json"]).exit_code == 0
     for out in ("train.csv", "train.parquet", "train.jsonl"):
         result = runner.invoke(main, ["export", "training-set", "--out", out, "--config", "appliance.toml"])
@@ -118,10 +119,10 @@ def test_parquet_and_jsonl_exports_hold_exactly_the_csv_values(tmp_path, monkeyp
     assert table.column_names == ["event_id", "ts", "label", *names]
     assert pq.ParquetFile("train.parquet").num_row_groups == -(-table.num_rows // 100) > 1
     from_parquet = [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
-    from_jsonl = [orjson.loads(line) for line in open("train.jsonl")]
+    from_jsonl = [orjson.loads(line) for line in Path("train.jsonl").read_text().splitlines()]
     for rows, name in ((from_parquet, "parquet.csv"), (from_jsonl, "jsonl.csv")):
         assert write_training_set(iter(rows), name, names) == table.num_rows
-        assert open(name, "rb").read() == open("train.csv", "rb").read(), name
+        assert Path(name).read_bytes() == Path("train.csv").read_bytes(), name
     assert any(row["label"] == 1 for row in from_parquet)
     assert [type(row["label"]) for row in from_parquet] == [type(row["label"]) for row in from_jsonl]
 
