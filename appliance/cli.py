@@ -222,17 +222,19 @@ def export() -> None:
 
 
 @export.command("training-set")
-@click.option("--out", required=True, help="Output file: .csv, .jsonl or .parquet (pyarrow needed).")
+@click.option("--out", required=True, help="Output file: .csv, .jsonl or .parquet (pip install 'appliance[export]').")
 @click.option("--from", "start", help="Only events at or after this time (ISO-8601 or epoch seconds).")
 @click.option("--to", "end", help="Only events before this time.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Overrides the suffix.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
+              help="csv: a column per feature (narrow feature spaces); jsonl: only each row's features; parquet: "
+                   "compressed columns. [default: the --out suffix; a suffix naming another format is refused]")
 @CONFIG_OPTION
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @friendly_errors
 def export_training_set(out: str, start: str | None, end: str | None, fmt: str | None, config_path: str | None,
                         db: str | None) -> None:
     """Every labelled event with its features as they were at its event time (point in time)."""
-    from .export import training_set, write_training_set
+    from .export import WIDE_CSV, resolve_format, training_set, write_training_set
     from .features import FeatureSpace
     from .settings import resolve_config
     from .timeutil import parse_timestamp
@@ -242,8 +244,11 @@ def export_training_set(out: str, start: str | None, end: str | None, fmt: str |
     rows = training_set(config.db, config, start=parse_timestamp(start) if start else None,
                         end=parse_timestamp(end) if end else None)
     names = FeatureSpace.for_config(config).names
+    fmt = resolve_format(out, fmt)
     count = write_training_set(rows, out, names, fmt)
     click.echo(f"wrote {count:,} labelled rows with {len(names)} features to {out}")
+    if fmt == "csv" and len(names) > WIDE_CSV:
+        click.echo(f"{len(names)} columns in every row: --format parquet or jsonl write only what is there", err=True)
 
 
 def _with_model(config: Any, model_spec: str | None) -> Any:

@@ -12,7 +12,8 @@ from .cli import CONFIG_OPTION, friendly_errors, require_store
 
 @click.command("train-offline")
 @click.option("--model", "kind", default=None, help="logistic | gbdt | forest (regression: linear | gbdt | "
-                                                      "forest) [default: logistic / linear].")
+                                                      "forest) [default: logistic / linear]; gbdt is histogram "
+                                                      "gradient boosting, forest fits on the sparse matrix.")
 @click.option("--from", "start", help="Only events at or after this time (ISO-8601 or epoch seconds).")
 @click.option("--to", "end", help="Only events before this time.")
 @click.option("--holdout", default=0.2, show_default=True, help="Share of the newest rows held out to measure it.")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .entity_state import check_rings
 from .errors import ConfigError
 from .lifecycle_config import ChallengerSpec, Lifecycle, parse_challengers, parse_lifecycle
 from .timeutil import parse_duration
@@ -264,6 +265,7 @@ def validate_config(config: Config) -> None:
             raise ConfigError(f'[features] categorical "{name}" is not an [event] field')
     if config.model.task not in TASKS:
         raise ConfigError(f'[model] task "{config.model.task}" must be one of {", ".join(TASKS)}')
+    check_rings(config.features.aggregates, config.features.buckets_per_window, config.event.allowed_lateness)
     _check_lifecycle(config)
 
 

@@ -359,7 +359,11 @@ class Engine(EngineCommands):
         upgrade(self.model)
         for key, entity, blob in entity_rows:
             if key in self.entities:
-                self.entities[key][entity] = pickle.loads(blob)  # noqa: S301
+                state = pickle.loads(blob)  # noqa: S301
+                if len(state[0]) != self.space.layouts[key].size:  # rings sized by an earlier release
+                    raise ConfigError(f'entity state for "{key}" in the store has another layout (an earlier '
+                                      "release kept shorter rings for this allowed_lateness); start with --fresh")
+                self.entities[key][entity] = state
         self.rows = _empty_rows()
         self._apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
 

@@ -13,12 +13,16 @@ import math
 import zlib
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import AggregateSpec
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import AggregateSpec
 
 NAN = math.nan
 DEFAULT_TTL = 86400.0  # an entity key whose aggregates have no window (since, last) forgets after a day
+MAX_RING = 1024  # buckets per (key, field, window) ring; a longer one is refused at load (check_rings)
 DISTINCT_CAP = 128  # (value, bucket) pairs kept per distinct count; beyond, the oldest go (a lower bound)
 _STAT_OPS = {"count": (), "rate": (), "sum": ("sum",), "mean": ("sum",), "std": ("sum", "sumsq"),
              "min": ("min",), "max": ("max",)}
@@ -29,7 +33,7 @@ class _Slot:
     """A ring of buckets for one (field, window) on one key: [bid, count, stats...] per bucket.
 
     The window spans `buckets` buckets; the ring keeps `ring` >= `buckets` of them, the extra ones
-    covering the allowed lateness, so an out-of-order event still sees its whole window.
+    covering the allowed lateness (`_ring_size`), so an out-of-order event still sees its whole window.
     """
 
     field: str | None
@@ -131,26 +135,29 @@ def aggregates_into(x: dict[str, float], layout: KeyLayout, state: tuple | None,
 
 
 def _window_totals(arr: array, slot: _Slot, ts: float) -> tuple:
+    """Sum the window's buckets: B ring positions read directly, however long the ring is."""
     current = math.floor(ts / slot.hop)
-    low = current - slot.buckets
     stride = slot.stride
+    ring = slot.ring
+    offset = slot.offset
     n_stats = len(slot.stats)
     totals = [0.0] * (1 + n_stats)
     kinds = slot.stats
-    for i in range(slot.ring):
-        base = slot.offset + i * stride
-        bid = arr[base]
-        if low < bid <= current:
-            totals[0] += arr[base + 1]
-            for j in range(n_stats):
-                value = arr[base + 2 + j]
-                kind = kinds[j]
-                if kind == "min":
-                    totals[1 + j] = value if totals[0] == arr[base + 1] else min(totals[1 + j], value)
-                elif kind == "max":
-                    totals[1 + j] = value if totals[0] == arr[base + 1] else max(totals[1 + j], value)
-                else:
-                    totals[1 + j] += value
+    for bid in range(current - slot.buckets + 1, current + 1):
+        base = offset + (bid % ring) * stride
+        if arr[base] != bid:
+            continue  # empty, or the position holds another bucket
+        first = totals[0] == 0.0
+        totals[0] += arr[base + 1]
+        for j in range(n_stats):
+            value = arr[base + 2 + j]
+            kind = kinds[j]
+            if kind == "min":
+                totals[1 + j] = value if first else min(totals[1 + j], value)
+            elif kind == "max":
+                totals[1 + j] = value if first else max(totals[1 + j], value)
+            else:
+                totals[1 + j] += value
     return tuple(totals)
 
 
@@ -176,13 +183,29 @@ def _finish(op: str, totals: tuple, kinds: tuple[str, ...], window: float) -> fl
 def _ring_size(window: float, buckets: int, lateness: float) -> int:
     """Buckets a ring keeps: the window's, plus enough for events up to `lateness` out of order.
 
-    An accepted event is at most `lateness` older than the newest event, so its window starts at
-    most ceil(lateness / hop) + 1 buckets before the newest window starts. Capped at one extra
-    window: with a lateness longer than the window, a very late event may miss its oldest buckets.
+    An accepted event is at most `lateness` older than the newest event, so its bucket is at most
+    ceil(lateness / hop) before the newest bucket, and its window reaches B - 1 buckets further
+    back: B + ceil(lateness / hop) buckets, plus one spare. With that many positions a bucket an
+    accepted event needs is never overwritten by a newer one, whatever the lateness.
     """
     hop = window / buckets
     extra = math.ceil(lateness / hop) + 1 if hop > 0 else 0
-    return buckets + min(extra, buckets)
+    return buckets + extra
+
+
+def check_rings(aggregates: list[AggregateSpec], buckets: int, lateness: float) -> None:
+    """Refuse a lateness so long against a window's hop that its ring would exceed MAX_RING buckets
+    per entity (memory per entity grows with it); names the aggregates and what would fit."""
+    sizes = [(agg, _ring_size(agg.window, buckets, lateness)) for agg in aggregates
+             if agg.op in _STAT_OPS or agg.op == "distinct"]
+    too_long = [(agg, size) for agg, size in sizes if size > MAX_RING]
+    if too_long:
+        names = ", ".join(f'"{agg.name}" (key "{agg.key}", window {agg.window:g}s: {size} buckets)'
+                          for agg, size in too_long)
+        raise ConfigError(
+            f"[event] allowed_lateness {lateness:g}s is too long for {names}: a window keeps "
+            f"buckets_per_window + ceil(allowed_lateness / hop) + 1 buckets per entity, at most {MAX_RING}; "
+            "shorten allowed_lateness, lengthen the window or lower [features] buckets_per_window")
 
 
 def _distinct_count(entries: tuple, slot: _DistinctSlot, ts: float) -> int:

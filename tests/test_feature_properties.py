@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from appliance.config import config_from_dict
 from appliance.engine import Engine
+from appliance.errors import ConfigError
 from appliance.events import Event, parse_event
 from appliance.export import training_set
 from appliance.store import StoreWriter
@@ -52,8 +53,14 @@ TTL = {"user": 900.0, "card": 600.0}  # user: declared; card: its longest window
 BUCKETS = 4
 
 
+SHIFTS = (0.0, 0.0, 0.0, -20.0, -85.0, -150.0, -700.0)  # in order, out of order, or too late (90s)
+# allowed_lateness of 5 minutes: longer than the 2m window (10 of its hops) and than 2 hops of the 10m one
+LATE_CONFIG = {**CONFIG, "event": {**CONFIG["event"], "allowed_lateness": "5m"}}
+LATE_SHIFTS = (0.0, 0.0, -20.0, -100.0, -170.0, -230.0, -299.0, -420.0)
+
+
 @st.composite
-def streams(draw):
+def streams(draw, shifts=SHIFTS):
     """Payments on 4 users and 4 cards with jitter, disorder, idle gaps, and labels; some score-only."""
     rng = random.Random(draw(st.integers(0, 2**32)))
     n = draw(st.integers(5, 120))
@@ -61,7 +68,7 @@ def streams(draw):
     out = []
     for i in range(n):
         t += rng.choice([0.0, 1.0, 7.5, 30.0, 61.0, 200.0, 1000.0, 4000.0])
-        shift = rng.choice([0.0, 0.0, 0.0, -20.0, -85.0, -150.0, -700.0])  # out of order, or too late
+        shift = rng.choice(shifts)
         event = {"type": "payment", "event_id": f"e{i}", "ts": t + shift, "user": f"u{rng.randrange(4)}",
                  "city": rng.choice("abc")}
         card = rng.randrange(5)
@@ -187,6 +194,22 @@ def test_served_features_equal_a_brute_force_recomputation(stream):
         assert_close(logged[event_id], want, event_id)
 
 
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=streams(LATE_SHIFTS))
+def test_events_later_than_a_whole_window_still_see_their_whole_window(stream):
+    """allowed_lateness longer than a window and than many of its hops: a late event's window is
+    still whole (no ring position reused by a newer bucket it needs)."""
+    config = config_from_dict(LATE_CONFIG)
+    engine = Engine(config)
+    for item in to_items(config, stream):
+        engine.process(item)
+    logged = {row["event_id"]: orjson.loads(row["features"]) for row in engine.take_rows()["predictions"]}
+    expected = brute_force(config, stream)
+    assert set(logged) == set(expected)
+    for event_id, want in expected.items():
+        assert_close(logged[event_id], want, event_id)
+
+
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("export")
@@ -212,3 +235,26 @@ def test_exported_training_set_equals_the_vectors_logged_at_prediction_time(stre
     for event_id, row in exported.items():
         row.pop("ts"), row.pop("label")
         assert row == logged[event_id], event_id
+
+
+def test_a_lateness_whose_rings_would_exceed_the_cap_is_refused_at_load_naming_the_aggregates():
+    late = {**CONFIG, "event": {**CONFIG["event"], "allowed_lateness": "1d"}}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(late)
+    message = str(caught.value)
+    assert '"card_n_2m" (key "card"' in message and '"user_mean_2m" (key "user"' in message
+    assert "10m" not in message and "card_sum_10m" not in message  # 10m windows fit: hop 150s, 581 buckets
+    config_from_dict({**CONFIG, "event": {**CONFIG["event"], "allowed_lateness": "1h"}})  # 2m rings: 125
+
+
+def test_a_checkpointed_state_with_another_ring_length_is_refused_on_restore():
+    config = config_from_dict(CONFIG)
+    engine = Engine(config)
+    for item in to_items(config, [{"type": "payment", "event_id": "e1", "ts": 1_767_225_600.0, "user": "u1",
+                                    "city": "a", "card": "c1", "amount": 3.0}]):
+        engine.process(item)
+    saved = engine.checkpoint()
+    longer = config_from_dict(LATE_CONFIG)  # same features, longer lateness: longer 2m rings
+    with pytest.raises(ConfigError, match="another layout"):
+        Engine(longer).restore(saved["engine"], saved["entities"])
+    Engine(config).restore(saved["engine"], saved["entities"])  # the same layout restores

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import orjson
 import pytest
@@ -89,3 +90,45 @@ def test_export_needs_a_known_format(tmp_path, monkeypatch):
     runner.invoke(main, ["replay", "--config", "appliance.toml", "--json"])
     result = runner.invoke(main, ["export", "training-set", "--out", "train.xlsx", "--config", "appliance.toml"])
     assert result.exit_code == 1 and "cannot tell the format" in result.output
+
+
+def test_parquet_and_jsonl_exports_hold_exactly_the_csv_values(tmp_path, monkeypatch):
+    """Same store, three formats: the Parquet file read back (and the sparse JSONL), written through the
+    CSV writer, is the CSV export byte for byte; a suffix that contradicts --format is refused."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from appliance.export import write_training_set
+
+    monkeypatch.setattr("appliance.export.PARQUET_ROWS", 100)  # several row groups
+    monkeypatch.chdir(tmp_path)
+    write_csv("events.csv", n=1500)
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "events.csv"]).exit_code == 0
+    toml = Path("appliance.toml")
+    assert "hash_buckets" in toml.read_text()
+    toml.write_text(toml.read_text().replace("hash_buckets = ", "hash_buckets = 512 # "))
+    assert runner.invoke(main, ["replay", "--config", "appliance.toml", "--json"]).exit_code == 0
+    for out in ("train.csv", "train.parquet", "train.jsonl"):
+        result = runner.invoke(main, ["export", "training-set", "--out", out, "--config", "appliance.toml"])
+        assert result.exit_code == 0, result.output
+    config = load_config("appliance.toml")
+    from appliance.features import FeatureSpace
+
+    names = FeatureSpace.for_config(config).names
+    assert len(names) > 512
+    table = pq.read_table("train.parquet")
+    assert table.column_names == ["event_id", "ts", "label", *names]
+    assert pq.ParquetFile("train.parquet").num_row_groups == -(-table.num_rows // 100) > 1
+    from_parquet = [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
+    from_jsonl = [orjson.loads(line) for line in Path("train.jsonl").read_text().splitlines()]
+    for rows, name in ((from_parquet, "parquet.csv"), (from_jsonl, "jsonl.csv")):
+        assert write_training_set(iter(rows), name, names) == table.num_rows
+        assert Path(name).read_bytes() == Path("train.csv").read_bytes(), name
+    assert any(row["label"] == 1 for row in from_parquet)
+    assert [type(row["label"]) for row in from_parquet] == [type(row["label"]) for row in from_jsonl]
+
+    result = runner.invoke(main, ["export", "training-set", "--out", "train.csv", "--format", "parquet",
+                                  "--config", "appliance.toml"])
+    assert result.exit_code == 1 and "names csv but --format is parquet" in result.output
+    result = runner.invoke(main, ["export", "training-set", "--out", "train.data", "--format", "parquet",
+                                  "--config", "appliance.toml"])
+    assert result.exit_code == 0 and pq.read_table("train.data").equals(table)

@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
+from threadpoolctl import threadpool_limits
 
 from appliance.cli import main
 from appliance.client import Client
@@ -21,6 +22,13 @@ from appliance.offline import _estimator, check_schema, load_onnx_file, train
 from .conftest import serving
 from .test_init_export import write_csv
 from .test_registry import wait_for
+
+
+@pytest.fixture(autouse=True)
+def one_openmp_thread():
+    """The reference fits run as `train` runs them: OpenMP spinning on a shared machine is 25x slower."""
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture
@@ -40,6 +48,7 @@ def test_onnx_scores_equal_scikit_learn_on_the_same_rows(replayed):
     names = FeatureSpace.for_config(config).names
     rows = sorted(training_set(config.db, config), key=lambda row: row["ts"])
     model, report = train(rows, names, "classification", "gbdt", seed=3)
+    assert "HistGradientBoostingClassifier" in report["estimator"]
     # an independent fit of the same estimator on the same rows (deterministic with the seed)
     matrix = np.array([[float(row.get(n) or 0.0) for n in names] for row in rows], dtype=np.float32)
     labels = np.array([row["label"] for row in rows], dtype=np.int64)
@@ -158,3 +167,59 @@ def test_an_offline_score_is_a_feature_of_the_online_model(replayed, short_dir):
     (short_dir / "third.toml").write_text(text.replace('path = "offline.onnx"', 'path = "missing.onnx"'))
     result = runner.invoke(main, ["replay", "--config", "third.toml"])
     assert result.exit_code == 1 and "offline_score" in result.output and "not a readable ONNX model" in result.output
+
+
+def test_the_sparse_training_matrix_equals_the_dense_one(replayed):
+    from appliance.offline import feature_matrix
+
+    config, _ = replayed
+    names = FeatureSpace.for_config(config).names
+    rows = sorted(training_set(config.db, config), key=lambda row: row["ts"])
+    dense = np.array([[float(row.get(n) or 0.0) for n in names] for row in rows], dtype=np.float32)
+    matrix = feature_matrix(rows, names)
+    assert matrix.shape == dense.shape and matrix.nnz == np.count_nonzero(dense)
+    assert np.array_equal(matrix.toarray(), dense)
+
+
+def test_histogram_boosting_regression_converts_and_matches_scikit_learn():
+    """gbdt is HistGradientBoosting: a regression on wide, mostly empty rows (as hashed one-hots are)."""
+    rng = np.random.default_rng(7)
+    names = ["amount"] + [f"city#{i}" for i in range(300)]
+    rows = []
+    for i in range(1200):
+        city = int(rng.integers(300))
+        amount = float(rng.gamma(2.0, 10.0))
+        rows.append({"ts": float(i), "label": amount * 0.5 + (city % 7), "amount": amount, f"city#{city}": 1.0})
+    model, report = train(rows, names, "regression", "gbdt", seed=1)
+    assert "HistGradientBoostingRegressor" in report["estimator"] and report["nonzero"] == 2400
+    dense = np.array([[float(row.get(n) or 0.0) for n in names] for row in rows], dtype=np.float32)
+    reference = _estimator("gbdt", "regression", 1).fit(dense, np.array([row["label"] for row in rows]))
+    assert np.max(np.abs(model.score_many(dense) - reference.predict(dense))) < 1e-3
+    assert report["parity_max_abs_diff"] < 1e-4 and report["holdout"]["mae"] < 5.0
+
+
+def test_histogram_gbdt_and_a_sparse_forest_register_and_serve(replayed, short_dir):
+    config, runner = replayed
+    versions = {}
+    for kind in ("gbdt", "forest"):
+        result = runner.invoke(main, ["train-offline", "--model", kind, "--out", f"{kind}.onnx",
+                                      "--config", "appliance.toml", "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output[:result.output.rindex("}") + 1])
+        assert report["parity_max_abs_diff"] < 1e-4 and report["nonzero"] > 0
+        versions[kind] = report
+    assert "HistGradientBoostingClassifier" in versions["gbdt"]["estimator"]
+    config = config.with_overrides(socket=str(short_dir / "a.sock"))
+    with serving(config) as appliance, Client(config.socket) as client:
+        offline = [v for v in client.request("models")["versions"] if v["candidate"] == "offline"]
+        gbdt = [v for v in offline if v["spec"].startswith("onnx: gbdt (HistGradientBoostingClassifier)")]
+        assert len(offline) == 2 and len(gbdt) == 1
+        result = runner.invoke(main, ["models", "promote", str(gbdt[0]["version"]), "--socket", config.socket])
+        assert result.exit_code == 0, result.output
+        event = {"event_id": "probe", "ts": 1_767_300_000.0, "user_id": "u1", "card_id": "c1",
+                 "amount": 42.0, "city": "faro"}
+        reply = client.request("predict", event=event, ingest=False, explain=True)
+        assert reply["version"] == f"v{gbdt[0]['version']}"
+        served = appliance.engine.model.served.model
+        assert "HistGradientBoosting" in served.description
+        assert reply["score"] == served.score_one(reply["features"])
