@@ -52,7 +52,7 @@ def river_script(events_file: str, numeric: tuple[str, ...], categorical: tuple[
         if label is not None:
             dataset.append(({**record, "ts": seconds, "wait": known - seconds}, label))
     model = compose.Select(*numeric) | preprocessing.StandardScaler()
-    model += compose.Select(*categorical) | preprocessing.OneHotEncoder()
+    model += compose.Select(*categorical) | preprocessing.OneHotEncoder(drop_zeros=True)
     if task == "classification":
         model |= linear_model.LogisticRegression()
         metric, dataset = metrics.ROCAUC(), [(x, bool(y)) for x, y in dataset]
