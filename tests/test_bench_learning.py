@@ -33,8 +33,10 @@ def test_quick_flights_runs_init_replay_and_the_river_script(tmp_path):
     assert ROW_FIELDS <= row.keys()
     assert row["dataset"] == "flights" and row["metric"] == "roc_auc" and not row["held_out"]
     assert row["events"] == learning_eval.QUICK_EVENTS and row["init_error"] is None
-    # both sides ran on the same labels: the appliance learned every one, the script scored every one
-    assert row["labels_scored"] == row["script_labels"] == row["events"]
+    # both sides ran on the same labels: the script scored every one; the appliance every one that came
+    # within the label horizon init guessed from the observed delays (its p99: a few may come later)
+    assert row["script_labels"] == row["events"]
+    assert 0.99 * row["events"] <= row["labels_scored"] <= row["events"]
     for side in ("served", "learner", "script"):
         assert 0.0 <= row[side] <= 1.0
     assert math.isclose(row["gap"], row["learner"] - row["served"], abs_tol=1e-3)
