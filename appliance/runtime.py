@@ -111,6 +111,7 @@ class Appliance:
                         "start with --fresh or use another --db"
                     )
                 engine.restore(saved["engine"], load_entities(db), load_pending(db))
+                engine.load_recent_audit(db)  # the trail as the store holds it, not this start's
                 self.resumed = True
             index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)
@@ -176,6 +177,7 @@ class Appliance:
         if self.options.serve:
             _tune_for_serving()
         self.writer.start()
+        self._commit_start()
         self._flow_thread = None
         if self.options.serve:
             self.start_server()
@@ -206,6 +208,18 @@ class Appliance:
             self._shutdown()
         if self.error is not None:
             raise self.error
+
+    def _commit_start(self) -> None:
+        """Write what the start itself produced (imports registered, a reconciled config, the first
+        version of a fresh store) with a checkpoint, without waiting for an event that may never come.
+
+        The rows are keyed (model version, audit id), so if the process dies before the checkpoint
+        commits, the next start registers the same imports under the same keys again.
+        """
+        rows = self.engine.take_rows()
+        if any(rows.values()):
+            self.writer.put_rows(rows)
+            self.writer.put_checkpoint(fingerprint(self.config), self.engine.checkpoint())
 
     def _released(self, offsets: dict[str, int]) -> None:
         """A checkpoint with these offsets is durable: what lies before them may be given back."""
