@@ -39,14 +39,17 @@ def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]
         stages.append({"stage": stage, "state": state, "detail": detail})
 
     events_rate = rates.get("events_per_second") or 0.0
+    ended = (stats.get("source") or {}).get("ended_at")
     if not flow_alive:
         add("ingest", "down", "the dataflow has stopped; see the appliance's log")
     elif lag > BEHIND_BYTES:
         add("ingest", "behind", f"{lag:,} bytes of socket input not yet processed")
     elif not events:
         add("ingest", "idle", "no events yet")
+    elif ended and not events_rate:
+        add("ingest", "ended", f"the source ended at {ended}; {events:,} events; serving what comes over the socket")
     else:
-        add("ingest", "ok", f"{events_rate:,.0f} events/s, {events:,} events")
+        add("ingest", "ok", f"{events_rate:,.0f} events/s, {events:,} events" + (f"; the source ended at {ended}" if ended else ""))
 
     share = dead / (events + dead) if events + dead else 0.0
     late = counts.get("late_events", 0)

@@ -129,8 +129,10 @@ class Appliance:
         if self.source is not None:
             spec, schema, task = self.source, self.config.event, self.engine.task
             start = int(offsets.get(spec, 0))
+            self.board.source = {"spec": spec, "ended_at": None}
             inputs.append(ReplayInput(spec, lambda: read_source(spec, schema, task, start),
-                                      speed=self.config.speed, event_time=self._event_time))
+                                      speed=self.config.speed, event_time=self._event_time,
+                                      on_end=self.board.source_ended))
         if self.options.serve:
             inputs.append(InboxInput("inbox", self.config.db + "-inbox", int(offsets.get("inbox", 0))))
         return inputs

@@ -3,19 +3,30 @@ before, and models staged while it was stopped (real `appliance replay` and `up`
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from appliance.client import Client
 
-from .test_up import Running, stream_file, wait_for, write_config  # noqa: F401 - the fixture
+from .conftest import make_stream
+from .test_up import Running, wait_for, write_config
 
 APPLIANCE = [sys.executable, "-m", "appliance"]
 
 
+@pytest.fixture
+def stream_file(short_dir):
+    path = short_dir / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in make_stream(600)) + "\n")
+    return path
+
+
 def _run(directory, *args):
-    out = subprocess.run([*APPLIANCE, *args], cwd=directory, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([*APPLIANCE, *args], cwd=directory, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -64,3 +75,27 @@ def test_a_model_staged_while_stopped_reaches_the_store_without_an_event(short_d
     again.stop()
     assert _store_rows(db, "SELECT count(*) FROM audit WHERE action = 'import'")[0][0] == 1
     assert _store_rows(db, "SELECT max(version) FROM models")[0][0] == before + 1
+
+
+def test_the_end_of_a_finite_source_is_shown_and_the_rates_fall_to_zero(short_dir, stream_file):
+    write_config(short_dir, stream_file)
+    app = Running(short_dir)
+    try:
+        with Client(app.socket) as client:
+            stats = wait_for(lambda: (s := client.request("stats"))["rates"]["events_per_second"] == 0
+                             and (s.get("source") or {}).get("ended_at") and s,
+                             explain=lambda: client.request("stats").get("rates"))
+            assert stats["counts"]["events"] == 600 and stats["source"]["spec"] == str(stream_file)
+            ingest = stats["stages"][0]
+            assert ingest["stage"] == "ingest" and ingest["state"] == "ended", ingest
+            assert stats["source"]["ended_at"] in ingest["detail"]
+            # the socket still feeds the stream: ingest is ok again while events come, the end still said
+            client.request("ingest", events=[{"event_id": "late-1", "ts": 1_767_300_000, "user": "u1",
+                                              "card": "c9", "amount": 10.0, "city": "faro"}])
+            again = wait_for(lambda: (s := client.request("stats"))["counts"]["events"] == 601 and s)
+            if again["rates"]["events_per_second"] > 0:  # measured over a window: it may have passed already
+                assert again["stages"][0]["state"] == "ok" and "the source ended" in again["stages"][0]["detail"]
+    finally:
+        code, out, err = app.stop()
+    assert code == 0, err
+    assert f"source ended at {stats['source']['ended_at']}, serving" in out

@@ -14,7 +14,7 @@ from appliance.timeutil import format_timestamp
 
 from .chart import PALETTE, legend, line_chart
 
-STAGE_STYLE = {"ok": "green", "idle": "dim", "warn": "yellow", "behind": "dark_orange", "down": "bold red"}
+STAGE_STYLE = {"ok": "green", "idle": "dim", "warn": "yellow", "behind": "dark_orange", "down": "bold red", "ended": "cyan"}
 
 
 def fmt(value: Any, spec: str) -> str:
