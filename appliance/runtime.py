@@ -92,6 +92,7 @@ class Appliance:
         self.server = None
         self.error: BaseException | None = None
         self.resumed = False
+        self.imported: list[int] = []  # versions registered at start from staged imports
         if options.fresh:
             for path in store_files(config.db):
                 path.unlink(missing_ok=True)
@@ -116,7 +117,7 @@ class Appliance:
             index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)
             engine.attach_attributes(db)
-            engine.import_models(db)
+            self.imported = engine.import_models(db)
         finally:
             db.conn.close()
         return engine
@@ -212,16 +213,16 @@ class Appliance:
             raise self.error
 
     def _commit_start(self) -> None:
-        """Write what the start itself produced (imports registered, a reconciled config, the first
-        version of a fresh store) with a checkpoint, without waiting for an event that may never come.
+        """Write the imports the start registered (staged while the appliance was stopped) with a
+        checkpoint that records them as done, without waiting for an event that may never come.
 
         The rows are keyed (model version, audit id), so if the process dies before the checkpoint
         commits, the next start registers the same imports under the same keys again.
         """
-        rows = self.engine.take_rows()
-        if any(rows.values()):
-            self.writer.put_rows(rows)
-            self.writer.put_checkpoint(fingerprint(self.config), self.engine.checkpoint())
+        if not self.imported:  # nothing else waits for a start checkpoint: the first batch carries it
+            return
+        self.writer.put_rows(self.engine.take_rows())
+        self.writer.put_checkpoint(fingerprint(self.config), self.engine.checkpoint())
 
     def _released(self, offsets: dict[str, int]) -> None:
         """A checkpoint with these offsets is durable: what lies before them may be given back."""
