@@ -119,6 +119,11 @@ class EngineCommands:
         return Published(model=pickle.loads(blob), **model.catalog[version])  # noqa: S301 - the local registry
 
     # -- the audit trail -------------------------------------------------------------------
+    def load_recent_audit(self, db: Any) -> None:
+        """After a restore: the newest audit rows are the store's, not this process's first row."""
+        self.recent_audit.clear()
+        self.recent_audit.extend(reversed(registry.audit(db, limit=self.recent_audit.maxlen or 100)))
+
     def _audit(self, action: str, version: int | None, reason: str, actor: str) -> None:
         self.audit_seq += 1
         row = {"id": self.audit_seq, "event_ts": self._event_time(), "wall_ts": time.time(), "action": action,

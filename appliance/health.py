@@ -41,6 +41,7 @@ def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]
 
     events_rate = rates.get("events_per_second") or 0.0
     outage = stats.get("outage") or {}
+    ended = (stats.get("source") or {}).get("ended_at")
     if not flow_alive:
         add("ingest", "down", "the dataflow has stopped; see the appliance's log")
     elif outage.get("stage") in ("inbox", "order log"):
@@ -49,8 +50,10 @@ def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]
         add("ingest", "behind", f"{lag:,} bytes of socket input not yet processed")
     elif not events:
         add("ingest", "idle", "no events yet")
+    elif ended and not events_rate:
+        add("ingest", "ended", f"the source ended at {ended}; {events:,} events; serving what comes over the socket")
     else:
-        add("ingest", "ok", f"{events_rate:,.0f} events/s, {events:,} events")
+        add("ingest", "ok", f"{events_rate:,.0f} events/s, {events:,} events" + (f"; the source ended at {ended}" if ended else ""))
 
     share = dead / (events + dead) if events + dead else 0.0
     late = counts.get("late_events", 0)

@@ -12,7 +12,9 @@ def format_status(stats: dict[str, Any]) -> str:
     rates = stats.get("rates", {})
     served = model.get("served", {})
     metric = _metric_text(served)
-    return (f"[{stats.get('watermark') or 'no events yet'}] {rates.get('events_per_second', 0):,.0f} ev/s · "
+    ended = (stats.get("source") or {}).get("ended_at")
+    state = f"source ended at {ended}, serving · " if ended else ""
+    return (f"[{stats.get('watermark') or 'no events yet'}] {state}{rates.get('events_per_second', 0):,.0f} ev/s · "
             f"events {counts.get('events', 0):,} · predictions {counts.get('predictions', 0):,} · "
             f"labels joined {counts.get('labels_joined', 0) + counts.get('labels_immediate', 0):,} "
             f"(+{counts.get('labels_defaulted', 0):,} by default) · pending {stats.get('pending_labels', 0):,} · "

@@ -113,6 +113,7 @@ class Appliance:
         self.server = None
         self.error: BaseException | None = None
         self.resumed = False
+        self.imported: list[int] = []  # versions registered at start from staged imports
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
         try:
@@ -183,11 +184,12 @@ class Appliance:
                         "start with --fresh or use another --db"
                     )
                 engine.restore(saved["engine"], load_entities(db), load_pending(db))
+                engine.load_recent_audit(db)  # the trail as the store holds it, not this start's
                 self.resumed = True
             index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)
             engine.attach_attributes(db)
-            engine.import_models(db)
+            self.imported = engine.import_models(db)
         finally:
             db.conn.close()
         return engine
@@ -200,8 +202,10 @@ class Appliance:
         if self.source is not None:
             spec, schema, task = self.source, self.config.event, self.engine.task
             start = int(offsets.get(spec, 0))
+            self.board.source = {"spec": spec, "ended_at": None}
             inputs.append(ReplayInput(spec, lambda: read_source(spec, schema, task, start),
-                                      speed=self.config.speed, event_time=self._event_time))
+                                      speed=self.config.speed, event_time=self._event_time,
+                                      on_end=self.board.source_ended))
         if self.options.serve:
             inputs.append(InboxInput("inbox", self.config.db + "-inbox", int(offsets.get("inbox", 0))))
         return inputs
@@ -250,6 +254,7 @@ class Appliance:
         if self.options.serve:
             _tune_for_serving()
         self.writer.start()
+        self._commit_start()
         self._flow_thread = None
         if self.options.serve:
             self.start_server()
@@ -289,6 +294,18 @@ class Appliance:
             self.inbox.verify()
         if self.stop_event.is_set() and self.writer.failure is not None:
             self.writer.abandon()  # the flow may be waiting for room in the writer's queue
+
+    def _commit_start(self) -> None:
+        """Write the imports the start registered (staged while the appliance was stopped) with a
+        checkpoint that records them as done, without waiting for an event that may never come.
+
+        The rows are keyed (model version, audit id), so if the process dies before the checkpoint
+        commits, the next start registers the same imports under the same keys again.
+        """
+        if not self.imported:  # nothing else waits for a start checkpoint: the first batch carries it
+            return
+        self.writer.put_rows(self.engine.take_rows())
+        self.writer.put_checkpoint(fingerprint(self.config), self.engine.checkpoint())
 
     def _released(self, offsets: dict[str, int]) -> None:
         """A checkpoint with these offsets is durable: what lies before them may be given back."""

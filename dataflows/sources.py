@@ -28,6 +28,7 @@ class ReplayInput:
     open_reader: Callable[[], Iterator[tuple[int, Any]]]
     speed: float = 0.0
     event_time: Callable[[Any], float | None] | None = None
+    on_end: Callable[[], None] | None = None  # called once the reader is exhausted (not on a stop)
 
 
 @dataclass
@@ -71,8 +72,13 @@ class _ReplayPartition(StatefulSourcePartition[Item, None]):
         if self.stop.is_set():
             raise StopIteration
         if self.spec.speed <= 0:
-            return [(self.spec.name, offset, payload) for offset, payload in _take(self.reader, self.batch_size)] or _end()
+            return [(self.spec.name, offset, payload) for offset, payload in _take(self.reader, self.batch_size)] or self._end()
         return self._paced_batch()
+
+    def _end(self) -> list[Item]:
+        if self.spec.on_end is not None:
+            self.spec.on_end()
+        raise StopIteration
 
     def _paced_batch(self) -> list[Item]:
         batch: list[Item] = []
@@ -83,7 +89,7 @@ class _ReplayPartition(StatefulSourcePartition[Item, None]):
                 if self.lookahead is None:
                     if batch:
                         return batch
-                    raise StopIteration
+                    self._end()
             due = self._due(self.lookahead[1])
             if due > now:
                 self.awake = datetime.fromtimestamp(due, tz=timezone.utc)
@@ -143,6 +149,3 @@ def _take(reader: Iterator[tuple[int, Any]], n: int) -> list[tuple[int, Any]]:
             break
     return batch
 
-
-def _end() -> list[Item]:
-    raise StopIteration

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -64,6 +65,22 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(answer)
 
 
+COLUMNS = {
+    "#leaderboard": ("candidate", "role", "recent", "overall", "labels", "vs champion", "learns", "spec"),
+    "#entity-features": ("feature", "value"),
+    "#entity-recent": ("event time", "event id", "score", "version", "label", "status", "delay s"),
+    "#fields": ("field", "missing", "missing %", "distinct", "unseen %", "unseen % recent", "collisions %"),
+    "#dead-letters": ("watermark", "source", "offset", "reason", "payload"),
+    "#alert-table": ("#", "event time", "kind", "subject", "action"),
+    "#audit-table": ("#", "event time", "action", "version", "by", "reason"),
+}
+# The columns that give up width (ending in "…") so that the others are shown whole.
+FLEXIBLE = {"#leaderboard": (7,), "#entity-features": (), "#entity-recent": (1,), "#fields": (0,),
+            "#dead-letters": (3, 4), "#alert-table": (3, 4), "#audit-table": (5,)}
+SCROLLBAR = 2  # columns a table's vertical scrollbar takes
+COMPACT_BELOW = 100  # terminal columns under which the footer drops its spacing and the palette key
+
+
 class Console(App):
     """The appliance, live."""
 
@@ -85,21 +102,21 @@ class Console(App):
     #entity-key { width: 24; }
     #entity-id { width: 1fr; }
     #entity-tables { height: 1fr; }
-    #entity-features { width: 40; }
+    #entity-features { width: auto; max-width: 40%; }
     #fields { height: auto; max-height: 12; }
     #alert-table { height: 1fr; }
     #audit-table { height: 2fr; }
     """
-    BINDINGS = [
-        Binding("1", "view('overview')", "Overview"),
-        Binding("2", "view('models')", "Models"),
-        Binding("3", "view('entities')", "Entities"),
-        Binding("4", "view('data')", "Data"),
-        Binding("5", "view('alerts')", "Alerts"),
+    BINDINGS = [  # the views' keys are on their tabs, so the footer keeps its width for the actions
+        Binding("1", "view('overview')", "Overview", show=False),
+        Binding("2", "view('models')", "Models", show=False),
+        Binding("3", "view('entities')", "Entities", show=False),
+        Binding("4", "view('data')", "Data", show=False),
+        Binding("5", "view('alerts')", "Alerts", show=False),
         Binding("question_mark", "view('help')", "Help"),
         Binding("r", "rollback", "Roll back"),
         Binding("c", "promote_challenger", "Promote"),
-        Binding("z", "toggle_publishing", "Pause/resume"),
+        Binding("z", "toggle_publishing", "Publishing"),
         Binding("p", "freeze", "Freeze"),
         Binding("s", "screenshot", "Screenshot"),
         Binding("t", "next_theme", "Theme"),
@@ -170,19 +187,12 @@ class Console(App):
             with TabPane("? Help", id="help"):
                 with VerticalScroll():
                     yield Static(self._help_text(), id="help-text")
-        yield Footer()
+        narrow = self.size.width < COMPACT_BELOW
+        yield Footer(compact=narrow, show_command_palette=not narrow)
 
     def on_mount(self) -> None:
-        self.query_one("#leaderboard", DataTable).add_columns(
-            "candidate", "role", "recent", "overall", "labels", "vs champion", "learns", "spec")
-        self.query_one("#entity-features", DataTable).add_columns("feature", "value")
-        self.query_one("#entity-recent", DataTable).add_columns(
-            "event time", "event id", "score", "version", "label", "status", "delay s")
-        self.query_one("#fields", DataTable).add_columns(
-            "field", "missing", "missing %", "distinct", "unseen %", "unseen % recent", "collisions %")
-        self.query_one("#dead-letters", DataTable).add_columns("watermark", "source", "offset", "reason", "payload")
-        self.query_one("#alert-table", DataTable).add_columns("#", "event time", "kind", "subject", "action")
-        self.query_one("#audit-table", DataTable).add_columns("#", "event time", "action", "version", "by", "reason")
+        for selector, header in COLUMNS.items():
+            self.query_one(selector, DataTable).add_columns(*header)
         self.set_interval(1.0 / self.rate, self.poll)
         self.poll()
 
@@ -333,7 +343,7 @@ class Console(App):
         table = self.query_one("#leaderboard", DataTable)
         selected = table.cursor_row
         table.clear()
-        for row in panels.leaderboard_rows(self.models):
+        for row in self._fitted(table, "#leaderboard", panels.leaderboard_rows(self.models)):
             table.add_row(*row, key=row[0])
         if table.row_count:
             table.move_cursor(row=min(selected, table.row_count - 1))
@@ -358,11 +368,23 @@ class Console(App):
         self._fill("#audit-table", panels.audit_rows(self.audit))
 
     def _fill(self, selector: str, rows: list[tuple[str, ...]]) -> None:
-        """Replace a table's rows."""
+        """Replace a table's rows, shortened to fit its width."""
         table = self.query_one(selector, DataTable)
         table.clear()
-        for row in rows:
+        for row in self._fitted(table, selector, rows):
             table.add_row(*row)
+
+    def _fitted(self, table: DataTable, selector: str, rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        if not table.size.width:  # not laid out yet: paint again once it is
+            self.call_after_refresh(self._paint, True)
+        width = (table.size.width or self.size.width) - SCROLLBAR
+        return panels.fit_columns(COLUMNS[selector], rows, width, FLEXIBLE[selector])
+
+    def on_resize(self, event: events.Resize) -> None:
+        footer = self.query_one(Footer)
+        footer.compact = event.size.width < COMPACT_BELOW
+        footer.show_command_palette = not footer.compact  # ctrl+p still opens it; the help says so
+        self.call_after_refresh(self._paint, True)
 
     # -- events ----------------------------------------------------------------------------
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:

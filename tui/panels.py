@@ -14,7 +14,7 @@ from appliance.timeutil import format_timestamp
 
 from .chart import PALETTE, legend, line_chart
 
-STAGE_STYLE = {"ok": "green", "idle": "dim", "warn": "yellow", "behind": "dark_orange", "down": "bold red"}
+STAGE_STYLE = {"ok": "green", "idle": "dim", "warn": "yellow", "behind": "dark_orange", "down": "bold red", "ended": "cyan"}
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -287,8 +287,40 @@ def data_summary(data: dict) -> Text:
 
 
 def dead_letter_rows(data: dict) -> list[tuple[str, ...]]:
-    return [(when(row.get("watermark")), str(row.get("source")), str(row.get("offset")), str(row.get("reason"))[:90],
-             str(row.get("payload"))[:120]) for row in as_list(data.get("dead_letters_recent")) if isinstance(row, dict)]
+    return [(when(row.get("watermark")), str(row.get("source")), str(row.get("offset")), str(row.get("reason")),
+             str(row.get("payload"))) for row in as_list(data.get("dead_letters_recent")) if isinstance(row, dict)]
+
+
+CELL_PADDING = 2  # a DataTable cell's padding, one column each side
+MIN_FLEXIBLE = 8  # a shortened column keeps at least this many characters
+
+
+def fit_columns(header: tuple[str, ...], rows: list[tuple[str, ...]], width: int,
+                flexible: tuple[int, ...]) -> list[tuple[str, ...]]:
+    """Shorten the `flexible` columns' cells (ending them with "…") so the table fits `width`.
+
+    The other columns keep their full text; the flexible ones share what is left, each at least
+    `MIN_FLEXIBLE` wide, the longer ones giving up more.
+    """
+    if not rows or not flexible:
+        return rows
+    natural = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    room = width - sum(natural[i] + CELL_PADDING for i in range(len(natural)) if i not in flexible)
+    room -= CELL_PADDING * len(flexible)
+    wanted = {i: natural[i] for i in flexible}
+    if sum(wanted.values()) <= room:
+        return rows
+    limits = dict(wanted)
+    while sum(limits.values()) > max(room, MIN_FLEXIBLE * len(flexible)):  # take from the widest first
+        widest = max(limits, key=limits.__getitem__)
+        if limits[widest] <= MIN_FLEXIBLE:
+            break
+        limits[widest] -= 1
+    return [tuple(_ellipsis(cell, limits[i]) if i in limits else cell for i, cell in enumerate(row)) for row in rows]
+
+
+def _ellipsis(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def alert_rows(alerts: list) -> list[tuple[str, ...]]:
@@ -298,5 +330,5 @@ def alert_rows(alerts: list) -> list[tuple[str, ...]]:
 
 def audit_rows(audit: list) -> list[tuple[str, ...]]:
     return [(str(e.get("id")), when(e.get("event_ts")), str(e.get("action")),
-             "-" if e.get("version") is None else f"v{e['version']}", str(e.get("actor")), str(e.get("reason"))[:100])
+             "-" if e.get("version") is None else f"v{e['version']}", str(e.get("actor")), str(e.get("reason")))
             for e in audit if isinstance(e, dict)]
