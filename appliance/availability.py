@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .errors import RequestError
-from .inbox import Inbox
+from .inbox import Inbox, InboxWriteError
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,8 @@ class GuardedInbox(Inbox):
         self.availability.check()
         try:
             end = super().append(records)
-        except OSError as exc:
-            os.ftruncate(self._fd, self.size)  # a part written before the failure: no torn record stays
-            raise RequestError("unavailable", f"cannot write the inbox: {exc.strerror or exc}; nothing was "
-                                              "acknowledged, retry later") from None
+        except InboxWriteError as exc:  # what it wrote is blanked: nothing of it will be read
+            raise RequestError("unavailable", str(exc)) from None
         landed = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended (cheaper than fstat)
         if landed != end:
             self.availability.latch("inbox", self._tampered(False, landed, end))
