@@ -283,3 +283,23 @@ def test_past_six_keys_the_rest_are_one_hot_or_left_out_and_the_config_loads(tmp
     assert config.event.keys == ("shop", "courier", "team0", "team1", "team2", "team3")
     assert {"team4", "team5"} <= set(config.event.categorical)
     assert "6 keys already" in (tmp_path / "appliance.toml").read_text()
+
+
+def test_aggregates_stay_within_the_budget_dropping_burst_distincts_then_middle_counts_first():
+    from appliance.starter import Guess, Windows
+    from appliance.starter_toml import MAX_AGGREGATES, plan_aggregates
+    from appliance.stream_profile import FieldProfile, Layout, StreamProfile
+
+    keys = [f"k{i}" for i in range(6)]
+    fields = {k: FieldProfile(counts={v: 1 for v in range(10 * (i + 1))}) for i, k in enumerate(keys)}
+    guess = Guess(profile=StreamProfile(layout=Layout("id", "ts"), fields=fields), keys=keys,
+                  amount=("amount", "named"))
+    guess.windows = {k: Windows((600.0, 86400.0, 7 * 86400.0), "bursty") for k in keys}
+    planned = plan_aggregates(guess)
+    assert len(planned) == MAX_AGGREGATES < 6 * 9  # 9 each unbudgeted
+    kept = {k: {(a.op, a.window) for a in planned if a.key == k} for k in keys}
+    essential = {("count", 600.0), ("count", 7 * 86400.0), ("since", None), ("sum", 600.0), ("mean", 7 * 86400.0)}
+    assert all(kept[k] >= essential for k in keys)  # every key keeps its burst and long counts, since, sum, mean
+    assert not any(("distinct", 600.0) in kept[k] or ("count", 86400.0) in kept[k] for k in keys)  # first to go
+    assert [("distinct", 7 * 86400.0) in kept[k] for k in keys] == [True, True, False, False, False, False]
+    assert len({a.name for a in planned}) == len(planned)
