@@ -303,3 +303,15 @@ def test_aggregates_stay_within_the_budget_dropping_burst_distincts_then_middle_
     assert not any(("distinct", 600.0) in kept[k] or ("count", 86400.0) in kept[k] for k in keys)  # first to go
     assert [("distinct", 7 * 86400.0) in kept[k] for k in keys] == [True, True, False, False, False, False]
     assert len({a.name for a in planned}) == len(planned)
+
+
+def test_whole_number_json_floats_are_not_taken_for_integer_codes(tmp_path):
+    """A JSON 1400.0 is a float: the event parser refuses it as an entity key, so init must not make it one."""
+    rows = orders(n=3000, seed=5)
+    for row in rows:
+        row["courier"] = float(row["courier"])  # e.g. a distance exported by a tool that writes floats
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = tomllib.loads(starter_config(str(events), config_dir=tmp_path))
+    assert "courier" not in config["event"].get("keys", [])
+    assert "courier" in config["event"].get("numeric", [])
