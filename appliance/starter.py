@@ -8,7 +8,7 @@ The guesses come from one pass over the file (`stream_profile`), not from names 
 - categoricals are strings (or booleans) with a few hundred values at most, hashed into a bucket
   count about ten times the largest one's distinct values;
 - windows at up to three scales of the gaps between an entity's consecutive events: a burst (the
-  quickest 1%), the median gap, ten median gaps (capped by the file's span);
+  quickest 1%, when quicker than random arrivals), the median gap, ten median gaps (capped by the span);
 - `allowed_lateness` covers how far the file's events arrive out of order;
 - the label is inline or arrives as label rows; then the horizon covers the observed delays and,
   when only one outcome is ever labelled, the default is the other.
@@ -49,7 +49,9 @@ BINARY = frozenset({"0", "1", "true", "false", "0.0", "1.0"})
 MAJORITY = 0.99  # a field is numeric (string, ...) when this share of its values are; the rest are dead letters
 OPTIONAL_MIN_MISSING = 0.001  # missing in fewer events than this share: bad events, not an optional field
 MIN_BUCKETS, MAX_BUCKETS = 16, 1024
-BURST_QUANTILE = 0.01  # the burst window: the quickest 1% of an entity's returns
+BURST_QUANTILE = 0.01  # the burst window: the quickest 1% of an entity's returns...
+RANDOM_BURST = -math.log(1 - BURST_QUANTILE)  # ...which for random (Poisson) arrivals is ~1.0% of the mean gap;
+BURSTY = 0.5  # an entity's quickest 1% within half that of its own mean gap: bursts, worth a window
 LONG_GAPS = 10  # the long window: about this many of an entity's median gaps
 MIN_SCALE_RATIO = 3  # a window less than 3x the next shorter one adds little: dropped
 LADDER = tuple(s for s in (60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 3 * 86400,
@@ -255,6 +257,9 @@ def _windows(profile: StreamProfile, key: str, lateness: float) -> Windows:
 
     The burst scale is the quickest 1% of an entity's returns (BURST_QUANTILE): a short run of
     events far quicker than the entity's median gap, which a window at the median averages away.
+    It is kept only when, measured against each entity's own mean gap (so that busy and quiet
+    entities mixed do not look bursty), the quickest 1% come under half as fast as random (Poisson)
+    arrivals' would (1.0% of the mean gap): otherwise a window that short mostly counts 0 or 1.
     Scales land on the LADDER, never below the allowed lateness (a shorter window would miss a late
     event's oldest buckets), the long one within a quarter of the file's span; the burst or the long
     scale within MIN_SCALE_RATIO of the usual one is dropped as adding nothing.
@@ -267,6 +272,11 @@ def _windows(profile: StreamProfile, key: str, lateness: float) -> Windows:
     else:
         seen = (f"an entity's next event comes after a median {approx_duration(typical)}, "
                 f"{BURST_QUANTILE:.0%} within {approx_duration(burst)}")
+    relative = quantile(p.relative_gaps(), BURST_QUANTILE)  # the quickest 1%, over each entity's mean gap
+    bursty = relative is not None and relative < BURSTY * RANDOM_BURST
+    if relative is not None:
+        seen += (f"; its quickest 1% within {relative:.2%} of its own mean gap ({'under' if bursty else 'not under'} "
+                 f"half random arrivals' {RANDOM_BURST:.1%}: {'bursts' if bursty else 'no burst window'})")
     floor = max(lateness, 60.0)
     cap = _floor(profile.span / 4) if profile.span > 0 else _ceil(floor)
     usual = _ceil(max(typical, floor))
@@ -275,7 +285,7 @@ def _windows(profile: StreamProfile, key: str, lateness: float) -> Windows:
     scales = [(usual, "the usual pace")]
     if long >= MIN_SCALE_RATIO * usual:
         scales.append((long, "about ten events (at most a quarter of the span)"))
-    if MIN_SCALE_RATIO * quick <= usual:
+    if bursty and MIN_SCALE_RATIO * quick <= usual:
         scales.insert(0, (quick, "a burst"))
     reasons = [f"{format_duration(seconds)} {reason}" for seconds, reason in scales]
     return Windows(tuple(seconds for seconds, _ in scales), f"{seen}: " + ", ".join(reasons))

@@ -153,9 +153,10 @@ class Planned(NamedTuple):
 
 def plan_aggregates(guess: Guess) -> list[Planned]:
     """Per key: a count at every window scale and the time since its last event; the amount's sum over
-    the burst and mean over the longest window; distinct values of another key over the longest (and
-    the burst) window. Past MAX_AGGREGATES, the burst distinct counts, then the middle-scale counts,
-    go from the last keys first: every window is a slot updated on each event (the hot path)."""
+    the shortest and mean over the longest window; distinct values of another key over the longest
+    window (and the burst one, if any). Past MAX_AGGREGATES, the burst distinct counts, then the
+    middle-scale counts, then the other distinct counts go, from the last keys first (MAX_KEYS x 5
+    are left at worst): every window is state updated on each event."""
     amount = guess.amount[0]
     by_size = sorted(guess.keys, key=lambda k: -guess.profile.fields[k].distinct)
     planned: list[Planned] = []
@@ -171,11 +172,12 @@ def plan_aggregates(guess: Guess) -> list[Planned]:
             planned.append(Planned(f"{name}_{_slug(amount)}_mean_{format_duration(long)}", key, "mean", long, amount))
         other = next((k for k in by_size if k != key), None)
         if other:
-            if short < long:
+            if len(windows.scales) == 3:  # a burst window: how many others within it
                 planned.append(Planned(f"{name}_{_slug(other)}s_{format_duration(short)}", key, "distinct", short,
                                        other, rank=1))
-            planned.append(Planned(f"{name}_{_slug(other)}s_{format_duration(long)}", key, "distinct", long, other))
-    for rank in (1, 2):
+            planned.append(Planned(f"{name}_{_slug(other)}s_{format_duration(long)}", key, "distinct", long, other,
+                                   rank=3))
+    for rank in (1, 2, 3):
         while len(planned) > MAX_AGGREGATES and any(a.rank == rank for a in planned):
             last = max(i for i, a in enumerate(planned) if a.rank == rank)
             del planned[last]

@@ -105,8 +105,9 @@ class FieldProfile:
     low: float = math.inf
     high: float = -math.inf
     counts: dict[Any, int] = field(default_factory=dict)
+    first_seen: dict[Any, float] = field(default_factory=dict)
     last_seen: dict[Any, float] = field(default_factory=dict)
-    gaps: list[float] = field(default_factory=list)
+    entity_gaps: list[tuple[float, Any]] = field(default_factory=list)  # (gap, value), thinned evenly
     gap_stride: int = 1
     saturated: bool = False
     pairs: list[tuple[float, bool]] = field(default_factory=list)  # (value, inline label), thinned evenly
@@ -126,7 +127,7 @@ class FieldProfile:
             self.bools += 1
         elif isinstance(value, (int, float)):
             self.numbers += 1
-            if isinstance(value, int) or value.is_integer():
+            if isinstance(value, int):  # a JSON 1400.0 is a float: the event parser refuses it as an entity key
                 self.ints += 1
                 self.clock = self.clock and 0 <= value <= 2400 and value % 100 < 60
                 self.hundreds = self.hundreds or value >= 100
@@ -154,9 +155,28 @@ class FieldProfile:
             return
         if ts is not None:
             last = self.last_seen.get(value)
-            if last is not None and ts > last:
-                self.gap_stride = _keep_sample(self.gaps, ts - last, self.gap_stride, self.count)
+            if last is None:
+                self.first_seen[value] = ts
+            elif ts > last:
+                self.gap_stride = _keep_sample(self.entity_gaps, (ts - last, value), self.gap_stride, self.count)
+            else:
+                self.first_seen[value] = min(self.first_seen[value], ts)
             self.last_seen[value] = ts if last is None else max(last, ts)
+
+    @property
+    def gaps(self) -> list[float]:
+        """Sampled gaps between an entity's consecutive events (seconds)."""
+        return [gap for gap, _ in self.entity_gaps]
+
+    def relative_gaps(self) -> list[float]:
+        """The sampled gaps, each over its own entity's mean gap (entities with 3+ events): for events
+        at random (Poisson) at each entity's own rate, exponential with mean 1 however rates differ."""
+        out = []
+        for gap, value in self.entity_gaps:
+            n, active = self.counts.get(value, 0), self.last_seen[value] - self.first_seen[value]
+            if n >= 3 and active > 0:
+                out.append(gap * (n - 1) / active)
+        return out
 
     def density(self) -> float:
         """Share of the integers between the lowest and the highest value that occur."""
