@@ -119,10 +119,31 @@ def name_keys(text: str, keys: tuple[str, ...]) -> tuple[str, list[str]]:
             lines += ["[[features.aggregate]]", f'name = "{feature}"', f'key = "{key}"', f'op = "{op}"']
             lines += [f'window = "{window}"'] if window else []
             lines.append("")
+    lines = _without_expressions_over(lines, added)
     edited = "\n".join(lines) + "\n"
     if tomllib.loads(edited).get("event", {}).get("keys") != present + added:
         raise ValueError("could not name the entity keys in the config appliance init wrote")
     return edited, added
+
+
+def _without_expressions_over(lines: list[str], names: list[str]) -> list[str]:
+    """Drop init's `[[features.expression]]` tables that read a field now named as a key (not a number)."""
+    out: list[str] = []
+    table: list[str] | None = None
+    for line in lines + [""]:
+        if line.strip() == "[[features.expression]]":
+            table = [line]
+            continue
+        if table is not None:
+            if line.strip() and not line.lstrip().startswith("[") :
+                table.append(line)
+                continue
+            expr = " ".join(table)
+            if not any(re.search(rf"\b{re.escape(name)}\b", expr.split("expr", 1)[-1]) for name in names):
+                out += table
+            table = None
+        out.append(line)
+    return out[:-1]
 
 
 def _toml_list(values: list[str]) -> str:
