@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .entity_state import check_rings
 from .errors import ConfigError
 from .lifecycle_config import ChallengerSpec, Lifecycle, parse_challengers, parse_lifecycle
+from .rings import check_rings
 from .timeutil import parse_duration
 
 AGGREGATE_OPS = ("count", "sum", "mean", "min", "max", "std", "distinct", "last", "since", "rate")

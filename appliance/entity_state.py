@@ -15,14 +15,13 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .rings import ring_size
 
 if TYPE_CHECKING:
     from .config import AggregateSpec
 
 NAN = math.nan
 DEFAULT_TTL = 86400.0  # an entity key whose aggregates have no window (since, last) forgets after a day
-MAX_RING = 1024  # buckets per (key, field, window) ring; a longer one is refused at load (check_rings)
 DISTINCT_CAP = 128  # (value, bucket) pairs kept per distinct count; beyond, the oldest go (a lower bound)
 _STAT_OPS = {"count": (), "rate": (), "sum": ("sum",), "mean": ("sum",), "std": ("sum", "sumsq"),
              "min": ("min",), "max": ("max",)}
@@ -33,7 +32,7 @@ class _Slot:
     """A ring of buckets for one (field, window) on one key: [bid, count, stats...] per bucket.
 
     The window spans `buckets` buckets; the ring keeps `ring` >= `buckets` of them, the extra ones
-    covering the allowed lateness (`_ring_size`), so an out-of-order event still sees its whole window.
+    covering the allowed lateness (`rings.ring_size`), so an out-of-order event still sees its whole window.
     """
 
     field: str | None
@@ -85,11 +84,11 @@ class KeyLayout:
                 slot_key = (agg.field if agg.op not in ("count", "rate") else None, agg.window)
                 slot = self.slots.get(slot_key)
                 stats = set(_STAT_OPS[agg.op]) | (set(slot.stats) if slot else set())
-                ring = _ring_size(agg.window, buckets, lateness)
+                ring = ring_size(agg.window, buckets, lateness)
                 self.slots[slot_key] = _Slot(slot_key[0], agg.window, buckets, 0, tuple(sorted(stats)), ring)
             elif agg.op == "distinct":
                 dkey = (agg.field, agg.window)
-                ring = _ring_size(agg.window, buckets, lateness)
+                ring = ring_size(agg.window, buckets, lateness)
                 self.distinct.setdefault(dkey, _DistinctSlot(agg.field, agg.window, buckets, len(self.distinct), ring))
         for slot in self.slots.values():
             slot.offset = size
@@ -178,34 +177,6 @@ def _finish(op: str, totals: tuple, kinds: tuple[str, ...], window: float) -> fl
         variance = totals[1 + kinds.index("sumsq")] / count - mean * mean
         return math.sqrt(variance) if variance > 0 else 0.0
     return totals[1 + kinds.index(op)]
-
-
-def _ring_size(window: float, buckets: int, lateness: float) -> int:
-    """Buckets a ring keeps: the window's, plus enough for events up to `lateness` out of order.
-
-    An accepted event is at most `lateness` older than the newest event, so its bucket is at most
-    ceil(lateness / hop) before the newest bucket, and its window reaches B - 1 buckets further
-    back: B + ceil(lateness / hop) buckets, plus one spare. With that many positions a bucket an
-    accepted event needs is never overwritten by a newer one, whatever the lateness.
-    """
-    hop = window / buckets
-    extra = math.ceil(lateness / hop) + 1 if hop > 0 else 0
-    return buckets + extra
-
-
-def check_rings(aggregates: list[AggregateSpec], buckets: int, lateness: float) -> None:
-    """Refuse a lateness so long against a window's hop that its ring would exceed MAX_RING buckets
-    per entity (memory per entity grows with it); names the aggregates and what would fit."""
-    sizes = [(agg, _ring_size(agg.window, buckets, lateness)) for agg in aggregates
-             if agg.op in _STAT_OPS or agg.op == "distinct"]
-    too_long = [(agg, size) for agg, size in sizes if size > MAX_RING]
-    if too_long:
-        names = ", ".join(f'"{agg.name}" (key "{agg.key}", window {agg.window:g}s: {size} buckets)'
-                          for agg, size in too_long)
-        raise ConfigError(
-            f"[event] allowed_lateness {lateness:g}s is too long for {names}: a window keeps "
-            f"buckets_per_window + ceil(allowed_lateness / hop) + 1 buckets per entity, at most {MAX_RING}; "
-            "shorten allowed_lateness, lengthen the window or lower [features] buckets_per_window")
 
 
 def _distinct_count(entries: tuple, slot: _DistinctSlot, ts: float) -> int:

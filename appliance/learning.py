@@ -148,34 +148,28 @@ class OnlineModel:
                 self.labels_since_check = 0  # the next check compares with the restored version
                 return decisions
         self.labels_since_check += 1
-        if self._untrained_serves():
-            if self.paused or self.candidates[self.champion].n_learned < self.first_publish:
-                return decisions
-            self.labels_since_check = 0
-            self.last_check_ts = event_ts
-            return decisions + self.check(event_ts)
-        due = self.check_due()
-        interval = self.config.publish_interval
         if self.last_check_ts is None:
             self.last_check_ts = event_ts
-        timely = interval is not None and event_ts - self.last_check_ts >= interval
-        if (self.labels_since_check < due and not timely) or self.paused:
+        if self.paused or not self._check_is_due(event_ts):
             return decisions
         self.labels_since_check = 0
         self.last_check_ts = event_ts
         return decisions + self.check(event_ts)
 
-    @property
-    def first_publish(self) -> int:
-        return getattr(self.config, "first_publish", 1)  # a config pickled by an earlier release lacks it
+    def _check_is_due(self, event_ts: float) -> bool:
+        if self._untrained_serves():  # the untrained first version gives way as soon as the learner has learned
+            return self.candidates[self.champion].n_learned >= self.config.first_publish
+        interval = self.config.publish_interval
+        return self.labels_since_check >= self.check_due() or (
+            interval is not None and event_ts - self.last_check_ts >= interval)
 
     @property
     def gate_metric(self) -> str:
-        return getattr(self.config, "gate_metric", None) or GATE[self.task]
+        return self.config.gate_metric or GATE[self.task]
 
     def check_due(self) -> int:
         """Labels between two checks: n/YOUNG while the learner has n labels, at most `publish_every`."""
-        return max(self.first_publish, min(self.config.publish_every, self.n_learned // YOUNG))
+        return max(self.config.first_publish, min(self.config.publish_every, self.n_learned // YOUNG))
 
     def _untrained_serves(self) -> bool:
         return self.served.parent is None and self.served.n_learned == 0 and self.served.candidate == CHAMPION

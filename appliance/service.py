@@ -294,7 +294,7 @@ class Service:
 
     def stats(self, request: dict) -> dict:
         """Return the latest engine stats, server counters and uptime."""
-        stats = dict(self.board.snapshot)
+        stats = self.board.snapshot  # a fresh dict per read: ours to change
         stats["uptime_seconds"] = round(time.time() - self.started, 3)
         stats["inbox_lag_bytes"] = self._lag()
         stats["inbox_bytes"] = {"written": self.inbox.size, "released": self.inbox.released}

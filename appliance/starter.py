@@ -22,11 +22,11 @@ import itertools
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, SourceError
+from .starter_guess import MIN_BUCKETS, Guess, Role, Windows
 from .starter_toml import approx_duration, render_toml
 from .stream_profile import (
     FieldProfile,
@@ -48,7 +48,7 @@ LEAK_AUC = 0.99  # a field that alone ranks the inline label this well is probab
 BINARY = frozenset({"0", "1", "true", "false", "0.0", "1.0"})
 MAJORITY = 0.99  # a field is numeric (string, ...) when this share of its values are; the rest are dead letters
 OPTIONAL_MIN_MISSING = 0.001  # missing in fewer events than this share: bad events, not an optional field
-MIN_BUCKETS, MAX_BUCKETS = 16, 1024
+MAX_BUCKETS = 1024
 BURST_QUANTILE = 0.01  # the burst window: the quickest 1% of an entity's returns...
 RANDOM_BURST = -math.log(1 - BURST_QUANTILE)  # ...which for random (Poisson) arrivals is ~1.0% of the mean gap;
 BURSTY = 0.5  # an entity's quickest 1% within half that of its own mean gap: bursts, worth a window
@@ -57,59 +57,6 @@ MIN_SCALE_RATIO = 3  # a window less than 3x the next shorter one adds little: d
 LADDER = tuple(s for s in (60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 3 * 86400,
                            7 * 86400, 14 * 86400, 30 * 86400, 90 * 86400, 180 * 86400, 365 * 86400))
 AMOUNT_WORDS = ("amount", "price", "value", "total", "cost", "delay", "duration", "size", "qty", "quantity")
-
-
-@dataclass
-class Role:
-    """What init made of one field, and why."""
-
-    name: str
-    roles: list[str]
-    why: str
-    optional: bool = False
-
-
-@dataclass
-class Windows:
-    """One key's window lengths (seconds, shortest first, 1 to 3 of them) and why."""
-
-    scales: tuple[float, ...]
-    why: str
-
-    @property
-    def shortest(self) -> float:
-        return self.scales[0]
-
-    @property
-    def longest(self) -> float:
-        return self.scales[-1]
-
-
-@dataclass
-class Guess:
-    """The starter config's content, each choice beside its reason."""
-
-    profile: StreamProfile
-    fields: list[Role] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    numeric: list[str] = field(default_factory=list)
-    categorical: list[str] = field(default_factory=list)  # [event] categorical
-    one_hot: list[str] = field(default_factory=list)  # [features] categorical: categoricals and small keys
-    optional: list[str] = field(default_factory=list)
-    windows: dict[str, Windows] = field(default_factory=dict)
-    buckets: tuple[int, str] = (MIN_BUCKETS, "")
-    lateness: tuple[float, str] = (300.0, "")
-    labels: dict[str, Any] = field(default_factory=dict)
-    amount: tuple[str | None, str] = (None, "")
-
-    def warnings(self) -> list[str]:
-        """What will go wrong if the file is replayed as it is."""
-        found = list(self.profile.layout.notes)
-        if self.lateness[1].startswith("SORT"):
-            found.append("the file is not in time order; sort it by time, or many events will be dead letters")
-        if self.labels.get("why", "").startswith(("LABEL NOT BINARY", "no label field")):
-            found.append(self.labels["why"])
-        return found
 
 
 def read_sample(path: str, limit: int = HEAD_ROWS) -> list[dict[str, Any]]:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
+from .starter_guess import Guess
 from .timeutil import format_duration, format_timestamp
-
-if TYPE_CHECKING:
-    from .starter import Guess
 
 Write = Callable[[str], Any]
 MAX_AGGREGATES = 32  # per-key aggregates the starter writes at most (4 keys x 8)

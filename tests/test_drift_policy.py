@@ -15,7 +15,7 @@ from appliance.errors import ConfigError
 from appliance.model_spec import build_model
 
 from .test_engine import items, run
-from .test_lifecycle import LEARNER, audit_rows, config_with, flip_stream
+from .test_lifecycle import LEARNER, audit_rows, config_with, flip_stream, process_until
 
 SLOW = "preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.002))"
 
@@ -80,14 +80,7 @@ def test_probation_rolls_back_to_the_live_learner_when_the_promotion_loses_to_it
     replaced = model.served.version
     promotion = model.promote_candidate("slow", None, "a test promotion by policy", by_policy=True)
     engine._apply([promotion], "policy")
-    rows: dict[str, list] = {"audit": [], "models": []}
-    for item in parsed[change:]:
-        engine.process(item)
-        new = engine.take_rows()
-        rows["audit"] += new["audit"]
-        rows["models"] += new["models"]
-        if audit_rows(rows, "rollback"):
-            break
+    rows = process_until(engine, parsed[change:], "rollback")
     rollback = audit_rows(rows, "rollback")[0]
     assert "the live learner of main" in rollback["reason"]
     assert "the version it replaced" not in rollback["reason"].split(" did worse than ")[1].split(":")[0], \

@@ -180,10 +180,8 @@ def assert_close(got: dict, want: dict, where: str) -> None:
         assert math.isclose(got[name], value, rel_tol=1e-9, abs_tol=1e-6), f"{where}: {name} {got[name]} != {value}"
 
 
-@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream=streams())
-def test_served_features_equal_a_brute_force_recomputation(stream):
-    config = config_from_dict(CONFIG)
+def assert_served_equal_brute_force(config, stream):
+    """Every logged feature vector of a run over `stream` equals the brute force's, event by event."""
     engine = Engine(config)
     for item in to_items(config, stream):
         engine.process(item)
@@ -192,6 +190,12 @@ def test_served_features_equal_a_brute_force_recomputation(stream):
     assert set(logged) == set(expected)
     for event_id, want in expected.items():
         assert_close(logged[event_id], want, event_id)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=streams())
+def test_served_features_equal_a_brute_force_recomputation(stream):
+    assert_served_equal_brute_force(config_from_dict(CONFIG), stream)
 
 
 @settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -199,15 +203,7 @@ def test_served_features_equal_a_brute_force_recomputation(stream):
 def test_events_later_than_a_whole_window_still_see_their_whole_window(stream):
     """allowed_lateness longer than a window and than many of its hops: a late event's window is
     still whole (no ring position reused by a newer bucket it needs)."""
-    config = config_from_dict(LATE_CONFIG)
-    engine = Engine(config)
-    for item in to_items(config, stream):
-        engine.process(item)
-    logged = {row["event_id"]: orjson.loads(row["features"]) for row in engine.take_rows()["predictions"]}
-    expected = brute_force(config, stream)
-    assert set(logged) == set(expected)
-    for event_id, want in expected.items():
-        assert_close(logged[event_id], want, event_id)
+    assert_served_equal_brute_force(config_from_dict(LATE_CONFIG), stream)
 
 
 @pytest.fixture(scope="module")

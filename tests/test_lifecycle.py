@@ -53,6 +53,19 @@ def audit_rows(rows, action=None):
     return [row for row in rows["audit"] if action is None or row["action"] == action]
 
 
+def process_until(engine, items_, action):
+    """Process items until the audit trail has an `action` row; return the audit and models rows so far."""
+    rows: dict[str, list] = {"audit": [], "models": []}
+    for item in items_:
+        engine.process(item)
+        new = engine.take_rows()
+        rows["audit"] += new["audit"]
+        rows["models"] += new["models"]
+        if audit_rows(rows, action):
+            break
+    return rows
+
+
 def test_challengers_are_scored_in_shadow_on_the_same_labels():
     config = config_with({"challenger": [{"name": "twin", "spec": DEFAULT_MODELS["classification"]},
                                          {"name": "tree", "spec": "tree.HoeffdingTreeClassifier()"}]})
@@ -115,14 +128,7 @@ def test_a_policy_promotion_that_degrades_is_rolled_back_exactly():
                           "rollback_margin": 0.01})
     stream = flip_stream(600, change=250)
     engine = Engine(config)
-    rows: dict[str, list] = {"audit": [], "models": []}
-    for item in items(config, stream):  # up to the first rollback
-        engine.process(item)
-        new = engine.take_rows()
-        rows["audit"] += new["audit"]
-        rows["models"] += new["models"]
-        if audit_rows(rows, "rollback"):
-            break
+    rows = process_until(engine, items(config, stream), "rollback")  # up to the first rollback
     promotion = audit_rows(rows, "promote")[0]
     rollback = audit_rows(rows, "rollback")[0]
     assert rollback["actor"] == "policy" and rollback["id"] > promotion["id"]

@@ -286,7 +286,7 @@ def test_past_six_keys_the_rest_are_one_hot_or_left_out_and_the_config_loads(tmp
 
 
 def test_aggregates_stay_within_the_budget_dropping_burst_distincts_then_middle_counts_first():
-    from appliance.starter import Guess, Windows
+    from appliance.starter_guess import Guess, Windows
     from appliance.starter_toml import MAX_AGGREGATES, plan_aggregates
     from appliance.stream_profile import FieldProfile, Layout, StreamProfile
 
