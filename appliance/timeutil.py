@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from .errors import ConfigError, InvalidEvent
+from appliance.errors import ConfigError, InvalidEvent
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -65,7 +65,7 @@ def parse_timestamp(value: object) -> float:
         except ValueError:
             raise InvalidEvent(f"timestamp {value[:40]!r} is not ISO-8601 or epoch seconds") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         try:
             return _in_range(parsed.timestamp(), value)
         except (OverflowError, ValueError):  # an offset that moves it out of years 1-9999
@@ -74,8 +74,8 @@ def parse_timestamp(value: object) -> float:
 
 
 # Event times the appliance can print (stats, replies, dead letters): years 1 to 9999, UTC.
-MIN_TIMESTAMP = datetime(1, 1, 2, tzinfo=timezone.utc).timestamp()
-MAX_TIMESTAMP = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
+MIN_TIMESTAMP = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+MAX_TIMESTAMP = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
 
 
 def _in_range(seconds: float, value: object) -> float:
@@ -90,5 +90,5 @@ def format_timestamp(seconds: float) -> str:
     >>> format_timestamp(1767225603.5)
     '2026-01-01T00:00:03.500Z'
     """
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

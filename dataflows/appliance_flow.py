@@ -14,8 +14,9 @@ across workers would reorder them. Bytewax still parallelises reading and parsin
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import bytewax.operators as op
 import orjson
@@ -24,11 +25,11 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from appliance.config import EventSchema
-from appliance.engine import Engine
+from appliance.config.file import EventSchema
+from appliance.engine.core import Engine
 from appliance.errors import InvalidEvent
-from appliance.events import Event, decode, parse_event
-from appliance.order_log import OrderLog
+from appliance.ingest.events import Event, decode, parse_event
+from appliance.ingest.order_log import OrderLog
 
 INBOX = "inbox"
 
@@ -138,7 +139,7 @@ class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
         delay = max(0.0, self.next_checkpoint - time.monotonic())
         if self.stale_stats:
             delay = min(delay, STATS_DELAY)
-        return datetime.now(timezone.utc) + timedelta(seconds=delay)
+        return datetime.now(UTC) + timedelta(seconds=delay)
 
     def snapshot(self) -> None:
         return None  # the engine checkpoints itself into the store, with the input offsets

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from appliance.sources import InboxTail
+from appliance.ingest.inbox import InboxTail
 
 Item = tuple[str, int, Any]  # (source name, offset, payload)
 IDLE_POLL = timedelta(milliseconds=5)
@@ -92,7 +93,7 @@ class _ReplayPartition(StatefulSourcePartition[Item, None]):
                     self._end()
             due = self._due(self.lookahead[1])
             if due > now:
-                self.awake = datetime.fromtimestamp(due, tz=timezone.utc)
+                self.awake = datetime.fromtimestamp(due, tz=UTC)
                 return batch
             offset, payload = self.lookahead
             self.lookahead = None
@@ -132,7 +133,7 @@ class _InboxPartition(StatefulSourcePartition[Item, None]):
         return [(self.spec.name, offset, line) for offset, line in items]
 
     def next_awake(self) -> datetime | None:
-        return datetime.now(timezone.utc) + IDLE_POLL if self.idle else None
+        return datetime.now(UTC) + IDLE_POLL if self.idle else None
 
     def snapshot(self) -> None:
         return None

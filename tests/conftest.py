@@ -1,16 +1,27 @@
-"""Shared fixtures: short socket paths, small configs and event streams."""
+"""Shared fixtures and helpers: short socket paths, small configs and event streams, a running
+`appliance up`, engine items, drifting streams. Test modules import helpers from here, never from
+each other."""
 
 from __future__ import annotations
 
+import copy
+import csv
+import random
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from appliance.config import config_from_dict
+from appliance.config.file import config_from_dict
+from appliance.ingest.events import parse_event
+from appliance.timeutil import format_timestamp
 
 
 @pytest.fixture
@@ -77,7 +88,7 @@ def make_stream(n: int = 400, seed: int = 3, fraud_every: int = 9) -> list[dict]
 @contextmanager
 def serving(config, **options):
     """A real appliance serving `config` in this process (inbox and socket only: no source file)."""
-    from appliance.runtime import Appliance, RunOptions
+    from appliance.runtime.app import Appliance, RunOptions
 
     ready = threading.Event()
     appliance = Appliance(config, RunOptions(serve=True, read_source=False, on_ready=ready.set, **options))
@@ -89,3 +100,166 @@ def serving(config, **options):
     finally:
         appliance.stop()
         thread.join(60)
+
+
+# Shared by test modules in several rooms (they import them from here, never from each other)
+
+def processed(client):
+    counts = client.request("stats")["counts"]
+    return counts["predictions"] + counts["labels"] + counts["dead_letters"]
+
+
+def feed(client, stream):
+    """Ingest a stream over the socket and wait until the engine has processed every item of it
+    (each item becomes exactly one prediction, label or dead letter)."""
+    target = processed(client) + len(stream)
+    client.request("ingest", events=stream)
+    for _ in range(4000):
+        if processed(client) >= target:
+            return client.request("stats")
+        threading.Event().wait(0.005)
+    raise AssertionError(f"the engine did not process the stream: {processed(client)} of {target}")
+
+
+START = 1_767_225_600.0
+
+
+FROZEN = "linear_model.LogisticRegression(optimizer=optim.SGD(0.0), intercept_lr=0.0)"  # always scores 0.5
+
+
+LEARNER = "preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))"
+
+
+def flip_stream(n: int, change: int, seed: int = 7, shift_amount: bool = False) -> list[dict]:
+    """Labelled payments: fraud is a big amount until event `change`, a small one after it.
+
+    With `shift_amount`, amounts also move to a higher range at the change (data drift)."""
+    rng = random.Random(seed)
+    out = []
+    t = START
+    for i in range(n):
+        t += rng.uniform(5, 60)
+        amount = rng.uniform(0, 200) + (300 if shift_amount and i >= change else 0)
+        big = amount % 300 > 100 if shift_amount else amount > 100
+        fraud = big if i < change else not big
+        if rng.random() < 0.05:
+            fraud = not fraud
+        out.append({"type": "payment", "event_id": f"e{i}", "ts": t, "user": f"u{rng.randrange(30)}",
+                    "card": f"c{rng.randrange(40)}", "amount": round(amount, 2), "city": "lisbon",
+                    "label": int(fraud)})
+    return out
+
+
+def config_with(model: dict | None = None, lifecycle: dict | None = None):
+    data = copy.deepcopy(SMALL_CONFIG)
+    data["model"].update(model or {})
+    data["lifecycle"] = lifecycle or {}
+    return config_from_dict(data)
+
+
+def audit_rows(rows, action=None):
+    return [row for row in rows["audit"] if action is None or row["action"] == action]
+
+
+def process_until(engine, items_, action):
+    """Process items until the audit trail has an `action` row; return the audit and models rows so far."""
+    rows: dict[str, list] = {"audit": [], "models": []}
+    for item in items_:
+        engine.process(item)
+        new = engine.take_rows()
+        rows["audit"] += new["audit"]
+        rows["models"] += new["models"]
+        if audit_rows(rows, action):
+            break
+    return rows
+
+
+def items(config, stream, source="test"):
+    out = []
+    for offset, raw in enumerate(stream, start=1):
+        parsed = parse_event(raw, config.event, config.model.task)
+        kind = "label" if parsed.__class__.__name__ == "Label" else "event"
+        out.append((kind, source, offset, parsed, None, True) if kind == "event" else (kind, source, offset, parsed))
+    return out
+
+
+def run(engine, parsed_items):
+    rows: dict[str, list] = {}
+    for item in parsed_items:
+        engine.process(item)
+    for table, new in engine.take_rows().items():
+        rows.setdefault(table, []).extend(new)
+    return rows
+
+
+def write_config(directory, source, speed=0):
+    lines = [f'[source]\nspec = "{source}"\nspeed = {speed}\n']
+    lines.append("[event]\nkeys = [\"user\", \"card\"]\nnumeric = [\"amount\"]\ncategorical = [\"city\"]\n"
+                 "allowed_lateness = \"10m\"\n")
+    lines.append("[labels]\nhorizon = \"1h\"\ndefault = 0\n")
+    lines.append("[model]\ntask = \"classification\"\npublish_every = 20\nmetric_window = 50\n")
+    lines.append("[features]\nhash_buckets = 8\n")
+    for agg in SMALL_CONFIG["features"]["aggregate"]:
+        body = "\n".join(f'{k} = "{v}"' for k, v in agg.items())
+        lines.append(f"[[features.aggregate]]\n{body}\n")
+    path = directory / "appliance.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+class Running:
+    """An `appliance up` subprocess; waits for its ready line instead of sleeping."""
+
+    def __init__(self, directory, *args):
+        self.socket = str(directory / "a.sock")
+        command = [sys.executable, "-m", "appliance", "up", "--socket", self.socket,
+                   "--db", str(directory / "a.db"), "--status-every", "0.5", *args]
+        self.proc = subprocess.Popen(command, cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines = []
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("ready:"):
+                return
+        raise AssertionError("appliance up never became ready:\n" + "".join(self.lines) + self.proc.stderr.read())
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, "".join(self.lines) + out, err
+
+
+def wait_for(predicate, timeout=30.0, explain=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)  # polling an observable condition with a deadline, not a timing assumption
+    raise AssertionError("condition not reached" + (f": {explain()}" if explain else ""))
+
+
+def labels_in(path):
+    return sum(1 for line in path.read_text().splitlines() if '"label"' in line and '"type": "label"' in line)
+
+
+def wait_for_models(client, condition):
+    """Poll the `models` op until `condition(reply)` holds; return that reply."""
+    for _ in range(4000):
+        state = client.request("models")
+        if condition(state):
+            return state
+        threading.Event().wait(0.005)
+    raise AssertionError(f"condition never held: {state}")
+
+
+def write_csv(path, n=1500):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["type", "event_id", "ts", "user_id", "card_id", "amount",
+                                                    "city", "label"])
+        writer.writeheader()
+        for raw in make_stream(n):
+            row = dict(raw, ts=format_timestamp(raw["ts"]))
+            if "user" in row:
+                row["user_id"], row["card_id"] = row.pop("user"), row.pop("card")
+            writer.writerow(row)

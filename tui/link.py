@@ -51,7 +51,7 @@ class Link:
                 self._writer.write(orjson.dumps({"op": op, "id": request_id, **fields}) + b"\n")
                 await self._writer.drain()
                 line = await asyncio.wait_for(self._reader.readline(), self.timeout)
-            except (asyncio.TimeoutError, OSError, ConnectionError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 self._drop("stale" if isinstance(exc, asyncio.TimeoutError) else "disconnected",
                            f"{op}: {exc.__class__.__name__}")
                 raise LinkError(f"no reply to {op}") from None
@@ -80,7 +80,7 @@ class Link:
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.socket_path, limit=1 << 24), self.timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             self._drop("disconnected", f"cannot connect to {self.socket_path}: {exc.__class__.__name__}")
             raise LinkError(self.detail) from None
         self.state = "connected"
@@ -90,7 +90,7 @@ class Link:
             await self._writer.drain()
             line = await asyncio.wait_for(self._reader.readline(), self.timeout)
             health = orjson.loads(line) if line else {}
-        except (asyncio.TimeoutError, OSError, orjson.JSONDecodeError):
+        except (TimeoutError, OSError, orjson.JSONDecodeError):
             health = {}
         identity = (health.get("pid"), health.get("started_at")) if isinstance(health, dict) else (None, None)
         if self.identity is not None and identity != self.identity and identity != (None, None):

@@ -10,6 +10,13 @@
 * `ingest`, `lifecycle`, `console`: the ingest, start-up/recovery and console-CPU measurements.
 """
 
-from .measure import entity_memory, machine, offline_latency, payments_like_sample, predict_latency, predict_line
+from appliance.bench.measure import (
+    entity_memory,
+    machine,
+    offline_latency,
+    payments_like_sample,
+    predict_latency,
+    predict_line,
+)
 
 __all__ = ["entity_memory", "machine", "offline_latency", "payments_like_sample", "predict_latency", "predict_line"]

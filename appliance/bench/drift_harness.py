@@ -115,7 +115,7 @@ def events(pairs: Iterator[tuple[dict, Any]], labels: str, delay: int) -> Iterat
 
 def config_for(fields: list[str], spec: str, delay: int, lifecycle: Any) -> Any:
     """A config over the generator's fields as they are (no aggregates), labels awaited 2x `delay` minutes."""
-    from ..config import config_from_dict
+    from appliance.config.file import config_from_dict
 
     config = config_from_dict({
         "event": {"numeric": fields, "allowed_lateness": "1h"},
@@ -126,7 +126,7 @@ def config_for(fields: list[str], spec: str, delay: int, lifecycle: Any) -> Any:
 
 
 def lifecycle_for(run: str) -> Any:
-    from ..lifecycle_config import Lifecycle
+    from appliance.config.lifecycle import Lifecycle
 
     base = Lifecycle()
     if run in ("policy", OLD_WARM_START):
@@ -148,8 +148,8 @@ class Outcome:
 
 def run_case(scenario: str, labels: str, model: str, run: str, plan: Plan, n: int | None = None) -> tuple[Outcome, int | None]:
     """Replay one generated stream through a real Engine; return what served and the change point."""
-    from ..engine import Engine
-    from ..events import Label, parse_event
+    from appliance.engine.core import Engine
+    from appliance.ingest.events import Label, parse_event
 
     n = n or plan.events
     pairs, change = stream(scenario, n, plan.seed)
@@ -192,7 +192,7 @@ def collect(rows: dict[str, list], scores: dict[str, float], out: Outcome, seen:
 
 def serve_onnx(engine: Any, raw: list[dict], fields: list[str]) -> None:
     """Fit a logistic regression offline on the first labelled events, serve it as a frozen champion."""
-    from ..offline import train
+    from appliance.offline.train import train
 
     labelled = {e["event_id"]: e.get("label") for e in raw if e["type"] == "label"}
     rows = [{**e, "label": e.get("label", labelled.get(e["event_id"]))} for e in raw if e["type"] == "sample"]
@@ -232,7 +232,7 @@ def summarise(scenario: str, labels: str, model: str, run: str, out: Outcome, ch
 
 def run(plan: Plan, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Every case of `plan`; the rows, the false-alarm rows and the machine."""
-    from .measure import machine
+    from appliance.bench.measure import machine
 
     rows, stationary = [], []
     for scenario in plan.scenarios:

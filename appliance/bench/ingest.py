@@ -56,7 +56,7 @@ def raw_once(vectors: str, spec: str, task: str, save_model: str | None = None) 
 def logged_vectors(db: str, task: str) -> list[tuple[dict, Any]]:
     """The feature vector of each ingested event in stream order, with its label (None when it got
     none, or only a late one the appliance did not learn)."""
-    from ..store import open_db
+    from appliance.storage.store import open_db
 
     conn = open_db(db).conn
     try:
@@ -80,8 +80,8 @@ def _child(args: list[str]) -> dict[str, Any]:
 
 
 def _run_appliance(config_path: str, source: str, db: str) -> dict[str, Any]:
-    from ..runtime import Appliance, RunOptions
-    from ..settings import resolve_config
+    from appliance.runtime.app import Appliance, RunOptions
+    from appliance.runtime.settings import resolve_config
 
     config = resolve_config(config_path, source, db=db, speed=0.0)
     appliance = Appliance(config, RunOptions(serve=False, fresh=True))
@@ -96,7 +96,7 @@ def _run_appliance(config_path: str, source: str, db: str) -> dict[str, Any]:
 
 
 def _run_raw(vectors_path: str, spec: str, task: str, save_model: str | None) -> dict[str, Any]:
-    from ..model_spec import build_model
+    from appliance.config.model_spec import build_model
 
     vectors = pickle.loads(Path(vectors_path).read_bytes())
     model = build_model(spec, task)

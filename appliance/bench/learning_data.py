@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ApplianceError
+from appliance.errors import ApplianceError
 
 
 class MissingDataset(ApplianceError):

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .learning_data import DATASETS, Dataset, EventFile, MissingDataset
+from appliance.bench.learning_data import DATASETS, Dataset, EventFile, MissingDataset
 
 QUICK_EVENTS = 3000  # --quick: the first events of each dataset
 AUC_GAP, ERROR_GAP = 0.01, 0.10
@@ -177,10 +177,10 @@ def run_dataset(dataset: Dataset, workdir: Path, limit: int | None, log: Any = N
 
 
 def _run_appliance(dataset: Dataset, events: EventFile, folder: Path, row: Row, log: Any) -> None:
-    from ..config import load_config
-    from ..runtime import Appliance, RunOptions
-    from ..settings import resolve_config
-    from ..starter import write_starter
+    from appliance.config.file import load_config
+    from appliance.init.starter import write_starter
+    from appliance.runtime.app import Appliance, RunOptions
+    from appliance.runtime.settings import resolve_config
 
     config_path = folder / "appliance.toml"
     log(f"{dataset.name}: appliance init")
@@ -235,7 +235,7 @@ def verdict(row: Row) -> str:
 def run(names: list[str] | None = None, *, quick: bool = False, held_out: bool = False,
         workdir: Path | None = None, log: Any = None) -> dict[str, Any]:
     """Run the comparison on the named datasets (default: the development ones; `held_out` adds the rest)."""
-    from . import machine
+    from appliance.bench import machine
 
     unknown = [n for n in names or [] if n not in DATASETS]
     if unknown:

@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from ..client import Client
-from .measure import payments_like_sample, predict_line
+from appliance.bench.measure import payments_like_sample, predict_line
+from appliance.serving.client import Client
 
 
 @dataclass
@@ -152,7 +152,7 @@ def recovery(directory: Path, config: str, source: str, lines: int, timeout: flo
 
 def _checkpointed_lines(db: str) -> int:
     """Lines of the source file covered by the newest committed checkpoint (0 before the first)."""
-    from ..store import open_db
+    from appliance.storage.store import open_db
 
     conn = open_db(db).conn
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..client import Client
+from appliance.serving.client import Client
 
 
 def machine() -> dict[str, Any]:
@@ -76,7 +76,7 @@ def entity_memory(config: Any, entities: int, events_per_entity: int = 3, seed: 
     """
     import gc
 
-    from ..features import FeatureSpace
+    from appliance.features.space import FeatureSpace
 
     space = FeatureSpace.for_config(config)
     rng = random.Random(seed)
@@ -135,8 +135,8 @@ def offline_latency(model_path: str, db_path: str, rows: int = 5000) -> dict[str
 
     import numpy as np
 
-    from ..offline import load_onnx_file
-    from ..store import open_db
+    from appliance.learning.onnx_model import load_onnx_file
+    from appliance.storage.store import open_db
 
     model = load_onnx_file(model_path, None, None)
     db = open_db(db_path)

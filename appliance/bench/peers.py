@@ -137,12 +137,12 @@ def serve_echo(path: str) -> None:
 
 
 def serve_fastapi(path: str, model_path: str) -> None:
-    import uvicorn
-
     import importlib.util
 
+    import uvicorn
+
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"  # uvicorn's fastest parser if present
-    from .fastapi_peer import app_for
+    from appliance.bench.fastapi_peer import app_for
 
     uvicorn.run(app_for(model_path), uds=path, loop="uvloop", http=http, log_level="warning",
                 access_log=False, workers=1)

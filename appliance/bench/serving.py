@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from . import peers, wire
-from .measure import predict_line
+from appliance.bench import peers, wire
+from appliance.bench.measure import predict_line
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from ..entity_history import index_entity_keys
-from ..store import TABLES, _insert_sql, open_db
+from appliance.storage.entity_history import index_entity_keys
+from appliance.storage.store import TABLES, _insert_sql, open_db
+
 
 def sample_rows(limit: int) -> list[tuple]:
     columns = list(TABLES["events"][0])
@@ -55,8 +56,7 @@ def insert_seconds(rows: list[tuple], keys: tuple[str, ...]) -> float:
 
 def main(events: int = 50_000, rounds: int = 3) -> None:
     import sample_data
-
-    from ..config import load_config
+    from appliance.config.file import load_config
 
     keys = tuple(load_config(sample_data.CONFIG).event.keys)
     rows = sample_rows(events)

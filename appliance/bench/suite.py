@@ -24,15 +24,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
-from . import ingest, lifecycle, peers, serving
-from .console import console_cpu
-from .measure import machine
+from appliance.bench import ingest, lifecycle, peers, serving
+from appliance.bench.console import console_cpu
+from appliance.bench.measure import machine
 
 
 @dataclass
@@ -232,8 +233,8 @@ def _console(socket_path: str, seconds: float) -> dict[str, Any]:
 
 def _one_reply(socket_path: str) -> bytes:
     """A real predict reply of the appliance (what redis will hold, so both send the same bytes)."""
-    from .measure import payments_like_sample, predict_line
-    from .wire import Target
+    from appliance.bench.measure import payments_like_sample, predict_line
+    from appliance.bench.wire import Target
 
     target = Target("appliance", socket_path, (predict_line(payments_like_sample(1, seed=11)[0]),), "line", b"")
     with target.connect() as sock:

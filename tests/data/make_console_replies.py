@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import tempfile
+import time
 from pathlib import Path
 
-from appliance.client import Client
-from appliance.health import stage_health
-
-from ..conftest import make_stream, serving
-from ..test_console import small_config
-from ..test_registry import feed
+from appliance.serving.client import Client
+from appliance.serving.health import stage_health
+from tests.conftest import feed, make_stream, serving
+from tests.tui.conftest import small_config
 
 OUT = Path(__file__).with_name("console_replies.json")
 

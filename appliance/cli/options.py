@@ -1,0 +1,57 @@
+"""What the `appliance` commands share: the store, socket and config options, and error handling."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.errors import ApplianceError
+
+DB_OPTION = click.option("--db", envvar="APPLIANCE_DB", default="appliance.db", show_default=True,
+                         help="SQLite store (env APPLIANCE_DB).")
+SOCKET_OPTION = click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", default="appliance.sock",
+                             show_default=True, help="Unix socket of the running appliance (env APPLIANCE_SOCKET).")
+CONFIG_OPTION = click.option("--config", "config_path", envvar="APPLIANCE_CONFIG", type=click.Path(dir_okay=False),
+                             help="appliance.toml to use (default: ./appliance.toml, else the bundled sample).")
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one-line click errors (exit code 1), no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApplianceError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def require_store(path: str) -> None:
+    """Fail with one line when a command that reads the store finds none."""
+    if not Path(path).exists():
+        raise click.ClickException(f'no store at "{path}"; run `appliance replay` or `appliance up` first')
+
+
+def on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        click.echo(f"\n{signal.Signals(signum).name}: stopping (answering in-flight requests, flushing)", err=True)
+        # Once: stopping waits for the server thread while holding the server's stop lock, and a second
+        # signal (Ctrl-C twice, SIGTERM then SIGINT) runs this handler again on the same thread, inside
+        # that wait; calling stop() again there deadlocked the process.
+        if stopping.is_set():
+            return
+        stopping.set()
+        stop()
+
+    stopping = threading.Event()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

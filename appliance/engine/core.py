@@ -1,0 +1,405 @@
+"""The engine: features, prediction, delayed-label learning and metrics for a stream of events.
+
+The dataflow owns one `Engine` and feeds it parsed items in arrival order. For each event the engine
+computes features from entity state as it was before the event, scores the event with the served
+model (and the learner, in shadow), logs the prediction with its feature vector, folds the event
+into entity state, and learns when the label arrives, on the logged vector. Everything is a function
+of the items and their event times, so a replay at full speed gives the same results as live.
+
+Items (built by `dataflows.appliance_flow.parse_batch`):
+    ("event", source, offset, Event, served | None, ingest)
+    ("label", source, offset, Label)
+    ("dead", source, offset, payload_text, reason)
+    ("control", source, offset, record)         an operator's command from the inbox: {"control":
+        "attributes" | "promote" | "rollback" | "pause" | "resume", ...}, applied between two events
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from appliance.config.file import Config
+from appliance.config.model_spec import DEFAULT_MODELS
+from appliance.engine.commands import EngineCommands, model_row
+from appliance.engine.label_join import LabelJoin, Pending, Scored
+from appliance.errors import ConfigError, InvalidEvent
+from appliance.features.category_stats import CategoryStats
+from appliance.features.space import FeatureSpace
+from appliance.ingest.events import Event, Label, check_not_ahead
+from appliance.learning.drift import DriftMonitor
+from appliance.learning.metrics import positive_score, predicted_label
+from appliance.learning.online_model import OnlineModel, upgrade
+from appliance.learning.report import model_summary
+from appliance.learning.versions import Decision, Published
+from appliance.timeutil import format_timestamp
+
+METRIC_EVERY = 200  # labels between two rows of metric history
+RECENTLY_EXPIRED = 100_000
+RECENT_AUDIT = 100  # audit rows kept in memory for the console
+RECENT_DEAD = 50  # dead letters kept in memory for the console (all of them are in the store)
+CURVE_POINTS = 500  # points of metric history kept in memory (one every METRIC_EVERY labels)
+
+COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediate", "labels_early",
+            "labels_late", "labels_orphaned", "labels_defaulted", "predictions_expired",
+            "dead_letters", "late_events", "duplicates", "future_events",
+            "labels_early_dropped")
+
+
+class Engine(EngineCommands):
+    """Owns entity state, the online model and pending labels; emits rows for the store."""
+
+    def __init__(self, config: Config, on_publish: Callable[[Published], None] | None = None) -> None:
+        self.config = config
+        self.task = config.model.task
+        self.space = FeatureSpace.for_config(config)
+        self.entities = self.space.new_store()
+        self.categories = CategoryStats(self.space)
+        self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
+        self.drift = DriftMonitor(config.lifecycle, self.task)
+        unknown = [name for name in config.lifecycle.drift_features if name not in self.space.names]
+        if unknown:
+            raise ConfigError(f"[lifecycle] drift_features: {', '.join(unknown)} not among the features "
+                              f"({', '.join(self.space.names[:8])}, ...)")
+        self.alert_seq = 0
+        self.join = LabelJoin(config.labels)
+        self.lateness = config.event.allowed_lateness
+        self.skew = config.event.max_future_skew
+        self.watermark = -math.inf
+        self.offsets: dict[str, int] = {}
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.recently_expired: OrderedDict[str, None] = OrderedDict()
+        self.dirty: set[tuple[str, str]] = set()
+        self.evicted: set[tuple[str, str]] = set()
+        self.sweep_ticks: dict[str, int] = {}
+        self.rows: dict[str, list[dict]] = _empty_rows()
+        self._restored_attributes: dict[str, int] = {}
+        self.audit_seq = 0
+        self.recent_audit: deque = deque(maxlen=RECENT_AUDIT)
+        self.recent_dead: deque = deque(maxlen=RECENT_DEAD)
+        self.curve: deque = deque(maxlen=CURVE_POINTS)
+        self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
+        self.on_publish = on_publish
+        self.rows["models"].append(model_row(self.model.served))
+        self._audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
+
+    # -- the per-item path -------------------------------------------------------------------
+    def process(self, item: tuple) -> None:
+        """Apply one parsed item; rows for the store accumulate in `self.rows`."""
+        kind, source, offset = item[0], item[1], item[2]
+        if kind == "event":
+            self._on_event(item[3], item[4], item[5], source, offset)
+        elif kind == "label":
+            self._on_label(item[3], source, offset)
+        elif kind == "control":
+            self._control(item[3])
+        else:
+            self._dead(source, offset, item[3], item[4])
+        if offset is not None:
+            self.offsets[source] = offset
+
+    def _on_event(self, event: Event, served: dict | None, ingest: bool, source: str, offset: int | None) -> None:
+        # A scored-only event (`"ingest": false`) is not part of the stream: it never moves event time
+        # or changes state, and once scored over the socket (`served`: features computed then) it is
+        # logged however far event time has moved on since.
+        if event.ts > self.watermark + self.skew and self._refuse_ahead(event.ts, event.raw, source, offset):
+            return
+        if (ingest or served is None) and event.ts < self.watermark - self.lateness:
+            self.counts["late_events"] += 1
+            behind = self.watermark - event.ts
+            reason = f"late: {behind:.0f}s behind the watermark {format_timestamp(self.watermark)} (allowed {self.lateness:.0f}s)"
+            self._dead(source, offset, orjson.dumps(event.raw).decode(), reason)
+            return
+        if event.event_id in self.join.pending:
+            self.counts["duplicates"] += 1
+            self._dead(source, offset, orjson.dumps(event.raw).decode(), f'duplicate event id "{event.event_id}"')
+            return
+        model = self.model
+        if served is None:
+            x = self.space.compute(event.values, event.ts, self.entities)
+            y_served = model.predict(model.served.model, x)
+            version = model.served.version
+        else:
+            x, y_served, version = served["x"], _as_prediction(served["score"], self.task), served["version"]
+        features = orjson.dumps(x)  # as logged, and as learned from when the label comes
+        if ingest:
+            self._ingest(event, source, offset)
+        self.counts["predictions"] += 1
+        self._log_event(event, source, offset, ingest)
+        if ingest and event.ts > self.watermark:
+            self.watermark = event.ts
+            self._sweep()
+        shadow = model.shadow(x)
+        self.rows["predictions"].append(self._prediction_row(event, features, y_served, shadow[model.champion],
+                                                             version, served))
+        if not ingest:  # scored only: not part of the stream, so nothing is learned from it
+            self._expire()
+            return
+        if self.drift.features:
+            for alert in self.drift.observe_features(x, event.ts):
+                self._on_alert(alert, self.config.lifecycle.on_data_drift)
+        label = event.label
+        status = "immediate"
+        if label is None:
+            label = self.join.pop_early(event.event_id)
+            status = "early"
+        scored = Scored(event.event_id, event.ts, x, shadow, y_served, version)
+        if label is None:
+            self.join.add(Pending.pack(scored, features))
+        else:
+            self._learn(scored, label, event.ts, status)
+        self._expire()
+
+    def _ingest(self, event: Event, source: str, offset: int | None) -> None:
+        self.space.update(event.values, event.ts, self.entities)
+        self.categories.observe(event.values)
+        for key in self.space.layouts:
+            entity = event.values.get(key)
+            if entity is not None:
+                self.dirty.add((key, entity))
+        self.counts["events"] += 1
+
+    def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
+        self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
+                                    "source": source, "offset": offset, "ingested": int(ingest),
+                                    "payload": orjson.dumps(event.raw).decode()})
+
+    def _sweep(self) -> None:
+        """Evict idle entities on an event-time schedule (a function of the watermark alone)."""
+        for pair in self.space.sweep(self.entities, self.watermark, self.sweep_ticks):
+            self.dirty.discard(pair)
+            self.evicted.add(pair)
+
+    def _refuse_ahead(self, ts: float, raw: dict, source: str, offset: int | None) -> bool:
+        """Dead-letter an event time too far ahead of the stream and of the clock (rare: off the hot path)."""
+        try:
+            check_not_ahead(ts, self.watermark, time.time(), self.skew)
+        except InvalidEvent as exc:
+            self.counts["future_events"] += 1
+            self._dead(source, offset, orjson.dumps(raw).decode(), f"future: {exc.reason}")
+            return True
+        return False
+
+    def _on_label(self, label: Label, source: str = "", offset: int | None = None) -> None:
+        if label.ts is not None and label.ts > self.watermark + self.skew and self._refuse_ahead(
+                label.ts, {"event_id": label.event_id, "ts": label.ts, "label": label.value}, source, offset):
+            return
+        self.counts["labels"] += 1
+        if label.ts is not None and label.ts > self.watermark:
+            self.watermark = label.ts
+        pending = self.join.take(label.event_id)
+        if pending is not None:
+            self._learn(pending.unpack(), label.value, label.ts if label.ts is not None else self.watermark, "joined")
+        elif label.event_id in self.recently_expired:
+            self.counts["labels_late"] += 1
+            self._label_row(label.event_id, label.ts, label.value, None, "late")
+        else:
+            self.counts["labels_early"] += 1
+            self.counts["labels_early_dropped"] += self.join.hold_early(label.event_id, self.watermark, label.value)
+        self._expire()
+
+    def _learn(self, pending: Scored, y: Any, label_ts: float, status: str) -> None:
+        delay = max(0.0, label_ts - pending.ts)
+        self.counts["labels_" + ("joined" if status == "early" else status)] += 1
+        if status in ("joined", "early"):
+            self.join.record_delay(delay)
+        decisions = self.model.learn(pending.x, y, pending.shadow, pending.y_served, self.watermark)
+        self._label_row(pending.event_id, label_ts, y, delay, status)
+        alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
+        if alert is not None:
+            self._on_alert(alert, self.config.lifecycle.on_concept_drift)
+        if self.model.n_learned % METRIC_EVERY == 0:
+            self.rows["metrics"].append(self._metric_row())
+        self._apply(decisions, "policy")
+
+    def _apply(self, decisions: list[Decision], actor: str) -> None:
+        """Log what the model decided: registry rows, the audit trail, and who to tell."""
+        for decision in decisions:
+            self._audit(decision.action, decision.version, decision.reason, actor)
+            if decision.new_version is not None:
+                self.rows["models"].append(model_row(decision.new_version))
+            if decision.switched:
+                if decision.action != "publish":
+                    self.drift.reset_concept()
+                if self.on_publish is not None:
+                    self.on_publish(self.model.served)
+
+    def _on_alert(self, alert: dict, action: str) -> None:
+        """Store a drift alert; with the "challenger" action, start a fresh challenger."""
+        self.alert_seq += 1
+        taken = "alert only"
+        if action == "challenger":
+            since = alert["evidence"].get("since_change") if alert["kind"] == "concept" else None
+            decision = self.model.start_challenger(f"{alert['kind']} drift on {alert['subject']}", since)
+            if decision is None:
+                taken = "none: a fresh challenger is already competing"
+            else:
+                name = decision.reason.split(" ", 1)[0]
+                scored = self.model.backfill(name, self.join.pending.values())
+                self.join.touch_all()  # repacked with the new shadow predictions
+                taken = f"{name} started"
+                self._apply([Decision(decision.action, None, f"{decision.reason}; it and the champion scored the "
+                                                               f"{scored} predictions waiting for labels")], "policy")
+        row = {**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(), "action": taken}
+        self.rows["alerts"].append(row)
+        self.drift.recent.append({**alert, "id": self.alert_seq, "action": taken})
+
+    def _expire(self) -> None:
+        join = self.join
+        if join.pending:
+            first = join.pending[next(iter(join.pending))]
+            if first.ts >= self.watermark - join.horizon and self.watermark < join.next_early_sweep:
+                return
+        elif not join.early or self.watermark < join.next_early_sweep:
+            return
+        expired, orphans = join.expire(self.watermark)
+        self.counts["labels_orphaned"] += orphans
+        for pending in expired:
+            self.counts["predictions_expired"] += 1
+            self._remember_expired(pending.event_id)
+            if join.default is not None:
+                y = bool(join.default) if self.task == "classification" else join.default
+                self._learn(pending.unpack(), y, pending.ts + join.horizon, "defaulted")
+
+    def _remember_expired(self, event_id: str) -> None:
+        self.recently_expired[event_id] = None
+        if len(self.recently_expired) > RECENTLY_EXPIRED:
+            self.recently_expired.popitem(last=False)
+
+    def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
+        self.counts["dead_letters"] += 1
+        row = {"source": source, "offset": offset, "reason": reason, "payload": payload[:65536],
+               "watermark": self._event_time()}
+        self.rows["dead_letters"].append(row)
+        self.recent_dead.append({**row, "payload": payload[:300]})
+
+    def _event_time(self) -> float | None:
+        return None if self.watermark == -math.inf else self.watermark
+
+    # -- rows ------------------------------------------------------------------------------
+    def _prediction_row(self, event: Event, features: bytes, y_served: Any, y_learner: Any, version: int,
+                        served: dict | None) -> dict:
+        if self.task == "classification":
+            score, learner_score = positive_score(y_served), positive_score(y_learner)
+            label = predicted_label(y_served)
+        else:
+            score, learner_score, label = y_served, y_learner, None
+        return {"event_id": event.event_id, "ts": event.ts, "version": version, "score": score,
+                "predicted": label, "learner_score": learner_score,
+                "origin": "socket" if served is not None else "stream",
+                "features": features.decode()}
+
+    def _label_row(self, event_id: str, ts: float | None, y: Any, delay: float | None, status: str) -> None:
+        value = float(y) if not isinstance(y, bool) else int(y)
+        self.rows["labels"].append({"event_id": event_id, "ts": ts, "label": value, "delay": delay,
+                                    "status": status})
+
+    def _metric_row(self) -> dict:
+        """One point of metric history: the store's row, and the in-memory curve the console draws."""
+        model = self.model
+        candidates = {name: c.evaluation.window_primary() for name, c in model.candidates.items()}
+        self.curve.append({"event_ts": self.watermark, "labels": model.n_learned, "version": model.served.version,
+                           "champion": model.champion, "served": model.served_eval.window_primary(),
+                           "candidates": candidates})
+        return {"labels": model.n_learned, "event_ts": self.watermark,
+                "version": model.served.version, "champion": model.champion,
+                "learner": orjson.dumps(model.learner_eval.values()).decode(),
+                "served": orjson.dumps(model.served_eval.values()).decode(),
+                "candidates": orjson.dumps(candidates).decode()}
+
+    def take_rows(self) -> dict[str, list[dict]]:
+        """Return the rows produced since the last call and start a new set."""
+        rows, self.rows = self.rows, _empty_rows()
+        return rows
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """Return everything needed to resume exactly here; entity state only where it changed."""
+        entities = [(key, entity, pickle.dumps(self.entities[key][entity], protocol=5))
+                    for key, entity in self.dirty if entity in self.entities[key]]
+        evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
+        self.dirty, self.evicted = set(), set()
+        versions = {name: table.version for name, table in self.space.attributes.items()}
+        core = {"model": self.model, "join": self.join, "watermark": self.watermark, "counts": self.counts,
+                "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
+                "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq,
+                "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq,
+                "curve": self.curve, "recent_dead": self.recent_dead}
+        return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
+                "evicted": evicted, "watermark": self.watermark, "pending": self.join.changes()}
+
+    def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]],
+                pending_rows: Iterable[tuple[str, float, bytes]] = ()) -> None:
+        """Resume from a checkpoint written by `checkpoint` (only ever from the local store).
+
+        `pending_rows` are the store's pending predictions (event id, ts, packed) in arrival order.
+        """
+        core = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
+        if isinstance(core, tuple):  # written by an earlier release
+            core = dict(zip(("model", "join", "watermark", "counts", "recently_expired", "offsets",
+                             "sweep_ticks", "categories"), core))
+        self.model, self.join, self.watermark = core["model"], core["join"], core["watermark"]
+        self.join.load(pending_rows)
+        self.counts = {**dict.fromkeys(COUNTERS, 0), **core["counts"]}
+        self.recently_expired, self.offsets = core["recently_expired"], core["offsets"]
+        self.sweep_ticks, self.categories = core["sweep_ticks"], core["categories"]
+        self._restored_attributes = core.get("attributes", {})
+        self.audit_seq = core.get("audit_seq", 0)
+        self.last_import = core.get("last_import", 0)
+        self.drift = core.get("drift") or self.drift
+        self.drift.lifecycle = self.config.lifecycle
+        self.alert_seq = core.get("alert_seq", 0)
+        self.curve = core.get("curve") or self.curve
+        self.recent_dead = core.get("recent_dead") or self.recent_dead
+        upgrade(self.model)
+        for key, entity, blob in entity_rows:
+            if key in self.entities:
+                state = pickle.loads(blob)  # noqa: S301
+                if len(state[0]) != self.space.layouts[key].size:  # rings sized by an earlier release
+                    raise ConfigError(f'entity state for "{key}" in the store has another layout (an earlier '
+                                      "release kept shorter rings for this allowed_lateness); start with --fresh")
+                self.entities[key][entity] = state
+        self.rows = _empty_rows()
+        self._apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
+
+    # -- stats -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Return counters, label-join figures and model metrics."""
+        return {
+            "counts": dict(self.counts),
+            "watermark": None if self.watermark == -math.inf else format_timestamp(self.watermark),
+            "pending_labels": len(self.join.pending),
+            "label_join_rate": _join_rate_of(self.counts),
+            "early_labels": len(self.join.early),
+            "label_delay_seconds": self.join.delay_quantiles(),
+            "entities": self.space.entity_count(self.entities),
+            "categorical": self.categories.summary(),
+            "fields": self.categories.missing_summary(),
+            "attributes": {name: {"version": table.version, "rows": len(table.rows)}
+                           for name, table in self.space.attributes.items()},
+            "custom_features": {custom.name: custom.summary() for custom in self.space.custom},
+            "model": model_summary(self.model),
+            "drift": self.drift.summary(),
+        }
+
+
+def _join_rate_of(counts: dict[str, int]) -> float | None:
+    """Share of resolved predictions whose label arrived (not expired into the default)."""
+    joined = counts["labels_joined"] + counts["labels_immediate"]
+    resolved = joined + counts["predictions_expired"]
+    return round(joined / resolved, 4) if resolved else None
+
+
+def _as_prediction(score: float, task: str) -> Any:
+    return {False: 1.0 - score, True: score} if task == "classification" else score
+
+
+def _empty_rows() -> dict[str, list[dict]]:
+    return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
+            "attribute_switches": [], "audit": [], "alerts": []}

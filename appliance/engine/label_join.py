@@ -1,0 +1,234 @@
+"""Join delayed labels to the predictions logged when their events were scored.
+
+A prediction waits in `pending` (keyed by event id) with the feature vector it was made on, until
+its label arrives or its horizon passes in event time; then the default label is learned or the
+prediction is dropped, as the policy says. A label that arrives before its event waits in `early`.
+Both maps are bounded by the horizon, so memory is bounded by the event rate times the horizon.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import orjson
+
+from appliance.config.file import LabelPolicy
+
+DEFAULT_HORIZON = 7 * 86400.0
+
+
+class Scored(NamedTuple):
+    """What learning needs of a prediction: its features, every candidate's shadow prediction
+    (by candidate name), the served prediction and version, all as they were at prediction time."""
+
+    event_id: str
+    ts: float
+    x: dict
+    shadow: Any
+    y_served: Any
+    version: int
+
+
+class Pending:
+    """A scored event waiting for its label, packed into one blob: the feature vector as it was
+    logged (JSON), the shadow predictions, the served prediction and version.
+
+    Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
+    and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
+    when the label arrives.
+    """
+
+    __slots__ = ("event_id", "ts", "packed")
+
+    def __init__(self, event_id: str, ts: float, packed: bytes) -> None:
+        self.event_id = event_id
+        self.ts = ts
+        self.packed = packed
+
+    @classmethod
+    def pack(cls, scored: Scored, features: bytes | None = None) -> Pending:
+        """Pack a prediction; `features` is its vector already encoded as JSON, if at hand."""
+        features = orjson.dumps(scored.x) if features is None else features
+        return cls(scored.event_id, scored.ts,
+                   pickle.dumps((features, scored.shadow, scored.y_served, scored.version), protocol=5))
+
+    def unpack(self) -> Scored:
+        features, shadow, y_served, version = pickle.loads(self.packed)  # noqa: S301 - our own blob
+        return Scored(self.event_id, self.ts, orjson.loads(features), shadow, y_served, version)
+
+    def repack(self, scored: Scored) -> None:
+        """Replace the packed fields (a challenger's late shadow prediction was added)."""
+        self.packed = Pending.pack(scored).packed
+
+    def __setstate__(self, state: Any) -> None:
+        slots = state[1] if isinstance(state, tuple) else state
+        if "packed" in slots:
+            for name, value in slots.items():
+                setattr(self, name, value)
+            return
+        # An earlier release kept the fields unpacked (and called the shadow prediction y_learner).
+        shadow = slots.get("shadow", slots.get("y_learner"))
+        scored = Scored(slots["event_id"], slots["ts"], slots["x"], shadow, slots["y_served"], slots["version"])
+        self.event_id, self.ts, self.packed = scored.event_id, scored.ts, Pending.pack(scored).packed
+
+
+MAX_EARLY = 100_000  # early labels held at most (the oldest is dropped past it, counted)
+MAX_EARLY_BYTES = 8 << 20  # and at most this many bytes of their event ids
+
+
+class LabelJoin:
+    """Pending predictions and early labels, expired by event time.
+
+    The pending predictions are checkpointed as changes: `changes` returns what was added (or
+    repacked) and what left since the last call, and the store applies them to its table of
+    pending rows in the checkpoint's transaction. A checkpoint's cost follows what changed, not
+    how many predictions wait (a long label horizon keeps a great many waiting).
+    """
+
+    def __init__(self, policy: LabelPolicy) -> None:
+        self.horizon = policy.horizon if policy.horizon is not None else DEFAULT_HORIZON
+        self.default = policy.default
+        # OrderedDict, not dict: popping from the front of a plain dict degrades to O(n) per peek.
+        self.pending: OrderedDict[str, Pending] = OrderedDict()
+        self.next_early_sweep = -float("inf")
+        self.early: OrderedDict[str, tuple[float, Any]] = OrderedDict()  # in arrival order
+        self.early_bytes = 0  # length of the held event ids
+        self.delays: list[float] = []  # bounded sample of label delays, for stats
+        self.seq = 0  # arrival order of pending predictions, kept by the store's rows
+        self._added: dict[str, int] = {}  # since the last checkpoint: event id -> seq
+        self._removed: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in ("pending", "_added", "_removed"):  # the store's pending rows carry these
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.seq = state.get("seq", 0)
+        if not isinstance(self.early, OrderedDict):  # a checkpoint of an earlier release: a plain dict
+            self.early = OrderedDict(self.early)
+        self.early_bytes = state.get("early_bytes", sum(map(len, self.early)))
+        self._added, self._removed = {}, set()
+        if "pending" in state:  # a checkpoint of an earlier release pickled them here: write them out
+            self.touch_all()
+        else:
+            self.pending = OrderedDict()
+
+    def load(self, rows: Iterable[tuple[str, float, bytes]]) -> None:
+        """Take back the pending predictions of the store's rows (event id, ts, packed), in seq order."""
+        for event_id, ts, packed in rows:
+            self.pending[event_id] = Pending(event_id, ts, packed)
+
+    def changes(self) -> tuple[list[tuple[str, int, float, bytes]], list[str]]:
+        """Return rows (event id, seq, ts, packed) to write and event ids to delete since the last call."""
+        pending = self.pending
+        rows = [(event_id, seq, pending[event_id].ts, pending[event_id].packed)
+                for event_id, seq in self._added.items()]
+        removed = list(self._removed)
+        self._added, self._removed = {}, set()
+        return rows, removed
+
+    def touch_all(self) -> None:
+        """Mark every pending prediction changed (after they were repacked in place)."""
+        for event_id in self.pending:
+            self.seq += 1
+            self._added[event_id] = self.seq
+
+    def add(self, pending: Pending) -> None:
+        """Start waiting for the label of a scored event."""
+        self.pending[pending.event_id] = pending
+        self.seq += 1
+        self._added[pending.event_id] = self.seq
+
+    def take(self, event_id: str) -> Pending | None:
+        """Return and forget the prediction waiting for this label, if any."""
+        pending = self.pending.pop(event_id, None)
+        if pending is not None:
+            self._forget(event_id)
+        return pending
+
+    def _forget(self, event_id: str) -> None:
+        # Even one added since the last checkpoint may have a row from an earlier one (touch_all).
+        self._added.pop(event_id, None)
+        self._removed.add(event_id)
+
+    def hold_early(self, event_id: str, seen_at: float, value: Any) -> int:
+        """Keep a label whose event has not arrived yet; return how many of the oldest were dropped.
+
+        Labels for ids that never come (a typo, another system's ids, a hostile client) would grow
+        memory until the horizon expires them: past `MAX_EARLY` labels or `MAX_EARLY_BYTES` of ids
+        the oldest go first (the least likely to meet their event; a label cannot be refused at the
+        socket, which cannot know whether its event is on the way).
+
+        >>> from appliance.config.file import LabelPolicy
+        >>> join = LabelJoin(LabelPolicy())
+        >>> sum(join.hold_early(f"e{i}", 0.0, True) for i in range(MAX_EARLY + 2)), next(iter(join.early))
+        (2, 'e2')
+        """
+        early = self.early
+        self.pop_early(event_id)  # a second label for the same id replaces the first, at the back
+        early[event_id] = (seen_at, value)
+        self.early_bytes += len(event_id)
+        dropped = 0
+        while len(early) > MAX_EARLY or self.early_bytes > MAX_EARLY_BYTES:
+            oldest, _ = early.popitem(last=False)
+            self.early_bytes -= len(oldest)
+            dropped += 1
+        return dropped
+
+    def pop_early(self, event_id: str) -> Any | None:
+        """Return the label held for an event that has just arrived, if any."""
+        held = self.early.pop(event_id, None)
+        if held is None:
+            return None
+        self.early_bytes -= len(event_id)
+        return held[1]
+
+    def record_delay(self, delay: float) -> None:
+        """Remember a label delay; keeps the most recent 4,096."""
+        self.delays.append(delay)
+        if len(self.delays) > 8192:
+            del self.delays[:4096]
+
+    def expire(self, watermark: float) -> tuple[list[Pending], int]:
+        """Remove predictions and early labels older than the horizon at `watermark`.
+
+        Returns the expired predictions (in arrival order) and how many early labels were dropped.
+        """
+        limit = watermark - self.horizon
+        expired = list(_take_while_old(self.pending, limit))
+        for pending in expired:
+            self._forget(pending.event_id)
+        orphans = 0
+        if self.early and watermark >= self.next_early_sweep:
+            self.next_early_sweep = watermark + self.horizon / 64
+            old = [key for key, (seen_at, _) in self.early.items() if seen_at < limit]
+            for key in old:
+                del self.early[key]
+                self.early_bytes -= len(key)
+            orphans = len(old)
+        return expired, orphans
+
+    def delay_quantiles(self) -> dict[str, float]:
+        """Return p50/p90/p99 label delay in seconds over recent labels."""
+        if not self.delays:
+            return {}
+        ordered = sorted(self.delays[-4096:])
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
+
+
+def _take_while_old(pending: OrderedDict[str, Pending], limit: float) -> Iterator[Pending]:
+    # Pending keeps arrival order, which is event-time order up to the allowed lateness.
+    while pending:
+        event_id = next(iter(pending))
+        item = pending[event_id]
+        if item.ts >= limit:
+            return
+        pending.popitem(last=False)
+        yield item

@@ -1,0 +1,201 @@
+"""The inbox: a durable append-only log of what clients send over the socket.
+
+Events ingested over the socket, predictions that enter the stream, and labels are appended here
+before they are acknowledged; the dataflow reads the log back by byte offset (`InboxTail`,
+below) and records that offset in its checkpoints. A `write(2)` to the page cache
+survives a `kill -9` of the appliance, so nothing acknowledged is lost to a process crash; a
+background `fsync` every `sync_every` seconds bounds what an OS crash or power cut can take.
+
+The log only grows in length (offsets never change), but its disk space is given back: once a
+checkpoint covering offset N is durable, `release(N)` punches a hole over the bytes before it
+(Linux `fallocate(PUNCH_HOLE)`; they read back as zeros and no restart reads them again). Where
+the file system cannot punch holes the log keeps its space, as before.
+
+Every complete line is a whole record, and only a whole record is acknowledged. A `kill -9` in the
+middle of a large append, or a disk that fills part-way through one, can leave a partial line at the
+end. Such a torn tail is never glued to the next record: the inbox notes it at open (and after a
+failed write) and starts its next append with a newline, so the fragment stays a line of its own,
+which the flow dead-letters as a torn write. A failed append is blanked (the bytes it managed to
+write are overwritten with spaces, which the reader skips) and raises `InboxWriteError`: the request
+is refused, never acknowledged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import threading
+from typing import IO
+
+import orjson
+
+from appliance.errors import ApplianceError
+
+log = logging.getLogger(__name__)
+
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_RELEASE_GRAIN = 1 << 20  # bytes: holes are punched in whole MiB
+READ_AHEAD = 1 << 20  # bytes the inbox tail reads at a time, and at most holds unread
+
+
+def _fallocate():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):  # not Linux / glibc
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    return fallocate
+
+
+class InboxWriteError(ApplianceError):
+    """An append did not reach the inbox whole; nothing of it will enter the stream."""
+
+    code = "write_failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot write to the inbox ({reason}); nothing was recorded, retry later")
+        self.message = str(self)
+
+
+def _ends_torn(fd: int, size: int) -> bool:
+    """Whether the file's last byte is not a newline (a write was cut short)."""
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+class Inbox:
+    """Append-only writer; used from the server's event-loop thread only."""
+
+    def __init__(self, path: str, *, sync_every: float = 0.2) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self.size = os.fstat(self._fd).st_size
+        self.torn = _ends_torn(self._fd, self.size)  # the next append starts with a newline
+        if self.torn:
+            log.warning("the inbox %s ends in a partial line (a write cut short); it will be dead-lettered", path)
+        self._dirty = False
+        self.released = 0  # bytes before this offset have been given back to the file system
+        self._release_lock = threading.Lock()  # release() runs on the store writer's thread
+        self._fallocate = _fallocate()
+        self._closed = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, args=(sync_every,), name="inbox-sync", daemon=True)
+        self._syncer.start()
+
+    def append(self, records: list[dict]) -> int:
+        """Append records as JSON lines; return the byte offset after the last one.
+
+        Raises:
+            InboxWriteError: nothing of `records` will be read back (what was written is blanked).
+        """
+        data = b"".join(orjson.dumps(record) + b"\n" for record in records)
+        if self.torn:
+            data = b"\n" + data
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._blank_failed_append()
+            raise InboxWriteError(exc.strerror or str(exc)) from None
+        self.size += len(data)
+        self.torn = False
+        self._dirty = True
+        return self.size
+
+    def _blank_failed_append(self) -> None:
+        """Overwrite what a failed append wrote with spaces (whole records in it must not be read)."""
+        size = os.fstat(self._fd).st_size
+        if size > self.size:
+            try:  # overwriting allocated blocks needs no new space; pwrite on an O_APPEND fd would append
+                fd = os.open(self.path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, b" " * (size - self.size), self.size)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("cannot blank a failed inbox append (%s)", exc.strerror)
+        self.size = size
+        self.torn = _ends_torn(self._fd, size)
+
+    def _sync_loop(self, every: float) -> None:
+        while not self._closed.wait(every):
+            if self._dirty:
+                self._dirty = False
+                os.fsync(self._fd)
+
+    def release(self, offset: int) -> int:
+        """Give back the disk space of the bytes before `offset` (in whole MiB); return the new mark."""
+        end = (min(offset, self.size) // _RELEASE_GRAIN) * _RELEASE_GRAIN
+        with self._release_lock:
+            if self._closed.is_set() or self._fallocate is None or end <= self.released:
+                return self.released
+            if self._fallocate(self._fd, _PUNCH_HOLE, self.released, end - self.released) != 0:
+                error = ctypes.get_errno()
+                log.warning("cannot give back inbox space (%s); the inbox keeps it", os.strerror(error))
+                self._fallocate = None
+                return self.released
+            self.released = end
+        return end
+
+    def close(self) -> None:
+        """Sync and close the log."""
+        with self._release_lock:
+            if not self._closed.is_set():
+                self._closed.set()
+                self._syncer.join()
+                os.fsync(self._fd)
+                os.close(self._fd)
+
+
+class InboxTail:
+    """Reads complete lines appended to the inbox file, from a byte offset.
+
+    It reads ahead at most `READ_AHEAD` bytes past what it has handed out: when the flow is behind,
+    the backlog stays in the file, not in memory (a line longer than that is read whole).
+    """
+
+    def __init__(self, path: str, start: int = 0) -> None:
+        self.path = path
+        self.position = start
+        self._buffer = b""
+        self._start = 0  # where the unread part of `_buffer` begins
+        self._handle: IO[bytes] | None = None
+
+    def read(self, limit: int = 1024) -> list[tuple[int, bytes]]:
+        """Return up to `limit` new `(offset, line)` items; empty when nothing new has arrived."""
+        if self._handle is None:
+            if not os.path.exists(self.path):
+                return []
+            self._handle = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+            self._handle.seek(self.position)
+        if len(self._buffer) - self._start < READ_AHEAD:
+            self._fill()
+        items: list[tuple[int, bytes]] = []
+        while len(items) < limit:
+            end = self._buffer.find(b"\n", self._start)
+            if end < 0:
+                if items or not self._fill():  # no whole line buffered: read on, unless at the end
+                    break
+                continue
+            line = self._buffer[self._start:end]
+            self.position += end + 1 - self._start
+            self._start = end + 1
+            if line.strip():
+                items.append((self.position, line))
+        return items
+
+    def _fill(self) -> bool:
+        chunk = self._handle.read(READ_AHEAD) if self._handle is not None else b""
+        if not chunk:
+            return False
+        self._buffer = self._buffer[self._start:] + chunk  # one copy per chunk read, not per call
+        self._start = 0
+        return True
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -1,0 +1,113 @@
+"""What competes to serve: candidates scored in shadow, and a promotion on probation.
+
+A `Candidate` is one model that predicts every event at event time and is scored on its label
+before it learns it: its lifetime prequential metrics, and a duel against the champion's learner on
+the same labels since the champion last changed (what promotion by policy compares). A `Probation`
+scores a policy promotion against the version it replaced and against the replaced champion's
+live learner, for an automatic rollback.
+`learning.OnlineModel` owns both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from appliance.learning.metrics import Evaluation, better_by, not_worse
+
+if TYPE_CHECKING:
+    from appliance.learning.versions import Published
+
+
+class Candidate:
+    """A model that predicts every event in shadow and is scored on every label."""
+
+    def __init__(self, name: str, spec: str, model: Any, task: str, window: int, *, learns: bool = True,
+                 origin: str = "config", version: int | None = None) -> None:
+        self.name = name
+        self.spec = spec
+        self.model = model
+        self.learns = learns
+        self.origin = origin
+        self.version = version  # a registered version put up as a challenger
+        self.evaluation = Evaluation(task, window)
+        self.duel = Evaluation(task, window)  # this candidate since the champion last changed...
+        self.duel_champion = Evaluation(task, window)  # ...and the champion's learner on the same labels
+        self.n_learned = 0
+
+    def reset_duel(self) -> None:
+        self.duel.reset_window()
+        self.duel_champion.reset_window()
+
+    def summary(self, champion: str) -> dict[str, Any]:
+        values = self.evaluation.values() if self.evaluation.count else {}
+        row = {"name": self.name, "role": "champion" if self.name == champion else "challenger",
+               "spec": self.spec, "learns": self.learns, "origin": self.origin, "n_learned": self.n_learned,
+               "labels_scored": self.evaluation.count, "metrics": values}
+        if self.name != champion:
+            row["versus_champion"] = {"labels": self.duel.window_count, "challenger": self.duel.window_primary(),
+                                      "champion": self.duel_champion.window_primary()}
+        return row
+
+
+class Verdict(NamedTuple):
+    """A probation's outcome: what the promotion lost to (empty: it passed), and the figures."""
+
+    lost_to: str
+    live_is_better: bool  # roll back to a new version of the live learner, not the replaced version
+    figures: str
+
+
+class Probation:
+    """A policy promotion on trial, on the same labels, against the two things it could have been:
+
+    * the frozen version it replaced (`current` is what serves now, `previous` that version), and
+    * the replaced champion's live learner, which kept learning in shadow and would have been
+      published by now (`mine` is the promoted candidate's learner, `live` that learner); `live` is
+      None when the replaced champion does not learn (an offline model).
+    """
+
+    live: Evaluation | None = None  # a probation pickled by an earlier release compares with the frozen version only
+
+    def __init__(self, predecessor: Published, champion: str, promoted: Published, task: str, window: int,
+                 *, live: bool = True) -> None:
+        self.predecessor = predecessor
+        self.champion = champion  # the candidate that was champion before
+        self.promoted = promoted.candidate
+        self.version = promoted.version
+        self.current = Evaluation(task, window)
+        self.previous = Evaluation(task, window)
+        self.mine = Evaluation(task, window)
+        self.live: Evaluation | None = Evaluation(task, window) if live else None
+
+    def update(self, y: Any, y_served: Any, y_previous: Any, y_mine: Any, y_live: Any) -> None:
+        """Score one label: served vs the replaced version, the promoted learner vs the live one."""
+        self.current.update(y, y_served)
+        self.previous.update(y, y_previous)
+        if self.live is not None and y_mine is not None and y_live is not None:
+            self.mine.update(y, y_mine)
+            self.live.update(y, y_live)
+
+    def verdict(self, margin: float, served: int, *, live_available: bool = True) -> Verdict:
+        """Judge the promotion (serving as version `served`): worse than either baseline by more than `margin`?
+
+        A rollback returns to the replaced champion's lineage: exactly the replaced version when it
+        scored at least as well as the live learner on these labels, else a new version of the learner.
+        """
+        better = self.current.bigger_is_better
+        now, before = self.current.window_primary(), self.previous.window_primary()
+        figures = (f"{self.current.primary} on the last {min(self.current.window_count, self.current.window)} "
+                   f"labels: v{served} {_fmt(now)} vs v{self.predecessor.version} {_fmt(before)}")
+        mine = live = None
+        if self.live is not None and live_available:
+            mine, live = self.mine.window_primary(), self.live.window_primary()
+            figures += f"; learners: {self.promoted} {_fmt(mine)} vs {self.champion} {_fmt(live)}"
+        figures += f" (margin {margin})"
+        lost = [what for what, a, b in (("the version it replaced", now, before),
+                                        (f"the live learner of {self.champion}", mine, live))
+                if a is not None and b is not None and not not_worse(a, b, margin, better)]
+        live_is_better = live is not None and (before is None or better_by(live, before, 0.0, better))
+        return Verdict(" and ".join(lost), live_is_better, figures)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,458 @@
+"""The online models: candidates that learn side by side, and the evaluated version that serves.
+
+Every candidate (the `[model]` learner, called "main", each `[[model.challenger]]`, fresh
+challengers started on drift, registered versions put up as challengers) predicts every event in
+shadow and is scored on every label, before it learns from it. The champion is the candidate whose
+lineage serves. The served model is a frozen copy, so the socket server can call it from its own
+thread without a lock; it changes only by a `Decision`:
+
+* publish: the champion's learner replaces the untrained first version once it has `first_publish`
+  labels; after that, at every check (every n/100 labels while the learner has n, at most every
+  `publish_every`; or, with `publish_interval`, once that much event time has passed), when its
+  recent `gate_metric` (log loss or MAE by default), scored on the same labels as the served
+  version's, is not worse than the served version's by more than `publish_margin` (refuse otherwise);
+* promote: a challenger whose learner beat the champion's learner by more than `promote_margin`
+  over at least `promote_after` labels scored by both (learner against learner: the served copy
+  lags by up to `publish_every` labels), or one an operator names;
+* rollback: a policy promotion that then does worse than the version it replaced, scored side by
+  side on the same labels for `rollback_after` labels (or an operator's rollback).
+
+Every version gets a number never reused; `catalog` keeps every version's metadata (the models
+themselves live in the store's registry), `history` the versions that served, in order.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+from appliance.config.file import CHAMPION, ModelConfig
+from appliance.config.lifecycle import Lifecycle
+from appliance.config.model_spec import build_model
+from appliance.learning.candidates import Candidate, Probation
+from appliance.learning.metrics import GATE, Evaluation, better_by, bigger_is_better, not_worse
+
+# Published and Decision lived here; checkpoints pickled before they moved name them by this module.
+from appliance.learning.versions import Decision, Published
+
+YOUNG = 100  # while the learner has n labels, checks come every n/YOUNG labels (it changes most early)
+HISTORY = 1000  # served versions remembered for rollback
+RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
+PROBATION = "@probation"  # the shadow score of the version a policy promotion replaced
+BACKFILL = "@backfill"  # suffix: (champion, its learner's score) made when a challenger scored a pending event late
+
+
+class OnlineModel:
+    """The candidates, their prequential evaluations, and the evaluated version that serves."""
+
+    def __init__(self, config: ModelConfig, spec: str, lifecycle: Lifecycle | None = None) -> None:
+        self.config = config
+        self.lifecycle = lifecycle or Lifecycle()
+        self.task = config.task
+        window = config.metric_window
+        self.candidates: dict[str, Candidate] = {
+            CHAMPION: Candidate(CHAMPION, spec, build_model(spec, config.task), config.task, window)}
+        for challenger in config.challengers:
+            self.candidates[challenger.name] = Candidate(
+                challenger.name, challenger.spec, build_model(challenger.spec, config.task), config.task, window)
+        self.champion = CHAMPION
+        self.served_eval = Evaluation(config.task, window)
+        # (x as JSON, y): warm starts replay these. Encoded, 10,000 examples are 10,000 objects to keep
+        # and to checkpoint, not half a million floats.
+        self.examples: deque = deque(maxlen=self.lifecycle.warm_start)
+        self.probation: Probation | None = None
+        self.n_learned = 0
+        self.labels_since_check = 0
+        self.last_check_ts: float | None = None  # event time of the last scheduled check
+        self.publications = 0
+        self.refusals = 0
+        self.promotions = 0
+        self.rollbacks = 0
+        self.retrains = 0
+        self.paused = False
+        self.last_version = 0
+        self.catalog: dict[int, dict[str, Any]] = {}
+        self.history: list[int] = []
+        self.recent: dict[int, Published] = {}
+        self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
+        self.history.append(self.served.version)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["recent"] = {}  # the registry in the store has them; a checkpoint stays small
+        return state
+
+    # -- the champion's learner ------------------------------------------------------------
+    @property
+    def learner(self) -> Any:
+        return self.candidates[self.champion].model
+
+    @property
+    def learner_eval(self) -> Evaluation:
+        return self.candidates[self.champion].evaluation
+
+    @property
+    def spec(self) -> str:
+        return self.candidates[self.champion].spec
+
+    # -- prediction and learning -----------------------------------------------------------
+    def predict(self, model: Any, x: dict) -> Any:
+        """Return a probability dict (classification) or a number (regression)."""
+        if self.task == "classification":
+            return model.predict_proba_one(x)
+        value = model.predict_one(x)
+        return 0.0 if value is None else float(value)
+
+    def shadow(self, x: dict) -> dict[str, Any]:
+        """Every candidate's prediction for `x` (and the probation predecessor's), by name."""
+        scores = {name: self.predict(candidate.model, x) for name, candidate in self.candidates.items()}
+        if self.probation is not None:
+            scores[PROBATION] = self.predict(self.probation.predecessor.model, x)
+        return scores
+
+    def learn(self, x: dict, y: Any, shadow: Any, y_served: Any, event_ts: float) -> list[Decision]:
+        """Score every candidate on this label, let them learn it, and decide what serves next."""
+        if not isinstance(shadow, dict) or (shadow and not isinstance(next(iter(shadow)), str)):
+            shadow = {CHAMPION: shadow}  # pending from an earlier release: the learner's prediction alone
+        self.served_eval.update(y, y_served)
+        y_champion = shadow.get(self.champion)
+        for name, candidate in self.candidates.items():
+            prediction = shadow.get(name)
+            if prediction is None:
+                pass
+            elif name + BACKFILL in shadow:  # a late prediction: judged only against the champion's, made then too
+                if shadow[name + BACKFILL][0] == self.champion:
+                    candidate.duel.update(y, prediction)
+                    candidate.duel_champion.update(y, shadow[name + BACKFILL][1])
+            else:
+                candidate.evaluation.update(y, prediction)
+                if name != self.champion and y_champion is not None:
+                    candidate.duel.update(y, prediction)
+                    candidate.duel_champion.update(y, y_champion)
+            if candidate.learns:
+                candidate.model.learn_one(x, y)
+                candidate.n_learned += 1
+        if self.examples.maxlen:
+            self.examples.append((orjson.dumps(x), y))
+        self.n_learned += 1
+        decisions = []
+        if self.probation is not None and PROBATION in shadow:
+            trial = self.probation
+            trial.update(y, y_served, shadow[PROBATION], shadow.get(trial.promoted), shadow.get(trial.champion))
+            decisions += self._judge_probation(event_ts)
+            if any(d.switched for d in decisions):
+                self.labels_since_check = 0  # the next check compares with the restored version
+                return decisions
+        self.labels_since_check += 1
+        if self.last_check_ts is None:
+            self.last_check_ts = event_ts
+        if self.paused or not self._check_is_due(event_ts):
+            return decisions
+        self.labels_since_check = 0
+        self.last_check_ts = event_ts
+        return decisions + self.check(event_ts)
+
+    def _check_is_due(self, event_ts: float) -> bool:
+        if self._untrained_serves():  # the untrained first version gives way as soon as the learner has learned
+            return self.candidates[self.champion].n_learned >= self.config.first_publish
+        interval = self.config.publish_interval
+        return self.labels_since_check >= self.check_due() or (
+            interval is not None and event_ts - self.last_check_ts >= interval)
+
+    @property
+    def gate_metric(self) -> str:
+        return self.config.gate_metric or GATE[self.task]
+
+    def check_due(self) -> int:
+        """Labels between two checks: n/YOUNG while the learner has n labels, at most `publish_every`."""
+        return max(self.config.first_publish, min(self.config.publish_every, self.n_learned // YOUNG))
+
+    def _untrained_serves(self) -> bool:
+        return self.served.parent is None and self.served.n_learned == 0 and self.served.candidate == CHAMPION
+
+    def check(self, event_ts: float | None) -> list[Decision]:
+        """The scheduled check: promote a challenger that wins, else publish the champion's learner."""
+        if self.lifecycle.auto_promote and self.probation is None:
+            winner = self._winning_challenger()
+            if winner is not None:
+                candidate, reason = winner
+                return [self.promote_candidate(candidate.name, event_ts, reason, by_policy=True)]
+        if not self.candidates[self.champion].learns:
+            return []  # a frozen champion (an offline model) has no learner to publish
+        return [self.try_publish(event_ts)]
+
+    def _winning_challenger(self) -> tuple[Candidate, str] | None:
+        life, best = self.lifecycle, None
+        for candidate in self.candidates.values():
+            if candidate.name == self.champion or candidate.duel.window_count < life.promote_after:
+                continue
+            mine, theirs = candidate.duel.window_primary(), candidate.duel_champion.window_primary()
+            if not better_by(mine, theirs, life.promote_margin, candidate.duel.bigger_is_better):
+                continue
+            if best is None or better_by(mine, best[1], 0.0, candidate.duel.bigger_is_better):
+                best = (candidate, mine, theirs)
+        if best is None:
+            return None
+        candidate, mine, theirs = best
+        primary = candidate.duel.primary
+        return candidate, (f"{candidate.name} beat the champion {self.champion} on the last "
+                           f"{min(candidate.duel.window_count, candidate.duel.window)} labels scored by both: "
+                           f"{primary} {mine:.4f} vs {theirs:.4f} (margin {life.promote_margin})")
+
+    def try_publish(self, event_ts: float | None) -> Decision:
+        """Publish the champion's learner if its recent gate metric is not worse than the served model's.
+
+        Both are scored on the same recent labels (the served figure over whichever versions served
+        them). The untrained first version gives way without a comparison once the learner has
+        `first_publish` labels.
+        """
+        if self._untrained_serves():
+            reason = f"first version: the learner has {self.candidates[self.champion].n_learned} labels"
+            published = self.publish_now(event_ts)
+            return Decision("publish", published.version, reason, published, True)
+        metric = self.gate_metric
+        ok = not_worse(self.learner_eval.window_value(metric), self.served_eval.window_value(metric),
+                       self.config.publish_margin, bigger_is_better(self.task, metric))
+        if not ok:
+            self.refusals += 1
+            return Decision("refuse", None, self.gate_reason())
+        published = self.publish_now(event_ts)
+        return Decision("publish", published.version, self.gate_reason(), published, True)
+
+    def gate_reason(self) -> str:
+        metric = self.gate_metric
+        learner, served = self.learner_eval.window_value(metric), self.served_eval.window_value(metric)
+        return (f"recent {metric}: learner {_fmt(learner)} vs served {_fmt(served)} "
+                f"(margin {self.config.publish_margin}) after {self.n_learned} labels")
+
+    def publish_now(self, event_ts: float | None) -> Published:
+        """Freeze the champion's learner as a new version and serve it, with no gate."""
+        published = self._new_version(self.candidates[self.champion], self.served.version, event_ts)
+        self.serve(published, reset_window=False)
+        self.publications += 1
+        return published
+
+    def promote_candidate(self, name: str, event_ts: float | None, reason: str, *, by_policy: bool) -> Decision:
+        """Serve candidate `name` (a frozen copy of its learner) and make it the champion."""
+        candidate = self.candidates[name]
+        predecessor, champion_before = self.served, self.champion
+        if candidate.learns:
+            published = self._new_version(candidate, self.served.version, event_ts)
+            new_version = published
+        else:
+            published = Published(model=candidate.model, **self.catalog[candidate.version])
+            new_version = None
+        self.champion = name
+        self.serve(published)
+        self.promotions += 1
+        if by_policy and self.lifecycle.auto_rollback:
+            live = champion_before in self.candidates and self.candidates[champion_before].learns
+            self.probation = Probation(predecessor, champion_before, published, self.task, self.config.metric_window,
+                                       live=live)
+        return Decision("promote", published.version, reason, new_version, True)
+
+    def _judge_probation(self, event_ts: float) -> list[Decision]:
+        """After `rollback_after` labels: keep the promotion, or roll back if it lost to either baseline.
+
+        It loses if what serves did worse than the version it replaced, or if the promoted learner did
+        worse than the replaced champion's live learner (which would have been published meanwhile).
+        A rollback returns to the replaced champion's lineage: the version it replaced when that one
+        scored at least as well as the live learner on the probation's labels (exactly that version
+        serves again), otherwise a new version of the live learner.
+        """
+        trial, life = self.probation, self.lifecycle
+        if trial.current.window_count < life.rollback_after or self.paused:
+            return []
+        self.probation = None
+        verdict = trial.verdict(life.rollback_margin, self.served.version, live_available=trial.champion in self.candidates)
+        figures = verdict.figures
+        if not verdict.lost_to:
+            return [Decision("keep", self.served.version, f"probation passed: {figures}")]
+        failed = f"{trial.promoted} (promoted as v{trial.version}, serving as v{self.served.version})"
+        lost_to, self.rollbacks = verdict.lost_to, self.rollbacks + 1
+        if trial.champion in self.candidates:
+            self.champion = trial.champion
+        if verdict.live_is_better:
+            published = self._new_version(self.candidates[trial.champion], self.served.version, event_ts)
+            self.serve(published)
+            decisions = [Decision("rollback", published.version, f"{failed} did worse than {lost_to}: {figures}; "
+                                                                 f"{trial.champion}'s learner serves as v{published.version}",
+                                  published, True)]
+        else:
+            self.serve(trial.predecessor)
+            decisions = [Decision("rollback", trial.predecessor.version,
+                                  f"{failed} did worse than {lost_to}: {figures}", None, True)]
+        if trial.promoted.startswith("retrain-") and trial.promoted in self.candidates:
+            decisions.append(self.retire(trial.promoted, f"its promotion (v{trial.version}) was rolled back"))
+        return decisions
+
+    # -- challengers -----------------------------------------------------------------------
+    def start_challenger(self, reason: str, since_change: int | None = None) -> Decision | None:
+        """A fresh model (`challenger_spec`, or the champion's), warm-started on what came after the change.
+
+        `since_change` is the detector's estimate of how many labels arrived since the change (ADWIN's
+        window after its cut); the challenger learns the last that many of the last `warm_start`
+        labelled examples, and none without an estimate: examples of the old concept would only teach
+        it what the champion already knows (`warm_start_from = "last"`: all of them, as before).
+        Returns None while the previous fresh challenger has not yet been scored on enough labels to
+        be judged (a burst of alerts starts one challenger).
+        """
+        life = self.lifecycle
+        fresh = [c for c in self.candidates.values() if c.name.startswith("retrain-") and c.name != self.champion]
+        if fresh and fresh[-1].duel.window_count < life.promote_after:
+            return None
+        champion = self.candidates[self.champion]
+        spec = life.challenger_spec or (champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec)
+        model = build_model(spec, self.task)
+        everything = life.warm_start_from == "last"
+        warm = len(self.examples) if everything else min(len(self.examples), max(0, since_change or 0))
+        for x, y in itertools.islice(self.examples, len(self.examples) - warm, None):
+            model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
+        self.retrains += 1
+        name = f"retrain-{self.retrains}"
+        candidate = Candidate(name, spec, model, self.task, self.config.metric_window, origin=reason)
+        candidate.n_learned = warm
+        decisions_note = ""
+        while len(self.candidates) - 1 >= life.max_challengers and fresh:
+            oldest = fresh.pop(0)
+            del self.candidates[oldest.name]
+            decisions_note += f"; retired {oldest.name} to stay within {life.max_challengers} challengers"
+        self.candidates[name] = candidate
+        start = (f"warm-started on the last {warm} labelled examples" + ("" if everything else " (since the estimated change)")
+                 if warm else "untrained (no estimate of the change)" if since_change is None else "untrained")
+        return Decision("challenger", None, f"{name} started ({spec}), {start}, after {reason}{decisions_note}")
+
+    def backfill(self, name: str, pending: Any) -> int:
+        """Let a new challenger score the predictions still waiting for their labels, now.
+
+        A challenger started at time T would otherwise be judged only on events it scored itself,
+        whose labels arrive up to a label horizon later. Scoring the waiting ones at T is fair only
+        against the champion's learner scoring them at T too (both know the labels that arrived
+        before T, neither knows these); so both scores are stored, these labels count only in the
+        challenger's duel, and never in its prequential metrics. Returns how many were scored.
+        """
+        candidate = self.candidates[name]
+        champion = self.candidates[self.champion]
+        count = 0
+        for waiting in pending:
+            scored = waiting.unpack()
+            shadow = scored.shadow
+            if not isinstance(shadow, dict) or name in shadow:
+                continue
+            shadow[name] = self.predict(candidate.model, scored.x)
+            shadow[name + BACKFILL] = (self.champion, self.predict(champion.model, scored.x))
+            waiting.repack(scored)
+            count += 1
+        return count
+
+    def add_challenger(self, published: Published) -> Decision:
+        """Put a registered version up as a challenger: a River model learns on, an offline one does not."""
+        name = f"v{published.version}"
+        learns = callable(getattr(published.model, "learn_one", None)) and not getattr(published.model, "frozen", False)
+        model = copy.deepcopy(published.model) if learns else published.model
+        candidate = Candidate(name, published.spec, model, self.task, self.config.metric_window, learns=learns,
+                              origin=f"registry v{published.version}", version=None if learns else published.version)
+        candidate.n_learned = published.n_learned
+        self.candidates[name] = candidate
+        what = "learns on from there" if learns else "is scored but does not learn"
+        return Decision("challenger", published.version, f"{name} put up as a challenger; it {what}")
+
+    def retire(self, name: str, reason: str) -> Decision:
+        """Drop a challenger (never the champion)."""
+        del self.candidates[name]
+        return Decision("retire", None, f"{name} retired: {reason}")
+
+    def reconcile(self, config: ModelConfig, lifecycle: Lifecycle) -> list[Decision]:
+        """After a restore: take the config's settings, add its new challengers, drop removed ones."""
+        self.config, self.lifecycle = config, lifecycle
+        if self.examples.maxlen != lifecycle.warm_start:
+            self.examples = deque(self.examples, maxlen=lifecycle.warm_start)
+        wanted = {c.name for c in config.challengers}
+        decisions = [self.retire(name, "it is no longer in the config") for name, c in list(self.candidates.items())
+                     if c.origin == "config" and name not in (CHAMPION, self.champion) and name not in wanted]
+        for challenger in config.challengers:
+            if challenger.name not in self.candidates:
+                self.candidates[challenger.name] = Candidate(challenger.name, challenger.spec,
+                                                             build_model(challenger.spec, self.task), self.task,
+                                                             config.metric_window)
+                decisions.append(Decision("challenger", None, f"{challenger.name} added from the config "
+                                                              f"({challenger.spec}); it starts untrained"))
+        return decisions
+
+    # -- serving ---------------------------------------------------------------------------
+    def serve(self, published: Published, *, reset_window: bool = True) -> None:
+        """Make `published` the served version (one reference swap).
+
+        A switch other than a publication restarts the served model's recent window and every
+        challenger's duel, so they compare with what serves now, not with what served before.
+        """
+        self.served = published
+        self.history.append(published.version)
+        del self.history[:-HISTORY]
+        if reset_window:
+            self.served_eval.reset_window()
+            for candidate in self.candidates.values():
+                candidate.reset_duel()
+
+    def previous(self) -> int | None:
+        """The version that served before the current one (what a rollback returns to)."""
+        current = self.served.version
+        for version in reversed(self.history):
+            if version != current:
+                return version
+        return None
+
+    def register(self, model: Any, spec: str, n_learned: int, metrics: dict, event_ts: float | None,
+                 candidate: str = "import") -> Published:
+        """Add a model from outside (an import) to the registry as a new version; it does not serve."""
+        self.last_version += 1
+        published = Published(version=self.last_version, model=model, spec=spec, parent=None, n_learned=n_learned,
+                              event_ts=event_ts, wall_ts=time.time(), metrics=metrics, candidate=candidate)
+        self.catalog[published.version] = published.describe()
+        self._remember(published)
+        return published
+
+    def _remember(self, published: Published) -> None:
+        self.recent[published.version] = published
+        while len(self.recent) > RECENT:
+            del self.recent[next(iter(self.recent))]
+
+    def _new_version(self, candidate: Candidate, parent: int | None, event_ts: float | None) -> Published:
+        self.last_version += 1
+        published = Published(
+            version=self.last_version, model=copy.deepcopy(candidate.model), spec=candidate.spec, parent=parent,
+            n_learned=candidate.n_learned, event_ts=event_ts, wall_ts=time.time(),
+            metrics=candidate.evaluation.values() if candidate.evaluation.count else {}, candidate=candidate.name)
+        self.catalog[published.version] = published.describe()
+        self._remember(published)
+        return published
+
+
+def upgrade(model: OnlineModel) -> None:
+    """Give a model restored from an earlier release's checkpoint the fields it lacked."""
+    state = model.__dict__
+    if "candidates" not in state:
+        champion = Candidate(CHAMPION, state.pop("spec"), state.pop("learner"), model.task, model.config.metric_window)
+        champion.evaluation = state.pop("learner_eval")
+        champion.n_learned = model.n_learned
+        model.candidates, model.champion = {CHAMPION: champion}, CHAMPION
+        model.lifecycle, model.examples, model.probation = Lifecycle(), deque(maxlen=Lifecycle().warm_start), None
+        model.promotions = model.rollbacks = model.retrains = 0
+    state.setdefault("last_check_ts", None)
+    for candidate in model.candidates.values():
+        candidate.evaluation.upgrade()
+    model.served_eval.upgrade()
+    if "catalog" not in state:
+        model.paused, model.recent = False, {}
+        model.last_version = model.served.version
+        model.catalog = {model.served.version: model.served.describe()}
+        model.history = [model.served.version]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

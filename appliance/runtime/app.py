@@ -1,0 +1,360 @@
+"""Wiring: config -> store -> engine (restored from its checkpoint) -> dataflow -> socket server.
+
+`Appliance` is what `appliance up` and `appliance replay` run. It owns the threads: the dataflow
+(one thread; Bytewax workers inside), the socket server (its own event loop), and the store writer.
+Stopping is ordered: the server stops accepting and answers what it already received, the inputs
+end (the inbox is drained first), the engine writes a final checkpoint, the writer commits.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.config.file import Config
+from appliance.config.model_spec import DEFAULT_MODELS, zeroing_warning
+from appliance.engine.core import Engine
+from appliance.errors import ConfigError
+from appliance.features import attributes
+from appliance.features.space import HASH
+from appliance.ingest.events import decode
+from appliance.ingest.order_log import OrderLog
+from appliance.ingest.readers import read_source, resolve_source
+from appliance.serving.availability import Availability, GuardedInbox, Outage
+from appliance.serving.board import StatsBoard
+from appliance.serving.service import Service
+from appliance.storage.entity_history import index_entity_keys
+from appliance.storage.ownership import StoreLock, make_private
+from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
+from appliance.timeutil import parse_timestamp
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(config: Config) -> str:
+    """Return a digest of what entity state and models depend on: schema, features, model."""
+    text = repr((config.event, config.features, config.model.task, config.model.spec))
+    if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
+        text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def warn_zeroing(config: Config) -> list[str]:
+    """Warn (log, once per start) about each model spec that will ignore the hashed categoricals."""
+    if not (config.features.categorical or any(spec.categorical for spec in config.features.attributes)):
+        return []
+    task = config.model.task
+    specs = [("[model] spec", config.model.spec or DEFAULT_MODELS[task])]
+    specs += [(f'[[model.challenger]] "{c.name}"', c.spec) for c in config.model.challengers]
+    if config.lifecycle.challenger_spec:
+        specs.append(("[lifecycle] challenger_spec", config.lifecycle.challenger_spec))
+    warnings = [w for what, spec in specs if (w := zeroing_warning(spec, task, what)) is not None]
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
+
+
+def load_attribute_files(config: Config, db: Any) -> list[tuple[str, int, bool]]:
+    """Copy each declared attribute CSV into the store as a new version if its content changed.
+
+    Returns (table, version, changed) per table. A missing file is only an error when the store
+    holds no version of that table yet; otherwise the stored version goes on serving.
+    """
+    loaded = []
+    for spec in config.features.attributes:
+        try:
+            version, changed = attributes.load_csv(db, spec, spec.path, now=time.time())
+        except ConfigError:
+            latest = attributes.latest_version(db, spec.name)
+            if latest is None or Path(spec.path).exists():
+                raise
+            log.warning('attributes "%s": "%s" is gone; serving stored version %d', spec.name, spec.path,
+                        latest["version"])
+            version, changed = latest["version"], False
+        loaded.append((spec.name, version, changed))
+    return loaded
+
+
+def store_files(db_path: str) -> list[Path]:
+    """Return the files that make up a store: the database, its WAL, the inbox log and the order log."""
+    return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox", "-order")]
+
+
+@dataclass
+class RunOptions:
+    """How to run: which inputs, whether to serve, how many Bytewax workers."""
+
+    serve: bool = True
+    read_source: bool = True
+    fresh: bool = False
+    workers: int = 1
+    tcp: tuple[str, int] | None = None
+    token: str | None = None
+    auth_timeout: float = 5.0  # seconds a TCP connection has to authenticate
+    on_ready: Callable[[], None] | None = None
+    on_tick: Callable[[Appliance], None] | None = None
+    metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1:PORT/metrics
+
+
+class Appliance:
+    """One appliance: prepared by `open`, run by `run`, stopped by `stop`."""
+
+    def __init__(self, config: Config, options: RunOptions) -> None:
+        self.config = config
+        self.options = options
+        self.stop_event = threading.Event()
+        self.board = StatsBoard()
+        self.server = None
+        self.error: BaseException | None = None
+        self.resumed = False
+        self.imported: list[int] = []  # versions registered at start from staged imports
+        self.availability = self._watch_stages()
+        self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
+        try:
+            if options.fresh:
+                for path in store_files(config.db):
+                    path.unlink(missing_ok=True)
+            for path in store_files(config.db):
+                if path.exists():
+                    make_private(path)
+            self.source = resolve_source(config.source) if options.read_source else None
+            self.engine = self._restore_engine()
+            self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _watch_stages(self) -> Availability:
+        """What refuses writes: the store writer failing, the order log failing, the dataflow stopped."""
+        availability = Availability()
+
+        def store() -> Outage | None:
+            failure = self.writer.failure
+            return None if failure is None else Outage("store", failure)
+
+        def order_log() -> Outage | None:
+            failure = getattr(getattr(self, "order_log", None), "failure", None)
+            return None if failure is None else Outage("order log", failure)
+
+        def flow() -> Outage | None:
+            thread = getattr(self, "_flow_thread", None)
+            if thread is None or thread.is_alive() or self.stop_event.is_set():
+                return None
+            return Outage("dataflow", "the dataflow has stopped; see the appliance's log")
+
+        for check in (store, order_log, flow):
+            availability.watch(check)
+        return availability
+
+    def failure(self) -> str | None:
+        """Why the last state could not be saved (a full disk...), or None."""
+        for found in (self.writer.failure, getattr(getattr(self, "order_log", None), "failure", None)):
+            if found is not None:
+                return found
+        return None
+
+    def stop_message(self) -> str:
+        """What `up` says once stopped: cleanly, or why the last state could not be saved."""
+        failure = self.failure()
+        latched = self.availability.latched
+        if failure is None and latched is not None:
+            return f"stopped; writes were refused since {latched.stage} went down: {latched.reason}"
+        if failure is None:
+            return "stopped cleanly"
+        return (f"stopped, but the last state could not be saved ({failure}); everything acknowledged is in the "
+                "inbox: the next start redoes the work since the last checkpoint")
+
+    def _restore_engine(self) -> Engine:
+        warn_zeroing(self.config)
+        engine = Engine(self.config)
+        db = open_db(self.config.db)
+        try:
+            saved = load_checkpoint(db)
+            if saved is not None:
+                if saved["fingerprint"] != fingerprint(self.config):
+                    raise ConfigError(
+                        f'the store "{self.config.db}" was built with other features, another model or '
+                        "an earlier release's categorical hash; "
+                        "start with --fresh or use another --db"
+                    )
+                engine.restore(saved["engine"], load_entities(db), load_pending(db))
+                engine.load_recent_audit(db)  # the trail as the store holds it, not this start's
+                self.resumed = True
+            index_entity_keys(db.conn, tuple(engine.space.layouts))
+            load_attribute_files(self.config, db)
+            engine.attach_attributes(db)
+            self.imported = engine.import_models(db)
+        finally:
+            db.conn.close()
+        return engine
+
+    def _inputs(self) -> list:
+        from dataflows.sources import InboxInput, ReplayInput
+
+        inputs: list = []
+        offsets = self.engine.offsets
+        if self.source is not None:
+            spec, schema, task = self.source, self.config.event, self.engine.task
+            start = int(offsets.get(spec, 0))
+            self.board.source = {"spec": spec, "ended_at": None}
+            inputs.append(ReplayInput(spec, lambda: read_source(spec, schema, task, start),
+                                      speed=self.config.speed, event_time=self._event_time,
+                                      on_end=self.board.source_ended))
+        if self.options.serve:
+            inputs.append(InboxInput("inbox", self.config.db + "-inbox", int(offsets.get("inbox", 0))))
+        return inputs
+
+    def _event_time(self, payload: Any) -> float | None:
+        try:
+            return parse_timestamp(decode(payload).get(self.config.event.time_field))
+        except Exception:  # pacing only; the parse step reports bad events properly
+            return None
+
+    def start_server(self) -> None:
+        """Open the inbox and start answering on the socket."""
+        from appliance.serving.protocol import Protocol
+        from appliance.serving.server import SocketServer
+
+        inbox = GuardedInbox(self.config.db + "-inbox", self.availability)
+        service = Service(self.engine, inbox, self.board)
+        service.flow_alive = lambda: self._flow_thread is not None and self._flow_thread.is_alive()
+        service.outage = self.availability.outage
+        server = SocketServer(Protocol(service.handlers()), unix_path=self.config.socket,
+                              tcp=self.options.tcp, token=self.options.token, auth_timeout=self.options.auth_timeout,
+                              watch_source=lambda: service.stats({}))
+        service.server_stats = server.stats
+        service.store_stats = self.writer.stats
+        server.start()
+        self.server, self.inbox, self.service = server, inbox, service
+        if self.options.metrics_port is not None:
+            from appliance.serving import prometheus
+
+            try:
+                self.metrics_http = prometheus.serve(self.options.metrics_port, lambda: service.stats({}))
+            except OSError as exc:
+                server.stop()
+                raise ConfigError(f"cannot serve metrics on 127.0.0.1:{self.options.metrics_port}: "
+                                  f"{exc.strerror or exc}") from None
+
+    def run(self) -> None:
+        """Run until the inputs end (replay) or `stop` is called (serving); re-raise flow errors."""
+        from bytewax.run import cli_main
+
+        from dataflows.appliance_flow import build_flow
+        from dataflows.sinks import StoreSink
+        from dataflows.sources import ApplianceSource
+
+        self.board.publish(self.engine, force=True)
+        if self.options.serve:
+            _tune_for_serving()
+        self.writer.start()
+        self._commit_start()
+        self._flow_thread = None
+        if self.options.serve:
+            self.start_server()
+        inputs = self._inputs()
+        self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
+        self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
+        self.writer.after_durable_checkpoint = self._released
+        flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
+                          fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
+                          after_batch=self.board.publish, order_log=self.order_log)
+
+        def run_flow() -> None:
+            try:
+                cli_main(flow, workers_per_process=self.options.workers)
+            except BaseException as exc:  # surfaced by run() on the main thread
+                self.error = exc
+                self.stop_event.set()
+
+        self._flow_thread = threading.Thread(target=run_flow, name="dataflow", daemon=True)
+        self._flow_thread.start()
+        if self.options.on_ready is not None:
+            self.options.on_ready()
+        try:
+            while self._flow_thread.is_alive():
+                self._flow_thread.join(0.2)
+                self._check_stages()
+                if self.options.on_tick is not None:
+                    self.options.on_tick(self)
+        finally:
+            self._shutdown()
+        if self.error is not None:
+            raise self.error
+
+    def _check_stages(self) -> None:
+        """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
+        if self.server is not None:
+            self.inbox.verify()
+        if self.stop_event.is_set() and self.writer.failure is not None:
+            self.writer.abandon()  # the flow may be waiting for room in the writer's queue
+
+    def _commit_start(self) -> None:
+        """Write the imports the start registered (staged while the appliance was stopped) with a
+        checkpoint that records them as done, without waiting for an event that may never come.
+
+        The rows are keyed (model version, audit id), so if the process dies before the checkpoint
+        commits, the next start registers the same imports under the same keys again.
+        """
+        if not self.imported:  # nothing else waits for a start checkpoint: the first batch carries it
+            return
+        self.writer.put_rows(self.engine.take_rows())
+        self.writer.put_checkpoint(fingerprint(self.config), self.engine.checkpoint())
+
+    def _released(self, offsets: dict[str, int]) -> None:
+        """A checkpoint with these offsets is durable: what lies before them may be given back."""
+        self.order_log.release(offsets)
+        if self.server is not None:
+            self.inbox.release(int(offsets.get("inbox", 0)))
+
+    def stop(self) -> None:
+        """Ask the appliance to stop; `run` returns once everything is flushed."""
+        if self.server is not None:
+            self.server.stop()
+        self.stop_event.set()
+
+    def _shutdown(self) -> None:
+        self.stop_event.set()
+        if self.server is not None:
+            self.server.stop()
+            self.inbox.close()
+            self.service.history.close()
+        if getattr(self, "metrics_http", None) is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
+        self.writer.close()
+        if getattr(self, "order_log", None) is not None:
+            self.order_log.close()
+        self.board.publish(self.engine, force=True)
+        if self.writer.error is not None and self.error is None:
+            self.error = self.writer.error
+        self.lock.release()
+
+    def flow_running(self) -> bool:
+        thread = getattr(self, "_flow_thread", None)
+        return thread is not None and thread.is_alive()
+
+
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while the socket thread waits for it
+
+
+def _tune_for_serving() -> None:
+    """Keep the socket thread's waits short while the dataflow and the store writer run.
+
+    The server answers from its own thread; with the default 5 ms GIL switch interval a request
+    can wait that long behind a busy dataflow thread. Objects alive at start (the restored model
+    and state) are moved out of the collector's sight, and young-generation collections are made
+    rarer, so full collections do not stall requests.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)

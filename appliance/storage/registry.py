@@ -1,0 +1,113 @@
+"""The model registry, read from the store: every version ever published, and the audit trail.
+
+The engine writes both (the `models` and `audit` tables); this module only reads them, for the
+CLI and for export. Which version serves is the engine's to change: the CLI asks a running
+appliance over the socket (`promote`, `rollback`, `publishing`), and the engine logs what it did.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+import orjson
+import sqlite_utils
+
+from appliance.errors import ConfigError, NotFound
+
+SERVING_ACTIONS = ("serve", "publish", "promote", "rollback")
+EXPORT_FORMAT = "appliance-model/1"
+
+
+def versions(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every registered version, oldest first, without the serialized model."""
+    rows = db.query("SELECT version, spec, parent, n_learned, event_ts, wall_ts, metrics, candidate, "
+                    "length(model) AS bytes FROM models ORDER BY version")
+    return [dict(row, metrics=orjson.loads(row["metrics"] or "{}")) for row in rows]
+
+
+def served_version(db: sqlite_utils.Database) -> int | None:
+    """The version serving as of the last committed audit row (None for an empty store)."""
+    marks = ", ".join("?" for _ in SERVING_ACTIONS)
+    row = db.execute(f"SELECT version FROM audit WHERE action IN ({marks}) ORDER BY id DESC LIMIT 1",
+                     SERVING_ACTIONS).fetchone()
+    return row[0] if row else None
+
+
+def audit(db: sqlite_utils.Database, version: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest audit rows (for one version if given), newest first."""
+    where, args = ("WHERE version = ?", [version]) if version is not None else ("", [])
+    return list(db.query(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
+
+
+def version(db: sqlite_utils.Database, number: int) -> dict[str, Any]:
+    """One version's metadata, or NotFound."""
+    for row in versions(db):
+        if row["version"] == number:
+            return row
+    raise NotFound(f"no model version {number} in the registry")
+
+
+def model_blob(db: sqlite_utils.Database, number: int) -> bytes | None:
+    """The pickled model of one version (read by the engine, from its own store only)."""
+    row = db.execute("SELECT model FROM models WHERE version = ?", [number]).fetchone()
+    return row[0] if row else None
+
+
+def staged_imports(db: sqlite_utils.Database, after: int) -> list[tuple]:
+    """Imports staged by `stage_import` with an id above `after`: (id, path, meta json, pickled model)."""
+    return db.execute("SELECT id, path, meta, model FROM model_imports WHERE id > ? ORDER BY id",
+                      [after]).fetchall()
+
+
+def export_version(db: sqlite_utils.Database, number: int, out: str) -> dict[str, Any]:
+    """Write one version to a zip: `meta.json` (spec, lineage, metrics) and `model.pkl`.
+
+    The pickle is River's own model object; load such a file only if you trust where it came from.
+    """
+    meta = version(db, number)
+    blob = model_blob(db, number)
+    meta = {"format": EXPORT_FORMAT, **{k: v for k, v in meta.items() if k != "bytes"}}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        archive.writestr("model.pkl", blob)
+    with open(out, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return meta
+
+
+def stage_import(db: sqlite_utils.Database, path: str, task: str, *, now: float) -> dict[str, Any]:
+    """Check a file written by `export_version` and stage it in the store for the engine to register.
+
+    The operator names the file; it is unpickled here, on this machine, to check that it is a model
+    for this task, and the engine loads it from the store (never from the socket).
+    """
+    import pickle
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            meta = orjson.loads(archive.read("meta.json"))
+            blob = archive.read("model.pkl")
+    except (OSError, KeyError, zipfile.BadZipFile, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f'"{path}" is not a model exported by `appliance models export`: {exc}') from None
+    if meta.get("format") != EXPORT_FORMAT or not isinstance(meta.get("spec"), str):
+        raise ConfigError(f'"{path}" has format {meta.get("format")!r}; expected {EXPORT_FORMAT!r}')
+    model = pickle.loads(blob)  # noqa: S301 - a file the operator named on the command line
+    needed = "predict_proba_one" if task == "classification" else "predict_one"
+    learns = callable(getattr(model, "learn_one", None)) or getattr(model, "frozen", False)
+    if not callable(getattr(model, needed, None)) or not learns:
+        raise ConfigError(f'"{path}" holds a {type(model).__name__}, not a River model for {task} '
+                          f"(it needs {needed} and learn_one)")
+    db["model_imports"].insert({"path": str(path), "meta": orjson.dumps(meta).decode(), "model": blob,
+                                "wall_ts": now})
+    return meta
+
+
+def stage_model(db: sqlite_utils.Database, model: Any, meta: dict[str, Any], path: str, *, now: float) -> None:
+    """Stage a model built on this machine (an offline ONNX model) for the engine to register."""
+    import pickle
+
+    db["model_imports"].insert({"path": str(path), "meta": orjson.dumps(meta).decode(),
+                                "model": pickle.dumps(model, protocol=5), "wall_ts": now})

@@ -1,0 +1,381 @@
+"""The durable store: one SQLite file (WAL), written by one thread, read by anyone.
+
+`StoreWriter` owns the only write connection. The engine hands it rows in batches through a bounded
+queue (a full queue blocks the flow: backpressure, never unbounded memory) and it commits them in
+few, large transactions, off the hot path. A checkpoint travels through the same queue, so it is
+committed after every row it covers: after a crash the last checkpoint never claims rows that are
+missing, and rows written after it are rewritten on replay with the same keys (idempotent).
+
+Schema and reads go through sqlite-utils; the batched writes use `executemany` with prepared
+statements because sqlite-utils' per-row type handling would cost the flow ~10 µs per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlite_utils
+
+from appliance.storage.ownership import make_private
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_ROWS = 20_000  # rows handed to the writer and not yet written (~30 MB on the sample)
+
+TABLES: dict[str, tuple[dict[str, type], Any]] = {
+    "events": ({"event_id": str, "seq": int, "ts": float, "source": str, "offset": int, "ingested": int,
+                "payload": str}, "event_id"),
+    "predictions": ({"event_id": str, "ts": float, "version": int, "score": float, "predicted": int,
+                     "learner_score": float, "origin": str, "features": str}, "event_id"),
+    "labels": ({"event_id": str, "ts": float, "label": float, "delay": float, "status": str}, "event_id"),
+    "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},
+                     ("source", "offset")),
+    "models": ({"version": int, "spec": str, "parent": int, "n_learned": int, "event_ts": float,
+                "wall_ts": float, "metrics": str, "model": bytes, "candidate": str}, "version"),
+    "metrics": ({"labels": int, "event_ts": float, "version": int, "learner": str, "served": str, "champion": str,
+                 "candidates": str},
+                "labels"),
+    "entity_state": ({"key": str, "entity": str, "state": bytes}, ("key", "entity")),
+    "pending_labels": ({"event_id": str, "seq": int, "ts": float, "packed": bytes}, "event_id"),
+    "attribute_versions": ({"name": str, "version": int, "path": str, "sha256": str, "rows": int,
+                            "loaded_at": float}, ("name", "version")),
+    "attribute_rows": ({"name": str, "version": int, "entity": str, "vals": str}, ("name", "version", "entity")),
+    "attribute_switches": ({"seq": int, "name": str, "version": int}, ("seq", "name")),
+    "audit": ({"id": int, "event_ts": float, "wall_ts": float, "action": str, "version": int, "reason": str,
+               "actor": str}, "id"),
+    "alerts": ({"id": int, "event_ts": float, "wall_ts": float, "kind": str, "detector": str, "subject": str,
+                "evidence": str, "action": str}, "id"),
+    "model_imports": ({"id": int, "path": str, "meta": str, "model": bytes, "wall_ts": float}, "id"),
+    "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
+}
+
+
+def open_db(path: str | Path) -> sqlite_utils.Database:
+    """Open (creating if needed, owner-only) the store with WAL and every table in place."""
+    make_private(path)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+    db = sqlite_utils.Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    for name, (columns, pk) in TABLES.items():
+        db[name].create(columns, pk=pk, if_not_exists=True)
+        missing = {c: t for c, t in columns.items() if c not in db[name].columns_dict}
+        for column, kind in missing.items():  # a store from an older release: add, never drop
+            db[name].add_column(column, kind)
+    db["events"].create_index(["seq"], if_not_exists=True)
+    for name, column in RETENTION_COLUMNS.items():
+        db[name].create_index([column], if_not_exists=True)
+    return db
+
+
+@contextmanager
+def reading(path: str | Path, db: sqlite_utils.Database | None = None) -> Iterator[sqlite_utils.Database]:
+    """Use `db` if given, else open the store at `path` for the block and close it after."""
+    if db is not None:
+        yield db
+        return
+    opened = open_db(path)
+    try:
+        yield opened
+    finally:
+        opened.conn.close()
+
+
+RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
+                     "metrics": "event_ts"}
+PRUNE_EVERY = 3600.0  # seconds of event time between two retention passes
+RELEASE_EVERY = 30.0  # wall seconds between two releases of input that a checkpoint covers
+RETRY_EVERY = 1.0  # seconds between two attempts at a transaction that failed (a full disk)
+
+
+class StoreWriter:
+    """The single writer thread: batched, ordered, idempotent writes."""
+
+    def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
+                 commit_every: float = 0.05, retention: dict[str, float] | None = None) -> None:
+        self.path = str(path)
+        self.retention = dict(retention or {})
+        self.pruned = dict.fromkeys(self.retention, 0)
+        self._next_prune = -float("inf")
+        self.commit_every = commit_every
+        self._queue: queue.Queue = queue.Queue(maxsize=max_batches)
+        # Bounded by rows as well as batches: a batch's size follows how far the flow is behind, so
+        # a count of batches alone would not bound memory when the disk is the bottleneck.
+        self.max_rows = max_rows
+        self._queued_rows = 0
+        self._room = threading.Condition()
+        self.waits = 0  # times the flow waited for room: the store was the bottleneck
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._sql = {name: _insert_sql(name, list(columns)) for name, (columns, _) in TABLES.items()}
+        self.rows_written = 0
+        self.transactions = 0
+        # Called (on this thread) with the input offsets of a checkpoint once it is durable, so the
+        # inbox can give back the disk space of what no restart will read again.
+        self.after_durable_checkpoint: Callable[[dict[str, int]], None] | None = None
+        self._committed_offsets: dict[str, int] | None = None
+        self._next_release = time.monotonic() + RELEASE_EVERY
+        self.error: BaseException | None = None
+        self.failure: str | None = None  # why writes fail right now (a full disk...), None when they do not
+        self.write_failures = 0
+        self._abandoned = threading.Event()
+        open_db(self.path).conn.close()
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+
+    def start(self) -> StoreWriter:
+        self._thread.start()
+        return self
+
+    def put_rows(self, rows: dict[str, list[dict]]) -> None:
+        """Queue rows for writing; blocks while `max_rows` rows (or `max_batches`) are queued.
+
+        Once the writer has given up (`abandon`, or the store file is gone), rows are dropped: no
+        checkpoint will commit after them either, so the next start redoes their work.
+        """
+        count = sum(map(len, rows.values()))
+        if not count:
+            return
+        with self._room:
+            if self._queued_rows and self._queued_rows + count > self.max_rows:
+                self.waits += 1
+                while (self._queued_rows and self._queued_rows + count > self.max_rows and self._thread.is_alive()
+                       and not self._abandoned.is_set()):
+                    self._room.wait(0.5)
+            self._queued_rows += count
+        self._put(("rows", rows))
+
+    def stats(self) -> dict[str, Any]:
+        """What is waiting to be written, and what was written; `failure` while writes fail."""
+        return {"queued_rows": self._queued_rows, "max_rows": self.max_rows, "rows_written": self.rows_written,
+                "transactions": self.transactions, "waits": self.waits, "failure": self.failure,
+                "write_failures": self.write_failures}
+
+    def put_checkpoint(self, fingerprint: str, payload: dict[str, Any]) -> None:
+        """Queue a checkpoint; it commits after all rows queued before it."""
+        self._put(("checkpoint", (fingerprint, payload)))
+
+    def _put(self, item: tuple) -> None:
+        while not self._abandoned.is_set() and self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until everything queued so far is committed."""
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        return done.wait(timeout)
+
+    def abandon(self) -> None:
+        """Stop retrying a failing store: drop what is queued and what comes; the thread ends.
+
+        Nothing acknowledged is lost: the last committed checkpoint covers only committed rows,
+        and the next start reads the inputs again from its offsets.
+        """
+        self._abandoned.set()
+        with self._room:
+            self._room.notify_all()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Commit what is queued and stop the thread (or give up at once if the store is failing)."""
+        deadline = time.monotonic() + timeout
+        stop_sent = False
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self.failure is not None:  # what is queued (the last checkpoint...) cannot be committed
+                self.abandon()
+            elif not stop_sent:
+                try:
+                    self._queue.put(("stop", None), timeout=0.2)
+                    stop_sent = True
+                except queue.Full:
+                    continue
+            self._thread.join(0.2)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            while self._drain_once(conn):
+                pass
+        except BaseException as exc:  # a store failure must be visible, not silent
+            self.error = exc
+            self.failure = f"the store writer stopped: {type(exc).__name__}: {exc}"
+            log.exception("store writer stopped")
+        finally:
+            conn.close()
+
+    def _drain_once(self, conn: sqlite3.Connection) -> bool:
+        """Take what is queued (for up to `commit_every`) and commit it in one transaction.
+
+        A transaction that fails (the disk is full, an I/O error) is rolled back and retried, the
+        same items, every `RETRY_EVERY` seconds, until it commits or the writer is abandoned:
+        nothing taken from the queue is lost while the flow waits (its queue is full).
+        """
+        item = self._queue.get()
+        deadline = time.monotonic() + self.commit_every
+        batch: list[tuple[str, Any]] = []
+        while True:
+            batch.append(item)
+            if item[0] in ("flush", "stop") or time.monotonic() >= deadline:
+                break
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+        while not self._commit(conn, batch):
+            if self._abandoned.wait(RETRY_EVERY):
+                return False
+        rows = sum(sum(map(len, body.values())) for kind, body in batch if kind == "rows")
+        if rows:
+            with self._room:
+                self._queued_rows -= rows
+                self._room.notify_all()
+        if not self._same_file():
+            return False
+        if self._committed_offsets is not None and time.monotonic() >= self._next_release:
+            self._release(conn)
+        for kind, body in batch:
+            if kind == "flush":
+                body.set()
+        return batch[-1][0] != "stop"
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[str, Any]]) -> bool:
+        """Write a batch in one transaction; on a write failure roll back, record why, return False."""
+        try:
+            conn.execute("BEGIN")
+            for kind, body in batch:
+                if kind == "rows":
+                    self._write_rows(conn, body)
+                elif kind == "checkpoint":
+                    self._write_checkpoint(conn, *body)
+            conn.execute("COMMIT")
+        except (sqlite3.OperationalError, OSError) as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self.write_failures += 1
+            if self.failure is None:
+                log.error("cannot write the store %s: %s; writes are refused until it can, retrying every %g s",
+                          self.path, exc, RETRY_EVERY)
+            self.failure = f"cannot write the store: {exc}"
+            return False
+        self.transactions += 1
+        if self.failure is not None:
+            log.warning("the store %s is writable again; the writes held back are committed", self.path)
+            self.failure = None
+        return True
+
+    def _same_file(self) -> bool:
+        """Whether the store file is still the one this writer opened; if not, give up loudly."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            self.failure = (f'the store file "{self.path}" was deleted or replaced while running; nothing more '
+                            "is written; stop the appliance and restore the file")
+            log.error("%s", self.failure)
+            self.abandon()
+        return same
+
+    def _write_rows(self, conn: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
+        for table, items in rows.items():
+            if items:
+                columns = list(TABLES[table][0])
+                conn.executemany(self._sql[table], [tuple(row.get(c) for c in columns) for row in items])
+                self.rows_written += len(items)
+
+    def _write_checkpoint(self, conn: sqlite3.Connection, fingerprint: str, payload: dict[str, Any]) -> None:
+        if payload["entities"]:
+            conn.executemany(self._sql["entity_state"], payload["entities"])
+        if payload.get("evicted"):
+            conn.executemany("DELETE FROM entity_state WHERE key = ? AND entity = ?", payload["evicted"])
+        if "pending" in payload:  # the label join's changes since the last checkpoint: deletes first
+            rows, removed = payload["pending"]
+            conn.executemany("DELETE FROM pending_labels WHERE event_id = ?", [(event_id,) for event_id in removed])
+            conn.executemany(self._sql["pending_labels"], rows)
+        conn.execute(self._sql["checkpoint"],
+                     (1, fingerprint, orjson.dumps(payload["offsets"]).decode(), payload["engine"], time.time()))
+        self._committed_offsets = dict(payload["offsets"])
+        watermark = payload.get("watermark")
+        if self.retention and watermark is not None and watermark >= self._next_prune:
+            self._prune(conn, watermark)
+            self._next_prune = watermark + PRUNE_EVERY
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        """Make the last committed checkpoint durable (a WAL checkpoint syncs the WAL first, even with
+        synchronous=NORMAL), then hand its offsets to `after_durable_checkpoint`."""
+        self._next_release = time.monotonic() + RELEASE_EVERY
+        offsets, self._committed_offsets = self._committed_offsets, None
+        if self.after_durable_checkpoint is None or offsets is None:
+            return
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError as exc:  # not durable yet: release at a later checkpoint
+            log.warning("cannot checkpoint the WAL (%s); input is released later", exc)
+            return
+        try:
+            self.after_durable_checkpoint(offsets)
+        except Exception:  # noqa: BLE001 - giving space back is best effort, never a store failure
+            log.exception("releasing input already checkpointed failed")
+
+    def _prune(self, conn: sqlite3.Connection, watermark: float) -> None:
+        """Delete rows older than each table's retention, in event time (the watermark's clock)."""
+        for table, keep in self.retention.items():
+            column = RETENTION_COLUMNS[table]
+            cursor = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (watermark - keep,))
+            self.pruned[table] += cursor.rowcount
+        if "events" in self.retention:
+            _prune_attribute_versions(conn)
+
+
+def _prune_attribute_versions(conn: sqlite3.Connection) -> None:
+    """Drop attribute versions that no retained event was scored with (export never needs them)."""
+    oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+    if oldest is None:
+        return
+    needed = conn.execute("SELECT name, max(version) FROM attribute_switches WHERE seq < ? GROUP BY name",
+                          (oldest,)).fetchall()
+    for name, version in needed:
+        conn.execute("DELETE FROM attribute_rows WHERE name = ? AND version < ?", (name, version))
+        conn.execute("DELETE FROM attribute_switches WHERE name = ? AND version < ?", (name, version))
+
+
+def _insert_sql(table: str, columns: list[str]) -> str:
+    names = ", ".join(f"[{c}]" for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT OR REPLACE INTO [{table}] ({names}) VALUES ({marks})"
+
+
+def load_checkpoint(db: sqlite_utils.Database) -> dict[str, Any] | None:
+    """Return the last committed checkpoint, or None for a fresh store."""
+    rows = list(db.query("SELECT fingerprint, offsets, engine FROM checkpoint WHERE id = 1"))
+    if not rows:
+        return None
+    row = rows[0]
+    return {"fingerprint": row["fingerprint"], "offsets": orjson.loads(row["offsets"]), "engine": row["engine"]}
+
+
+def load_pending(db: sqlite_utils.Database) -> list[tuple[str, float, bytes]]:
+    """Return the label join's pending predictions as (event id, ts, packed), in arrival order."""
+    return [tuple(row) for row in db.execute("SELECT event_id, ts, packed FROM pending_labels ORDER BY seq")]
+
+
+def load_entities(db: sqlite_utils.Database) -> list[tuple[str, str, bytes]]:
+    """Return every stored entity state as (key, entity, blob)."""
+    return [tuple(row) for row in db.execute("SELECT key, entity, state FROM entity_state").fetchall()]

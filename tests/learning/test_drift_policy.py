@@ -1,0 +1,156 @@
+"""The drift policy judged against the right baseline: challengers that learn only what came after
+the change, probation against the replaced champion's live learner, no alarms on a stationary
+stream, and `appliance bench drift` over River's synthetic streams (real engine runs, seeded)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from appliance.bench import drift_harness
+from appliance.cli.main import main
+from appliance.config.model_spec import build_model
+from appliance.engine.core import Engine
+from appliance.errors import ConfigError
+from tests.conftest import LEARNER, audit_rows, config_with, flip_stream, items, process_until, run
+
+SLOW = "preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.002))"
+
+
+def test_a_drift_challenger_learns_only_the_examples_after_the_estimated_change():
+    change = 1500
+    stream = flip_stream(3000, change=change)
+    config = config_with({"spec": LEARNER}, {"on_concept_drift": "challenger", "warm_start": 2000,
+                                              "alert_cooldown": "1h", "promote_after": 300})
+    engine = Engine(config)
+    for item in items(config, stream):
+        engine.process(item)
+        if "retrain-1" in engine.model.candidates:
+            break
+    alert = engine.drift.recent[-1]
+    since = alert["evidence"]["since_change"]
+    examples = list(engine.model.examples)
+    # the examples kept reach far back into the old concept; the challenger learned only the newest `since`
+    assert len(examples) > since > 0
+    events_since_change = sum(1 for event in stream if stream[change]["ts"] <= event["ts"] <= alert["event_ts"])
+    assert since <= events_since_change + 200, "the estimate reaches far back before the change"
+    challenger = engine.model.candidates["retrain-1"]
+    assert challenger.n_learned == since
+    expected = build_model(LEARNER, "classification")
+    for x, y in examples[-since:]:
+        expected.learn_one(orjson.loads(x), y)
+    probe = orjson.loads(examples[-1][0])
+    assert challenger.model.predict_proba_one(probe) == expected.predict_proba_one(probe)
+
+
+def test_without_an_estimate_of_the_change_a_drift_challenger_starts_untrained():
+    config = config_with({"spec": LEARNER}, {"on_concept_drift": "challenger"})
+    engine = Engine(config)
+    run(engine, items(config, flip_stream(300, change=10_000)))
+    decision = engine.model.start_challenger("data drift on feature amount", None)
+    assert "untrained (no estimate of the change)" in decision.reason
+    assert engine.model.candidates["retrain-1"].n_learned == 0
+
+
+def test_warm_start_from_last_keeps_the_old_behaviour_and_a_bad_value_is_refused():
+    config = config_with({"spec": LEARNER}, {"on_concept_drift": "challenger", "warm_start_from": "last",
+                                              "warm_start": 250})
+    engine = Engine(config)
+    run(engine, items(config, flip_stream(300, change=10_000)))
+    decision = engine.model.start_challenger("concept drift on served model (v3)", 40)
+    assert engine.model.candidates["retrain-1"].n_learned == 250
+    assert "warm-started on the last 250 labelled examples," in decision.reason
+    with pytest.raises(ConfigError, match="warm_start_from must be one of change, last"):
+        config_with({}, {"warm_start_from": "everything"})
+
+
+def test_probation_rolls_back_to_the_live_learner_when_the_promotion_loses_to_it():
+    """The issue's case: a promotion beats the stale version it replaced but not the champion's
+    learner, which kept learning in shadow; it is rolled back to a new version of that learner."""
+    change = 1000
+    config = config_with({"spec": LEARNER, "challenger": [{"name": "slow", "spec": SLOW}]},
+                         {"auto_promote": False, "rollback_after": 300, "rollback_margin": 0.01})
+    engine = Engine(config)
+    parsed = items(config, flip_stream(2000, change=change))
+    run(engine, parsed[:change])
+    model = engine.model
+    replaced = model.served.version
+    promotion = model.promote_candidate("slow", None, "a test promotion by policy", by_policy=True)
+    engine._apply([promotion], "policy")
+    rows = process_until(engine, parsed[change:], "rollback")
+    rollback = audit_rows(rows, "rollback")[0]
+    assert "the live learner of main" in rollback["reason"]
+    assert "the version it replaced" not in rollback["reason"].split(" did worse than ")[1].split(":")[0], \
+        "the promotion beat the stale version it replaced: only the live learner exposes it"
+    assert model.champion == "main" and model.served.candidate == "main"
+    assert model.served.version == rollback["version"] > promotion.version > replaced
+    # what serves after the rollback is a copy of main's live learner, not the stale version
+    probe = {"amount": 150.0, "card_n_10m": 1.0}
+    assert model.served.model.predict_proba_one(probe) == model.learner.predict_proba_one(probe)
+    assert rows["models"][-1]["version"] == rollback["version"] and rows["models"][-1]["candidate"] == "main"
+
+
+def test_probation_passes_when_the_promotion_beats_both_baselines():
+    config = config_with({"spec": SLOW, "challenger": [{"name": "fast", "spec": LEARNER}]},
+                         {"auto_promote": False, "rollback_after": 300, "rollback_margin": 0.01})
+    engine = Engine(config)
+    parsed = items(config, flip_stream(2000, change=1000))
+    run(engine, parsed[:1000])
+    engine._apply([engine.model.promote_candidate("fast", None, "a test promotion by policy", by_policy=True)],
+                  "policy")
+    rows = run(engine, parsed[1000:1600])
+    keep = audit_rows(rows, "keep")
+    assert keep and not audit_rows(rows, "rollback") and engine.model.champion == "fast"
+    assert "learners: fast" in keep[0]["reason"]
+
+
+def test_a_stationary_seeded_stream_raises_no_concept_alert_with_the_defaults():
+    plan = drift_harness.QUICK
+    for scenario, model in (("sea-stationary", "linear"), ("agrawal-stationary", "hoeffding")):
+        out, change = drift_harness.run_case(scenario, "immediate", model, "alert only", plan, 10_000)
+        assert change is None and out.alerts == [], f"{scenario} with {model}: alerts at {out.alerts}"
+
+
+def test_an_abrupt_seeded_change_with_immediate_labels_promotes_a_drift_challenger():
+    """A champion that unlearns slowly: a fresh challenger trained on what came after the change wins."""
+    change = 2000
+    stream = flip_stream(5000, change=change)
+    served_right: dict[str, float] = {}
+    for name, lifecycle in (("alert only", {}), ("policy", {"on_concept_drift": "challenger"})):
+        config = config_with({"spec": SLOW}, {"alert_cooldown": "1h", "promote_after": 300, **lifecycle})
+        engine = Engine(config)
+        rows = run(engine, items(config, stream))
+        truth = {event["event_id"]: event["label"] for event in stream}
+        after = [row for row in rows["predictions"] if int(row["event_id"][1:]) >= change]
+        served_right[name] = sum((row["score"] >= 0.5) == bool(truth[row["event_id"]]) for row in after) / len(after)
+        if name == "policy":
+            promotions = audit_rows(rows, "promote")
+            assert promotions and promotions[0]["actor"] == "policy"
+            assert "retrain-1 beat the champion main" in promotions[0]["reason"]
+            assert not audit_rows(rows, "rollback")
+    assert served_right["policy"] > served_right["alert only"] + 0.02, served_right
+
+
+def test_bench_drift_quick_prints_the_table_with_a_finite_alert_delay(tmp_path):
+    saved = tmp_path / "drift.json"
+    result = CliRunner().invoke(main, ["bench", "drift", "--quick", "--json", "--save", str(saved)])
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(saved.read_bytes())
+    rows = report["rows"]
+    assert [row["run"] for row in rows] == list(drift_harness.RUNS)
+    for row in rows:
+        assert set(drift_harness.COLUMNS) <= set(row)
+        assert row["change_at"] == report["plan"]["events"] // 2
+    by_run = {row["run"]: row for row in rows}
+    assert by_run["no detection"]["alerts"] == 0 and by_run["no detection"]["alert_delay"] is None
+    assert by_run["alert only"]["alert_delay"] is not None and 0 <= by_run["alert only"]["alert_delay"] < 1000
+    assert by_run["alert only"]["right_after"] < by_run["alert only"]["before"]
+    assert report["stationary"] and all(row["alerts_per_10k"] is not None for row in report["stationary"])
+    assert report["machine"]
+    table = drift_harness.format_table(report)
+    lines = table.splitlines()
+    assert lines[0].startswith("| scenario | labels | model | alert delay |")
+    assert "right after: no detection / alert only / policy" in lines[0]
+    assert lines[2].startswith("| agrawal-abrupt | immediate | hoeffding | ")
+    assert len(lines[2].split(" | ")) == len(lines[0].split(" | "))

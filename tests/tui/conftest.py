@@ -1,0 +1,57 @@
+"""Helpers shared by the console's tests: waiting on a Pilot, reading a widget's text, canned replies."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from textual.widgets import Static
+
+from appliance.config.file import config_from_dict
+from tests.conftest import SMALL_CONFIG
+
+
+async def until(pilot, condition, what, tries=400):
+    for _ in range(tries):
+        await pilot.pause(0.02)
+        if condition():
+            return
+    raise AssertionError(f"never: {what}")
+
+
+def text_of(app, selector):
+    """What a Static shows, as plain text (its content rendered by Rich)."""
+    import io
+
+    from rich.console import Console as RichConsole
+
+    printer = RichConsole(width=200, file=io.StringIO(), record=True)
+    printer.print(app.query_one(selector, Static).content)
+    return printer.export_text()
+
+
+REPLIES = json.loads((Path(__file__).parent.parent / "data" / "console_replies.json").read_text())
+
+
+def settled(view: str, *keys: str):
+    """Open `view`, then wait until the console has polled twice and painted it."""
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        await pilot.press(*keys)
+        for _ in range(500):
+            await pilot.pause(0.02)
+            if app.polls >= 3 and app._painted.get(view) is not None and app.link.state == "connected":
+                break
+        else:
+            raise AssertionError(f"the {view} view never painted")
+        app.frozen = True  # no further repaint between here and the screenshot
+        await pilot.pause()
+    return run_before
+
+
+def small_config(short_dir):
+    data = copy.deepcopy(SMALL_CONFIG)
+    data["model"]["challenger"] = [{"name": "tree", "spec": "tree.HoeffdingTreeClassifier()"}]
+    data["serve"] = {"db": str(short_dir / "a.db"), "socket": str(short_dir / "a.sock")}
+    return config_from_dict(data)
