@@ -39,10 +39,14 @@ ALLOWED_MODULES = (
 # The appliance's own River transformers, named in a spec as `appliance.<name>` (see scaling.py).
 EXTENSIONS = {"appliance": "appliance.scaling"}
 
-# ScaleNumeric, not StandardScaler: River's StandardScaler maps hashed one-hots (always 1.0) to 0.
+# ScaleNumeric, not StandardScaler: River's StandardScaler maps hashed one-hots (always 1.0) to 0, and
+# ScaleNumeric clips what it standardises (unbounded counts made LinearRegression diverge). The target
+# is standardised too: the intercept need not walk to the labels' mean at its learning rate, and a
+# label's origin and unit (minutes, ratings, grams) change nothing but the unit of the error.
 DEFAULT_MODELS = {
     "classification": "appliance.ScaleNumeric() | linear_model.LogisticRegression()",
-    "regression": "appliance.ScaleNumeric() | linear_model.LinearRegression()",
+    "regression": "appliance.ScaleNumeric() | preprocessing.TargetStandardScaler("
+                  "regressor=linear_model.LinearRegression())",
 }
 # Scalers that map a feature of variance 0 (a hashed one-hot) to 0.
 ZEROING_SCALERS = ("StandardScaler", "AdaptiveStandardScaler")
