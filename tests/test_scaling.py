@@ -11,7 +11,7 @@ import math
 import pickle
 import random
 
-from river import metrics, preprocessing, stats
+from river import metrics, optim, preprocessing, stats
 
 from appliance.model_spec import DEFAULT_MODELS, build_model, parse_model
 from appliance.scaling import ScaleNumeric
@@ -94,3 +94,21 @@ def test_the_default_spec_is_river_s_own_target_scaler_around_a_linear_model():
     scaler, target = model.steps.values()
     assert isinstance(scaler, ScaleNumeric) and scaler.clip == 3.0
     assert isinstance(target, preprocessing.TargetStandardScaler)
+    assert isinstance(target.regressor.loss, optim.losses.Huber) and target.regressor.loss.epsilon == 1.35
+
+
+def test_default_regression_is_not_thrown_by_a_heavy_tailed_label():
+    """Most flights are on time, a few hours late: squared error chases the few, Huber's does not."""
+    rows = [(x, y + (rng_y if rng_y > 0 else 0.0)) for (x, y), rng_y in zip(
+        entity_stream(seed=11), heavy_tail(seed=12, n=4000), strict=True)]
+    default, mean = progressive_mae(build_model(None, "regression"), rows)
+    squared, _ = progressive_mae(parse_model(
+        "appliance.ScaleNumeric() | preprocessing.TargetStandardScaler(regressor=linear_model.LinearRegression())"),
+        rows)
+    assert default < 0.9 * squared and default < mean
+
+
+def heavy_tail(seed: int, n: int) -> list[float]:
+    """Mostly nothing, now and then a delay from a Pareto tail (as flights' arrival delays)."""
+    rng = random.Random(seed)
+    return [60 * rng.paretovariate(1.5) if rng.random() < 0.1 else 0.0 for _ in range(n)]
