@@ -65,7 +65,7 @@ def test_a_challenger_in_shadow_equals_its_own_progressive_val_score(tmp_path):
 def test_default_regression_pipeline_equals_the_same_pipeline_built_by_hand_in_river(tmp_path):
     from river import datasets, linear_model, optim, preprocessing
 
-    from appliance.scaling import ScaleNumeric
+    from appliance.learning.scaling import ScaleNumeric
 
     config = resolve_config(None, "river:TrumpApproval", db=str(tmp_path / "d.db"))
     assert config.model.spec is None  # the default spec

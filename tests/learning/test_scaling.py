@@ -13,8 +13,8 @@ import random
 
 from river import metrics, optim, preprocessing, stats
 
-from appliance.model_spec import DEFAULT_MODELS, build_model, parse_model
-from appliance.scaling import ScaleNumeric
+from appliance.config.model_spec import DEFAULT_MODELS, build_model, parse_model
+from appliance.learning.scaling import ScaleNumeric
 
 OLD_DEFAULT = "appliance.ScaleNumeric(clip=None) | linear_model.LinearRegression()"
 
