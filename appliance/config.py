@@ -25,6 +25,7 @@ from .config_fields import (
     Kept,
     LabelDefault,
     Names,
+    NoneAsEmpty,
     NonNegative,
     Number,
     OptionalDuration,
@@ -40,7 +41,7 @@ from .config_fields import (
     table,
     tables,
 )
-from .config_schema import parse_document
+from .config_schema import dump_document, parse_document
 from .errors import ConfigError
 from .lifecycle_config import ChallengerSpec, Lifecycle
 
@@ -60,7 +61,7 @@ class EventSchema:
 
     id_field: Annotated[FieldName, key("id")] = "event_id"
     time_field: Annotated[FieldName, key("time")] = "ts"
-    type_field: Annotated[OptionalText, key("type")] = "type"  # "" in the file: no type field
+    type_field: Annotated[OptionalText, key("type"), NoneAsEmpty] = "type"  # "" in the file: no type field
     label_type: Text = "label"
     label_field: Annotated[FieldName, key("label")] = "label"
     keys: Names = ()
@@ -313,6 +314,25 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path
     )
     validate_config(config, champion=CHAMPION, label_by_given="label_by" in data.get("event", {}))
     return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Return `config` as the tables of a file that loads back to an equal `Config`.
+
+    Paths come out as resolved and durations in seconds; `config_from_dict` reads them as they are.
+    """
+    document = ConfigFile(
+        source=SourceTable(spec=config.source, speed=config.speed),
+        event=config.event,
+        features=config.features,
+        labels=config.labels,
+        model=config.model,
+        serve=ServeTable(socket=config.socket, db=config.db),
+        checkpoint=CheckpointTable(every=config.checkpoint_seconds),
+        retention=config.retention,
+        lifecycle=config.lifecycle,
+    )
+    return dump_document(ConfigFile, document)
 
 
 def _spread_keep(data: dict[str, Any]) -> dict[str, Any]:

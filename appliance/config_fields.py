@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     Strict,
     ValidationInfo,
     with_config,
@@ -105,7 +106,8 @@ def _kept(value: Any) -> float | None:
     return _duration(value)
 
 
-Kept = Annotated[float | None, BeforeValidator(_kept)]
+Kept = Annotated[float | None, BeforeValidator(_kept),
+                 PlainSerializer(lambda value: "forever" if value is None else value)]
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -146,6 +148,7 @@ def _optional_text(value: Any) -> str | None:
 
 
 OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]  # absent or "": none
+NoneAsEmpty = PlainSerializer(lambda value: value or "")  # for a key whose "" means none
 
 
 def _bound(value: Any) -> float | None:
@@ -167,7 +170,13 @@ def _bounds(value: Any) -> dict[str, tuple[float | None, float | None]]:
     return out
 
 
-Bounds = Annotated[dict[str, tuple[float | None, float | None]], BeforeValidator(_bounds)]
+def _written_bounds(value: dict[str, tuple[float | None, float | None]]) -> dict[str, list[float | str]]:
+    return {name: ["-inf" if low is None else low, "inf" if high is None else high]
+            for name, (low, high) in value.items()}
+
+
+Bounds = Annotated[dict[str, tuple[float | None, float | None]], BeforeValidator(_bounds),
+                   PlainSerializer(_written_bounds)]
 
 
 def _label_default(value: Any) -> float | None:
@@ -178,7 +187,8 @@ def _label_default(value: Any) -> float | None:
     return float(value)
 
 
-LabelDefault = Annotated[float | None, BeforeValidator(_label_default)]
+LabelDefault = Annotated[float | None, BeforeValidator(_label_default),
+                         PlainSerializer(lambda value: "drop" if value is None else value)]
 
 
 def _identifier(value: str) -> str:

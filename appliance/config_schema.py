@@ -39,9 +39,23 @@ def parse_document(cls: type[T], data: Mapping[str, Any], *, context: Mapping[st
     try:
         return _adapter(cls).validate_python(data, context=dict(context or {}))
     except ValidationError as exc:
-        errors = exc.errors()
+        # A misspelt key is also a missing one: name the misspelling first.
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "unexpected_keyword_argument")
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(describe(errors[0], cls, extra_keys or {}) + more) from None
+
+
+def dump_document(cls: type[T], value: T) -> dict[str, Any]:
+    """Return `value` as TOML-ready tables: keys as the file spells them, no None (TOML has no null)."""
+    return _without_none(_adapter(cls).dump_python(value, mode="json", by_alias=True))
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {name: _without_none(item) for name, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_none(item) for item in value]
+    return value
 
 
 def describe(error: ErrorDetails, root: type, extra_keys: Mapping[str, tuple[str, ...]]) -> str:
@@ -96,6 +110,22 @@ def document_keys(root: type, prefix: str = "") -> Iterator[str]:
             yield path
 
 
+def document_tables(root: type, prefix: str = "") -> Iterator[tuple[str, type, bool]]:
+    """Yield every table below `root`: its dotted name, its dataclass, and whether it is an array of tables."""
+    for name, hint in _fields(root):
+        nested = _table_type(hint)
+        if dataclasses.is_dataclass(nested):
+            path = f"{prefix}{name}"
+            yield path, nested, typing.get_origin(_unannotated(hint)) is tuple
+            yield from document_tables(nested, path + ".")
+
+
+def _unannotated(hint: Any) -> Any:
+    while typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
 def _fields(cls: type) -> list[tuple[str, Any]]:
     hints = typing.get_type_hints(cls, include_extras=True)
     out = []
@@ -109,8 +139,7 @@ def _fields(cls: type) -> list[tuple[str, Any]]:
 
 def _table_type(hint: Any) -> Any:
     """Return the dataclass a field holds (itself, or as an array's item), else the hint unchanged."""
-    while typing.get_origin(hint) is typing.Annotated:
-        hint = typing.get_args(hint)[0]
+    hint = _unannotated(hint)
     if typing.get_origin(hint) is tuple or typing.get_origin(hint) in (typing.Union, types.UnionType):
         inner = [arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg)]
         return inner[0] if inner else hint
