@@ -33,13 +33,13 @@ from .config_fields import (
     OptionalText,
     PositiveDuration,
     RequiredPath,
+    Tables,
     Text,
     Whole,
     between,
     choice,
-    key,
+    file_key,
     table,
-    tables,
 )
 from .config_schema import dump_document, parse_document
 from .errors import ConfigError
@@ -59,19 +59,19 @@ class EventSchema:
     `label_id_field` at all (`label_by = "label_id"`, for label streams with no type field).
     """
 
-    id_field: Annotated[FieldName, key("id")] = "event_id"
-    time_field: Annotated[FieldName, key("time")] = "ts"
-    type_field: Annotated[OptionalText, key("type"), NoneAsEmpty] = "type"  # "" in the file: no type field
+    id_field: Annotated[FieldName, file_key("id")] = "event_id"
+    time_field: Annotated[FieldName, file_key("time")] = "ts"
+    type_field: Annotated[OptionalText, file_key("type"), NoneAsEmpty] = "type"  # "" in the file: no type field
     label_type: Text = "label"
-    label_field: Annotated[FieldName, key("label")] = "label"
+    label_field: Annotated[FieldName, file_key("label")] = "label"
     keys: Names = ()
     numeric: Names = ()
     categorical: Names = ()
     optional: Names = ()
     bounds: Bounds = field(default_factory=dict)
     allowed_lateness: Duration = 300.0
-    label_id_field: Annotated[FieldName, key("label_id")] = ""
-    label_time_field: Annotated[FieldName, key("label_time")] = ""
+    label_id_field: Annotated[FieldName, file_key("label_id")] = ""
+    label_time_field: Annotated[FieldName, file_key("label_time")] = ""
     label_by: Text = "type"
 
     def __post_init__(self) -> None:
@@ -113,7 +113,7 @@ class AttributeSpec:
     key: Text
     numeric: Names = ()
     categorical: Names = ()
-    key_column: Annotated[Text, key("column")] = ""  # "" in a config: the same name as `key`
+    key_column: Annotated[Text, file_key("column")] = ""  # "" in a config: the same name as `key`
     path: RequiredPath = field(default="", compare=False, repr=False)  # where it is read from is not what it means
 
     def feature_names(self) -> list[str]:
@@ -149,12 +149,12 @@ class FeatureConfig:
     hash_buckets: Annotated[Whole, between(1, 4096)] = 128  # up to 13 values per field share a bucket <10% of the time
     time_of_day: Flag = False
     buckets_per_window: Annotated[Whole, between(1, 64)] = 6
-    aggregates: Annotated[tables(AggregateSpec), key("aggregate")] = ()
-    expressions: Annotated[tables(ExpressionSpec), key("expression")] = ()
+    aggregates: Annotated[Tables[AggregateSpec], file_key("aggregate")] = ()
+    expressions: Annotated[Tables[ExpressionSpec], file_key("expression")] = ()
     ttl: dict[str, PositiveDuration] = field(default_factory=dict)
-    attributes: tables(AttributeSpec) = ()
-    custom: tables(CustomSpec) = ()
-    model_scores: Annotated[tables(ModelScoreSpec), key("model")] = ()
+    attributes: Tables[AttributeSpec] = ()
+    custom: Tables[CustomSpec] = ()
+    model_scores: Annotated[Tables[ModelScoreSpec], file_key("model")] = ()
 
 
 @table
@@ -179,7 +179,7 @@ class ModelConfig:
     first_publish: AtLeastOne = 1  # labels after which the learner replaces the untrained first version, ungated
     gate_metric: OptionalText = None  # the gate's metric (None: metrics.GATE, log loss or MAE)
     metric_window: Whole = 1000
-    challengers: Annotated[tables(ChallengerSpec), key("challenger")] = ()
+    challengers: Annotated[Tables[ChallengerSpec], file_key("challenger")] = ()
 
 
 CHAMPION = "main"  # the name of the [model] spec's learner among the candidates
@@ -245,7 +245,7 @@ class ConfigFile:
     serve: ServeTable = ServeTable()
     checkpoint: CheckpointTable = CheckpointTable()
     retention: Retention = Retention()
-    lifecycle: Lifecycle = Lifecycle()
+    lifecycle: Lifecycle = Lifecycle()  # noqa: RUF009 (frozen: one shared default is safe)
 
 
 FILE_ONLY_KEYS = {"retention": ("keep",)}  # read before validation: keys no dataclass field holds

@@ -31,7 +31,7 @@ T = TypeVar("T")
 table = with_config(ConfigDict(extra="forbid"))  # a TOML table: a key its dataclass lacks is refused
 
 
-def key(name: str) -> Any:
+def file_key(name: str) -> Any:
     """Return the field's metadata naming its key in the file, when the attribute's name differs."""
     return Field(alias=name)
 
@@ -125,9 +125,7 @@ def _tables(value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
-def tables(item: type[T]) -> Any:
-    """Return the type of an array of tables (`[[features.aggregate]]`), read as a tuple of `item`."""
-    return Annotated[tuple[item, ...], BeforeValidator(_tables)]  # type: ignore[valid-type]
+Tables = Annotated[tuple[T, ...], BeforeValidator(_tables)]  # an array of tables, `Tables[AggregateSpec]`
 
 
 def _field_name(value: Any) -> str:

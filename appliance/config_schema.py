@@ -1,6 +1,6 @@
 """Reading a parsed TOML document into the config dataclasses with pydantic, and naming what is wrong.
 
-The dataclasses are the schema: their fields give the keys a table allows (a field's `key(...)` alias
+The dataclasses are the schema: their fields give the keys a table allows (a field's `file_key(...)` alias
 where the file spells it differently), their defaults and their types. pydantic validates a whole file
 in one pass; the first error becomes a `ConfigError` naming the table and key, e.g.
 `[model] publish_every must be at least 1` or `unknown key "x" in [event]; known keys: ...`.
