@@ -41,18 +41,10 @@ def with_tables(**tables) -> dict:
     return data
 
 
-def test_an_empty_file_is_the_dataclasses_defaults():
+def test_an_empty_file_is_the_dataclasses_defaults(tmp_path):
     assert config_from_dict({}) == Config()
-    assert load_config_text("") == Config()
-
-
-def load_config_text(text: str, directory: Path | None = None) -> Config:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(directory or tmp) / "appliance.toml"
-        path.write_text(text)
-        return dataclasses.replace(load_config(path), path=None)
+    (tmp_path / "appliance.toml").write_text("")
+    assert load_config(tmp_path / "appliance.toml") == Config(path=str(tmp_path / "appliance.toml"))
 
 
 @pytest.mark.parametrize(("table", "expected"), [

@@ -26,9 +26,8 @@ def served_ops(short_dir: Path) -> list[str]:
     """Ask a real appliance over its socket which ops it dispatches (an unknown op's reply lists them)."""
     config = config_from_dict({**SMALL_CONFIG, "serve": {"db": str(short_dir / "d.db"),
                                                          "socket": str(short_dir / "d.sock")}})
-    with serving(config), Client(config.socket) as client:
-        with pytest.raises(RequestError) as caught:
-            client.request("no_such_op")
+    with serving(config), Client(config.socket) as client, pytest.raises(RequestError) as caught:
+        client.request("no_such_op")
     assert caught.value.code == "unknown_op"
     return caught.value.message.split("known ops: ", 1)[1].split(", ")
 
