@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from appliance.cli import main
+from appliance.cli.main import main
 from appliance.config.file import FILE_ONLY_KEYS, ConfigFile, config_from_dict
 from appliance.config.schema import document_keys
 from appliance.errors import RequestError

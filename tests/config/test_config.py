@@ -29,7 +29,7 @@ from appliance.config.schema import document_keys, document_tables, table_keys
 from appliance.errors import ConfigError
 from appliance.init.starter import write_starter
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "appliance.toml"
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "appliance.toml"
 DAY = 86400.0
 EVENT = {"keys": ["user", "card"], "numeric": ["amount"], "categorical": ["city"]}
 
