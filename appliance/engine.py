@@ -6,12 +6,9 @@ model (and the learner, in shadow), logs the prediction with its feature vector,
 into entity state, and learns when the label arrives, on the logged vector. Everything is a function
 of the items and their event times, so a replay at full speed gives the same results as live.
 
-Items (built by `dataflows.appliance_flow.parse_batch`):
-    ("event", source, offset, Event, served | None, ingest)
-    ("label", source, offset, Label)
-    ("dead", source, offset, payload_text, reason)
-    ("control", source, offset, record)         an operator's command from the inbox: {"control":
-        "attributes" | "promote" | "rollback" | "pause" | "resume", ...}, applied between two events
+Items (`items.EventItem`, `LabelItem`, `DeadItem`, `ControlItem`) are built by the dataflow's parse
+step; a `ControlItem` carries an operator's command (`commands.Command`), which `EngineCommands`
+applies between two events.
 """
 
 from __future__ import annotations
@@ -24,10 +21,12 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
+from . import registry
 from .category_stats import CategoryStats
 from .config import Config
 from .events import Event, Label, check_not_ahead
 from .engine_commands import EngineCommands, model_row
+from .items import ControlItem, EventItem, Item, LabelItem, Served
 from .features import FeatureSpace
 from .drift import DriftMonitor
 from .errors import ConfigError, InvalidEvent
@@ -51,7 +50,7 @@ COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediat
             "labels_early_dropped")
 
 
-class Engine(EngineCommands):
+class Engine:
     """Owns entity state, the online model and pending labels; emits rows for the store."""
 
     def __init__(self, config: Config, on_publish: Callable[[Published], None] | None = None) -> None:
@@ -85,25 +84,26 @@ class Engine(EngineCommands):
         self.curve: deque = deque(maxlen=CURVE_POINTS)
         self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
         self.on_publish = on_publish
+        self.commands = EngineCommands(self)
         self.rows["models"].append(model_row(self.model.served))
-        self._audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
+        self.audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
 
     # -- the per-item path -------------------------------------------------------------------
-    def process(self, item: tuple) -> None:
+    def process(self, item: Item) -> None:
         """Apply one parsed item; rows for the store accumulate in `self.rows`."""
-        kind, source, offset = item[0], item[1], item[2]
-        if kind == "event":
-            self._on_event(item[3], item[4], item[5], source, offset)
-        elif kind == "label":
-            self._on_label(item[3], source, offset)
-        elif kind == "control":
-            self._control(item[3])
+        kind, source, offset = item.__class__, item.source, item.offset
+        if kind is EventItem:
+            self._on_event(item.event, item.served, item.ingest, source, offset)
+        elif kind is LabelItem:
+            self._on_label(item.label, source, offset)
+        elif kind is ControlItem:
+            self.commands.apply(item.command)
         else:
-            self._dead(source, offset, item[3], item[4])
+            self._dead(source, offset, item.payload, item.reason)
         if offset is not None:
             self.offsets[source] = offset
 
-    def _on_event(self, event: Event, served: dict | None, ingest: bool, source: str, offset: int | None) -> None:
+    def _on_event(self, event: Event, served: Served | None, ingest: bool, source: str, offset: int | None) -> None:
         # A scored-only event (`"ingest": false`) is not part of the stream: it never moves event time
         # or changes state, and once scored over the socket (`served`: features computed then) it is
         # logged however far event time has moved on since.
@@ -125,7 +125,7 @@ class Engine(EngineCommands):
             y_served = model.predict(model.served.model, x)
             version = model.served.version
         else:
-            x, y_served, version = served["x"], _as_prediction(served["score"], self.task), served["version"]
+            x, y_served, version = served.x, _as_prediction(served.score, self.task), served.version
         features = orjson.dumps(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
@@ -215,14 +215,14 @@ class Engine(EngineCommands):
             self._on_alert(alert, self.config.lifecycle.on_concept_drift)
         if self.model.n_learned % METRIC_EVERY == 0:
             self.rows["metrics"].append(self._metric_row())
-        self._apply(decisions, "policy")
+        self.apply(decisions, "policy")
 
-    def _apply(self, decisions: list[Decision], actor: str) -> None:
+    def apply(self, decisions: list[Decision], actor: str) -> None:
         """Log what the model decided: registry rows, the audit trail, and who to tell."""
         for decision in decisions:
-            self._audit(decision.action, decision.version, decision.reason, actor)
+            self.audit(decision.action, decision.version, decision.reason, actor)
             if decision.new_version is not None:
-                self.rows["models"].append(model_row(decision.new_version))
+                self.log_version(decision.new_version)
             if decision.switched:
                 if decision.action != "publish":
                     self.drift.reset_concept()
@@ -243,7 +243,7 @@ class Engine(EngineCommands):
                 scored = self.model.backfill(name, self.join.pending.values())
                 self.join.touch_all()  # repacked with the new shadow predictions
                 taken = f"{name} started"
-                self._apply([Decision(decision.action, None, f"{decision.reason}; it and the champion scored the "
+                self.apply([Decision(decision.action, None, f"{decision.reason}; it and the champion scored the "
                                                                f"{scored} predictions waiting for labels")], "policy")
         row = {**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(), "action": taken}
         self.rows["alerts"].append(row)
@@ -274,12 +274,35 @@ class Engine(EngineCommands):
     def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
         self.counts["dead_letters"] += 1
         row = {"source": source, "offset": offset, "reason": reason, "payload": payload[:65536],
-               "watermark": self._event_time()}
+               "watermark": self.event_time()}
         self.rows["dead_letters"].append(row)
         self.recent_dead.append({**row, "payload": payload[:300]})
 
-    def _event_time(self) -> float | None:
+    def event_time(self) -> float | None:
+        """The watermark, None before the first event."""
         return None if self.watermark == -math.inf else self.watermark
+
+    def log_version(self, published: Published) -> None:
+        """Write a new version to the registry (with the next rows)."""
+        self.rows["models"].append(model_row(published))
+
+    # -- the audit trail -------------------------------------------------------------------
+    def audit(self, action: str, version: int | None, reason: str, actor: str) -> None:
+        """Write one change to serving or to the candidates to the audit trail, with who and why."""
+        self.audit_seq += 1
+        row = {"id": self.audit_seq, "event_ts": self.event_time(), "wall_ts": time.time(), "action": action,
+               "version": version, "reason": reason, "actor": actor}
+        self.rows["audit"].append(row)
+        self.recent_audit.append(row)  # for the console (the store has them all)
+
+    def load_recent_audit(self, db: Any) -> None:
+        """After a restore: the newest audit rows are the store's, not this process's first row."""
+        self.recent_audit.clear()
+        self.recent_audit.extend(reversed(registry.audit(db, limit=self.recent_audit.maxlen or 100)))
+
+    def attach_attributes(self, db: Any) -> None:
+        """After a restore: the attribute tables the checkpoint was scoring with, then any newer ones."""
+        self.commands.attach_attributes(db, self._restored_attributes)
 
     # -- rows ------------------------------------------------------------------------------
     def _prediction_row(self, event: Event, features: bytes, y_served: Any, y_learner: Any, version: int,
@@ -365,7 +388,7 @@ class Engine(EngineCommands):
                                       "release kept shorter rings for this allowed_lateness); start with --fresh")
                 self.entities[key][entity] = state
         self.rows = _empty_rows()
-        self._apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
+        self.apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
 
     # -- stats -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -398,6 +398,18 @@ class OnlineModel:
             for candidate in self.candidates.values():
                 candidate.reset_duel()
 
+    def switch_to(self, published: Published) -> None:
+        """An operator's promote or rollback: serve `published`, make its lineage the champion if it
+        still competes, and end any probation (the operator judged)."""
+        self.serve(published)
+        if published.candidate in self.candidates:
+            self.champion = published.candidate
+        self.probation = None
+
+    def set_publishing(self, *, paused: bool) -> None:
+        """Pause or resume automatic publication (promotion and rollback by policy wait with it)."""
+        self.paused = paused
+
     def previous(self) -> int | None:
         """The version that served before the current one (what a rollback returns to)."""
         current = self.served.version

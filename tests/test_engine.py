@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-
 from appliance.engine import Engine
-from appliance.events import parse_event
+from appliance.events import Label, parse_event
+from appliance.items import EventItem, LabelItem
 
 from .conftest import make_stream
 
@@ -15,8 +15,7 @@ def items(config, stream, source="test"):
     out = []
     for offset, raw in enumerate(stream, start=1):
         parsed = parse_event(raw, config.event, config.model.task)
-        kind = "label" if parsed.__class__.__name__ == "Label" else "event"
-        out.append((kind, source, offset, parsed, None, True) if kind == "event" else (kind, source, offset, parsed))
+        out.append(LabelItem(source, offset, parsed) if isinstance(parsed, Label) else EventItem(source, offset, parsed))
     return out
 
 

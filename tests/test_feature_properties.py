@@ -22,6 +22,7 @@ from appliance.engine import Engine
 from appliance.errors import ConfigError
 from appliance.events import Event, parse_event
 from appliance.export import training_set
+from appliance.items import EventItem, LabelItem
 from appliance.store import StoreWriter
 
 WINDOWS = {"2m": 120.0, "10m": 600.0}
@@ -92,9 +93,9 @@ def to_items(config, stream):
         ingest = not raw.pop("_score_only", False)
         parsed = parse_event(raw, config.event, config.model.task)
         if isinstance(parsed, Event):
-            items.append(("event", "test", offset, parsed, None, ingest))
+            items.append(EventItem("test", offset, parsed, None, ingest))
         else:
-            items.append(("label", "test", offset, parsed))
+            items.append(LabelItem("test", offset, parsed))
     return items
 
 
