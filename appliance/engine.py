@@ -17,6 +17,7 @@ import math
 import pickle
 import time
 from collections import OrderedDict, deque
+from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 import orjson
@@ -135,7 +136,7 @@ class Engine:
             self.watermark = event.ts
             self._sweep()
         shadow = model.shadow(x)
-        self.rows["predictions"].append(self._prediction_row(event, features, y_served, shadow[model.champion],
+        self.rows["predictions"].append(self._prediction_row(event, features, y_served, shadow.scores[model.champion],
                                                              version, served))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
@@ -239,12 +240,11 @@ class Engine:
             if decision is None:
                 taken = "none: a fresh challenger is already competing"
             else:
-                name = decision.reason.split(" ", 1)[0]
-                scored = self.model.backfill(name, self.join.pending.values())
+                scored = self.model.backfill(decision.candidate, self.join.pending.values())
                 self.join.touch_all()  # repacked with the new shadow predictions
-                taken = f"{name} started"
-                self.apply([Decision(decision.action, None, f"{decision.reason}; it and the champion scored the "
-                                                               f"{scored} predictions waiting for labels")], "policy")
+                taken = f"{decision.candidate} started"
+                self.apply([replace(decision, reason=f"{decision.reason}; it and the champion scored the "
+                                                     f"{scored} predictions waiting for labels")], "policy")
         row = {**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(), "action": taken}
         self.rows["alerts"].append(row)
         self.drift.recent.append({**alert, "id": self.alert_seq, "action": taken})

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from .candidates import Candidate, Probation
+from .candidates import Candidate, Probation, Shadow
 from .config import CHAMPION, ModelConfig
 from .lifecycle_config import Lifecycle
 from .metrics import GATE, Evaluation, better_by, bigger_is_better, not_worse
@@ -42,8 +42,6 @@ from .versions import Decision, Published
 YOUNG = 100  # while the learner has n labels, checks come every n/YOUNG labels (it changes most early)
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
-PROBATION = "@probation"  # the shadow score of the version a policy promotion replaced
-BACKFILL = "@backfill"  # suffix: (champion, its learner's score) made when a challenger scored a pending event late
 
 
 class OnlineModel:
@@ -107,27 +105,27 @@ class OnlineModel:
         value = model.predict_one(x)
         return 0.0 if value is None else float(value)
 
-    def shadow(self, x: dict) -> dict[str, Any]:
-        """Every candidate's prediction for `x` (and the probation predecessor's), by name."""
+    def shadow(self, x: dict) -> Shadow:
+        """Every candidate's prediction for `x` (and the probation predecessor's)."""
         scores = {name: self.predict(candidate.model, x) for name, candidate in self.candidates.items()}
-        if self.probation is not None:
-            scores[PROBATION] = self.predict(self.probation.predecessor.model, x)
-        return scores
+        if self.probation is None:
+            return Shadow(scores)
+        return Shadow(scores, self.predict(self.probation.predecessor.model, x))
 
-    def learn(self, x: dict, y: Any, shadow: Any, y_served: Any, event_ts: float) -> list[Decision]:
+    def learn(self, x: dict, y: Any, shadow: Shadow, y_served: Any, event_ts: float) -> list[Decision]:
         """Score every candidate on this label, let them learn it, and decide what serves next."""
-        if not isinstance(shadow, dict) or (shadow and not isinstance(next(iter(shadow)), str)):
-            shadow = {CHAMPION: shadow}  # pending from an earlier release: the learner's prediction alone
         self.served_eval.update(y, y_served)
-        y_champion = shadow.get(self.champion)
+        scores, late = shadow.scores, shadow.late
+        y_champion = scores.get(self.champion)
         for name, candidate in self.candidates.items():
-            prediction = shadow.get(name)
+            prediction = scores.get(name)
             if prediction is None:
                 pass
-            elif name + BACKFILL in shadow:  # a late prediction: judged only against the champion's, made then too
-                if shadow[name + BACKFILL][0] == self.champion:
+            elif late is not None and name in late:  # judged only against the champion's, made late too
+                champion, champion_score = late[name]
+                if champion == self.champion:
                     candidate.duel.update(y, prediction)
-                    candidate.duel_champion.update(y, shadow[name + BACKFILL][1])
+                    candidate.duel_champion.update(y, champion_score)
             else:
                 candidate.evaluation.update(y, prediction)
                 if name != self.champion and y_champion is not None:
@@ -140,9 +138,9 @@ class OnlineModel:
             self.examples.append((orjson.dumps(x), y))
         self.n_learned += 1
         decisions = []
-        if self.probation is not None and PROBATION in shadow:
+        if self.probation is not None and shadow.probation is not None:
             trial = self.probation
-            trial.update(y, y_served, shadow[PROBATION], shadow.get(trial.promoted), shadow.get(trial.champion))
+            trial.update(y, y_served, shadow.probation, scores.get(trial.promoted), scores.get(trial.champion))
             decisions += self._judge_probation(event_ts)
             if any(d.switched for d in decisions):
                 self.labels_since_check = 0  # the next check compares with the restored version
@@ -324,7 +322,8 @@ class OnlineModel:
         self.candidates[name] = candidate
         start = (f"warm-started on the last {warm} labelled examples" + ("" if everything else " (since the estimated change)")
                  if warm else "untrained (no estimate of the change)" if since_change is None else "untrained")
-        return Decision("challenger", None, f"{name} started ({spec}), {start}, after {reason}{decisions_note}")
+        return Decision("challenger", None, f"{name} started ({spec}), {start}, after {reason}{decisions_note}",
+                        candidate=name)
 
     def backfill(self, name: str, pending: Any) -> int:
         """Let a new challenger score the predictions still waiting for their labels, now.
@@ -340,11 +339,10 @@ class OnlineModel:
         count = 0
         for waiting in pending:
             scored = waiting.unpack()
-            shadow = scored.shadow
-            if not isinstance(shadow, dict) or name in shadow:
+            if name in scored.shadow.scores:
                 continue
-            shadow[name] = self.predict(candidate.model, scored.x)
-            shadow[name + BACKFILL] = (self.champion, self.predict(champion.model, scored.x))
+            scored.shadow.add_late(name, self.predict(candidate.model, scored.x), self.champion,
+                                   self.predict(champion.model, scored.x))
             waiting.repack(scored)
             count += 1
         return count
@@ -359,7 +357,7 @@ class OnlineModel:
         candidate.n_learned = published.n_learned
         self.candidates[name] = candidate
         what = "learns on from there" if learns else "is scored but does not learn"
-        return Decision("challenger", published.version, f"{name} put up as a challenger; it {what}")
+        return Decision("challenger", published.version, f"{name} put up as a challenger; it {what}", candidate=name)
 
     def retire(self, name: str, reason: str) -> Decision:
         """Drop a challenger (never the champion)."""
