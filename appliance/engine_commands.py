@@ -11,7 +11,7 @@ file, never socket bytes.
 from __future__ import annotations
 
 import pickle
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -30,13 +30,34 @@ from .store import reading
 from .versions import Published
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .config import Config
+    from .drift import DriftMonitor
+    from .features import FeatureSpace
+    from .learning import OnlineModel
+    from .versions import Decision
+
+
+class CommandTarget(Protocol):
+    """What a command may use of the engine (`engine.Engine` is one): its parts, and its log."""
+
+    config: Config
+    model: OnlineModel
+    space: FeatureSpace
+    drift: DriftMonitor
+    rows: dict[str, list[dict]]
+    counts: dict[str, int]
+    last_import: int
+
+    def event_time(self) -> float | None: ...
+    def apply(self, decisions: list[Decision], actor: str) -> None: ...
+    def audit(self, action: str, version: int | None, reason: str, actor: str) -> None: ...
+    def log_version(self, published: Published) -> None: ...
 
 
 class EngineCommands:
     """Applies the operator's commands to one engine: its model, its feature space, its audit trail."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: CommandTarget) -> None:
         self.engine = engine
 
     def apply(self, command: Command) -> None:

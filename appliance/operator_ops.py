@@ -9,7 +9,7 @@ engine's stats snapshot and its recent audit rows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from .commands import (
     COMMANDS,
@@ -26,10 +26,8 @@ from .commands import (
 from .engine import Engine
 from .errors import RequestError
 from .inbox import Inbox
+from .stats_board import StatsBoard
 from .timeutil import format_timestamp
-
-if TYPE_CHECKING:
-    from .service import StatsBoard
 
 
 def limit_of(request: dict, default: int, high: int | None = None) -> int:

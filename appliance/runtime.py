@@ -28,7 +28,8 @@ from .features import HASH
 from .model_spec import DEFAULT_MODELS, zeroing_warning
 from .entity_history import index_entity_keys
 from .order_log import OrderLog
-from .service import Service, StatsBoard
+from .service import Service
+from .stats_board import StatsBoard
 from .sources import read_source, resolve_source
 from .ownership import StoreLock, make_private
 from .store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db

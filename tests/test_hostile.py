@@ -26,7 +26,8 @@ from appliance.errors import InvalidEvent, RequestError
 from appliance.events import Event, Label, parse_event
 from appliance.inbox import Inbox
 from appliance.protocol import Protocol, Session
-from appliance.service import Service, StatsBoard
+from appliance.service import Service
+from appliance.stats_board import StatsBoard
 from appliance.timeutil import format_timestamp
 
 from .conftest import SMALL_CONFIG, serving
