@@ -9,7 +9,8 @@ import pytest
 
 from appliance.config import ModelConfig, config_from_dict
 from appliance.errors import ConfigError
-from appliance.learning import YOUNG, OnlineModel
+from appliance.learning import OnlineModel
+from appliance.publication import YOUNG
 
 SPEC = "appliance.ScaleNumeric() | linear_model.LogisticRegression()"
 
