@@ -27,6 +27,7 @@ from .category_stats import CategoryStats
 from .config import Config
 from .events import Event, Label, check_not_ahead
 from .engine_commands import EngineCommands, model_row
+from .engine_rows import as_prediction, empty_rows, label_row, metric_row, prediction_row
 from .items import ControlItem, EventItem, Item, LabelItem, Served
 from .features import FeatureSpace
 from .drift import DriftMonitor
@@ -35,7 +36,6 @@ from .label_join import LabelJoin, Pending, Scored
 from .learning import OnlineModel, upgrade
 from .model_report import model_summary
 from .versions import Decision, Published
-from .metrics import positive_score, predicted_label
 from .model_spec import DEFAULT_MODELS
 from .timeutil import format_timestamp
 
@@ -77,7 +77,7 @@ class Engine:
         self.dirty: set[tuple[str, str]] = set()
         self.evicted: set[tuple[str, str]] = set()
         self.sweep_ticks: dict[str, int] = {}
-        self.rows: dict[str, list[dict]] = _empty_rows()
+        self.rows: dict[str, list[dict]] = empty_rows()
         self._restored_attributes: dict[str, int] = {}
         self.audit_seq = 0
         self.recent_audit: deque = deque(maxlen=RECENT_AUDIT)
@@ -126,7 +126,7 @@ class Engine:
             y_served = model.predict(model.served.model, x)
             version = model.served.version
         else:
-            x, y_served, version = served.x, _as_prediction(served.score, self.task), served.version
+            x, y_served, version = served.x, as_prediction(served.score, self.task), served.version
         features = orjson.dumps(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
@@ -136,8 +136,8 @@ class Engine:
             self.watermark = event.ts
             self._sweep()
         shadow = model.shadow(x)
-        self.rows["predictions"].append(self._prediction_row(event, features, y_served, shadow.scores[model.champion],
-                                                             version, served))
+        self.rows["predictions"].append(prediction_row(event, features, y_served, shadow.scores[model.champion], version,
+                                                       "stream" if served is None else "socket", self.task))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
             return
@@ -198,7 +198,7 @@ class Engine:
             self._learn(pending.unpack(), label.value, label.ts if label.ts is not None else self.watermark, "joined")
         elif label.event_id in self.recently_expired:
             self.counts["labels_late"] += 1
-            self._label_row(label.event_id, label.ts, label.value, None, "late")
+            self.rows["labels"].append(label_row(label.event_id, label.ts, label.value, None, "late"))
         else:
             self.counts["labels_early"] += 1
             self.counts["labels_early_dropped"] += self.join.hold_early(label.event_id, self.watermark, label.value)
@@ -210,12 +210,14 @@ class Engine:
         if status in ("joined", "early"):
             self.join.record_delay(delay)
         decisions = self.model.learn(pending.x, y, pending.shadow, pending.y_served, self.watermark)
-        self._label_row(pending.event_id, label_ts, y, delay, status)
+        self.rows["labels"].append(label_row(pending.event_id, label_ts, y, delay, status))
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
             self._on_alert(alert, self.config.lifecycle.on_concept_drift)
         if self.model.n_learned % METRIC_EVERY == 0:
-            self.rows["metrics"].append(self._metric_row())
+            row, point = metric_row(self.model, self.watermark)
+            self.rows["metrics"].append(row)
+            self.curve.append(point)
         self.apply(decisions, "policy")
 
     def apply(self, decisions: list[Decision], actor: str) -> None:
@@ -305,39 +307,9 @@ class Engine:
         self.commands.attach_attributes(db, self._restored_attributes)
 
     # -- rows ------------------------------------------------------------------------------
-    def _prediction_row(self, event: Event, features: bytes, y_served: Any, y_learner: Any, version: int,
-                        served: dict | None) -> dict:
-        if self.task == "classification":
-            score, learner_score = positive_score(y_served), positive_score(y_learner)
-            label = predicted_label(y_served)
-        else:
-            score, learner_score, label = y_served, y_learner, None
-        return {"event_id": event.event_id, "ts": event.ts, "version": version, "score": score,
-                "predicted": label, "learner_score": learner_score,
-                "origin": "socket" if served is not None else "stream",
-                "features": features.decode()}
-
-    def _label_row(self, event_id: str, ts: float | None, y: Any, delay: float | None, status: str) -> None:
-        value = float(y) if not isinstance(y, bool) else int(y)
-        self.rows["labels"].append({"event_id": event_id, "ts": ts, "label": value, "delay": delay,
-                                    "status": status})
-
-    def _metric_row(self) -> dict:
-        """One point of metric history: the store's row, and the in-memory curve the console draws."""
-        model = self.model
-        candidates = {name: c.evaluation.window_primary() for name, c in model.candidates.items()}
-        self.curve.append({"event_ts": self.watermark, "labels": model.n_learned, "version": model.served.version,
-                           "champion": model.champion, "served": model.served_eval.window_primary(),
-                           "candidates": candidates})
-        return {"labels": model.n_learned, "event_ts": self.watermark,
-                "version": model.served.version, "champion": model.champion,
-                "learner": orjson.dumps(model.learner_eval.values()).decode(),
-                "served": orjson.dumps(model.served_eval.values()).decode(),
-                "candidates": orjson.dumps(candidates).decode()}
-
     def take_rows(self) -> dict[str, list[dict]]:
         """Return the rows produced since the last call and start a new set."""
-        rows, self.rows = self.rows, _empty_rows()
+        rows, self.rows = self.rows, empty_rows()
         return rows
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -387,7 +359,7 @@ class Engine:
                     raise ConfigError(f'entity state for "{key}" in the store has another layout (an earlier '
                                       "release kept shorter rings for this allowed_lateness); start with --fresh")
                 self.entities[key][entity] = state
-        self.rows = _empty_rows()
+        self.rows = empty_rows()
         self.apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
 
     # -- stats -----------------------------------------------------------------------------
@@ -416,12 +388,3 @@ def _join_rate_of(counts: dict[str, int]) -> float | None:
     joined = counts["labels_joined"] + counts["labels_immediate"]
     resolved = joined + counts["predictions_expired"]
     return round(joined / resolved, 4) if resolved else None
-
-
-def _as_prediction(score: float, task: str) -> Any:
-    return {False: 1.0 - score, True: score} if task == "classification" else score
-
-
-def _empty_rows() -> dict[str, list[dict]]:
-    return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
-            "attribute_switches": [], "audit": [], "alerts": []}
