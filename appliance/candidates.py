@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -23,23 +22,6 @@ from .model_spec import build_model
 if TYPE_CHECKING:
     from .label_join import Pending
     from .versions import Published
-
-
-@dataclass(slots=True)
-class Shadow:
-    """Every candidate's prediction for one event, made when the event was scored, kept with the
-    prediction until its label arrives (`label_join.Pending`)."""
-
-    scores: dict[str, Any]  # candidate name -> its prediction
-    probation: Any = None  # the prediction of the version a policy promotion replaced, while on probation
-    # Candidates that scored this event late (a challenger started while its label was pending):
-    # name -> [the champion then, the champion's learner's prediction then]. Judged only in the duel.
-    late: dict[str, list] | None = None
-
-    def add_late(self, name: str, score: Any, champion: str, champion_score: Any) -> None:
-        """Record a challenger's late prediction, and the champion's learner's made at the same time."""
-        self.scores[name] = score
-        self.late = {**(self.late or {}), name: [champion, champion_score]}
 
 
 class Candidate:

@@ -67,7 +67,7 @@ class EngineCommands:
             case RefreshAttributes():
                 self.refresh_attributes()
             case ImportModels():
-                self.import_models()
+                self.import_models(actor=actor)
             case Promote(challenger=str() as name):
                 if name not in model.candidates or name == model.champion:
                     engine.audit("refuse", None, f"promote: {name!r} is not a challenger", actor)
@@ -101,7 +101,7 @@ class EngineCommands:
                 engine.audit("pause" if paused else "resume", None,
                              "automatic publication " + ("paused" if paused else "resumed"), actor)
 
-    def import_models(self, db: Any = None) -> list[int]:
+    def import_models(self, db: Any = None, actor: str = "operator") -> list[int]:
         """Register the models `appliance models import` staged in the store; return their versions."""
         engine = self.engine
         with reading(engine.config.db, db) as store:
@@ -116,7 +116,7 @@ class EngineCommands:
             engine.log_version(published)
             engine.last_import = import_id
             engine.audit("import", published.version,
-                         f"imported from {path} (v{meta.get('version')} there); serve it with promote", "operator")
+                         f"imported from {path} (v{meta.get('version')} there); serve it with promote", actor)
             versions.append(published.version)
         return versions
 

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .candidates import Candidate, Probation, Shadow, backfill, warm_started, winning_challenger
+from .candidates import Candidate, Probation, backfill, warm_started, winning_challenger
 from .config import CHAMPION, ModelConfig
 from .lifecycle_config import Lifecycle
 from .metrics import Evaluation
 from .publication import gate, labels_between_checks
+from .shadow import Shadow
 # Published and Decision lived here; checkpoints pickled before they moved name them by this module.
 from .versions import Decision, Published
 

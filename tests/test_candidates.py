@@ -10,13 +10,13 @@ import orjson
 from appliance.candidates import (
     Candidate,
     Probation,
-    Shadow,
     backfill,
     warm_started,
     winning_challenger,
 )
 from appliance.label_join import Pending, Scored
 from appliance.model_spec import build_model
+from appliance.shadow import Shadow
 from appliance.versions import Published
 
 LEARNER = "preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))"
