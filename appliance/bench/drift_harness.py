@@ -149,6 +149,7 @@ class Outcome:
 def run_case(scenario: str, labels: str, model: str, run: str, plan: Plan, n: int | None = None) -> tuple[Outcome, int | None]:
     """Replay one generated stream through a real Engine; return what served and the change point."""
     from appliance.engine.core import Engine
+    from appliance.engine.items import EventItem, LabelItem
     from appliance.ingest.events import Label, parse_event
 
     n = n or plan.events
@@ -166,9 +167,9 @@ def run_case(scenario: str, labels: str, model: str, run: str, plan: Plan, n: in
     for offset, item in enumerate(raw, start=1):
         parsed = parse_event(item, config.event, "classification")
         if isinstance(parsed, Label):
-            engine.process(("label", "bench", offset, parsed))
+            engine.process(LabelItem("bench", offset, parsed))
         else:
-            engine.process(("event", "bench", offset, parsed, None, True))
+            engine.process(EventItem("bench", offset, parsed))
         if offset % 500 == 0 or offset == len(raw):
             collect(engine.take_rows(), scores, out, seen)
     out.seconds = time.perf_counter() - started
@@ -192,6 +193,8 @@ def collect(rows: dict[str, list], scores: dict[str, float], out: Outcome, seen:
 
 def serve_onnx(engine: Any, raw: list[dict], fields: list[str]) -> None:
     """Fit a logistic regression offline on the first labelled events, serve it as a frozen champion."""
+    from appliance.engine.control import Promote
+    from appliance.engine.items import ControlItem
     from appliance.offline.train import train
 
     labelled = {e["event_id"]: e.get("label") for e in raw if e["type"] == "label"}
@@ -199,7 +202,7 @@ def serve_onnx(engine: Any, raw: list[dict], fields: list[str]) -> None:
     rows = [r for r in rows if r["label"] is not None][:ONNX_TRAIN]
     onnx, _ = train(rows, fields, "classification", "logistic", holdout=0.0)
     published = engine.model.register(onnx, "onnx logistic", len(rows), {}, None, candidate="import")
-    engine.process(("control", "bench", None, {"control": "promote", "version": published.version, "actor": "bench"}))
+    engine.process(ControlItem("bench", None, Promote(version=published.version, actor="bench")))
     engine.take_rows()
 
 

@@ -16,18 +16,19 @@ from typing import Any, NamedTuple
 import orjson
 
 from appliance.config.file import LabelPolicy
+from appliance.learning.shadow import Shadow
 
 DEFAULT_HORIZON = 7 * 86400.0
 
 
 class Scored(NamedTuple):
     """What learning needs of a prediction: its features, every candidate's shadow prediction
-    (by candidate name), the served prediction and version, all as they were at prediction time."""
+    (`Shadow`), the served prediction and version, all as they were at prediction time."""
 
     event_id: str
     ts: float
     x: dict
-    shadow: Any
+    shadow: Shadow
     y_served: Any
     version: int
 
@@ -53,11 +54,11 @@ class Pending:
         """Pack a prediction; `features` is its vector already encoded as JSON, if at hand."""
         features = orjson.dumps(scored.x) if features is None else features
         return cls(scored.event_id, scored.ts,
-                   pickle.dumps((features, scored.shadow, scored.y_served, scored.version), protocol=5))
+                   pickle.dumps((features, *scored.shadow.fields(), scored.y_served, scored.version), protocol=5))
 
     def unpack(self) -> Scored:
-        features, shadow, y_served, version = pickle.loads(self.packed)  # noqa: S301 - our own blob
-        return Scored(self.event_id, self.ts, orjson.loads(features), shadow, y_served, version)
+        features, scores, probation, late, y_served, version = pickle.loads(self.packed)  # noqa: S301 - our own blob
+        return Scored(self.event_id, self.ts, orjson.loads(features), Shadow(scores, probation, late), y_served, version)
 
     def repack(self, scored: Scored) -> None:
         """Replace the packed fields (a challenger's late shadow prediction was added)."""
@@ -71,6 +72,7 @@ class Pending:
             return
         # An earlier release kept the fields unpacked (and called the shadow prediction y_learner).
         shadow = slots.get("shadow", slots.get("y_learner"))
+        shadow = Shadow(shadow if isinstance(shadow, dict) else {"main": shadow})
         scored = Scored(slots["event_id"], slots["ts"], slots["x"], shadow, slots["y_served"], slots["version"])
         self.event_id, self.ts, self.packed = scored.event_id, scored.ts, Pending.pack(scored).packed
 

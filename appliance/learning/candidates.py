@@ -10,11 +10,17 @@ live learner, for an automatic rollback.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
+
+from appliance.config.model_spec import build_model
 from appliance.learning.metrics import Evaluation, better_by, not_worse
 
 if TYPE_CHECKING:
+    from appliance.engine.label_join import Pending
     from appliance.learning.versions import Published
 
 
@@ -34,6 +40,11 @@ class Candidate:
         self.duel_champion = Evaluation(task, window)  # ...and the champion's learner on the same labels
         self.n_learned = 0
 
+    @classmethod
+    def untrained(cls, name: str, spec: str, task: str, window: int) -> Candidate:
+        """A candidate of `spec` that has learned nothing yet (the config's)."""
+        return cls(name, spec, build_model(spec, task), task, window)
+
     def reset_duel(self) -> None:
         self.duel.reset_window()
         self.duel_champion.reset_window()
@@ -47,6 +58,57 @@ class Candidate:
             row["versus_champion"] = {"labels": self.duel.window_count, "challenger": self.duel.window_primary(),
                                       "champion": self.duel_champion.window_primary()}
         return row
+
+
+def winning_challenger(candidates: Iterable[Candidate], champion: str, promote_after: int,
+                       margin: float) -> tuple[Candidate, str] | None:
+    """The challenger whose learner beat the champion's learner by more than `margin` over at least
+    `promote_after` labels scored by both (the best if several did), with the reason; else None."""
+    best = None
+    for candidate in candidates:
+        if candidate.name == champion or candidate.duel.window_count < promote_after:
+            continue
+        mine, theirs = candidate.duel.window_primary(), candidate.duel_champion.window_primary()
+        if not better_by(mine, theirs, margin, candidate.duel.bigger_is_better):
+            continue
+        if best is None or better_by(mine, best[1], 0.0, candidate.duel.bigger_is_better):
+            best = (candidate, mine, theirs)
+    if best is None:
+        return None
+    candidate, mine, theirs = best
+    return candidate, (f"{candidate.name} beat the champion {champion} on the last "
+                       f"{min(candidate.duel.window_count, candidate.duel.window)} labels scored by both: "
+                       f"{candidate.duel.primary} {mine:.4f} vs {theirs:.4f} (margin {margin})")
+
+
+def warm_started(spec: str, task: str, examples: Sequence[tuple[bytes, Any]], warm: int) -> Any:
+    """A fresh model of `spec` that learned the last `warm` of `examples` ((x as JSON, y), oldest first)."""
+    model = build_model(spec, task)
+    for x, y in itertools.islice(examples, len(examples) - warm, None):
+        model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
+    return model
+
+
+def backfill(candidate: Candidate, champion: str, champion_model: Any, pending: Iterable[Pending],
+             predict: Callable[[Any, dict], Any]) -> int:
+    """Let a new challenger score the predictions still waiting for their labels, now.
+
+    A challenger started at time T would otherwise be judged only on events it scored itself,
+    whose labels arrive up to a label horizon later. Scoring the waiting ones at T is fair only
+    against the champion's learner scoring them at T too (both know the labels that arrived
+    before T, neither knows these); so both scores are stored (`Shadow.late`), these labels count
+    only in the challenger's duel, and never in its prequential metrics. Returns how many were scored.
+    """
+    count = 0
+    for waiting in pending:
+        scored = waiting.unpack()
+        if candidate.name in scored.shadow.scores:
+            continue
+        scored.shadow.add_late(candidate.name, predict(candidate.model, scored.x), champion,
+                               predict(champion_model, scored.x))
+        waiting.repack(scored)
+        count += 1
+    return count
 
 
 class Verdict(NamedTuple):

@@ -43,3 +43,4 @@ class Decision:
     reason: str
     new_version: Published | None = None  # a version to write to the registry
     switched: bool = False  # whether the served version changed
+    candidate: str | None = None  # the challenger a "challenger" decision started or put up

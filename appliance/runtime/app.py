@@ -191,7 +191,7 @@ class Appliance:
             index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)
             engine.attach_attributes(db)
-            self.imported = engine.import_models(db)
+            self.imported = engine.commands.import_models(db)
         finally:
             db.conn.close()
         return engine

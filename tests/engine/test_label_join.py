@@ -7,13 +7,15 @@ import pickle
 from appliance.config.file import LabelPolicy
 from appliance.engine.core import Engine
 from appliance.engine.label_join import LabelJoin, Pending, Scored
+from appliance.learning.shadow import Shadow
 from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from tests.conftest import config_with, flip_stream, items
 
 
 def scored(event_id: str, ts: float) -> Scored:
-    return Scored(event_id, ts, {"amount": 12.5, "n": 3, "city_7": 1.0}, {"main": {False: 0.75, True: 0.25}},
-                  {False: 0.5, True: 0.5}, 4)
+    shadow = Shadow({"main": {False: 0.75, True: 0.25}, "fast": {False: 0.5, True: 0.5}}, {False: 0.6, True: 0.4},
+                    {"fast": ["main", {False: 0.7, True: 0.3}]})
+    return Scored(event_id, ts, {"amount": 12.5, "n": 3, "city_7": 1.0}, shadow, {False: 0.5, True: 0.5}, 4)
 
 
 def test_a_packed_prediction_unpacks_to_what_was_packed():
@@ -26,7 +28,7 @@ def test_a_pending_prediction_pickled_by_an_earlier_release_is_packed_when_loade
     old = Pending.__new__(Pending)  # the earlier release's slots; the shadow prediction was y_learner
     old.__setstate__((None, {"event_id": "e1", "ts": 100.0, "x": {"amount": 12.5}, "y_learner": 0.25,
                              "y_served": 0.5, "version": 2}))
-    assert old.unpack() == Scored("e1", 100.0, {"amount": 12.5}, 0.25, 0.5, 2)
+    assert old.unpack() == Scored("e1", 100.0, {"amount": 12.5}, Shadow({"main": 0.25}), 0.5, 2)
     assert pickle.loads(pickle.dumps(old)).unpack() == old.unpack()
 
 

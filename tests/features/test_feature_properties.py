@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from appliance.config.file import config_from_dict
 from appliance.engine.core import Engine
+from appliance.engine.items import EventItem, LabelItem
 from appliance.errors import ConfigError
 from appliance.ingest.events import Event, parse_event
 from appliance.offline.export import training_set
@@ -92,9 +93,9 @@ def to_items(config, stream):
         ingest = not raw.pop("_score_only", False)
         parsed = parse_event(raw, config.event, config.model.task)
         if isinstance(parsed, Event):
-            items.append(("event", "test", offset, parsed, None, ingest))
+            items.append(EventItem("test", offset, parsed, None, ingest))
         else:
-            items.append(("label", "test", offset, parsed))
+            items.append(LabelItem("test", offset, parsed))
     return items
 
 

@@ -77,7 +77,7 @@ def test_probation_rolls_back_to_the_live_learner_when_the_promotion_loses_to_it
     model = engine.model
     replaced = model.served.version
     promotion = model.promote_candidate("slow", None, "a test promotion by policy", by_policy=True)
-    engine._apply([promotion], "policy")
+    engine.apply([promotion], "policy")
     rows = process_until(engine, parsed[change:], "rollback")
     rollback = audit_rows(rows, "rollback")[0]
     assert "the live learner of main" in rollback["reason"]
@@ -97,7 +97,7 @@ def test_probation_passes_when_the_promotion_beats_both_baselines():
     engine = Engine(config)
     parsed = items(config, flip_stream(2000, change=1000))
     run(engine, parsed[:1000])
-    engine._apply([engine.model.promote_candidate("fast", None, "a test promotion by policy", by_policy=True)],
+    engine.apply([engine.model.promote_candidate("fast", None, "a test promotion by policy", by_policy=True)],
                   "policy")
     rows = run(engine, parsed[1000:1600])
     keep = audit_rows(rows, "keep")
