@@ -208,3 +208,24 @@ def test_help_view_lists_every_key_and_says_whether_actions_are_allowed(canned, 
         assert ("Read-only: actions are refused." in text) == readonly
 
     run(canned, scenario, readonly=readonly)
+
+
+def test_a_view_paints_again_only_when_its_replies_change(canned):
+    """The models view polls `models` and `curve` at every poll; replies equal to the last ones
+    (all but the envelope's request id) leave the screen alone, a changed one is painted."""
+    async def scenario(app, pilot):
+        await pilot.press("2")
+        view = app.views["models"]
+        await until(pilot, lambda: app.query_one("#leaderboard", Table).row_count == 2 and view.paints > 0, "painted")
+        polls, paints = app.polls, view.paints
+        await until(pilot, lambda: app.polls >= polls + 5, "five more polls")
+        assert view.paints == paints  # the same replies: not painted again
+        models = copy.deepcopy(REPLIES["models"])
+        models["leaderboard"][0]["labels_scored"] = 7777
+        canned.replies["models"] = models
+        await until(pilot, lambda: column(app, "#leaderboard", "labels")[0] == "7,777", "the change painted")
+        polls = app.polls
+        await until(pilot, lambda: app.polls >= polls + 3, "three more polls")
+        assert view.paints == paints + 1
+
+    run(canned, scenario)
