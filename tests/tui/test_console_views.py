@@ -12,7 +12,7 @@ import pytest
 
 from appliance.serving.protocol import Protocol
 from appliance.serving.server import SocketServer
-from tests.conftest import REPLIES, text_of, until
+from tests.tui.conftest import REPLIES, text_of, until
 from tui.console import Console
 from tui.views import Table
 
