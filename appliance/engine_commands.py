@@ -9,7 +9,6 @@ versions and staged imports are read from the store: our own SQLite file, never 
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ import orjson
 from . import attributes, registry
 from .versions import Published
 from .store import reading
+from .snapshot import dump_object, load_object
 
 
 class EngineCommands:
@@ -71,7 +71,7 @@ class EngineCommands:
         versions = []
         for import_id, path, meta_text, blob in staged:
             meta = orjson.loads(meta_text)
-            model = pickle.loads(blob)  # noqa: S301 - a file the operator named, staged in our own store
+            model = load_object(blob)  # a file the operator named, staged in our own store
             published = self.model.register(model, meta["spec"], int(meta.get("n_learned") or 0),
                                             meta.get("metrics") or {}, self._event_time(),
                                             candidate=str(meta.get("candidate") or "import"))
@@ -116,7 +116,7 @@ class EngineCommands:
             blob = registry.model_blob(store, version)
         if blob is None:
             return None
-        return Published(model=pickle.loads(blob), **model.catalog[version])  # noqa: S301 - the local registry
+        return Published(model=load_object(blob), **model.catalog[version])  # the local registry
 
     # -- the audit trail -------------------------------------------------------------------
     def load_recent_audit(self, db: Any) -> None:
@@ -166,4 +166,4 @@ def model_row(published: Published) -> dict:
     return {"version": published.version, "spec": published.spec, "parent": published.parent,
             "n_learned": published.n_learned, "event_ts": published.event_ts, "wall_ts": published.wall_ts,
             "metrics": orjson.dumps(published.metrics).decode(),
-            "model": pickle.dumps(published.model, protocol=5), "candidate": published.candidate}
+            "model": dump_object(published.model), "candidate": published.candidate}

@@ -36,7 +36,6 @@ from .config import CHAMPION, ModelConfig
 from .lifecycle_config import Lifecycle
 from .metrics import GATE, Evaluation, better_by, bigger_is_better, not_worse
 from .model_spec import build_model
-# Published and Decision lived here; checkpoints pickled before they moved name them by this module.
 from .versions import Decision, Published
 
 YOUNG = 100  # while the learner has n labels, checks come every n/YOUNG labels (it changes most early)
@@ -81,10 +80,31 @@ class OnlineModel:
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
         self.history.append(self.served.version)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["recent"] = {}  # the registry in the store has them; a checkpoint stays small
-        return state
+    _COUNTERS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
+                 "rollbacks", "retrains", "paused", "last_version", "champion")
+
+    def to_data(self) -> dict[str, Any]:
+        """The state as plain data (`snapshot`); config and lifecycle come from the config at restore.
+
+        The recently published versions are left out: the registry in the store has them.
+        """
+        return {**{name: getattr(self, name) for name in self._COUNTERS},
+                "candidates": [candidate.to_data() for candidate in self.candidates.values()],
+                "served_eval": self.served_eval.to_data(), "served": self.served.to_data(),
+                "examples": [list(example) for example in self.examples],
+                "probation": None if self.probation is None else self.probation.to_data(),
+                "catalog": self.catalog, "history": self.history}
+
+    def load_data(self, data: dict[str, Any]) -> None:
+        """Take the state `to_data` described (then `reconcile` applies the config)."""
+        for name in self._COUNTERS:
+            setattr(self, name, data[name])
+        self.candidates = {c["name"]: Candidate.from_data(c) for c in data["candidates"]}
+        self.served_eval = Evaluation.from_data(data["served_eval"])
+        self.served = Published.from_data(data["served"])
+        self.examples = deque(((x, y) for x, y in data["examples"]), maxlen=self.lifecycle.warm_start)
+        self.probation = None if data["probation"] is None else Probation.from_data(data["probation"])
+        self.catalog, self.history, self.recent = data["catalog"], data["history"], {}
 
     # -- the champion's learner ------------------------------------------------------------
     @property
@@ -116,8 +136,6 @@ class OnlineModel:
 
     def learn(self, x: dict, y: Any, shadow: Any, y_served: Any, event_ts: float) -> list[Decision]:
         """Score every candidate on this label, let them learn it, and decide what serves next."""
-        if not isinstance(shadow, dict) or (shadow and not isinstance(next(iter(shadow)), str)):
-            shadow = {CHAMPION: shadow}  # pending from an earlier release: the learner's prediction alone
         self.served_eval.update(y, y_served)
         y_champion = shadow.get(self.champion)
         for name, candidate in self.candidates.items():
@@ -311,7 +329,7 @@ class OnlineModel:
         everything = life.warm_start_from == "last"
         warm = len(self.examples) if everything else min(len(self.examples), max(0, since_change or 0))
         for x, y in itertools.islice(self.examples, len(self.examples) - warm, None):
-            model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
+            model.learn_one(orjson.loads(x), y)
         self.retrains += 1
         name = f"retrain-{self.retrains}"
         candidate = Candidate(name, spec, model, self.task, self.config.metric_window, origin=reason)
@@ -341,7 +359,7 @@ class OnlineModel:
         for waiting in pending:
             scored = waiting.unpack()
             shadow = scored.shadow
-            if not isinstance(shadow, dict) or name in shadow:
+            if name in shadow:
                 continue
             shadow[name] = self.predict(candidate.model, scored.x)
             shadow[name + BACKFILL] = (self.champion, self.predict(champion.model, scored.x))
@@ -430,27 +448,6 @@ class OnlineModel:
         self.catalog[published.version] = published.describe()
         self._remember(published)
         return published
-
-
-def upgrade(model: OnlineModel) -> None:
-    """Give a model restored from an earlier release's checkpoint the fields it lacked."""
-    state = model.__dict__
-    if "candidates" not in state:
-        champion = Candidate(CHAMPION, state.pop("spec"), state.pop("learner"), model.task, model.config.metric_window)
-        champion.evaluation = state.pop("learner_eval")
-        champion.n_learned = model.n_learned
-        model.candidates, model.champion = {CHAMPION: champion}, CHAMPION
-        model.lifecycle, model.examples, model.probation = Lifecycle(), deque(maxlen=Lifecycle().warm_start), None
-        model.promotions = model.rollbacks = model.retrains = 0
-    state.setdefault("last_check_ts", None)
-    for candidate in model.candidates.values():
-        candidate.evaluation.upgrade()
-    model.served_eval.upgrade()
-    if "catalog" not in state:
-        model.paused, model.recent = False, {}
-        model.last_version = model.served.version
-        model.catalog = {model.served.version: model.served.describe()}
-        model.history = [model.served.version]
 
 
 def _fmt(value: float | None) -> str:
