@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 from typing import Any
 
 import msgpack
@@ -34,6 +35,8 @@ from .errors import ConfigError
 FORMAT_VERSION = 1
 KIND = "appliance-checkpoint"
 
+_local = threading.local()
+
 
 def pack(data: Any) -> bytes:
     """Encode plain data (maps, lists, str, bytes, numbers, bool, None) as MessagePack.
@@ -41,7 +44,11 @@ def pack(data: Any) -> bytes:
     >>> unpack(pack({"watermark": float("-inf"), 3: {True: 0.25}, "blob": b"\\x00"}))
     {'watermark': -inf, 3: {True: 0.25}, 'blob': b'\\x00'}
     """
-    return msgpack.packb(data, use_bin_type=True, default=_plain)
+    try:
+        packer = _local.packer
+    except AttributeError:  # one Packer per thread, reused: a new one per call costs more than the packing
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_plain)
+    return packer.pack(data)
 
 
 def unpack(blob: bytes, *, tuples: bool = False) -> Any:
