@@ -80,7 +80,7 @@ class OnlineModel:
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
         self.history.append(self.served.version)
 
-    _COUNTERS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
+    _SCALARS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
                  "rollbacks", "retrains", "paused", "last_version", "champion")
 
     def to_data(self) -> dict[str, Any]:
@@ -88,7 +88,7 @@ class OnlineModel:
 
         The recently published versions are left out: the registry in the store has them.
         """
-        return {**{name: getattr(self, name) for name in self._COUNTERS},
+        return {**{name: getattr(self, name) for name in self._SCALARS},
                 "candidates": [candidate.to_data() for candidate in self.candidates.values()],
                 "served_eval": self.served_eval.to_data(), "served": self.served.to_data(),
                 "examples": [list(example) for example in self.examples],
@@ -97,7 +97,7 @@ class OnlineModel:
 
     def load_data(self, data: dict[str, Any]) -> None:
         """Take the state `to_data` described (then `reconcile` applies the config)."""
-        for name in self._COUNTERS:
+        for name in self._SCALARS:
             setattr(self, name, data[name])
         self.candidates = {c["name"]: Candidate.from_data(c) for c in data["candidates"]}
         self.served_eval = Evaluation.from_data(data["served_eval"])
