@@ -21,8 +21,8 @@ from appliance.config import config_from_dict
 from appliance.features import FeatureSpace, bucket_of
 from appliance.model_spec import DEFAULT_MODELS, build_model, zeroing_warning
 from appliance.runtime import fingerprint, warn_zeroing
-from appliance.snapshot import FORMAT_VERSION
 from appliance.scaling import ScaleNumeric
+from appliance.snapshot import FORMAT_VERSION
 
 AIRPORTS = ("EWR", "JFK", "LGA")
 CARRIERS = ("9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV")
