@@ -10,7 +10,6 @@ file, never socket bytes.
 
 from __future__ import annotations
 
-import pickle
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -28,6 +27,7 @@ from appliance.engine.control import (
 from appliance.features import attributes
 from appliance.learning.versions import Published
 from appliance.storage import registry
+from appliance.storage.snapshot import dump_object, load_object
 from appliance.storage.store import reading
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class EngineCommands:
         versions = []
         for import_id, path, meta_text, blob in staged:
             meta = orjson.loads(meta_text)
-            model = pickle.loads(blob)  # noqa: S301 - a file the operator named, staged in our own store
+            model = load_object(blob)  # a file the operator named, staged in our own store
             published = engine.model.register(model, meta["spec"], int(meta.get("n_learned") or 0),
                                               meta.get("metrics") or {}, engine.event_time(),
                                               candidate=str(meta.get("candidate") or "import"))
@@ -152,7 +152,7 @@ class EngineCommands:
             blob = registry.model_blob(store, version)
         if blob is None:
             return None
-        return Published(model=pickle.loads(blob), **model.catalog[version])  # noqa: S301 - the local registry
+        return Published(model=load_object(blob), **model.catalog[version])  # the local registry
 
     # -- attribute tables ------------------------------------------------------------------
     def refresh_attributes(self, db: Any = None) -> list[tuple[str, int]]:
@@ -186,8 +186,8 @@ class EngineCommands:
 
 
 def model_row(published: Published) -> dict:
-    """The registry row of a version: metadata and the pickled model."""
+    """The registry row of a version: metadata and the model (`snapshot.dump_object`)."""
     return {"version": published.version, "spec": published.spec, "parent": published.parent,
             "n_learned": published.n_learned, "event_ts": published.event_ts, "wall_ts": published.wall_ts,
             "metrics": orjson.dumps(published.metrics).decode(),
-            "model": pickle.dumps(published.model, protocol=5), "candidate": published.candidate}
+            "model": dump_object(published.model), "candidate": published.candidate}

@@ -14,7 +14,6 @@ applies between two events.
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -31,13 +30,15 @@ from appliance.engine.label_join import LabelJoin, Pending, Scored
 from appliance.engine.rows import as_prediction, empty_rows, label_row, metric_row, prediction_row
 from appliance.errors import ConfigError, InvalidEvent
 from appliance.features.category_stats import CategoryStats
+from appliance.features.entity_codec import decode_state, encode_state
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import Event, Label, check_not_ahead
 from appliance.learning.drift import DriftMonitor
-from appliance.learning.online_model import OnlineModel, upgrade
+from appliance.learning.online_model import OnlineModel
 from appliance.learning.report import model_summary
 from appliance.learning.versions import Decision, Published
 from appliance.storage import registry
+from appliance.storage.snapshot import pack_checkpoint, unpack_checkpoint
 from appliance.timeutil import format_timestamp
 
 METRIC_EVERY = 200  # labels between two rows of metric history
@@ -315,19 +316,26 @@ class Engine:
 
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
-        """Return everything needed to resume exactly here; entity state only where it changed."""
-        entities = [(key, entity, pickle.dumps(self.entities[key][entity], protocol=5))
+        """Return everything needed to resume exactly here; entity state only where it changed.
+
+        The engine's core state is one versioned blob of plain data (`snapshot`), each entity state
+        the bytes of `entity_codec`, each pending prediction its packed row (`label_join`).
+        """
+        entities = [(key, entity, encode_state(self.entities[key][entity]))
                     for key, entity in self.dirty if entity in self.entities[key]]
         evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
         self.dirty, self.evicted = set(), set()
-        versions = {name: table.version for name, table in self.space.attributes.items()}
-        core = {"model": self.model, "join": self.join, "watermark": self.watermark, "counts": self.counts,
-                "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
-                "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq,
-                "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq,
-                "curve": self.curve, "recent_dead": self.recent_dead}
-        return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
+        return {"offsets": dict(self.offsets), "engine": pack_checkpoint(self._core_data()), "entities": entities,
                 "evicted": evicted, "watermark": self.watermark, "pending": self.join.changes()}
+
+    def _core_data(self) -> dict[str, Any]:
+        """The engine's own state as named plain fields (the parts' `to_data`)."""
+        return {"model": self.model.to_data(), "join": self.join.to_data(), "watermark": self.watermark,
+                "counts": self.counts, "recently_expired": list(self.recently_expired), "offsets": self.offsets,
+                "sweep_ticks": self.sweep_ticks, "categories": self.categories.to_data(),
+                "attributes": {name: table.version for name, table in self.space.attributes.items()},
+                "audit_seq": self.audit_seq, "last_import": self.last_import, "drift": self.drift.to_data(),
+                "alert_seq": self.alert_seq, "curve": list(self.curve), "recent_dead": list(self.recent_dead)}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]],
                 pending_rows: Iterable[tuple[str, float, bytes]] = ()) -> None:
@@ -335,30 +343,26 @@ class Engine:
 
         `pending_rows` are the store's pending predictions (event id, ts, packed) in arrival order.
         """
-        core = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
-        if isinstance(core, tuple):  # written by an earlier release
-            core = dict(zip(("model", "join", "watermark", "counts", "recently_expired", "offsets",
-                             "sweep_ticks", "categories"), core))
-        self.model, self.join, self.watermark = core["model"], core["join"], core["watermark"]
+        core = unpack_checkpoint(engine_blob)
+        self.model.load_data(core["model"])
+        self.join.load_data(core["join"])
         self.join.load(pending_rows)
+        self.watermark = core["watermark"]
         self.counts = {**dict.fromkeys(COUNTERS, 0), **core["counts"]}
-        self.recently_expired, self.offsets = core["recently_expired"], core["offsets"]
-        self.sweep_ticks, self.categories = core["sweep_ticks"], core["categories"]
-        self._restored_attributes = core.get("attributes", {})
-        self.audit_seq = core.get("audit_seq", 0)
-        self.last_import = core.get("last_import", 0)
-        self.drift = core.get("drift") or self.drift
-        self.drift.lifecycle = self.config.lifecycle
-        self.alert_seq = core.get("alert_seq", 0)
-        self.curve = core.get("curve") or self.curve
-        self.recent_dead = core.get("recent_dead") or self.recent_dead
-        upgrade(self.model)
+        self.recently_expired = OrderedDict.fromkeys(core["recently_expired"])
+        self.offsets, self.sweep_ticks = core["offsets"], core["sweep_ticks"]
+        self.categories.load_data(core["categories"])
+        self._restored_attributes = core["attributes"]
+        self.audit_seq, self.last_import, self.alert_seq = core["audit_seq"], core["last_import"], core["alert_seq"]
+        self.drift.load_data(core["drift"])
+        self.curve = deque(core["curve"], maxlen=CURVE_POINTS)
+        self.recent_dead = deque(core["recent_dead"], maxlen=RECENT_DEAD)
         for key, entity, blob in entity_rows:
             if key in self.entities:
-                state = pickle.loads(blob)  # noqa: S301
-                if len(state[0]) != self.space.layouts[key].size:  # rings sized by an earlier release
-                    raise ConfigError(f'entity state for "{key}" in the store has another layout (an earlier '
-                                      "release kept shorter rings for this allowed_lateness); start with --fresh")
+                state = decode_state(blob)
+                if len(state[0]) != self.space.layouts[key].size:
+                    raise ConfigError(f'entity state for "{key}" in the store has another layout (another '
+                                      "allowed_lateness or windows); start with --fresh")
                 self.entities[key][entity] = state
         self.rows = empty_rows()
         self.apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")

@@ -8,7 +8,6 @@ Both maps are bounded by the horizon, so memory is bounded by the event rate tim
 
 from __future__ import annotations
 
-import pickle
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
@@ -17,6 +16,8 @@ import orjson
 
 from appliance.config.file import LabelPolicy
 from appliance.learning.shadow import Shadow
+from appliance.storage.snapshot import pack as pack_data
+from appliance.storage.snapshot import unpack as unpack_data
 
 DEFAULT_HORIZON = 7 * 86400.0
 
@@ -35,7 +36,8 @@ class Scored(NamedTuple):
 
 class Pending:
     """A scored event waiting for its label, packed into one blob: the feature vector as it was
-    logged (JSON), the shadow predictions, the served prediction and version.
+    logged (JSON), the shadow predictions, the served prediction and version, as the MessagePack
+    list `[features, shadow, y_served, version]` (`snapshot.pack`: plain data).
 
     Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
     and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
@@ -54,27 +56,15 @@ class Pending:
         """Pack a prediction; `features` is its vector already encoded as JSON, if at hand."""
         features = orjson.dumps(scored.x) if features is None else features
         return cls(scored.event_id, scored.ts,
-                   pickle.dumps((features, *scored.shadow.fields(), scored.y_served, scored.version), protocol=5))
+                   pack_data((features, *scored.shadow.fields(), scored.y_served, scored.version)))
 
     def unpack(self) -> Scored:
-        features, scores, probation, late, y_served, version = pickle.loads(self.packed)  # noqa: S301 - our own blob
+        features, scores, probation, late, y_served, version = unpack_data(self.packed, tuples=True)
         return Scored(self.event_id, self.ts, orjson.loads(features), Shadow(scores, probation, late), y_served, version)
 
     def repack(self, scored: Scored) -> None:
         """Replace the packed fields (a challenger's late shadow prediction was added)."""
         self.packed = Pending.pack(scored).packed
-
-    def __setstate__(self, state: Any) -> None:
-        slots = state[1] if isinstance(state, tuple) else state
-        if "packed" in slots:
-            for name, value in slots.items():
-                setattr(self, name, value)
-            return
-        # An earlier release kept the fields unpacked (and called the shadow prediction y_learner).
-        shadow = slots.get("shadow", slots.get("y_learner"))
-        shadow = Shadow(shadow if isinstance(shadow, dict) else {"main": shadow})
-        scored = Scored(slots["event_id"], slots["ts"], slots["x"], shadow, slots["y_served"], slots["version"])
-        self.event_id, self.ts, self.packed = scored.event_id, scored.ts, Pending.pack(scored).packed
 
 
 MAX_EARLY = 100_000  # early labels held at most (the oldest is dropped past it, counted)
@@ -103,23 +93,19 @@ class LabelJoin:
         self._added: dict[str, int] = {}  # since the last checkpoint: event id -> seq
         self._removed: set[str] = set()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for name in ("pending", "_added", "_removed"):  # the store's pending rows carry these
-            state.pop(name)
-        return state
+    def to_data(self) -> dict[str, Any]:
+        """Everything but the pending predictions (the store's rows carry them) as plain data."""
+        return {"horizon": self.horizon, "default": self.default, "next_early_sweep": self.next_early_sweep,
+                "early": [[event_id, seen_at, value] for event_id, (seen_at, value) in self.early.items()],
+                "delays": self.delays, "seq": self.seq}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.seq = state.get("seq", 0)
-        if not isinstance(self.early, OrderedDict):  # a checkpoint of an earlier release: a plain dict
-            self.early = OrderedDict(self.early)
-        self.early_bytes = state.get("early_bytes", sum(map(len, self.early)))
-        self._added, self._removed = {}, set()
-        if "pending" in state:  # a checkpoint of an earlier release pickled them here: write them out
-            self.touch_all()
-        else:
-            self.pending = OrderedDict()
+    def load_data(self, data: dict[str, Any]) -> None:
+        """Take the state `to_data` described; `load` then takes the pending predictions."""
+        self.horizon, self.default, self.next_early_sweep = data["horizon"], data["default"], data["next_early_sweep"]
+        self.early = OrderedDict((event_id, (seen_at, value)) for event_id, seen_at, value in data["early"])
+        self.early_bytes = sum(map(len, self.early))
+        self.delays, self.seq = data["delays"], data["seq"]
+        self.pending, self._added, self._removed = OrderedDict(), {}, set()
 
     def load(self, rows: Iterable[tuple[str, float, bytes]]) -> None:
         """Take back the pending predictions of the store's rows (event id, ts, packed), in seq order."""

@@ -18,10 +18,11 @@ import orjson
 
 from appliance.config.model_spec import build_model
 from appliance.learning.metrics import Evaluation, better_by, not_worse
+from appliance.learning.versions import Published
+from appliance.storage.snapshot import dump_object, load_object
 
 if TYPE_CHECKING:
     from appliance.engine.label_join import Pending
-    from appliance.learning.versions import Published
 
 
 class Candidate:
@@ -44,6 +45,24 @@ class Candidate:
     def untrained(cls, name: str, spec: str, task: str, window: int) -> Candidate:
         """A candidate of `spec` that has learned nothing yet (the config's)."""
         return cls(name, spec, build_model(spec, task), task, window)
+
+    def to_data(self) -> dict[str, Any]:
+        """The candidate as plain data; its model pickled on its own."""
+        return {"name": self.name, "spec": self.spec, "model": dump_object(self.model), "learns": self.learns,
+                "origin": self.origin, "version": self.version, "n_learned": self.n_learned,
+                "evaluation": self.evaluation.to_data(), "duel": self.duel.to_data(),
+                "duel_champion": self.duel_champion.to_data()}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Candidate:
+        """The candidate `to_data` described."""
+        evaluation = Evaluation.from_data(data["evaluation"])
+        candidate = cls(data["name"], data["spec"], load_object(data["model"]), evaluation.task, evaluation.window,
+                        learns=data["learns"], origin=data["origin"], version=data["version"])
+        candidate.n_learned = data["n_learned"]
+        candidate.evaluation = evaluation
+        candidate.duel, candidate.duel_champion = Evaluation.from_data(data["duel"]), Evaluation.from_data(data["duel_champion"])
+        return candidate
 
     def reset_duel(self) -> None:
         self.duel.reset_window()
@@ -128,8 +147,6 @@ class Probation:
       None when the replaced champion does not learn (an offline model).
     """
 
-    live: Evaluation | None = None  # a probation pickled by an earlier release compares with the frozen version only
-
     def __init__(self, predecessor: Published, champion: str, promoted: Published, task: str, window: int,
                  *, live: bool = True) -> None:
         self.predecessor = predecessor
@@ -140,6 +157,27 @@ class Probation:
         self.previous = Evaluation(task, window)
         self.mine = Evaluation(task, window)
         self.live: Evaluation | None = Evaluation(task, window) if live else None
+
+    _EVALUATIONS = ("current", "previous", "mine", "live")
+
+    def to_data(self) -> dict[str, Any]:
+        """The probation as plain data (the replaced version with its model)."""
+        data = {"predecessor": self.predecessor.to_data(), "champion": self.champion, "promoted": self.promoted,
+                "version": self.version}
+        for name in self._EVALUATIONS:
+            evaluation = getattr(self, name)
+            data[name] = None if evaluation is None else evaluation.to_data()
+        return data
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Probation:
+        """The probation `to_data` described."""
+        probation = cls.__new__(cls)
+        probation.predecessor = Published.from_data(data["predecessor"])
+        probation.champion, probation.promoted, probation.version = data["champion"], data["promoted"], data["version"]
+        for name in cls._EVALUATIONS:
+            setattr(probation, name, None if data[name] is None else Evaluation.from_data(data[name]))
+        return probation
 
     def update(self, y: Any, y_served: Any, y_previous: Any, y_mine: Any, y_live: Any) -> None:
         """Score one label: served vs the replaced version, the promoted learner vs the live one."""

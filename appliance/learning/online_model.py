@@ -32,8 +32,6 @@ from appliance.learning.candidates import Candidate, Probation, backfill, warm_s
 from appliance.learning.metrics import Evaluation
 from appliance.learning.publication import gate, labels_between_checks
 from appliance.learning.shadow import Shadow
-
-# Published and Decision lived here; checkpoints pickled before they moved name them by this module.
 from appliance.learning.versions import Decision, Published
 
 if TYPE_CHECKING:
@@ -76,10 +74,31 @@ class OnlineModel:
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
         self.history.append(self.served.version)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["recent"] = {}  # the registry in the store has them; a checkpoint stays small
-        return state
+    _SCALARS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
+                 "rollbacks", "retrains", "paused", "last_version", "champion")
+
+    def to_data(self) -> dict[str, Any]:
+        """The state as plain data (`snapshot`); config and lifecycle come from the config at restore.
+
+        The recently published versions are left out: the registry in the store has them.
+        """
+        return {**{name: getattr(self, name) for name in self._SCALARS},
+                "candidates": [candidate.to_data() for candidate in self.candidates.values()],
+                "served_eval": self.served_eval.to_data(), "served": self.served.to_data(),
+                "examples": [list(example) for example in self.examples],
+                "probation": None if self.probation is None else self.probation.to_data(),
+                "catalog": self.catalog, "history": self.history}
+
+    def load_data(self, data: dict[str, Any]) -> None:
+        """Take the state `to_data` described (then `reconcile` applies the config)."""
+        for name in self._SCALARS:
+            setattr(self, name, data[name])
+        self.candidates = {c["name"]: Candidate.from_data(c) for c in data["candidates"]}
+        self.served_eval = Evaluation.from_data(data["served_eval"])
+        self.served = Published.from_data(data["served"])
+        self.examples = deque(((x, y) for x, y in data["examples"]), maxlen=self.lifecycle.warm_start)
+        self.probation = None if data["probation"] is None else Probation.from_data(data["probation"])
+        self.catalog, self.history, self.recent = data["catalog"], data["history"], {}
 
     # -- the champion's learner ------------------------------------------------------------
     @property
@@ -374,26 +393,5 @@ class OnlineModel:
         self.catalog[published.version] = published.describe()
         self._remember(published)
         return published
-
-
-def upgrade(model: OnlineModel) -> None:
-    """Give a model restored from an earlier release's checkpoint the fields it lacked."""
-    state = model.__dict__
-    if "candidates" not in state:
-        champion = Candidate(CHAMPION, state.pop("spec"), state.pop("learner"), model.task, model.config.metric_window)
-        champion.evaluation = state.pop("learner_eval")
-        champion.n_learned = model.n_learned
-        model.candidates, model.champion = {CHAMPION: champion}, CHAMPION
-        model.lifecycle, model.examples, model.probation = Lifecycle(), deque(maxlen=Lifecycle().warm_start), None
-        model.promotions = model.rollbacks = model.retrains = 0
-    state.setdefault("last_check_ts", None)
-    for candidate in model.candidates.values():
-        candidate.evaluation.upgrade()
-    model.served_eval.upgrade()
-    if "catalog" not in state:
-        model.paused, model.recent = False, {}
-        model.last_version = model.served.version
-        model.catalog = {model.served.version: model.served.describe()}
-        model.history = [model.served.version]
 
 

@@ -39,7 +39,6 @@ class ScaleNumeric(base.Transformer):
         clip: the bound of a standardised value, in standard deviations; None leaves it unbounded.
     """
 
-    clip: float | None = None  # a scaler pickled before `clip` existed (in a checkpoint) keeps its behaviour
 
     def __init__(self, marker: str = HASHED, clip: float | None = 3.0) -> None:
         self.marker = marker

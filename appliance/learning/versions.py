@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.config.file import CHAMPION
+from appliance.storage.snapshot import dump_object, load_object
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,15 @@ class Published:
         return {"version": self.version, "spec": self.spec, "parent": self.parent, "n_learned": self.n_learned,
                 "event_ts": self.event_ts, "wall_ts": self.wall_ts, "metrics": self.metrics,
                 "candidate": self.candidate}
+
+    def to_data(self) -> dict[str, Any]:
+        """The version as plain data: its metadata and its model pickled on its own."""
+        return {**self.describe(), "model": dump_object(self.model)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Published:
+        """The version `to_data` described."""
+        return cls(**{**data, "model": load_object(data["model"])})
 
 
 @dataclass(frozen=True)

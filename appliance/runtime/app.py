@@ -33,15 +33,17 @@ from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
 from appliance.storage.entity_history import index_entity_keys
 from appliance.storage.ownership import StoreLock, make_private
+from appliance.storage.snapshot import FORMAT_VERSION
 from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from appliance.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(config: Config) -> str:
-    """Return a digest of what entity state and models depend on: schema, features, model."""
+def fingerprint(config: Config, format_version: int = FORMAT_VERSION) -> str:
+    """Return a digest of what entity state and models depend on: schema, features, model, on-disk format."""
     text = repr((config.event, config.features, config.model.task, config.model.spec))
+    text += f" format {format_version}"  # a store written in another on-disk format is refused, not misread
     if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
         text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -181,8 +183,8 @@ class Appliance:
             if saved is not None:
                 if saved["fingerprint"] != fingerprint(self.config):
                     raise ConfigError(
-                        f'the store "{self.config.db}" was built with other features, another model or '
-                        "an earlier release's categorical hash; "
+                        f'the store "{self.config.db}" was built with other features, another model, '
+                        "another categorical hash or another on-disk format; "
                         "start with --fresh or use another --db"
                     )
                 engine.restore(saved["engine"], load_entities(db), load_pending(db))

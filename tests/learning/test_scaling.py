@@ -8,7 +8,6 @@ entity over several windows, times since the last event in seconds): the old def
 from __future__ import annotations
 
 import math
-import pickle
 import random
 
 from river import metrics, optim, preprocessing, stats
@@ -78,15 +77,6 @@ def test_scale_numeric_clips_standardised_values_and_leaves_one_hots_alone():
     unclipped = ScaleNumeric(clip=None)
     unclipped.scaler = scaler.scaler
     assert unclipped.transform_one({"count": 40.0}) == river_scaler.transform_one({"count": 40.0})
-
-
-def test_a_scaler_pickled_before_the_clip_existed_loads_and_keeps_its_behaviour():
-    scaler = ScaleNumeric()
-    for i in range(10):
-        scaler.learn_one({"count": float(i % 2)})
-    del scaler.__dict__["clip"]  # the state of a checkpoint written by the previous version
-    restored = pickle.loads(pickle.dumps(scaler))
-    assert restored.transform_one({"count": 40.0})["count"] > 3.0
 
 
 def test_the_default_spec_is_river_s_own_target_scaler_around_a_linear_model():
