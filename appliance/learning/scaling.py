@@ -39,7 +39,6 @@ class ScaleNumeric(base.Transformer):
         clip: the bound of a standardised value, in standard deviations; None leaves it unbounded.
     """
 
-
     def __init__(self, marker: str = HASHED, clip: float | None = 3.0) -> None:
         self.marker = marker
         self.clip = clip
