@@ -59,7 +59,7 @@ class Pending:
                    pack_data((features, *scored.shadow.fields(), scored.y_served, scored.version)))
 
     def unpack(self) -> Scored:
-        features, scores, probation, late, y_served, version = unpack_data(self.packed, tuples=True)
+        features, scores, probation, late, y_served, version = unpack_data(self.packed)
         return Scored(self.event_id, self.ts, orjson.loads(features), Shadow(scores, probation, late), y_served, version)
 
     def repack(self, scored: Scored) -> None:
