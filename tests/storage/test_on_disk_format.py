@@ -174,8 +174,8 @@ def test_a_stored_model_naming_a_module_that_moved_still_loads():
     model = build_model(DEFAULT_MODELS["classification"], "classification")  # holds appliance.ScaleNumeric
     model.learn_one({"amount": 3.0}, True)
     blob = pickle.dumps(model, protocol=2)  # text GLOBAL opcodes: the module path can be rewritten
-    assert b"appliance.scaling\n" in blob
-    moved = blob.replace(b"appliance.scaling\n", b"appliance.learning.scaling\n")
+    assert b"appliance.learning.scaling\n" in blob
+    moved = blob.replace(b"appliance.learning.scaling\n", b"appliance.scaling\n")  # where it lived before
     with pytest.raises(ModuleNotFoundError):
         pickle.loads(moved)
     assert load_object(moved).predict_proba_one({"amount": 3.0}) == model.predict_proba_one({"amount": 3.0})
