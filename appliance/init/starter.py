@@ -27,7 +27,8 @@ from typing import Any
 
 from appliance.errors import ConfigError, SourceError
 from appliance.init.guess import MIN_BUCKETS, Guess, Role, Windows
-from appliance.init.profile import FieldProfile, StreamProfile, detect_layout, profile_stream, quantile, read_records
+from appliance.init.layout import detect_layout, read_records
+from appliance.init.profile import FieldProfile, StreamProfile, profile_stream, quantile
 from appliance.init.render import approx_duration, render_toml
 from appliance.timeutil import format_duration
 

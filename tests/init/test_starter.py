@@ -287,7 +287,8 @@ def test_past_six_keys_the_rest_are_one_hot_or_left_out_and_the_config_loads(tmp
 
 def test_aggregates_stay_within_the_budget_dropping_burst_distincts_then_middle_counts_first():
     from appliance.init.guess import Guess, Windows
-    from appliance.init.profile import FieldProfile, Layout, StreamProfile
+    from appliance.init.layout import Layout
+    from appliance.init.profile import FieldProfile, StreamProfile
     from appliance.init.render import MAX_AGGREGATES, plan_aggregates
 
     keys = [f"k{i}" for i in range(6)]
