@@ -121,6 +121,7 @@ class FeatureConfig:
     attributes: tuple[AttributeSpec, ...] = ()
     custom: tuple[CustomSpec, ...] = ()
     model_scores: tuple[ModelScoreSpec, ...] = ()
+    label_rates: bool = False  # each categorical's label rate so far, and the recent one, as features
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class ModelConfig:
 
     task: str = "classification"
     spec: str | None = None
-    publish_every: int = 50  # labels between checks at most (every n/100 while the learner has n labels)
+    publish_every: int = 25  # labels between checks at most (every n/100 while the learner has n labels)
     publish_interval: float | None = None  # event-time seconds between checks, besides every N labels
     publish_margin: float = 0.01  # in the gate metric's units
     first_publish: int = 1  # labels after which the learner replaces the untrained first version, ungated
@@ -351,7 +352,7 @@ def _check_label_mapping(schema: EventSchema, explicit_type: bool) -> None:
 def _feature_config(table: dict[str, Any], event: EventSchema, base_dir: Path | None) -> FeatureConfig:
     _only(table, "features", {"numeric", "categorical", "hash_buckets", "time_of_day",
                               "buckets_per_window", "aggregate", "expression", "ttl", "attributes", "custom",
-                          "model"})
+                          "model", "label_rates"})
     ttl = {str(key): parse_duration(value) for key, value in _table(table, "ttl").items()}
     for key, value in ttl.items():
         if key not in event.keys:
@@ -370,11 +371,14 @@ def _feature_config(table: dict[str, Any], event: EventSchema, base_dir: Path | 
         raise ConfigError("[features] buckets_per_window must be between 1 and 64")
     if not 1 <= hash_buckets <= 4096:
         raise ConfigError("[features] hash_buckets must be between 1 and 4096")
+    if not isinstance(table.get("label_rates", False), bool):
+        raise ConfigError("[features] label_rates must be true or false")
     return FeatureConfig(
         numeric=_names(table, "features.numeric") if "numeric" in table else event.numeric,
         categorical=_names(table, "features.categorical") if "categorical" in table else event.categorical,
         hash_buckets=hash_buckets,
         time_of_day=bool(table.get("time_of_day", False)),
+        label_rates=bool(table.get("label_rates", False)),
         buckets_per_window=buckets,
         aggregates=aggregates,
         expressions=expressions,

@@ -32,6 +32,7 @@ from .features import FeatureSpace
 from .drift import DriftMonitor
 from .errors import ConfigError, InvalidEvent
 from .label_join import LabelJoin, Pending, Scored
+from .label_rates import LabelRates
 from .learning import OnlineModel, upgrade
 from .model_report import model_summary
 from .versions import Decision, Published
@@ -59,6 +60,8 @@ class Engine(EngineCommands):
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
         self.entities = self.space.new_store()
+        if config.features.label_rates:
+            self.space.label_rates = LabelRates(config.features.categorical, self.task)
         self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
         self.drift = DriftMonitor(config.lifecycle, self.task)
@@ -209,6 +212,8 @@ class Engine(EngineCommands):
         if status in ("joined", "early"):
             self.join.record_delay(delay)
         decisions = self.model.learn(pending.x, y, pending.shadow, pending.y_served, self.watermark)
+        if self.space.label_rates is not None:
+            self.space.label_rates.learn(pending.x, y)
         self._label_row(pending.event_id, label_ts, y, delay, status)
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
@@ -329,7 +334,7 @@ class Engine(EngineCommands):
                 "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
                 "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq,
                 "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq,
-                "curve": self.curve, "recent_dead": self.recent_dead}
+                "curve": self.curve, "recent_dead": self.recent_dead, "label_rates": self.space.label_rates}
         return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
                 "evicted": evicted, "watermark": self.watermark, "pending": self.join.changes()}
 
@@ -356,6 +361,9 @@ class Engine(EngineCommands):
         self.alert_seq = core.get("alert_seq", 0)
         self.curve = core.get("curve") or self.curve
         self.recent_dead = core.get("recent_dead") or self.recent_dead
+        rates = core.get("label_rates")
+        if self.space.label_rates is not None and rates is not None and rates.fields == self.space.label_rates.fields:
+            self.space.label_rates = rates  # else (turned on, or other fields) they start from no labels
         upgrade(self.model)
         for key, entity, blob in entity_rows:
             if key in self.entities:
