@@ -121,7 +121,9 @@ class FeatureConfig:
     attributes: tuple[AttributeSpec, ...] = ()
     custom: tuple[CustomSpec, ...] = ()
     model_scores: tuple[ModelScoreSpec, ...] = ()
-    label_rates: bool = False  # each categorical's label rate so far, and the recent one, as features
+    # each categorical's label rate so far, and the recent one, as features. Out of repr, so a store
+    # built before the key existed keeps its fingerprint; runtime.fingerprint adds it when it is on.
+    label_rates: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True)

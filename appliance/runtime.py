@@ -42,6 +42,8 @@ def fingerprint(config: Config) -> str:
     text = repr((config.event, config.features, config.model.task, config.model.spec))
     if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
         text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
+    if config.features.label_rates:
+        text += "+label_rates"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

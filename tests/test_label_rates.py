@@ -122,3 +122,11 @@ def test_label_rates_survive_a_checkpoint():
 
 def _pending(engine: Engine):
     return [(event_id, pending.ts, pending.packed) for event_id, pending in engine.join.pending.items()]
+
+
+def test_label_rates_change_the_store_fingerprint_only_when_on():
+    from appliance.runtime import fingerprint
+
+    off, on = config(rates=False), config()
+    assert "label_rates" not in repr(off.features)  # a store from before the key keeps its fingerprint
+    assert fingerprint(off) != fingerprint(on)
