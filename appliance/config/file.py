@@ -155,6 +155,9 @@ class FeatureConfig:
     attributes: Tables[AttributeSpec] = ()
     custom: Tables[CustomSpec] = ()
     model_scores: Annotated[Tables[ModelScoreSpec], file_key("model")] = ()
+    # each categorical's label rate so far, and the recent one, as features. Out of repr, so a store
+    # built before the key existed keeps its fingerprint; runtime.fingerprint adds it when it is on.
+    label_rates: Flag = field(default=False, repr=False)
 
 
 @table
@@ -173,7 +176,7 @@ class ModelConfig:
 
     task: Text = "classification"
     spec: OptionalText = None
-    publish_every: AtLeastOne = 50  # labels between checks at most (every n/100 while the learner has n labels)
+    publish_every: AtLeastOne = 25  # labels between checks at most (every n/100 while the learner has n labels)
     publish_interval: OptionalDuration = None  # event-time seconds between checks, besides every N labels
     publish_margin: Number = 0.01  # in the gate metric's units
     first_publish: AtLeastOne = 1  # labels after which the learner replaces the untrained first version, ungated

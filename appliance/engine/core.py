@@ -31,6 +31,7 @@ from appliance.engine.rows import as_prediction, empty_rows, label_row, metric_r
 from appliance.errors import ConfigError, InvalidEvent
 from appliance.features.category_stats import CategoryStats
 from appliance.features.entity_codec import decode_state, encode_state
+from appliance.features.label_rates import LabelRates
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import Event, Label, check_not_ahead
 from appliance.learning.drift import DriftMonitor
@@ -61,6 +62,8 @@ class Engine:
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
         self.entities = self.space.new_store()
+        if config.features.label_rates:
+            self.space.label_rates = LabelRates(config.features.categorical, self.task)
         self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
         self.drift = DriftMonitor(config.lifecycle, self.task)
@@ -212,6 +215,8 @@ class Engine:
         if status in ("joined", "early"):
             self.join.record_delay(delay)
         decisions = self.model.learn(pending.x, y, pending.shadow, pending.y_served, self.watermark)
+        if self.space.label_rates is not None:
+            self.space.label_rates.learn(pending.x, y)
         self.rows["labels"].append(label_row(pending.event_id, label_ts, y, delay, status))
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
@@ -335,7 +340,8 @@ class Engine:
                 "sweep_ticks": self.sweep_ticks, "categories": self.categories.to_data(),
                 "attributes": {name: table.version for name, table in self.space.attributes.items()},
                 "audit_seq": self.audit_seq, "last_import": self.last_import, "drift": self.drift.to_data(),
-                "alert_seq": self.alert_seq, "curve": list(self.curve), "recent_dead": list(self.recent_dead)}
+                "alert_seq": self.alert_seq, "curve": list(self.curve), "recent_dead": list(self.recent_dead),
+                "label_rates": None if self.space.label_rates is None else self.space.label_rates.to_data()}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]],
                 pending_rows: Iterable[tuple[str, float, bytes]] = ()) -> None:
@@ -357,6 +363,9 @@ class Engine:
         self.drift.load_data(core["drift"])
         self.curve = deque(core["curve"], maxlen=CURVE_POINTS)
         self.recent_dead = deque(core["recent_dead"], maxlen=RECENT_DEAD)
+        rates = core["label_rates"]
+        if self.space.label_rates is not None and rates is not None and tuple(rates["fields"]) == self.space.label_rates.fields:
+            self.space.label_rates = LabelRates.from_data(rates)  # else (turned on, or other fields): no labels yet
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 state = decode_state(blob)

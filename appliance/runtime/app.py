@@ -46,6 +46,8 @@ def fingerprint(config: Config, format_version: int = FORMAT_VERSION) -> str:
     text += f" format {format_version}"  # a store written in another on-disk format is refused, not misread
     if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
         text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
+    if config.features.label_rates:
+        text += "+label_rates"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
