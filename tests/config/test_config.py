@@ -73,7 +73,7 @@ def test_each_sections_defaults_are_its_dataclass_defaults_and_pinned_values():
     model = config.model
     assert (model.task, model.spec, model.publish_every, model.publish_interval, model.publish_margin,
             model.first_publish, model.gate_metric, model.metric_window) == (
-        "classification", None, 50, None, 0.01, 1, None, 1000)
+        "classification", None, 25, None, 0.01, 1, None, 1000)
     assert config.retention.as_dict() == {"events": 90 * DAY, "predictions": 90 * DAY, "labels": 90 * DAY,
                                           "dead_letters": 90 * DAY}
     lifecycle = config.lifecycle
