@@ -31,6 +31,7 @@ from appliance.ingest.readers import read_source, resolve_source
 from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
+from appliance.storage.disk import DiskGauge, default_max_bytes
 from appliance.storage.entity_history import index_entity_keys
 from appliance.storage.ownership import StoreLock, make_private
 from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
@@ -127,7 +128,9 @@ class Appliance:
                     make_private(path)
             self.source = resolve_source(config.source) if options.read_source else None
             self.engine = self._restore_engine()
-            self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+            self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
+                                      max_bytes=config.retention.max_bytes or default_max_bytes(config.db))
+            self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         except BaseException:
             self.lock.release()
             raise
@@ -150,7 +153,12 @@ class Appliance:
                 return None
             return Outage("dataflow", "the dataflow has stopped; see the appliance's log")
 
-        for check in (store, order_log, flow):
+        def disk() -> Outage | None:
+            gauge = getattr(self, "disk", None)
+            reason = None if gauge is None else gauge.refusal()
+            return None if reason is None else Outage("disk", reason, "disk_low")
+
+        for check in (store, order_log, flow, disk):
             availability.watch(check)
         return availability
 
@@ -232,6 +240,7 @@ class Appliance:
                               watch_source=lambda: service.stats({}))
         service.server_stats = server.stats
         service.store_stats = self.writer.stats
+        service.disk_stats = self.disk.stats
         server.start()
         self.server, self.inbox, self.service = server, inbox, service
         if self.options.metrics_port is not None:
@@ -292,6 +301,7 @@ class Appliance:
 
     def _check_stages(self) -> None:
         """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
+        self.disk.sample()
         if self.server is not None:
             self.inbox.verify()
         if self.stop_event.is_set() and self.writer.failure is not None:
