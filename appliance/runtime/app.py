@@ -117,6 +117,7 @@ class Appliance:
         self.error: BaseException | None = None
         self.resumed = False
         self.imported: list[int] = []  # versions registered at start from staged imports
+        self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
         try:
@@ -130,7 +131,7 @@ class Appliance:
             self.engine = self._restore_engine()
             self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
                                       max_bytes=config.retention.max_bytes or default_max_bytes(config.db))
-            self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
+            self.disk.sample()
         except BaseException:
             self.lock.release()
             raise
@@ -153,9 +154,10 @@ class Appliance:
                 return None
             return Outage("dataflow", "the dataflow has stopped; see the appliance's log")
 
-        def disk() -> Outage | None:
-            gauge = getattr(self, "disk", None)
-            reason = None if gauge is None else gauge.refusal()
+        gauge = self.disk
+
+        def disk() -> Outage | None:  # asked per write: one attribute read
+            reason = gauge.refusing
             return None if reason is None else Outage("disk", reason, "disk_low")
 
         for check in (store, order_log, flow, disk):

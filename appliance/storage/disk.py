@@ -87,7 +87,7 @@ class DiskGauge:
         self._lock = threading.Lock()
         self.reading: DiskReading | None = None
         self.samples = 0  # readings taken (a client can wait for the next one)
-        self.sample()
+        self.refusing: str | None = None  # why writes are refused now (an attribute read per write), or None
 
     def sample(self) -> DiskReading:
         """Look at the files and the disk now; update the growth rate and the state."""
@@ -104,16 +104,11 @@ class DiskGauge:
         warn, refuse = thresholds(total, self.reserve)
         state = "refusing" if free < refuse else "low" if free < warn else "ok"
         self.reading = DiskReading(size, free, total, growth, until_full, state, warn, refuse)
+        self.refusing = None if state != "refusing" else (
+            f"{free:,} bytes free on the store's disk, under the {refuse:,} kept for what is already "
+            "acknowledged; free space or lower [retention] max_bytes")
         self.samples += 1
         return self.reading
-
-    def refusal(self) -> str | None:
-        """Why writes are refused while free space is under `refuse_below` (the cached reading), or None."""
-        reading = self.reading
-        if reading is None or reading.state != "refusing":
-            return None
-        return (f"{reading.disk_free:,} bytes free on the store's disk, under the {reading.refuse_below:,} kept "
-                "for what is already acknowledged; free space or lower [retention] max_bytes")
 
     def stats(self) -> dict:
         """The latest reading for `stats` (a plain dict)."""
