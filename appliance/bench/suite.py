@@ -57,7 +57,7 @@ FULL = Plan()
 SMOKE = Plan(ingest_lines=1500, ingest_rounds=2,
              serving=serving.ServingPlan(rounds=2, requests=200, warmup=20, seconds=0.5, load_warmup=0.2),
              serve_speed=3000.0, serve_lines=3000, console_seconds=1.0, startup_rounds=1, recovery_lines=1500,
-             memory_entities=(2000,), store_bytes=64 * 10**6)
+             memory_entities=(2000,), store_bytes=16 * 10**6)
 
 TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "ingest": ("raw River loop", ">=", 0.6),
