@@ -106,6 +106,49 @@ def _kept(value: Any) -> float | None:
     return _duration(value)
 
 
+_BYTE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
+               "gib": 1 << 30, "tib": 1 << 40}
+MIN_STORE_BYTES = 1 << 20  # a byte bound below this could not hold a checkpoint
+
+
+def _size(value: Any) -> int | None:
+    """A size: a whole number of bytes or a text such as "20 GB" / "512MiB"; "auto" (or absent): None."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool):
+        raise ValueError('must be a size such as "20 GB", or "auto"')  # noqa: TRY004
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        try:
+            return int(float(number) * _BYTE_UNITS[text[len(number):] or "b"])
+        except (ValueError, KeyError):
+            raise ValueError(f'must be a size such as "20 GB" or "512 MiB", or "auto", not {value!r}') from None
+    raise ValueError('must be a size such as "20 GB", or "auto"')
+
+
+def _byte_size(value: Any) -> int | None:
+    size = _size(value)
+    if size is not None and size < MIN_STORE_BYTES:
+        raise ValueError(f"must be at least 1 MiB ({MIN_STORE_BYTES:,} bytes), not {size:,}")
+    return size
+
+
+def _reserve_size(value: Any) -> int | None:
+    size = _size(value)
+    if size is not None and size < 0:
+        raise ValueError(f"must be a size >= 0, not {size:,}")
+    return size
+
+
+ByteSize = Annotated[int | None, BeforeValidator(_byte_size),
+                     PlainSerializer(lambda value: "auto" if value is None else value)]
+ReserveSize = Annotated[int | None, BeforeValidator(_reserve_size),  # 0 turns the disk stage off
+                        PlainSerializer(lambda value: "auto" if value is None else value)]
+
+
 Kept = Annotated[float | None, BeforeValidator(_kept),
                  PlainSerializer(lambda value: "forever" if value is None else value)]
 

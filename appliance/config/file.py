@@ -17,6 +17,7 @@ from appliance.config.checks import LABEL_BY, TASKS, validate_config  # noqa: F4
 from appliance.config.fields import (
     AtLeastOne,
     Bounds,
+    ByteSize,
     Duration,
     FieldName,
     FilePath,
@@ -33,6 +34,7 @@ from appliance.config.fields import (
     OptionalText,
     PositiveDuration,
     RequiredPath,
+    ReserveSize,
     Tables,
     Text,
     Whole,
@@ -203,6 +205,13 @@ class Retention:
     labels: Kept = 90 * 86400.0
     dead_letters: Kept = 90 * 86400.0
     metrics: Kept = None
+    # The store's size bound in bytes (None: "auto", derived from the disk's free space at start by
+    # appliance.storage.disk.default_max_bytes); past it the oldest rows go first.
+    max_bytes: ByteSize = None
+    # Free bytes on the store's disk under which writes are refused with `disk_low` (twice that:
+    # health degraded). None: "auto", 5 % of the disk, at most 1 GiB; 0: never refuse (the last line
+    # is then the store writer's retries on a full disk).
+    disk_reserve: ReserveSize = None
 
     def as_dict(self) -> dict[str, float]:
         """Return {table: seconds kept} for the tables that are pruned."""

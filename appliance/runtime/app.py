@@ -31,6 +31,7 @@ from appliance.ingest.readers import read_source, resolve_source
 from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
+from appliance.storage.disk import DiskGauge, default_max_bytes
 from appliance.storage.entity_history import index_entity_keys
 from appliance.storage.ownership import StoreLock, make_private
 from appliance.storage.snapshot import FORMAT_VERSION
@@ -120,6 +121,7 @@ class Appliance:
         self.error: BaseException | None = None
         self.resumed = False
         self.imported: list[int] = []  # versions registered at start from staged imports
+        self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
         try:
@@ -131,7 +133,9 @@ class Appliance:
                     make_private(path)
             self.source = resolve_source(config.source) if options.read_source else None
             self.engine = self._restore_engine()
-            self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+            self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
+                                      max_bytes=config.retention.max_bytes or default_max_bytes(config.db))
+            self.disk.sample()
         except BaseException:
             self.lock.release()
             raise
@@ -154,7 +158,13 @@ class Appliance:
                 return None
             return Outage("dataflow", "the dataflow has stopped; see the appliance's log")
 
-        for check in (store, order_log, flow):
+        gauge = self.disk
+
+        def disk() -> Outage | None:  # asked per write: one attribute read
+            reason = gauge.refusing
+            return None if reason is None else Outage("disk", reason, "disk_low")
+
+        for check in (store, order_log, flow, disk):
             availability.watch(check)
         return availability
 
@@ -236,6 +246,7 @@ class Appliance:
                               watch_source=lambda: service.stats({}))
         service.server_stats = server.stats
         service.store_stats = self.writer.stats
+        service.disk_stats = self.disk.stats
         server.start()
         self.server, self.inbox, self.service = server, inbox, service
         if self.options.metrics_port is not None:
@@ -296,6 +307,7 @@ class Appliance:
 
     def _check_stages(self) -> None:
         """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
+        self.disk.sample()
         if self.server is not None:
             self.inbox.verify()
         if self.stop_event.is_set() and self.writer.failure is not None:

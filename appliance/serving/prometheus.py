@@ -88,6 +88,16 @@ def families(stats: dict[str, Any]) -> Iterator[Metric]:
     yield from _one("store_queued_rows", "gauge", "rows waiting for the store writer", store.get("queued_rows"))
     yield from _one("store_rows_written_total", "counter", "rows the store writer wrote since start",
                     store.get("rows_written"))
+    yield from _one("store_max_bytes", "gauge", "the store's byte bound ([retention] max_bytes)", store.get("max_bytes"))
+    yield from _one("store_used_bytes", "gauge", "bytes of the store's pages in use at the last checkpoint",
+                    store.get("used_bytes"))
+    disk = stats.get("disk") or {}
+    yield from _one("store_bytes", "gauge", "bytes of the store file and its WAL", disk.get("store_bytes"))
+    yield from _one("store_growth_bytes_per_second", "gauge", "growth of the store over the last minute",
+                    disk.get("growth_bytes_per_s"))
+    yield from _one("disk_free_bytes", "gauge", "free bytes on the store's disk", disk.get("disk_free"))
+    yield from _one("disk_seconds_until_full", "gauge", "free bytes / the store's growth (absent: not growing)",
+                    disk.get("seconds_until_full"))
     for key, value in (stats.get("rates") or {}).items():
         yield from _one(key, "gauge", key.replace("_", " "), value)
     entities = stats.get("entities")

@@ -96,16 +96,23 @@ RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_
 PRUNE_EVERY = 3600.0  # seconds of event time between two retention passes
 RELEASE_EVERY = 30.0  # wall seconds between two releases of input that a checkpoint covers
 RETRY_EVERY = 1.0  # seconds between two attempts at a transaction that failed (a full disk)
+PRUNE_TO = 0.9  # a store past its byte bound is pruned down to this share of it (room before the next pass)
+PRUNE_STEP_ROWS = 5_000  # events (with their rows) deleted per step of a byte-bound pass
+MAX_PRUNE_STEPS = 200  # steps per pass: a pass never holds the writer long; the next checkpoint goes on
 
 
 class StoreWriter:
     """The single writer thread: batched, ordered, idempotent writes."""
 
     def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
-                 commit_every: float = 0.05, retention: dict[str, float] | None = None) -> None:
+                 commit_every: float = 0.05, retention: dict[str, float] | None = None,
+                 max_bytes: int | None = None) -> None:
         self.path = str(path)
         self.retention = dict(retention or {})
         self.pruned = dict.fromkeys(self.retention, 0)
+        self.max_bytes = max_bytes  # the byte bound of the store's pages in use (None: age only)
+        self.pruned_for_bytes = dict.fromkeys(RETENTION_COLUMNS, 0)
+        self.used_bytes: int | None = None  # pages in use at the last checkpoint, in bytes
         self._next_prune = -float("inf")
         self.commit_every = commit_every
         self._queue: queue.Queue = queue.Queue(maxsize=max_batches)
@@ -158,7 +165,8 @@ class StoreWriter:
         """What is waiting to be written, and what was written; `failure` while writes fail."""
         return {"queued_rows": self._queued_rows, "max_rows": self.max_rows, "rows_written": self.rows_written,
                 "transactions": self.transactions, "waits": self.waits, "failure": self.failure,
-                "write_failures": self.write_failures}
+                "write_failures": self.write_failures, "max_bytes": self.max_bytes, "used_bytes": self.used_bytes,
+                "pruned_for_bytes": dict(self.pruned_for_bytes)}
 
     def put_checkpoint(self, fingerprint: str, payload: dict[str, Any]) -> None:
         """Queue a checkpoint; it commits after all rows queued before it."""
@@ -316,6 +324,8 @@ class StoreWriter:
         if self.retention and watermark is not None and watermark >= self._next_prune:
             self._prune(conn, watermark)
             self._next_prune = watermark + PRUNE_EVERY
+        if self.max_bytes is not None:
+            self._prune_bytes(conn, watermark)
 
     def _release(self, conn: sqlite3.Connection) -> None:
         """Make the last committed checkpoint durable (a WAL checkpoint syncs the WAL first, even with
@@ -342,6 +352,46 @@ class StoreWriter:
             self.pruned[table] += cursor.rowcount
         if "events" in self.retention:
             _prune_attribute_versions(conn)
+
+
+    def _prune_bytes(self, conn: sqlite3.Connection, watermark: float | None) -> None:
+        """Past `max_bytes` of pages in use, delete the oldest history (events with their predictions and
+        labels, dead letters, metrics) down to `PRUNE_TO` of it, in steps of `PRUNE_STEP_ROWS` events.
+
+        Never pruned: what a pending label still needs (its event and prediction), anything newer than
+        this checkpoint's watermark, and the tables a restart reads (checkpoint, entity state, pending
+        labels, models, audit). Freed pages go to SQLite's freelist and the next inserts reuse them,
+        so the file stops growing at the bound instead of shrinking and growing again.
+        """
+        used = self.used_bytes = _used_bytes(conn)
+        if used <= self.max_bytes or watermark is None:
+            return
+        target = int(self.max_bytes * PRUNE_TO)
+        for _ in range(MAX_PRUNE_STEPS):
+            row = conn.execute("SELECT ts FROM events WHERE event_id NOT IN (SELECT event_id FROM pending_labels) "
+                               "ORDER BY ts LIMIT 1 OFFSET ?", (PRUNE_STEP_ROWS,)).fetchone()
+            cutoff = watermark if row is None else min(row[0], watermark)
+            deleted = 0
+            for table, column in RETENTION_COLUMNS.items():
+                keep_pending = (" AND event_id NOT IN (SELECT event_id FROM pending_labels)"
+                                if table in ("events", "predictions") else "")
+                cursor = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?{keep_pending}", (cutoff,))
+                self.pruned_for_bytes[table] += cursor.rowcount
+                deleted += cursor.rowcount
+            used = self.used_bytes = _used_bytes(conn)
+            if used <= target or not deleted:
+                break
+        _prune_attribute_versions(conn)
+        if used > self.max_bytes:
+            log.warning("the store holds %s bytes, over its bound of %s: what is left is newer than the last "
+                        "checkpoint or needed by a pending label", f"{used:,}", f"{self.max_bytes:,}")
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the store's pages in use (the file's pages less its freelist)."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
 
 
 def _prune_attribute_versions(conn: sqlite3.Connection) -> None:

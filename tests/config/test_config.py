@@ -120,7 +120,7 @@ REFUSED = [
     ({"nope": {}}, r'unknown key "nope" in \[top level\]; known keys: checkpoint, event, features'),
     ({"event": 3}, r'"event" must be a table \(\[event\]\)'),
     ({"event": {"idx": "i"}}, r'unknown key "idx" in \[event\]; known keys: allowed_lateness, bounds'),
-    ({"retention": {"event": "1d"}}, r'unknown key "event" in \[retention\]; known keys: dead_letters, events, keep'),
+    ({"retention": {"event": "1d"}}, r'unknown key "event" in \[retention\]; known keys: dead_letters, disk_reserve, events, keep'),
     ({"event": {"allowed_lateness": "soon"}}, r'\[event\] allowed_lateness is not a duration: duration "soon"'),
     ({"event": {"keys": "user"}}, r"\[event\] keys must be a list of names"),
     ({"event": {"keys": [1]}}, r"\[event\] keys must be a list of names"),
