@@ -13,7 +13,7 @@
     on_concept_drift = "challenger"      # "alert" or "challenger": a fresh challenger...
     on_data_drift = "alert"
     warm_start = 2000                    # ...warm-started on the labelled examples (of the last 2000)...
-    warm_start_from = "change"           # ...after the detector's estimate of the change ("last": all of them)
+    warm_start_from = "last"             # ...all of them ("change": only those after the detector's estimate of the change)
     challenger_spec = "..."              # ...of this River model [default: the champion's spec]
     auto_rollback = true                 # roll back a policy promotion that does worse...
     rollback_after = 1000                # ...than the version it replaced, over this many labels,
@@ -56,7 +56,7 @@ class Lifecycle:
     on_concept_drift: str = "alert"
     on_data_drift: str = "alert"
     warm_start: int = 2000
-    warm_start_from: str = "change"  # "change": only the examples since the estimated change; "last": all kept
+    warm_start_from: str = "last"  # "last": all kept examples; "change": only those since the estimated change
     auto_rollback: bool = True
     rollback_after: int = 1000
     rollback_margin: float = 0.01
