@@ -7,8 +7,8 @@ one champion model and one lifecycle run:
 * "no detection": the detector never alerts (its warm-up never ends);
 * "alert only": alerts, no automatic action;
 * "policy": on concept drift a fresh challenger starts, automatic promotion and rollback on;
-* (full plan) the same policy with `warm_start_from = "last"`: the challenger also learns the
-  examples from before the change, as the policy did before issue 15.
+* (full plan) the same policy with `warm_start_from = "change"`: the challenger learns only the
+  examples after the detector's estimate of the change (the default for a while during issue 15).
 
 Every run drives the real `Engine` (features, served model, shadow candidates, label join,
 publication gate, drift detector, policy) with events parsed by `events.parse_event`, the way
@@ -29,7 +29,7 @@ from typing import Any
 T0 = 1_767_225_600.0
 STEP = 60.0  # event time between two events
 RUNS = ("no detection", "alert only", "policy")
-OLD_WARM_START = "policy, warm start on the last N"  # the policy with `warm_start_from = "last"`
+SINCE_CHANGE = "policy, warm start since the change"  # the policy with `warm_start_from = "change"`
 MODELS = {
     "linear": "preprocessing.StandardScaler() | linear_model.LogisticRegression()",
     "hoeffding": "tree.HoeffdingTreeClassifier()",
@@ -56,7 +56,7 @@ class Plan:
 
 
 FULL = Plan(scenarios=("agrawal-abrupt", "sea-abrupt", "hyperplane", "rbf-drift", "cds-abrupt", "cds-gradual"),
-            runs=(*RUNS, OLD_WARM_START),
+            runs=(*RUNS, SINCE_CHANGE),
             stationary=("agrawal-stationary", "sea-stationary", "hyperplane-stationary", "rbf-stationary"))
 QUICK = Plan(scenarios=("agrawal-abrupt",), labels=("immediate",), models=("hoeffding",), events=3000, after=500,
              stationary=("sea-stationary",), stationary_events=3000)
@@ -129,9 +129,9 @@ def lifecycle_for(run: str) -> Any:
     from appliance.config.lifecycle import Lifecycle
 
     base = Lifecycle()
-    if run in ("policy", OLD_WARM_START):
+    if run in ("policy", SINCE_CHANGE):
         policy = replace(base, on_concept_drift="challenger", auto_promote=True, auto_rollback=True)
-        return replace(policy, warm_start_from="last") if run == OLD_WARM_START else policy
+        return replace(policy, warm_start_from="change") if run == SINCE_CHANGE else policy
     quiet = replace(base, on_concept_drift="alert", auto_promote=False, auto_rollback=False)
     return replace(quiet, drift_warmup=10**12) if run == "no detection" else quiet
 

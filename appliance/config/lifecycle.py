@@ -13,7 +13,7 @@
     on_concept_drift = "challenger"      # "alert" or "challenger": a fresh challenger...
     on_data_drift = "alert"
     warm_start = 2000                    # ...warm-started on the labelled examples (of the last 2000)...
-    warm_start_from = "change"           # ...after the detector's estimate of the change ("last": all of them)
+    warm_start_from = "last"             # ...all of them ("change": only those after the detector's estimate of the change)
     challenger_spec = "..."              # ...of this River model [default: the champion's spec]
     auto_rollback = true                 # roll back a policy promotion that does worse...
     rollback_after = 1000                # ...than the version it replaced, over this many labels,
@@ -77,8 +77,8 @@ class Lifecycle:
     on_concept_drift: Annotated[Text, choice(DRIFT_ACTIONS)] = "alert"
     on_data_drift: Annotated[Text, choice(DRIFT_ACTIONS)] = "alert"
     warm_start: CountFromZero = 2000
-    # "change": only the examples since the estimated change; "last": all kept
-    warm_start_from: Annotated[Text, choice(WARM_STARTS)] = "change"
+    # "last": all kept examples; "change": only those since the estimated change
+    warm_start_from: Annotated[Text, choice(WARM_STARTS)] = "last"
     auto_rollback: Flag = True
     rollback_after: PositiveWhole = 1000
     rollback_margin: NonNegative = 0.01

@@ -80,7 +80,7 @@ def test_each_sections_defaults_are_its_dataclass_defaults_and_pinned_values():
     assert (lifecycle.auto_promote, lifecycle.promote_margin, lifecycle.promote_after, lifecycle.drift_detector,
             lifecycle.on_concept_drift, lifecycle.warm_start, lifecycle.warm_start_from, lifecycle.alert_cooldown,
             lifecycle.drift_warmup, lifecycle.max_challengers) == (
-        True, 0.02, 1000, "drift.ADWIN()", "alert", 2000, "change", DAY, 1000, 4)
+        True, 0.02, 1000, "drift.ADWIN()", "alert", 2000, "last", DAY, 1000, 4)
 
 
 def test_features_default_to_the_event_fields_unless_listed():

@@ -143,7 +143,8 @@ def test_drift_starts_a_challenger_warm_started_on_the_examples_since_the_estima
     change = 1500
     stream = flip_stream(3000, change=change)
     config = config_with({"spec": LEARNER}, {"on_concept_drift": "challenger", "warm_start": 300,
-                                              "alert_cooldown": "1h", "promote_after": 300})
+                                              "warm_start_from": "change", "alert_cooldown": "1h",
+                                              "promote_after": 300})
     engine = Engine(config)
     parsed = items(config, stream)
     started_at = None
