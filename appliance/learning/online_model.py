@@ -262,12 +262,12 @@ class OnlineModel:
 
     # -- challengers -----------------------------------------------------------------------
     def start_challenger(self, reason: str, since_change: int | None = None) -> Decision | None:
-        """A fresh model (`challenger_spec`, or the champion's), warm-started on what came after the change.
+        """A fresh model (`challenger_spec`, or the champion's), warm-started on the kept examples.
 
-        `since_change` is the detector's estimate of how many labels arrived since the change (ADWIN's
-        window after its cut); the challenger learns the last that many of the last `warm_start`
-        labelled examples, and none without an estimate: examples of the old concept would only teach
-        it what the champion already knows (`warm_start_from = "last"`: all of them, as before).
+        By default (`warm_start_from = "last"`) it learns all of the last `warm_start` labelled
+        examples; with "change" only the last `since_change` of them, the detector's estimate of how
+        many labels arrived since the change (ADWIN's window after its cut), and none without an
+        estimate (docs/lifecycle.md measures both on River's drifting streams).
         Returns None while the previous fresh challenger has not yet been scored on enough labels to
         be judged (a burst of alerts starts one challenger).
         """

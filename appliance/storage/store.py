@@ -27,6 +27,7 @@ import orjson
 import sqlite_utils
 
 from appliance.storage.ownership import make_private
+from appliance.storage.retention import RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,9 @@ def reading(path: str | Path, db: sqlite_utils.Database | None = None) -> Iterat
         opened.conn.close()
 
 
-RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
-                     "metrics": "event_ts"}
 PRUNE_EVERY = 3600.0  # seconds of event time between two retention passes
 RELEASE_EVERY = 30.0  # wall seconds between two releases of input that a checkpoint covers
 RETRY_EVERY = 1.0  # seconds between two attempts at a transaction that failed (a full disk)
-PRUNE_TO = 0.9  # a store past its byte bound is pruned down to this share of it (room before the next pass)
-PRUNE_STEP_ROWS = 5_000  # events (with their rows) deleted per step of a byte-bound pass
-MAX_PRUNE_STEPS = 200  # steps per pass: a pass never holds the writer long; the next checkpoint goes on
 
 
 class StoreWriter:
@@ -346,64 +342,17 @@ class StoreWriter:
 
     def _prune(self, conn: sqlite3.Connection, watermark: float) -> None:
         """Delete rows older than each table's retention, in event time (the watermark's clock)."""
-        for table, keep in self.retention.items():
-            column = RETENTION_COLUMNS[table]
-            cursor = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (watermark - keep,))
-            self.pruned[table] += cursor.rowcount
-        if "events" in self.retention:
-            _prune_attribute_versions(conn)
-
+        for table, count in prune_by_age(conn, self.retention, watermark).items():
+            self.pruned[table] += count
 
     def _prune_bytes(self, conn: sqlite3.Connection, watermark: float | None) -> None:
-        """Past `max_bytes` of pages in use, delete the oldest history (events with their predictions and
-        labels, dead letters, metrics) down to `PRUNE_TO` of it, in steps of `PRUNE_STEP_ROWS` events.
-
-        Never pruned: what a pending label still needs (its event and prediction), anything newer than
-        this checkpoint's watermark, and the tables a restart reads (checkpoint, entity state, pending
-        labels, models, audit). Freed pages go to SQLite's freelist and the next inserts reuse them,
-        so the file stops growing at the bound instead of shrinking and growing again.
-        """
-        used = self.used_bytes = _used_bytes(conn)
-        if used <= self.max_bytes or watermark is None:
+        """Keep the store's pages in use under `max_bytes` (`retention.prune_to_bytes`)."""
+        self.used_bytes = used_bytes(conn)
+        if self.used_bytes <= self.max_bytes or watermark is None:
             return
-        target = int(self.max_bytes * PRUNE_TO)
-        for _ in range(MAX_PRUNE_STEPS):
-            row = conn.execute("SELECT ts FROM events WHERE event_id NOT IN (SELECT event_id FROM pending_labels) "
-                               "ORDER BY ts LIMIT 1 OFFSET ?", (PRUNE_STEP_ROWS,)).fetchone()
-            cutoff = watermark if row is None else min(row[0], watermark)
-            deleted = 0
-            for table, column in RETENTION_COLUMNS.items():
-                keep_pending = (" AND event_id NOT IN (SELECT event_id FROM pending_labels)"
-                                if table in ("events", "predictions") else "")
-                cursor = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?{keep_pending}", (cutoff,))
-                self.pruned_for_bytes[table] += cursor.rowcount
-                deleted += cursor.rowcount
-            used = self.used_bytes = _used_bytes(conn)
-            if used <= target or not deleted:
-                break
-        _prune_attribute_versions(conn)
-        if used > self.max_bytes:
-            log.warning("the store holds %s bytes, over its bound of %s: what is left is newer than the last "
-                        "checkpoint or needed by a pending label", f"{used:,}", f"{self.max_bytes:,}")
-
-
-def _used_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes of the store's pages in use (the file's pages less its freelist)."""
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
-
-
-def _prune_attribute_versions(conn: sqlite3.Connection) -> None:
-    """Drop attribute versions that no retained event was scored with (export never needs them)."""
-    oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
-    if oldest is None:
-        return
-    needed = conn.execute("SELECT name, max(version) FROM attribute_switches WHERE seq < ? GROUP BY name",
-                          (oldest,)).fetchall()
-    for name, version in needed:
-        conn.execute("DELETE FROM attribute_rows WHERE name = ? AND version < ?", (name, version))
-        conn.execute("DELETE FROM attribute_switches WHERE name = ? AND version < ?", (name, version))
+        self.used_bytes, counts = prune_to_bytes(conn, self.max_bytes, watermark)
+        for table, count in counts.items():
+            self.pruned_for_bytes[table] += count
 
 
 def _insert_sql(table: str, columns: list[str]) -> str:
