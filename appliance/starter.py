@@ -217,7 +217,8 @@ def shared_bucket_share(distinct: int, buckets: int) -> float:
 
 def _label_rates(guess: Guess) -> tuple[bool, str]:
     if guess.labels.get("task") != "classification":
-        return False, "classification only in init: a label's mean per value is yours to turn on"
+        return True, ("each one-hot value's mean label so far (smoothed towards the overall mean) and the mean "
+                      "of the last ~100 labels: a per-value bias that serves follows between publications")
     return True, ("each one-hot value's share of positive labels so far (smoothed towards the overall share) "
                   "and the share in the last ~100 labels: what serves follows the labels between publications")
 
