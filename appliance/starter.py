@@ -217,8 +217,8 @@ def shared_bucket_share(distinct: int, buckets: int) -> float:
 
 def _label_rates(guess: Guess) -> tuple[bool, str]:
     if guess.labels.get("task") != "classification":
-        return True, ("each one-hot value's mean label so far (smoothed towards the overall mean) and the mean "
-                      "of the last ~100 labels: a per-value bias that serves follows between publications")
+        return False, ("a value's mean label (true: on) made movielens worse in bench learning (served MAE "
+                       "0.7646 -> 0.7859): classification only in init")
     return True, ("each one-hot value's share of positive labels so far (smoothed towards the overall share) "
                   "and the share in the last ~100 labels: what serves follows the labels between publications")
 
