@@ -211,7 +211,8 @@ def shared_bucket_share(distinct: int, buckets: int) -> float:
 
 def _label_rates(guess: Guess) -> tuple[bool, str]:
     if guess.labels.get("task") != "classification":
-        return False, "classification only in init: a label's mean per value is yours to turn on"
+        return False, ("a value's mean label (true: on) made movielens worse in bench learning (served MAE "
+                       "0.7646 -> 0.7859): classification only in init")
     return True, ("each one-hot value's share of positive labels so far (smoothed towards the overall share) "
                   "and the share in the last ~100 labels: what serves follows the labels between publications")
 

@@ -8,6 +8,7 @@ import pickle
 import random
 
 import orjson
+import pytest
 
 from appliance.config.file import config_from_dict
 from appliance.engine.core import Engine
@@ -19,15 +20,19 @@ CITIES = ("lisbon", "porto", "faro", "braga")
 RISK = {"lisbon": 0.1, "porto": 0.5, "faro": 0.8, "braga": 0.3}
 
 
-def stream(n: int = 600, seed: int = 5) -> list[dict]:
-    """Rides in four cities with very different late-payment rates; some labels inline, most later."""
+MEAN_DELAY = {"lisbon": 2.0, "porto": 9.0, "faro": 20.0, "braga": 5.0}
+
+
+def stream(n: int = 600, seed: int = 5, task: str = "classification") -> list[dict]:
+    """Rides in four cities with very different late-payment rates (or, for regression, mean minutes
+    late); some labels inline, most later."""
     rng = random.Random(seed)
     merged = []
     t = T0
     for i in range(n):
         t += rng.uniform(1, 60)
         city = rng.choice(CITIES)
-        y = int(rng.random() < RISK[city])
+        y = int(rng.random() < RISK[city]) if task == "classification" else round(rng.expovariate(1 / MEAN_DELAY[city]), 3)
         event = {"type": "ride", "event_id": f"e{i}", "ts": t, "city": city, "amount": rng.uniform(5, 50)}
         if i % 7 == 0:
             merged.append((t, 0, {**event, "label": y}))
@@ -38,11 +43,11 @@ def stream(n: int = 600, seed: int = 5) -> list[dict]:
     return [record for _, _, record in merged]
 
 
-def config(rates: bool = True):
+def config(rates: bool = True, task: str = "classification"):
     return config_from_dict({
         "event": {"numeric": ["amount"], "categorical": ["city"]},
         "labels": {"horizon": "1d", "default": "drop"},
-        "model": {"task": "classification"},
+        "model": {"task": task},
         "features": {"hash_buckets": 64, "label_rates": rates},
     })
 
@@ -52,8 +57,11 @@ def logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def expected_rates(records: list[dict]) -> dict[str, dict[str, float]]:
-    """By brute force: for each event, the rates from the labels that arrived before it was scored."""
+def expected_rates(records: list[dict], task: str = "classification") -> dict[str, dict[str, float]]:
+    """By brute force: for each event, the rates (regression: means) from the labels that arrived before
+    it was scored."""
+    versus = (lambda value, prior: logit(value) - logit(prior)) if task == "classification" else (
+        lambda value, prior: value - prior)
     learned: list[tuple[str, int]] = []  # (city, y) in the order labels arrived
     city_of: dict[str, str] = {}
     out = {}
@@ -67,21 +75,22 @@ def expected_rates(records: list[dict]) -> dict[str, dict[str, float]]:
             prior = sum(y for _, y in learned) / len(learned)
             mine = [y for city, y in learned if city == record["city"]]
             if mine:
-                x["city_label_rate"] = logit((sum(mine) + PRIOR_LABELS * prior) / (len(mine) + PRIOR_LABELS)) - logit(prior)
+                x["city_label_rate"] = versus((sum(mine) + PRIOR_LABELS * prior) / (len(mine) + PRIOR_LABELS), prior)
             weights = [(1 - RECENT_WEIGHT) ** age for age in range(len(learned))]
             recent = sum(w * y for w, (_, y) in zip(weights, reversed(learned))) / sum(weights)
-            x["label_rate_recent"] = logit(recent) - logit(prior)
+            x["label_rate_recent"] = versus(recent, prior)
         out[record["event_id"]] = x
         if "label" in record:  # inline: learned right after its own prediction
             learned.append((record["city"], record["label"]))
     return out
 
 
-def test_label_rates_count_only_labels_learned_before_the_event_was_scored():
-    cfg, records = config(), stream()
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_label_rates_count_only_labels_learned_before_the_event_was_scored(task):
+    cfg, records = config(task=task), stream(task=task)
     engine = Engine(cfg)
     rows = run(engine, items(cfg, records))
-    expected = expected_rates(records)
+    expected = expected_rates(records, task)
     logged = {row["event_id"]: orjson.loads(row["features"]) for row in rows["predictions"]}
     assert len(logged) == len(expected) == 600
     for event_id, want in expected.items():
@@ -102,8 +111,9 @@ def test_label_rates_are_off_unless_configured_and_named_among_the_features():
     assert Engine(config()).space.names[-2:] == ["city_label_rate", "label_rate_recent"]
 
 
-def test_label_rates_survive_a_checkpoint():
-    cfg, records = config(), stream()
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_label_rates_survive_a_checkpoint(task):
+    cfg, records = config(task=task), stream(task=task)
     half = len(records) // 2
     whole = Engine(cfg)
     whole_rows = run(whole, items(cfg, records))
@@ -129,3 +139,54 @@ def test_label_rates_change_the_store_fingerprint_only_when_on():
     off, on = config(rates=False), config()
     assert "label_rates" not in repr(off.features)  # a store from before the key keeps its fingerprint
     assert fingerprint(off) != fingerprint(on)
+
+
+def test_label_means_for_regression_on_a_hand_computed_stream():
+    """Regression: a value's mean label shrunk toward the overall mean as if that were 20 labels, minus
+    the overall mean; the recent mean (each older label weighs 0.99 of the next) minus the overall mean."""
+    cfg = config(task="regression")
+    records = [
+        {"type": "ride", "event_id": "e0", "ts": T0, "city": "lisbon", "amount": 10.0, "label": 10.0},
+        {"type": "ride", "event_id": "e1", "ts": T0 + 1, "city": "porto", "amount": 10.0, "label": 4.0},
+        {"type": "ride", "event_id": "e2", "ts": T0 + 2, "city": "lisbon", "amount": 10.0},
+        {"type": "ride", "event_id": "e3", "ts": T0 + 3, "city": "faro", "amount": 10.0},
+        {"type": "label", "event_id": "e2", "label": 1.0},  # after e2 was scored: not in e2's features
+        {"type": "ride", "event_id": "e4", "ts": T0 + 4, "city": "lisbon", "amount": 10.0},
+    ]
+    engine = Engine(cfg)
+    rows = run(engine, items(cfg, records))
+    logged = {row["event_id"]: orjson.loads(row["features"]) for row in rows["predictions"]}
+    onehot = {event_id: next(name for name in x if name.startswith("city#")) for event_id, x in logged.items()}
+    assert len({onehot["e0"], onehot["e1"], onehot["e3"]}) == 3  # three buckets: no value shares one
+    rate = {event_id: {name: value for name, value in x.items() if "label_rate" in name}
+            for event_id, x in logged.items()}
+    # e0: no label yet. e1: lisbon's 10 is in (inline, after e0 was scored); porto has none.
+    assert rate["e0"] == {}
+    assert rate["e1"] == {"label_rate_recent": 0.0}
+    # e2, e3: labels 10 (lisbon), 4 (porto); mean 7. Lisbon (10 + 20 * 7) / 21 - 7 = 1/7; faro unseen.
+    # recent: (4 + 0.99 * 10) / 1.99 - 7
+    recent = (4 + 0.99 * 10) / 1.99 - 7
+    assert rate["e2"] == pytest.approx({"city_label_rate": 1 / 7, "label_rate_recent": recent}, abs=1e-12)
+    assert rate["e3"] == pytest.approx({"label_rate_recent": recent}, abs=1e-12)
+    # e4: e2's label 1 is in now; mean 5. Lisbon (10 + 1 + 20 * 5) / 22 - 5 = 1/22;
+    # recent: (1 + 0.99 * 4 + 0.99 ** 2 * 10) / (1 + 0.99 + 0.99 ** 2) - 5
+    assert rate["e4"] == pytest.approx({
+        "city_label_rate": 1 / 22,
+        "label_rate_recent": (1 + 0.99 * 4 + 0.99 ** 2 * 10) / (1 + 0.99 + 0.99 ** 2) - 5}, abs=1e-12)
+    assert RECENT_WEIGHT == 0.01 and PRIOR_LABELS == 20.0  # the hand figures above assume these
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_init_turns_label_rates_on_for_classification_only(tmp_path, task):
+    """Label means made movielens worse as init's default (docs/lifecycle.md): off for regression."""
+    from appliance.config.file import load_config
+    from appliance.init.starter import write_starter
+
+    path = tmp_path / "events.jsonl"
+    labels = {r["event_id"]: r["label"] for r in stream(400, task=task) if "label" in r}
+    rides = [{**r, "label": labels[r["event_id"]]} for r in stream(400, task=task) if r["type"] == "ride"]
+    path.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in rides))  # the labels inline
+    write_starter(str(path), str(tmp_path / "appliance.toml"))
+    loaded = load_config(tmp_path / "appliance.toml")
+    assert loaded.model.task == task and loaded.features.label_rates == (task == "classification")
+    assert "city" in loaded.features.categorical
