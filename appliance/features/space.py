@@ -120,8 +120,12 @@ class FeatureSpace:
         """Return an empty entity store: key name -> entity value -> state."""
         return {key: {} for key in self.layouts}
 
-    def compute(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]]) -> dict[str, float]:
-        """Return the feature vector of an event at event time `ts`, from state before the event."""
+    def compute(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]],
+                logged_rates: dict[str, float] | None = None) -> dict[str, float]:
+        """Return the feature vector of an event at event time `ts`, from state before the event.
+
+        `logged_rates`: the label rates the event was scored with (the export's; rates are moved by
+        labels, not events), in place of the live ones, so what follows them (model scores) agrees."""
         x: dict[str, float] = {}
         for name in self.config.numeric:
             value = values.get(name)
@@ -140,7 +144,9 @@ class FeatureSpace:
                 x[hashed] = 1.0
                 if onehots is not None:
                     onehots[name] = hashed
-        if rates is not None:
+        if logged_rates is not None:
+            x.update(logged_rates)
+        elif rates is not None:
             rates.rates_into(x, onehots)
         for key, layout in self.layouts.items():
             entity = values.get(key)

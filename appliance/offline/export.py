@@ -61,9 +61,8 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
                 space.set_attributes(attributes.read_version(db, specs[name], version))
             values = parse_event(payload, config.event, config.model.task).values
             if event_id in labels and (start is None or ts >= start) and (end is None or ts < end):
-                x = space.compute(values, ts, store)
-                if rates:  # state moved by labels, not events: the values logged when the event was scored
-                    x.update(_logged(db, event_id, rates))
+                # label rates are state moved by labels, not events: the values logged when it was scored
+                x = space.compute(values, ts, store, _logged(db, event_id, rates) if rates else None)
                 yield {"event_id": event_id, "ts": ts, "label": labels[event_id], **x}
             if ingested:
                 space.update(values, ts, store)

@@ -168,7 +168,7 @@ def test_a_promotion_that_does_worse_on_probation_is_rolled_back_to_the_champion
 def test_a_drift_challenger_learns_the_examples_since_the_change_and_its_decision_names_it():
     from appliance.config.lifecycle import Lifecycle
 
-    model = OnlineModel(ModelConfig(), LEARNER, Lifecycle(warm_start=300, promote_after=100))
+    model = OnlineModel(ModelConfig(), LEARNER, Lifecycle(warm_start=300, promote_after=100, warm_start_from="change"))
     flip(model, 500)
     decision = model.start_challenger("concept drift on a test", since_change=40)
     assert decision.action == "challenger" and decision.candidate == "retrain-1"
