@@ -102,10 +102,8 @@ class _Unpickler(pickle.Unpickler):
     """Resolves the appliance's own classes by name wherever their module has moved."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "appliance" or module.startswith("appliance."):
-            own = _own_classes()
-            if name in own:
-                return own[name]
+        if name in OWN_CLASSES and (module == "appliance" or module.startswith("appliance.")):
+            return getattr(importlib.import_module(OWN_CLASSES[name]), name)
         return super().find_class(module, name)
 
 
@@ -114,6 +112,3 @@ class _Unpickler(pickle.Unpickler):
 # breaking a store. Resolved when first needed, like pickle resolves any class.
 OWN_CLASSES = {"ScaleNumeric": "appliance.learning.scaling", "OnnxModel": "appliance.learning.onnx_model"}
 
-
-def _own_classes() -> dict[str, type]:
-    return {name: getattr(importlib.import_module(module), name) for name, module in OWN_CLASSES.items()}
