@@ -121,11 +121,14 @@ class FeatureSpace:
         return {key: {} for key in self.layouts}
 
     def compute(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]],
-                logged_rates: dict[str, float] | None = None) -> dict[str, float]:
+                logged_rates: dict[str, float] | None = None,
+                aggregates: dict[str, float] | None = None) -> dict[str, float]:
         """Return the feature vector of an event at event time `ts`, from state before the event.
 
         `logged_rates`: the label rates the event was scored with (the export's; rates are moved by
-        labels, not events), in place of the live ones, so what follows them (model scores) agrees."""
+        labels, not events), in place of the live ones, so what follows them (model scores) agrees.
+        `aggregates`: the event's aggregates as the owners of its entities read them (state
+        partitioned across workers, `engine.feature_worker`), in place of reading `store`."""
         x: dict[str, float] = {}
         for name in self.config.numeric:
             value = values.get(name)
@@ -148,10 +151,13 @@ class FeatureSpace:
             x.update(logged_rates)
         elif rates is not None:
             rates.rates_into(x, onehots)
-        for key, layout in self.layouts.items():
-            entity = values.get(key)
-            state = store[key].get(entity) if entity is not None else None
-            aggregates_into(x, layout, state, ts)
+        if aggregates is not None:
+            x.update(aggregates)
+        else:
+            for key, layout in self.layouts.items():
+                entity = values.get(key)
+                state = store[key].get(entity) if entity is not None else None
+                aggregates_into(x, layout, state, ts)
         for table in self.attributes.values():
             self._attributes_into(x, table, values)
         for custom in self.custom:
