@@ -8,7 +8,9 @@ dataflow does, in this thread; each phase's calls are timed with the thread's CP
     entity folds    the event folded into each key's state (`updated`)
     other features  the rest of `FeatureSpace.compute` (passthrough, hashing, attributes, expressions)
     scoring         the served model and every candidate (in shadow) scoring the event
-    learning        `OnlineModel.learn`: every learning candidate's learn and metrics, the gate
+    learning        `OnlineModel.learn` less the two below: each candidate's metrics, duel and learn
+    served metrics  the served model's prequential metrics on each label
+    checks          the scheduled checks: the gate, publication, promotion
     label join      expiring pending predictions
     rows            handing the batch's rows over
     rest            everything else in `Engine.process` (dead letters, logging, counters)
@@ -26,6 +28,7 @@ from __future__ import annotations
 import gzip
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ class Profile:
     events: int
     seconds: float
     phases: dict[str, float]
+    candidates_per_label: dict[int, int]  # how many candidates there were -> labels learned with that many
 
     @property
     def partitionable(self) -> float:
@@ -54,7 +58,7 @@ class Profile:
     def bound(self, workers: int) -> float:
         """Amdahl's bound on the speed-up of the engine with `workers` feature workers.
 
-        >>> Profile(1, 1, 10.0, {"entity reads": 1.0, "entity folds": 1.0}).bound(2)
+        >>> Profile(1, 1, 10.0, {"entity reads": 1.0, "entity folds": 1.0}, {}).bound(2)
         1.1111111111111112
         """
         p = self.partitionable
@@ -65,6 +69,7 @@ class Profile:
                 "us_per_item": round(self.seconds / self.items * 1e6, 1),
                 "phases": {name: {"seconds": round(s, 3), "share": round(s / self.seconds, 4)}
                            for name, s in self.phases.items()},
+                "candidates_per_label": self.candidates_per_label,
                 "partitionable_share": round(self.partitionable, 4),
                 "amdahl_bound": {str(n): round(self.bound(n), 3) for n in (2, 4, 16)}}
 
@@ -112,7 +117,16 @@ def profile_engine(config: Any, lines: list[bytes], source: str = "sample") -> P
     items = make_parser(config.event, engine.task)([(source, i, line) for i, line in enumerate(lines)])
     clock = _Clock()
     model = engine.model
-    model.learn = clock.wrap("learning", model.learn)
+    candidates: Counter[int] = Counter()
+    learn = model.learn
+
+    def counted_learn(*args: Any) -> Any:
+        candidates[len(model.candidates)] += 1
+        return learn(*args)
+
+    model.learn = clock.wrap("learning", counted_learn)
+    model.check = clock.wrap("checks", model.check)
+    model.served_eval.update = clock.wrap("served metrics", model.served_eval.update)
     model.predict = clock.wrap("scoring", model.predict)  # the served model's and, in `shadow`, each candidate's
     engine.space.compute = clock.wrap("features", engine.space.compute)
     engine.join.expire = clock.wrap("label join", engine.join.expire)
@@ -128,8 +142,9 @@ def profile_engine(config: Any, lines: list[bytes], source: str = "sample") -> P
     phases = dict(clock.seconds)
     # compute's own figure holds the reads: split it
     phases["other features"] = phases.pop("features") - phases["entity reads"]
+    phases["learning"] -= phases["checks"] + phases["served metrics"]  # both run inside learn
     phases["rest"] = seconds - sum(phases.values())
-    return Profile(len(items), engine.counts["events"], seconds, phases)
+    return Profile(len(items), engine.counts["events"], seconds, phases, dict(sorted(candidates.items())))
 
 
 def sample_lines(limit: int) -> list[bytes]:

@@ -20,3 +20,5 @@ def test_the_profile_accounts_for_the_engines_time_and_bounds_the_gain_of_worker
     assert profile.bound(2) == pytest.approx(1 / ((1 - p) + p / 2))
     assert 1 < profile.bound(2) < profile.bound(4) < 1 / (1 - p)
     assert set(PARTITIONABLE) <= set(profile.as_dict()["phases"])
+    learned = profile.candidates_per_label
+    assert learned and sum(learned.values()) > 0 and min(learned) >= 1
