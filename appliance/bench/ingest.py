@@ -10,6 +10,11 @@ The raw side is the loop a notebook would write: for each event, `predict_proba_
 the appliance itself logged (read from its store once, outside the timed loop), so both sides see
 the same dicts. It is also run in a fresh process.
 
+With `workers`, the replay runs on that many Bytewax workers (`appliance replay --workers N`); each
+run also reports its CPU time (user + system, this process's threads and any child process, over the
+same interval) per event, so runs with more workers are compared on the work they cost, not only on
+the wall clock.
+
 `python -m appliance.bench.ingest appliance|raw ...` is one timed run; it prints JSON.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import pickle
+import resource
 import subprocess
 import sys
 import time
@@ -42,9 +48,15 @@ def sample_subset(lines: int, out: Path) -> dict[str, int]:
     return counts
 
 
-def replay_once(config_path: str, source: str, db: str) -> dict[str, Any]:
-    """One timed `appliance replay` of `source` into a fresh `db`, in a new process."""
-    return _child(["appliance", "--config", config_path, "--source", source, "--db", db])
+def replay_once(config_path: str, source: str, db: str, workers: int = 1) -> dict[str, Any]:
+    """One timed `appliance replay` of `source` into a fresh `db` on `workers` workers, in a new process."""
+    return _child(["appliance", "--config", config_path, "--source", source, "--db", db, "--workers", str(workers)])
+
+
+def cpu_seconds() -> float:
+    """CPU time so far of this process (every thread) and of its waited-for children, user + system."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def raw_once(vectors: str, spec: str, task: str, save_model: str | None = None) -> dict[str, Any]:
@@ -79,19 +91,21 @@ def _child(args: list[str]) -> dict[str, Any]:
     return orjson.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _run_appliance(config_path: str, source: str, db: str) -> dict[str, Any]:
+def _run_appliance(config_path: str, source: str, db: str, workers: int = 1) -> dict[str, Any]:
     from appliance.runtime.app import Appliance, RunOptions
     from appliance.runtime.settings import resolve_config
 
     config = resolve_config(config_path, source, db=db, speed=0.0)
-    appliance = Appliance(config, RunOptions(serve=False, fresh=True))
-    started = time.perf_counter()
+    appliance = Appliance(config, RunOptions(serve=False, fresh=True, workers=workers))
+    started, cpu = time.perf_counter(), cpu_seconds()
     appliance.run()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     counts = appliance.board.snapshot["counts"]
     learned = counts["labels_joined"] + counts["labels_immediate"] + counts["labels_defaulted"]
     return {"events": counts["events"], "labels_learned": learned, "seconds": round(seconds, 4),
-            "events_per_second": round(counts["events"] / seconds, 1), "task": appliance.engine.task,
+            "events_per_second": round(counts["events"] / seconds, 1), "workers": workers,
+            "cpu_seconds": round(cpu, 3), "cpu_us_per_event": round(cpu / max(1, counts["events"]) * 1e6, 1),
+            "task": appliance.engine.task,
             "spec": config.model.spec, "candidates": len(appliance.engine.model.candidates)}
 
 
@@ -123,6 +137,7 @@ def main() -> None:
     app.add_argument("--config", required=True)
     app.add_argument("--source", required=True)
     app.add_argument("--db", required=True)
+    app.add_argument("--workers", type=int, default=1)
     raw = sub.add_parser("raw")
     raw.add_argument("--vectors", required=True)
     raw.add_argument("--spec", required=True)
@@ -130,7 +145,7 @@ def main() -> None:
     raw.add_argument("--save-model")
     args = parser.parse_args()
     if args.side == "appliance":
-        result = _run_appliance(args.config, args.source, args.db)
+        result = _run_appliance(args.config, args.source, args.db, args.workers)
     else:
         result = _run_raw(args.vectors, args.spec, args.task, args.save_model)
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")

@@ -3,7 +3,8 @@
 Sections, in the order they run (each in fresh processes, in a scratch directory):
 
 1. ingest: `appliance replay` of the sample's first N lines vs the raw River loop, A B A B
-   (`appliance.bench.ingest`); the ratio of the medians.
+   (`appliance.bench.ingest`); the ratio of the medians. Each round also replays on 2 Bytewax
+   workers: events/s and CPU per event against 1 worker.
 2. serving: the appliance (`appliance up`, ingesting the sample at a steady speed) vs FastAPI +
    uvicorn, an asyncio echo server and redis-server, interleaved per round (`serving`).
 3. console: CPU of `appliance console` at its default rate against that same appliance (`console`).
@@ -61,6 +62,8 @@ SMOKE = Plan(ingest_lines=1500, ingest_rounds=2,
 
 TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "ingest": ("raw River loop", ">=", 0.6),
+    "ingest_workers": ("1 worker", ">=", 1.5),
+    "ingest_workers_cpu": ("1 worker", "<=", 1.3),
     "p50": ("redis GET", "<=", 2.0),
     "p99": ("redis GET", "<=", 3.0),
     "throughput_redis": ("redis GET", ">=", 0.45),
@@ -159,10 +162,11 @@ def _ingest(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
     source = scratch / "ingest.jsonl"
     counts = ingest.sample_subset(plan.ingest_lines, source)
     vectors, model = scratch / "vectors.pkl", scratch / "model.pkl"
-    appliance_runs, raw_runs = [], []
+    appliance_runs, raw_runs, two_worker_runs = [], [], []
     for i in range(plan.ingest_rounds):
         db = str(scratch / f"ingest{i}.db")
         appliance_runs.append(ingest.replay_once(config, str(source), db))
+        two_worker_runs.append(ingest.replay_once(config, str(source), db + "-w2", workers=2))
         if i == 0:
             logged = ingest.logged_vectors(db, appliance_runs[0]["task"])
             vectors.write_bytes(pickle.dumps(logged))
@@ -174,6 +178,9 @@ def _ingest(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
             "labels_learned": appliance_runs[0]["labels_learned"], "spec": appliance_runs[0]["spec"],
             "appliance_events_per_second": [r["events_per_second"] for r in appliance_runs],
             "raw_events_per_second": [r["events_per_second"] for r in raw_runs],
+            "cpu_us_per_event": [r["cpu_us_per_event"] for r in appliance_runs],
+            "workers2_events_per_second": [r["events_per_second"] for r in two_worker_runs],
+            "workers2_cpu_us_per_event": [r["cpu_us_per_event"] for r in two_worker_runs],
             "model_file": str(model), "feature_vectors": [x for x, _ in logged[-REQUESTS:]]}
 
 
@@ -285,6 +292,7 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
         out.append(_compare("ingest", "events/s", app, "raw River loop", raw, "ingest",
                             f"first {ing['lines']:,} lines of the sample: {ing['events']:,} payments, "
                             f"{ing['labels_learned']:,} labels learned; medians of {len(ing['raw_events_per_second'])}"))
+        out += _worker_rows(ing)
     srv = sections.get("serving", NOT_RUN)
     names = {"redis": "redis GET", "fastapi": "FastAPI+uvicorn", "echo": "asyncio echo"}
     for metric, unit, label in (("p50_us", "µs", "predict p50"), ("p99_us", "µs", "predict p99"),
@@ -324,6 +332,17 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
                Row("console CPU at default rate", "% core", con["console_percent"],
                    note=f"over {con['seconds']:g} s; tmux {con['tmux_percent']} %"))
     return out
+
+
+def _worker_rows(ing: dict[str, Any]) -> list[Row]:
+    """Ingest on 2 Bytewax workers against 1, in events/s and in CPU per event (summed over the
+    process's threads and children), from the same rounds."""
+    median = statistics.median
+    rounds = f"medians of {len(ing['workers2_events_per_second'])}, rounds interleaved with 1 worker"
+    return [_compare("ingest, 2 workers", "events/s", median(ing["workers2_events_per_second"]), "1 worker",
+                     median(ing["appliance_events_per_second"]), "ingest_workers", rounds),
+            _compare("CPU per event, 2 workers", "µs", median(ing["workers2_cpu_us_per_event"]), "1 worker",
+                     median(ing["cpu_us_per_event"]), "ingest_workers_cpu", rounds)]
 
 
 def _compare(measure: str, unit: str, value: float | None, peer: str | None, peer_value: float | None,

@@ -13,7 +13,7 @@ import orjson
 
 from appliance.bench import peers, suite, wire
 
-MEASURES = ["ingest", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
+MEASURES = ["ingest", "ingest, 2 workers", "CPU per event, 2 workers", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
             "start-up to first prediction", "serving again after kill -9", "console CPU at default rate",
             "store writer at 0.016 GB"]
 
@@ -37,6 +37,7 @@ def test_bench_smoke_produces_every_row(short_dir):
     sections = report["sections"]
     assert "skipped" not in sections["ingest"], sections["ingest"]
     assert sections["ingest"]["events"] > 0 and sections["ingest"]["labels_learned"] > 0
+    assert all(cpu > 0 for cpu in sections["ingest"]["workers2_cpu_us_per_event"] + sections["ingest"]["cpu_us_per_event"])
     serving = sections["serving"]
     assert "skipped" not in serving, serving
     assert serving["appliance"]["errors"] == 0
