@@ -33,6 +33,7 @@ from appliance.config.fields import (
     OptionalFilePath,
     OptionalText,
     PositiveDuration,
+    PositiveWhole,
     RequiredPath,
     ReserveSize,
     Tables,
@@ -212,6 +213,9 @@ class Retention:
     # health degraded). None: "auto", 5 % of the disk, at most 1 GiB; 0: never refuse (the last line
     # is then the store writer's retries on a full disk).
     disk_reserve: ReserveSize = None
+    # The newest published model versions whose model bytes the registry keeps (older versions keep
+    # their row and metrics; what can still serve is always kept: storage.registry.thin_models).
+    keep_models: PositiveWhole = 20
 
     def as_dict(self) -> dict[str, float]:
         """Return {table: seconds kept} for the tables that are pruned."""
