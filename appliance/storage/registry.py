@@ -34,10 +34,15 @@ def thin_models(conn: sqlite3.Connection, keep_newest: int, needed: tuple[int, .
     writer's checkpoint); the freed pages go to the freelist, which the byte bound counts.
     """
     kept = kept_model_versions(conn, keep_newest, needed)
-    marks = ", ".join("?" for _ in kept)
-    cursor = conn.execute(f"UPDATE models SET model = NULL WHERE model IS NOT NULL AND version NOT IN ({marks})",
-                          kept)
-    return ThinnedModels(thinned=cursor.rowcount, kept=kept)
+    where = f"WHERE model IS NOT NULL AND version NOT IN ({', '.join('?' for _ in kept)})"
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(models)") if row[1] != "model"]
+    names = ", ".join(f"[{column}]" for column in columns)
+    rows = conn.execute(f"SELECT {names} FROM models {where}", kept).fetchall()
+    # Deleted and written again without the bytes, not updated in place: an UPDATE that shrinks a
+    # row leaves its page as sparse as before (one version a page), a DELETE lets SQLite merge them.
+    conn.execute(f"DELETE FROM models {where}", kept)
+    conn.executemany(f"INSERT INTO models ({names}) VALUES ({', '.join('?' for _ in columns)})", rows)
+    return ThinnedModels(thinned=len(rows), kept=kept)
 
 
 def kept_model_versions(conn: sqlite3.Connection, keep_newest: int, needed: tuple[int, ...] = ()) -> tuple[int, ...]:
