@@ -135,7 +135,7 @@ class Appliance:
             self.engine = self._restore_engine()
             self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
                                       max_bytes=config.retention.max_bytes or default_max_bytes(config.db),
-                                      keep_models=config.retention.keep_models)
+                                      keep_models=config.retention.keep_models, cache_bytes=config.store_cache)
             self.disk.sample()
         except BaseException:
             self.lock.release()
