@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from appliance.config.file import STORE_CACHE
 from appliance.storage.disk import store_bytes
 from appliance.storage.entity_history import index_entity_keys
 from appliance.storage.store import StoreWriter, open_db
@@ -72,7 +73,8 @@ def _batch(start: int, payloads: list[str], rng: random.Random) -> dict[str, lis
     return {"events": events, "predictions": predictions, "labels": labels}
 
 
-def measure(target_bytes: int, workdir: str | Path | None = None, log=lambda _: None) -> dict[str, Any]:
+def measure(target_bytes: int, workdir: str | Path | None = None, log=lambda _: None,
+            cache_bytes: int = STORE_CACHE) -> dict[str, Any]:
     """Grow a fresh store to `target_bytes`; rows/s per window, the first and the last, their ratio."""
     import sample_data
     from appliance.config.file import load_config
@@ -85,7 +87,7 @@ def measure(target_bytes: int, workdir: str | Path | None = None, log=lambda _: 
         db = open_db(path)
         index_entity_keys(db.conn, keys)
         db.conn.close()
-        writer = StoreWriter(path).start()
+        writer = StoreWriter(path, cache_bytes=cache_bytes).start()
         windows: list[dict[str, Any]] = []
         seq = 0
         try:
@@ -97,33 +99,56 @@ def measure(target_bytes: int, workdir: str | Path | None = None, log=lambda _: 
             while store_bytes(path) < target_bytes:
                 rows_before = writer.rows_written
                 batches = [_batch(seq + i * BATCH_EVENTS, payloads, rng) for i in range(window_batches)]
-                started = time.perf_counter()
+                started, cpu, io = time.perf_counter(), time.process_time(), _written()
                 for rows in batches:
                     writer.put_rows(rows)
                 writer.put_checkpoint("bench", {"entities": [], "offsets": {"bench": seq}, "engine": b"",
                                                 "watermark": None})
                 _flush(writer)
-                elapsed = time.perf_counter() - started
+                elapsed, cpu, io = time.perf_counter() - started, time.process_time() - cpu, _written() - io
                 seq += window_batches * BATCH_EVENTS
                 size = store_bytes(path)
-                windows.append({"store_bytes": size, "rows": writer.rows_written - rows_before,
-                                "rows_per_second": round((writer.rows_written - rows_before) / elapsed, 1)})
-                log(f"store {size / 1e9:.2f} GB: {windows[-1]['rows_per_second']:,.0f} rows/s")
+                rows = writer.rows_written - rows_before
+                windows.append({"store_bytes": size, "rows": rows, "rows_per_second": round(rows / elapsed, 1),
+                                "rows_per_cpu_second": round(rows / max(cpu, 1e-6), 1),
+                                "written_bytes_per_event": round(io / (window_batches * BATCH_EVENTS), 1)})
+                log(f"store {size / 1e9:.2f} GB: {windows[-1]['rows_per_second']:,.0f} rows/s, "
+                    f"{windows[-1]['rows_per_cpu_second']:,.0f} rows/CPU-s, "
+                    f"{windows[-1]['written_bytes_per_event']:,.0f} B written/event")
         finally:
             if writer.failure is not None:
                 writer.abandon()
             writer.close()
-    first = statistics.median(w["rows_per_second"] for w in windows[:3])  # the store's first 3/40
-    last = statistics.median(w["rows_per_second"] for w in windows[-3:])  # its last 3/40
-    return {"target_bytes": target_bytes, "events": seq, "windows": windows,
-            "bytes_per_event": round(windows[-1]["store_bytes"] / seq, 1), "empty_rows_per_second": first,
-            "full_rows_per_second": last, "ratio": round(last / first, 3)}
+    def median(key: str, part: list[dict[str, Any]]) -> float:
+        return statistics.median(w[key] for w in part)
+
+    first, last = windows[:3], windows[-3:]  # the store's first 3/40, its last 3/40
+    empty, full = median("rows_per_second", first), median("rows_per_second", last)
+    empty_cpu, full_cpu = median("rows_per_cpu_second", first), median("rows_per_cpu_second", last)
+    return {"target_bytes": target_bytes, "events": seq, "windows": windows, "cache_bytes": cache_bytes,
+            "bytes_per_event": round(windows[-1]["store_bytes"] / seq, 1), "empty_rows_per_second": empty,
+            "full_rows_per_second": full, "ratio": round(full / empty, 3),
+            "empty_rows_per_cpu_second": empty_cpu, "full_rows_per_cpu_second": full_cpu,
+            "cpu_ratio": round(full_cpu / empty_cpu, 3),
+            "empty_written_bytes_per_event": median("written_bytes_per_event", first),
+            "full_written_bytes_per_event": median("written_bytes_per_event", last)}
 
 
-def main(target_bytes: int = 10 * 10**9) -> None:
-    figures = measure(target_bytes, log=print)
+def _written() -> int:
+    """Bytes this process has written so far (`wchar` of /proc/self/io: the WAL and the checkpoints
+    into the file, through the page cache or not); 0 where /proc is not there."""
+    try:
+        with open("/proc/self/io") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("wchar:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def main(target_bytes: int = 10 * 10**9, cache_bytes: int = STORE_CACHE, workdir: str | None = None) -> None:
+    figures = measure(target_bytes, workdir=workdir, log=print, cache_bytes=cache_bytes)
     print(orjson.dumps({k: v for k, v in figures.items() if k != "windows"}).decode())
 
 
 if __name__ == "__main__":
-    main(int(float(sys.argv[1])) if len(sys.argv) > 1 else 10 * 10**9)
+    main(int(float(sys.argv[1])) if len(sys.argv) > 1 else 10 * 10**9,
+         int(float(sys.argv[2])) if len(sys.argv) > 2 else STORE_CACHE, sys.argv[3] if len(sys.argv) > 3 else None)

@@ -143,6 +143,14 @@ def _reserve_size(value: Any) -> int | None:
     return size
 
 
+def _cache_size(value: Any) -> int:
+    size = _size(value)
+    if size is None or size < 0:
+        raise ValueError(f'must be a size such as "256 MiB" (0: SQLite\'s own 2 MB), not {value!r}')
+    return size
+
+
+CacheSize = Annotated[int, BeforeValidator(_cache_size)]
 ByteSize = Annotated[int | None, BeforeValidator(_byte_size),
                      PlainSerializer(lambda value: "auto" if value is None else value)]
 ReserveSize = Annotated[int | None, BeforeValidator(_reserve_size),  # 0 turns the disk stage off

@@ -18,6 +18,7 @@ from appliance.config.fields import (
     AtLeastOne,
     Bounds,
     ByteSize,
+    CacheSize,
     Duration,
     FieldName,
     FilePath,
@@ -33,6 +34,7 @@ from appliance.config.fields import (
     OptionalFilePath,
     OptionalText,
     PositiveDuration,
+    PositiveWhole,
     RequiredPath,
     ReserveSize,
     Tables,
@@ -189,6 +191,8 @@ class ModelConfig:
 
 CHAMPION = "main"  # the name of the [model] spec's learner among the candidates
 
+STORE_CACHE = 256 << 20  # [serve] store_cache: see docs/config.md and docs/benchmarks.md
+
 RETAINED_TABLES = ("events", "predictions", "labels", "dead_letters", "metrics")
 
 
@@ -212,6 +216,9 @@ class Retention:
     # health degraded). None: "auto", 5 % of the disk, at most 1 GiB; 0: never refuse (the last line
     # is then the store writer's retries on a full disk).
     disk_reserve: ReserveSize = None
+    # The newest published model versions whose model bytes the registry keeps (older versions keep
+    # their row and metrics; what can still serve is always kept: storage.registry.thin_models).
+    keep_models: PositiveWhole = 20
 
     def as_dict(self) -> dict[str, float]:
         """Return {table: seconds kept} for the tables that are pruned."""
@@ -234,6 +241,8 @@ class ServeTable:
 
     socket: Text = "appliance.sock"
     db: Text = "appliance.db"
+    # The store writer's page cache (SQLite's cache_size): an upper bound, allocated as pages are read.
+    store_cache: CacheSize = STORE_CACHE
 
 
 @table
@@ -275,6 +284,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     socket: str = ServeTable.socket
     db: str = ServeTable.db
+    store_cache: int = ServeTable.store_cache
     checkpoint_seconds: float = CheckpointTable.every
     retention: Retention = Retention()
     lifecycle: Lifecycle = Lifecycle()
@@ -319,6 +329,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None, path
         model=document.model,
         socket=document.serve.socket,
         db=document.serve.db,
+        store_cache=document.serve.store_cache,
         checkpoint_seconds=document.checkpoint.every,
         retention=document.retention,
         lifecycle=document.lifecycle,

@@ -331,7 +331,8 @@ class Engine:
         evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
         self.dirty, self.evicted = set(), set()
         return {"offsets": dict(self.offsets), "engine": pack_checkpoint(self._core_data()), "entities": entities,
-                "evicted": evicted, "watermark": self.watermark, "pending": self.join.changes()}
+                "evicted": evicted, "watermark": self.watermark, "pending": self.join.changes(),
+                "models_kept": self.model.needed_versions()}
 
     def _core_data(self) -> dict[str, Any]:
         """The engine's own state as named plain fields (the parts' `to_data`)."""

@@ -361,6 +361,19 @@ class OnlineModel:
         """Pause or resume automatic publication (promotion and rollback by policy wait with it)."""
         self.paused = paused
 
+    def needed_versions(self) -> tuple[int, ...]:
+        """The versions that can still serve without a new publication: served, the one a rollback
+        returns to, the probation predecessor, registered versions running as candidates, and the
+        recent ones kept in memory. Their model bytes stay in the registry (`registry.thin_models`)."""
+        needed = {self.served.version, *self.recent}
+        needed.update(c.version for c in self.candidates.values() if c.version is not None)
+        if self.probation is not None:
+            needed.add(self.probation.predecessor.version)
+        previous = self.previous()
+        if previous is not None:
+            needed.add(previous)
+        return tuple(sorted(needed))
+
     def previous(self) -> int | None:
         """The version that served before the current one (what a rollback returns to)."""
         current = self.served.version

@@ -134,7 +134,8 @@ class Appliance:
             self.source = resolve_source(config.source) if options.read_source else None
             self.engine = self._restore_engine()
             self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
-                                      max_bytes=config.retention.max_bytes or default_max_bytes(config.db))
+                                      max_bytes=config.retention.max_bytes or default_max_bytes(config.db),
+                                      keep_models=config.retention.keep_models, cache_bytes=config.store_cache)
             self.disk.sample()
         except BaseException:
             self.lock.release()

@@ -28,6 +28,8 @@ from appliance.engine.core import Engine
 from appliance.errors import RequestError
 from appliance.ingest.inbox import Inbox
 from appliance.serving.board import StatsBoard
+from appliance.storage import registry
+from appliance.storage.store import reading
 from appliance.timeutil import format_timestamp
 
 
@@ -87,6 +89,7 @@ class OperatorOps:
             raise RequestError("bad_request", 'promote takes "version" or "challenger", not both')
         if version is not None:
             self._check_version(version)
+            self._check_kept(version, "promote")
         if challenger is not None:
             self._check_challenger(challenger)
         self._queue(Promote(version=version, challenger=challenger, actor=self._actor(request)))
@@ -97,6 +100,7 @@ class OperatorOps:
         """Put registered version `version` up as a challenger (scored in shadow, never serving)."""
         version = request.get("version")
         self._check_version(version)
+        self._check_kept(version, "challenge")
         if f"v{version}" in self.engine.model.candidates:
             raise RequestError("conflict", f"v{version} is already a candidate")
         self._queue(Challenge(version=version, actor=self._actor(request)))
@@ -138,6 +142,7 @@ class OperatorOps:
             if version is None:
                 raise RequestError("nothing_to_roll_back", f"v{model.served.version} is the only version that has served")
         self._check_version(version)
+        self._check_kept(version, "rollback")
         self._queue(Rollback(version=version, actor=self._actor(request)))
         return {"queued": True, "action": "rollback", "version": version}
 
@@ -154,6 +159,15 @@ class OperatorOps:
             raise RequestError("bad_request", '"version" must be a version number, e.g. 3')
         if version not in self.engine.model.catalog:
             raise RequestError("not_found", f"no model version {version}; see the models op")
+
+    def _check_kept(self, version: int, action: str) -> None:
+        """Refuse a version whose model bytes the registry thinned (`registry.thin_models`)."""
+        model = self.engine.model
+        if version == model.served.version or version in model.recent:
+            return
+        with reading(self.engine.config.db) as store:
+            if registry.model_blob(store, version) is None:
+                raise RequestError("model_thinned", registry.thinned_error(store, version, action))
 
     @staticmethod
     def _actor(request: dict) -> str:

@@ -1,15 +1,18 @@
 """The model registry, read from the store: every version ever published, and the audit trail.
 
-The engine writes both (the `models` and `audit` tables); this module only reads them, for the
-CLI and for export. Which version serves is the engine's to change: the CLI asks a running
-appliance over the socket (`promote`, `rollback`, `publishing`), and the engine logs what it did.
+The engine writes both (the `models` and `audit` tables); this module reads them, for the
+CLI and for export, and thins them (`thin_models`, run by the store writer at a checkpoint): every
+version keeps its row and metrics, but only the versions that can still serve keep their model
+bytes. Which version serves is the engine's to change: the CLI asks a running appliance over the
+socket (`promote`, `rollback`, `publishing`), and the engine logs what it did.
 """
 
 from __future__ import annotations
 
 import io
+import sqlite3
 import zipfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlite_utils
@@ -17,11 +20,59 @@ import sqlite_utils
 from appliance.errors import ConfigError, NotFound
 
 SERVING_ACTIONS = ("serve", "publish", "promote", "rollback")
+PINNING_ACTIONS = ("import",)  # versions an operator brought in: their bytes are never thinned
 EXPORT_FORMAT = "appliance-model/1"
+KEEP_MODELS = 20  # `[retention] keep_models`: the newest published versions whose model bytes stay
+
+
+def thin_models(conn: sqlite3.Connection, keep_newest: int, needed: tuple[int, ...] = ()) -> ThinnedModels:
+    """Drop the model bytes of every version that can no longer serve; keep each version's row.
+
+    Kept: the newest `keep_newest` versions, the versions in `needed` (what the engine serves,
+    rolls back to, or runs as a candidate), the version serving as of the last audit row, and
+    every imported version (pinned by the operator). Runs in the caller's transaction (the store
+    writer's checkpoint); the freed pages go to the freelist, which the byte bound counts.
+    """
+    kept = kept_model_versions(conn, keep_newest, needed)
+    where = f"WHERE model IS NOT NULL AND version NOT IN ({', '.join('?' for _ in kept)})"
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(models)") if row[1] != "model"]
+    names = ", ".join(f"[{column}]" for column in columns)
+    rows = conn.execute(f"SELECT {names} FROM models {where}", kept).fetchall()
+    # Deleted and written again without the bytes, not updated in place: an UPDATE that shrinks a
+    # row leaves its page as sparse as before (one version a page), a DELETE lets SQLite merge them.
+    conn.execute(f"DELETE FROM models {where}", kept)
+    conn.executemany(f"INSERT INTO models ({names}) VALUES ({', '.join('?' for _ in columns)})", rows)
+    return ThinnedModels(thinned=len(rows), kept=kept)
+
+
+def kept_model_versions(conn: sqlite3.Connection, keep_newest: int, needed: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The versions whose model bytes `thin_models` keeps, ascending."""
+    newest = [row[0] for row in conn.execute("SELECT version FROM models ORDER BY version DESC LIMIT ?",
+                                             (keep_newest,))]
+    serving = conn.execute(f"SELECT version FROM audit WHERE action IN ({', '.join('?' for _ in SERVING_ACTIONS)}) "
+                           "ORDER BY id DESC LIMIT 1", SERVING_ACTIONS).fetchall()
+    pinned = conn.execute(f"SELECT version FROM audit WHERE version IS NOT NULL AND action IN "
+                          f"({', '.join('?' for _ in PINNING_ACTIONS)})", PINNING_ACTIONS).fetchall()
+    return tuple(sorted({*newest, *needed, *(row[0] for row in serving), *(row[0] for row in pinned)}))
+
+
+class ThinnedModels(NamedTuple):
+    """What one `thin_models` pass did: how many versions lost their bytes, which keep them."""
+
+    thinned: int
+    kept: tuple[int, ...]
+
+
+def thinned_error(db: sqlite_utils.Database, number: int, action: str) -> str:
+    """The message for an `action` (rollback, promote, export) on a version whose bytes were thinned."""
+    kept = [row[0] for row in db.execute("SELECT version FROM models WHERE model IS NOT NULL ORDER BY version")]
+    return (f"{action}: v{number} is in the registry (its row and metrics) but its model was thinned "
+            f"([retention] keep_models); the versions whose models are kept: "
+            + ", ".join(f"v{version}" for version in kept))
 
 
 def versions(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Every registered version, oldest first, without the serialized model."""
+    """Every registered version, oldest first, without the serialized model (`bytes` None: thinned)."""
     rows = db.query("SELECT version, spec, parent, n_learned, event_ts, wall_ts, metrics, candidate, "
                     "length(model) AS bytes FROM models ORDER BY version")
     return [dict(row, metrics=orjson.loads(row["metrics"] or "{}")) for row in rows]
@@ -68,6 +119,8 @@ def export_version(db: sqlite_utils.Database, number: int, out: str) -> dict[str
     """
     meta = version(db, number)
     blob = model_blob(db, number)
+    if blob is None:
+        raise NotFound(thinned_error(db, number, "export"))
     meta = {"format": EXPORT_FORMAT, **{k: v for k, v in meta.items() if k != "bytes"}}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

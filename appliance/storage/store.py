@@ -27,6 +27,7 @@ import orjson
 import sqlite_utils
 
 from appliance.storage.ownership import make_private
+from appliance.storage.registry import thin_models
 from appliance.storage.retention import RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,14 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
                  commit_every: float = 0.05, retention: dict[str, float] | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, keep_models: int | None = None, cache_bytes: int = 0) -> None:
         self.path = str(path)
+        self.cache_bytes = cache_bytes  # the write connection's page cache (0: SQLite's default, 2 MB)
+        self.cache_limit: int | None = None  # the bound the connection took, in bytes, once started
+        # The newest versions whose model bytes stay (`registry.thin_models`; None: never thin).
+        self.keep_models = keep_models
+        self.models_thinned = 0
+        self._models_written = True  # thin at the first checkpoint, then after new versions
         self.retention = dict(retention or {})
         self.pruned = dict.fromkeys(self.retention, 0)
         self.max_bytes = max_bytes  # the byte bound of the store's pages in use (None: age only)
@@ -162,7 +169,8 @@ class StoreWriter:
         return {"queued_rows": self._queued_rows, "max_rows": self.max_rows, "rows_written": self.rows_written,
                 "transactions": self.transactions, "waits": self.waits, "failure": self.failure,
                 "write_failures": self.write_failures, "max_bytes": self.max_bytes, "used_bytes": self.used_bytes,
-                "pruned_for_bytes": dict(self.pruned_for_bytes)}
+                "pruned_for_bytes": dict(self.pruned_for_bytes), "models_thinned": self.models_thinned,
+                "cache_limit": self.cache_limit}
 
     def put_checkpoint(self, fingerprint: str, payload: dict[str, Any]) -> None:
         """Queue a checkpoint; it commits after all rows queued before it."""
@@ -210,6 +218,9 @@ class StoreWriter:
     def _run(self) -> None:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         conn.execute("PRAGMA synchronous=NORMAL")
+        if self.cache_bytes:  # negative: a size in KiB, not a count of pages
+            conn.execute(f"PRAGMA cache_size=-{max(1, self.cache_bytes // 1024)}")
+        self.cache_limit = _cache_limit(conn)
         try:
             while self._drain_once(conn):
                 pass
@@ -303,6 +314,8 @@ class StoreWriter:
                 columns = list(TABLES[table][0])
                 conn.executemany(self._sql[table], [tuple(row.get(c) for c in columns) for row in items])
                 self.rows_written += len(items)
+        if rows.get("models"):
+            self._models_written = True
 
     def _write_checkpoint(self, conn: sqlite3.Connection, fingerprint: str, payload: dict[str, Any]) -> None:
         if payload["entities"]:
@@ -320,6 +333,9 @@ class StoreWriter:
         if self.retention and watermark is not None and watermark >= self._next_prune:
             self._prune(conn, watermark)
             self._next_prune = watermark + PRUNE_EVERY
+        if self.keep_models is not None and self._models_written:
+            self.models_thinned += thin_models(conn, self.keep_models, tuple(payload.get("models_kept", ()))).thinned
+            self._models_written = False
         if self.max_bytes is not None:
             self._prune_bytes(conn, watermark)
 
@@ -353,6 +369,12 @@ class StoreWriter:
         self.used_bytes, counts = prune_to_bytes(conn, self.max_bytes, watermark)
         for table, count in counts.items():
             self.pruned_for_bytes[table] += count
+
+
+def _cache_limit(conn: sqlite3.Connection) -> int:
+    """The connection's page cache bound in bytes (`PRAGMA cache_size`: pages if positive, KiB if not)."""
+    size = conn.execute("PRAGMA cache_size").fetchone()[0]
+    return -size * 1024 if size < 0 else size * conn.execute("PRAGMA page_size").fetchone()[0]
 
 
 def _insert_sql(table: str, columns: list[str]) -> str:

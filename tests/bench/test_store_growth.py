@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from appliance.bench import store_growth
+from appliance.config.file import STORE_CACHE
 
 
 def test_the_store_grows_to_its_target_and_every_window_is_measured(tmp_path):
@@ -13,4 +14,9 @@ def test_the_store_grows_to_its_target_and_every_window_is_measured(tmp_path):
     assert all(w["rows"] > 0 and w["rows_per_second"] > 0 for w in windows)
     assert figures["events"] * 2 < sum(w["rows"] for w in windows) + 3 * store_growth.BATCH_EVENTS
     assert figures["ratio"] == round(figures["full_rows_per_second"] / figures["empty_rows_per_second"], 3)
+    # The machine-load-robust figures: rows per CPU second of the process, bytes it wrote per event
+    # (the store's rows are ~1 KB an event, and the WAL writes every page at least once).
+    assert all(w["rows_per_cpu_second"] > 0 and w["written_bytes_per_event"] > 500 for w in windows)
+    assert figures["cpu_ratio"] == round(figures["full_rows_per_cpu_second"] / figures["empty_rows_per_cpu_second"], 3)
+    assert figures["cache_bytes"] == STORE_CACHE
     assert not list(tmp_path.iterdir())  # the store is deleted
