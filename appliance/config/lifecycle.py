@@ -7,7 +7,8 @@
     [lifecycle]
     auto_promote = true                  # a challenger that beats the champion...
     promote_margin = 0.02                # ...by this much of the primary metric...
-    promote_after = 1000                 # ...over at least this many labels scored by both, serves
+    promote_after = 1000                 # ...over at least this many labels scored by both...
+    promote_confirm = 500                # ...and at every check over the last this many of them, serves
     drift_detector = "drift.ADWIN()"     # River detector on the champion's error stream
     drift_features = ["amount"]          # and on the distribution of these features
     on_concept_drift = "challenger"      # "alert" or "challenger": a fresh challenger...
@@ -72,6 +73,7 @@ class Lifecycle:
     auto_promote: Flag = True
     promote_margin: NonNegative = 0.02
     promote_after: PositiveWhole = 1000
+    promote_confirm: CountFromZero = 500  # ...and ahead by the margin at every check for this many of them
     drift_detector: Annotated[Text, AfterValidator(_detector)] = "drift.ADWIN()"
     drift_features: Names = ()
     on_concept_drift: Annotated[Text, choice(DRIFT_ACTIONS)] = "alert"

@@ -39,6 +39,7 @@ class Candidate:
         self.evaluation = Evaluation(task, window)
         self.duel = Evaluation(task, window)  # this candidate since the champion last changed...
         self.duel_champion = Evaluation(task, window)  # ...and the champion's learner on the same labels
+        self.lead_since: int | None = None  # duel labels at the first check of its current lead (`winning_challenger`)
         self.n_learned = 0
 
     @classmethod
@@ -51,7 +52,7 @@ class Candidate:
         return {"name": self.name, "spec": self.spec, "model": dump_object(self.model), "learns": self.learns,
                 "origin": self.origin, "version": self.version, "n_learned": self.n_learned,
                 "evaluation": self.evaluation.to_data(), "duel": self.duel.to_data(),
-                "duel_champion": self.duel_champion.to_data()}
+                "duel_champion": self.duel_champion.to_data(), "lead_since": self.lead_since}
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Candidate:
@@ -62,11 +63,13 @@ class Candidate:
         candidate.n_learned = data["n_learned"]
         candidate.evaluation = evaluation
         candidate.duel, candidate.duel_champion = Evaluation.from_data(data["duel"]), Evaluation.from_data(data["duel_champion"])
+        candidate.lead_since = data.get("lead_since")  # absent in an earlier release's checkpoint
         return candidate
 
     def reset_duel(self) -> None:
         self.duel.reset_window()
         self.duel_champion.reset_window()
+        self.lead_since = None
 
     def summary(self, champion: str) -> dict[str, Any]:
         values = self.evaluation.values() if self.evaluation.count else {}
@@ -80,24 +83,39 @@ class Candidate:
 
 
 def winning_challenger(candidates: Iterable[Candidate], champion: str, promote_after: int,
-                       margin: float) -> tuple[Candidate, str] | None:
+                       margin: float, confirm: int = 0) -> tuple[Candidate, str] | None:
     """The challenger whose learner beat the champion's learner by more than `margin` over at least
-    `promote_after` labels scored by both (the best if several did), with the reason; else None."""
+    `promote_after` labels scored by both, at every check for the last `confirm` of them (the best if
+    several did), with the reason; else None.
+
+    Called at each scheduled check, it records when each challenger's lead began (`lead_since`) and
+    forgets it at the first check the lead is gone. Checks come every few dozen labels, so without
+    `confirm` the first check at which a noisy difference crosses the margin promotes: on River's
+    drifting streams (docs/lifecycle.md) challengers that led by 0.020-0.021 ROC AUC at one check
+    were promoted and then served worse than the champion would have.
+    """
     best = None
     for candidate in candidates:
         if candidate.name == champion or candidate.duel.window_count < promote_after:
             continue
         mine, theirs = candidate.duel.window_primary(), candidate.duel_champion.window_primary()
         if not better_by(mine, theirs, margin, candidate.duel.bigger_is_better):
+            candidate.lead_since = None
+            continue
+        if candidate.lead_since is None:
+            candidate.lead_since = candidate.duel.window_count
+        if candidate.duel.window_count - candidate.lead_since < confirm:
             continue
         if best is None or better_by(mine, best[1], 0.0, candidate.duel.bigger_is_better):
             best = (candidate, mine, theirs)
     if best is None:
         return None
     candidate, mine, theirs = best
+    held = candidate.duel.window_count - candidate.lead_since
     return candidate, (f"{candidate.name} beat the champion {champion} on the last "
                        f"{min(candidate.duel.window_count, candidate.duel.window)} labels scored by both: "
-                       f"{candidate.duel.primary} {mine:.4f} vs {theirs:.4f} (margin {margin})")
+                       f"{candidate.duel.primary} {mine:.4f} vs {theirs:.4f} (margin {margin}; "
+                       f"ahead by more than the margin at every check for {held} labels)")
 
 
 def warm_started(spec: str, task: str, examples: Sequence[tuple[bytes, Any]], warm: int) -> Any:

@@ -184,7 +184,7 @@ class OnlineModel:
         """The scheduled check: promote a challenger that wins, else publish the champion's learner."""
         if self.lifecycle.auto_promote and self.probation is None:
             winner = winning_challenger(self.candidates.values(), self.champion, self.lifecycle.promote_after,
-                                        self.lifecycle.promote_margin)
+                                        self.lifecycle.promote_margin, self.lifecycle.promote_confirm)
             if winner is not None:
                 candidate, reason = winner
                 return [self.promote_candidate(candidate.name, event_ts, reason, by_policy=True)]

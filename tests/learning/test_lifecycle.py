@@ -44,7 +44,7 @@ def test_challengers_are_scored_in_shadow_on_the_same_labels():
 
 def test_a_challenger_that_wins_by_the_margin_is_promoted_by_policy():
     config = config_with({"spec": FROZEN, "challenger": [{"name": "good", "spec": LEARNER}]},
-                         {"promote_after": 100, "promote_margin": 0.05})
+                         {"promote_after": 100, "promote_margin": 0.05, "promote_confirm": 50})
     engine = Engine(config)
     rows = run(engine, items(config, flip_stream(400, change=10_000)))
     promotions = audit_rows(rows, "promote")
@@ -81,7 +81,7 @@ def test_manual_promotion_policy_leaves_the_winner_waiting():
 
 def test_a_policy_promotion_that_degrades_is_rolled_back_exactly():
     config = config_with({"spec": FROZEN, "challenger": [{"name": "good", "spec": LEARNER}]},
-                         {"promote_after": 100, "promote_margin": 0.05, "rollback_after": 200,
+                         {"promote_after": 100, "promote_margin": 0.05, "promote_confirm": 0, "rollback_after": 200,
                           "rollback_margin": 0.01})
     stream = flip_stream(600, change=250)
     engine = Engine(config)

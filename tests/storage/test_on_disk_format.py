@@ -31,7 +31,7 @@ from tests.conftest import LEARNER, config_with, flip_stream, items, make_stream
 FROZEN_CHAMPION = {"spec": "linear_model.LogisticRegression(optimizer=optim.SGD(0.0))",
                    "challenger": [{"name": "good", "spec": LEARNER},
                                   {"name": "tree", "spec": "tree.HoeffdingTreeClassifier()"}]}
-POLICY = {"promote_after": 100, "promote_margin": 0.05, "rollback_after": 200, "drift_features": ["amount"],
+POLICY = {"promote_after": 100, "promote_margin": 0.05, "promote_confirm": 50, "rollback_after": 200, "drift_features": ["amount"],
           "on_data_drift": "challenger", "alert_cooldown": "1h", "drift_warmup": 100}
 
 
