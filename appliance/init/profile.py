@@ -132,6 +132,24 @@ class FieldProfile:
 
 
 @dataclass
+class HourCounts:
+    """Per hour of the day (UTC, event time): events, events with a binary label known, positive ones.
+
+    Inline labels count at their event; label rows at the event they name (when it was remembered)."""
+
+    events: list[int] = field(default_factory=lambda: [0] * 24)
+    labelled: list[int] = field(default_factory=lambda: [0] * 24)
+    positive: list[int] = field(default_factory=lambda: [0] * 24)
+
+    def add(self, ts: float, label: bool | None = None, *, event: bool = True) -> None:
+        hour = int(ts // 3600 % 24)
+        self.events[hour] += event
+        if label is not None:
+            self.labelled[hour] += 1
+            self.positive[hour] += label
+
+
+@dataclass
 class StreamProfile:
     """The whole pass: rows, the time span, disorder, per-field profiles, label delays."""
 
@@ -149,6 +167,7 @@ class StreamProfile:
     label_values: dict[str, int] = field(default_factory=dict)
     fields: dict[str, FieldProfile] = field(default_factory=dict)
     truncated: bool = False
+    hours: HourCounts = field(default_factory=HourCounts)
 
     @property
     def span(self) -> float:
@@ -186,6 +205,8 @@ def profile_stream(records: Iterable[dict[str, Any]], layout: Layout, max_rows: 
         check_time = profile.events <= 2000
         fields = profile.fields
         label = as_binary(record.get(layout.label_field)) if not layout.separate_labels else None  # type: ignore[arg-type]
+        if ts is not None:
+            profile.hours.add(ts, label)
         for name, value in record.items():
             if name not in skip:
                 field_profile = fields.get(name)
@@ -228,6 +249,7 @@ def _add_label(profile: StreamProfile, record: dict[str, Any], ids: dict[str, fl
         return
     scored = ids.pop(str(event_id), None)
     if scored is not None:
+        profile.hours.add(scored, as_binary(record.get(layout.label_field)), event=False)  # type: ignore[arg-type]
         profile.delay_stride = _keep_sample(profile.delays, max(0.0, at - scored), profile.delay_stride,
                                             profile.labels)
 

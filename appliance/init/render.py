@@ -133,10 +133,8 @@ def _features(w: Write, guess: Guess) -> None:
         w(f"# values expected to share a bucket with another: {shares} (`appliance stats` measures them)\n")
     rates, rates_why = guess.label_rates
     w(f"label_rates = {'true' if rates else 'false'}      # {rates_why}\n")
-    days = guess.profile.span / 86400
-    daily = days >= 2
-    w(f"time_of_day = {'true' if daily else 'false'}      # the file spans {days:.1f} days: "
-      f"{'daily cycles can be learned' if daily else 'too short to see a daily cycle'}\n")
+    daily, daily_why = guess.time_of_day
+    w(f"time_of_day = {'true' if daily else 'false'}      # {daily_why}\n")
     amount, amount_why = guess.amount
     if amount:
         w(f'# Sums and means are of "{amount}": {amount_why}.\n')

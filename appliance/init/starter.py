@@ -39,6 +39,9 @@ CODE_MIN_ROUGHNESS = 0.5  # neighbouring integers' frequencies differ by e^0.5 =
 MAX_CATEGORIES = 200  # more distinct values than this are not one-hot (a key, if they recur)
 MAX_KEYS = 6
 LEAK_AUC = 0.99  # a field that alone ranks the inline label this well is probably known only with it
+DAILY_MIN_DAYS = 2  # a shorter file cannot show a daily cycle
+DAILY_P = 0.001  # time_of_day only when the label's share by hour of day differs from chance at this level
+DEFAULT_COVER = 0.9  # with a default label, the horizon covers this share of the observed delays (not 99%)
 BINARY = frozenset({"0", "1", "true", "false", "0.0", "1.0"})
 MAJORITY = 0.99  # a field is numeric (string, ...) when this share of its values are; the rest are dead letters
 OPTIONAL_MIN_MISSING = 0.001  # missing in fewer events than this share: bad events, not an optional field
@@ -114,6 +117,7 @@ def guess_config(profile: StreamProfile) -> Guess:
         guess.windows[key] = _windows(profile, key, guess.lateness[0])
     guess.labels = _label_policy(profile)
     guess.label_rates = _label_rates(guess)
+    guess.time_of_day = _time_of_day(profile, guess.labels)
     guess.amount = _amount(guess)
     return guess
 
@@ -256,6 +260,44 @@ def _windows(profile: StreamProfile, key: str, lateness: float) -> Windows:
     return Windows(tuple(seconds for seconds, _ in scales), f"{seen}: " + ", ".join(reasons))
 
 
+def _time_of_day(profile: StreamProfile, labels: dict[str, Any]) -> tuple[bool, str]:
+    """Hour-of-day features only when the file is long enough and, for a binary label, the label depends
+    on the hour: otherwise they are noise the model fits to passing swings of the label's share (River's
+    Bananas with an invented clock: served ROC AUC 0.545 without them, 0.518 with them)."""
+    days = profile.span / 86400
+    if days < DAILY_MIN_DAYS:
+        return False, f"the file spans {days:.1f} days: too short to see a daily cycle"
+    spans = f"the file spans {days:.1f} days"
+    hours = profile.hours
+    if labels.get("task") != "classification" or not any(hours.positive):
+        return True, f"{spans}: daily cycles can be learned"
+    # one outcome arrives, the other is the default: compare the arriving labels' hours with all events'
+    base = hours.events if labels.get("default") in (0, 1) else hours.labelled
+    p_value = chi_square_p(hours.positive if labels.get("default") != 1 else
+                           [n - p for n, p in zip(hours.labelled, hours.positive, strict=True)], base)
+    if p_value < DAILY_P:
+        return True, (f"{spans}, and the label's share differs by hour of day (chi-square p = {p_value:.1g}): "
+                      "daily cycles can be learned")
+    return False, (f"{spans}, but the label's share does not depend on the hour of day (chi-square p = "
+                   f"{p_value:.2f}): hour features would be noise")
+
+
+def chi_square_p(observed: list[int], base: list[int]) -> float:
+    """The p-value of `observed` counts per cell being spread over the cells as `base` is (goodness of fit).
+
+    >>> chi_square_p([10, 10, 10], [100, 100, 100]) == 1.0, chi_square_p([30, 0, 0], [100, 100, 100]) < 1e-6
+    (True, True)
+    """
+    from scipy.stats import chi2
+
+    total, whole = sum(observed), sum(base)
+    cells = [(o, total * b / whole) for o, b in zip(observed, base, strict=True) if b > 0]
+    if total == 0 or len(cells) < 2:
+        return 1.0
+    statistic = sum((o - e) ** 2 / e for o, e in cells)
+    return float(chi2.sf(statistic, len(cells) - 1))
+
+
 def _label_policy(profile: StreamProfile) -> dict[str, Any]:
     layout = profile.layout
     seen = profile.label_values
@@ -291,7 +333,26 @@ def _label_policy(profile: StreamProfile) -> dict[str, Any]:
         policy["default"] = 0 if positive else 1
         policy["default_why"] = (f"only {'positive' if positive else 'negative'} labels arrive ({profile.labels:,} "
                                  f"for {profile.events:,} events): no label by the horizon means the other outcome")
+        if delays:
+            _default_horizon(policy, delays)
     return policy
+
+
+def _default_horizon(policy: dict[str, Any], delays: list[float]) -> None:
+    """With a default label, every event of the other outcome is learned only at the horizon: a horizon
+    covering the slowest 1% makes the model learn most of its labels days late. It covers
+    DEFAULT_COVER of the delays instead (rounded up to the hour); a label after it is a late label.
+
+    Measured on the bundled sample (served, exact ROC AUC against every payment's true label, 2 vCPU
+    AMD EPYC VM): horizon 3d (p99) 0.944, 2d 0.959, 1d 0.977, 12h 0.972."""
+    cover = quantile(delays, DEFAULT_COVER) or 0.0
+    horizon = _ceil(cover) if cover <= 3600 else math.ceil(cover / 3600) * 3600.0
+    if horizon < policy["horizon"]:
+        policy["horizon"] = horizon
+        policy["why"] = policy["why"].replace(
+            "the horizon covers 99%", f"the horizon covers {DEFAULT_COVER:.0%} (p{DEFAULT_COVER * 100:.0f} "
+            f"{approx_duration(cover)}), not 99%: with a default label every other event is learned only at the "
+            "horizon; a label after it is a late label, kept but not learned")
 
 
 def _auc(pairs: list[tuple[float, bool]]) -> float | None:

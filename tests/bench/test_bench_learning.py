@@ -15,7 +15,7 @@ import tomllib
 import pytest
 
 from appliance.bench import learning_eval
-from appliance.bench.learning_data import DATASETS, Dataset, MissingDataset
+from appliance.bench.learning_data import DATASETS, Dataset, LabelDefault, MissingDataset
 from appliance.config.file import config_from_dict
 
 ROW_FIELDS = {"dataset", "events", "metric", "served", "learner", "script", "gap", "verdict"}
@@ -136,3 +136,55 @@ def test_river_script_learns_a_label_only_when_it_is_known(tmp_path):
     assert labels == 2
     # both predictions were made before either label was known: an untrained model's 0.5, a tie
     assert metric.get() == 0.5
+
+
+def test_river_script_learns_a_default_label_at_the_horizon_and_skips_lines_it_cannot_use(tmp_path):
+    events = tmp_path / "events.jsonl"
+    lines = [{"type": "payment", "event_id": "a", "ts": "2024-01-01T00:00:00Z", "x": 1.0, "c": "u"},
+             {"type": "payment", "event_id": "b", "ts": "2024-01-01T00:01:00Z", "x": 2.0, "c": "v"},
+             {"type": "payment", "event_id": "c", "ts": "2024-01-01T00:02:00Z", "x": "abc", "c": "v"},  # not a number
+             {"type": "label", "event_id": "a", "ts": "2024-01-01T00:02:00Z", "label": 1},
+             {"type": "payment", "event_id": "d", "ts": "2024-01-01T03:00:00Z", "x": 3.0, "c": "u"},
+             {"type": "label", "event_id": "b", "ts": "2024-01-01T05:00:00Z", "label": 1}]  # after b's horizon
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines) + "not json\n[1, 2]\n")
+    _, labels = learning_eval.river_script(str(events), ("x",), ("c",), "classification")
+    assert labels == 2  # a and b: only labels that arrive count without a default
+    metric, labels = learning_eval.river_script(str(events), ("x",), ("c",), "classification", LabelDefault(0, 3600.0))
+    assert labels == 3  # a (1, at its label), b (0 at its 1 h horizon: its label came later), d (0)
+    assert [y for y, _ in metric.pairs] == [True, False, False]  # scored when each label is known
+    assert metric.exact() is not None
+
+
+def is_label(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("type") == "label"
+
+
+def test_the_sample_dataset_is_the_bundled_file_as_it_is(tmp_path):
+    import gzip
+
+    import sample_data
+
+    written = DATASETS["sample"].write(tmp_path / "sample.jsonl", 2000)
+    assert written.events == 2000 and 0 < written.labels < 2000
+    original = gzip.open(sample_data.EVENTS, "rb").read().splitlines(keepends=True)
+    kept = written.path.read_bytes().splitlines(keepends=True)
+    payments = [line for line in kept if not is_label(line)]
+    assert payments == [line for line in original if not is_label(line)][:2000]  # the malformed ones too
+    ids = {json.loads(line)["event_id"] for line in payments if line.startswith(b'{"type":"payment"')}
+    assert all(json.loads(line)["event_id"] in ids for line in kept if is_label(line))
+    assert DATASETS["sample"].user_keys == () and DATASETS["sample"].label_default == LabelDefault(0, 2 * 86400.0)
+
+
+@pytest.mark.parametrize("name", ["phishing", "bananas", "shuttle"])
+def test_rivers_bundled_datasets_are_written_one_event_a_minute_with_the_label_inline(tmp_path, name):
+    dataset = DATASETS[name]
+    written = dataset.write(tmp_path / f"{name}.jsonl", 30)
+    rows = [json.loads(line) for line in written.path.read_text().splitlines()]
+    assert written.events == len(rows) == 30 and written.labels == 0
+    assert [row["ts"][11:16] for row in rows[:3]] == ["00:00", "00:01", "00:02"]
+    assert {row["label"] for row in rows} <= {0, 1}
+    assert set(dataset.numeric) <= rows[0].keys() and not dataset.categorical

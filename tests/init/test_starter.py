@@ -164,8 +164,9 @@ def _ceil(seconds: float) -> float:
     return next(s for s in LADDER if s >= seconds)
 
 
-def payments_with_chargebacks(n: int = 4000, seed: int = 7) -> tuple[list[dict], list[float]]:
-    """Payments and, for the frauds, chargeback rows naming the payment in their own field, later."""
+def payments_with_chargebacks(n: int = 4000, seed: int = 7, fraud_share=lambda hour: 0.08) -> tuple[list[dict], list[float]]:
+    """Payments and, for the frauds (`fraud_share(UTC hour)` of them), chargeback rows naming the payment in
+    their own field, later."""
     rng = random.Random(seed)
     rows: list[tuple[float, dict]] = []
     delays, t = [], T0
@@ -174,7 +175,7 @@ def payments_with_chargebacks(n: int = 4000, seed: int = 7) -> tuple[list[dict],
         card = f"c{rng.randrange(300)}"
         rows.append((t, {"kind": "payment", "pid": f"p{i}", "at": iso(t), "card": card,
                          "amount": round(rng.uniform(2, 90), 2)}))
-        if rng.random() < 0.08:
+        if rng.random() < fraud_share(int(t // 3600 % 24)):
             delay = rng.lognormvariate(math.log(6 * 3600), 0.8)
             delays.append(delay)
             rows.append((t + delay, {"kind": "chargeback", "payment_ref": f"p{i}", "reported": iso(t + delay),
@@ -190,10 +191,13 @@ def test_label_rows_their_field_mapping_and_delay_are_detected(tmp_path):
     assert (event["type"], event["label_type"]) == ("kind", "chargeback")
     assert (event["label_id"], event["label_time"], event["label"]) == ("payment_ref", "reported", "fraud")
     ordered = sorted(delays)
-    p99 = ordered[int(0.99 * len(ordered))]
+    p90 = ordered[int(0.9 * len(ordered))]
     horizon = parse_duration(config["labels"]["horizon"])
-    assert horizon == min(s for s in LADDER if s >= p99)
-    assert config["labels"]["default"] == 0  # only frauds are ever reported
+    # only frauds are ever reported, so a payment is learned as legitimate only at the horizon: it covers
+    # 90% of the delays (rounded up to the hour), not 99%, or most labels would be learned days late
+    assert config["labels"]["default"] == 0
+    assert horizon == math.ceil(p90 / 3600) * 3600 and horizon < ordered[int(0.99 * len(ordered))]
+    assert "covers 90%" in text
     assert config["model"]["task"] == "classification"
     assert "delay p50" in text
 
@@ -229,8 +233,8 @@ def test_paths_are_relative_to_the_config_and_the_config_loads_and_replays(tmp_p
     assert counts["dead_letters"] == 0
     assert counts["events"] == sum(1 for r in rows if r["kind"] == "payment")
     assert counts["labels"] == len(delays)
-    assert counts["labels_joined"] + counts["labels_late"] == len(delays)  # late: past the horizon (p99)
-    assert counts["labels_joined"] >= 0.97 * len(delays)
+    assert counts["labels_joined"] + counts["labels_late"] == len(delays)  # late: past the horizon
+    assert counts["labels_joined"] >= 0.85 * len(delays)  # the horizon covers 90% of delays (a default label)
 
 
 def test_write_starter_refuses_to_overwrite(tmp_path):
@@ -323,3 +327,53 @@ def test_whole_number_json_floats_are_not_taken_for_integer_codes(tmp_path):
     config = tomllib.loads(starter_config(str(events), config_dir=tmp_path))
     assert "courier" not in config["event"].get("keys", [])
     assert "courier" in config["event"].get("numeric", [])
+
+
+def test_time_of_day_only_when_the_label_depends_on_the_hour(tmp_path):
+    """Hour features on a file that spans days are noise unless the label's share moves with the hour
+    (River's Bananas with an invented clock lost 0.027 ROC AUC to them): init tests the labels' hours."""
+    flat = orders(n=6000, seed=3)  # delivered_late at random, 20% at every hour; ~4 days
+    text, config = init(tmp_path / "flat", flat)
+    assert config["features"]["time_of_day"] is False
+    assert "does not depend on the hour of day" in text
+    rng = random.Random(4)
+    evening = [{**row, "delivered_late": int(rng.random() < (0.4 if 17 <= int(row["placed"][11:13]) <= 20 else 0.1))}
+               for row in flat]
+    text, config = init(tmp_path / "evening", evening)
+    assert config["features"]["time_of_day"] is True
+    assert "differs by hour of day" in text
+    text, config = init(tmp_path / "short", evening[:1000])  # under a day: no cycle to see, whatever the label
+    assert config["features"]["time_of_day"] is False and "too short" in text
+
+
+def test_time_of_day_for_label_rows_compares_the_positives_hours_with_all_events(tmp_path):
+    """Only frauds arrive (as label rows, default 0): their events' hours against every event's hours."""
+    from appliance.init.starter import chi_square_p
+
+    rows, _ = payments_with_chargebacks()  # 8% fraud at every hour, ~5.5 days
+    text, config = init(tmp_path / "flat", rows)
+    assert config["labels"]["default"] == 0 and config["features"]["time_of_day"] is False
+    rows, _ = payments_with_chargebacks(fraud_share=lambda hour: 0.25 if hour < 6 else 0.04)  # night fraud
+    text, config = init(tmp_path / "night", rows)
+    assert config["labels"]["default"] == 0 and config["features"]["time_of_day"] is True
+    assert chi_square_p([5, 5, 5, 5], [100, 100, 100, 100]) == pytest.approx(1.0)
+    assert chi_square_p([20, 0, 0, 0], [100, 100, 100, 100]) < 1e-6
+    assert chi_square_p([0, 0, 0], [0, 0, 0]) == 1.0  # nothing to test: no evidence of a cycle
+
+
+def test_without_a_default_label_the_horizon_still_covers_99_percent_of_the_delays(tmp_path):
+    """Both outcomes arrive as label rows: the horizon only bounds the wait for a label, so it covers 99%."""
+    rows, delays = payments_with_chargebacks()
+    rng = random.Random(9)
+    reported = {row["payment_ref"] for row in rows if row.get("kind") == "chargeback"}
+    timed = [(datetime.fromisoformat(row.get("reported", row.get("at"))).timestamp(), row) for row in rows]
+    for row in [r for r in rows if r.get("kind") == "payment" and r["pid"] not in reported]:
+        delay = rng.lognormvariate(math.log(6 * 3600), 0.8)
+        delays.append(delay)
+        at = datetime.fromisoformat(row["at"]).timestamp() + delay
+        timed.append((at, {"kind": "chargeback", "payment_ref": row["pid"], "reported": iso(at), "fraud": 0}))
+    timed.sort(key=lambda item: item[0])
+    text, config = init(tmp_path, [row for _, row in timed])
+    ordered = sorted(delays)
+    assert config["labels"]["default"] == "drop"
+    assert parse_duration(config["labels"]["horizon"]) == min(s for s in LADDER if s >= ordered[int(0.99 * len(ordered))])
