@@ -133,6 +133,8 @@ def _features(w: Write, guess: Guess) -> None:
         w(f"# values expected to share a bucket with another: {shares} (`appliance stats` measures them)\n")
     rates, rates_why = guess.label_rates
     w(f"label_rates = {'true' if rates else 'false'}      # {rates_why}\n")
+    means, means_why = guess.label_means
+    w(f"label_means = {'true' if means else 'false'}      # {means_why}\n")
     days = guess.profile.span / 86400
     daily = days >= 2
     w(f"time_of_day = {'true' if daily else 'false'}      # the file spans {days:.1f} days: "

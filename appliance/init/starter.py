@@ -114,6 +114,7 @@ def guess_config(profile: StreamProfile) -> Guess:
         guess.windows[key] = _windows(profile, key, guess.lateness[0])
     guess.labels = _label_policy(profile)
     guess.label_rates = _label_rates(guess)
+    guess.label_means = _label_means(guess)
     guess.amount = _amount(guess)
     return guess
 
@@ -215,6 +216,12 @@ def _label_rates(guess: Guess) -> tuple[bool, str]:
                        "0.7646 -> 0.7859): classification only in init")
     return True, ("each one-hot value's share of positive labels so far (smoothed towards the overall share) "
                   "and the share in the last ~100 labels: what serves follows the labels between publications")
+
+
+def _label_means(guess: Guess) -> tuple[bool, str]:
+    """Label means per entity key: on for either task (measured in docs/lifecycle.md, "Real data")."""
+    return True, ("each entity key's mean label so far (smoothed toward the overall mean), for every key in "
+                  "[event] keys, yours included: a user's or a film's own level, which a shared hash bucket blurs")
 
 
 def _windows(profile: StreamProfile, key: str, lateness: float) -> Windows:
