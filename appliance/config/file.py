@@ -162,6 +162,8 @@ class FeatureConfig:
     # each categorical's label rate so far, and the recent one, as features. Out of repr, so a store
     # built before the key existed keeps its fingerprint; runtime.fingerprint adds it when it is on.
     label_rates: Flag = field(default=False, repr=False)
+    # each entity key's smoothed label mean so far (features/label_means.py); out of repr as label_rates
+    label_means: Flag = field(default=False, repr=False)
 
 
 @table

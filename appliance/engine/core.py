@@ -31,6 +31,7 @@ from appliance.engine.rows import as_prediction, empty_rows, label_row, metric_r
 from appliance.errors import ConfigError, InvalidEvent
 from appliance.features.category_stats import CategoryStats
 from appliance.features.entity_codec import decode_state, encode_state
+from appliance.features.label_means import LabelMeans
 from appliance.features.label_rates import LabelRates
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import Event, Label, check_not_ahead
@@ -64,6 +65,8 @@ class Engine:
         self.entities = self.space.new_store()
         if config.features.label_rates:
             self.space.label_rates = LabelRates(config.features.categorical, self.task)
+        if config.features.label_means:
+            self.space.label_means = LabelMeans(config.event.keys, self.task)
         self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
         self.drift = DriftMonitor(config.lifecycle, self.task)
@@ -154,7 +157,9 @@ class Engine:
         if label is None:
             label = self.join.pop_early(event.event_id)
             status = "early"
-        scored = Scored(event.event_id, event.ts, x, shadow, y_served, version)
+        means = self.space.label_means
+        scored = Scored(event.event_id, event.ts, x, shadow, y_served, version,
+                        None if means is None else means.key_values(event.values))
         if label is None:
             self.join.add(Pending.pack(scored, features))
         else:
@@ -217,6 +222,8 @@ class Engine:
         decisions = self.model.learn(pending.x, y, pending.shadow, pending.y_served, self.watermark)
         if self.space.label_rates is not None:
             self.space.label_rates.learn(pending.x, y)
+        if self.space.label_means is not None and pending.keys is not None:
+            self.space.label_means.learn(pending.keys, y)
         self.rows["labels"].append(label_row(pending.event_id, label_ts, y, delay, status))
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
@@ -342,7 +349,8 @@ class Engine:
                 "attributes": {name: table.version for name, table in self.space.attributes.items()},
                 "audit_seq": self.audit_seq, "last_import": self.last_import, "drift": self.drift.to_data(),
                 "alert_seq": self.alert_seq, "curve": list(self.curve), "recent_dead": list(self.recent_dead),
-                "label_rates": None if self.space.label_rates is None else self.space.label_rates.to_data()}
+                "label_rates": None if self.space.label_rates is None else self.space.label_rates.to_data(),
+                "label_means": None if self.space.label_means is None else self.space.label_means.to_data()}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]],
                 pending_rows: Iterable[tuple[str, float, bytes]] = ()) -> None:
@@ -367,6 +375,9 @@ class Engine:
         rates = core["label_rates"]
         if self.space.label_rates is not None and rates is not None and tuple(rates["fields"]) == self.space.label_rates.fields:
             self.space.label_rates = LabelRates.from_data(rates)  # else (turned on, or other fields): no labels yet
+        means = core.get("label_means")  # absent from a checkpoint written before the key
+        if self.space.label_means is not None and means is not None and tuple(means["keys"]) == self.space.label_means.keys:
+            self.space.label_means = LabelMeans.from_data(means)  # else (turned on, or other keys): no labels yet
         for key, entity, blob in entity_rows:
             if key in self.entities:
                 state = decode_state(blob)

@@ -32,12 +32,14 @@ class Scored(NamedTuple):
     shadow: Shadow
     y_served: Any
     version: int
+    keys: tuple | None = None  # the event's entity key values, when label means learn from its label
 
 
 class Pending:
     """A scored event waiting for its label, packed into one blob: the feature vector as it was
     logged (JSON), the shadow predictions, the served prediction and version, as the MessagePack
-    list `[features, shadow, y_served, version]` (`snapshot.pack`: plain data).
+    list `[features, shadow, y_served, version]` (`snapshot.pack`: plain data), and the event's key
+    values last when label means learn from its label (`[features] label_means`).
 
     Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
     and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
@@ -55,12 +57,13 @@ class Pending:
     def pack(cls, scored: Scored, features: bytes | None = None) -> Pending:
         """Pack a prediction; `features` is its vector already encoded as JSON, if at hand."""
         features = orjson.dumps(scored.x) if features is None else features
-        return cls(scored.event_id, scored.ts,
-                   pack_data((features, *scored.shadow.fields(), scored.y_served, scored.version)))
+        fields = (features, *scored.shadow.fields(), scored.y_served, scored.version)
+        return cls(scored.event_id, scored.ts, pack_data(fields if scored.keys is None else (*fields, scored.keys)))
 
     def unpack(self) -> Scored:
-        features, scores, probation, late, y_served, version = unpack_data(self.packed)
-        return Scored(self.event_id, self.ts, orjson.loads(features), Shadow(scores, probation, late), y_served, version)
+        features, scores, probation, late, y_served, version, *keys = unpack_data(self.packed)
+        return Scored(self.event_id, self.ts, orjson.loads(features), Shadow(scores, probation, late), y_served, version,
+                      tuple(keys[0]) if keys else None)
 
     def repack(self, scored: Scored) -> None:
         """Replace the packed fields (a challenger's late shadow prediction was added)."""

@@ -23,6 +23,8 @@ from appliance.features.attributes import AttributeTable
 from appliance.features.custom import CustomFeature, config_dir
 from appliance.features.entity_state import KeyLayout, aggregates_into, updated
 from appliance.features.expressions import compile_expression
+from appliance.features.label_means import LabelMeans
+from appliance.features.label_means import feature_names as label_mean_names
 from appliance.features.label_rates import LabelRates, feature_names
 
 HASH = "murmur3_32"  # the bucket hash; part of the store's fingerprint (runtime.fingerprint)
@@ -62,6 +64,8 @@ class FeatureSpace:
         self._hashed: dict[str, dict[str, str]] = {}  # field -> value -> hashed name
         # the engine's label rates (`[features] label_rates`), read here; None: not features
         self.label_rates: LabelRates | None = None
+        # the engine's label means per entity key (`[features] label_means`), read here; None: not features
+        self.label_means: LabelMeans | None = None
         self.attributes = {spec.name: AttributeTable.empty(spec) for spec in config.attributes}
         self.custom = [CustomFeature(spec.name, spec.function, search_dir) for spec in config.custom]
         self._attribute_columns = {spec.name: (spec.feature_names(), [f"{spec.name}_{c}" for c in spec.categorical])
@@ -106,6 +110,8 @@ class FeatureSpace:
                   for field in self.config.categorical for b in range(self.config.hash_buckets)]
         if self.config.label_rates:
             names += feature_names(self.config.categorical)
+        if self.config.label_means:
+            names += label_mean_names(self.schema.keys)
         names += [a.name for a in self.config.aggregates]
         for spec in self.config.attributes:
             names += spec.feature_names()
@@ -124,8 +130,8 @@ class FeatureSpace:
                 logged_rates: dict[str, float] | None = None) -> dict[str, float]:
         """Return the feature vector of an event at event time `ts`, from state before the event.
 
-        `logged_rates`: the label rates the event was scored with (the export's; rates are moved by
-        labels, not events), in place of the live ones, so what follows them (model scores) agrees."""
+        `logged_rates`: the label rates and means the event was scored with (the export's; they are
+        moved by labels, not events), in place of the live ones, so what follows them (model scores) agrees."""
         x: dict[str, float] = {}
         for name in self.config.numeric:
             value = values.get(name)
@@ -146,8 +152,11 @@ class FeatureSpace:
                     onehots[name] = hashed
         if logged_rates is not None:
             x.update(logged_rates)
-        elif rates is not None:
-            rates.rates_into(x, onehots)
+        else:
+            if rates is not None:
+                rates.rates_into(x, onehots)
+            if self.label_means is not None:
+                self.label_means.means_into(x, values)
         for key, layout in self.layouts.items():
             entity = values.get(key)
             state = store[key].get(entity) if entity is not None else None

@@ -55,6 +55,7 @@ class Guess:
     collisions: dict[str, float] = field(default_factory=dict)  # one-hot field -> expected share in a shared bucket
     label_rates: tuple[bool, str] = (False, "")
     time_of_day: tuple[bool, str] = (False, "")
+    label_means: tuple[bool, str] = (False, "")
     lateness: tuple[float, str] = (300.0, "")
     labels: dict[str, Any] = field(default_factory=dict)
     amount: tuple[str | None, str] = (None, "")

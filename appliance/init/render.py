@@ -135,6 +135,8 @@ def _features(w: Write, guess: Guess) -> None:
     w(f"label_rates = {'true' if rates else 'false'}      # {rates_why}\n")
     daily, daily_why = guess.time_of_day
     w(f"time_of_day = {'true' if daily else 'false'}      # {daily_why}\n")
+    means, means_why = guess.label_means
+    w(f"label_means = {'true' if means else 'false'}      # {means_why}\n")
     amount, amount_why = guess.amount
     if amount:
         w(f'# Sums and means are of "{amount}": {amount_why}.\n')

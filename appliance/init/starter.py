@@ -118,6 +118,7 @@ def guess_config(profile: StreamProfile) -> Guess:
     guess.labels = _label_policy(profile)
     guess.label_rates = _label_rates(guess)
     guess.time_of_day = _time_of_day(profile, guess.labels)
+    guess.label_means = _label_means(guess)
     guess.amount = _amount(guess)
     return guess
 
@@ -219,6 +220,16 @@ def _label_rates(guess: Guess) -> tuple[bool, str]:
                        "0.7646 -> 0.7859): classification only in init")
     return True, ("each one-hot value's share of positive labels so far (smoothed towards the overall share) "
                   "and the share in the last ~100 labels: what serves follows the labels between publications")
+
+
+def _label_means(guess: Guess) -> tuple[bool, str]:
+    """Label means per entity key: on for regression (measured in docs/lifecycle.md, "Real data");
+    not yet measured with this session's classification defaults, so off there."""
+    if guess.labels.get("task") == "classification":
+        return False, ("each entity key's label rate (true: on) is not yet measured against these "
+                       "classification defaults; label_rates covers the one-hot values")
+    return True, ("each entity key's mean label so far (smoothed toward the overall mean), for every key in "
+                  "[event] keys, yours included: a user's or a film's own level, which a shared hash bucket blurs")
 
 
 def _windows(profile: StreamProfile, key: str, lateness: float) -> Windows:

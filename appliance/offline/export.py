@@ -7,8 +7,8 @@ event-time schedule; attribute tables switch versions at the event sequence numb
 logged. Each event with a learned label (joined, immediate, early or defaulted)
 yields one row. Because the code path is the engine's own, the rows equal the feature vectors the
 engine logged at prediction time; `tests/features/test_feature_properties.py` checks that on random streams.
-Label rates (`[features] label_rates`) are state moved by labels, not events: their values are the
-ones logged when the event was scored.
+Label rates and means (`[features] label_rates`, `label_means`) are state moved by labels, not events:
+their values are the ones logged when the event was scored.
 
 The replay starts from the oldest retained event: with retention on, rows whose windows reach back
 before the retained history miss that part of it.
@@ -27,6 +27,7 @@ import orjson
 from appliance.config.file import Config
 from appliance.errors import ConfigError
 from appliance.features import attributes
+from appliance.features.label_means import feature_names as label_mean_names
 from appliance.features.label_rates import feature_names as label_rate_names
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
@@ -48,6 +49,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     sweep_ticks: dict[str, int] = {}
     watermark = -math.inf
     rates = label_rate_names(config.features.categorical) if config.features.label_rates else []
+    rates += label_mean_names(config.event.keys) if config.features.label_means else []
     labels = {row[0]: row[1] for row in db.execute(
         f"SELECT event_id, label FROM labels WHERE status IN ({', '.join('?' * len(LEARNED))})", LEARNED)}
     cursor = db.execute("SELECT seq, event_id, ts, ingested, payload FROM events ORDER BY seq")

@@ -49,6 +49,8 @@ def fingerprint(config: Config, format_version: int = FORMAT_VERSION) -> str:
         text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
     if config.features.label_rates:
         text += "+label_rates"
+    if config.features.label_means:
+        text += "+label_means"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
