@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from appliance.config.rings import ring_size
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 NAN = math.nan
 DEFAULT_TTL = 86400.0  # an entity key whose aggregates have no window (since, last) forgets after a day
 DISTINCT_CAP = 128  # (value, bucket) pairs kept per distinct count; beyond, the oldest go (a lower bound)
+_BUCKET = itemgetter(1)  # a distinct-count pair's bucket id
 _STAT_OPS = {"count": (), "rate": (), "sum": ("sum",), "mean": ("sum",), "std": ("sum", "sumsq"),
              "min": ("min",), "max": ("max",)}
 
@@ -74,6 +77,19 @@ class _DistinctSlot:
         self.hop = self.window / self.buckets
 
 
+class _Read(NamedTuple):
+    """One aggregate as `aggregates_into` reads it, resolved once per layout."""
+
+    name: str
+    op: str
+    slot: _Slot | None  # count, rate, sum, mean, std, min, max
+    dslot: _DistinctSlot | None  # distinct
+    number: int  # the slot's position among the key's slots, the distinct slot's, or the `last` value's
+    stat: int  # where in the window's totals the op's running stat is (the sum for mean and std)
+    square: int  # where the sum of squares is (std)
+    window: float
+
+
 class KeyLayout:
     """Where each aggregate of one entity key lives in that key's state array."""
 
@@ -113,36 +129,61 @@ class KeyLayout:
                 self.blank[slot.offset + i * slot.stride] = -math.inf
             self.blank[slot.totals] = -math.inf  # no newest bucket yet
         self.blank_distinct: tuple = tuple(() for _ in self.distinct)
+        self.reads = [self._read(agg) for agg in aggregates]
+
+    def _read(self, agg: AggregateSpec) -> _Read:
+        """How `aggregates_into` reads one aggregate: its slot (or distinct slot) and positions."""
+        if agg.op == "since":
+            return _Read(agg.name, agg.op, None, None, 0, 0, 0, 0.0)
+        if agg.op == "last":
+            return _Read(agg.name, agg.op, None, None, self.last_offset[agg.field], 0, 0, 0.0)
+        if agg.op == "distinct":
+            dslot = self.distinct[(agg.field, agg.window)]
+            return _Read(agg.name, agg.op, None, dslot, dslot.index, 0, 0, agg.window)
+        slot_key = (agg.field if agg.op not in ("count", "rate") else None, agg.window)
+        slot = self.slots[slot_key]
+        kinds = slot.stats
+        stat = 1 + kinds.index("sum" if agg.op in ("sum", "mean", "std") else agg.op) if kinds else 0
+        square = 1 + kinds.index("sumsq") if agg.op == "std" else 0
+        return _Read(agg.name, agg.op, slot, None, list(self.slots).index(slot_key), stat, square, agg.window)
 
 
 def aggregates_into(x: dict[str, float], layout: KeyLayout, state: tuple | None, ts: float) -> None:
     if state is None or state[0][0] < ts - layout.ttl:  # never seen, or idle past its TTL
         state = (layout.blank, layout.blank_distinct)
     arr, distinct = state
-    cache: dict[tuple, tuple] = {}
-    for agg in layout.aggregates:
-        op = agg.op
-        if op == "since":
+    cached: list[tuple | None] = [None] * len(layout.slots)  # a window's totals, shared by its aggregates
+    for name, op, slot, dslot, number, stat, square, window in layout.reads:
+        if slot is not None:
+            totals = cached[number]
+            if totals is None:
+                totals = cached[number] = _window_totals(arr, slot, ts)
+            count = totals[0]
+            if op == "count":
+                x[name] = count
+            elif op == "rate":
+                x[name] = count * 3600.0 / window
+            elif count == 0:
+                if op == "sum":
+                    x[name] = 0.0
+            elif op == "mean":
+                x[name] = totals[stat] / count
+            elif op == "std":
+                mean = totals[stat] / count
+                variance = totals[square] / count - mean * mean
+                x[name] = math.sqrt(variance) if variance > 0 else 0.0
+            else:  # sum, min, max: the running stat itself
+                x[name] = totals[stat]
+        elif dslot is not None:
+            x[name] = float(_distinct_count(distinct[number], dslot, ts))
+        elif op == "since":
             last = arr[0]
             if last == last:  # not NaN
-                x[agg.name] = max(0.0, ts - last)
-            continue
-        if op == "last":
-            value = arr[layout.last_offset[agg.field]]
+                x[name] = max(0.0, ts - last)
+        else:  # last
+            value = arr[number]
             if value == value:  # NaN until an event carried the field
-                x[agg.name] = value
-            continue
-        if op == "distinct":
-            dslot = layout.distinct[(agg.field, agg.window)]
-            x[agg.name] = float(_distinct_count(distinct[dslot.index], dslot, ts))
-            continue
-        slot = layout.slots[(agg.field if op not in ("count", "rate") else None, agg.window)]
-        totals = cache.get((slot.field, slot.window))
-        if totals is None:
-            totals = cache[(slot.field, slot.window)] = _window_totals(arr, slot, ts)
-        value = _finish(op, totals, slot.stats, agg.window)
-        if value is not None:
-            x[agg.name] = value
+                x[name] = value
 
 
 def _window_totals(arr: array, slot: _Slot, ts: float) -> tuple:
@@ -204,29 +245,15 @@ def _summed_totals(arr: array, slot: _Slot, current: int) -> tuple:
     return tuple(totals)
 
 
-def _finish(op: str, totals: tuple, kinds: tuple[str, ...], window: float) -> float | None:
-    count = totals[0]
-    if op == "count":
-        return count
-    if op == "rate":
-        return count * 3600.0 / window
-    if count == 0:
-        return 0.0 if op == "sum" else None
-    if op == "sum":
-        return totals[1 + kinds.index("sum")]
-    mean = totals[1 + kinds.index("sum")] / count if "sum" in kinds else 0.0
-    if op == "mean":
-        return mean
-    if op == "std":
-        variance = totals[1 + kinds.index("sumsq")] / count - mean * mean
-        return math.sqrt(variance) if variance > 0 else 0.0
-    return totals[1 + kinds.index(op)]
-
-
 def _distinct_count(entries: tuple, slot: _DistinctSlot, ts: float) -> int:
+    """Distinct hashes among the window's (hash, bucket) pairs: the pairs are in bucket order, so
+    the window is a slice found by bisection, and a dict of the slice keeps one entry per hash (in C)."""
+    if not entries:
+        return 0
     current = math.floor(ts / slot.hop)
-    low = current - slot.buckets
-    return len({h for h, bid in entries if low < bid <= current})
+    start = bisect_right(entries, current - slot.buckets, key=_BUCKET)
+    end = len(entries) if entries[-1][1] <= current else bisect_right(entries, current, key=_BUCKET)
+    return len(dict(entries[start:end])) if start < end else 0
 
 
 def updated(layout: KeyLayout, old: tuple | None, values: dict[str, Any], ts: float) -> tuple:

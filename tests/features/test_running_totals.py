@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from appliance.config.file import AggregateSpec
 from appliance.features.entity_codec import decode_state, encode_state
-from appliance.features.entity_state import KeyLayout, _window_totals, aggregates_into, updated
+from appliance.features.entity_state import KeyLayout, _distinct_count, _window_totals, aggregates_into, updated
 
 AGGREGATES = [AggregateSpec("n_w1", "k", "count", 600.0), AggregateSpec("sum_w1", "k", "sum", 600.0, "v"),
               AggregateSpec("mean_w2", "k", "mean", 3600.0, "v"), AggregateSpec("std_w2", "k", "std", 3600.0, "v"),
@@ -105,3 +105,21 @@ def test_a_read_k_hops_after_the_newest_bucket_drops_the_oldest_buckets():
     slot = next(iter(layout.slots.values()))
     sums = [_window_totals(state[0], slot, 550.0 + 100.0 * k)[1] for k in range(7)]
     assert sums == [63.0, 62.0, 60.0, 56.0, 48.0, 32.0, 0.0]
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(stream=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5)), max_size=60),
+       buckets=st.integers(1, 7), reads=st.lists(st.integers(-3, 50), min_size=1, max_size=8))
+def test_a_distinct_count_is_the_number_of_hashes_in_the_window(stream, buckets, reads):
+    """The bisected slice equals a scan of every pair, whatever the read time (behind, on, past)."""
+    layout = KeyLayout("k", [AggregateSpec("users", "k", "distinct", 600.0, "u")], buckets, 700.0, None)
+    dslot = next(iter(layout.distinct.values()))
+    state = None
+    for step, user in stream:
+        state = updated(layout, state, {"u": f"u{user}"}, 1_767_225_600.0 + step * dslot.hop)
+        entries = state[1][0]
+        for read in reads:
+            ts = 1_767_225_600.0 + read * dslot.hop + 1.0
+            current = math.floor(ts / dslot.hop)
+            scanned = len({h for h, bid in entries if current - buckets < bid <= current})
+            assert _distinct_count(entries, dslot, ts) == scanned
