@@ -4,14 +4,16 @@ The store's `entity_state.state` column holds these bytes, one row per (key, ent
 process (an online store's reader) or a later release decodes them with `struct` alone, without
 importing the appliance. This module imports only the standard library on purpose.
 
-Layout, version 1 (every number little-endian, no padding)::
+Layout, version 2 (every number little-endian, no padding)::
 
     offset  size    field
-    0       1       u8   layout version (1)
+    0       1       u8   layout version (2)
     1       4       u32  n: number of values
     5       8*n     f64  the values: `entity_state.KeyLayout` positions (last event time, the
-                         `last` fields, then each (field, window) ring: per bucket its id, count
-                         and running stats; an empty position's id is -inf)
+                         `last` fields, then each (field, window) slot: its ring, per bucket its
+                         id, count and running stats (an empty position's id is -inf), then the
+                         id of its newest bucket (-inf before any) and B-1 partial window totals,
+                         each a count and the running stats)
     ...     2       u16  d: number of distinct-count slots
     then, d times:
             4       u32  m: number of (hash, bucket) pairs in the slot, oldest bucket first
@@ -19,7 +21,9 @@ Layout, version 1 (every number little-endian, no padding)::
 
 What each value means depends on the key's layout (its aggregates, windows, buckets and allowed
 lateness), which the config fixes; the store's fingerprint ties the two together. A reader that
-finds another version byte refuses the bytes (`FormatError`) rather than misread them.
+finds another version byte refuses the bytes (`FormatError`) rather than misread them. Version 1
+had no newest bucket id and no partial totals after each ring: its values would be misread as
+version 2's, so its bytes are refused (start with --fresh).
 
 >>> from array import array
 >>> state = (array("d", [5.0, float("-inf"), 1.0]), (((7, 2), (9, 3)),))
@@ -33,7 +37,7 @@ import struct
 import sys
 from array import array
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 _HEAD = struct.Struct("<BI")
 _COUNT16 = struct.Struct("<H")
@@ -63,7 +67,8 @@ def decode_state(blob: bytes) -> tuple:
     """Return the state `(array('d'), tuple of tuples of (hash, bucket))` that `encode_state` wrote."""
     if len(blob) < _HEAD.size or blob[0] != LAYOUT_VERSION:
         found = blob[0] if blob else "none"
-        raise FormatError(f"entity state of layout version {found}; this release reads version {LAYOUT_VERSION}")
+        raise FormatError(f"entity state of layout version {found}; this release reads version {LAYOUT_VERSION}; "
+                          "start with --fresh")
     try:
         _, n = _HEAD.unpack_from(blob, 0)
         at = _HEAD.size

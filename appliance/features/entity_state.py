@@ -5,6 +5,15 @@ t it covers the buckets floor(t/h) - B + 1 .. floor(t/h), i.e. between (B-1)·h 
 Per entity and key the state is one compact `array('d')` (plus a small tuple for distinct counts),
 replaced on every update, never mutated in place: a reader on another thread (the socket server)
 always sees a consistent state without a lock. `FeatureSpace` (features.py) is the only caller.
+
+Running totals: a window's aggregates are read without summing its buckets. Each ring also keeps
+the id of its newest bucket c and, for k = 0 .. B-2, the totals of buckets c-B+1+k .. c-1 (the
+window at c+k without bucket c), folded oldest first exactly as a sum over the buckets would fold
+them. A read at bucket c+k folds bucket c onto the k-th of them: the very float operations, in
+the very order, of summing the window, so the values are bit for bit those of the sum. When the
+newest bucket moves from c to c+d, the k-th totals become the (k+d)-th folded with bucket c (no
+subtraction, so no drift); an event landing in an older bucket of the window recomputes them from
+the ring; a read behind the newest bucket (a late event) sums the ring as before.
 """
 
 from __future__ import annotations
@@ -12,8 +21,10 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from appliance.config.rings import ring_size
 
@@ -23,6 +34,7 @@ if TYPE_CHECKING:
 NAN = math.nan
 DEFAULT_TTL = 86400.0  # an entity key whose aggregates have no window (since, last) forgets after a day
 DISTINCT_CAP = 128  # (value, bucket) pairs kept per distinct count; beyond, the oldest go (a lower bound)
+_BUCKET = itemgetter(1)  # a distinct-count pair's bucket id
 _STAT_OPS = {"count": (), "rate": (), "sum": ("sum",), "mean": ("sum",), "std": ("sum", "sumsq"),
              "min": ("min",), "max": ("max",)}
 
@@ -33,6 +45,7 @@ class _Slot:
 
     The window spans `buckets` buckets; the ring keeps `ring` >= `buckets` of them, the extra ones
     covering the allowed lateness (`rings.ring_size`), so an out-of-order event still sees its whole window.
+    After the ring: the newest bucket's id, then B-1 partial window totals of `width` values each.
     """
 
     field: str | None
@@ -41,14 +54,15 @@ class _Slot:
     offset: int
     stats: tuple[str, ...]
     ring: int = 0
+    totals: int = 0  # where the newest bucket's id and the B-1 partial window totals start
 
-    @property
-    def hop(self) -> float:
-        return self.window / self.buckets
-
-    @property
-    def stride(self) -> int:
-        return 2 + len(self.stats)
+    def __post_init__(self) -> None:  # read per event and per request: plain attributes, not properties
+        self.hop = self.window / self.buckets
+        self.stride = 2 + len(self.stats)
+        self.width = 1 + len(self.stats)  # a partial total: the count, then each running stat
+        self.size = self.ring * self.stride + 1 + (self.buckets - 1) * self.width
+        self.zeros = array("d", bytes(8 * (self.buckets - 1) * self.width))  # every partial total empty
+        self.additive = "min" not in self.stats and "max" not in self.stats
 
 
 @dataclass
@@ -59,9 +73,21 @@ class _DistinctSlot:
     index: int
     ring: int = 0
 
-    @property
-    def hop(self) -> float:
-        return self.window / self.buckets
+    def __post_init__(self) -> None:
+        self.hop = self.window / self.buckets
+
+
+class _Read(NamedTuple):
+    """One aggregate as `aggregates_into` reads it, resolved once per layout."""
+
+    name: str
+    op: str
+    slot: _Slot | None  # count, rate, sum, mean, std, min, max
+    dslot: _DistinctSlot | None  # distinct
+    number: int  # the slot's position among the key's slots, the distinct slot's, or the `last` value's
+    stat: int  # where in the window's totals the op's running stat is (the sum for mean and std)
+    square: int  # where the sum of squares is (std)
+    window: float
 
 
 class KeyLayout:
@@ -92,7 +118,8 @@ class KeyLayout:
                 self.distinct.setdefault(dkey, _DistinctSlot(agg.field, agg.window, buckets, len(self.distinct), ring))
         for slot in self.slots.values():
             slot.offset = size
-            size += slot.ring * slot.stride
+            slot.totals = size + slot.ring * slot.stride
+            size += slot.size
         self.size = size
         self.blank = array("d", [0.0]) * size
         for i in range(1 + len(self.last_fields)):
@@ -100,42 +127,100 @@ class KeyLayout:
         for slot in self.slots.values():
             for i in range(slot.ring):
                 self.blank[slot.offset + i * slot.stride] = -math.inf
+            self.blank[slot.totals] = -math.inf  # no newest bucket yet
         self.blank_distinct: tuple = tuple(() for _ in self.distinct)
+        self.reads = [self._read(agg) for agg in aggregates]
+
+    def _read(self, agg: AggregateSpec) -> _Read:
+        """How `aggregates_into` reads one aggregate: its slot (or distinct slot) and positions."""
+        if agg.op == "since":
+            return _Read(agg.name, agg.op, None, None, 0, 0, 0, 0.0)
+        if agg.op == "last":
+            return _Read(agg.name, agg.op, None, None, self.last_offset[agg.field], 0, 0, 0.0)
+        if agg.op == "distinct":
+            dslot = self.distinct[(agg.field, agg.window)]
+            return _Read(agg.name, agg.op, None, dslot, dslot.index, 0, 0, agg.window)
+        slot_key = (agg.field if agg.op not in ("count", "rate") else None, agg.window)
+        slot = self.slots[slot_key]
+        kinds = slot.stats
+        stat = 1 + kinds.index("sum" if agg.op in ("sum", "mean", "std") else agg.op) if kinds else 0
+        square = 1 + kinds.index("sumsq") if agg.op == "std" else 0
+        return _Read(agg.name, agg.op, slot, None, list(self.slots).index(slot_key), stat, square, agg.window)
 
 
 def aggregates_into(x: dict[str, float], layout: KeyLayout, state: tuple | None, ts: float) -> None:
     if state is None or state[0][0] < ts - layout.ttl:  # never seen, or idle past its TTL
         state = (layout.blank, layout.blank_distinct)
     arr, distinct = state
-    cache: dict[tuple, tuple] = {}
-    for agg in layout.aggregates:
-        op = agg.op
-        if op == "since":
+    cached: list[tuple | None] = [None] * len(layout.slots)  # a window's totals, shared by its aggregates
+    for name, op, slot, dslot, number, stat, square, window in layout.reads:
+        if slot is not None:
+            totals = cached[number]
+            if totals is None:
+                totals = cached[number] = _window_totals(arr, slot, ts)
+            count = totals[0]
+            if op == "count":
+                x[name] = count
+            elif op == "rate":
+                x[name] = count * 3600.0 / window
+            elif count == 0:
+                if op == "sum":
+                    x[name] = 0.0
+            elif op == "mean":
+                x[name] = totals[stat] / count
+            elif op == "std":
+                mean = totals[stat] / count
+                variance = totals[square] / count - mean * mean
+                x[name] = math.sqrt(variance) if variance > 0 else 0.0
+            else:  # sum, min, max: the running stat itself
+                x[name] = totals[stat]
+        elif dslot is not None:
+            x[name] = float(_distinct_count(distinct[number], dslot, ts))
+        elif op == "since":
             last = arr[0]
             if last == last:  # not NaN
-                x[agg.name] = max(0.0, ts - last)
-            continue
-        if op == "last":
-            value = arr[layout.last_offset[agg.field]]
+                x[name] = max(0.0, ts - last)
+        else:  # last
+            value = arr[number]
             if value == value:  # NaN until an event carried the field
-                x[agg.name] = value
-            continue
-        if op == "distinct":
-            dslot = layout.distinct[(agg.field, agg.window)]
-            x[agg.name] = float(_distinct_count(distinct[dslot.index], dslot, ts))
-            continue
-        slot = layout.slots[(agg.field if op not in ("count", "rate") else None, agg.window)]
-        totals = cache.get((slot.field, slot.window))
-        if totals is None:
-            totals = cache[(slot.field, slot.window)] = _window_totals(arr, slot, ts)
-        value = _finish(op, totals, slot.stats, agg.window)
-        if value is not None:
-            x[agg.name] = value
+                x[name] = value
 
 
 def _window_totals(arr: array, slot: _Slot, ts: float) -> tuple:
-    """Sum the window's buckets: B ring positions read directly, however long the ring is."""
+    """The window's totals at `ts` from the running totals: the partial total of the window's older
+    buckets, with the newest bucket folded on; a read behind the newest bucket sums the ring."""
     current = math.floor(ts / slot.hop)
+    newest = arr[slot.totals]
+    k = current - newest
+    buckets = slot.buckets
+    if k >= buckets:  # the newest bucket is out of the window, and every other is older
+        return (0.0,) * slot.width
+    if k < 0:
+        return _summed_totals(arr, slot, current)
+    width = slot.width
+    if k < buckets - 1:
+        at = slot.totals + 1 + int(k) * width
+        totals = arr[at:at + width].tolist()
+    else:
+        totals = [0.0] * width
+    base = slot.offset + (int(newest) % slot.ring) * slot.stride
+    first = totals[0] == 0.0
+    totals[0] += arr[base + 1]
+    j = 1
+    for kind in slot.stats:
+        value = arr[base + 1 + j]
+        if kind == "min":
+            totals[j] = value if first else min(totals[j], value)
+        elif kind == "max":
+            totals[j] = value if first else max(totals[j], value)
+        else:
+            totals[j] += value
+        j += 1
+    return tuple(totals)
+
+
+def _summed_totals(arr: array, slot: _Slot, current: int) -> tuple:
+    """Sum the window's buckets: B ring positions read directly, however long the ring is."""
     stride = slot.stride
     ring = slot.ring
     offset = slot.offset
@@ -160,29 +245,15 @@ def _window_totals(arr: array, slot: _Slot, ts: float) -> tuple:
     return tuple(totals)
 
 
-def _finish(op: str, totals: tuple, kinds: tuple[str, ...], window: float) -> float | None:
-    count = totals[0]
-    if op == "count":
-        return count
-    if op == "rate":
-        return count * 3600.0 / window
-    if count == 0:
-        return 0.0 if op == "sum" else None
-    if op == "sum":
-        return totals[1 + kinds.index("sum")]
-    mean = totals[1 + kinds.index("sum")] / count if "sum" in kinds else 0.0
-    if op == "mean":
-        return mean
-    if op == "std":
-        variance = totals[1 + kinds.index("sumsq")] / count - mean * mean
-        return math.sqrt(variance) if variance > 0 else 0.0
-    return totals[1 + kinds.index(op)]
-
-
 def _distinct_count(entries: tuple, slot: _DistinctSlot, ts: float) -> int:
+    """Distinct hashes among the window's (hash, bucket) pairs: the pairs are in bucket order, so
+    the window is a slice found by bisection, and a dict of the slice keeps one entry per hash (in C)."""
+    if not entries:
+        return 0
     current = math.floor(ts / slot.hop)
-    low = current - slot.buckets
-    return len({h for h, bid in entries if low < bid <= current})
+    start = bisect_right(entries, current - slot.buckets, key=_BUCKET)
+    end = len(entries) if entries[-1][1] <= current else bisect_right(entries, current, key=_BUCKET)
+    return len(dict(entries[start:end])) if start < end else 0
 
 
 def updated(layout: KeyLayout, old: tuple | None, values: dict[str, Any], ts: float) -> tuple:
@@ -200,8 +271,8 @@ def updated(layout: KeyLayout, old: tuple | None, values: dict[str, Any], ts: fl
     for slot in layout.slots.values():
         _add_to_slot(arr, slot, values, ts)
     if layout.distinct:
-        distinct = tuple(_add_distinct(distinct[d.index], d, values.get(d.field), ts)
-                         for d in layout.distinct.values())
+        distinct = tuple([_add_distinct(distinct[d.index], d, values.get(d.field), ts)
+                          for d in layout.distinct.values()])
     return arr, distinct
 
 
@@ -217,21 +288,104 @@ def _add_to_slot(arr: array, slot: _Slot, values: dict[str, Any], ts: float) -> 
     stored = arr[base]
     if stored > bid:
         return  # this ring position already holds a newer bucket; the event is outside its window
-    fresh = stored < bid
-    if fresh:
-        arr[base] = bid
-        arr[base + 1] = 0.0
-    arr[base + 1] += 1.0
-    for j, kind in enumerate(slot.stats):
-        at = base + 2 + j
-        if kind == "sum":
-            arr[at] = value if fresh else arr[at] + value
-        elif kind == "sumsq":
-            arr[at] = value * value if fresh else arr[at] + value * value
-        elif kind == "min":
-            arr[at] = value if fresh else min(arr[at], value)
+    totals = slot.totals
+    newest = arr[totals]
+    if bid > newest:  # before the event lands: the partial totals fold the old newest bucket
+        if bid - newest >= slot.buckets:  # the common case, inline: it has left every window
+            arr[totals] = bid
+            arr[totals + 1:totals + 1 + len(slot.zeros)] = slot.zeros
         else:
-            arr[at] = value if fresh else max(arr[at], value)
+            _advance(arr, slot, newest, bid)
+    if stored < bid:  # a fresh bucket: 0.0 + 1.0 and each stat's first value, as folding into zeros gives
+        arr[base] = bid
+        arr[base + 1] = 1.0
+        at = base + 2
+        for kind in slot.stats:
+            arr[at] = value * value if kind == "sumsq" else value
+            at += 1
+    else:
+        arr[base + 1] += 1.0
+        at = base + 2
+        for kind in slot.stats:
+            if kind == "sum":
+                arr[at] += value
+            elif kind == "sumsq":
+                arr[at] += value * value
+            elif kind == "min":
+                arr[at] = min(arr[at], value)
+            else:
+                arr[at] = max(arr[at], value)
+            at += 1
+    if newest - slot.buckets < bid < newest:  # a late event in a bucket some partial total holds
+        _recompute_partials(arr, slot, int(newest))
+
+
+def _advance(arr: array, slot: _Slot, newest: float, bid: int) -> None:
+    """Move the partial totals from newest bucket `newest` to the newer `bid`: the k-th becomes
+    the (k+d)-th folded with bucket `newest`, the B-1-d-th that bucket alone, the rest empty."""
+    at = slot.totals
+    arr[at] = bid
+    last = slot.buckets - 1
+    shift = bid - newest
+    if shift > last:  # bucket `newest` has left every window from `bid` on
+        if last:
+            arr[at + 1:at + 1 + len(slot.zeros)] = slot.zeros
+        return
+    d = int(shift)
+    old = slot.offset + (int(newest) % slot.ring) * slot.stride
+    width = slot.width
+    start = at + 1
+    if width == 1:  # a count alone: the k-th total is the (k+d)-th plus the bucket's count
+        count = arr[old + 1]
+        for k in range(last - d):
+            arr[start + k] = arr[start + k + d] + count
+        arr[start + last - d] = 0.0 + count
+        if d > 1:
+            arr[start + last - d + 1:start + last] = slot.zeros[:d - 1]
+        return
+    kept = (last - d) * width  # the partial totals that move down by d; the rest start empty
+    arr[start:start + kept] = arr[start + d * width:start + last * width]
+    arr[start + kept:start + last * width] = slot.zeros[:d * width]
+    if width == 3 and slot.additive:  # sum and sum of squares (mean, std): folding is adding
+        count, first, second = arr[old + 1], arr[old + 2], arr[old + 3]
+        for to in range(start, start + kept + 3, 3):
+            arr[to] += count
+            arr[to + 1] += first
+            arr[to + 2] += second
+    elif slot.additive:
+        bucket = arr[old + 1:old + 1 + width]
+        for to in range(start, start + kept + width, width):
+            for j in range(width):
+                arr[to + j] += bucket[j]
+    else:
+        for to in range(start, start + kept + width, width):
+            _fold(arr, to, old, slot.stats)
+
+
+def _recompute_partials(arr: array, slot: _Slot, newest: int) -> None:
+    """Fold each partial total again from the ring, oldest bucket first (after a late event)."""
+    start, width, stride, ring, offset = slot.totals + 1, slot.width, slot.stride, slot.ring, slot.offset
+    for k in range(slot.buckets - 1):
+        at = start + k * width
+        arr[at:at + width] = slot.zeros[:width]
+        for bid in range(newest - slot.buckets + 1 + k, newest):
+            base = offset + (bid % ring) * stride
+            if arr[base] == bid:
+                _fold(arr, at, base, slot.stats)
+
+
+def _fold(arr: array, at: int, base: int, kinds: tuple[str, ...]) -> None:
+    """Fold the bucket at `base` onto the partial total at `at`, as `_summed_totals` folds it."""
+    first = arr[at] == 0.0
+    arr[at] += arr[base + 1]
+    for j, kind in enumerate(kinds, 1):
+        value = arr[base + 1 + j]
+        if kind == "min":
+            arr[at + j] = value if first else min(arr[at + j], value)
+        elif kind == "max":
+            arr[at + j] = value if first else max(arr[at + j], value)
+        else:
+            arr[at + j] += value
 
 
 def _add_distinct(entries: tuple, slot: _DistinctSlot, value: Any, ts: float) -> tuple:

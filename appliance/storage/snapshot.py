@@ -33,7 +33,7 @@ import msgpack
 
 from appliance.errors import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entity states of layout version 2 (running window totals)
 KIND = "appliance-checkpoint"
 
 _local = threading.local()

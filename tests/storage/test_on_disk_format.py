@@ -162,8 +162,12 @@ def test_entity_state_bytes_of_another_layout_version_or_cut_short_are_refused()
     from array import array
 
     blob = encode_state((array("d", [1.0, 2.0]), (((3, 4),),)))
-    with pytest.raises(FormatError, match="layout version 9; this release reads version 1"):
+    version = entity_codec.LAYOUT_VERSION
+    with pytest.raises(FormatError, match=f"layout version 9; this release reads version {version}; start with --fresh"):
         decode_state(b"\x09" + blob[1:])
+    # version 1, before the running window totals: same framing, values that would be misread
+    with pytest.raises(FormatError, match=f"layout version 1; this release reads version {version}"):
+        decode_state(b"\x01" + blob[1:])
     with pytest.raises(FormatError, match="cut short"):
         decode_state(blob[:-3])
     with pytest.raises(FormatError, match="past its end"):
