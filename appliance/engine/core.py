@@ -38,6 +38,7 @@ from appliance.learning.metrics import positive_score, predicted_label
 from appliance.learning.online_model import OnlineModel, upgrade
 from appliance.learning.report import model_summary
 from appliance.learning.versions import Decision, Published
+from appliance.storage.rows import VectorCodec, names_row
 from appliance.timeutil import format_timestamp
 
 METRIC_EVERY = 200  # labels between two rows of metric history
@@ -59,6 +60,7 @@ class Engine(EngineCommands):
         self.config = config
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
+        self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
         self.entities = self.space.new_store()
         self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
@@ -87,6 +89,7 @@ class Engine(EngineCommands):
         self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
         self.on_publish = on_publish
         self.rows["models"].append(model_row(self.model.served))
+        self.rows["feature_names"].append(names_row(self.vectors))
         self._audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
 
     # -- the per-item path -------------------------------------------------------------------
@@ -127,7 +130,7 @@ class Engine(EngineCommands):
             version = model.served.version
         else:
             x, y_served, version = served["x"], _as_prediction(served["score"], self.task), served["version"]
-        features = orjson.dumps(x)  # as logged, and as learned from when the label comes
+        features = self.vectors.encode(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
         self.counts["predictions"] += 1
@@ -293,7 +296,7 @@ class Engine(EngineCommands):
         return {"event_id": event.event_id, "ts": event.ts, "version": version, "score": score,
                 "predicted": label, "learner_score": learner_score,
                 "origin": "socket" if served is not None else "stream",
-                "features": features.decode()}
+                "features": features}
 
     def _label_row(self, event_id: str, ts: float | None, y: Any, delay: float | None, status: str) -> None:
         value = float(y) if not isinstance(y, bool) else int(y)
@@ -366,6 +369,7 @@ class Engine(EngineCommands):
                                       "release kept shorter rings for this allowed_lateness); start with --fresh")
                 self.entities[key][entity] = state
         self.rows = _empty_rows()
+        self.rows["feature_names"].append(names_row(self.vectors))
         self._apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
 
     # -- stats -----------------------------------------------------------------------------
@@ -401,5 +405,5 @@ def _as_prediction(score: float, task: str) -> Any:
 
 
 def _empty_rows() -> dict[str, list[dict]]:
-    return {"events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
+    return {"feature_names": [], "events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
             "attribute_switches": [], "audit": [], "alerts": []}

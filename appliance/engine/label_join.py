@@ -13,9 +13,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-import orjson
-
 from appliance.config.file import LabelPolicy
+from appliance.storage.rows import decode_vector, json_vector
 
 DEFAULT_HORIZON = 7 * 86400.0
 
@@ -34,7 +33,7 @@ class Scored(NamedTuple):
 
 class Pending:
     """A scored event waiting for its label, packed into one blob: the feature vector as it was
-    logged (JSON), the shadow predictions, the served prediction and version.
+    logged (`appliance.storage.rows`), the shadow predictions, the served prediction and version.
 
     Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
     and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
@@ -50,18 +49,19 @@ class Pending:
 
     @classmethod
     def pack(cls, scored: Scored, features: bytes | None = None) -> Pending:
-        """Pack a prediction; `features` is its vector already encoded as JSON, if at hand."""
-        features = orjson.dumps(scored.x) if features is None else features
+        """Pack a prediction; `features` is its vector already encoded (`VectorCodec.encode`), if at hand."""
+        features = json_vector(scored.x) if features is None else features
         return cls(scored.event_id, scored.ts,
                    pickle.dumps((features, scored.shadow, scored.y_served, scored.version), protocol=5))
 
     def unpack(self) -> Scored:
         features, shadow, y_served, version = pickle.loads(self.packed)  # noqa: S301 - our own blob
-        return Scored(self.event_id, self.ts, orjson.loads(features), shadow, y_served, version)
+        return Scored(self.event_id, self.ts, decode_vector(features), shadow, y_served, version)
 
     def repack(self, scored: Scored) -> None:
         """Replace the packed fields (a challenger's late shadow prediction was added)."""
-        self.packed = Pending.pack(scored).packed
+        features = pickle.loads(self.packed)[0]  # noqa: S301 - our own blob; the vector is unchanged
+        self.packed = Pending.pack(scored, features).packed
 
     def __setstate__(self, state: Any) -> None:
         slots = state[1] if isinstance(state, tuple) else state
@@ -166,6 +166,7 @@ class LabelJoin:
         socket, which cannot know whether its event is on the way).
 
         >>> from appliance.config.file import LabelPolicy
+from appliance.storage.rows import decode_vector, json_vector
         >>> join = LabelJoin(LabelPolicy())
         >>> sum(join.hold_early(f"e{i}", 0.0, True) for i in range(MAX_EARLY + 2)), next(iter(join.early))
         (2, 'e2')

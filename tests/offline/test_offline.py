@@ -56,9 +56,13 @@ def test_onnx_scores_equal_scikit_learn_on_the_same_rows(replayed):
     # one row at a time, from the feature dict the engine logged at prediction time
     import sqlite3
 
-    logged = sqlite3.connect(config.db).execute("SELECT features FROM predictions LIMIT 50").fetchall()
+    from appliance.storage.rows import decode_vector, read_names
+
+    conn = sqlite3.connect(config.db)
+    names = read_names(conn)
+    logged = conn.execute("SELECT features FROM predictions LIMIT 50").fetchall()
     for (features,) in logged:
-        x = orjson.loads(features)
+        x = decode_vector(features, names)
         row = np.array([[float(x.get(n) or 0.0) for n in names]], dtype=np.float32)
         assert model.predict_proba_one(x)[True] == pytest.approx(reference.predict_proba(row)[0, 1], abs=1e-5)
     assert report["rows"] == len(rows) and report["parity_max_abs_diff"] < 1e-4
@@ -151,8 +155,12 @@ def test_an_offline_score_is_a_feature_of_the_online_model(replayed, short_dir):
     model = load_onnx_file(str(short_dir / "offline.onnx"), None, "classification")
     import sqlite3
 
-    logged = dict(sqlite3.connect(second.db).execute("SELECT event_id, features FROM predictions").fetchall())
-    vectors = [orjson.loads(v) for v in logged.values()]
+    from appliance.storage.rows import decode_vector, read_names
+
+    conn = sqlite3.connect(second.db)
+    names = read_names(conn)
+    logged = dict(conn.execute("SELECT event_id, features FROM predictions").fetchall())
+    vectors = [decode_vector(v, names) for v in logged.values()]
     assert all("offline_score" in x for x in vectors)
     for x in vectors[:200]:
         assert x["offline_score"] == model.score_one({k: v for k, v in x.items() if k != "offline_score"})
