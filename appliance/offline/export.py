@@ -61,7 +61,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
                 yield {"event_id": event_id, "ts": ts, "label": labels[event_id], **x}
             if ingested:
                 space.update(values, ts, store)
-            if ts > watermark:
+            if ingested and ts > watermark:  # as the engine: a scored-only event never moves event time
                 watermark = ts
                 space.sweep(store, watermark, sweep_ticks)
     db.conn.close()

@@ -27,6 +27,7 @@ On the sample a vector of 25 present names out of 215 takes about 120 bytes inst
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -42,6 +43,7 @@ _E, _F, _D, _Q = (struct.Struct("<" + code) for code in _CODES)
 _CACHE = 4096  # plans remembered per codec, and by the decoder
 _VALUES = 65_536  # packed float values remembered per codec
 INT_LIMIT = 1 << 63
+_ZERO = (HALF, _E.pack(0.0))
 
 _NAMES: dict[int, tuple[str, ...]] = {}  # every names version seen in this process (content-addressed)
 
@@ -100,31 +102,32 @@ class VectorCodec:
             presence = self._presence_of(keys)
             if presence is None:
                 return json_vector(x)
-        kinds: list[int] = []
-        pieces: list[bytes] = []
         widths = self._widths
+        packed: list[tuple[int, bytes]] = []
         for value in x.values():
             if type(value) is float and value:  # a non-zero float: equal means the same bits
-                width = widths.get(value)
-                if width is None:
-                    width = _width(value)
-                    if len(widths) >= _VALUES:
-                        widths.clear()
-                    widths[value] = width
+                width = widths.get(value) or self._remember(value)
             else:
                 width = _width(value)
                 if width is None:
                     return json_vector(x)
-            kinds.append(width[0])
-            pieces.append(width[1])
-        plan_key = (presence, tuple(kinds))
+            packed.append(width)
+        kinds = tuple([width[0] for width in packed])
+        plan_key = (presence, kinds)
         plan = self._plans.get(plan_key)
         if plan is None:
             plan = self._plan_of(presence, kinds)
             if len(self._plans) >= _CACHE:
                 self._plans.clear()
             self._plans[plan_key] = plan
-        return self._head + plan + b"".join(pieces)
+        return self._head + plan + b"".join([width[1] for width in packed])
+
+    def _remember(self, value: float) -> tuple[int, bytes]:
+        width = _width(value)
+        if len(self._widths) >= _VALUES:
+            self._widths.clear()
+        self._widths[value] = width
+        return width
 
     def _presence_of(self, keys: tuple[str, ...]) -> bytes | None:
         index = self.index
@@ -149,7 +152,7 @@ class VectorCodec:
         return presence
 
     @staticmethod
-    def _plan_of(presence: bytes, kinds: list[int]) -> bytes:
+    def _plan_of(presence: bytes, kinds: tuple[int, ...]) -> bytes:
         packed = bytearray((len(kinds) + 3) // 4)
         for n, kind in enumerate(kinds):
             packed[n // 4] |= kind << (2 * (n % 4))
@@ -161,6 +164,8 @@ def _width(value: Any) -> tuple[int, bytes] | None:
     """The value's kind and bytes in the narrowest width that holds it exactly; None if not a number."""
     cls = type(value)
     if cls is float:
+        if value == 0.0:
+            return _ZERO if math.copysign(1.0, value) > 0 else (HALF, _E.pack(value))
         try:
             packed = _E.pack(value)
             if _E.unpack(packed)[0] == value:

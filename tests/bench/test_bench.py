@@ -14,7 +14,8 @@ import orjson
 from appliance.bench import peers, suite, wire
 
 MEASURES = ["ingest", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
-            "start-up to first prediction", "serving again after kill -9", "console CPU at default rate"]
+            "start-up to first prediction", "serving again after kill -9", "console CPU at default rate",
+            "store bytes per logged event"]
 
 
 def test_bench_smoke_produces_every_row(short_dir):
