@@ -38,7 +38,7 @@ from appliance.learning.metrics import positive_score, predicted_label
 from appliance.learning.online_model import OnlineModel, upgrade
 from appliance.learning.report import model_summary
 from appliance.learning.versions import Decision, Published
-from appliance.storage.rows import VectorCodec, names_row
+from appliance.storage.rows import PayloadCodec, VectorCodec, names_row
 from appliance.timeutil import format_timestamp
 
 METRIC_EVERY = 200  # labels between two rows of metric history
@@ -61,6 +61,7 @@ class Engine(EngineCommands):
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
         self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
+        self.payloads = PayloadCodec(tuple(self.space.layouts))  # logged payloads: keys once per shape
         self.entities = self.space.new_store()
         self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
@@ -171,7 +172,9 @@ class Engine(EngineCommands):
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
         self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
                                     "source": source, "offset": offset, "ingested": int(ingest),
-                                    "payload": orjson.dumps(event.raw).decode()})
+                                    "payload": self.payloads.encode(event.raw)})
+        if self.payloads.new_shapes:
+            self.rows["payload_shapes"] += self.payloads.take_shapes()
 
     def _sweep(self) -> None:
         """Evict idle entities on an event-time schedule (a function of the watermark alone)."""
@@ -405,5 +408,5 @@ def _as_prediction(score: float, task: str) -> Any:
 
 
 def _empty_rows() -> dict[str, list[dict]]:
-    return {"feature_names": [], "events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
+    return {"feature_names": [], "payload_shapes": [], "events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
             "attribute_switches": [], "audit": [], "alerts": []}

@@ -27,6 +27,7 @@ from appliance.errors import ConfigError
 from appliance.features import attributes
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
+from appliance.storage.rows import decode_payload, read_shapes
 from appliance.storage.store import open_db
 
 LEARNED = ("joined", "immediate", "early", "defaulted")
@@ -46,6 +47,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     watermark = -math.inf
     labels = {row[0]: row[1] for row in db.execute(
         f"SELECT event_id, label FROM labels WHERE status IN ({', '.join('?' * len(LEARNED))})", LEARNED)}
+    read_shapes(db.conn)
     cursor = db.execute("SELECT seq, event_id, ts, ingested, payload FROM events ORDER BY seq")
     while True:
         batch = cursor.fetchmany(5000)
@@ -55,7 +57,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
             while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
                 _, name, version = switches.pop(0)
                 space.set_attributes(attributes.read_version(db, specs[name], version))
-            values = parse_event(payload, config.event, config.model.task).values
+            values = parse_event(decode_payload(payload), config.event, config.model.task).values
             if event_id in labels and (start is None or ts >= start) and (end is None or ts < end):
                 x = space.compute(values, ts, store)
                 yield {"event_id": event_id, "ts": ts, "label": labels[event_id], **x}

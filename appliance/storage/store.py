@@ -39,6 +39,7 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "predictions": ({"event_id": str, "ts": float, "version": int, "score": float, "predicted": int,
                      "learner_score": float, "origin": str, "features": bytes}, "event_id"),
     "feature_names": ({"version": int, "names": str}, "version"),  # names of the packed vectors, per version
+    "payload_shapes": ({"version": int, "keys": str}, "version"),  # keys of the events' payload arrays
     "labels": ({"event_id": str, "ts": float, "label": float, "delay": float, "status": str}, "event_id"),
     "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},
                      ("source", "offset")),
@@ -61,8 +62,9 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
     "store_format": ({"part": str, "version": int}, "part"),
 }
-# The layout of the rows above: 1 feature vectors as JSON text; 2 packed by `appliance.storage.rows`
-# with their names once per version in `feature_names`. A store in another layout is refused.
+# The layout of the rows above: 1 feature vectors and payloads as JSON objects; 2 vectors packed and
+# payloads as arrays by `appliance.storage.rows`, their names once per version in `feature_names` and
+# `payload_shapes`. A store in another layout is refused.
 ROWS_FORMAT = 2
 
 
