@@ -10,18 +10,20 @@ built it. `VectorCodec.encode` writes it as
     varint        the length of the plan, then the plan:
                     varint runs, then per run zigzag(start - end of the previous run) and length:
                     the present names' indices, in the vector's own order;
-                    2 bits per value, four to a byte: HALF, SINGLE, DOUBLE (the smallest IEEE
-                    width that holds the float exactly) or INT (a Python int, 64 bits)
+                    2 bits per value, four to a byte: HALF (an integral float to 2,048, -0.0),
+                    SINGLE (an integral float to 2**24), DOUBLE (any other float) or INT
+                    (a Python int, 64 bits)
     values        little-endian, in the vector's order
 
-A float comes back as the same float64, bit for bit (a narrower width is used only when the value
-holds it exactly: integral values; -0.0 keeps its sign; NaN goes as a double), an int as an int, and the dict in
-the same order, so a sum over it gives the same float. Plans repeat (the same names present, the
+A float comes back as the same float64, bit for bit (a narrower width only for integral values,
+which it holds exactly; -0.0 keeps its sign; NaN goes as a double), an int as an int, and the dict
+in the same order, so a sum over it gives the same float. Plans repeat (the same names present, the
 same widths), so both sides cache them: a decode is one `struct.unpack_from` and a `zip`.
-On the sample a vector of 25 present names out of 215 takes about 120 bytes instead of about
+On the sample a vector of 25 present names out of 215 takes about 125 bytes instead of about
 580 of JSON; zlib and zstd save little more on the packed rows (`docs/benchmarks.md`).
 
 `decode_vector` is the one reader of logged vectors: the label join's restore, the bench, the tests.
+`PayloadCodec` / `decode_payload` do the same for an event's payload (its keys once per shape).
 """
 
 from __future__ import annotations
