@@ -1,7 +1,7 @@
 """The appliance dataflow: read -> parse -> route -> engine -> store.
 
     read    (source, offset, payload)                       one partition per input
-    parse   ("event"|"label"|"dead"|"control", source, offset, ...)  validate; bad input: a dead letter
+    parse   EventItem | LabelItem | DeadItem | ControlItem (`appliance.engine.items`)  validate; bad input: a dead letter
     route   ("engine", item)                                 one engine owns features and models
     engine  ("rows", {table: [row]}) | ("checkpoint", fp, payload)
     store   batched, ordered writes to SQLite
@@ -26,7 +26,9 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from appliance.config.file import EventSchema
+from appliance.engine.control import from_record
 from appliance.engine.core import Engine
+from appliance.engine.items import ControlItem, DeadItem, EventItem, Item, LabelItem, Served
 from appliance.errors import InvalidEvent
 from appliance.ingest.events import Event, decode, parse_event
 from appliance.ingest.order_log import OrderLog
@@ -34,37 +36,47 @@ from appliance.ingest.order_log import OrderLog
 INBOX = "inbox"
 
 
-def make_parser(schema: EventSchema, task: str) -> Callable[[list[tuple]], list[tuple]]:
+def make_parser(schema: EventSchema, task: str) -> Callable[[list[tuple]], list[Item]]:
     """Return the batch parser: raw `(source, offset, payload)` items to engine items."""
 
-    def parse_batch(items: list[tuple]) -> list[tuple]:
-        out = []
+    def parse_batch(items: list[tuple]) -> list[Item]:
+        out: list[Item] = []
         for source, offset, payload in items:
             try:
                 out.append(_parse_one(source, offset, payload, schema, task))
             except InvalidEvent as exc:
-                out.append(("dead", source, offset, _text(payload), exc.reason))
+                out.append(DeadItem(source, offset, _text(payload), exc.reason))
         return out
 
     return parse_batch
 
 
-def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task: str) -> tuple:
+def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task: str) -> Item:
     served = None
     ingest = True
     if source == INBOX:
         record = _inbox_record(payload)
         if "control" in record:
-            return ("control", source, offset, record)
+            return ControlItem(source, offset, from_record(record))
         payload = record.get("event")
         if payload is None:
             raise InvalidEvent("inbox record has no event")
-        served = record.get("served")
+        served = _served(record.get("served"))
         ingest = bool(record.get("ingest", True))
     parsed = parse_event(payload, schema, task)
     if isinstance(parsed, Event):
-        return ("event", source, offset, parsed, served, ingest)
-    return ("label", source, offset, parsed)
+        return EventItem(source, offset, parsed, served, ingest)
+    return LabelItem(source, offset, parsed)
+
+
+def _served(served: Any) -> Served | None:
+    """What the server logged of an event it scored (written by our own server: malformed is a dead letter)."""
+    if served is None:
+        return None
+    try:
+        return Served(served["x"], served["score"], served["version"])
+    except (TypeError, KeyError):
+        raise InvalidEvent(f"inbox record's served is malformed: {str(served)[:200]}") from None
 
 
 def _inbox_record(payload: bytes) -> dict:
@@ -87,7 +99,7 @@ def _text(payload: Any) -> str:
 STATS_DELAY = 0.25  # seconds a throttled stats snapshot may lag the engine
 
 
-class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
+class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
     """Feeds batches to the engine and emits its rows, with a checkpoint every few seconds."""
 
     def __init__(self, engine: Engine, fingerprint: str, checkpoint_seconds: float,
@@ -102,7 +114,7 @@ class EngineLogic(StatefulBatchLogic[tuple, tuple, None]):
         self.changed = False
         self.stale_stats = False  # a batch whose stats were not published yet (the board throttles)
 
-    def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
+    def on_batch(self, values: list[Item]) -> tuple[list[tuple], bool]:
         if self.order_log is not None:  # after a restart: the order of the first run, then arrival order
             values = self.order_log.order(values)
         process = self.engine.process

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from appliance.config.file import config_from_dict
-from appliance.ingest.events import parse_event
+from appliance.engine.items import EventItem, LabelItem
+from appliance.ingest.events import Label, parse_event
 from appliance.timeutil import format_timestamp
 
 
@@ -178,8 +179,7 @@ def items(config, stream, source="test"):
     out = []
     for offset, raw in enumerate(stream, start=1):
         parsed = parse_event(raw, config.event, config.model.task)
-        kind = "label" if parsed.__class__.__name__ == "Label" else "event"
-        out.append((kind, source, offset, parsed, None, True) if kind == "event" else (kind, source, offset, parsed))
+        out.append(LabelItem(source, offset, parsed) if isinstance(parsed, Label) else EventItem(source, offset, parsed))
     return out
 
 

@@ -74,6 +74,7 @@ class Link:
             error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
             raise LinkError(str(error.get("message", "error")), str(error.get("code", "error")))
         self.state, self.detail = "connected", ""
+        del reply["id"]  # the envelope's, new at every request: without it, an unchanged reply compares equal
         return reply
 
     async def _connect(self) -> None:

@@ -49,7 +49,8 @@ def overview_figures(stats: dict) -> Table:
     counts, model = as_dict(stats.get("counts")), as_dict(stats.get("model"))
     served, rates = as_dict(model.get("served")), as_dict(stats.get("rates"))
     latency, server = as_dict(stats.get("predict_latency")), as_dict(stats.get("server"))
-    delay = as_dict(stats.get("label_delay_seconds"))
+    delay, disk = as_dict(stats.get("label_delay_seconds")), as_dict(stats.get("disk"))
+    until = disk.get("seconds_until_full")
     table = Table.grid(padding=(0, 2))
     for _ in range(4):
         table.add_column()
@@ -66,11 +67,23 @@ def overview_figures(stats: dict) -> Table:
         ("served ROC AUC (recent)", fmt(served.get("roc_auc_window"), ".4f"), "served log loss", fmt(served.get("log_loss"), ".4f")),
         ("champion", str(model.get("champion", "-")), "drift alerts", fmt(as_dict(stats.get("drift")).get("alerts"), ",d")),
         ("watermark", str(stats.get("watermark") or "-"), "uptime", fmt(stats.get("uptime_seconds"), ",.0f") + " s"),
+        ("store size", fmt(_mb(disk.get("store_bytes")), ",.1f") + " MB",
+         "store growth", fmt(disk.get("growth_bytes_per_s"), ",.0f") + " B/s"),
+        ("disk free", fmt(_mb(disk.get("disk_free")), ",.1f") + " MB",
+         "disk full in", "not growing" if disk and until is None else fmt(_hours(until), ",.1f") + " h"),
     ]
     for row in rows:
         table.add_row(Text(row[0], style="dim"), Text(row[1], style="bold"), Text(row[2], style="dim"),
                       Text(row[3], style="bold"))
     return table
+
+
+def _mb(value: Any) -> float | None:
+    return value / 1e6 if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _hours(value: Any) -> float | None:
+    return value / 3600 if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 _BARS = " ▁▂▃▄▅▆▇█"

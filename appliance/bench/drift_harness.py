@@ -7,8 +7,8 @@ one champion model and one lifecycle run:
 * "no detection": the detector never alerts (its warm-up never ends);
 * "alert only": alerts, no automatic action;
 * "policy": on concept drift a fresh challenger starts, automatic promotion and rollback on;
-* (full plan) the same policy with `warm_start_from = "last"`: the challenger also learns the
-  examples from before the change, as the policy did before issue 15.
+* (full plan) the same policy with `warm_start_from = "change"`: the challenger learns only the
+  examples after the detector's estimate of the change (the default for a while during issue 15).
 
 Every run drives the real `Engine` (features, served model, shadow candidates, label join,
 publication gate, drift detector, policy) with events parsed by `events.parse_event`, the way
@@ -29,7 +29,7 @@ from typing import Any
 T0 = 1_767_225_600.0
 STEP = 60.0  # event time between two events
 RUNS = ("no detection", "alert only", "policy")
-OLD_WARM_START = "policy, warm start on the last N"  # the policy with `warm_start_from = "last"`
+SINCE_CHANGE = "policy, warm start since the change"  # the policy with `warm_start_from = "change"`
 MODELS = {
     "linear": "preprocessing.StandardScaler() | linear_model.LogisticRegression()",
     "hoeffding": "tree.HoeffdingTreeClassifier()",
@@ -56,7 +56,7 @@ class Plan:
 
 
 FULL = Plan(scenarios=("agrawal-abrupt", "sea-abrupt", "hyperplane", "rbf-drift", "cds-abrupt", "cds-gradual"),
-            runs=(*RUNS, OLD_WARM_START),
+            runs=(*RUNS, SINCE_CHANGE),
             stationary=("agrawal-stationary", "sea-stationary", "hyperplane-stationary", "rbf-stationary"))
 QUICK = Plan(scenarios=("agrawal-abrupt",), labels=("immediate",), models=("hoeffding",), events=3000, after=500,
              stationary=("sea-stationary",), stationary_events=3000)
@@ -129,9 +129,9 @@ def lifecycle_for(run: str) -> Any:
     from appliance.config.lifecycle import Lifecycle
 
     base = Lifecycle()
-    if run in ("policy", OLD_WARM_START):
+    if run in ("policy", SINCE_CHANGE):
         policy = replace(base, on_concept_drift="challenger", auto_promote=True, auto_rollback=True)
-        return replace(policy, warm_start_from="last") if run == OLD_WARM_START else policy
+        return replace(policy, warm_start_from="change") if run == SINCE_CHANGE else policy
     quiet = replace(base, on_concept_drift="alert", auto_promote=False, auto_rollback=False)
     return replace(quiet, drift_warmup=10**12) if run == "no detection" else quiet
 
@@ -149,6 +149,7 @@ class Outcome:
 def run_case(scenario: str, labels: str, model: str, run: str, plan: Plan, n: int | None = None) -> tuple[Outcome, int | None]:
     """Replay one generated stream through a real Engine; return what served and the change point."""
     from appliance.engine.core import Engine
+    from appliance.engine.items import EventItem, LabelItem
     from appliance.ingest.events import Label, parse_event
 
     n = n or plan.events
@@ -166,9 +167,9 @@ def run_case(scenario: str, labels: str, model: str, run: str, plan: Plan, n: in
     for offset, item in enumerate(raw, start=1):
         parsed = parse_event(item, config.event, "classification")
         if isinstance(parsed, Label):
-            engine.process(("label", "bench", offset, parsed))
+            engine.process(LabelItem("bench", offset, parsed))
         else:
-            engine.process(("event", "bench", offset, parsed, None, True))
+            engine.process(EventItem("bench", offset, parsed))
         if offset % 500 == 0 or offset == len(raw):
             collect(engine.take_rows(), scores, out, seen)
     out.seconds = time.perf_counter() - started
@@ -192,6 +193,8 @@ def collect(rows: dict[str, list], scores: dict[str, float], out: Outcome, seen:
 
 def serve_onnx(engine: Any, raw: list[dict], fields: list[str]) -> None:
     """Fit a logistic regression offline on the first labelled events, serve it as a frozen champion."""
+    from appliance.engine.control import Promote
+    from appliance.engine.items import ControlItem
     from appliance.offline.train import train
 
     labelled = {e["event_id"]: e.get("label") for e in raw if e["type"] == "label"}
@@ -199,7 +202,7 @@ def serve_onnx(engine: Any, raw: list[dict], fields: list[str]) -> None:
     rows = [r for r in rows if r["label"] is not None][:ONNX_TRAIN]
     onnx, _ = train(rows, fields, "classification", "logistic", holdout=0.0)
     published = engine.model.register(onnx, "onnx logistic", len(rows), {}, None, candidate="import")
-    engine.process(("control", "bench", None, {"control": "promote", "version": published.version, "actor": "bench"}))
+    engine.process(ControlItem("bench", None, Promote(version=published.version, actor="bench")))
     engine.take_rows()
 
 

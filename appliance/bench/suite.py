@@ -9,6 +9,7 @@ Sections, in the order they run (each in fresh processes, in a scratch directory
 3. console: CPU of `appliance console` at its default rate against that same appliance (`console`).
 4. start-up and 5. recovery after `kill -9` (`lifecycle`).
 6. memory per entity (`appliance bench memory` in a fresh process, per entity count).
+7. the store writer's rows/s as the store grows from empty to `store_bytes` (`store_growth`).
 
 A section that cannot run (a peer not installed, tmux missing) becomes rows marked skipped with the
 reason; the other sections still run. `SMOKE` is the same harness with tiny sizes, for CI: it proves
@@ -31,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from appliance.bench import ingest, lifecycle, peers, serving, store_bytes
+from appliance.bench import ingest, lifecycle, peers, serving, store_bytes, store_growth
 from appliance.bench.console import console_cpu
 from appliance.bench.measure import machine
 
@@ -49,13 +50,14 @@ class Plan:
     startup_rounds: int = 5
     recovery_lines: int | None = None  # None: the whole sample
     memory_entities: tuple[int, ...] = (100_000,)
+    store_bytes: int = 10 * 10**9  # the store writer's rate measured as the store grows to this
 
 
 FULL = Plan()
 SMOKE = Plan(ingest_lines=1500, ingest_rounds=2,
              serving=serving.ServingPlan(rounds=2, requests=200, warmup=20, seconds=0.5, load_warmup=0.2),
              serve_speed=3000.0, serve_lines=3000, console_seconds=1.0, startup_rounds=1, recovery_lines=1500,
-             memory_entities=(2000,))
+             memory_entities=(2000,), store_bytes=16 * 10**6)
 
 TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "ingest": ("raw River loop", ">=", 0.6),
@@ -66,6 +68,7 @@ TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "memory": (None, "<=", 1024.0),
     "startup": (None, "<=", 3.0),
     "recovery": (None, "<=", 5.0),
+    "store_growth": ("the same writer, empty store", ">=", 0.8),
     "store_bytes": (None, "<=", 200.0),
 }
 
@@ -121,6 +124,8 @@ def run(plan: Plan, workdir: Path | None = None, log: Callable[[str], None] = la
         sections["recovery"] = _section(lambda: _recovery(plan, scratch, config))
         log(f"memory: {', '.join(f'{n:,}' for n in plan.memory_entities)} entities")
         sections["memory"] = _section(lambda: _memory(plan, config))
+        log(f"store writer: empty to {plan.store_bytes / 1e9:g} GB")
+        sections["store_growth"] = _section(lambda: store_growth.measure(plan.store_bytes, scratch, log))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for name in ("feature_vectors", "model_file"):  # inputs of the serving section, not figures
@@ -315,6 +320,13 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
     out.append(_skipped("serving again after kill -9", "s", rec["skipped"]) if "skipped" in rec else
                _compare("serving again after kill -9", "s", rec["seconds_to_first_prediction"], None, None,
                         "recovery", f"after {rec['events_before_kill']:,} events"))
+    grow = sections.get("store_growth", NOT_RUN)
+    label = f"store writer at {plan.store_bytes / 1e9:g} GB"
+    out.append(_skipped(label, "rows/s", grow["skipped"], "the same writer, empty store") if "skipped" in grow else
+               _compare(label, "rows/s", grow["full_rows_per_second"], "the same writer, empty store",
+                        grow["empty_rows_per_second"], "store_growth",
+                        f"{grow['events']:,} events, {grow['bytes_per_event']:,.0f} B/event; medians of the first "
+                        "and the last 3 of 40 windows"))
     con = sections.get("console", NOT_RUN)
     out.append(_skipped("console CPU at default rate", "% core", con["skipped"]) if "skipped" in con else
                Row("console CPU at default rate", "% core", con["console_percent"],

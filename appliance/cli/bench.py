@@ -182,7 +182,7 @@ def bench_drift(quick: bool, events: int | None, seed: int, as_json: bool, save:
 
 @bench.command("learning")
 @click.option("--dataset", "names", multiple=True, help="A dataset by name (repeatable) [default: the development "
-                                                         "ones: flights, movielens].")
+                                                         "ones: flights, flight_delays, movielens].")
 @click.option("--held-out", is_flag=True, help="Also run the held-out dataset (mpls_stops): only for the final check.")
 @click.option("--quick", is_flag=True, help="The first few thousand events of each dataset (a CI smoke test, "
                                             "not a result).")

@@ -15,13 +15,7 @@ from appliance import __version__
 from appliance.cli.bench import bench, soak
 from appliance.cli.console import console
 from appliance.cli.offline import story, train_offline
-from appliance.cli.options import (
-    CONFIG_OPTION,
-    SOCKET_OPTION,
-    friendly_errors,
-    on_signals,
-    require_store,
-)
+from appliance.cli.options import CONFIG_OPTION, SOCKET_OPTION, friendly_errors, on_signals, require_store
 from appliance.cli.registry import alerts, attributes, models
 from appliance.cli.report import format_stats, format_status
 

@@ -14,6 +14,7 @@ import click
 import orjson
 
 from appliance.cli.options import CONFIG_OPTION, SOCKET_OPTION, friendly_errors, require_store
+from appliance.engine.control import Challenge, ImportModels, Promote, Publishing, RefreshAttributes, Retire, Rollback
 
 
 @click.group()
@@ -132,7 +133,7 @@ def register_staged(socket_path: str) -> int | None:
     try:
         with Client(socket_path) as client:
             total = client.request("models", limit=1)["total_versions"]
-        state = _operate(socket_path, "import_models", lambda r, s: s["total_versions"] > total)
+        state = _operate(socket_path, ImportModels.op, lambda r, s: s["total_versions"] > total)
     except ConnectFailed:
         click.echo("no appliance answers on the socket: it is registered when the appliance next starts")
         return None
@@ -172,10 +173,10 @@ def models_promote(version: int | None, challenger: str | None, socket_path: str
     with Client(socket_path) as client:
         total = client.request("models", limit=1)["total_versions"]
     if challenger:
-        state = _operate(socket_path, "promote", lambda r, s: s["champion"] == challenger, challenger=challenger)
+        state = _operate(socket_path, Promote.op, lambda r, s: s["champion"] == challenger, challenger=challenger)
         click.echo(f"{challenger} is the champion; v{state['served']} serves")
         return
-    state = _operate(socket_path, "promote", lambda r, s: s["served"] == version if version is not None
+    state = _operate(socket_path, Promote.op, lambda r, s: s["served"] == version if version is not None
                      else s["total_versions"] > total, version=version)
     click.echo(f"v{state['served']} serves")
 
@@ -223,7 +224,7 @@ def models_challenge(version: int, socket_path: str) -> None:
     """Put registered VERSION up as a challenger: scored in shadow on live labels, never serving
     until promoted. A River version learns on; an offline (ONNX) one does not."""
     name = f"v{version}"
-    _operate(socket_path, "challenge", lambda r, s: any(row["name"] == name for row in s["leaderboard"]),
+    _operate(socket_path, Challenge.op, lambda r, s: any(row["name"] == name for row in s["leaderboard"]),
              version=version)
     click.echo(f"{name} is a challenger; see `appliance models leaderboard`")
 
@@ -234,7 +235,7 @@ def models_challenge(version: int, socket_path: str) -> None:
 @friendly_errors
 def models_retire(name: str, socket_path: str) -> None:
     """Drop challenger NAME (the champion cannot be retired)."""
-    _operate(socket_path, "retire", lambda r, s: all(row["name"] != name for row in s["leaderboard"]),
+    _operate(socket_path, Retire.op, lambda r, s: all(row["name"] != name for row in s["leaderboard"]),
              challenger=name)
     click.echo(f"{name} retired")
 
@@ -245,7 +246,7 @@ def models_retire(name: str, socket_path: str) -> None:
 @friendly_errors
 def models_rollback(version: int | None, socket_path: str) -> None:
     """Serve the previous version again and pause automatic publication."""
-    state = _operate(socket_path, "rollback", lambda r, s: s["served"] == r["version"] and s["publishing"] == "paused",
+    state = _operate(socket_path, Rollback.op, lambda r, s: s["served"] == r["version"] and s["publishing"] == "paused",
                      version=version)
     click.echo(f"v{state['served']} serves; automatic publication is paused (`appliance models resume`)")
 
@@ -268,7 +269,7 @@ def models_resume(socket_path: str) -> None:
 
 def _set_publishing(socket_path: str, paused: bool) -> None:
     wanted = "paused" if paused else "automatic"
-    _operate(socket_path, "publishing", lambda r, s: s["publishing"] == wanted, paused=paused)
+    _operate(socket_path, Publishing.op, lambda r, s: s["publishing"] == wanted, paused=paused)
     click.echo(f"automatic publication {'paused' if paused else 'resumed'}")
 
 
@@ -329,7 +330,7 @@ def attributes_refresh(config_path: str | None, db: str | None, socket_path: str
         return
     try:
         with Client(socket_path or config.socket) as client:
-            client.request("refresh_attributes")
+            client.request(RefreshAttributes.op)
         click.echo("the running appliance switches to the new versions before its next event")
     except ConnectFailed:
         click.echo("no appliance answers on the socket: the new versions apply when it next starts")

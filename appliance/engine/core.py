@@ -6,21 +6,18 @@ model (and the learner, in shadow), logs the prediction with its feature vector,
 into entity state, and learns when the label arrives, on the logged vector. Everything is a function
 of the items and their event times, so a replay at full speed gives the same results as live.
 
-Items (built by `dataflows.appliance_flow.parse_batch`):
-    ("event", source, offset, Event, served | None, ingest)
-    ("label", source, offset, Label)
-    ("dead", source, offset, payload_text, reason)
-    ("control", source, offset, record)         an operator's command from the inbox: {"control":
-        "attributes" | "promote" | "rollback" | "pause" | "resume", ...}, applied between two events
+Items (`items.EventItem`, `LabelItem`, `DeadItem`, `ControlItem`) are built by the dataflow's parse
+step; a `ControlItem` carries an operator's command (`commands.Command`), which `EngineCommands`
+applies between two events.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -28,17 +25,22 @@ import orjson
 from appliance.config.file import Config
 from appliance.config.model_spec import DEFAULT_MODELS
 from appliance.engine.commands import EngineCommands, model_row
+from appliance.engine.items import ControlItem, EventItem, Item, LabelItem, Served
 from appliance.engine.label_join import LabelJoin, Pending, Scored
+from appliance.engine.rows import as_prediction, empty_rows, label_row, metric_row, prediction_row
 from appliance.errors import ConfigError, InvalidEvent
 from appliance.features.category_stats import CategoryStats
+from appliance.features.entity_codec import decode_state, encode_state
+from appliance.features.label_rates import LabelRates
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import Event, Label, check_not_ahead
 from appliance.learning.drift import DriftMonitor
-from appliance.learning.metrics import positive_score, predicted_label
-from appliance.learning.online_model import OnlineModel, upgrade
+from appliance.learning.online_model import OnlineModel
 from appliance.learning.report import model_summary
 from appliance.learning.versions import Decision, Published
+from appliance.storage import registry
 from appliance.storage.rows import PayloadCodec, VectorCodec, names_row
+from appliance.storage.snapshot import pack_checkpoint, unpack_checkpoint
 from appliance.timeutil import format_timestamp
 
 METRIC_EVERY = 200  # labels between two rows of metric history
@@ -53,7 +55,7 @@ COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediat
             "labels_early_dropped")
 
 
-class Engine(EngineCommands):
+class Engine:
     """Owns entity state, the online model and pending labels; emits rows for the store."""
 
     def __init__(self, config: Config, on_publish: Callable[[Published], None] | None = None) -> None:
@@ -63,6 +65,8 @@ class Engine(EngineCommands):
         self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
         self.payloads = PayloadCodec(tuple(self.space.layouts))  # logged payloads: keys once per shape
         self.entities = self.space.new_store()
+        if config.features.label_rates:
+            self.space.label_rates = LabelRates(config.features.categorical, self.task)
         self.categories = CategoryStats(self.space)
         self.model = OnlineModel(config.model, config.model.spec or DEFAULT_MODELS[self.task], config.lifecycle)
         self.drift = DriftMonitor(config.lifecycle, self.task)
@@ -81,7 +85,7 @@ class Engine(EngineCommands):
         self.dirty: set[tuple[str, str]] = set()
         self.evicted: set[tuple[str, str]] = set()
         self.sweep_ticks: dict[str, int] = {}
-        self.rows: dict[str, list[dict]] = _empty_rows()
+        self.rows: dict[str, list[dict]] = empty_rows()
         self._restored_attributes: dict[str, int] = {}
         self.audit_seq = 0
         self.recent_audit: deque = deque(maxlen=RECENT_AUDIT)
@@ -89,26 +93,27 @@ class Engine(EngineCommands):
         self.curve: deque = deque(maxlen=CURVE_POINTS)
         self.last_import = 0  # the newest staged import registered (checkpointed with the catalog)
         self.on_publish = on_publish
+        self.commands = EngineCommands(self)
         self.rows["models"].append(model_row(self.model.served))
         self.rows["feature_names"].append(names_row(self.vectors))
-        self._audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
+        self.audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
 
     # -- the per-item path -------------------------------------------------------------------
-    def process(self, item: tuple) -> None:
+    def process(self, item: Item) -> None:
         """Apply one parsed item; rows for the store accumulate in `self.rows`."""
-        kind, source, offset = item[0], item[1], item[2]
-        if kind == "event":
-            self._on_event(item[3], item[4], item[5], source, offset)
-        elif kind == "label":
-            self._on_label(item[3], source, offset)
-        elif kind == "control":
-            self._control(item[3])
+        kind, source, offset = item.__class__, item.source, item.offset
+        if kind is EventItem:
+            self._on_event(item.event, item.served, item.ingest, source, offset)
+        elif kind is LabelItem:
+            self._on_label(item.label, source, offset)
+        elif kind is ControlItem:
+            self.commands.apply(item.command)
         else:
-            self._dead(source, offset, item[3], item[4])
+            self._dead(source, offset, item.payload, item.reason)
         if offset is not None:
             self.offsets[source] = offset
 
-    def _on_event(self, event: Event, served: dict | None, ingest: bool, source: str, offset: int | None) -> None:
+    def _on_event(self, event: Event, served: Served | None, ingest: bool, source: str, offset: int | None) -> None:
         # A scored-only event (`"ingest": false`) is not part of the stream: it never moves event time
         # or changes state, and once scored over the socket (`served`: features computed then) it is
         # logged however far event time has moved on since.
@@ -130,7 +135,7 @@ class Engine(EngineCommands):
             y_served = model.predict(model.served.model, x)
             version = model.served.version
         else:
-            x, y_served, version = served["x"], _as_prediction(served["score"], self.task), served["version"]
+            x, y_served, version = served.x, as_prediction(served.score, self.task), served.version
         features = self.vectors.encode(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
@@ -140,8 +145,8 @@ class Engine(EngineCommands):
             self.watermark = event.ts
             self._sweep()
         shadow = model.shadow(x)
-        self.rows["predictions"].append(self._prediction_row(event, features, y_served, shadow[model.champion],
-                                                             version, served))
+        self.rows["predictions"].append(prediction_row(event, features, y_served, shadow.scores[model.champion], version,
+                                                       "stream" if served is None else "socket", self.task))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
             return
@@ -204,7 +209,7 @@ class Engine(EngineCommands):
             self._learn(pending.unpack(), label.value, label.ts if label.ts is not None else self.watermark, "joined")
         elif label.event_id in self.recently_expired:
             self.counts["labels_late"] += 1
-            self._label_row(label.event_id, label.ts, label.value, None, "late")
+            self.rows["labels"].append(label_row(label.event_id, label.ts, label.value, None, "late"))
         else:
             self.counts["labels_early"] += 1
             self.counts["labels_early_dropped"] += self.join.hold_early(label.event_id, self.watermark, label.value)
@@ -216,20 +221,24 @@ class Engine(EngineCommands):
         if status in ("joined", "early"):
             self.join.record_delay(delay)
         decisions = self.model.learn(pending.x, y, pending.shadow, pending.y_served, self.watermark)
-        self._label_row(pending.event_id, label_ts, y, delay, status)
+        if self.space.label_rates is not None:
+            self.space.label_rates.learn(pending.x, y)
+        self.rows["labels"].append(label_row(pending.event_id, label_ts, y, delay, status))
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
             self._on_alert(alert, self.config.lifecycle.on_concept_drift)
         if self.model.n_learned % METRIC_EVERY == 0:
-            self.rows["metrics"].append(self._metric_row())
-        self._apply(decisions, "policy")
+            row, point = metric_row(self.model, self.watermark)
+            self.rows["metrics"].append(row)
+            self.curve.append(point)
+        self.apply(decisions, "policy")
 
-    def _apply(self, decisions: list[Decision], actor: str) -> None:
+    def apply(self, decisions: list[Decision], actor: str) -> None:
         """Log what the model decided: registry rows, the audit trail, and who to tell."""
         for decision in decisions:
-            self._audit(decision.action, decision.version, decision.reason, actor)
+            self.audit(decision.action, decision.version, decision.reason, actor)
             if decision.new_version is not None:
-                self.rows["models"].append(model_row(decision.new_version))
+                self.log_version(decision.new_version)
             if decision.switched:
                 if decision.action != "publish":
                     self.drift.reset_concept()
@@ -246,12 +255,11 @@ class Engine(EngineCommands):
             if decision is None:
                 taken = "none: a fresh challenger is already competing"
             else:
-                name = decision.reason.split(" ", 1)[0]
-                scored = self.model.backfill(name, self.join.pending.values())
+                scored = self.model.backfill(decision.candidate, self.join.pending.values())
                 self.join.touch_all()  # repacked with the new shadow predictions
-                taken = f"{name} started"
-                self._apply([Decision(decision.action, None, f"{decision.reason}; it and the champion scored the "
-                                                               f"{scored} predictions waiting for labels")], "policy")
+                taken = f"{decision.candidate} started"
+                self.apply([replace(decision, reason=f"{decision.reason}; it and the champion scored the "
+                                                     f"{scored} predictions waiting for labels")], "policy")
         row = {**alert, "id": self.alert_seq, "evidence": orjson.dumps(alert["evidence"]).decode(), "action": taken}
         self.rows["alerts"].append(row)
         self.drift.recent.append({**alert, "id": self.alert_seq, "action": taken})
@@ -281,64 +289,65 @@ class Engine(EngineCommands):
     def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
         self.counts["dead_letters"] += 1
         row = {"source": source, "offset": offset, "reason": reason, "payload": payload[:65536],
-               "watermark": self._event_time()}
+               "watermark": self.event_time()}
         self.rows["dead_letters"].append(row)
         self.recent_dead.append({**row, "payload": payload[:300]})
 
-    def _event_time(self) -> float | None:
+    def event_time(self) -> float | None:
+        """The watermark, None before the first event."""
         return None if self.watermark == -math.inf else self.watermark
 
+    def log_version(self, published: Published) -> None:
+        """Write a new version to the registry (with the next rows)."""
+        self.rows["models"].append(model_row(published))
+
+    # -- the audit trail -------------------------------------------------------------------
+    def audit(self, action: str, version: int | None, reason: str, actor: str) -> None:
+        """Write one change to serving or to the candidates to the audit trail, with who and why."""
+        self.audit_seq += 1
+        row = {"id": self.audit_seq, "event_ts": self.event_time(), "wall_ts": time.time(), "action": action,
+               "version": version, "reason": reason, "actor": actor}
+        self.rows["audit"].append(row)
+        self.recent_audit.append(row)  # for the console (the store has them all)
+
+    def load_recent_audit(self, db: Any) -> None:
+        """After a restore: the newest audit rows are the store's, not this process's first row."""
+        self.recent_audit.clear()
+        self.recent_audit.extend(reversed(registry.audit(db, limit=self.recent_audit.maxlen or 100)))
+
+    def attach_attributes(self, db: Any) -> None:
+        """After a restore: the attribute tables the checkpoint was scoring with, then any newer ones."""
+        self.commands.attach_attributes(db, self._restored_attributes)
+
     # -- rows ------------------------------------------------------------------------------
-    def _prediction_row(self, event: Event, features: bytes, y_served: Any, y_learner: Any, version: int,
-                        served: dict | None) -> dict:
-        if self.task == "classification":
-            score, learner_score = positive_score(y_served), positive_score(y_learner)
-            label = predicted_label(y_served)
-        else:
-            score, learner_score, label = y_served, y_learner, None
-        return {"event_id": event.event_id, "ts": event.ts, "version": version, "score": score,
-                "predicted": label, "learner_score": learner_score,
-                "origin": "socket" if served is not None else "stream",
-                "features": features}
-
-    def _label_row(self, event_id: str, ts: float | None, y: Any, delay: float | None, status: str) -> None:
-        value = float(y) if not isinstance(y, bool) else int(y)
-        self.rows["labels"].append({"event_id": event_id, "ts": ts, "label": value, "delay": delay,
-                                    "status": status})
-
-    def _metric_row(self) -> dict:
-        """One point of metric history: the store's row, and the in-memory curve the console draws."""
-        model = self.model
-        candidates = {name: c.evaluation.window_primary() for name, c in model.candidates.items()}
-        self.curve.append({"event_ts": self.watermark, "labels": model.n_learned, "version": model.served.version,
-                           "champion": model.champion, "served": model.served_eval.window_primary(),
-                           "candidates": candidates})
-        return {"labels": model.n_learned, "event_ts": self.watermark,
-                "version": model.served.version, "champion": model.champion,
-                "learner": orjson.dumps(model.learner_eval.values()).decode(),
-                "served": orjson.dumps(model.served_eval.values()).decode(),
-                "candidates": orjson.dumps(candidates).decode()}
-
     def take_rows(self) -> dict[str, list[dict]]:
         """Return the rows produced since the last call and start a new set."""
-        rows, self.rows = self.rows, _empty_rows()
+        rows, self.rows = self.rows, empty_rows()
         return rows
 
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
-        """Return everything needed to resume exactly here; entity state only where it changed."""
-        entities = [(key, entity, pickle.dumps(self.entities[key][entity], protocol=5))
+        """Return everything needed to resume exactly here; entity state only where it changed.
+
+        The engine's core state is one versioned blob of plain data (`snapshot`), each entity state
+        the bytes of `entity_codec`, each pending prediction its packed row (`label_join`).
+        """
+        entities = [(key, entity, encode_state(self.entities[key][entity]))
                     for key, entity in self.dirty if entity in self.entities[key]]
         evicted = [pair for pair in self.evicted if pair[1] not in self.entities[pair[0]]]
         self.dirty, self.evicted = set(), set()
-        versions = {name: table.version for name, table in self.space.attributes.items()}
-        core = {"model": self.model, "join": self.join, "watermark": self.watermark, "counts": self.counts,
-                "recently_expired": self.recently_expired, "offsets": self.offsets, "sweep_ticks": self.sweep_ticks,
-                "categories": self.categories, "attributes": versions, "audit_seq": self.audit_seq,
-                "last_import": self.last_import, "drift": self.drift, "alert_seq": self.alert_seq,
-                "curve": self.curve, "recent_dead": self.recent_dead}
-        return {"offsets": dict(self.offsets), "engine": pickle.dumps(core, protocol=5), "entities": entities,
+        return {"offsets": dict(self.offsets), "engine": pack_checkpoint(self._core_data()), "entities": entities,
                 "evicted": evicted, "watermark": self.watermark, "pending": self.join.changes()}
+
+    def _core_data(self) -> dict[str, Any]:
+        """The engine's own state as named plain fields (the parts' `to_data`)."""
+        return {"model": self.model.to_data(), "join": self.join.to_data(), "watermark": self.watermark,
+                "counts": self.counts, "recently_expired": list(self.recently_expired), "offsets": self.offsets,
+                "sweep_ticks": self.sweep_ticks, "categories": self.categories.to_data(),
+                "attributes": {name: table.version for name, table in self.space.attributes.items()},
+                "audit_seq": self.audit_seq, "last_import": self.last_import, "drift": self.drift.to_data(),
+                "alert_seq": self.alert_seq, "curve": list(self.curve), "recent_dead": list(self.recent_dead),
+                "label_rates": None if self.space.label_rates is None else self.space.label_rates.to_data()}
 
     def restore(self, engine_blob: bytes, entity_rows: list[tuple[str, str, bytes]],
                 pending_rows: Iterable[tuple[str, float, bytes]] = ()) -> None:
@@ -346,34 +355,33 @@ class Engine(EngineCommands):
 
         `pending_rows` are the store's pending predictions (event id, ts, packed) in arrival order.
         """
-        core = pickle.loads(engine_blob)  # noqa: S301 - our own checkpoint, never network bytes
-        if isinstance(core, tuple):  # written by an earlier release
-            core = dict(zip(("model", "join", "watermark", "counts", "recently_expired", "offsets",
-                             "sweep_ticks", "categories"), core))
-        self.model, self.join, self.watermark = core["model"], core["join"], core["watermark"]
+        core = unpack_checkpoint(engine_blob)
+        self.model.load_data(core["model"])
+        self.join.load_data(core["join"])
         self.join.load(pending_rows)
+        self.watermark = core["watermark"]
         self.counts = {**dict.fromkeys(COUNTERS, 0), **core["counts"]}
-        self.recently_expired, self.offsets = core["recently_expired"], core["offsets"]
-        self.sweep_ticks, self.categories = core["sweep_ticks"], core["categories"]
-        self._restored_attributes = core.get("attributes", {})
-        self.audit_seq = core.get("audit_seq", 0)
-        self.last_import = core.get("last_import", 0)
-        self.drift = core.get("drift") or self.drift
-        self.drift.lifecycle = self.config.lifecycle
-        self.alert_seq = core.get("alert_seq", 0)
-        self.curve = core.get("curve") or self.curve
-        self.recent_dead = core.get("recent_dead") or self.recent_dead
-        upgrade(self.model)
+        self.recently_expired = OrderedDict.fromkeys(core["recently_expired"])
+        self.offsets, self.sweep_ticks = core["offsets"], core["sweep_ticks"]
+        self.categories.load_data(core["categories"])
+        self._restored_attributes = core["attributes"]
+        self.audit_seq, self.last_import, self.alert_seq = core["audit_seq"], core["last_import"], core["alert_seq"]
+        self.drift.load_data(core["drift"])
+        self.curve = deque(core["curve"], maxlen=CURVE_POINTS)
+        self.recent_dead = deque(core["recent_dead"], maxlen=RECENT_DEAD)
+        rates = core["label_rates"]
+        if self.space.label_rates is not None and rates is not None and tuple(rates["fields"]) == self.space.label_rates.fields:
+            self.space.label_rates = LabelRates.from_data(rates)  # else (turned on, or other fields): no labels yet
         for key, entity, blob in entity_rows:
             if key in self.entities:
-                state = pickle.loads(blob)  # noqa: S301
-                if len(state[0]) != self.space.layouts[key].size:  # rings sized by an earlier release
-                    raise ConfigError(f'entity state for "{key}" in the store has another layout (an earlier '
-                                      "release kept shorter rings for this allowed_lateness); start with --fresh")
+                state = decode_state(blob)
+                if len(state[0]) != self.space.layouts[key].size:
+                    raise ConfigError(f'entity state for "{key}" in the store has another layout (another '
+                                      "allowed_lateness or windows); start with --fresh")
                 self.entities[key][entity] = state
-        self.rows = _empty_rows()
+        self.rows = empty_rows()
         self.rows["feature_names"].append(names_row(self.vectors))
-        self._apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
+        self.apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
 
     # -- stats -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -401,12 +409,3 @@ def _join_rate_of(counts: dict[str, int]) -> float | None:
     joined = counts["labels_joined"] + counts["labels_immediate"]
     resolved = joined + counts["predictions_expired"]
     return round(joined / resolved, 4) if resolved else None
-
-
-def _as_prediction(score: float, task: str) -> Any:
-    return {False: 1.0 - score, True: score} if task == "classification" else score
-
-
-def _empty_rows() -> dict[str, list[dict]]:
-    return {"feature_names": [], "payload_shapes": [], "events": [], "predictions": [], "labels": [], "dead_letters": [], "models": [], "metrics": [],
-            "attribute_switches": [], "audit": [], "alerts": []}

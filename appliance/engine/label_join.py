@@ -8,32 +8,35 @@ Both maps are bounded by the horizon, so memory is bounded by the event rate tim
 
 from __future__ import annotations
 
-import pickle
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from appliance.config.file import LabelPolicy
+from appliance.learning.shadow import Shadow
 from appliance.storage.rows import decode_vector, json_vector
+from appliance.storage.snapshot import pack as pack_data
+from appliance.storage.snapshot import unpack as unpack_data
 
 DEFAULT_HORIZON = 7 * 86400.0
 
 
 class Scored(NamedTuple):
     """What learning needs of a prediction: its features, every candidate's shadow prediction
-    (by candidate name), the served prediction and version, all as they were at prediction time."""
+    (`Shadow`), the served prediction and version, all as they were at prediction time."""
 
     event_id: str
     ts: float
     x: dict
-    shadow: Any
+    shadow: Shadow
     y_served: Any
     version: int
 
 
 class Pending:
     """A scored event waiting for its label, packed into one blob: the feature vector as it was
-    logged (`appliance.storage.rows`), the shadow predictions, the served prediction and version.
+    logged (`appliance.storage.rows`), the shadow predictions, the served prediction and version, as
+    the MessagePack list `[features, shadow, y_served, version]` (`snapshot.pack`: plain data).
 
     Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
     and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
@@ -52,27 +55,17 @@ class Pending:
         """Pack a prediction; `features` is its vector already encoded (`VectorCodec.encode`), if at hand."""
         features = json_vector(scored.x) if features is None else features
         return cls(scored.event_id, scored.ts,
-                   pickle.dumps((features, scored.shadow, scored.y_served, scored.version), protocol=5))
+                   pack_data((features, *scored.shadow.fields(), scored.y_served, scored.version)))
 
     def unpack(self) -> Scored:
-        features, shadow, y_served, version = pickle.loads(self.packed)  # noqa: S301 - our own blob
-        return Scored(self.event_id, self.ts, decode_vector(features), shadow, y_served, version)
+        features, scores, probation, late, y_served, version = unpack_data(self.packed)
+        return Scored(self.event_id, self.ts, decode_vector(features), Shadow(scores, probation, late), y_served,
+                      version)
 
     def repack(self, scored: Scored) -> None:
         """Replace the packed fields (a challenger's late shadow prediction was added)."""
-        features = pickle.loads(self.packed)[0]  # noqa: S301 - our own blob; the vector is unchanged
+        features = unpack_data(self.packed)[0]  # the vector is unchanged
         self.packed = Pending.pack(scored, features).packed
-
-    def __setstate__(self, state: Any) -> None:
-        slots = state[1] if isinstance(state, tuple) else state
-        if "packed" in slots:
-            for name, value in slots.items():
-                setattr(self, name, value)
-            return
-        # An earlier release kept the fields unpacked (and called the shadow prediction y_learner).
-        shadow = slots.get("shadow", slots.get("y_learner"))
-        scored = Scored(slots["event_id"], slots["ts"], slots["x"], shadow, slots["y_served"], slots["version"])
-        self.event_id, self.ts, self.packed = scored.event_id, scored.ts, Pending.pack(scored).packed
 
 
 MAX_EARLY = 100_000  # early labels held at most (the oldest is dropped past it, counted)
@@ -101,23 +94,19 @@ class LabelJoin:
         self._added: dict[str, int] = {}  # since the last checkpoint: event id -> seq
         self._removed: set[str] = set()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for name in ("pending", "_added", "_removed"):  # the store's pending rows carry these
-            state.pop(name)
-        return state
+    def to_data(self) -> dict[str, Any]:
+        """Everything but the pending predictions (the store's rows carry them) as plain data."""
+        return {"horizon": self.horizon, "default": self.default, "next_early_sweep": self.next_early_sweep,
+                "early": [[event_id, seen_at, value] for event_id, (seen_at, value) in self.early.items()],
+                "delays": self.delays, "seq": self.seq}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.seq = state.get("seq", 0)
-        if not isinstance(self.early, OrderedDict):  # a checkpoint of an earlier release: a plain dict
-            self.early = OrderedDict(self.early)
-        self.early_bytes = state.get("early_bytes", sum(map(len, self.early)))
-        self._added, self._removed = {}, set()
-        if "pending" in state:  # a checkpoint of an earlier release pickled them here: write them out
-            self.touch_all()
-        else:
-            self.pending = OrderedDict()
+    def load_data(self, data: dict[str, Any]) -> None:
+        """Take the state `to_data` described; `load` then takes the pending predictions."""
+        self.horizon, self.default, self.next_early_sweep = data["horizon"], data["default"], data["next_early_sweep"]
+        self.early = OrderedDict((event_id, (seen_at, value)) for event_id, seen_at, value in data["early"])
+        self.early_bytes = sum(map(len, self.early))
+        self.delays, self.seq = data["delays"], data["seq"]
+        self.pending, self._added, self._removed = OrderedDict(), {}, set()
 
     def load(self, rows: Iterable[tuple[str, float, bytes]]) -> None:
         """Take back the pending predictions of the store's rows (event id, ts, packed), in seq order."""

@@ -42,12 +42,16 @@ class CategoryStats:
         self.missing = dict.fromkeys(self.fields, 0)
         self.observed = 0
 
-    def __setstate__(self, state: dict) -> None:  # checkpoints from before missing-value counts
-        self.__dict__.update(state)
-        if "missing" not in state:
-            self.fields = tuple(self.seen)
-            self.missing = dict.fromkeys(self.fields, 0)
-            self.observed = 0
+    _FIELDS = ("hash_buckets", "cap", "seen", "occupancy", "events", "unseen", "recent", "missing", "observed")
+
+    def to_data(self) -> dict[str, Any]:
+        """The counts as plain data."""
+        return {name: getattr(self, name) for name in self._FIELDS}
+
+    def load_data(self, data: dict[str, Any]) -> None:
+        """Take the counts `to_data` described; the fields counted for missing values are the schema's."""
+        for name in self._FIELDS:
+            setattr(self, name, data[name])
 
     def observe(self, values: dict[str, Any]) -> None:
         self.observed += 1

@@ -23,6 +23,7 @@ from appliance.features.attributes import AttributeTable
 from appliance.features.custom import CustomFeature, config_dir
 from appliance.features.entity_state import KeyLayout, aggregates_into, updated
 from appliance.features.expressions import compile_expression
+from appliance.features.label_rates import LabelRates, feature_names
 
 HASH = "murmur3_32"  # the bucket hash; part of the store's fingerprint (runtime.fingerprint)
 HASH_CACHE = 65_536  # hashed names remembered per field; past that the field's cache starts over
@@ -59,6 +60,8 @@ class FeatureSpace:
         self.config = config
         self.schema = schema
         self._hashed: dict[str, dict[str, str]] = {}  # field -> value -> hashed name
+        # the engine's label rates (`[features] label_rates`), read here; None: not features
+        self.label_rates: LabelRates | None = None
         self.attributes = {spec.name: AttributeTable.empty(spec) for spec in config.attributes}
         self.custom = [CustomFeature(spec.name, spec.function, search_dir) for spec in config.custom]
         self._attribute_columns = {spec.name: (spec.feature_names(), [f"{spec.name}_{c}" for c in spec.categorical])
@@ -101,6 +104,8 @@ class FeatureSpace:
             names += ["hour_sin", "hour_cos"]
         names += [f"{field}#{b:0{len(str(self.config.hash_buckets - 1))}d}"
                   for field in self.config.categorical for b in range(self.config.hash_buckets)]
+        if self.config.label_rates:
+            names += feature_names(self.config.categorical)
         names += [a.name for a in self.config.aggregates]
         for spec in self.config.attributes:
             names += spec.feature_names()
@@ -115,8 +120,12 @@ class FeatureSpace:
         """Return an empty entity store: key name -> entity value -> state."""
         return {key: {} for key in self.layouts}
 
-    def compute(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]]) -> dict[str, float]:
-        """Return the feature vector of an event at event time `ts`, from state before the event."""
+    def compute(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]],
+                logged_rates: dict[str, float] | None = None) -> dict[str, float]:
+        """Return the feature vector of an event at event time `ts`, from state before the event.
+
+        `logged_rates`: the label rates the event was scored with (the export's; rates are moved by
+        labels, not events), in place of the live ones, so what follows them (model scores) agrees."""
         x: dict[str, float] = {}
         for name in self.config.numeric:
             value = values.get(name)
@@ -126,10 +135,19 @@ class FeatureSpace:
             angle = (ts % 86400.0) / 86400.0 * 2.0 * math.pi
             x["hour_sin"] = math.sin(angle)
             x["hour_cos"] = math.cos(angle)
+        rates = self.label_rates
+        onehots: dict[str, str] | None = {} if rates is not None else None
         for name in self.config.categorical:
             value = values.get(name)
             if value is not None:
-                x[self.hashed_name(name, value)] = 1.0
+                hashed = self.hashed_name(name, value)
+                x[hashed] = 1.0
+                if onehots is not None:
+                    onehots[name] = hashed
+        if logged_rates is not None:
+            x.update(logged_rates)
+        elif rates is not None:
+            rates.rates_into(x, onehots)
         for key, layout in self.layouts.items():
             entity = values.get(key)
             state = store[key].get(entity) if entity is not None else None

@@ -74,7 +74,7 @@ class OrderLog:
     def order(self, items: list[tuple]) -> list[tuple]:
         """Return the items to process now, in order; record the ones the plan did not dictate.
 
-        Items are `(kind, source, offset, ...)` as the parse step emits them.
+        Items are the parse step's (`items.Item`): each names its `source` and `offset`.
         """
         if not self.plan and not self.held:
             self._record(items)
@@ -83,12 +83,12 @@ class OrderLog:
         ready: list[tuple] = []
         while self.plan:
             source, _first, last = self.plan[0]
-            taken = [item for item in self.held if item[1] == source and item[2] <= last]
+            taken = [item for item in self.held if item.source == source and item.offset <= last]
             if taken:
-                self.held = [item for item in self.held if not (item[1] == source and item[2] <= last)]
+                self.held = [item for item in self.held if not (item.source == source and item.offset <= last)]
                 ready.extend(taken)
                 self.replayed += len(taken)
-            if not taken or taken[-1][2] != last:
+            if not taken or taken[-1].offset != last:
                 if len(self.held) <= MAX_HELD:
                     return ready  # the rest of this run has not been read yet
                 log.warning("order log: %s never reached offset %d (the input changed?); "
@@ -144,7 +144,7 @@ class OrderLog:
 def _runs(items: list[tuple]) -> list[tuple[str, int, int]]:
     runs: list[list] = []
     for item in items:
-        source, offset = item[1], item[2]
+        source, offset = item.source, item.offset
         if runs and runs[-1][0] == source:
             runs[-1][2] = offset
         else:

@@ -52,6 +52,8 @@ class Guess:
     optional: list[str] = field(default_factory=list)
     windows: dict[str, Windows] = field(default_factory=dict)
     buckets: tuple[int, str] = (MIN_BUCKETS, "")
+    collisions: dict[str, float] = field(default_factory=dict)  # one-hot field -> expected share in a shared bucket
+    label_rates: tuple[bool, str] = (False, "")
     lateness: tuple[float, str] = (300.0, "")
     labels: dict[str, Any] = field(default_factory=dict)
     amount: tuple[str | None, str] = (None, "")

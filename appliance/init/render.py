@@ -128,6 +128,11 @@ def _features(w: Write, guess: Guess) -> None:
     w(f"categorical = {quoted(guess.one_hot)}      # one-hot by hashing (keys with few values too)\n")
     buckets, why = guess.buckets
     w(f"hash_buckets = {buckets}      # {why}\n")
+    if guess.collisions:
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in guess.collisions.items())
+        w(f"# values expected to share a bucket with another: {shares} (`appliance stats` measures them)\n")
+    rates, rates_why = guess.label_rates
+    w(f"label_rates = {'true' if rates else 'false'}      # {rates_why}\n")
     days = guess.profile.span / 86400
     daily = days >= 2
     w(f"time_of_day = {'true' if daily else 'false'}      # the file spans {days:.1f} days: "

@@ -10,12 +10,19 @@ live learner, for an automatic rollback.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
+
+from appliance.config.model_spec import build_model
 from appliance.learning.metrics import Evaluation, better_by, not_worse
+from appliance.learning.versions import Published
+from appliance.storage.snapshot import dump_object, load_object
 
 if TYPE_CHECKING:
-    from appliance.learning.versions import Published
+    from appliance.engine.label_join import Pending
 
 
 class Candidate:
@@ -34,6 +41,29 @@ class Candidate:
         self.duel_champion = Evaluation(task, window)  # ...and the champion's learner on the same labels
         self.n_learned = 0
 
+    @classmethod
+    def untrained(cls, name: str, spec: str, task: str, window: int) -> Candidate:
+        """A candidate of `spec` that has learned nothing yet (the config's)."""
+        return cls(name, spec, build_model(spec, task), task, window)
+
+    def to_data(self) -> dict[str, Any]:
+        """The candidate as plain data; its model pickled on its own."""
+        return {"name": self.name, "spec": self.spec, "model": dump_object(self.model), "learns": self.learns,
+                "origin": self.origin, "version": self.version, "n_learned": self.n_learned,
+                "evaluation": self.evaluation.to_data(), "duel": self.duel.to_data(),
+                "duel_champion": self.duel_champion.to_data()}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Candidate:
+        """The candidate `to_data` described."""
+        evaluation = Evaluation.from_data(data["evaluation"])
+        candidate = cls(data["name"], data["spec"], load_object(data["model"]), evaluation.task, evaluation.window,
+                        learns=data["learns"], origin=data["origin"], version=data["version"])
+        candidate.n_learned = data["n_learned"]
+        candidate.evaluation = evaluation
+        candidate.duel, candidate.duel_champion = Evaluation.from_data(data["duel"]), Evaluation.from_data(data["duel_champion"])
+        return candidate
+
     def reset_duel(self) -> None:
         self.duel.reset_window()
         self.duel_champion.reset_window()
@@ -47,6 +77,57 @@ class Candidate:
             row["versus_champion"] = {"labels": self.duel.window_count, "challenger": self.duel.window_primary(),
                                       "champion": self.duel_champion.window_primary()}
         return row
+
+
+def winning_challenger(candidates: Iterable[Candidate], champion: str, promote_after: int,
+                       margin: float) -> tuple[Candidate, str] | None:
+    """The challenger whose learner beat the champion's learner by more than `margin` over at least
+    `promote_after` labels scored by both (the best if several did), with the reason; else None."""
+    best = None
+    for candidate in candidates:
+        if candidate.name == champion or candidate.duel.window_count < promote_after:
+            continue
+        mine, theirs = candidate.duel.window_primary(), candidate.duel_champion.window_primary()
+        if not better_by(mine, theirs, margin, candidate.duel.bigger_is_better):
+            continue
+        if best is None or better_by(mine, best[1], 0.0, candidate.duel.bigger_is_better):
+            best = (candidate, mine, theirs)
+    if best is None:
+        return None
+    candidate, mine, theirs = best
+    return candidate, (f"{candidate.name} beat the champion {champion} on the last "
+                       f"{min(candidate.duel.window_count, candidate.duel.window)} labels scored by both: "
+                       f"{candidate.duel.primary} {mine:.4f} vs {theirs:.4f} (margin {margin})")
+
+
+def warm_started(spec: str, task: str, examples: Sequence[tuple[bytes, Any]], warm: int) -> Any:
+    """A fresh model of `spec` that learned the last `warm` of `examples` ((x as JSON, y), oldest first)."""
+    model = build_model(spec, task)
+    for x, y in itertools.islice(examples, len(examples) - warm, None):
+        model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
+    return model
+
+
+def backfill(candidate: Candidate, champion: str, champion_model: Any, pending: Iterable[Pending],
+             predict: Callable[[Any, dict], Any]) -> int:
+    """Let a new challenger score the predictions still waiting for their labels, now.
+
+    A challenger started at time T would otherwise be judged only on events it scored itself,
+    whose labels arrive up to a label horizon later. Scoring the waiting ones at T is fair only
+    against the champion's learner scoring them at T too (both know the labels that arrived
+    before T, neither knows these); so both scores are stored (`Shadow.late`), these labels count
+    only in the challenger's duel, and never in its prequential metrics. Returns how many were scored.
+    """
+    count = 0
+    for waiting in pending:
+        scored = waiting.unpack()
+        if candidate.name in scored.shadow.scores:
+            continue
+        scored.shadow.add_late(candidate.name, predict(candidate.model, scored.x), champion,
+                               predict(champion_model, scored.x))
+        waiting.repack(scored)
+        count += 1
+    return count
 
 
 class Verdict(NamedTuple):
@@ -66,8 +147,6 @@ class Probation:
       None when the replaced champion does not learn (an offline model).
     """
 
-    live: Evaluation | None = None  # a probation pickled by an earlier release compares with the frozen version only
-
     def __init__(self, predecessor: Published, champion: str, promoted: Published, task: str, window: int,
                  *, live: bool = True) -> None:
         self.predecessor = predecessor
@@ -78,6 +157,27 @@ class Probation:
         self.previous = Evaluation(task, window)
         self.mine = Evaluation(task, window)
         self.live: Evaluation | None = Evaluation(task, window) if live else None
+
+    _EVALUATIONS = ("current", "previous", "mine", "live")
+
+    def to_data(self) -> dict[str, Any]:
+        """The probation as plain data (the replaced version with its model)."""
+        data = {"predecessor": self.predecessor.to_data(), "champion": self.champion, "promoted": self.promoted,
+                "version": self.version}
+        for name in self._EVALUATIONS:
+            evaluation = getattr(self, name)
+            data[name] = None if evaluation is None else evaluation.to_data()
+        return data
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Probation:
+        """The probation `to_data` described."""
+        probation = cls.__new__(cls)
+        probation.predecessor = Published.from_data(data["predecessor"])
+        probation.champion, probation.promoted, probation.version = data["champion"], data["promoted"], data["version"]
+        for name in cls._EVALUATIONS:
+            setattr(probation, name, None if data[name] is None else Evaluation.from_data(data[name]))
+        return probation
 
     def update(self, y: Any, y_served: Any, y_previous: Any, y_mine: Any, y_live: Any) -> None:
         """Score one label: served vs the replaced version, the promoted learner vs the live one."""

@@ -27,6 +27,7 @@ from typing import Any
 from appliance.config.lifecycle import Lifecycle
 from appliance.config.model_spec import parse_model
 from appliance.learning.metrics import positive_score
+from appliance.storage.snapshot import dump_object, load_object
 
 RECENT = 20
 KEPT_ERRORS = 4096  # the served model's newest errors: what a detector's window is rebuilt from after a fall
@@ -47,6 +48,22 @@ class DriftMonitor:
         self.suppressed = 0
         self.recent: deque = deque(maxlen=RECENT)  # the newest alert rows, for stats and the console
         self.errors: deque = deque(maxlen=KEPT_ERRORS)
+
+    def to_data(self) -> dict[str, Any]:
+        """The detectors' state as plain data (each River detector pickled on its own)."""
+        return {"concept": dump_object(self.concept),
+                "features": {name: dump_object(detector) for name, detector in self.features.items()},
+                "seen": self.seen, "last_alert": self.last_alert, "alerts": self.alerts,
+                "suppressed": self.suppressed, "recent": list(self.recent), "errors": list(self.errors)}
+
+    def load_data(self, data: dict[str, Any]) -> None:
+        """Take the state `to_data` described."""
+        self.concept = load_object(data["concept"])
+        self.features = {name: load_object(blob) for name, blob in data["features"].items()}
+        self.seen, self.last_alert = data["seen"], data["last_alert"]
+        self.alerts, self.suppressed = data["alerts"], data["suppressed"]
+        self.recent = deque(data["recent"], maxlen=RECENT)
+        self.errors = deque(data["errors"], maxlen=KEPT_ERRORS)
 
     def observe_features(self, x: dict, ts: float) -> list[dict[str, Any]]:
         """Feed the monitored features of one scored event; return any alerts."""

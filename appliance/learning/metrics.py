@@ -11,6 +11,8 @@ from typing import Any
 
 from river import metrics, utils
 
+from appliance.storage.snapshot import dump_object, load_object
+
 # name -> (metric class, takes probabilities, bigger is better)
 _CLASSIFICATION = {"roc_auc": (metrics.ROCAUC, True, True), "log_loss": (metrics.LogLoss, True, False),
                    "accuracy": (metrics.Accuracy, False, True)}
@@ -82,11 +84,26 @@ class Evaluation:
         self.window_labels.clear()
         self.window_classes.clear()
 
-    def upgrade(self) -> None:
-        """Give an evaluation restored from an earlier release's checkpoint the fields it lacked."""
-        if not hasattr(self, "classes"):
-            self.window_count = self.count
-            self.classes, self.window_labels, self.window_classes = Counter(), deque(maxlen=self.window), Counter()
+    def to_data(self) -> dict[str, Any]:
+        """This evaluation as plain data; River's metric objects pickled under named fields."""
+        return {"task": self.task, "window": self.window, "count": self.count, "window_count": self.window_count,
+                "metrics": dump_object([metric for _, metric, _ in self._metrics]),
+                "rolling": dump_object([metric for _, metric, _ in self._rolling]),
+                "classes": list(self.classes.items()), "window_labels": list(self.window_labels),
+                "window_classes": list(self.window_classes.items())}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Evaluation:
+        """The evaluation `to_data` described."""
+        evaluation = cls(data["task"], data["window"])
+        evaluation.count, evaluation.window_count = data["count"], data["window_count"]
+        metrics, rolling = load_object(data["metrics"]), load_object(data["rolling"])
+        evaluation._metrics = [(name, metric, uses) for (name, _, uses), metric in zip(evaluation._metrics, metrics)]
+        evaluation._rolling = [(name, metric, uses) for (name, _, uses), metric in zip(evaluation._rolling, rolling)]
+        evaluation.classes = Counter(dict(data["classes"]))
+        evaluation.window_labels.extend(data["window_labels"])
+        evaluation.window_classes = Counter(dict(data["window_classes"]))
+        return evaluation
 
     def _track(self, y_true: Any) -> None:
         self.classes[y_true] += 1

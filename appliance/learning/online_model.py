@@ -6,16 +6,11 @@ shadow and is scored on every label, before it learns from it. The champion is t
 lineage serves. The served model is a frozen copy, so the socket server can call it from its own
 thread without a lock; it changes only by a `Decision`:
 
-* publish: the champion's learner replaces the untrained first version once it has `first_publish`
-  labels; after that, at every check (every n/100 labels while the learner has n, at most every
-  `publish_every`; or, with `publish_interval`, once that much event time has passed), when its
-  recent `gate_metric` (log loss or MAE by default), scored on the same labels as the served
-  version's, is not worse than the served version's by more than `publish_margin` (refuse otherwise);
-* promote: a challenger whose learner beat the champion's learner by more than `promote_margin`
-  over at least `promote_after` labels scored by both (learner against learner: the served copy
-  lags by up to `publish_every` labels), or one an operator names;
-* rollback: a policy promotion that then does worse than the version it replaced, scored side by
-  side on the same labels for `rollback_after` labels (or an operator's rollback).
+* publish: the champion's learner, on the schedule and past the gate of `publication`;
+* promote: a challenger whose learner beat the champion's (`candidates.winning_challenger`), or one
+  an operator names;
+* rollback: a policy promotion that then does worse on probation (`candidates.Probation`) than the
+  version it replaced or the replaced champion's live learner (or an operator's rollback).
 
 Every version gets a number never reused; `catalog` keeps every version's metadata (the models
 themselves live in the store's registry), `history` the versions that served, in order.
@@ -24,27 +19,26 @@ themselves live in the store's registry), `history` the versions that served, in
 from __future__ import annotations
 
 import copy
-import itertools
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from appliance.config.file import CHAMPION, ModelConfig
 from appliance.config.lifecycle import Lifecycle
-from appliance.config.model_spec import build_model
-from appliance.learning.candidates import Candidate, Probation
-from appliance.learning.metrics import GATE, Evaluation, better_by, bigger_is_better, not_worse
-
-# Published and Decision lived here; checkpoints pickled before they moved name them by this module.
+from appliance.learning.candidates import Candidate, Probation, backfill, warm_started, winning_challenger
+from appliance.learning.metrics import Evaluation
+from appliance.learning.publication import gate, labels_between_checks
+from appliance.learning.shadow import Shadow
 from appliance.learning.versions import Decision, Published
 
-YOUNG = 100  # while the learner has n labels, checks come every n/YOUNG labels (it changes most early)
+if TYPE_CHECKING:
+    from appliance.engine.label_join import Pending
+
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
-PROBATION = "@probation"  # the shadow score of the version a policy promotion replaced
-BACKFILL = "@backfill"  # suffix: (champion, its learner's score) made when a challenger scored a pending event late
 
 
 class OnlineModel:
@@ -55,11 +49,9 @@ class OnlineModel:
         self.lifecycle = lifecycle or Lifecycle()
         self.task = config.task
         window = config.metric_window
-        self.candidates: dict[str, Candidate] = {
-            CHAMPION: Candidate(CHAMPION, spec, build_model(spec, config.task), config.task, window)}
+        self.candidates: dict[str, Candidate] = {CHAMPION: Candidate.untrained(CHAMPION, spec, config.task, window)}
         for challenger in config.challengers:
-            self.candidates[challenger.name] = Candidate(
-                challenger.name, challenger.spec, build_model(challenger.spec, config.task), config.task, window)
+            self.candidates[challenger.name] = Candidate.untrained(challenger.name, challenger.spec, config.task, window)
         self.champion = CHAMPION
         self.served_eval = Evaluation(config.task, window)
         # (x as JSON, y): warm starts replay these. Encoded, 10,000 examples are 10,000 objects to keep
@@ -82,10 +74,31 @@ class OnlineModel:
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
         self.history.append(self.served.version)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["recent"] = {}  # the registry in the store has them; a checkpoint stays small
-        return state
+    _SCALARS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
+                 "rollbacks", "retrains", "paused", "last_version", "champion")
+
+    def to_data(self) -> dict[str, Any]:
+        """The state as plain data (`snapshot`); config and lifecycle come from the config at restore.
+
+        The recently published versions are left out: the registry in the store has them.
+        """
+        return {**{name: getattr(self, name) for name in self._SCALARS},
+                "candidates": [candidate.to_data() for candidate in self.candidates.values()],
+                "served_eval": self.served_eval.to_data(), "served": self.served.to_data(),
+                "examples": [list(example) for example in self.examples],
+                "probation": None if self.probation is None else self.probation.to_data(),
+                "catalog": self.catalog, "history": self.history}
+
+    def load_data(self, data: dict[str, Any]) -> None:
+        """Take the state `to_data` described (then `reconcile` applies the config)."""
+        for name in self._SCALARS:
+            setattr(self, name, data[name])
+        self.candidates = {c["name"]: Candidate.from_data(c) for c in data["candidates"]}
+        self.served_eval = Evaluation.from_data(data["served_eval"])
+        self.served = Published.from_data(data["served"])
+        self.examples = deque(((x, y) for x, y in data["examples"]), maxlen=self.lifecycle.warm_start)
+        self.probation = None if data["probation"] is None else Probation.from_data(data["probation"])
+        self.catalog, self.history, self.recent = data["catalog"], data["history"], {}
 
     # -- the champion's learner ------------------------------------------------------------
     @property
@@ -108,27 +121,27 @@ class OnlineModel:
         value = model.predict_one(x)
         return 0.0 if value is None else float(value)
 
-    def shadow(self, x: dict) -> dict[str, Any]:
-        """Every candidate's prediction for `x` (and the probation predecessor's), by name."""
+    def shadow(self, x: dict) -> Shadow:
+        """Every candidate's prediction for `x` (and the probation predecessor's)."""
         scores = {name: self.predict(candidate.model, x) for name, candidate in self.candidates.items()}
-        if self.probation is not None:
-            scores[PROBATION] = self.predict(self.probation.predecessor.model, x)
-        return scores
+        if self.probation is None:
+            return Shadow(scores)
+        return Shadow(scores, self.predict(self.probation.predecessor.model, x))
 
-    def learn(self, x: dict, y: Any, shadow: Any, y_served: Any, event_ts: float) -> list[Decision]:
+    def learn(self, x: dict, y: Any, shadow: Shadow, y_served: Any, event_ts: float) -> list[Decision]:
         """Score every candidate on this label, let them learn it, and decide what serves next."""
-        if not isinstance(shadow, dict) or (shadow and not isinstance(next(iter(shadow)), str)):
-            shadow = {CHAMPION: shadow}  # pending from an earlier release: the learner's prediction alone
         self.served_eval.update(y, y_served)
-        y_champion = shadow.get(self.champion)
+        scores, late = shadow.scores, shadow.late
+        y_champion = scores.get(self.champion)
         for name, candidate in self.candidates.items():
-            prediction = shadow.get(name)
+            prediction = scores.get(name)
             if prediction is None:
                 pass
-            elif name + BACKFILL in shadow:  # a late prediction: judged only against the champion's, made then too
-                if shadow[name + BACKFILL][0] == self.champion:
+            elif late is not None and name in late:  # judged only against the champion's, made late too
+                champion, champion_score = late[name]
+                if champion == self.champion:
                     candidate.duel.update(y, prediction)
-                    candidate.duel_champion.update(y, shadow[name + BACKFILL][1])
+                    candidate.duel_champion.update(y, champion_score)
             else:
                 candidate.evaluation.update(y, prediction)
                 if name != self.champion and y_champion is not None:
@@ -141,9 +154,9 @@ class OnlineModel:
             self.examples.append((orjson.dumps(x), y))
         self.n_learned += 1
         decisions = []
-        if self.probation is not None and PROBATION in shadow:
+        if self.probation is not None and shadow.probation is not None:
             trial = self.probation
-            trial.update(y, y_served, shadow[PROBATION], shadow.get(trial.promoted), shadow.get(trial.champion))
+            trial.update(y, y_served, shadow.probation, scores.get(trial.promoted), scores.get(trial.champion))
             decisions += self._judge_probation(event_ts)
             if any(d.switched for d in decisions):
                 self.labels_since_check = 0  # the next check compares with the restored version
@@ -161,16 +174,8 @@ class OnlineModel:
         if self._untrained_serves():  # the untrained first version gives way as soon as the learner has learned
             return self.candidates[self.champion].n_learned >= self.config.first_publish
         interval = self.config.publish_interval
-        return self.labels_since_check >= self.check_due() or (
+        return self.labels_since_check >= labels_between_checks(self.config, self.n_learned) or (
             interval is not None and event_ts - self.last_check_ts >= interval)
-
-    @property
-    def gate_metric(self) -> str:
-        return self.config.gate_metric or GATE[self.task]
-
-    def check_due(self) -> int:
-        """Labels between two checks: n/YOUNG while the learner has n labels, at most `publish_every`."""
-        return max(self.config.first_publish, min(self.config.publish_every, self.n_learned // YOUNG))
 
     def _untrained_serves(self) -> bool:
         return self.served.parent is None and self.served.n_learned == 0 and self.served.candidate == CHAMPION
@@ -178,7 +183,8 @@ class OnlineModel:
     def check(self, event_ts: float | None) -> list[Decision]:
         """The scheduled check: promote a challenger that wins, else publish the champion's learner."""
         if self.lifecycle.auto_promote and self.probation is None:
-            winner = self._winning_challenger()
+            winner = winning_challenger(self.candidates.values(), self.champion, self.lifecycle.promote_after,
+                                        self.lifecycle.promote_margin)
             if winner is not None:
                 candidate, reason = winner
                 return [self.promote_candidate(candidate.name, event_ts, reason, by_policy=True)]
@@ -186,49 +192,18 @@ class OnlineModel:
             return []  # a frozen champion (an offline model) has no learner to publish
         return [self.try_publish(event_ts)]
 
-    def _winning_challenger(self) -> tuple[Candidate, str] | None:
-        life, best = self.lifecycle, None
-        for candidate in self.candidates.values():
-            if candidate.name == self.champion or candidate.duel.window_count < life.promote_after:
-                continue
-            mine, theirs = candidate.duel.window_primary(), candidate.duel_champion.window_primary()
-            if not better_by(mine, theirs, life.promote_margin, candidate.duel.bigger_is_better):
-                continue
-            if best is None or better_by(mine, best[1], 0.0, candidate.duel.bigger_is_better):
-                best = (candidate, mine, theirs)
-        if best is None:
-            return None
-        candidate, mine, theirs = best
-        primary = candidate.duel.primary
-        return candidate, (f"{candidate.name} beat the champion {self.champion} on the last "
-                           f"{min(candidate.duel.window_count, candidate.duel.window)} labels scored by both: "
-                           f"{primary} {mine:.4f} vs {theirs:.4f} (margin {life.promote_margin})")
-
     def try_publish(self, event_ts: float | None) -> Decision:
-        """Publish the champion's learner if its recent gate metric is not worse than the served model's.
-
-        Both are scored on the same recent labels (the served figure over whichever versions served
-        them). The untrained first version gives way without a comparison once the learner has
-        `first_publish` labels.
-        """
+        """Publish the champion's learner if it passes the gate (`publication.gate`); the untrained
+        first version gives way without a comparison once the learner has `first_publish` labels."""
         if self._untrained_serves():
             reason = f"first version: the learner has {self.candidates[self.champion].n_learned} labels"
-            published = self.publish_now(event_ts)
-            return Decision("publish", published.version, reason, published, True)
-        metric = self.gate_metric
-        ok = not_worse(self.learner_eval.window_value(metric), self.served_eval.window_value(metric),
-                       self.config.publish_margin, bigger_is_better(self.task, metric))
-        if not ok:
-            self.refusals += 1
-            return Decision("refuse", None, self.gate_reason())
+        else:
+            ok, reason = gate(self.config, self.learner_eval, self.served_eval, self.n_learned)
+            if not ok:
+                self.refusals += 1
+                return Decision("refuse", None, reason)
         published = self.publish_now(event_ts)
-        return Decision("publish", published.version, self.gate_reason(), published, True)
-
-    def gate_reason(self) -> str:
-        metric = self.gate_metric
-        learner, served = self.learner_eval.window_value(metric), self.served_eval.window_value(metric)
-        return (f"recent {metric}: learner {_fmt(learner)} vs served {_fmt(served)} "
-                f"(margin {self.config.publish_margin}) after {self.n_learned} labels")
+        return Decision("publish", published.version, reason, published, True)
 
     def publish_now(self, event_ts: float | None) -> Published:
         """Freeze the champion's learner as a new version and serve it, with no gate."""
@@ -257,14 +232,8 @@ class OnlineModel:
         return Decision("promote", published.version, reason, new_version, True)
 
     def _judge_probation(self, event_ts: float) -> list[Decision]:
-        """After `rollback_after` labels: keep the promotion, or roll back if it lost to either baseline.
-
-        It loses if what serves did worse than the version it replaced, or if the promoted learner did
-        worse than the replaced champion's live learner (which would have been published meanwhile).
-        A rollback returns to the replaced champion's lineage: the version it replaced when that one
-        scored at least as well as the live learner on the probation's labels (exactly that version
-        serves again), otherwise a new version of the live learner.
-        """
+        """After `rollback_after` labels: keep the promotion, or roll back if it lost to either baseline
+        (`Probation.verdict`): to the version it replaced, or to a new version of the live learner."""
         trial, life = self.probation, self.lifecycle
         if trial.current.window_count < life.rollback_after or self.paused:
             return []
@@ -293,12 +262,12 @@ class OnlineModel:
 
     # -- challengers -----------------------------------------------------------------------
     def start_challenger(self, reason: str, since_change: int | None = None) -> Decision | None:
-        """A fresh model (`challenger_spec`, or the champion's), warm-started on what came after the change.
+        """A fresh model (`challenger_spec`, or the champion's), warm-started on the kept examples.
 
-        `since_change` is the detector's estimate of how many labels arrived since the change (ADWIN's
-        window after its cut); the challenger learns the last that many of the last `warm_start`
-        labelled examples, and none without an estimate: examples of the old concept would only teach
-        it what the champion already knows (`warm_start_from = "last"`: all of them, as before).
+        By default (`warm_start_from = "last"`) it learns all of the last `warm_start` labelled
+        examples; with "change" only the last `since_change` of them, the detector's estimate of how
+        many labels arrived since the change (ADWIN's window after its cut), and none without an
+        estimate (docs/lifecycle.md measures both on River's drifting streams).
         Returns None while the previous fresh challenger has not yet been scored on enough labels to
         be judged (a burst of alerts starts one challenger).
         """
@@ -308,11 +277,9 @@ class OnlineModel:
             return None
         champion = self.candidates[self.champion]
         spec = life.challenger_spec or (champion.spec if champion.learns else self.candidates.get(CHAMPION, champion).spec)
-        model = build_model(spec, self.task)
         everything = life.warm_start_from == "last"
         warm = len(self.examples) if everything else min(len(self.examples), max(0, since_change or 0))
-        for x, y in itertools.islice(self.examples, len(self.examples) - warm, None):
-            model.learn_one(orjson.loads(x) if isinstance(x, bytes) else x, y)  # a dict: an earlier release's
+        model = warm_started(spec, self.task, self.examples, warm)
         self.retrains += 1
         name = f"retrain-{self.retrains}"
         candidate = Candidate(name, spec, model, self.task, self.config.metric_window, origin=reason)
@@ -325,30 +292,14 @@ class OnlineModel:
         self.candidates[name] = candidate
         start = (f"warm-started on the last {warm} labelled examples" + ("" if everything else " (since the estimated change)")
                  if warm else "untrained (no estimate of the change)" if since_change is None else "untrained")
-        return Decision("challenger", None, f"{name} started ({spec}), {start}, after {reason}{decisions_note}")
+        return Decision("challenger", None, f"{name} started ({spec}), {start}, after {reason}{decisions_note}",
+                        candidate=name)
 
-    def backfill(self, name: str, pending: Any) -> int:
-        """Let a new challenger score the predictions still waiting for their labels, now.
-
-        A challenger started at time T would otherwise be judged only on events it scored itself,
-        whose labels arrive up to a label horizon later. Scoring the waiting ones at T is fair only
-        against the champion's learner scoring them at T too (both know the labels that arrived
-        before T, neither knows these); so both scores are stored, these labels count only in the
-        challenger's duel, and never in its prequential metrics. Returns how many were scored.
-        """
-        candidate = self.candidates[name]
+    def backfill(self, name: str, pending: Iterable[Pending]) -> int:
+        """Let new challenger `name` score the predictions still waiting for their labels, now
+        (`candidates.backfill`); returns how many it scored."""
         champion = self.candidates[self.champion]
-        count = 0
-        for waiting in pending:
-            scored = waiting.unpack()
-            shadow = scored.shadow
-            if not isinstance(shadow, dict) or name in shadow:
-                continue
-            shadow[name] = self.predict(candidate.model, scored.x)
-            shadow[name + BACKFILL] = (self.champion, self.predict(champion.model, scored.x))
-            waiting.repack(scored)
-            count += 1
-        return count
+        return backfill(self.candidates[name], self.champion, champion.model, pending, self.predict)
 
     def add_challenger(self, published: Published) -> Decision:
         """Put a registered version up as a challenger: a River model learns on, an offline one does not."""
@@ -360,7 +311,7 @@ class OnlineModel:
         candidate.n_learned = published.n_learned
         self.candidates[name] = candidate
         what = "learns on from there" if learns else "is scored but does not learn"
-        return Decision("challenger", published.version, f"{name} put up as a challenger; it {what}")
+        return Decision("challenger", published.version, f"{name} put up as a challenger; it {what}", candidate=name)
 
     def retire(self, name: str, reason: str) -> Decision:
         """Drop a challenger (never the champion)."""
@@ -377,11 +328,10 @@ class OnlineModel:
                      if c.origin == "config" and name not in (CHAMPION, self.champion) and name not in wanted]
         for challenger in config.challengers:
             if challenger.name not in self.candidates:
-                self.candidates[challenger.name] = Candidate(challenger.name, challenger.spec,
-                                                             build_model(challenger.spec, self.task), self.task,
-                                                             config.metric_window)
+                self.candidates[challenger.name] = Candidate.untrained(challenger.name, challenger.spec, self.task,
+                                                                       config.metric_window)
                 decisions.append(Decision("challenger", None, f"{challenger.name} added from the config "
-                                                              f"({challenger.spec}); it starts untrained"))
+                                          f"({challenger.spec}); it starts untrained", candidate=challenger.name))
         return decisions
 
     # -- serving ---------------------------------------------------------------------------
@@ -398,6 +348,18 @@ class OnlineModel:
             self.served_eval.reset_window()
             for candidate in self.candidates.values():
                 candidate.reset_duel()
+
+    def switch_to(self, published: Published) -> None:
+        """An operator's promote or rollback: serve `published`, make its lineage the champion if it
+        still competes, and end any probation (the operator judged)."""
+        self.serve(published)
+        if published.candidate in self.candidates:
+            self.champion = published.candidate
+        self.probation = None
+
+    def set_publishing(self, *, paused: bool) -> None:
+        """Pause or resume automatic publication (promotion and rollback by policy wait with it)."""
+        self.paused = paused
 
     def previous(self) -> int | None:
         """The version that served before the current one (what a rollback returns to)."""
@@ -433,26 +395,3 @@ class OnlineModel:
         return published
 
 
-def upgrade(model: OnlineModel) -> None:
-    """Give a model restored from an earlier release's checkpoint the fields it lacked."""
-    state = model.__dict__
-    if "candidates" not in state:
-        champion = Candidate(CHAMPION, state.pop("spec"), state.pop("learner"), model.task, model.config.metric_window)
-        champion.evaluation = state.pop("learner_eval")
-        champion.n_learned = model.n_learned
-        model.candidates, model.champion = {CHAMPION: champion}, CHAMPION
-        model.lifecycle, model.examples, model.probation = Lifecycle(), deque(maxlen=Lifecycle().warm_start), None
-        model.promotions = model.rollbacks = model.retrains = 0
-    state.setdefault("last_check_ts", None)
-    for candidate in model.candidates.values():
-        candidate.evaluation.upgrade()
-    model.served_eval.upgrade()
-    if "catalog" not in state:
-        model.paused, model.recent = False, {}
-        model.last_version = model.served.version
-        model.catalog = {model.served.version: model.served.describe()}
-        model.history = [model.served.version]
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

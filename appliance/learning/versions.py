@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.config.file import CHAMPION
+from appliance.storage.snapshot import dump_object, load_object
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,15 @@ class Published:
                 "event_ts": self.event_ts, "wall_ts": self.wall_ts, "metrics": self.metrics,
                 "candidate": self.candidate}
 
+    def to_data(self) -> dict[str, Any]:
+        """The version as plain data: its metadata and its model pickled on its own."""
+        return {**self.describe(), "model": dump_object(self.model)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Published:
+        """The version `to_data` described."""
+        return cls(**{**data, "model": load_object(data["model"])})
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -43,3 +53,4 @@ class Decision:
     reason: str
     new_version: Published | None = None  # a version to write to the registry
     switched: bool = False  # whether the served version changed
+    candidate: str | None = None  # the challenger a "challenger" decision started or put up

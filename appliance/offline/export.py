@@ -7,6 +7,8 @@ event-time schedule; attribute tables switch versions at the event sequence numb
 logged. Each event with a learned label (joined, immediate, early or defaulted)
 yields one row. Because the code path is the engine's own, the rows equal the feature vectors the
 engine logged at prediction time; `tests/features/test_feature_properties.py` checks that on random streams.
+Label rates (`[features] label_rates`) are state moved by labels, not events: their values are the
+ones logged when the event was scored.
 
 The replay starts from the oldest retained event: with retention on, rows whose windows reach back
 before the retained history miss that part of it.
@@ -25,9 +27,10 @@ import orjson
 from appliance.config.file import Config
 from appliance.errors import ConfigError
 from appliance.features import attributes
+from appliance.features.label_rates import feature_names as label_rate_names
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
-from appliance.storage.rows import decode_payload, read_shapes
+from appliance.storage.rows import decode_payload, decode_vector, read_names, read_shapes
 from appliance.storage.store import open_db
 
 LEARNED = ("joined", "immediate", "early", "defaulted")
@@ -45,9 +48,11 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     switches = [s for s in attributes.switches(db) if s[1] in specs]
     sweep_ticks: dict[str, int] = {}
     watermark = -math.inf
+    rates = label_rate_names(config.features.categorical) if config.features.label_rates else []
     labels = {row[0]: row[1] for row in db.execute(
         f"SELECT event_id, label FROM labels WHERE status IN ({', '.join('?' * len(LEARNED))})", LEARNED)}
     read_shapes(db.conn)
+    names = read_names(db.conn) if rates else {}
     cursor = db.execute("SELECT seq, event_id, ts, ingested, payload FROM events ORDER BY seq")
     while True:
         batch = cursor.fetchmany(5000)
@@ -59,7 +64,8 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
                 space.set_attributes(attributes.read_version(db, specs[name], version))
             values = parse_event(decode_payload(payload), config.event, config.model.task).values
             if event_id in labels and (start is None or ts >= start) and (end is None or ts < end):
-                x = space.compute(values, ts, store)
+                # label rates are state moved by labels, not events: the values logged when it was scored
+                x = space.compute(values, ts, store, _logged(db, event_id, rates, names) if rates else None)
                 yield {"event_id": event_id, "ts": ts, "label": labels[event_id], **x}
             if ingested:
                 space.update(values, ts, store)
@@ -67,6 +73,12 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
                 watermark = ts
                 space.sweep(store, watermark, sweep_ticks)
     db.conn.close()
+
+
+def _logged(db: Any, event_id: str, wanted: list[str], names: dict[int, tuple[str, ...]]) -> dict[str, float]:
+    row = db.execute("SELECT features FROM predictions WHERE event_id = ?", [event_id]).fetchone()
+    logged = decode_vector(row[0], names) if row and row[0] else {}
+    return {name: logged[name] for name in wanted if name in logged}
 
 
 def write_training_set(rows: Iterator[dict[str, Any]], out: str, names: list[str], fmt: str | None = None) -> int:

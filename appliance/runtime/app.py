@@ -31,19 +31,25 @@ from appliance.ingest.readers import read_source, resolve_source
 from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
+from appliance.storage.disk import DiskGauge, default_max_bytes
 from appliance.storage.entity_history import index_entity_keys
 from appliance.storage.ownership import StoreLock, make_private
+from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
 from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from appliance.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(config: Config) -> str:
-    """Return a digest of what entity state and models depend on: schema, features, model."""
+def fingerprint(config: Config, format_version: int = FORMAT_VERSION, rows_format: int = ROWS_FORMAT) -> str:
+    """Return a digest of what entity state and models depend on: schema, features, model, on-disk format."""
     text = repr((config.event, config.features, config.model.task, config.model.spec))
+    text += f" format {format_version}"  # a store written in another on-disk format is refused, not misread
+    text += f" rows {rows_format}"  # and one whose logged rows (and waiting predictions) are in another layout
     if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
         text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
+    if config.features.label_rates:
+        text += "+label_rates"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -116,6 +122,7 @@ class Appliance:
         self.error: BaseException | None = None
         self.resumed = False
         self.imported: list[int] = []  # versions registered at start from staged imports
+        self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
         try:
@@ -127,7 +134,9 @@ class Appliance:
                     make_private(path)
             self.source = resolve_source(config.source) if options.read_source else None
             self.engine = self._restore_engine()
-            self.writer = StoreWriter(config.db, retention=config.retention.as_dict())
+            self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
+                                      max_bytes=config.retention.max_bytes or default_max_bytes(config.db))
+            self.disk.sample()
         except BaseException:
             self.lock.release()
             raise
@@ -150,7 +159,13 @@ class Appliance:
                 return None
             return Outage("dataflow", "the dataflow has stopped; see the appliance's log")
 
-        for check in (store, order_log, flow):
+        gauge = self.disk
+
+        def disk() -> Outage | None:  # asked per write: one attribute read
+            reason = gauge.refusing
+            return None if reason is None else Outage("disk", reason, "disk_low")
+
+        for check in (store, order_log, flow, disk):
             availability.watch(check)
         return availability
 
@@ -181,8 +196,8 @@ class Appliance:
             if saved is not None:
                 if saved["fingerprint"] != fingerprint(self.config):
                     raise ConfigError(
-                        f'the store "{self.config.db}" was built with other features, another model or '
-                        "an earlier release's categorical hash; "
+                        f'the store "{self.config.db}" was built with other features, another model, '
+                        "another categorical hash or another on-disk format; "
                         "start with --fresh or use another --db"
                     )
                 engine.restore(saved["engine"], load_entities(db), load_pending(db))
@@ -191,7 +206,7 @@ class Appliance:
             index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)
             engine.attach_attributes(db)
-            self.imported = engine.import_models(db)
+            self.imported = engine.commands.import_models(db)
         finally:
             db.conn.close()
         return engine
@@ -232,6 +247,7 @@ class Appliance:
                               watch_source=lambda: service.stats({}))
         service.server_stats = server.stats
         service.store_stats = self.writer.stats
+        service.disk_stats = self.disk.stats
         server.start()
         self.server, self.inbox, self.service = server, inbox, service
         if self.options.metrics_port is not None:
@@ -292,6 +308,7 @@ class Appliance:
 
     def _check_stages(self) -> None:
         """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
+        self.disk.sample()
         if self.server is not None:
             self.inbox.verify()
         if self.stop_event.is_set() and self.writer.failure is not None:

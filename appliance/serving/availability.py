@@ -30,6 +30,7 @@ class Outage(NamedTuple):
 
     stage: str
     reason: str
+    code: str = "unavailable"  # the error code a refused write gets (`disk_low` for the disk stage)
 
 
 class Availability:
@@ -62,7 +63,8 @@ class Availability:
         """Raise `unavailable` (nothing is written) while a stage is down."""
         found = self.outage()
         if found is not None:
-            raise RequestError("unavailable", f"not accepting writes: {found.stage} is down ({found.reason}); "
+            state = "low" if found.code == "disk_low" else "down"
+            raise RequestError(found.code, f"not accepting writes: {found.stage} is {state} ({found.reason}); "
                                               "nothing was written; reads still work")
 
 

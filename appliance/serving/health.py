@@ -2,10 +2,11 @@
 and `appliance stats` show at a glance.
 
 Stages, in the order an event meets them: ingest -> features -> predict -> labels -> learn, and
-the store they all write to. Each gets a state and the figure behind it:
+the store they all write to and its disk (`storage.disk`'s thresholds). Each gets a state and the figure behind it:
 
 - `down`: the stage cannot work (the dataflow has stopped; the store cannot be written, e.g. the
-  disk is full; the inbox was truncated or deleted under the running appliance): writes are refused;
+  disk is full; the inbox was truncated or deleted under the running appliance; the disk's free
+  space is under the disk stage's reserve): writes are refused;
 - `behind`: work is queueing (the flow is more than `BEHIND_BYTES` behind the socket inbox, or
   the store writer's row queue is nearly full);
 - `warn`: it works, with a problem an operator should look at (the reason says which);
@@ -101,4 +102,16 @@ def stage_health(stats: dict[str, Any], flow_alive: bool) -> list[dict[str, Any]
                                    "the disk or the CPU is the bottleneck")
         else:
             add("store", "ok", f"{store.get('rows_written', 0):,} rows written, {queued:,} queued")
+    disk = stats.get("disk")
+    if isinstance(disk, dict) and disk:
+        free, size = disk["disk_free"], disk["store_bytes"]
+        until = disk.get("seconds_until_full")
+        full = "not growing" if until is None else f"full in {until / 3600:,.1f} h at this rate"
+        detail = f"store {size / 1e6:,.1f} MB, {free / 1e6:,.1f} MB free on its disk, {full}"
+        if disk["state"] == "refusing":
+            add("disk", "down", f"{detail}; writes refused (disk_low) under {disk['refuse_below'] / 1e6:,.1f} MB free")
+        elif disk["state"] == "low":
+            add("disk", "warn", f"{detail}; writes are refused under {disk['refuse_below'] / 1e6:,.1f} MB free")
+        else:
+            add("disk", "ok", detail)
     return stages

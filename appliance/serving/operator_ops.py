@@ -10,15 +10,25 @@ engine's stats snapshot and its recent audit rows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from appliance.engine.control import (
+    COMMANDS,
+    Challenge,
+    Command,
+    ImportModels,
+    Promote,
+    Publishing,
+    RefreshAttributes,
+    Retire,
+    Rollback,
+    to_record,
+)
 from appliance.engine.core import Engine
 from appliance.errors import RequestError
 from appliance.ingest.inbox import Inbox
+from appliance.serving.board import StatsBoard
 from appliance.timeutil import format_timestamp
-
-if TYPE_CHECKING:
-    from appliance.serving.board import StatsBoard
 
 
 def limit_of(request: dict, default: int, high: int | None = None) -> int:
@@ -39,17 +49,21 @@ class OperatorOps:
         self.board = board
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
-        return {"refresh_attributes": self.refresh_attributes, "models": self.models, "promote": self.promote,
-                "rollback": self.rollback, "publishing": self.publishing, "import_models": self.import_models,
-                "challenge": self.challenge, "retire": self.retire, "alerts": self.alerts, "audit": self.audit,
-                "data": self.data, "curve": self.curve}
+        """The views, and one op per command of `commands.COMMANDS`, named as the command is."""
+        views = {"models": self.models, "alerts": self.alerts, "audit": self.audit, "data": self.data,
+                 "curve": self.curve}
+        return {**views, **{name: getattr(self, name) for name in COMMANDS}}
+
+    def _queue(self, command: Command) -> None:
+        """Append the command's control record to the inbox: the engine applies it between two events."""
+        self.inbox.append([to_record(command)])
 
     def import_models(self, request: dict) -> dict:
         """Have the engine register the models `appliance models import` staged in the store.
 
         Only a signal: the model bytes never travel over the socket.
         """
-        self.inbox.append([{"control": "import"}])
+        self._queue(ImportModels(actor=self._actor(request)))
         return {"queued": True}
 
     # -- the model registry ----------------------------------------------------------------
@@ -75,8 +89,7 @@ class OperatorOps:
             self._check_version(version)
         if challenger is not None:
             self._check_challenger(challenger)
-        self.inbox.append([{"control": "promote", "version": version, "challenger": challenger,
-                            "actor": self._actor(request)}])
+        self._queue(Promote(version=version, challenger=challenger, actor=self._actor(request)))
         target = version if version is not None else challenger if challenger is not None else "learner"
         return {"queued": True, "action": "promote", "version": target}
 
@@ -86,14 +99,14 @@ class OperatorOps:
         self._check_version(version)
         if f"v{version}" in self.engine.model.candidates:
             raise RequestError("conflict", f"v{version} is already a candidate")
-        self.inbox.append([{"control": "challenge", "version": version, "actor": self._actor(request)}])
+        self._queue(Challenge(version=version, actor=self._actor(request)))
         return {"queued": True, "action": "challenge", "challenger": f"v{version}"}
 
     def retire(self, request: dict) -> dict:
         """Drop a challenger by name."""
         name = request.get("challenger")
         self._check_challenger(name)
-        self.inbox.append([{"control": "retire", "challenger": name, "actor": self._actor(request)}])
+        self._queue(Retire(challenger=name, actor=self._actor(request)))
         return {"queued": True, "action": "retire", "challenger": name}
 
     def alerts(self, request: dict) -> dict:
@@ -125,7 +138,7 @@ class OperatorOps:
             if version is None:
                 raise RequestError("nothing_to_roll_back", f"v{model.served.version} is the only version that has served")
         self._check_version(version)
-        self.inbox.append([{"control": "rollback", "version": version, "actor": self._actor(request)}])
+        self._queue(Rollback(version=version, actor=self._actor(request)))
         return {"queued": True, "action": "rollback", "version": version}
 
     def publishing(self, request: dict) -> dict:
@@ -133,7 +146,7 @@ class OperatorOps:
         paused = request.get("paused")
         if not isinstance(paused, bool):
             raise RequestError("bad_request", 'publishing needs "paused": true or false')
-        self.inbox.append([{"control": "pause" if paused else "resume", "actor": self._actor(request)}])
+        self._queue(Publishing(paused=paused, actor=self._actor(request)))
         return {"queued": True, "publishing": "paused" if paused else "automatic"}
 
     def _check_version(self, version: Any) -> None:
@@ -151,9 +164,8 @@ class OperatorOps:
         """Have the engine switch to the newest stored attribute tables, in order with the stream."""
         if not self.engine.config.features.attributes:
             raise RequestError("bad_request", "the config declares no [[features.attributes]] tables")
-        self.inbox.append([{"control": "attributes"}])
+        self._queue(RefreshAttributes(actor=self._actor(request)))
         return {"queued": True}
-
 
     def data(self, request: dict) -> dict:
         """Per-field data quality: missing values, unseen categories, drift of the monitored

@@ -73,21 +73,32 @@ def _only_metrics(app: Callable) -> Callable:
     return only_metrics
 
 
+# (metric, type, help, the stats section it is read from (None: the top level), its key there)
+_SNAPSHOT = (
+    ("pending_labels", "gauge", "predictions waiting for their label", None, "pending_labels"),
+    ("early_labels", "gauge", "labels waiting for their event", None, "early_labels"),
+    ("label_join_rate", "gauge", "share of resolved predictions whose label arrived", None, "label_join_rate"),
+    ("uptime_seconds", "gauge", "seconds since the appliance started", None, "uptime_seconds"),
+    ("inbox_lag_bytes", "gauge", "bytes the flow is behind the socket's inbox", None, "inbox_lag_bytes"),
+    ("store_queued_rows", "gauge", "rows waiting for the store writer", "store", "queued_rows"),
+    ("store_rows_written_total", "counter", "rows the store writer wrote since start", "store", "rows_written"),
+    ("store_max_bytes", "gauge", "the store's byte bound ([retention] max_bytes)", "store", "max_bytes"),
+    ("store_used_bytes", "gauge", "bytes of the store's pages in use at the last checkpoint", "store", "used_bytes"),
+    ("store_bytes", "gauge", "bytes of the store file and its WAL", "disk", "store_bytes"),
+    ("store_growth_bytes_per_second", "gauge", "growth of the store over the last minute", "disk",
+     "growth_bytes_per_s"),
+    ("disk_free_bytes", "gauge", "free bytes on the store's disk", "disk", "disk_free"),
+    ("disk_seconds_until_full", "gauge", "free bytes / the store's growth (absent: not growing)", "disk",
+     "seconds_until_full"),
+)
+
+
 def families(stats: dict[str, Any]) -> Iterator[Metric]:
     """The metric families of one stats snapshot, in the order of the `stats` reply."""
     for name, value in (stats.get("counts") or {}).items():
         yield from _one(f"{name}_total", "counter", f"{name.replace('_', ' ')} since the store was created", value)
-    yield from _one("pending_labels", "gauge", "predictions waiting for their label", stats.get("pending_labels"))
-    yield from _one("early_labels", "gauge", "labels waiting for their event", stats.get("early_labels"))
-    yield from _one("label_join_rate", "gauge", "share of resolved predictions whose label arrived",
-                    stats.get("label_join_rate"))
-    yield from _one("uptime_seconds", "gauge", "seconds since the appliance started", stats.get("uptime_seconds"))
-    yield from _one("inbox_lag_bytes", "gauge", "bytes the flow is behind the socket's inbox",
-                    stats.get("inbox_lag_bytes"))
-    store = stats.get("store") or {}
-    yield from _one("store_queued_rows", "gauge", "rows waiting for the store writer", store.get("queued_rows"))
-    yield from _one("store_rows_written_total", "counter", "rows the store writer wrote since start",
-                    store.get("rows_written"))
+    for name, kind, text, section, key in _SNAPSHOT:
+        yield from _one(name, kind, text, (stats.get(section) or {}).get(key) if section else stats.get(key))
     for key, value in (stats.get("rates") or {}).items():
         yield from _one(key, "gauge", key.replace("_", " "), value)
     entities = stats.get("entities")

@@ -33,11 +33,7 @@ from typing import Any
 import orjson
 
 from appliance.errors import ConfigError
-from appliance.serving.access import (
-    AUTH_TIMEOUT,
-    FailedAuthBudget,
-    check_token,
-)
+from appliance.serving.access import AUTH_TIMEOUT, FailedAuthBudget, check_token
 from appliance.serving.connection import Connection
 from appliance.serving.protocol import Protocol, Session
 

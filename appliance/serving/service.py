@@ -45,6 +45,7 @@ class Service:
         self.board = board
         self.server_stats = server_stats
         self.store_stats: Callable[[], dict] | None = None
+        self.disk_stats: Callable[[], dict] | None = None  # the store's size, growth, disk free (storage.disk)
         self.schema = engine.config.event
         self.task = engine.task
         self.started = time.time()
@@ -228,6 +229,8 @@ class Service:
             stats["server"] = self.server_stats()
         if self.store_stats is not None:
             stats["store"] = self.store_stats()
+        if self.disk_stats is not None:
+            stats["disk"] = self.disk_stats()
         stats["predict_latency"] = self.predict_latency.quantiles()
         stats["predictions_unlogged"] = self.unlogged
         stats["entity_keys"] = list(self.engine.space.layouts)
@@ -242,8 +245,10 @@ class Service:
         """Return whether the appliance is serving and its flow is alive."""
         alive = self.flow_alive()
         outage = self.outage()
-        status = "down" if outage is not None else "ok" if alive else "degraded"
-        return {"status": status, "flow_alive": alive, "version": __version__,
+        disk = self.disk_stats() if self.disk_stats is not None else {}
+        low = disk.get("state") == "low"
+        status = "down" if outage is not None else "ok" if alive and not low else "degraded"
+        return {"status": status, "flow_alive": alive, "version": __version__, "disk": disk,
                 "outage": None if outage is None else outage._asdict(), "accepting_writes": outage is None,
                 "model_version": self.engine.model.served.name, "pid": os.getpid(),
                 "started_at": format_timestamp(self.started),

@@ -84,7 +84,7 @@ def stage_import(db: sqlite_utils.Database, path: str, task: str, *, now: float)
     The operator names the file; it is unpickled here, on this machine, to check that it is a model
     for this task, and the engine loads it from the store (never from the socket).
     """
-    import pickle
+    from appliance.storage.snapshot import load_object
 
     try:
         with zipfile.ZipFile(path) as archive:
@@ -94,7 +94,7 @@ def stage_import(db: sqlite_utils.Database, path: str, task: str, *, now: float)
         raise ConfigError(f'"{path}" is not a model exported by `appliance models export`: {exc}') from None
     if meta.get("format") != EXPORT_FORMAT or not isinstance(meta.get("spec"), str):
         raise ConfigError(f'"{path}" has format {meta.get("format")!r}; expected {EXPORT_FORMAT!r}')
-    model = pickle.loads(blob)  # noqa: S301 - a file the operator named on the command line
+    model = load_object(blob)  # a file the operator named on the command line
     needed = "predict_proba_one" if task == "classification" else "predict_one"
     learns = callable(getattr(model, "learn_one", None)) or getattr(model, "frozen", False)
     if not callable(getattr(model, needed, None)) or not learns:
@@ -107,7 +107,7 @@ def stage_import(db: sqlite_utils.Database, path: str, task: str, *, now: float)
 
 def stage_model(db: sqlite_utils.Database, model: Any, meta: dict[str, Any], path: str, *, now: float) -> None:
     """Stage a model built on this machine (an offline ONNX model) for the engine to register."""
-    import pickle
+    from appliance.storage.snapshot import dump_object
 
     db["model_imports"].insert({"path": str(path), "meta": orjson.dumps(meta).decode(),
-                                "model": pickle.dumps(model, protocol=5), "wall_ts": now})
+                                "model": dump_object(model), "wall_ts": now})

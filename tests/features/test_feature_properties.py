@@ -14,11 +14,12 @@ import random
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from appliance.config.file import config_from_dict
 from appliance.engine.core import Engine
+from appliance.engine.items import EventItem, LabelItem
 from appliance.errors import ConfigError
 from appliance.ingest.events import Event, parse_event
 from appliance.offline.export import training_set
@@ -93,9 +94,9 @@ def to_items(config, stream):
         ingest = not raw.pop("_score_only", False)
         parsed = parse_event(raw, config.event, config.model.task)
         if isinstance(parsed, Event):
-            items.append(("event", "test", offset, parsed, None, ingest))
+            items.append(EventItem("test", offset, parsed, None, ingest))
         else:
-            items.append(("label", "test", offset, parsed))
+            items.append(LabelItem("test", offset, parsed))
     return items
 
 
@@ -215,6 +216,12 @@ def store_dir(tmp_path_factory):
 @settings(max_examples=25, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(stream=streams())
+@example(stream=[  # a scored-only event far ahead must not move the export's event time (it never moves the engine's)
+    {"type": "payment", "event_id": "e0", "ts": 1_767_225_600.0, "user": "u0", "card": "c0", "amount": 10.0, "city": "a"},
+    {"type": "payment", "event_id": "e1", "ts": 1_767_229_600.0, "user": "u1", "card": "c1", "amount": 5.0, "city": "b",
+     "_score_only": True},
+    {"type": "payment", "event_id": "e2", "ts": 1_767_225_630.0, "user": "u0", "card": "c0", "amount": 20.0, "city": "a"},
+    {"type": "label", "event_id": "e2", "ts": 1_767_225_631.0, "label": 1}])
 def test_exported_training_set_equals_the_vectors_logged_at_prediction_time(stream, store_dir):
     config = config_from_dict(CONFIG)
     db_path = store_dir / f"export-{abs(hash(orjson.dumps(stream)))}.db"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from appliance.engine.items import DeadItem
 from appliance.ingest.order_log import OrderLog
 
 
 def items(source, offsets):
-    return [("event", source, offset) for offset in offsets]
+    return [DeadItem(source, offset, "{}", "") for offset in offsets]
 
 
 def test_a_restart_repeats_the_recorded_interleaving_then_goes_on_in_arrival_order(tmp_path):

@@ -81,19 +81,26 @@ def test_keys_come_from_recurrence_not_names(tmp_path):
     assert re.search(r"#\s+courier\s+key: an integer code", text)
 
 
-def test_high_cardinality_fields_are_kept_as_keys_and_buckets_follow_the_widest_category(tmp_path):
+def test_high_cardinality_keys_are_also_hashed_and_buckets_follow_the_widest_one_hot(tmp_path):
     rng = random.Random(2)
     rows = orders(n=30_000, shops=150, seed=2)
     for row in rows:
         row["device"] = f"d{int(rng.paretovariate(0.8)) % 5000}"  # thousands of values, recurring
-    _, config = init(tmp_path, rows)
-    assert "device" in config["event"]["keys"]
-    assert "device" not in config["features"]["categorical"]  # too many values to one-hot
+        row["session"] = f"s{rng.randrange(10_000)}"  # ~9,500 values seen about three times each
+    text, config = init(tmp_path, rows)
+    assert {"device", "session"} <= set(config["event"]["keys"])
+    assert "device" in config["features"]["categorical"]  # a weight and a label rate per device
+    assert "session" not in config["features"]["categorical"]  # more than 8,192 values: most would share a bucket
     assert "shop" in config["event"]["keys"] and "shop" in config["features"]["categorical"]
-    distinct = len({row["shop"] for row in rows})
-    assert config["features"]["hash_buckets"] == min(1024, 2 ** math.ceil(math.log2(10 * distinct)))
-    _, small = init(tmp_path / "small", orders(n=3000, shops=12, seed=4))
-    assert small["features"]["hash_buckets"] == 2 ** math.ceil(math.log2(10 * 12))
+    devices = len({row["device"] for row in rows})
+    assert config["features"]["hash_buckets"] == min(4096, 2 ** math.ceil(math.log2(10 * devices))) == 4096
+    report = re.search(r"# values expected to share a bucket with another: (.*) \(", text).group(1)
+    shares = dict(item.rsplit(" ", 1) for item in report.split(", "))
+    assert shares["channel"] == "0%" and shares["device"] == f"{1 - (1 - 1 / 4096) ** (devices - 1):.0%}"
+    few = orders(n=3000, shops=12, seed=4)
+    _, small = init(tmp_path / "small", few)
+    widest = max(len({row[name] for row in few}) for name in small["features"]["categorical"])
+    assert small["features"]["hash_buckets"] == 2 ** math.ceil(math.log2(10 * widest)) < 4096
 
 
 def count_windows(config: dict, key: str) -> list[float]:
@@ -287,7 +294,8 @@ def test_past_six_keys_the_rest_are_one_hot_or_left_out_and_the_config_loads(tmp
 
 def test_aggregates_stay_within_the_budget_dropping_burst_distincts_then_middle_counts_first():
     from appliance.init.guess import Guess, Windows
-    from appliance.init.profile import FieldProfile, Layout, StreamProfile
+    from appliance.init.layout import Layout
+    from appliance.init.profile import FieldProfile, StreamProfile
     from appliance.init.render import MAX_AGGREGATES, plan_aggregates
 
     keys = [f"k{i}" for i in range(6)]

@@ -7,7 +7,9 @@ import orjson
 import pytest
 
 from appliance.config.model_spec import DEFAULT_MODELS, build_model
+from appliance.engine.control import Challenge, Promote, Retire
 from appliance.engine.core import Engine
+from appliance.engine.items import ControlItem
 from appliance.errors import ConfigError
 from tests.conftest import (
     FROZEN,
@@ -71,7 +73,7 @@ def test_manual_promotion_policy_leaves_the_winner_waiting():
     engine = Engine(config)
     run(engine, items(config, flip_stream(400, change=10_000)))
     assert engine.model.champion == "main"
-    engine.process(("control", "inbox", None, {"control": "promote", "challenger": "good", "actor": "ops"}))
+    engine.process(ControlItem("inbox", None, Promote(challenger="good", actor="ops")))
     rows = engine.take_rows()
     assert engine.model.champion == "good" and rows["audit"][-1]["actor"] == "ops"
     assert rows["models"][-1]["candidate"] == "good"
@@ -141,7 +143,8 @@ def test_drift_starts_a_challenger_warm_started_on_the_examples_since_the_estima
     change = 1500
     stream = flip_stream(3000, change=change)
     config = config_with({"spec": LEARNER}, {"on_concept_drift": "challenger", "warm_start": 300,
-                                              "alert_cooldown": "1h", "promote_after": 300})
+                                              "warm_start_from": "change", "alert_cooldown": "1h",
+                                              "promote_after": 300})
     engine = Engine(config)
     parsed = items(config, stream)
     started_at = None
@@ -171,13 +174,13 @@ def test_operator_puts_a_registered_version_up_as_a_challenger_and_retires_it(sm
     stream = items(small_config, flip_stream(300, change=10_000))
     run(engine, stream[:200])
     version = engine.model.served.version
-    engine.process(("control", "inbox", None, {"control": "challenge", "version": version}))
+    engine.process(ControlItem("inbox", None, Challenge(version)))
     assert f"v{version}" in engine.model.candidates
     run(engine, stream[200:])
     challenger = engine.model.candidates[f"v{version}"]
     assert challenger.evaluation.count > 0 and challenger.learns
-    engine.process(("control", "inbox", None, {"control": "retire", "challenger": f"v{version}"}))
-    engine.process(("control", "inbox", None, {"control": "retire", "challenger": "main"}))
+    engine.process(ControlItem("inbox", None, Retire(f"v{version}")))
+    engine.process(ControlItem("inbox", None, Retire("main")))
     rows = engine.take_rows()
     assert f"v{version}" not in engine.model.candidates and "main" in engine.model.candidates
     assert [row["action"] for row in rows["audit"]][-2:] == ["retire", "refuse"]

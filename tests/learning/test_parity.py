@@ -60,3 +60,18 @@ def test_a_challenger_in_shadow_equals_its_own_progressive_val_score(tmp_path):
     assert appliance.engine.model.candidates["tree"].evaluation.metric("roc_auc").get() == expected.get()
     champion = evaluate.progressive_val_score(datasets.Phishing(), parse_model(SPEC), metrics.ROCAUC())
     assert appliance.engine.model.learner_eval.metric("roc_auc").get() == champion.get() != expected.get()
+
+
+def test_default_regression_pipeline_equals_the_same_pipeline_built_by_hand_in_river(tmp_path):
+    from river import datasets, linear_model, optim, preprocessing
+
+    from appliance.learning.scaling import ScaleNumeric
+
+    config = resolve_config(None, "river:TrumpApproval", db=str(tmp_path / "d.db"))
+    assert config.model.spec is None  # the default spec
+    appliance = Appliance(config, RunOptions(serve=False))
+    appliance.run()
+    by_hand = ScaleNumeric(clip=3.0) | preprocessing.TargetStandardScaler(
+        regressor=linear_model.LinearRegression(loss=optim.losses.Huber(epsilon=1.35)))
+    expected = evaluate.progressive_val_score(datasets.TrumpApproval(), by_hand, metrics.MAE())
+    assert appliance.engine.model.learner_eval.metric("mae").get() == expected.get()

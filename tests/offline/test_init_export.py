@@ -29,6 +29,7 @@ def test_init_reads_a_csv_and_writes_a_config_that_replays_and_exports(tmp_path,
     assert config.event.numeric == ("amount",) and config.event.categorical == ("city",)
     assert config.model.task == "classification"
     assert len(config.features.aggregates) >= 10
+    assert config.features.label_rates  # moved by labels: the export below must give the logged values
 
     result = runner.invoke(main, ["replay", "--config", "appliance.toml", "--json"])
     assert result.exit_code == 0, result.output
@@ -51,6 +52,7 @@ def test_init_reads_a_csv_and_writes_a_config_that_replays_and_exports(tmp_path,
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")
         assert row == decode_vector(logged[event_id], names)
+    assert sum("city_label_rate" in row for row in exported) > len(exported) / 2
 
     result = runner.invoke(main, ["export", "training-set", "--out", "train.csv", "--from", "2026-01-01T06:00:00Z",
                                   "--to", "2026-01-01T12:00:00Z", "--config", "appliance.toml"])

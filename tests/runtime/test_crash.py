@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import shutil
 import signal
@@ -21,7 +20,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from appliance.features.entity_codec import decode_state
 from appliance.serving.client import Client
+from appliance.storage.snapshot import load_object, unpack, unpack_checkpoint
 from tests.conftest import Running, make_stream, wait_for, write_config
 
 N_EVENTS = 9000
@@ -136,9 +137,21 @@ def _model(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in ("published_at",)}
 
 
-# Pickled columns: compared by the state they hold, not byte for byte (pickle's memo and framing
-# depend on object identity, which a restore from a checkpoint does not reproduce).
-PICKLED = {("models", "model"), ("entity_state", "state"), ("pending_labels", "packed")}
+# Encoded columns: compared by the state they hold, not byte for byte (pickle's memo and framing,
+# inside a stored model, depend on object identity, which a restore from a checkpoint does not reproduce).
+DECODE = {("models", "model"): load_object, ("entity_state", "state"): decode_state,
+          ("pending_labels", "packed"): unpack}
+
+
+def loaded(data):
+    """A checkpoint's plain fields with each River object pickled in it loaded (see DECODE)."""
+    if isinstance(data, dict):
+        return {k: loaded(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [loaded(v) for v in data]
+    if isinstance(data, bytes) and data.startswith(b"\x80\x05"):
+        return load_object(data)
+    return data
 
 
 def tables(db_path) -> dict[str, list]:
@@ -148,12 +161,12 @@ def tables(db_path) -> dict[str, list]:
         for table in EXACTLY_ONCE:
             columns = [row[1] for row in conn.execute(f"PRAGMA table_info([{table}])") if row[1] not in WALL_CLOCK]
             names = ", ".join(f"[{c}]" for c in columns)
-            rows = [tuple(canonical(pickle.loads(value)) if (table, column) in PICKLED else value
+            rows = [tuple(canonical(DECODE[table, column](value)) if (table, column) in DECODE else value
                           for column, value in zip(columns, row))
                     for row in conn.execute(f"SELECT {names} FROM [{table}]")]
             out[table] = sorted(rows, key=repr)
         [(offsets, engine)] = conn.execute("SELECT offsets, engine FROM checkpoint").fetchall()
-        out["checkpoint"] = [json.loads(offsets), canonical(pickle.loads(engine))]
+        out["checkpoint"] = [json.loads(offsets), canonical(loaded(unpack_checkpoint(engine)))]
         return out
     finally:
         conn.close()

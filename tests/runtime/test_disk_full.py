@@ -37,11 +37,15 @@ def small_disk():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def start(directory: Path) -> Running:
+def start(directory: Path, disk_stage: bool = False) -> Running:
+    """`appliance up` on `directory`; without `disk_stage` (`disk_reserve = 0`), a filling disk reaches
+    the last line of defence, the store writer's retries, as these tests mean it to."""
     source = directory / "events.jsonl"
     if not source.exists():
         source.write_text("\n".join(json.dumps(e) for e in make_stream(50)) + "\n")
-    write_config(directory, source)
+    config = write_config(directory, source)
+    if not disk_stage:
+        config.write_text(config.read_text() + "\n[retention]\ndisk_reserve = 0\n")
     return Running(directory)
 
 
@@ -190,3 +194,60 @@ def test_a_store_file_deleted_while_running_is_reported_and_writes_refused(short
         code, _out, err = app.stop()
     assert code == 0, err
     assert "deleted or replaced" in err
+
+
+def next_disk_sample(client: Client) -> dict:
+    """The disk stage's first reading taken after this call (the runtime samples every 0.2 s)."""
+    seen = client.request("stats")["disk"]["samples"]
+    wait_for(lambda: client.request("stats")["disk"]["samples"] > seen + 1)
+    return client.request("stats")["disk"]
+
+
+def test_the_disk_stage_warns_then_refuses_with_disk_low_before_the_disk_is_full_and_recovers(small_disk):
+    app = start(small_disk, disk_stage=True)
+    try:
+        with Client(app.socket, timeout=30) as client:
+            wait_for(lambda: client.request("stats")["counts"]["events"] >= 50)
+            disk = next_disk_sample(client)
+            assert disk["state"] == "ok" and disk["store_bytes"] > 0 and disk["disk_total"] <= 8 << 20
+            assert client.request("health")["status"] == "ok"
+            filler = fill(small_disk, leave=(disk["warn_below"] + disk["refuse_below"]) // 2)
+            disk = next_disk_sample(client)
+            assert disk["state"] == "low", disk
+            health = client.request("health")
+            assert health["status"] == "degraded" and health["accepting_writes"] is True
+            stages = {s["stage"]: s["state"] for s in client.request("stats")["stages"]}
+            assert stages["disk"] == "warn"
+            acknowledged: list[str] = []
+            for batch in range(400):  # each write waits for the next reading: no burst outruns the reserve
+                ids = [f"l{batch}-{i}" for i in range(20)]
+                events = [{**EVENT, "event_id": eid, "ts": 1_767_300_000 + batch, "pad": "x" * 400} for eid in ids]
+                try:
+                    client.request("ingest", events=events)
+                except RequestError as exc:
+                    assert exc.code == "disk_low", exc
+                    break
+                acknowledged.extend(ids)
+                next_disk_sample(client)
+            else:
+                raise AssertionError("the disk stage never refused")
+            assert acknowledged
+            health = client.request("health")
+            assert health["status"] == "down" and health["outage"]["stage"] == "disk"
+            assert health["outage"]["code"] == "disk_low"
+            with pytest.raises(RequestError) as refused:
+                client.request("label", event_id=acknowledged[0], label=1)
+            assert refused.value.code == "disk_low"
+            assert client.request("predict", event=EVENT, ingest=False)["logged"] is False  # reads still work
+            # Refused before the disk was full: everything acknowledged is committed, the store never failed.
+            wait_for(lambda: set(acknowledged) <= stored_ids(small_disk / "a.db"), timeout=60)
+            store = client.request("stats")["store"]
+            assert store["failure"] is None and store["write_failures"] == 0, store
+            filler.unlink()  # space returns: writes are accepted again
+            wait_for(lambda: client.request("health")["status"] == "ok", timeout=60)
+            assert client.request("ingest", events=[{**EVENT, "event_id": "after"}])["accepted"] == 1
+            wait_for(lambda: "after" in stored_ids(small_disk / "a.db"), timeout=60)
+    finally:
+        code, out, err = app.stop()
+    assert code == 0, err
+    assert "stopped cleanly" in out

@@ -86,7 +86,7 @@ def test_curve_tracks_every_candidate_and_stats_carry_stage_health_and_latency(s
     config = config_in(short_dir)
     with serving(config), Client(config.socket) as client:
         stats = client.request("stats")
-        assert [s["state"] for s in stats["stages"]] == ["idle"] * 5 + ["ok"]  # the store: ready
+        assert [s["state"] for s in stats["stages"]] == ["idle"] * 5 + ["ok", "ok"]  # the store and its disk: ready
         feed(client, make_stream(1500))
         curve = client.request("curve")
         assert curve["metric"] == "roc_auc_window" and len(curve["points"]) >= 3
@@ -98,7 +98,7 @@ def test_curve_tracks_every_candidate_and_stats_carry_stage_health_and_latency(s
         stats = client.request("stats")
         assert stats["predict_latency"]["samples"] == 7 and stats["predict_latency"]["p50_us"] > 0
         assert {s["stage"]: s["state"] for s in stats["stages"]} == {
-            "ingest": "ok", "features": "ok", "predict": "ok", "labels": "ok", "learn": "ok", "store": "ok"}
+            "ingest": "ok", "features": "ok", "predict": "ok", "labels": "ok", "learn": "ok", "store": "ok", "disk": "ok"}
         assert stats["store"]["rows_written"] > 0 and stats["store"]["queued_rows"] <= stats["store"]["max_rows"]
         assert "curve" not in stats  # too long for every poll: the curve op's alone
     # the dataflow stopped: ingest is down, and says so
@@ -106,7 +106,7 @@ def test_curve_tracks_every_candidate_and_stats_carry_stage_health_and_latency(s
     assert stage_health(stats, flow_alive=False)[0]["state"] == "down"
     # the store writer's queue nearly full: the store is behind, and says so
     full = {**stats, "store": {**stats["store"], "queued_rows": 45_000, "max_rows": 50_000}}
-    assert stage_health(full, flow_alive=True)[-1]["state"] == "behind"
+    assert {s["stage"]: s["state"] for s in stage_health(full, flow_alive=True)}["store"] == "behind"
 
 
 def test_stats_watch_streams_pushed_updates_to_the_cli(short_dir):

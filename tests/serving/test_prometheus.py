@@ -61,6 +61,9 @@ def test_metrics_endpoint_and_stats_prometheus_agree_with_stats(running):
     scraped = samples(body)
     assert scraped[("appliance_events_total", ())] >= stats["counts"]["events"] == 600
     assert ("appliance_pending_labels", ()) in scraped
+    assert scraped[("appliance_store_max_bytes", ())] == stats["store"]["max_bytes"] >= 256 << 20  # "auto"
+    assert scraped[("appliance_store_bytes", ())] > 0 and scraped[("appliance_disk_free_bytes", ())] > 0
+    assert ("appliance_store_growth_bytes_per_second", ()) in scraped
     candidates = {dict(labels)["candidate"] for name, labels in scraped if name == "appliance_candidate_labels_scored"}
     assert candidates == {"main", "tree"}
     with pytest.raises(urllib.error.HTTPError) as missing:

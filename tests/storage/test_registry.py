@@ -14,7 +14,7 @@ from appliance.config.file import config_from_dict
 from appliance.errors import RequestError
 from appliance.serving.client import Client
 from appliance.storage.store import open_db
-from tests.conftest import SMALL_CONFIG, feed, make_stream, serving
+from tests.conftest import SMALL_CONFIG, feed, make_stream, serving, wait_for
 
 # A payment on entities the stream never uses: its features depend on its own fields only, so the
 # same request gives the same vector at any time, and its score depends on the served version alone.
@@ -70,9 +70,13 @@ def test_rollback_restores_a_version_exactly_and_pauses_publication(running, sho
     state = client.request("models")
     assert state["served"] == state["total_versions"] and state["versions"][-1]["parent"] == early["served"]
 
-    appliance.writer.flush()
-    db = open_db(config.db)
-    actions = [(row["action"], row["version"], row["actor"]) for row in db.query("SELECT * FROM audit ORDER BY id")]
+    def stored_actions():
+        appliance.writer.flush()  # what the engine has handed over; the promote's row may be a batch behind
+        rows = open_db(config.db).query("SELECT * FROM audit ORDER BY id")
+        return [(row["action"], row["version"], row["actor"]) for row in rows]
+
+    actions = wait_for(lambda: (found := stored_actions())[-1][0] == "promote" and found,
+                       explain=stored_actions)
     assert actions[0] == ("serve", 1, "appliance")
     assert ("rollback", early["served"], "operator") in actions and ("pause", None, "operator") in actions
     assert ("resume", None, "operator") in actions and actions[-1] == ("promote", state["served"], "operator")

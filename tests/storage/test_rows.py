@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from appliance.errors import ConfigError
 from appliance.storage.rows import JSON, PACKED, UnknownNames, VectorCodec, decode_vector, names_version, read_names
-from appliance.storage.store import ROWS_FORMAT, open_db
+from appliance.storage.snapshot import ROWS_FORMAT
+from appliance.storage.store import open_db
 
 NAMES = [f"f{i}" for i in range(40)] + ["city#07", "amount", "card_rides_1h"]
 CODEC = VectorCodec(NAMES)

@@ -41,7 +41,7 @@ def settled(view: str, *keys: str):
         await pilot.press(*keys)
         for _ in range(500):
             await pilot.pause(0.02)
-            if app.polls >= 3 and app._painted.get(view) is not None and app.link.state == "connected":
+            if app.polls >= 3 and app.views[view].shown is not None and app.link.state == "connected":
                 break
         else:
             raise AssertionError(f"the {view} view never painted")

@@ -71,9 +71,10 @@ def test_console_shows_live_data_acts_and_survives_a_restart(short_dir):
                 # it comes back (same store, resumed): the console reconnects and notices the restart
                 again, again_thread = start(config)
                 try:
-                    await until(pilot, lambda: app.link.state == "connected" and app.link.restarts == 1,
-                                "reconnected to the restarted appliance")
-                    assert "restarted 1x" in text_of(app, "#state")
+                    # the link reconnects inside a poll; the state line is written when that poll ends
+                    await until(pilot, lambda: app.link.state == "connected" and app.link.restarts == 1
+                                and "restarted 1x" in text_of(app, "#state"), "reconnected to the restarted appliance")
+                    assert " connected " in text_of(app, "#state")
                 finally:
                     again.stop()
                     again_thread.join(60)
@@ -129,11 +130,11 @@ def test_every_view_shows_live_data_from_the_appliance(short_dir):
                 board.focus()
                 board.move_cursor(row=1)
                 await pilot.press("enter")
-                assert app.focus_candidate == "tree"
+                assert app.views["models"].focus_candidate == "tree"
 
                 # entities: look up a card, see its features and its newest predictions with labels
                 await pilot.press("3")
-                await until(pilot, lambda: app._keys == ["card", "user"], "the entity keys are known")
+                await until(pilot, lambda: app.views["entities"].keys == ["card", "user"], "the entity keys are known")
                 app.query_one("#entity-key").value = "card"
                 app.query_one("#entity-id").focus()
                 await pilot.press("c", "3", "enter")

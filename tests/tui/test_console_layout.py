@@ -65,7 +65,7 @@ def test_the_entities_view_shows_its_last_column_at_120(canned):
             await pilot.press("3")
             for _ in range(500):
                 await pilot.pause(0.02)
-                if app._keys:
+                if app.views["entities"].keys:
                     break
             app.query_one("#entity-key").value = "card"
             app.query_one("#entity-id").value = "c3"
@@ -73,7 +73,7 @@ def test_the_entities_view_shows_its_last_column_at_120(canned):
             await pilot.press("enter")
             for _ in range(500):
                 await pilot.pause(0.02)
-                if app.entity and app._painted.get("entities") == (app.entity,):
+                if app.snapshot.entity and app.views["entities"].shown == (app.snapshot.entity,):
                     break
             await pilot.pause()
             return screen_text(app)

@@ -44,7 +44,7 @@ def test_entities(snap_compare, canned_appliance):
         await pilot.press("3")
         for _ in range(500):
             await pilot.pause(0.02)
-            if app._keys:
+            if app.views["entities"].keys:
                 break
         app.query_one("#entity-key").value = "card"
         app.query_one("#entity-id").value = "c3"
@@ -52,11 +52,11 @@ def test_entities(snap_compare, canned_appliance):
         await pilot.press("enter")
         await settled("entities")(pilot)
         for _ in range(500):
-            if app.entity:
+            if app.snapshot.entity:
                 break
             await pilot.pause(0.02)
         app.set_focus(None)  # no blinking cursor in the picture
-        app._paint(force=True)
+        app.repaint()
         await pilot.pause()
 
     assert snap_compare(Console(canned_appliance, rate=20), terminal_size=(120, 40), run_before=run_before)

@@ -1,0 +1,129 @@
+"""The store writer's rows/s as the store grows from empty to a size (10 GB in the full run): is it still
+keeping its empty-store rate? `python -m appliance.bench.store_growth [bytes]`.
+
+The real `StoreWriter` (its thread, its batched transactions, the per-key entity index of the
+sample's keys) is handed what the engine hands it per event: an `events` row (the sample's own
+payload line, a fresh id), a `predictions` row with a feature vector of the sample's width, and a
+`labels` row for every other event, 1,000 events a batch, with a checkpoint row after each window.
+Each window (1/40 of the target size) is timed from its first batch to its flush, wall clock; the
+empty-store rate is the median of the first 3 windows, the full-store rate that of the last 3.
+No byte bound: the file grows to the target, then is deleted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from appliance.storage.disk import store_bytes
+from appliance.storage.entity_history import index_entity_keys
+from appliance.storage.store import StoreWriter, open_db
+
+BATCH_EVENTS = 1_000
+WINDOWS = 40
+FEATURES = 30  # about the sample config's feature count
+
+
+def _payloads(limit: int = 5_000) -> list[str]:
+    import sample_data
+
+    path = next(Path(sample_data.__file__).parent.glob("*.jsonl.gz"))
+    out = []
+    with gzip.open(path, "rt") as lines:
+        for line in itertools.islice(lines, limit):
+            try:
+                if isinstance(orjson.loads(line), dict):  # the sample's malformed lines are dead letters
+                    out.append(line.strip())
+            except orjson.JSONDecodeError:
+                continue
+    return out
+
+
+def _flush(writer: StoreWriter) -> None:
+    """Wait for the writer to commit everything queued; raise if it fails instead."""
+    while not writer.flush(timeout=5.0):
+        if writer.failure is not None:
+            raise RuntimeError(writer.failure)
+    if writer.failure is not None:
+        raise RuntimeError(writer.failure)
+
+
+def _batch(start: int, payloads: list[str], rng: random.Random) -> dict[str, list[dict]]:
+    events, predictions, labels = [], [], []
+    for seq in range(start, start + BATCH_EVENTS):
+        event_id, ts = f"g{seq:012d}", 1_767_225_600.0 + seq * 0.05
+        events.append({"event_id": event_id, "seq": seq, "ts": ts, "source": "bench", "offset": seq, "ingested": 0,
+                       "payload": payloads[seq % len(payloads)]})
+        features = orjson.dumps({f"f{i}": round(rng.random() * 100, 3) for i in range(FEATURES)}).decode()
+        predictions.append({"event_id": event_id, "ts": ts, "version": 1, "score": rng.random(), "predicted": 0,
+                            "learner_score": rng.random(), "origin": "flow", "features": features})
+        if seq % 2:
+            labels.append({"event_id": event_id, "ts": ts, "label": float(rng.random() < 0.05), "delay": 3600.0,
+                           "status": "joined"})
+    return {"events": events, "predictions": predictions, "labels": labels}
+
+
+def measure(target_bytes: int, workdir: str | Path | None = None, log=lambda _: None) -> dict[str, Any]:
+    """Grow a fresh store to `target_bytes`; rows/s per window, the first and the last, their ratio."""
+    import sample_data
+    from appliance.config.file import load_config
+
+    keys = tuple(load_config(sample_data.CONFIG).event.keys)
+    payloads = _payloads()
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="apl-grow-", dir=str(workdir) if workdir else "/tmp") as scratch:
+        path = Path(scratch) / "store.db"
+        db = open_db(path)
+        index_entity_keys(db.conn, keys)
+        db.conn.close()
+        writer = StoreWriter(path).start()
+        windows: list[dict[str, Any]] = []
+        seq = 0
+        try:
+            writer.put_rows(_batch(seq, payloads, rng))  # one batch to size the windows
+            _flush(writer)
+            seq += BATCH_EVENTS
+            per_batch = max(1, store_bytes(path))
+            window_batches = max(1, target_bytes // (WINDOWS * per_batch))
+            while store_bytes(path) < target_bytes:
+                rows_before = writer.rows_written
+                batches = [_batch(seq + i * BATCH_EVENTS, payloads, rng) for i in range(window_batches)]
+                started = time.perf_counter()
+                for rows in batches:
+                    writer.put_rows(rows)
+                writer.put_checkpoint("bench", {"entities": [], "offsets": {"bench": seq}, "engine": b"",
+                                                "watermark": None})
+                _flush(writer)
+                elapsed = time.perf_counter() - started
+                seq += window_batches * BATCH_EVENTS
+                size = store_bytes(path)
+                windows.append({"store_bytes": size, "rows": writer.rows_written - rows_before,
+                                "rows_per_second": round((writer.rows_written - rows_before) / elapsed, 1)})
+                log(f"store {size / 1e9:.2f} GB: {windows[-1]['rows_per_second']:,.0f} rows/s")
+        finally:
+            if writer.failure is not None:
+                writer.abandon()
+            writer.close()
+    first = statistics.median(w["rows_per_second"] for w in windows[:3])  # the store's first 3/40
+    last = statistics.median(w["rows_per_second"] for w in windows[-3:])  # its last 3/40
+    return {"target_bytes": target_bytes, "events": seq, "windows": windows,
+            "bytes_per_event": round(windows[-1]["store_bytes"] / seq, 1), "empty_rows_per_second": first,
+            "full_rows_per_second": last, "ratio": round(last / first, 3)}
+
+
+def main(target_bytes: int = 10 * 10**9) -> None:
+    figures = measure(target_bytes, log=print)
+    print(orjson.dumps({k: v for k, v in figures.items() if k != "windows"}).decode())
+
+
+if __name__ == "__main__":
+    main(int(float(sys.argv[1])) if len(sys.argv) > 1 else 10 * 10**9)

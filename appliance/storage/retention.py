@@ -1,0 +1,80 @@
+"""What history the store lets go: rows past their age (`[retention]` keep times, in event time) and,
+past the byte bound (`[retention] max_bytes`), the oldest history first.
+
+Never pruned: what a pending label still needs (its event and prediction), anything newer than the
+checkpoint's watermark, and the tables a restart reads (checkpoint, entity state, pending labels,
+models, audit). Freed pages go to SQLite's freelist and the next inserts reuse them, so the file
+stops growing at the bound instead of shrinking and growing again. The store writer runs these
+inside a checkpoint's transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+log = logging.getLogger(__name__)
+
+RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
+                     "metrics": "event_ts"}
+PRUNE_TO = 0.9  # a store past its byte bound is pruned down to this share of it (room before the next pass)
+PRUNE_STEP_ROWS = 5_000  # events (with their rows) deleted per step of a byte-bound pass
+MAX_PRUNE_STEPS = 200  # steps per pass: a pass never holds the writer long; the next checkpoint goes on
+_NOT_PENDING = " AND event_id NOT IN (SELECT event_id FROM pending_labels)"
+
+
+def prune_by_age(conn: sqlite3.Connection, retention: dict[str, float], watermark: float) -> dict[str, int]:
+    """Delete each table's rows older than its retention before `watermark`; return the counts."""
+    counts = {}
+    for table, keep in retention.items():
+        column = RETENTION_COLUMNS[table]
+        counts[table] = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (watermark - keep,)).rowcount
+    if "events" in retention:
+        prune_attribute_versions(conn)
+    return counts
+
+
+def prune_to_bytes(conn: sqlite3.Connection, max_bytes: int, watermark: float) -> tuple[int, dict[str, int]]:
+    """Delete the oldest history down to `PRUNE_TO` of `max_bytes`, in steps of `PRUNE_STEP_ROWS` events.
+
+    Returns the bytes in use after it and the rows deleted per table."""
+    counts = dict.fromkeys(RETENTION_COLUMNS, 0)
+    target = int(max_bytes * PRUNE_TO)
+    used = used_bytes(conn)
+    for _ in range(MAX_PRUNE_STEPS):
+        row = conn.execute("SELECT ts FROM events WHERE event_id NOT IN (SELECT event_id FROM pending_labels) "
+                           "ORDER BY ts LIMIT 1 OFFSET ?", (PRUNE_STEP_ROWS,)).fetchone()
+        cutoff = watermark if row is None else min(row[0], watermark)
+        deleted = 0
+        for table, column in RETENTION_COLUMNS.items():
+            keep_pending = _NOT_PENDING if table in ("events", "predictions") else ""
+            deleted_here = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?{keep_pending}", (cutoff,)).rowcount
+            counts[table] += deleted_here
+            deleted += deleted_here
+        used = used_bytes(conn)
+        if used <= target or not deleted:
+            break
+    prune_attribute_versions(conn)
+    if used > max_bytes:
+        log.warning("the store holds %s bytes, over its bound of %s: what is left is newer than the last "
+                    "checkpoint or needed by a pending label", f"{used:,}", f"{max_bytes:,}")
+    return used, counts
+
+
+def used_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the store's pages in use (the file's pages less its freelist)."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+def prune_attribute_versions(conn: sqlite3.Connection) -> None:
+    """Drop attribute versions that no retained event was scored with (export never needs them)."""
+    oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+    if oldest is None:
+        return
+    needed = conn.execute("SELECT name, max(version) FROM attribute_switches WHERE seq < ? GROUP BY name",
+                          (oldest,)).fetchall()
+    for name, version in needed:
+        conn.execute("DELETE FROM attribute_rows WHERE name = ? AND version < ?", (name, version))
+        conn.execute("DELETE FROM attribute_switches WHERE name = ? AND version < ?", (name, version))
