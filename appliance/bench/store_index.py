@@ -21,7 +21,7 @@ from appliance.storage.store import TABLES, _insert_sql, open_db
 
 def sample_rows(limit: int, keys: tuple[str, ...]) -> list[tuple]:
     columns = list(TABLES["events"][0])
-    payloads = PayloadCodec(keys)  # as the engine logs them, entity keys first
+    payloads = PayloadCodec(keys, "event_id")  # as the engine logs them, entity keys first
     import sample_data
 
     path = next(Path(sample_data.__file__).parent.glob("*.jsonl.gz"))
@@ -35,8 +35,9 @@ def sample_rows(limit: int, keys: tuple[str, ...]) -> list[tuple]:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(event, dict):
-                row = {"event_id": str(event.get("event_id", offset)), "seq": offset, "ts": float(offset),
-                       "source": "sample", "offset": offset, "ingested": 1, "payload": payloads.encode(event)}
+                event_id = str(event.get("event_id", offset))
+                row = {"event_id": event_id, "seq": offset, "ts": float(offset), "source": "sample", "offset": offset,
+                       "ingested": 1, "payload": payloads.encode(event, event_id)}
                 rows.append(tuple(row[c] for c in columns))
     return rows
 

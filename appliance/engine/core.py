@@ -63,7 +63,7 @@ class Engine:
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
         self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
-        self.payloads = PayloadCodec(tuple(self.space.layouts))  # logged payloads: keys once per shape
+        self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field)  # keys once per shape
         self.entities = self.space.new_store()
         if config.features.label_rates:
             self.space.label_rates = LabelRates(config.features.categorical, self.task)
@@ -177,7 +177,7 @@ class Engine:
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
         self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
                                     "source": source, "offset": offset, "ingested": int(ingest),
-                                    "payload": self.payloads.encode(event.raw)})
+                                    "payload": self.payloads.encode(event.raw, event.event_id)})
         if self.payloads.new_shapes:
             self.rows["payload_shapes"] += self.payloads.take_shapes()
 

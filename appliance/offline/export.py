@@ -62,7 +62,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
             while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
                 _, name, version = switches.pop(0)
                 space.set_attributes(attributes.read_version(db, specs[name], version))
-            values = parse_event(decode_payload(payload), config.event, config.model.task).values
+            values = parse_event(decode_payload(payload, event_id), config.event, config.model.task).values
             if event_id in labels and (start is None or ts >= start) and (end is None or ts < end):
                 # label rates are state moved by labels, not events: the values logged when it was scored
                 x = space.compute(values, ts, store, _logged(db, event_id, rates, names) if rates else None)

@@ -260,47 +260,60 @@ def _read_varint(blob: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+class _Shape(NamedTuple):
+    """How one payload shape is written and read back."""
+
+    version: int  # its `payload_shapes` key: a 32-bit digest of `keys`, `pinned` and `id_field`
+    order: tuple[str, ...]  # the keys whose values the array holds after the version, in that order
+    keys: tuple[str, ...]  # the payload's keys in their order
+    reads: tuple[int, ...]  # per key in `keys`: its value's index in the array, or -1 (the row's event id)
+
+
 class PayloadCodec:
     """An event's payload as a JSON array without its keys' names: the names once per shape.
 
     The text is `[shape, <pinned values>, <other values>]`: `shape` is the 32-bit digest of the
-    payload's keys in their order (its row in `payload_shapes` names them, and the pinned keys);
-    the entity keys come first at fixed positions (null when absent), so a per-key expression
-    index on `json_extract(payload, '$[i]')` finds an entity's events; the other values follow in
-    the payload's order. `decode_payload` rebuilds the same dict, keys in the same order.
+    payload's keys in their order (its row in `payload_shapes` names them, the pinned keys and
+    whether the event id is left out); the entity keys come first at fixed positions (null when
+    absent), so a per-key expression index on `json_extract(payload, '$[i]')` finds an entity's
+    events; the other values follow in the payload's order, without the event id when it is the
+    text the row's `event_id` column holds already. `decode_payload` rebuilds the same dict, keys in
+    the same order, given that event id.
 
-    >>> codec = PayloadCodec(("card",))
-    >>> text = codec.encode({"event_id": "e1", "card": "c7", "amount": 3.5})
-    >>> text.split(",", 1)[1], decode_payload(text)
-    ('"c7","e1",3.5]', {'event_id': 'e1', 'card': 'c7', 'amount': 3.5})
+    >>> codec = PayloadCodec(("card",), "event_id")
+    >>> text = codec.encode({"event_id": "e1", "card": "c7", "amount": 3.5}, "e1")
+    >>> text.split(",", 1)[1], decode_payload(text, "e1")
+    ('"c7",3.5]', {'event_id': 'e1', 'card': 'c7', 'amount': 3.5})
     """
 
-    def __init__(self, pinned: Sequence[str]) -> None:
+    def __init__(self, pinned: Sequence[str], id_field: str | None = None) -> None:
         self.pinned = tuple(pinned)
-        self._pinned = frozenset(self.pinned)
-        self._shapes: dict[tuple[str, ...], int] = {}
+        self.id_field = id_field
+        self._shapes: dict[tuple[tuple[str, ...], bool], _Shape] = {}
         self.new_shapes: list[dict[str, Any]] = []  # `payload_shapes` rows not handed to the store yet
 
-    def encode(self, raw: dict[str, Any]) -> str:
-        keys = tuple(raw)
-        shape = self._shapes.get(keys)
+    def encode(self, raw: dict[str, Any], event_id: str | None = None) -> str:
+        """The payload's text; `event_id` is the row's, left out of the text when the payload holds it."""
+        omit = event_id is not None and self.id_field is not None and raw.get(self.id_field) == event_id
+        key = (tuple(raw), omit)
+        shape = self._shapes.get(key)
         if shape is None:
-            shape = self._register(keys)
-        pinned = self._pinned
-        values = [shape, *[raw.get(key) for key in self.pinned], *[v for k, v in raw.items() if k not in pinned]]
-        return orjson.dumps(values).decode()
+            shape = self._register(*key)
+        return orjson.dumps([shape.version, *map(raw.get, shape.order)]).decode()
 
-    def _register(self, keys: tuple[str, ...]) -> int:
-        row = {"keys": list(keys), "pinned": list(self.pinned)}
+    def _register(self, keys: tuple[str, ...], omit: bool) -> _Shape:
+        id_field = self.id_field if omit else None
+        row = {"keys": list(keys), "pinned": list(self.pinned), **({"id": id_field} if omit else {})}
         text = orjson.dumps(row)
-        shape = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
-        known = _SHAPES.setdefault(shape, (keys, self.pinned))
-        if known != (keys, self.pinned):
-            raise ApplianceError(f"payload shape {shape} already names other keys")
+        version = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+        shape = _shape_of(version, keys, self.pinned, id_field)
+        known = _SHAPES.setdefault(version, shape)
+        if known != shape:
+            raise ApplianceError(f"payload shape {version} already names other keys")
         if len(self._shapes) >= _CACHE:
             self._shapes.clear()
-        self._shapes[keys] = shape
-        self.new_shapes.append({"version": shape, "keys": text.decode()})
+        self._shapes[(keys, omit)] = shape
+        self.new_shapes.append({"version": version, "keys": text.decode()})
         return shape
 
     def take_shapes(self) -> list[dict[str, Any]]:
@@ -309,23 +322,30 @@ class PayloadCodec:
         return rows
 
 
-_SHAPES: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+def _shape_of(version: int, keys: tuple[str, ...], pinned: tuple[str, ...], id_field: str | None) -> _Shape:
+    rest = tuple(key for key in keys if key not in pinned and key != id_field)
+    order = pinned + rest
+    at = {key: i + 1 for i, key in enumerate(order)}
+    return _Shape(version, order, keys, tuple(at.get(key, -1) for key in keys))
+
+
+_SHAPES: dict[int, _Shape] = {}
 
 
 def read_shapes(conn: Any) -> None:
     """Register every payload shape of a store (for `decode_payload`)."""
     for version, text in conn.execute("SELECT version, keys FROM payload_shapes"):
         row = orjson.loads(text)
-        _SHAPES.setdefault(version, (tuple(row["keys"]), tuple(row["pinned"])))
+        _SHAPES.setdefault(version, _shape_of(version, tuple(row["keys"]), tuple(row["pinned"]), row.get("id")))
 
 
-def decode_payload(text: str | bytes) -> dict[str, Any]:
-    """Return the event payload `PayloadCodec.encode` wrote (shapes from this process or `read_shapes`)."""
+def decode_payload(text: str | bytes, event_id: str | None = None) -> dict[str, Any]:
+    """Return the event payload `PayloadCodec.encode` wrote for the row of `event_id` (shapes from
+    this process or `read_shapes`)."""
     values = orjson.loads(text)
     shape = _SHAPES.get(values[0])
     if shape is None:
         raise UnknownNames(f"payload shape {values[0]} is not in the store's payload_shapes table")
-    keys, pinned = shape
-    at = {key: i + 1 for i, key in enumerate(pinned)}
-    rest = iter(values[len(pinned) + 1:])
-    return {key: values[at[key]] if key in at else next(rest) for key in keys}
+    if event_id is None and -1 in shape.reads:
+        raise ApplianceError(f"payload shape {values[0]} leaves the event id to its row: pass it")
+    return {key: values[i] if i >= 0 else event_id for key, i in zip(shape.keys, shape.reads)}

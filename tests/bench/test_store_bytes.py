@@ -24,7 +24,8 @@ def test_bytes_per_event_counts_the_history_tables_and_their_indexes_over_the_ev
     events = db.execute("SELECT count(*) FROM events").fetchone()[0]
     assert figures["events"] == events == 2000
     by_table = figures["by_table"]
-    assert figures["history_bytes_per_event"] == round(sum(by_table[t] for t in HISTORY), 1)
+    # each figure rounded to 0.1 B on its own: the sum of the rounded tables is within their rounding
+    assert abs(figures["history_bytes_per_event"] - sum(by_table[t] for t in HISTORY)) <= 0.05 * (len(HISTORY) + 1)
     assert figures["file_bytes_per_event"] >= figures["history_bytes_per_event"] > 0
     # the packed vectors: a prediction row and its indexes take less than its vector would as JSON
     names = read_names(db.conn)

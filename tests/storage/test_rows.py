@@ -107,3 +107,35 @@ def test_a_store_written_before_the_layout_was_recorded_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="layout 1 .* layout 2; start with --fresh"):
         open_db(path)
     assert sqlite3.connect(path).execute("SELECT count(*) FROM predictions").fetchone() == (1,)  # nothing lost
+
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 63) - 1),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
+KEYS = st.sampled_from(["event_id", "card", "user", "amount", "city", "ts", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(KEYS, JSON_VALUES, max_size=7), st.sampled_from([None, "e1", "", "7"]))
+def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id):
+    import orjson
+
+    from appliance.storage import rows
+    from appliance.storage.rows import PayloadCodec, decode_payload, read_shapes
+
+    codec = PayloadCodec(("card", "user"), "event_id")
+    text = codec.encode(raw, event_id)
+    decoded = decode_payload(text, event_id)
+    assert list(decoded.items()) == list(raw.items()) and orjson.dumps(decoded) == orjson.dumps(raw)
+    omitted = event_id is not None and raw.get("event_id") == event_id  # the row holds the id: not again
+    assert len(orjson.loads(text)) == 1 + 2 + len([k for k in raw if k not in ("card", "user")]) - omitted
+    conn = sqlite3.connect(":memory:")  # and a reader with only the store's shapes reads it the same way
+    conn.execute("CREATE TABLE payload_shapes (version INTEGER PRIMARY KEY, keys TEXT)")
+    conn.executemany("INSERT OR IGNORE INTO payload_shapes VALUES (:version, :keys)", codec.take_shapes())
+    saved = dict(rows._SHAPES)
+    rows._SHAPES.clear()
+    try:
+        read_shapes(conn)
+        assert decode_payload(text, event_id) == raw
+    finally:
+        rows._SHAPES.update(saved)
+    assert orjson.loads(text)[1:3] == [raw.get("card"), raw.get("user")]  # the entity keys at fixed positions
