@@ -36,7 +36,7 @@ def sample_rows(limit: int, keys: tuple[str, ...]) -> list[tuple]:
                 continue
             if isinstance(event, dict):
                 event_id = str(event.get("event_id", offset))
-                row = {"event_id": event_id, "seq": offset, "ts": float(offset), "source": "sample", "offset": offset,
+                row = {"event_id": event_id, "seq": offset, "ts": float(offset), "source": 1, "offset": offset,
                        "ingested": 1, "payload": payloads.encode(event, event_id)}
                 rows.append(tuple(row[c] for c in columns))
     return rows

@@ -39,7 +39,7 @@ from appliance.learning.online_model import OnlineModel
 from appliance.learning.report import model_summary
 from appliance.learning.versions import Decision, Published
 from appliance.storage import registry
-from appliance.storage.rows import PayloadCodec, VectorCodec, names_row
+from appliance.storage.rows import PayloadCodec, SourceIds, VectorCodec, names_row
 from appliance.storage.snapshot import pack_checkpoint, unpack_checkpoint
 from appliance.timeutil import format_timestamp
 
@@ -64,6 +64,7 @@ class Engine:
         self.space = FeatureSpace.for_config(config)
         self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
         self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field)  # keys once per shape
+        self.sources = SourceIds()  # logged events' sources: an id each, the text once
         self.entities = self.space.new_store()
         if config.features.label_rates:
             self.space.label_rates = LabelRates(config.features.categorical, self.task)
@@ -176,10 +177,12 @@ class Engine:
 
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
         self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
-                                    "source": source, "offset": offset, "ingested": int(ingest),
+                                    "source": self.sources.id_of(source), "offset": offset, "ingested": int(ingest),
                                     "payload": self.payloads.encode(event.raw, event.event_id)})
         if self.payloads.new_shapes:
             self.rows["payload_shapes"] += self.payloads.take_shapes()
+        if self.sources.new_rows:
+            self.rows["sources"] += self.sources.take_rows()
 
     def _sweep(self) -> None:
         """Evict idle entities on an event-time schedule (a function of the watermark alone)."""

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from appliance.ingest.events import Event
     from appliance.learning.online_model import OnlineModel
 
-TABLES = ("feature_names", "payload_shapes", "events", "predictions", "labels", "dead_letters", "models", "metrics",
-          "attribute_switches", "audit", "alerts")
+TABLES = ("feature_names", "payload_shapes", "sources", "events", "predictions", "labels", "dead_letters", "models",
+          "metrics", "attribute_switches", "audit", "alerts")
 
 
 def empty_rows() -> dict[str, list[dict]]:

@@ -23,7 +23,8 @@ On the sample a vector of 25 present names out of 215 takes about 125 bytes inst
 580 of JSON; zlib and zstd save little more on the packed rows (`docs/benchmarks.md`).
 
 `decode_vector` is the one reader of logged vectors: the label join's restore, the bench, the tests.
-`PayloadCodec` / `decode_payload` do the same for an event's payload (its keys once per shape).
+`PayloadCodec` / `decode_payload` do the same for an event's payload (its keys once per shape), and
+`SourceIds` for the source an event came from (its text once per source).
 """
 
 from __future__ import annotations
@@ -349,3 +350,36 @@ def decode_payload(text: str | bytes, event_id: str | None = None) -> dict[str, 
     if event_id is None and -1 in shape.reads:
         raise ApplianceError(f"payload shape {values[0]} leaves the event id to its row: pass it")
     return {key: values[i] if i >= 0 else event_id for key, i in zip(shape.keys, shape.reads)}
+
+
+class SourceIds:
+    """The events' sources as 32-bit ids: a digest of the source's text (the same id in every process,
+    no state to keep), the text once per source in the `sources` table.
+
+    >>> ids = SourceIds()
+    >>> ids.id_of("/data/events.jsonl") == SourceIds().id_of("/data/events.jsonl"), ids.take_rows()[0]["source"]
+    (True, '/data/events.jsonl')
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self.new_rows: list[dict[str, Any]] = []  # `sources` rows not handed to the store yet
+
+    def id_of(self, source: str) -> int:
+        known = self._ids.get(source)
+        if known is not None:
+            return known
+        sid = int.from_bytes(hashlib.sha256(source.encode()).digest()[:4], "little")
+        if _SOURCES.setdefault(sid, source) != source:
+            raise ApplianceError(f'sources "{_SOURCES[sid]}" and "{source}" have one id; rename one')
+        self._ids[source] = sid
+        self.new_rows.append({"id": sid, "source": source})
+        return sid
+
+    def take_rows(self) -> list[dict[str, Any]]:
+        """The sources first seen since the last call, as `sources` rows."""
+        rows, self.new_rows = self.new_rows, []
+        return rows
+
+
+_SOURCES: dict[int, str] = {}

@@ -36,12 +36,13 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_ROWS = 20_000  # rows handed to the writer and not yet written (~30 MB on the sample)
 
 TABLES: dict[str, tuple[dict[str, type], Any]] = {
-    "events": ({"event_id": str, "seq": int, "ts": float, "source": str, "offset": int, "ingested": int,
+    "events": ({"event_id": str, "seq": int, "ts": float, "source": int, "offset": int, "ingested": int,
                 "payload": str}, "event_id"),
     "predictions": ({"event_id": str, "ts": float, "version": int, "score": float, "predicted": int,
                      "learner_score": float, "origin": str, "features": bytes}, "event_id"),
     "feature_names": ({"version": int, "names": str}, "version"),  # names of the packed vectors, per version
     "payload_shapes": ({"version": int, "keys": str}, "version"),  # keys of the events' payload arrays
+    "sources": ({"id": int, "source": str}, "id"),  # the events' sources, by the id their rows hold
     "labels": ({"event_id": str, "ts": float, "label": float, "delay": float, "status": str}, "event_id"),
     "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},
                      ("source", "offset")),
