@@ -41,7 +41,6 @@ from appliance.errors import ApplianceError
 JSON, PACKED = 0, 1
 HALF, SINGLE, DOUBLE, INT = 0, 1, 2, 3
 _CODES = "efdq"  # struct codes of the kinds, in kind order
-_E, _F, _D, _Q = (struct.Struct("<" + code) for code in _CODES)
 _CACHE = 4096  # plans remembered per codec, and by the decoder
 INT_LIMIT = 1 << 63
 
@@ -101,10 +100,10 @@ class VectorCodec:
             presence = self._presence_of(keys)
             if presence is None:
                 return json_vector(x)
-        packed = [_width(value) for value in x.values()]
-        if None in packed:
+        values = tuple(x.values())
+        kinds = tuple([_kind(value) for value in values])  # small ints: no object made per value
+        if None in kinds:
             return json_vector(x)
-        kinds = tuple([width[0] for width in packed])
         plan_key = (presence, kinds)
         plan = self._plans.get(plan_key)
         if plan is None:
@@ -112,7 +111,7 @@ class VectorCodec:
             if len(self._plans) >= _CACHE:
                 self._plans.clear()
             self._plans[plan_key] = plan
-        return self._head + plan + b"".join([width[1] for width in packed])
+        return self._head + plan.head + plan.values.pack(*values)  # one call packs every width
 
     def _presence_of(self, keys: tuple[str, ...]) -> bytes | None:
         index = self.index
@@ -137,31 +136,38 @@ class VectorCodec:
         return presence
 
     @staticmethod
-    def _plan_of(presence: bytes, kinds: tuple[int, ...]) -> bytes:
+    def _plan_of(presence: bytes, kinds: tuple[int, ...]) -> _EncodePlan:
         packed = bytearray((len(kinds) + 3) // 4)
         for n, kind in enumerate(kinds):
             packed[n // 4] |= kind << (2 * (n % 4))
         plan = presence + bytes(packed)
-        return _varint(len(plan)) + plan
+        return _EncodePlan(_varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)))
 
 
-def _width(value: Any) -> tuple[int, bytes] | None:
-    """The value's kind and bytes in a width that holds it exactly; None if not a float or an int.
+class _EncodePlan(NamedTuple):
+    head: bytes  # the plan's length and the plan
+    values: struct.Struct  # the values at their widths, in the vector's order
+
+
+def _kind(value: Any) -> int | None:
+    """The value's kind: a width that holds it exactly; None if not a float or a 64-bit int.
 
     An integral float of at most 11 significant bits (every count to 2,048, and -0.0) is a half, one
     to 2**24 a single, any other float a double: a cheaper test than trying each width, and it
-    catches the values that repeat.
+    catches the values that repeat. Only the kind (a small int, never a new object): the plan's
+    `struct` packs the whole vector in one call, so an encode makes a handful of objects, not one
+    per value (in the engine's large heap each one brings the next garbage collection nearer).
     """
     cls = type(value)
     if cls is float:
         if value.is_integer():
             if -2048.0 <= value <= 2048.0:
-                return HALF, _E.pack(value)
+                return HALF
             if -16777216.0 <= value <= 16777216.0:
-                return SINGLE, _F.pack(value)
-        return DOUBLE, _D.pack(value)
+                return SINGLE
+        return DOUBLE
     if cls is int and -INT_LIMIT <= value < INT_LIMIT:
-        return INT, _Q.pack(value)
+        return INT
     return None  # bool, a big int, a string from a custom feature, None: the vector goes as JSON
 
 
