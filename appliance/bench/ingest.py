@@ -68,10 +68,12 @@ def raw_once(vectors: str, spec: str, task: str, save_model: str | None = None) 
 def logged_vectors(db: str, task: str) -> list[tuple[dict, Any]]:
     """The feature vector of each ingested event in stream order, with its label (None when it got
     none, or only a late one the appliance did not learn)."""
+    from appliance.storage.rows import decode_vector, read_names
     from appliance.storage.store import open_db
 
     conn = open_db(db).conn
     try:
+        names = read_names(conn)
         rows = conn.execute(
             "SELECT p.features, l.label, l.status FROM events e JOIN predictions p ON p.event_id = e.event_id "
             "LEFT JOIN labels l ON l.event_id = e.event_id WHERE e.ingested = 1 ORDER BY e.seq").fetchall()
@@ -80,7 +82,7 @@ def logged_vectors(db: str, task: str) -> list[tuple[dict, Any]]:
     out = []
     for features, label, status in rows:
         y = None if label is None or status == "late" else (bool(label) if task == "classification" else label)
-        out.append((orjson.loads(features), y))
+        out.append((decode_vector(features, names), y))
     return out
 
 

@@ -136,12 +136,15 @@ def offline_latency(model_path: str, db_path: str, rows: int = 5000) -> dict[str
     import numpy as np
 
     from appliance.learning.onnx_model import load_onnx_file
+    from appliance.storage.rows import decode_vector, read_names
     from appliance.storage.store import open_db
 
     model = load_onnx_file(model_path, None, None)
     db = open_db(db_path)
     try:
-        vectors = [orjson.loads(row[0]) for row in db.execute("SELECT features FROM predictions LIMIT ?", [rows])]
+        names = read_names(db)
+        logged = db.execute("SELECT features FROM predictions LIMIT ?", [rows])
+        vectors = [decode_vector(row[0], names) for row in logged]
     finally:
         db.conn.close()
     if not vectors:

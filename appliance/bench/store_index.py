@@ -15,11 +15,13 @@ from pathlib import Path
 import orjson
 
 from appliance.storage.entity_history import index_entity_keys
+from appliance.storage.rows import PayloadCodec
 from appliance.storage.store import TABLES, _insert_sql, open_db
 
 
-def sample_rows(limit: int) -> list[tuple]:
+def sample_rows(limit: int, keys: tuple[str, ...]) -> list[tuple]:
     columns = list(TABLES["events"][0])
+    payloads = PayloadCodec(keys, "event_id")  # as the engine logs them, entity keys first
     import sample_data
 
     path = next(Path(sample_data.__file__).parent.glob("*.jsonl.gz"))
@@ -33,8 +35,9 @@ def sample_rows(limit: int) -> list[tuple]:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(event, dict):
-                row = {"event_id": str(event.get("event_id", offset)), "seq": offset, "ts": float(offset),
-                       "source": "sample", "offset": offset, "ingested": 1, "payload": line.strip()}
+                event_id = str(event.get("event_id", offset))
+                row = {"event_id": event_id, "seq": offset, "ts": float(offset), "source": 1, "offset": offset,
+                       "ingested": 1, "payload": payloads.encode(event, event_id)}
                 rows.append(tuple(row[c] for c in columns))
     return rows
 
@@ -59,7 +62,7 @@ def main(events: int = 50_000, rounds: int = 3) -> None:
     from appliance.config.file import load_config
 
     keys = tuple(load_config(sample_data.CONFIG).event.keys)
-    rows = sample_rows(events)
+    rows = sample_rows(events, keys)
     plain, indexed = [], []
     for _ in range(rounds):
         plain.append(insert_seconds(rows, ()))

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from appliance.bench import ingest, lifecycle, peers, serving, store_growth
+from appliance.bench import ingest, lifecycle, peers, serving, store_bytes, store_growth
 from appliance.bench.console import console_cpu
 from appliance.bench.measure import machine
 
@@ -72,6 +72,7 @@ TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "startup": (None, "<=", 3.0),
     "recovery": (None, "<=", 5.0),
     "store_growth": ("the same writer, empty store", ">=", 0.8),
+    "store_bytes": (None, "<=", 200.0),
 }
 
 
@@ -168,6 +169,7 @@ def _ingest(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
         appliance_runs.append(ingest.replay_once(config, str(source), db))
         two_worker_runs.append(ingest.replay_once(config, str(source), db + "-w2", workers=2))
         if i == 0:
+            store = store_bytes.bytes_per_event(db)
             logged = ingest.logged_vectors(db, appliance_runs[0]["task"])
             vectors.write_bytes(pickle.dumps(logged))
         raw_runs.append(ingest.raw_once(str(vectors), appliance_runs[0]["spec"], appliance_runs[0]["task"],
@@ -181,7 +183,7 @@ def _ingest(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
             "cpu_us_per_event": [r["cpu_us_per_event"] for r in appliance_runs],
             "workers2_events_per_second": [r["events_per_second"] for r in two_worker_runs],
             "workers2_cpu_us_per_event": [r["cpu_us_per_event"] for r in two_worker_runs],
-            "model_file": str(model), "feature_vectors": [x for x, _ in logged[-REQUESTS:]]}
+            "store": store, "model_file": str(model), "feature_vectors": [x for x, _ in logged[-REQUESTS:]]}
 
 
 def _serving(plan: Plan, scratch: Path, config: str, ingested: dict[str, Any],
@@ -293,6 +295,12 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
                             f"first {ing['lines']:,} lines of the sample: {ing['events']:,} payments, "
                             f"{ing['labels_learned']:,} labels learned; medians of {len(ing['raw_events_per_second'])}"))
         out += _worker_rows(ing)
+    if "skipped" not in ing and "store" in ing:
+        store = ing["store"]
+        out.append(_compare("store bytes per logged event", "B", store["history_bytes_per_event"], None, None,
+                            "store_bytes", f"event + prediction + label rows and their indexes (SQLite page "
+                            f"accounting, dbstat) over the {store['events']:,} events of the ingest replay; "
+                            f"the whole file {store['file_bytes_per_event']:,} B/event"))
     srv = sections.get("serving", NOT_RUN)
     names = {"redis": "redis GET", "fastapi": "FastAPI+uvicorn", "echo": "asyncio echo"}
     for metric, unit, label in (("p50_us", "µs", "predict p50"), ("p99_us", "µs", "predict p99"),

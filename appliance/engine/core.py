@@ -40,6 +40,7 @@ from appliance.learning.online_model import OnlineModel
 from appliance.learning.report import model_summary
 from appliance.learning.versions import Decision, Published
 from appliance.storage import registry
+from appliance.storage.rows import PayloadCodec, SourceIds, VectorCodec, names_row
 from appliance.storage.snapshot import pack_checkpoint, unpack_checkpoint
 from appliance.timeutil import format_timestamp
 
@@ -62,6 +63,9 @@ class Engine:
         self.config = config
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
+        self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
+        self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field)  # keys once per shape
+        self.sources = SourceIds()  # logged events' sources: an id each, the text once
         self.entities = self.space.new_store()
         if config.features.label_rates:
             self.space.label_rates = LabelRates(config.features.categorical, self.task)
@@ -95,6 +99,7 @@ class Engine:
         self.on_publish = on_publish
         self.commands = EngineCommands(self)
         self.rows["models"].append(model_row(self.model.served))
+        self.rows["feature_names"].append(names_row(self.vectors))
         self.audit("serve", self.model.served.version, "the initial, untrained version", "appliance")
 
     # -- the per-item path -------------------------------------------------------------------
@@ -135,7 +140,7 @@ class Engine:
             version = model.served.version
         else:
             x, y_served, version = served.x, as_prediction(served.score, self.task), served.version
-        features = orjson.dumps(x)  # as logged, and as learned from when the label comes
+        features = self.vectors.encode(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
         self.counts["predictions"] += 1
@@ -177,8 +182,12 @@ class Engine:
 
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
         self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
-                                    "source": source, "offset": offset, "ingested": int(ingest),
-                                    "payload": orjson.dumps(event.raw).decode()})
+                                    "source": self.sources.id_of(source), "offset": offset, "ingested": int(ingest),
+                                    "payload": self.payloads.encode(event.raw, event.event_id)})
+        if self.payloads.new_shapes:
+            self.rows["payload_shapes"] += self.payloads.take_shapes()
+        if self.sources.new_rows:
+            self.rows["sources"] += self.sources.take_rows()
 
     def _sweep(self) -> None:
         """Evict idle entities on an event-time schedule (a function of the watermark alone)."""
@@ -386,6 +395,7 @@ class Engine:
                                       "allowed_lateness or windows); start with --fresh")
                 self.entities[key][entity] = state
         self.rows = empty_rows()
+        self.rows["feature_names"].append(names_row(self.vectors))
         self.apply(self.model.reconcile(self.config.model, self.config.lifecycle), "config")
 
     # -- stats -----------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-import orjson
-
 from appliance.config.file import LabelPolicy
 from appliance.learning.shadow import Shadow
+from appliance.storage.rows import decode_vector, json_vector
 from appliance.storage.snapshot import pack as pack_data
 from appliance.storage.snapshot import unpack as unpack_data
 
@@ -37,9 +36,9 @@ class Scored(NamedTuple):
 
 class Pending:
     """A scored event waiting for its label, packed into one blob: the feature vector as it was
-    logged (JSON), the shadow predictions, the served prediction and version, as the MessagePack
-    list `[features, shadow, y_served, version]` (`snapshot.pack`: plain data), and the event's key
-    values last when label means learn from its label (`[features] label_means`).
+    logged (`appliance.storage.rows`), the shadow predictions, the served prediction and version, as
+    the MessagePack list `[features, shadow, y_served, version]` (`snapshot.pack`: plain data), and the
+    event's key values last when label means learn from its label (`[features] label_means`).
 
     Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
     and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
@@ -55,19 +54,20 @@ class Pending:
 
     @classmethod
     def pack(cls, scored: Scored, features: bytes | None = None) -> Pending:
-        """Pack a prediction; `features` is its vector already encoded as JSON, if at hand."""
-        features = orjson.dumps(scored.x) if features is None else features
+        """Pack a prediction; `features` is its vector already encoded (`VectorCodec.encode`), if at hand."""
+        features = json_vector(scored.x) if features is None else features
         fields = (features, *scored.shadow.fields(), scored.y_served, scored.version)
         return cls(scored.event_id, scored.ts, pack_data(fields if scored.keys is None else (*fields, scored.keys)))
 
     def unpack(self) -> Scored:
         features, scores, probation, late, y_served, version, *keys = unpack_data(self.packed)
-        return Scored(self.event_id, self.ts, orjson.loads(features), Shadow(scores, probation, late), y_served, version,
-                      tuple(keys[0]) if keys else None)
+        return Scored(self.event_id, self.ts, decode_vector(features), Shadow(scores, probation, late), y_served,
+                      version, tuple(keys[0]) if keys else None)
 
     def repack(self, scored: Scored) -> None:
         """Replace the packed fields (a challenger's late shadow prediction was added)."""
-        self.packed = Pending.pack(scored).packed
+        features = unpack_data(self.packed)[0]  # the vector is unchanged
+        self.packed = Pending.pack(scored, features).packed
 
 
 MAX_EARLY = 100_000  # early labels held at most (the oldest is dropped past it, counted)
@@ -157,6 +157,7 @@ class LabelJoin:
         socket, which cannot know whether its event is on the way).
 
         >>> from appliance.config.file import LabelPolicy
+from appliance.storage.rows import decode_vector, json_vector
         >>> join = LabelJoin(LabelPolicy())
         >>> sum(join.hold_early(f"e{i}", 0.0, True) for i in range(MAX_EARLY + 2)), next(iter(join.early))
         (2, 'e2')

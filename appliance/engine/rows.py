@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from appliance.ingest.events import Event
     from appliance.learning.online_model import OnlineModel
 
-TABLES = ("events", "predictions", "labels", "dead_letters", "models", "metrics", "attribute_switches", "audit",
-          "alerts")
+TABLES = ("feature_names", "payload_shapes", "sources", "events", "predictions", "labels", "dead_letters", "models",
+          "metrics", "attribute_switches", "audit", "alerts")
 
 
 def empty_rows() -> dict[str, list[dict]]:
@@ -23,14 +23,15 @@ def empty_rows() -> dict[str, list[dict]]:
 
 def prediction_row(event: Event, features: bytes, y_served: Any, y_learner: Any, version: int, origin: str,
                    task: str) -> dict:
-    """A prediction as logged: the served score, the champion learner's, and the feature vector."""
+    """A prediction as logged: the served score, the champion learner's, and the feature vector
+    (packed by `appliance.storage.rows.VectorCodec`)."""
     if task == "classification":
         score, learner_score = positive_score(y_served), positive_score(y_learner)
         label = predicted_label(y_served)
     else:
         score, learner_score, label = y_served, y_learner, None
     return {"event_id": event.event_id, "ts": event.ts, "version": version, "score": score, "predicted": label,
-            "learner_score": learner_score, "origin": origin, "features": features.decode()}
+            "learner_score": learner_score, "origin": origin, "features": features}
 
 
 def label_row(event_id: str, ts: float | None, y: Any, delay: float | None, status: str) -> dict:

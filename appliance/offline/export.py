@@ -31,6 +31,7 @@ from appliance.features.label_means import feature_names as label_mean_names
 from appliance.features.label_rates import feature_names as label_rate_names
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
+from appliance.storage.rows import decode_payload, decode_vector, read_names, read_shapes
 from appliance.storage.store import open_db
 
 LEARNED = ("joined", "immediate", "early", "defaulted")
@@ -52,6 +53,8 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     rates += label_mean_names(config.event.keys) if config.features.label_means else []
     labels = {row[0]: row[1] for row in db.execute(
         f"SELECT event_id, label FROM labels WHERE status IN ({', '.join('?' * len(LEARNED))})", LEARNED)}
+    read_shapes(db.conn)
+    names = read_names(db.conn) if rates else {}
     cursor = db.execute("SELECT seq, event_id, ts, ingested, payload FROM events ORDER BY seq")
     while True:
         batch = cursor.fetchmany(5000)
@@ -61,10 +64,10 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
             while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
                 _, name, version = switches.pop(0)
                 space.set_attributes(attributes.read_version(db, specs[name], version))
-            values = parse_event(payload, config.event, config.model.task).values
+            values = parse_event(decode_payload(payload, event_id), config.event, config.model.task).values
             if event_id in labels and (start is None or ts >= start) and (end is None or ts < end):
                 # label rates are state moved by labels, not events: the values logged when it was scored
-                x = space.compute(values, ts, store, _logged(db, event_id, rates) if rates else None)
+                x = space.compute(values, ts, store, _logged(db, event_id, rates, names) if rates else None)
                 yield {"event_id": event_id, "ts": ts, "label": labels[event_id], **x}
             if ingested:
                 space.update(values, ts, store)
@@ -74,10 +77,10 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     db.conn.close()
 
 
-def _logged(db: Any, event_id: str, names: list[str]) -> dict[str, float]:
+def _logged(db: Any, event_id: str, wanted: list[str], names: dict[int, tuple[str, ...]]) -> dict[str, float]:
     row = db.execute("SELECT features FROM predictions WHERE event_id = ?", [event_id]).fetchone()
-    logged = orjson.loads(row[0]) if row and row[0] else {}
-    return {name: logged[name] for name in names if name in logged}
+    logged = decode_vector(row[0], names) if row and row[0] else {}
+    return {name: logged[name] for name in wanted if name in logged}
 
 
 def write_training_set(rows: Iterator[dict[str, Any]], out: str, names: list[str], fmt: str | None = None) -> int:

@@ -34,17 +34,18 @@ from appliance.serving.service import Service
 from appliance.storage.disk import DiskGauge, default_max_bytes
 from appliance.storage.entity_history import index_entity_keys
 from appliance.storage.ownership import StoreLock, make_private
-from appliance.storage.snapshot import FORMAT_VERSION
+from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
 from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
 from appliance.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(config: Config, format_version: int = FORMAT_VERSION) -> str:
+def fingerprint(config: Config, format_version: int = FORMAT_VERSION, rows_format: int = ROWS_FORMAT) -> str:
     """Return a digest of what entity state and models depend on: schema, features, model, on-disk format."""
     text = repr((config.event, config.features, config.model.task, config.model.spec))
     text += f" format {format_version}"  # a store written in another on-disk format is refused, not misread
+    text += f" rows {rows_format}"  # and one whose logged rows (and waiting predictions) are in another layout
     if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
         text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
     if config.features.label_rates:

@@ -1,7 +1,8 @@
 """An entity's recent predictions and their labels, read from the store for the operator.
 
-The events table keeps each event's payload as JSON; one expression index per entity key
-(`json_extract(payload, '$."<key>"')`) makes "the newest events of card c123" an index range
+The events table keeps each event's payload as a JSON array whose first values are the entity keys'
+(`appliance.storage.rows.PayloadCodec`, in the engine's key order); one expression index per
+entity key (`json_extract(payload, '$[i]')`) makes "the newest events of card c123" an index range
 scan, joined to predictions and labels by their primary key. Reads run on a read-only
 connection in WAL mode, so they never wait for the writer; they serve an operator's lookup
 (the console's entities view, `appliance entity`), never the predict path.
@@ -18,8 +19,8 @@ from appliance.timeutil import format_timestamp
 __all__ = ["index_entity_keys", "EntityHistory"]
 
 
-def _path_of(key: str) -> str:
-    return '$."' + key.replace('"', '""') + '"'
+def _path_of(keys: tuple[str, ...], key: str) -> str:
+    return f"$[{keys.index(key) + 1}]"  # after the payload's shape
 
 
 def _index_name(key: str) -> str:
@@ -29,7 +30,7 @@ def _index_name(key: str) -> str:
 def index_entity_keys(conn: sqlite3.Connection, keys: tuple[str, ...]) -> None:
     """Create (once) the expression index per entity key on the events table."""
     for key in keys:
-        path = _path_of(key).replace("'", "''")
+        path = _path_of(keys, key)
         conn.execute(f'CREATE INDEX IF NOT EXISTS "{_index_name(key)}" '
                      f"ON events(json_extract(payload, '{path}'), ts)")
     conn.commit()
@@ -42,11 +43,11 @@ class EntityHistory:
         self.db_path = db_path
         self.keys = keys
         self._conn: sqlite3.Connection | None = None
-        self._sql = {key: self._query(key) for key in keys}
+        self._sql = {key: self._query(keys, key) for key in keys}
 
     @staticmethod
-    def _query(key: str) -> str:
-        path = _path_of(key).replace("'", "''")
+    def _query(keys: tuple[str, ...], key: str) -> str:
+        path = _path_of(keys, key)
         return ("SELECT e.event_id, e.ts, e.ingested, p.score, p.version, p.origin, l.label, l.status, l.delay "
                 "FROM events e LEFT JOIN predictions p ON p.event_id = e.event_id "
                 "LEFT JOIN labels l ON l.event_id = e.event_id "

@@ -15,7 +15,8 @@ owner-only store, never from a socket. The appliance's own River extensions insi
 `appliance.ScaleNumeric` in a pipeline) are found by class name, not by module path
 (`load_object`), so moving a module does not break a stored model.
 
-The envelope carries `FORMAT_VERSION`; `runtime.fingerprint` folds it into the store's fingerprint,
+The envelope carries `FORMAT_VERSION`; `runtime.fingerprint` folds it (and `ROWS_FORMAT`, the logged
+rows' layout) into the store's fingerprint,
 so a store written in another format is refused at start with the usual "start with --fresh"
 message, and `unpack_checkpoint` refuses one that got past it. A change to any `to_data` layout, or
 to `entity_codec`'s byte layout, bumps `FORMAT_VERSION` (docs/reliability.md, "On-disk format").
@@ -34,6 +35,12 @@ import msgpack
 from appliance.errors import ConfigError
 
 FORMAT_VERSION = 2  # 2: entity states of layout version 2 (running window totals)
+# The layout of the logged rows: 1 feature vectors and payloads as JSON objects; 2 vectors packed and
+# payloads as arrays by `appliance.storage.rows`, their names once per version in `feature_names` and
+# `payload_shapes` (a waiting prediction's blob carries its packed vector too). `runtime.fingerprint`
+# folds it in with FORMAT_VERSION, and `store.open_db` records it in the store's `store_format` table
+# and refuses a store in another layout (one that has rows but no checkpoint yet, too).
+ROWS_FORMAT = 2
 KIND = "appliance-checkpoint"
 
 _local = threading.local()

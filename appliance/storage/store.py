@@ -26,19 +26,24 @@ from typing import Any
 import orjson
 import sqlite_utils
 
+from appliance.errors import ConfigError
 from appliance.storage.ownership import make_private
 from appliance.storage.registry import thin_models
 from appliance.storage.retention import RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
+from appliance.storage.snapshot import ROWS_FORMAT
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_ROWS = 20_000  # rows handed to the writer and not yet written (~30 MB on the sample)
 
 TABLES: dict[str, tuple[dict[str, type], Any]] = {
-    "events": ({"event_id": str, "seq": int, "ts": float, "source": str, "offset": int, "ingested": int,
+    "events": ({"event_id": str, "seq": int, "ts": float, "source": int, "offset": int, "ingested": int,
                 "payload": str}, "event_id"),
     "predictions": ({"event_id": str, "ts": float, "version": int, "score": float, "predicted": int,
-                     "learner_score": float, "origin": str, "features": str}, "event_id"),
+                     "learner_score": float, "origin": str, "features": bytes}, "event_id"),
+    "feature_names": ({"version": int, "names": str}, "version"),  # names of the packed vectors, per version
+    "payload_shapes": ({"version": int, "keys": str}, "version"),  # keys of the events' payload arrays
+    "sources": ({"id": int, "source": str}, "id"),  # the events' sources, by the id their rows hold
     "labels": ({"event_id": str, "ts": float, "label": float, "delay": float, "status": str}, "event_id"),
     "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},
                      ("source", "offset")),
@@ -59,6 +64,7 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
                 "evidence": str, "action": str}, "id"),
     "model_imports": ({"id": int, "path": str, "meta": str, "model": bytes, "wall_ts": float}, "id"),
     "checkpoint": ({"id": int, "fingerprint": str, "offsets": str, "engine": bytes, "wall_ts": float}, "id"),
+    "store_format": ({"part": str, "version": int}, "part"),
 }
 
 
@@ -69,6 +75,7 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     db = sqlite_utils.Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    existing = set(db.table_names())
     for name, (columns, pk) in TABLES.items():
         db[name].create(columns, pk=pk, if_not_exists=True)
         missing = {c: t for c, t in columns.items() if c not in db[name].columns_dict}
@@ -77,7 +84,24 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     db["events"].create_index(["seq"], if_not_exists=True)
     for name, column in RETENTION_COLUMNS.items():
         db[name].create_index([column], if_not_exists=True)
+    _check_rows_format(db, path, existing)
     return db
+
+
+def _check_rows_format(db: sqlite_utils.Database, path: str | Path, existing: set[str]) -> None:
+    """Record the rows' layout in a new store; refuse a store whose rows are in another one."""
+    found = db.execute("SELECT version FROM store_format WHERE part = 'rows'").fetchone()
+    if found is None:
+        old = "predictions" in existing and db.execute("SELECT 1 FROM predictions LIMIT 1").fetchone() is not None
+        if not old:  # a new store (or one that never logged a row): it takes this release's layout
+            db.execute("INSERT OR IGNORE INTO store_format (part, version) VALUES ('rows', ?)", [ROWS_FORMAT])
+            db.conn.commit()
+            return
+        found = (1,)  # rows written before the layout was recorded: feature vectors as JSON text
+    if found[0] != ROWS_FORMAT:
+        db.conn.close()
+        raise ConfigError(f'the store "{path}" keeps its rows in layout {found[0]} and this release reads and '
+                          f"writes layout {ROWS_FORMAT}; start with --fresh or use another --db")
 
 
 @contextmanager

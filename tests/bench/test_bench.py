@@ -15,7 +15,7 @@ from appliance.bench import peers, suite, wire
 
 MEASURES = ["ingest", "ingest, 2 workers", "CPU per event, 2 workers", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
             "start-up to first prediction", "serving again after kill -9", "console CPU at default rate",
-            "store writer at 0.016 GB"]
+            "store writer at 0.016 GB", "store bytes per logged event"]
 
 
 def test_bench_smoke_produces_every_row(short_dir):

@@ -29,9 +29,9 @@ def test_learning_uses_the_feature_vector_logged_at_prediction_time(small_config
     logged = {row["event_id"]: row["features"] for row in rows["predictions"]}
     joined = [row for row in rows["labels"] if row["status"] == "joined"]
     assert joined, "the stream has labels that arrive after their events"
-    import orjson
+    from appliance.storage.rows import decode_vector
 
-    by_event = {row["event_id"]: orjson.loads(logged[row["event_id"]]) for row in rows["labels"]}
+    by_event = {row["event_id"]: decode_vector(logged[row["event_id"]]) for row in rows["labels"]}
     label_order = [row["event_id"] for row in rows["labels"]]
     assert len(learned) == len(label_order)
     for (x, _), event_id in zip(learned, label_order):

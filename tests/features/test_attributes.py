@@ -15,6 +15,7 @@ from appliance.errors import ConfigError
 from appliance.offline.export import training_set
 from appliance.runtime.app import Appliance, RunOptions
 from appliance.serving.client import Client
+from appliance.storage.rows import decode_vector, read_names
 from appliance.storage.store import open_db
 from tests.conftest import SMALL_CONFIG, make_stream, serving
 
@@ -82,7 +83,8 @@ def _toml(data: dict) -> str:
 
 
 def logged(db):
-    return {row["event_id"]: orjson.loads(row["features"]) for row in db["predictions"].rows}
+    names = read_names(db.conn)
+    return {row["event_id"]: decode_vector(row["features"], names) for row in db["predictions"].rows}
 
 
 def test_attributes_and_custom_features_are_served_learned_and_exported_alike(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from appliance.engine.items import EventItem, LabelItem
 from appliance.errors import ConfigError
 from appliance.ingest.events import Event, parse_event
 from appliance.offline.export import training_set
+from appliance.storage.rows import decode_vector
 from appliance.storage.store import StoreWriter
 
 WINDOWS = {"2m": 120.0, "10m": 600.0}
@@ -186,7 +187,7 @@ def assert_served_equal_brute_force(config, stream):
     engine = Engine(config)
     for item in to_items(config, stream):
         engine.process(item)
-    logged = {row["event_id"]: orjson.loads(row["features"]) for row in engine.take_rows()["predictions"]}
+    logged = {row["event_id"]: decode_vector(row["features"]) for row in engine.take_rows()["predictions"]}
     expected = brute_force(config, stream)
     assert set(logged) == set(expected)
     for event_id, want in expected.items():
@@ -232,7 +233,7 @@ def test_exported_training_set_equals_the_vectors_logged_at_prediction_time(stre
     writer.put_rows(rows)
     writer.close()
     learned = {r["event_id"] for r in rows["labels"] if r["status"] in ("joined", "immediate", "early", "defaulted")}
-    logged = {r["event_id"]: orjson.loads(r["features"]) for r in rows["predictions"] if r["event_id"] in learned}
+    logged = {r["event_id"]: decode_vector(r["features"]) for r in rows["predictions"] if r["event_id"] in learned}
     exported = {row.pop("event_id"): row for row in training_set(str(db_path), config)}
     assert set(exported) == set(logged)
     for event_id, row in exported.items():

@@ -22,7 +22,7 @@ from appliance.features.category_stats import CategoryStats, buckets_for
 from appliance.features.space import FeatureSpace, bucket_of
 from appliance.learning.scaling import ScaleNumeric
 from appliance.runtime.app import fingerprint, warn_zeroing
-from appliance.storage.snapshot import FORMAT_VERSION
+from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
 
 AIRPORTS = ("EWR", "JFK", "LGA")
 CARRIERS = ("9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV")
@@ -137,12 +137,12 @@ def test_a_standard_scaler_on_hashed_features_is_warned_about_once_per_start(sma
 
 def test_the_hash_is_part_of_the_store_fingerprint_only_with_categoricals(small_config):
     text = repr((small_config.event, small_config.features, small_config.model.task, small_config.model.spec))
-    text += f" format {FORMAT_VERSION}"
+    text += f" format {FORMAT_VERSION} rows {ROWS_FORMAT}"
     old = hashlib.sha256(text.encode()).hexdigest()[:16]
     assert fingerprint(small_config) != old  # a store hashed with crc32 is refused, not misread
     numeric_only = config_from_dict({"event": {"numeric": ["amount"]}})
     text = repr((numeric_only.event, numeric_only.features, numeric_only.model.task, numeric_only.model.spec))
-    text += f" format {FORMAT_VERSION}"
+    text += f" format {FORMAT_VERSION} rows {ROWS_FORMAT}"
     assert fingerprint(numeric_only) == hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ from appliance.cli.main import main
 from appliance.config.file import config_from_dict, load_config
 from appliance.engine.core import Engine
 from appliance.features.label_means import PRIOR_LABELS
+from appliance.storage.rows import decode_vector, read_names
 from tests.conftest import items, run
 
 T0 = 1_767_225_600.0
@@ -93,7 +94,7 @@ def brute_force(records: list[dict], task: str) -> dict[str, dict[str, float]]:
 def test_label_means_use_only_labels_learned_before_the_event_was_scored(task, seed):
     cfg, records = config(task), stream(seed=seed, task=task)
     rows = run(Engine(cfg), items(cfg, records))
-    logged = {row["event_id"]: orjson.loads(row["features"]) for row in rows["predictions"]}
+    logged = {row["event_id"]: decode_vector(row["features"]) for row in rows["predictions"]}
     expected = brute_force(records, task)
     assert len(logged) == len(expected) == 700
     for event_id, want in expected.items():
@@ -107,7 +108,8 @@ def test_label_means_use_only_labels_learned_before_the_event_was_scored(task, s
 def test_label_means_are_off_unless_configured_and_named_among_the_features():
     cfg = config(means=False)
     rows = run(Engine(cfg), items(cfg, stream(200)))
-    assert not any("_label_mean" in row["features"] for row in rows["predictions"])
+    assert rows["predictions"]
+    assert not any("_label_mean" in name for row in rows["predictions"] for name in decode_vector(row["features"]))
     assert Engine(config()).space.names[-2:] == ["user_label_mean", "film_label_mean"]
     assert "label_means" not in repr(cfg.features)  # a store from before the key keeps its fingerprint
     from appliance.runtime.app import fingerprint
@@ -157,11 +159,13 @@ def test_the_export_gives_the_label_means_logged_at_scoring(tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     exported = [orjson.loads(line) for line in open("train.jsonl")]
     assert len(exported) == learned
-    logged = dict(sqlite3.connect("appliance.db").execute("SELECT event_id, features FROM predictions").fetchall())
+    conn = sqlite3.connect("appliance.db")
+    names = read_names(conn)
+    logged = dict(conn.execute("SELECT event_id, features FROM predictions").fetchall())
     for row in exported:
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")
-        assert row == orjson.loads(logged[event_id])
+        assert row == decode_vector(logged[event_id], names)
     assert sum("user_label_mean" in row for row in exported) > len(exported) / 2
 
 

@@ -13,6 +13,7 @@ import pytest
 from appliance.config.file import config_from_dict
 from appliance.engine.core import Engine
 from appliance.features.label_rates import PRIOR_LABELS, RECENT_WEIGHT
+from appliance.storage.rows import decode_vector
 from tests.conftest import items, run
 
 T0 = 1_767_225_600.0
@@ -91,7 +92,7 @@ def test_label_rates_count_only_labels_learned_before_the_event_was_scored(task)
     engine = Engine(cfg)
     rows = run(engine, items(cfg, records))
     expected = expected_rates(records, task)
-    logged = {row["event_id"]: orjson.loads(row["features"]) for row in rows["predictions"]}
+    logged = {row["event_id"]: decode_vector(row["features"]) for row in rows["predictions"]}
     assert len(logged) == len(expected) == 600
     for event_id, want in expected.items():
         got = {name: value for name, value in logged[event_id].items() if "label_rate" in name}
@@ -107,7 +108,8 @@ def test_label_rates_count_only_labels_learned_before_the_event_was_scored(task)
 def test_label_rates_are_off_unless_configured_and_named_among_the_features():
     cfg = config(rates=False)
     rows = run(Engine(cfg), items(cfg, stream(100)))
-    assert not any("label_rate" in row["features"] for row in rows["predictions"])
+    assert not any("label_rate" in name for row in rows["predictions"] for name in decode_vector(row["features"]))
+    assert any(decode_vector(row["features"]) for row in rows["predictions"])
     assert Engine(config()).space.names[-2:] == ["city_label_rate", "label_rate_recent"]
 
 
@@ -155,7 +157,7 @@ def test_label_means_for_regression_on_a_hand_computed_stream():
     ]
     engine = Engine(cfg)
     rows = run(engine, items(cfg, records))
-    logged = {row["event_id"]: orjson.loads(row["features"]) for row in rows["predictions"]}
+    logged = {row["event_id"]: decode_vector(row["features"]) for row in rows["predictions"]}
     onehot = {event_id: next(name for name in x if name.startswith("city#")) for event_id, x in logged.items()}
     assert len({onehot["e0"], onehot["e1"], onehot["e3"]}) == 3  # three buckets: no value shares one
     rate = {event_id: {name: value for name, value in x.items() if "label_rate" in name}

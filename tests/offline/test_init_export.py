@@ -43,12 +43,15 @@ def test_init_reads_a_csv_and_writes_a_config_that_replays_and_exports(tmp_path,
     assert len(exported) == stats["model"]["examples_learned"]
     import sqlite3
 
+    from appliance.storage.rows import decode_vector, read_names
+
     conn = sqlite3.connect("appliance.db")
+    names = read_names(conn)
     logged = dict(conn.execute("SELECT event_id, features FROM predictions").fetchall())
     for row in exported:
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")
-        assert row == orjson.loads(logged[event_id])
+        assert row == decode_vector(logged[event_id], names)
     assert sum("city_label_rate" in row for row in exported) > len(exported) / 2
 
     result = runner.invoke(main, ["export", "training-set", "--out", "train.csv", "--from", "2026-01-01T06:00:00Z",

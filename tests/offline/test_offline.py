@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import orjson
 import pytest
 from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
@@ -56,9 +55,13 @@ def test_onnx_scores_equal_scikit_learn_on_the_same_rows(replayed):
     # one row at a time, from the feature dict the engine logged at prediction time
     import sqlite3
 
-    logged = sqlite3.connect(config.db).execute("SELECT features FROM predictions LIMIT 50").fetchall()
+    from appliance.storage.rows import decode_vector, read_names
+
+    conn = sqlite3.connect(config.db)
+    versions = read_names(conn)
+    logged = conn.execute("SELECT features FROM predictions LIMIT 50").fetchall()
     for (features,) in logged:
-        x = orjson.loads(features)
+        x = decode_vector(features, versions)
         row = np.array([[float(x.get(n) or 0.0) for n in names]], dtype=np.float32)
         assert model.predict_proba_one(x)[True] == pytest.approx(reference.predict_proba(row)[0, 1], abs=1e-5)
     assert report["rows"] == len(rows) and report["parity_max_abs_diff"] < 1e-4
@@ -151,8 +154,12 @@ def test_an_offline_score_is_a_feature_of_the_online_model(replayed, short_dir):
     model = load_onnx_file(str(short_dir / "offline.onnx"), None, "classification")
     import sqlite3
 
-    logged = dict(sqlite3.connect(second.db).execute("SELECT event_id, features FROM predictions").fetchall())
-    vectors = [orjson.loads(v) for v in logged.values()]
+    from appliance.storage.rows import decode_vector, read_names
+
+    conn = sqlite3.connect(second.db)
+    names = read_names(conn)
+    logged = dict(conn.execute("SELECT event_id, features FROM predictions").fetchall())
+    vectors = [decode_vector(v, names) for v in logged.values()]
     assert all("offline_score" in x for x in vectors)
     for x in vectors[:200]:
         assert x["offline_score"] == model.score_one({k: v for k, v in x.items() if k != "offline_score"})
@@ -161,7 +168,7 @@ def test_an_offline_score_is_a_feature_of_the_online_model(replayed, short_dir):
     for row in exported:
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")
-        assert row == orjson.loads(logged[event_id])
+        assert row == decode_vector(logged[event_id], names)
     (short_dir / "third.toml").write_text(text.replace('path = "offline.onnx"', 'path = "missing.onnx"'))
     result = runner.invoke(main, ["replay", "--config", "third.toml"])
     assert result.exit_code == 1 and "offline_score" in result.output and "not a readable ONNX model" in result.output

@@ -259,7 +259,8 @@ def committed_past_checkpoint(db_path, source: str) -> int:
     try:
         row = conn.execute("SELECT offsets FROM checkpoint").fetchone()
         done = json.loads(row[0]).get(source, 0) if row else 0
-        return conn.execute("SELECT count(*) FROM events WHERE source = ? AND offset > ?", (source, done)).fetchone()[0]
+        return conn.execute("SELECT count(*) FROM events e JOIN sources s ON s.id = e.source "
+                            "WHERE s.source = ? AND e.offset > ?", (source, done)).fetchone()[0]
     finally:
         conn.close()
 
@@ -342,7 +343,7 @@ def test_sigterm_answers_in_flight_requests_drains_the_inbox_checkpoints_and_a_r
     assert code == 0, err
     inbox_size = (directory / "a.db-inbox").stat().st_size
     assert checkpoint_offsets(db)["inbox"] == inbox_size
-    assert count(db, "SELECT count(*) FROM events WHERE source = 'inbox'") == 65
+    assert count(db, "SELECT count(*) FROM events e JOIN sources s ON s.id = e.source WHERE s.source = 'inbox'") == 65
     observed = observe(Running(directory), str(source), total)
     observed["served"] = served
     assert observed == expected

@@ -1,0 +1,391 @@
+"""Feature vectors as compact, versioned bytes: the names once per feature space, the values packed.
+
+A logged vector is a sparse dict (a missing feature is absent) in the order `FeatureSpace.compute`
+built it. `VectorCodec.encode` writes it as
+
+    byte 0        layout: PACKED (1), or JSON (0: the whole vector as JSON, for a name the codec does
+                  not know or a value that is neither a float nor a 64-bit int)
+    bytes 1-4     the names' version: a 32-bit digest of the ordered names (little-endian), the key
+                  of the store's `feature_names` table, so an engine needs no store to pick it
+    varint        the length of the plan, then the plan:
+                    varint runs, then per run zigzag(start - end of the previous run) and length:
+                    the present names' indices, in the vector's own order;
+                    2 bits per value, four to a byte: HALF (an integral float to 2,048, -0.0),
+                    SINGLE (an integral float to 2**24), DOUBLE (any other float) or INT
+                    (a Python int, 64 bits)
+    values        little-endian, in the vector's order
+
+A float comes back as the same float64, bit for bit (a narrower width only for integral values,
+which it holds exactly; -0.0 keeps its sign; NaN goes as a double), an int as an int, and the dict
+in the same order, so a sum over it gives the same float. Plans repeat (the same names present, the
+same widths), so both sides cache them: a decode is one `struct.unpack_from` and a `zip`.
+On the sample a vector of 25 present names out of 215 takes about 125 bytes instead of about
+580 of JSON; zlib and zstd save little more on the packed rows (`docs/benchmarks.md`).
+
+`decode_vector` is the one reader of logged vectors: the label join's restore, the bench, the tests.
+`PayloadCodec` / `decode_payload` do the same for an event's payload (its keys once per shape), and
+`SourceIds` for the source an event came from (its text once per source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import orjson
+
+from appliance.errors import ApplianceError
+
+JSON, PACKED = 0, 1
+HALF, SINGLE, DOUBLE, INT = 0, 1, 2, 3
+_CODES = "efdq"  # struct codes of the kinds, in kind order
+_CACHE = 4096  # plans remembered per codec, and by the decoder
+INT_LIMIT = 1 << 63
+
+_NAMES: dict[int, tuple[str, ...]] = {}  # every names version seen in this process (content-addressed)
+
+
+class UnknownNames(ApplianceError):
+    """A packed vector names a feature-space version that neither this process nor the store knows."""
+
+
+def names_version(names: Sequence[str]) -> int:
+    """The version of an ordered list of names: a 32-bit digest of them (stable across processes).
+
+    >>> names_version(["a", "b"]) == names_version(("a", "b")) != names_version(["b", "a"])
+    True
+    """
+    digest = hashlib.sha256(orjson.dumps(list(names))).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def register_names(names: Sequence[str]) -> int:
+    """Remember an ordered list of names (for `decode_vector`); return its version."""
+    version = names_version(names)
+    known = _NAMES.setdefault(version, tuple(names))
+    if known != tuple(names):  # two feature spaces with one digest: refuse rather than mislabel
+        raise ApplianceError(f"feature names version {version} already names another feature space")
+    return version
+
+
+def known_names(version: int) -> tuple[str, ...] | None:
+    """The names registered under `version`, if any."""
+    return _NAMES.get(version)
+
+
+class VectorCodec:
+    """Encodes the vectors of one feature space (its ordered `names`)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.version = register_names(self.names)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self._head = bytes([PACKED]) + self.version.to_bytes(4, "little")
+        self._presence: dict[tuple[str, ...], bytes | None] = {}
+        self._plans: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+
+    def encode(self, x: dict[str, Any]) -> bytes:
+        """Return the bytes of a feature vector (see the module's docstring).
+
+        >>> codec = VectorCodec(["a", "b", "c"])
+        >>> blob = codec.encode({"c": 1.0, "a": 0.1})
+        >>> len(blob), decode_vector(blob)
+        (22, {'c': 1.0, 'a': 0.1})
+        """
+        keys = tuple(x)
+        presence = self._presence.get(keys)
+        if presence is None:
+            presence = self._presence_of(keys)
+            if presence is None:
+                return json_vector(x)
+        values = tuple(x.values())
+        kinds = tuple([_kind(value) for value in values])  # small ints: no object made per value
+        if None in kinds:
+            return json_vector(x)
+        plan_key = (presence, kinds)
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            plan = self._plan_of(presence, kinds)
+            if len(self._plans) >= _CACHE:
+                self._plans.clear()
+            self._plans[plan_key] = plan
+        return self._head + plan.head + plan.values.pack(*values)  # one call packs every width
+
+    def _presence_of(self, keys: tuple[str, ...]) -> bytes | None:
+        index = self.index
+        try:
+            at = [index[name] for name in keys]
+        except KeyError:
+            return None
+        runs: list[list[int]] = []
+        for i in at:
+            if runs and i == runs[-1][0] + runs[-1][1]:
+                runs[-1][1] += 1
+            else:
+                runs.append([i, 1])
+        out = bytearray(_varint(len(runs)))
+        end = 0
+        for start, length in runs:
+            out += _varint(_zigzag(start - end)) + _varint(length)
+            end = start + length
+        if len(self._presence) >= _CACHE:
+            self._presence.clear()
+        self._presence[keys] = presence = bytes(out)
+        return presence
+
+    @staticmethod
+    def _plan_of(presence: bytes, kinds: tuple[int, ...]) -> _EncodePlan:
+        packed = bytearray((len(kinds) + 3) // 4)
+        for n, kind in enumerate(kinds):
+            packed[n // 4] |= kind << (2 * (n % 4))
+        plan = presence + bytes(packed)
+        return _EncodePlan(_varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)))
+
+
+class _EncodePlan(NamedTuple):
+    head: bytes  # the plan's length and the plan
+    values: struct.Struct  # the values at their widths, in the vector's order
+
+
+def _kind(value: Any) -> int | None:
+    """The value's kind: a width that holds it exactly; None if not a float or a 64-bit int.
+
+    An integral float of at most 11 significant bits (every count to 2,048, and -0.0) is a half, one
+    to 2**24 a single, any other float a double: a cheaper test than trying each width, and it
+    catches the values that repeat. Only the kind (a small int, never a new object): the plan's
+    `struct` packs the whole vector in one call, so an encode makes a handful of objects, not one
+    per value (in the engine's large heap each one brings the next garbage collection nearer).
+    """
+    cls = type(value)
+    if cls is float:
+        if value.is_integer():
+            if -2048.0 <= value <= 2048.0:
+                return HALF
+            if -16777216.0 <= value <= 16777216.0:
+                return SINGLE
+        return DOUBLE
+    if cls is int and -INT_LIMIT <= value < INT_LIMIT:
+        return INT
+    return None  # bool, a big int, a string from a custom feature, None: the vector goes as JSON
+
+
+def json_vector(x: dict[str, Any]) -> bytes:
+    """A vector in the JSON layout (no codec at hand: a prediction packed by an earlier release)."""
+    return bytes([JSON]) + orjson.dumps(x)
+
+
+class _Plan(NamedTuple):
+    names: tuple[str, ...]
+    values: struct.Struct
+
+
+_DECODE_PLANS: dict[tuple[int, bytes], _Plan] = {}
+
+
+def decode_vector(blob: bytes, names: dict[int, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Return the feature vector in `blob`, in the order it was encoded.
+
+    Names come from `names` (version -> names, as `read_names` returns) or from the versions this
+    process registered.
+    """
+    if blob[0] != PACKED:
+        if blob[0] == JSON:
+            return orjson.loads(blob[1:])
+        raise ApplianceError(f"a feature vector has an unknown layout {blob[0]}; start with --fresh")
+    size, pos = _read_varint(blob, 5)
+    end = pos + size
+    key = (int.from_bytes(blob[1:5], "little"), blob[pos:end])
+    plan = _DECODE_PLANS.get(key)
+    if plan is None:
+        plan = _plan_from(key[0], key[1], names)
+        if len(_DECODE_PLANS) >= _CACHE:
+            _DECODE_PLANS.clear()
+        _DECODE_PLANS[key] = plan
+    return dict(zip(plan.names, plan.values.unpack_from(blob, end)))
+
+
+def _plan_from(version: int, plan: bytes, names: dict[int, Sequence[str]] | None) -> _Plan:
+    table = (names or {}).get(version) or _NAMES.get(version)
+    if table is None:
+        raise UnknownNames(f"feature names version {version} is not in the store's feature_names table")
+    count, pos = _read_varint(plan, 0)
+    at: list[int] = []
+    end = 0
+    for _ in range(count):
+        step, pos = _read_varint(plan, pos)
+        length, pos = _read_varint(plan, pos)
+        start = end + _unzigzag(step)
+        at.extend(range(start, start + length))
+        end = start + length
+    codes = "".join(_CODES[(plan[pos + n // 4] >> (2 * (n % 4))) & 3] for n in range(len(at)))
+    return _Plan(tuple(table[i] for i in at), struct.Struct("<" + codes))
+
+
+def read_names(conn: Any) -> dict[int, tuple[str, ...]]:
+    """Every names version in a store's `feature_names` table (registered for `decode_vector` too)."""
+    out: dict[int, tuple[str, ...]] = {}
+    for version, names in conn.execute("SELECT version, names FROM feature_names"):
+        out[version] = tuple(orjson.loads(names))
+        _NAMES.setdefault(version, out[version])
+    return out
+
+
+def names_row(codec: VectorCodec) -> dict[str, Any]:
+    """The `feature_names` row of a codec's feature space."""
+    return {"version": codec.version, "names": orjson.dumps(list(codec.names)).decode()}
+
+
+def _zigzag(n: int) -> int:
+    return (n << 1) if n >= 0 else ((-n << 1) - 1)
+
+
+def _unzigzag(n: int) -> int:
+    return (n >> 1) if not n & 1 else -((n + 1) >> 1)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(blob: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        byte = blob[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, pos
+        shift += 7
+
+
+class _Shape(NamedTuple):
+    """How one payload shape is written and read back."""
+
+    version: int  # its `payload_shapes` key: a 32-bit digest of `keys`, `pinned` and `id_field`
+    order: tuple[str, ...]  # the keys whose values the array holds after the version, in that order
+    keys: tuple[str, ...]  # the payload's keys in their order
+    reads: tuple[int, ...]  # per key in `keys`: its value's index in the array, or -1 (the row's event id)
+
+
+class PayloadCodec:
+    """An event's payload as a JSON array without its keys' names: the names once per shape.
+
+    The text is `[shape, <pinned values>, <other values>]`: `shape` is the 32-bit digest of the
+    payload's keys in their order (its row in `payload_shapes` names them, the pinned keys and
+    whether the event id is left out); the entity keys come first at fixed positions (null when
+    absent), so a per-key expression index on `json_extract(payload, '$[i]')` finds an entity's
+    events; the other values follow in the payload's order, without the event id when it is the
+    text the row's `event_id` column holds already. `decode_payload` rebuilds the same dict, keys in
+    the same order, given that event id.
+
+    >>> codec = PayloadCodec(("card",), "event_id")
+    >>> text = codec.encode({"event_id": "e1", "card": "c7", "amount": 3.5}, "e1")
+    >>> text.split(",", 1)[1], decode_payload(text, "e1")
+    ('"c7",3.5]', {'event_id': 'e1', 'card': 'c7', 'amount': 3.5})
+    """
+
+    def __init__(self, pinned: Sequence[str], id_field: str | None = None) -> None:
+        self.pinned = tuple(pinned)
+        self.id_field = id_field
+        self._shapes: dict[tuple[tuple[str, ...], bool], _Shape] = {}
+        self.new_shapes: list[dict[str, Any]] = []  # `payload_shapes` rows not handed to the store yet
+
+    def encode(self, raw: dict[str, Any], event_id: str | None = None) -> str:
+        """The payload's text; `event_id` is the row's, left out of the text when the payload holds it."""
+        omit = event_id is not None and self.id_field is not None and raw.get(self.id_field) == event_id
+        key = (tuple(raw), omit)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._register(*key)
+        return orjson.dumps([shape.version, *map(raw.get, shape.order)]).decode()
+
+    def _register(self, keys: tuple[str, ...], omit: bool) -> _Shape:
+        id_field = self.id_field if omit else None
+        row = {"keys": list(keys), "pinned": list(self.pinned), **({"id": id_field} if omit else {})}
+        text = orjson.dumps(row)
+        version = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+        shape = _shape_of(version, keys, self.pinned, id_field)
+        known = _SHAPES.setdefault(version, shape)
+        if known != shape:
+            raise ApplianceError(f"payload shape {version} already names other keys")
+        if len(self._shapes) >= _CACHE:
+            self._shapes.clear()
+        self._shapes[(keys, omit)] = shape
+        self.new_shapes.append({"version": version, "keys": text.decode()})
+        return shape
+
+    def take_shapes(self) -> list[dict[str, Any]]:
+        """The shapes first seen since the last call, as `payload_shapes` rows."""
+        rows, self.new_shapes = self.new_shapes, []
+        return rows
+
+
+def _shape_of(version: int, keys: tuple[str, ...], pinned: tuple[str, ...], id_field: str | None) -> _Shape:
+    rest = tuple(key for key in keys if key not in pinned and key != id_field)
+    order = pinned + rest
+    at = {key: i + 1 for i, key in enumerate(order)}
+    return _Shape(version, order, keys, tuple(at.get(key, -1) for key in keys))
+
+
+_SHAPES: dict[int, _Shape] = {}
+
+
+def read_shapes(conn: Any) -> None:
+    """Register every payload shape of a store (for `decode_payload`)."""
+    for version, text in conn.execute("SELECT version, keys FROM payload_shapes"):
+        row = orjson.loads(text)
+        _SHAPES.setdefault(version, _shape_of(version, tuple(row["keys"]), tuple(row["pinned"]), row.get("id")))
+
+
+def decode_payload(text: str | bytes, event_id: str | None = None) -> dict[str, Any]:
+    """Return the event payload `PayloadCodec.encode` wrote for the row of `event_id` (shapes from
+    this process or `read_shapes`)."""
+    values = orjson.loads(text)
+    shape = _SHAPES.get(values[0])
+    if shape is None:
+        raise UnknownNames(f"payload shape {values[0]} is not in the store's payload_shapes table")
+    if event_id is None and -1 in shape.reads:
+        raise ApplianceError(f"payload shape {values[0]} leaves the event id to its row: pass it")
+    return {key: values[i] if i >= 0 else event_id for key, i in zip(shape.keys, shape.reads)}
+
+
+class SourceIds:
+    """The events' sources as 32-bit ids: a digest of the source's text (the same id in every process,
+    no state to keep), the text once per source in the `sources` table.
+
+    >>> ids = SourceIds()
+    >>> ids.id_of("/data/events.jsonl") == SourceIds().id_of("/data/events.jsonl"), ids.take_rows()[0]["source"]
+    (True, '/data/events.jsonl')
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self.new_rows: list[dict[str, Any]] = []  # `sources` rows not handed to the store yet
+
+    def id_of(self, source: str) -> int:
+        known = self._ids.get(source)
+        if known is not None:
+            return known
+        sid = int.from_bytes(hashlib.sha256(source.encode()).digest()[:4], "little")
+        if _SOURCES.setdefault(sid, source) != source:
+            raise ApplianceError(f'sources "{_SOURCES[sid]}" and "{source}" have one id; rename one')
+        self._ids[source] = sid
+        self.new_rows.append({"id": sid, "source": source})
+        return sid
+
+    def take_rows(self) -> list[dict[str, Any]]:
+        """The sources first seen since the last call, as `sources` rows."""
+        rows, self.new_rows = self.new_rows, []
+        return rows
+
+
+_SOURCES: dict[int, str] = {}
