@@ -157,7 +157,6 @@ class LabelJoin:
         socket, which cannot know whether its event is on the way).
 
         >>> from appliance.config.file import LabelPolicy
-from appliance.storage.rows import decode_vector, json_vector
         >>> join = LabelJoin(LabelPolicy())
         >>> sum(join.hold_early(f"e{i}", 0.0, True) for i in range(MAX_EARLY + 2)), next(iter(join.early))
         (2, 'e2')
