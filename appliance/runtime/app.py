@@ -121,6 +121,8 @@ class Appliance:
         self.error: BaseException | None = None
         self.resumed = False
         self.imported: list[int] = []  # versions registered at start from staged imports
+        self.online: Any = None  # engine.online.OnlinePublisher while serving
+        self.online_failure: str | None = None
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
@@ -272,6 +274,7 @@ class Appliance:
             _tune_for_serving()
         self.writer.start()
         self._commit_start()
+        self.online = self._open_online() if self.options.serve else None
         self._flow_thread = None
         if self.options.serve:
             self.start_server()
@@ -281,7 +284,7 @@ class Appliance:
         self.writer.after_durable_checkpoint = self._released
         flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
-                          after_batch=self.board.publish, order_log=self.order_log)
+                          after_batch=self._after_batch, order_log=self.order_log)
 
         def run_flow() -> None:
             try:
@@ -304,6 +307,30 @@ class Appliance:
             self._shutdown()
         if self.error is not None:
             raise self.error
+
+    def _open_online(self) -> Any:
+        """The online store, rebuilt from the restored engine (so it equals the checkpoint)."""
+        from appliance.engine.online import OnlinePublisher
+        from appliance.storage.online_store import OnlineWriter, online_path
+
+        publisher = OnlinePublisher(OnlineWriter(online_path(self.config.db)), self.engine)
+        publisher.rebuild()
+        return publisher
+
+    def _after_batch(self, engine: Engine, force: bool) -> bool:
+        """After each engine batch (on the flow's thread): the online store, then the stats board."""
+        if self.online is not None:
+            import lmdb
+
+            try:
+                self.online.publish()
+            except lmdb.Error as exc:  # kept for the next batch; replicas serve the last whole batch
+                if self.online_failure is None:
+                    log.warning("cannot write the online store (%s); retried after each batch", exc)
+                self.online_failure = str(exc)
+            else:
+                self.online_failure = None
+        return self.board.publish(engine, force)
 
     def _check_stages(self) -> None:
         """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
@@ -347,6 +374,8 @@ class Appliance:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
         self.writer.close()
+        if getattr(self, "online", None) is not None:
+            self.online.writer.close()
         if getattr(self, "order_log", None) is not None:
             self.order_log.close()
         self.board.publish(self.engine, force=True)

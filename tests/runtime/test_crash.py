@@ -22,6 +22,7 @@ import pytest
 
 from appliance.features.entity_codec import decode_state
 from appliance.serving.client import Client
+from appliance.storage.online_store import OnlineReader, online_path
 from appliance.storage.snapshot import load_object, unpack, unpack_checkpoint
 from tests.conftest import Running, make_stream, wait_for, write_config
 
@@ -253,6 +254,26 @@ def _config(directory, source, every="0.3s"):
     path.write_text(text + f'\n[checkpoint]\nevery = "{every}"\n')
 
 
+def online_states(db_path) -> dict:
+    """The online store a stopped appliance left: what serving processes read (entity state by entity)."""
+    reader = OnlineReader(online_path(db_path))
+    try:
+        with reader.view() as view:
+            return {(key, entity): decode_state(blob) for key, entity, blob in view.states()}
+    finally:
+        reader.close()
+
+
+def checkpoint_states(db_path) -> dict:
+    """The engine's entity state as its last checkpoint holds it (a clean stop checkpoints the end)."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return {(key, entity): decode_state(blob)
+                for key, entity, blob in conn.execute("SELECT key, entity, state FROM entity_state")}
+    finally:
+        conn.close()
+
+
 def committed_past_checkpoint(db_path, source: str) -> int:
     """Rows of the file committed after the last checkpoint: work a crash makes the next run redo."""
     conn = sqlite3.connect(db_path)
@@ -296,6 +317,7 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
     sigkill(app)
     observed = observe(Running(directory), str(source), total)
     observed["served"] = served
+    assert online_states(directory / "a.db") == checkpoint_states(directory / "a.db")
     # The runs made progress from checkpoint to checkpoint, and the kills cost committed, uncheckpointed
     # work that the next run wrote again: the path that must not duplicate anything was taken.
     assert checkpointed == sorted(checkpointed) and len(set(checkpointed)) > 2, checkpointed
