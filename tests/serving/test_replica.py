@@ -69,7 +69,7 @@ def test_a_replica_scores_bit_for_bit_as_the_engine_after_every_batch(tmp_path):
     publisher.rebuild()
     replica = Replica(config, OnlineReader(writer.path, env=writer.env))
     requests = probes(stream)
-    compared, versions = 0, set()
+    compared, versions, seen_versions = 0, set(), []
 
     def after_batch(engine: Engine, force: bool) -> bool:
         nonlocal compared
@@ -82,15 +82,20 @@ def test_a_replica_scores_bit_for_bit_as_the_engine_after_every_batch(tmp_path):
             assert got.y == y
             assert got.version == engine.model.served.version
             versions.add(got.version)
+            seen_versions.append(got.version)
             compared += 1
         assert replica.meta().watermark == (engine.watermark if engine.watermark > -1e300 else None)
         return True
 
     items = [("file", i, orjson.dumps(raw)) for i, raw in enumerate(stream, start=1)]
+    # an operator's rollback mid-stream (a control record, as the inbox carries it): it reaches the replica too
+    items.insert(len(items) * 2 // 3, ("inbox", 1, orjson.dumps({"control": "rollback"})))
     run_main(build_flow(TestingSource(items, batch_size=40), TestingSink([]), engine,
                         checkpoint_seconds=3600, after_batch=after_batch))
     assert compared > 200
     assert len(versions) > 3, "the served version never changed under the replica"
+    newest = max(engine.model.catalog)  # the rollback left an older version serving than the newest made
+    assert seen_versions[-1] == engine.model.served.version < newest, (seen_versions[-5:], newest)
     assert engine.space.label_rates is not None and engine.space.label_rates.n > 0
     assert writer.deleted > 0, "no eviction reached the online store"
     with replica.reader.view() as view:
