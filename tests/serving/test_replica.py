@@ -20,10 +20,12 @@ from appliance.config.file import config_from_dict
 from appliance.engine.core import Engine
 from appliance.engine.items import EventItem, LabelItem
 from appliance.engine.online import OnlinePublisher
+from appliance.features import attributes
 from appliance.features.entity_codec import decode_state
 from appliance.ingest.events import Event, parse_event
 from appliance.serving.replica import Replica
 from appliance.storage.online_store import OnlineReader, OnlineWriter, Publication
+from appliance.storage.store import open_db
 from dataflows.appliance_flow import build_flow
 from tests.conftest import SMALL_CONFIG, make_stream
 
@@ -166,3 +168,49 @@ def test_the_online_store_is_owner_only_and_rebuilt_at_open(tmp_path):
         assert list(view.states()) == []
         assert view.meta().seq == 1
     again.writer.close()
+
+
+def write_cards(path, scale: float) -> None:
+    lines = ["card_number,limit,tier"] + [f"c{i},{scale * (i + 1)},{'gold' if i % 2 else 'blue'}" for i in range(10)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_replica_follows_the_attribute_tables_the_engine_switches_to(tmp_path):
+    data = replica_config(str(tmp_path / "a.db"))
+    data["features"]["attributes"] = [{"name": "card", "key": "card", "column": "card_number", "path": "cards.csv",
+                                       "numeric": ["limit"], "categorical": ["tier"]}]
+    config = config_from_dict(data, base_dir=tmp_path)
+    [spec] = config.features.attributes
+    write_cards(tmp_path / "cards.csv", 100.0)
+    db = open_db(config.db)
+    assert attributes.load_csv(db, spec, tmp_path / "cards.csv", now=1.0) == (1, True)
+    engine = Engine(config)
+    engine.attach_attributes(db)  # serving version 1
+    write_cards(tmp_path / "cards.csv", 7.0)  # version 2 is stored now, served from the refresh mid-stream
+    assert attributes.load_csv(db, spec, tmp_path / "cards.csv", now=2.0) == (2, True)
+    db.conn.close()
+    writer = OnlineWriter(tmp_path / "a.db-online")
+    publisher = OnlinePublisher(writer, engine)
+    publisher.rebuild()
+    replica = Replica(config, OnlineReader(writer.path, env=writer.env))
+    stream = make_stream(600, seed=4)
+    requests = probes(stream)
+    tables_seen = []
+
+    def after_batch(engine: Engine, force: bool) -> bool:
+        publisher.publish()
+        for values, ts in requests[:12]:
+            got = replica.score(values, ts)
+            x = engine.space.compute(values, ts, engine.entities)
+            assert orjson.dumps(got.x) == orjson.dumps(x)
+            assert got.y == engine.model.predict(engine.model.served.model, x)
+        tables_seen.append(replica.space.attributes["card"].version)
+        return True
+
+    items = [("file", i, orjson.dumps(raw)) for i, raw in enumerate(stream, start=1)]
+    items.insert(len(items) // 2, ("inbox", 1, orjson.dumps({"control": "refresh_attributes"})))
+    run_main(build_flow(TestingSource(items, batch_size=40), TestingSink([]), engine, checkpoint_seconds=3600,
+                        after_batch=after_batch))
+    assert tables_seen[0] == 1 and tables_seen[-1] == 2 == engine.space.attributes["card"].version
+    assert any("card_limit" in replica.score(values, ts).x for values, ts in requests)
+    writer.close()
