@@ -289,7 +289,7 @@ class Appliance:
         self.writer.start()
         self._commit_start()
         serving_children = self.options.serve and self.options.serve_processes > 1
-        self.online = self._open_online() if serving_children else None  # only children read it
+        self.online = self._open_online() if self.options.serve else None  # kept with 1 process too (see docs)
         self._flow_thread = None
         self.children = None
         if self.options.serve:
