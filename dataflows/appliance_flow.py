@@ -36,6 +36,11 @@ from appliance.ingest.order_log import OrderLog
 INBOX = "inbox"
 
 
+def is_inbox(source: str) -> bool:
+    """The primary's inbox ("inbox") or a serving child's ("inbox-<n>", `appliance.serving.child`)."""
+    return source == INBOX or (source[:6] == "inbox-" and source[6:].isdigit())
+
+
 def make_parser(schema: EventSchema, task: str) -> Callable[[list[tuple]], list[Item]]:
     """Return the batch parser: raw `(source, offset, payload)` items to engine items."""
 
@@ -54,7 +59,7 @@ def make_parser(schema: EventSchema, task: str) -> Callable[[list[tuple]], list[
 def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task: str) -> Item:
     served = None
     ingest = True
-    if source == INBOX:
+    if is_inbox(source):
         record = _inbox_record(payload)
         if "control" in record:
             return ControlItem(source, offset, from_record(record))

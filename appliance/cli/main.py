@@ -43,12 +43,15 @@ def main() -> None:
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
 @click.option("--status-every", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
 @click.option("--metrics-port", type=int, help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option("--serve-processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes answering on the Unix socket, this one included; 1 serves from this process alone, "
+                   "more (up to the core count) use more cores.")
 @click.option("--console", "with_console", is_flag=True, help="Run the operator console in this terminal; "
                                                                "quitting it stops the appliance.")
 @friendly_errors
 def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None,
        token_file: str | None, token: str | None, auth_timeout: float, db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
-       metrics_port: int | None, with_console: bool) -> None:
+       metrics_port: int | None, serve_processes: int, with_console: bool) -> None:
     """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
     from appliance.runtime.app import Appliance, RunOptions
     from appliance.runtime.settings import resolve_config
@@ -67,7 +70,8 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
                          on_ready=lambda: click.echo(f"ready: serving on {config.socket}"
                                                      + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
                                                         if metrics_port else "")),
-                         metrics_port=metrics_port)
+                         metrics_port=metrics_port,
+                         serve_processes=serve_processes)
     if with_console:
         from appliance.cli.console import up_with_console
 

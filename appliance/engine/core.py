@@ -88,6 +88,8 @@ class Engine:
         self.recently_expired: OrderedDict[str, None] = OrderedDict()
         self.dirty: set[tuple[str, str]] = set()
         self.evicted: set[tuple[str, str]] = set()
+        # (key, entity) changed or evicted since the online store's last publication; None: not published
+        self.touched: set[tuple[str, str]] | None = None
         self.sweep_ticks: dict[str, int] = {}
         self.rows: dict[str, list[dict]] = empty_rows()
         self._restored_attributes: dict[str, int] = {}
@@ -174,10 +176,13 @@ class Engine:
     def _ingest(self, event: Event, source: str, offset: int | None) -> None:
         self.space.update(event.values, event.ts, self.entities)
         self.categories.observe(event.values)
+        touched = self.touched
         for key in self.space.layouts:
             entity = event.values.get(key)
             if entity is not None:
                 self.dirty.add((key, entity))
+                if touched is not None:
+                    touched.add((key, entity))
         self.counts["events"] += 1
 
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
@@ -194,6 +199,8 @@ class Engine:
         for pair in self.space.sweep(self.entities, self.watermark, self.sweep_ticks):
             self.dirty.discard(pair)
             self.evicted.add(pair)
+            if self.touched is not None:
+                self.touched.add(pair)
 
     def _refuse_ahead(self, ts: float, raw: dict, source: str, offset: int | None) -> bool:
         """Dead-letter an event time too far ahead of the stream and of the clock (rare: off the hot path)."""

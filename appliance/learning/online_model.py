@@ -116,10 +116,7 @@ class OnlineModel:
     # -- prediction and learning -----------------------------------------------------------
     def predict(self, model: Any, x: dict) -> Any:
         """Return a probability dict (classification) or a number (regression)."""
-        if self.task == "classification":
-            return model.predict_proba_one(x)
-        value = model.predict_one(x)
-        return 0.0 if value is None else float(value)
+        return predict_with(self.task, model, x)
 
     def shadow(self, x: dict) -> Shadow:
         """Every candidate's prediction for `x` (and the probation predecessor's)."""
@@ -408,3 +405,10 @@ class OnlineModel:
         return published
 
 
+def predict_with(task: str, model: Any, x: dict) -> Any:
+    """A model's prediction for a task: a probability dict (classification) or a number (regression);
+    the one definition the engine and the serving replicas share."""
+    if task == "classification":
+        return model.predict_proba_one(x)
+    value = model.predict_one(x)
+    return 0.0 if value is None else float(value)

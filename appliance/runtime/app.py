@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -92,8 +93,15 @@ def load_attribute_files(config: Config, db: Any) -> list[tuple[str, int, bool]]
 
 
 def store_files(db_path: str) -> list[Path]:
-    """Return the files that make up a store: the database, its WAL, the inbox log and the order log."""
-    return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox", "-order")]
+    """Return the files that make up a store: the database, its WAL, the inbox logs and the order log."""
+    return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox", "-order")] + child_inboxes(db_path)
+
+
+def child_inboxes(db_path: str) -> list[Path]:
+    """The serving children's inboxes (`<db>-inbox-<n>`) present, those of an earlier start with more too."""
+    base = Path(db_path)
+    found = [p for p in base.parent.glob(base.name + "-inbox-*") if p.name.rsplit("-", 1)[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
 
 
 @dataclass
@@ -110,6 +118,7 @@ class RunOptions:
     on_ready: Callable[[], None] | None = None
     on_tick: Callable[[Appliance], None] | None = None
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1:PORT/metrics
+    serve_processes: int = 1  # processes accepting on the socket, the primary included (runtime.serving_processes)
 
 
 class Appliance:
@@ -124,6 +133,8 @@ class Appliance:
         self.error: BaseException | None = None
         self.resumed = False
         self.imported: list[int] = []  # versions registered at start from staged imports
+        self.online: Any = None  # engine.online.OnlinePublisher while serving
+        self.online_failure: str | None = None
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
@@ -228,6 +239,11 @@ class Appliance:
                                       on_end=self.board.source_ended))
         if self.options.serve:
             inputs.append(InboxInput("inbox", self.config.db + "-inbox", int(offsets.get("inbox", 0))))
+            paths = {str(p) for p in child_inboxes(self.config.db)}
+            paths |= {f"{self.config.db}-inbox-{n}" for n in range(1, self.options.serve_processes)}
+            for path in sorted(paths, key=lambda p: int(p.rsplit("-", 1)[-1])):
+                name = "inbox-" + path.rsplit("-", 1)[-1]  # the flow's offsets are per input name
+                inputs.append(InboxInput(name, path, int(offsets.get(name, 0))))
         return inputs
 
     def _event_time(self, payload: Any) -> float | None:
@@ -276,16 +292,21 @@ class Appliance:
             _tune_for_serving()
         self.writer.start()
         self._commit_start()
+        serving_children = self.options.serve and self.options.serve_processes > 1
+        self.online = self._open_online() if serving_children else None  # read only by the children
         self._flow_thread = None
+        self.children = None
         if self.options.serve:
             self.start_server()
+        if serving_children:
+            self._start_children()
         inputs = self._inputs()
         self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
         self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.writer.after_durable_checkpoint = self._released
         flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
-                          after_batch=self.board.publish, order_log=self.order_log)
+                          after_batch=self._after_batch, order_log=self.order_log)
 
         def run_flow() -> None:
             try:
@@ -309,11 +330,59 @@ class Appliance:
         if self.error is not None:
             raise self.error
 
+    def _start_children(self) -> None:
+        """The private socket the children forward to (owner-only), then the children themselves."""
+        from appliance.runtime.serving_processes import ServingChildren
+        from appliance.serving.protocol import Protocol
+        from appliance.serving.server import SocketServer
+
+        private = SocketServer(Protocol(self.service.handlers()), unix_path=self.config.socket + ".p",
+                               watch_source=lambda: self.service.stats({}))
+        private.start()
+        self.private_server = private
+        assert self.server is not None and self.server.unix_fd is not None
+        self.children = ServingChildren(self.config, self.options.serve_processes - 1, self.server.unix_fd,
+                                        private.unix_path)  # type: ignore[arg-type]
+        self.children.start()
+        self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
+
+    def _stop_children(self) -> None:
+        if getattr(self, "children", None) is not None:
+            self.children.stop()  # first: what they accepted is in their inboxes before the inputs end
+        if getattr(self, "private_server", None) is not None:
+            self.private_server.stop()
+
+    def _open_online(self) -> Any:
+        """The online store, rebuilt from the restored engine (so it equals the checkpoint)."""
+        from appliance.engine.online import OnlinePublisher
+        from appliance.storage.online_store import OnlineWriter, online_path
+
+        publisher = OnlinePublisher(OnlineWriter(online_path(self.config.db)), self.engine)
+        publisher.rebuild()
+        return publisher
+
+    def _after_batch(self, engine: Engine, force: bool) -> bool:
+        """After each engine batch (on the flow's thread): the online store, then the stats board."""
+        if self.online is not None:
+            import lmdb
+
+            try:
+                self.online.publish()
+            except lmdb.Error as exc:  # kept for the next batch; replicas serve the last whole batch
+                if self.online_failure is None:
+                    log.warning("cannot write the online store (%s); retried after each batch", exc)
+                self.online_failure = str(exc)
+            else:
+                self.online_failure = None
+        return self.board.publish(engine, force)
+
     def _check_stages(self) -> None:
         """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
         self.disk.sample()
         if self.server is not None:
             self.inbox.verify()
+        if self.children is not None and not self.stop_event.is_set():
+            self.children.check()
         if self.stop_event.is_set() and self.writer.failure is not None:
             self.writer.abandon()  # the flow may be waiting for room in the writer's queue
 
@@ -337,11 +406,13 @@ class Appliance:
 
     def stop(self) -> None:
         """Ask the appliance to stop; `run` returns once everything is flushed."""
+        self._stop_children()
         if self.server is not None:
             self.server.stop()
         self.stop_event.set()
 
     def _shutdown(self) -> None:
+        self._stop_children()
         self.stop_event.set()
         if self.server is not None:
             self.server.stop()
@@ -351,6 +422,8 @@ class Appliance:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
         self.writer.close()
+        if getattr(self, "online", None) is not None:
+            self.online.writer.close()
         if getattr(self, "order_log", None) is not None:
             self.order_log.close()
         self.board.publish(self.engine, force=True)

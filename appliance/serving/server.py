@@ -86,6 +86,7 @@ class SocketServer:
         self.auth_closed = 0  # connections closed after MAX_FAILED_AUTHS failures
         self.failed_auths = FailedAuthBudget()
         self.tcp_address: tuple[str, int] | None = None
+        self.unix_fd: int | None = None
         self.connections: set[Connection] = set()
         self.watchers: set[Connection] = set()
         self.watch_source = watch_source
@@ -113,6 +114,7 @@ class SocketServer:
         """Bind and start serving; return once listening (raise if binding failed)."""
         unix_sock = self._bind_unix() if self.unix_path else None
         tcp_sock = self._bind_tcp() if self.tcp else None
+        self.unix_fd = None if unix_sock is None else unix_sock.fileno()  # serving children accept on it too
         self._thread = threading.Thread(target=self._serve, args=(unix_sock, tcp_sock), name="socket-server",
                                         daemon=True)
         self._thread.start()

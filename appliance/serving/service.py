@@ -53,6 +53,7 @@ class Service:
         self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
         self.flow_alive: Callable[[], bool] = lambda: True
         self.outage: Callable[[], Any] = lambda: None  # the `Outage` refusing writes, or None
+        self.serving_pids: Callable[[], list[int]] = lambda: [os.getpid()]  # primary first, then its children
         self.predict_latency = LatencyRing()
         self.unlogged = 0  # scored-only predictions answered but not logged while overloaded
         self.history = EntityHistory(engine.config.db, tuple(engine.space.layouts))
@@ -251,6 +252,7 @@ class Service:
         return {"status": status, "flow_alive": alive, "version": __version__, "disk": disk,
                 "outage": None if outage is None else outage._asdict(), "accepting_writes": outage is None,
                 "model_version": self.engine.model.served.name, "pid": os.getpid(),
+                "serving_pids": self.serving_pids(),
                 "started_at": format_timestamp(self.started),
                 "uptime_seconds": round(time.time() - self.started, 3)}
 

@@ -82,7 +82,11 @@ def test_every_file_of_the_store_is_owner_only_under_umask_000(short_dir, source
                                               "amount": 10.0, "city": "faro"}])
             wait_for(lambda: client.request("stats")["counts"]["events"] >= 1)
         names = {p.name for p in short_dir.iterdir() if p.name.startswith("a.")}
-        assert {"a.db", "a.db-wal", "a.db-shm", "a.db-inbox", "a.db-order", "a.db-lock", "a.sock"} <= names, names
+        assert {"a.db", "a.db-wal", "a.db-shm", "a.db-inbox", "a.db-order", "a.db-lock", "a.sock",
+                "a.db-online"} <= names, names
+        online = short_dir / "a.db-online"  # the online store: an owner-only directory of owner-only files
+        assert stat.S_IMODE(online.stat().st_mode) == 0o700
+        names = (names - {"a.db-online"}) | {f"a.db-online/{p.name}" for p in online.iterdir()}
         modes = {name: stat.S_IMODE((short_dir / name).stat().st_mode) for name in names}
         assert all(mode == 0o600 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
     finally:

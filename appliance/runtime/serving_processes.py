@@ -1,0 +1,102 @@
+"""The primary's serving children: started with the listening socket, restarted when one dies.
+
+With `--serve-processes N` (N > 1) the primary starts N-1 children (`appliance.serving.child`):
+the primary serves too, so N counts every process accepting on the socket. Each child gets the
+listening Unix socket by `pass_fds` (no fork of this process's state: `Popen` execs a fresh
+interpreter), the config as JSON on stdin, and the path of the primary's private socket to forward
+the ops it does not answer itself. `check` (called from the primary's main loop) restarts a child
+that exited; `stop` terminates them all and waits. Children started from the main thread only:
+`PR_SET_PDEATHSIG` fires when the thread that started a child ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import orjson
+
+from appliance.config.file import Config, config_to_dict
+
+log = logging.getLogger(__name__)
+
+STOP_WAIT = 10.0  # seconds a child has to exit after SIGTERM before it is killed
+
+
+def default_serve_processes() -> int:
+    """Serving processes by default: one per core, at most 4 (the primary counts as one)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+@dataclass
+class ServingChildren:
+    """N-1 child processes accepting on `unix_fd`, forwarding to `private_socket`."""
+
+    config: Config
+    count: int
+    unix_fd: int
+    private_socket: str
+    processes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    first_index: int = 1  # inboxes `<db>-inbox-<first_index>` onwards
+    restarts: int = 0
+    stopped: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def start(self) -> None:
+        with self.lock:
+            for index in range(self.first_index, self.first_index + self.count):
+                self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        args = [sys.executable, "-m", "appliance.serving.child", str(index), str(self.unix_fd),
+                self.private_socket, str(os.getpid())]
+        process = subprocess.Popen(args, pass_fds=(self.unix_fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(orjson.dumps(config_to_dict(self.config)))
+        process.stdin.close()
+        ready = process.stdout.readline()  # the child is accepting once it says so
+        if ready.strip() != b"ready":
+            log.warning("serving child %d did not start (exit %s)", index, process.poll())
+        self.processes[index] = process
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes.values()]
+
+    def check(self) -> None:
+        """Restart each child that has exited (not once `stop` began)."""
+        with self.lock:
+            if not self.stopped:
+                self._restart_exited()
+
+    def _restart_exited(self) -> None:
+        for index, process in list(self.processes.items()):
+            code = process.poll()
+            if code is not None:
+                log.warning("serving child %d (pid %d) exited with %s; restarting it", index, process.pid, code)
+                if process.stdout is not None:
+                    process.stdout.close()
+                self.restarts += 1
+                self._spawn(index)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self._stop_all()
+
+    def _stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self.processes.clear()

@@ -1,0 +1,118 @@
+"""A serving replica: scores a request from the online store, as the engine's process would.
+
+A replica runs in any process. Per request it opens one LMDB read transaction
+(`storage.online_store.OnlineView`: one committed batch, whole), reads the meta record, and if the
+published space or served version changed since its last request reloads them: label rates from
+the `space` record, attribute tables from the SQLite store by the versions `space` names (read-only
+connection), the served model from the `model` record. Features come from the same
+`FeatureSpace.compute` over entity states decoded with `entity_codec` as the request asks for them,
+and the score from the same `predict_with`; so a replica's (x, score) for a request equals the
+engine's on the same state, bit for bit (tests/serving/test_replica.py).
+
+A publication or a rollback reaches a replica with the first request after the batch that applied
+it commits: the replica checks the meta record on every request (one LMDB get), and loads the model
+once per version change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from appliance.config.file import Config
+from appliance.features import attributes
+from appliance.features.entity_codec import decode_state
+from appliance.features.label_rates import LabelRates
+from appliance.features.space import FeatureSpace
+from appliance.learning.online_model import predict_with
+from appliance.storage.online_store import OnlineMeta, OnlineReader, OnlineView
+from appliance.storage.snapshot import load_object
+
+
+@dataclass(frozen=True)
+class ReplicaScore:
+    """One scored request: the features, the served version's prediction, and the batch it saw."""
+
+    x: dict[str, float]
+    y: Any  # probability dict (classification) or number (regression), as `predict_with` returns
+    version: int
+    version_name: str
+    meta: OnlineMeta
+
+
+class _KeyStates:
+    """One key's entity states as `FeatureSpace.compute` asks for them (`.get(entity)`), decoded lazily."""
+
+    __slots__ = ("view", "key")
+
+    def __init__(self, view: OnlineView, key: str) -> None:
+        self.view, self.key = view, key
+
+    def get(self, entity: str, default: Any = None) -> Any:
+        blob = self.view.state(self.key, entity)
+        return default if blob is None else decode_state(blob)
+
+
+class Replica:
+    """Scores requests from the online store; reloads the space and the model when they change."""
+
+    def __init__(self, config: Config, reader: OnlineReader) -> None:
+        self.config = config
+        self.task = config.model.task
+        self.reader = reader
+        self.space = FeatureSpace.for_config(config)
+        self._space_seq = -1
+        self._model_seq = -1
+        self.model: Any = None
+        self._db: sqlite_utils.Database | None = None
+
+    def score(self, values: dict[str, Any], ts: float) -> ReplicaScore:
+        """Features at event time `ts` from the entities' published states, and the served score."""
+        with self.reader.view() as view:
+            meta = self._refresh(view)
+            store = {key: _KeyStates(view, key) for key in self.space.layouts}
+            x = self.space.compute(values, ts, store)  # type: ignore[arg-type]
+            y = predict_with(self.task, self.model, x)
+        return ReplicaScore(x, y, meta.version, meta.version_name, meta)
+
+    def meta(self) -> OnlineMeta:
+        with self.reader.view() as view:
+            return view.meta()
+
+    def _refresh(self, view: OnlineView) -> OnlineMeta:
+        meta = view.meta()
+        if meta.space_seq != self._space_seq:
+            self._load_space(view.space())
+            self._space_seq = meta.space_seq
+        if meta.model_seq != self._model_seq:
+            blob = view.model()
+            if blob is None:
+                raise RuntimeError("the online store names a served version but holds no model")
+            self.model = load_object(blob)
+            self._model_seq = meta.model_seq
+        return meta
+
+    def _load_space(self, space: dict) -> None:
+        rates = space.get("label_rates")
+        self.space.label_rates = None if rates is None else LabelRates.from_data(rates)
+        for spec in self.config.features.attributes:
+            version = space.get("attributes", {}).get(spec.name, 0)
+            current = self.space.attributes.get(spec.name)
+            if current is not None and current.version == version:
+                continue
+            table = attributes.AttributeTable.empty(spec) if not version else attributes.read_version(
+                self._store(), spec, version)
+            self.space.set_attributes(table)
+
+    def _store(self) -> sqlite_utils.Database:
+        if self._db is None:
+            self._db = sqlite_utils.Database(sqlite3.connect(f"file:{self.config.db}?mode=ro", uri=True))
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.conn.close()
+        self.reader.close()

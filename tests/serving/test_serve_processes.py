@@ -1,0 +1,247 @@
+"""Serving processes (`--serve-processes N`): real child processes accepting on a real Unix socket.
+
+Which process the kernel hands a connection is not ours to choose, so the tests that need a child to
+answer start one more real child (`ServingChildren`) on a socket of the test's own, forwarding to the
+appliance's private socket exactly as the appliance's own children do; its inbox (`<db>-inbox-2`)
+exists before the appliance starts, so the flow reads it as an input partition.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+
+from appliance.config.file import config_from_dict
+from appliance.errors import RequestError
+from appliance.features.entity_codec import decode_state
+from appliance.runtime.serving_processes import ServingChildren
+from appliance.serving.client import Client
+from appliance.storage.online_store import OnlineReader, online_path
+from tests.conftest import SMALL_CONFIG, flip_stream, processed, serving
+
+
+def wait_for(condition, what: str, tries: int = 3000):
+    for _ in range(tries):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def make_config(short_dir: Path, **extra):
+    return config_from_dict({**SMALL_CONFIG, **extra, "serve": {"db": str(short_dir / "d.db"),
+                                                                "socket": str(short_dir / "d.sock")}})
+
+
+def payments(n: int) -> list[dict]:
+    """Payments without their labels (sent later with `label`)."""
+    return [{k: v for k, v in raw.items() if k != "label"} for raw in flip_stream(n, n)]
+
+
+class ExtraChild:
+    """One more real serving child on a socket of the test's own (so the test knows who answers)."""
+
+    def __init__(self, appliance, path: str) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(64)
+        self.path = path
+        self.children = ServingChildren(appliance.config, 1, self.listener.fileno(),
+                                        appliance.private_server.unix_path, first_index=2)
+        self.children.start()
+
+    def close(self) -> None:
+        self.children.stop()
+        self.listener.close()
+
+
+@pytest.fixture
+def two_processes(short_dir):
+    config = make_config(short_dir)
+    Path(config.db + "-inbox-2").touch()  # the extra child's inbox: an input of the flow from the start
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(short_dir / "c.sock"))
+        try:
+            yield appliance, extra
+        finally:
+            extra.close()
+
+
+def test_a_child_scores_as_the_engine_and_its_predictions_are_learned(two_processes):
+    appliance, extra = two_processes
+    labelled = flip_stream(300, 300)
+    with Client(appliance.config.socket) as primary, Client(extra.path) as child:
+        history, probes = labelled[:200], payments(300)[200:]
+        primary.request("ingest", events=history)
+        wait_for(lambda: processed(primary) >= 200, "the history to be processed")
+        wait_for(lambda: appliance.online.writer.path.exists()
+                 and extra.children.processes[2].poll() is None, "the child")
+        # Scored-only probes (ingest false): the engine's state does not move between the two answers.
+        engine = appliance.engine
+        known = 0
+        for raw in probes[:20]:
+            wait_for(lambda raw=raw: child.request("predict", event=raw, ingest=False)["version"]
+                     == engine.model.served.name, "the child to see the served version")
+            got = child.request("predict", event=raw, ingest=False, explain=True)
+            want = primary.request("predict", event=raw, ingest=False, explain=True)  # the in-process engine
+            assert got["features"] == want["features"]
+            known += got["features"]["user_mean_1h"] > 0  # entity state from the history, not empty
+            assert got["score"] == want["score"] and got["version"] == want["version"]
+        assert known > 10
+        # Predictions that enter the stream through the child, then their labels through the child.
+        before = primary.request("stats")["counts"]
+        for raw in probes:
+            child.request("predict", event=raw)
+        for raw in probes:
+            child.request("label", event_id=raw["event_id"], label=int(raw["amount"] > 100))
+        wait_for(lambda: primary.request("stats")["counts"]["labels_joined"] >= before["labels_joined"] + len(probes),
+                 "the labels of the child-served predictions to be joined")
+    logged = [orjson.loads(line) for line in Path(appliance.config.db + "-inbox-2").read_bytes().splitlines()
+              if line.strip()]
+    served = [record for record in logged if "served" in record and record["ingest"]]
+    assert [record["event"]["event_id"] for record in served] == [raw["event_id"] for raw in probes]
+
+
+def test_every_op_is_answered_through_a_child(two_processes):
+    appliance, extra = two_processes
+    with Client(appliance.config.socket) as primary, Client(extra.path) as child:
+        with pytest.raises(RequestError) as caught:
+            primary.request("no_such_op")
+        ops = caught.value.message.split("known ops: ", 1)[1].split(", ")
+        with pytest.raises(RequestError) as relayed:
+            child.request("no_such_op")
+        assert relayed.value.code == "unknown_op" and relayed.value.message == caught.value.message
+        health = child.request("health")
+        assert health["pid"] == os.getpid()  # forwarded: the primary (this test process) answered it
+        assert extra.children.pids()[0] not in health["serving_pids"]
+        assert len(health["serving_pids"]) == 2 and health["serving_pids"][1] != os.getpid()
+        assert child.request("stats")["counts"] == primary.request("stats")["counts"]
+        assert child.request("models")["versions"] == primary.request("models")["versions"]
+    ops_asked = {"predict", "ingest", "label", "stats", "health", "models"}
+    assert ops_asked <= set(ops)
+
+
+def test_watch_is_relayed_line_by_line(two_processes):
+    appliance, extra = two_processes
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(extra.path)
+        conn.settimeout(30)
+        conn.sendall(b'{"op":"watch","interval":0.1,"id":7}\n')
+        stream = conn.makefile("rb")
+        first = orjson.loads(stream.readline())
+        assert first["ok"] and first["id"] == 7
+        updates = [orjson.loads(stream.readline()) for _ in range(2)]
+        assert [u["update"] for u in updates] == sorted(u["update"] for u in updates)
+        assert all("counts" in u for u in updates)
+        conn.sendall(b'{"op":"health","id":8}\n')
+        for _ in range(50):
+            line = orjson.loads(stream.readline())
+            if line.get("id") == 8:
+                assert line["status"] in ("ok", "degraded")
+                break
+        else:
+            raise AssertionError("no reply to health after watch")
+
+
+def test_a_killed_child_is_restarted_and_the_socket_keeps_answering(short_dir):
+    config = make_config(short_dir)
+    with serving(config, serve_processes=2) as appliance, Client(config.socket) as client:
+        old = appliance.children.pids()
+        assert len(old) == 1
+        os.kill(old[0], signal.SIGKILL)
+        wait_for(lambda: appliance.children.pids() != old and appliance.children.processes[1].poll() is None,
+                 "a new child")
+        assert appliance.children.restarts == 1
+        for _ in range(20):  # whichever process the kernel picks answers
+            with Client(config.socket) as fresh:
+                assert fresh.request("health")["serving_pids"] == [os.getpid(), *appliance.children.pids()]
+        assert client.request("predict", event=payments(1)[0])["event_id"] == "e0"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _up_ready(short_dir: Path) -> subprocess.Popen:
+    up = subprocess.Popen([sys.executable, "-m", "appliance", "up", "--serve-processes", "3"], cwd=short_dir,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert up.stdout is not None
+    for line in up.stdout:
+        if line.startswith(b"ready"):
+            return up
+    up.kill()
+    raise AssertionError("appliance up never became ready")
+
+
+def online_states(db_path) -> dict:
+    """The online store a stopped appliance left: what serving processes read (entity state by entity)."""
+    reader = OnlineReader(online_path(db_path))
+    try:
+        with reader.view() as view:
+            return {(key, entity): decode_state(blob) for key, entity, blob in view.states()}
+    finally:
+        reader.close()
+
+
+def checkpoint_states(db_path) -> dict:
+    """The engine's entity state as its last checkpoint holds it (a clean stop checkpoints the end)."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return {(key, entity): decode_state(blob)
+                for key, entity, blob in conn.execute("SELECT key, entity, state FROM entity_state")}
+    finally:
+        conn.close()
+
+
+def test_after_a_kill_9_the_online_store_is_rebuilt_to_agree_with_the_checkpoint(short_dir):
+    """kill -9 the real `appliance up --serve-processes 3` mid-stream, start it again, stop it cleanly:
+    the online store the children read holds exactly the entity states of the last checkpoint."""
+    up = _up_ready(short_dir)
+    with Client(str(short_dir / "appliance.sock")) as client:
+        wait_for(lambda: client.request("stats")["counts"]["events"] > 500, "events to be processed")
+    up.kill()
+    up.wait(30)
+    up = _up_ready(short_dir)
+    try:
+        with Client(str(short_dir / "appliance.sock")) as client:
+            seen = client.request("stats")["counts"]["events"]
+            wait_for(lambda: client.request("stats")["counts"]["events"] > seen, "the restarted flow to move")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(120) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    states = checkpoint_states(short_dir / "appliance.db")
+    assert states and online_states(short_dir / "appliance.db") == states
+
+
+def test_kill_9_of_the_primary_leaves_no_serving_child(short_dir):
+    """The real `appliance up` (the bundled sample) with 3 serving processes; kill -9 the primary."""
+    up = _up_ready(short_dir)
+    try:
+        with Client(str(short_dir / "appliance.sock")) as client:
+            pids = client.request("health")["serving_pids"]
+        assert pids[0] == up.pid and len(pids) == 3
+        children = pids[1:]
+        assert all(_alive(pid) for pid in children)
+        up.kill()
+        up.wait(30)
+        wait_for(lambda: not any(_alive(pid) for pid in children), "the children to die with the primary")
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
