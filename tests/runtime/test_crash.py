@@ -161,7 +161,7 @@ def tables(db_path) -> dict[str, list]:
         for table in EXACTLY_ONCE:
             columns = [row[1] for row in conn.execute(f"PRAGMA table_info([{table}])") if row[1] not in WALL_CLOCK]
             names = ", ".join(f"[{c}]" for c in columns)
-            rows = [tuple(canonical(DECODE[table, column](value)) if (table, column) in DECODE else value
+            rows = [tuple(canonical(DECODE[table, column](value)) if (table, column) in DECODE and value is not None else value
                           for column, value in zip(columns, row))
                     for row in conn.execute(f"SELECT {names} FROM [{table}]")]
             out[table] = sorted(rows, key=repr)
