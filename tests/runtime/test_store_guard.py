@@ -73,7 +73,7 @@ def test_every_file_of_the_store_is_owner_only_under_umask_000(short_dir, source
     os.chmod(short_dir / "a.db", 0o666)
     old = os.umask(0)
     try:
-        app = Running(short_dir)
+        app = Running(short_dir, "--serve-processes", "2")  # a serving child: its inbox and the online store too
     finally:
         os.umask(old)
     try:
@@ -83,7 +83,7 @@ def test_every_file_of_the_store_is_owner_only_under_umask_000(short_dir, source
             wait_for(lambda: client.request("stats")["counts"]["events"] >= 1)
         names = {p.name for p in short_dir.iterdir() if p.name.startswith("a.")}
         assert {"a.db", "a.db-wal", "a.db-shm", "a.db-inbox", "a.db-order", "a.db-lock", "a.sock",
-                "a.db-online"} <= names, names
+                "a.db-online", "a.db-inbox-1", "a.sock.p"} <= names, names
         online = short_dir / "a.db-online"  # the online store: an owner-only directory of owner-only files
         assert stat.S_IMODE(online.stat().st_mode) == 0o700
         names = (names - {"a.db-online"}) | {f"a.db-online/{p.name}" for p in online.iterdir()}
