@@ -1,21 +1,132 @@
-"""Prequential (test-then-train) evaluation with River's own metrics, cumulative and rolling.
+"""Prequential (test-then-train) evaluation, cumulative and rolling, with River's metrics' values.
 
 Each prediction is scored when its label arrives, before the model learns from it, exactly as
 `river.evaluate.progressive_val_score` does, so the appliance's figures can be checked against River.
+ROC AUC and accuracy are kept as counts (`RocAucCounts`, `AccuracyCounts`: what River's confusion
+matrices hold, one histogram update per label instead of ten matrix updates and a revert); their
+values equal River's `metrics.ROCAUC` and `metrics.Accuracy` bit for bit. The other metrics are
+River's own objects. The rolling metrics share one window of labelled predictions.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter, deque
 from typing import Any
 
-from river import metrics, utils
+from river import metrics
+from scipy import integrate
 
 from appliance.storage.snapshot import dump_object, load_object
 
+
+class RocAucCounts:
+    """River's `metrics.ROCAUC` (10 thresholds, positive class True) as a histogram of scores.
+
+    River keeps one confusion matrix per threshold; every count in them is the number of positives
+    (or negatives) whose score lies above (or not above) that threshold, so a histogram over the
+    gaps between thresholds holds the same information and `get` returns River's value exactly.
+
+    >>> mine, river = RocAucCounts(), metrics.ROCAUC()
+    >>> for y, p in [(0, .1), (0, .4), (1, .35), (1, .8), (1, 0.0), (0, 1.0)]:
+    ...     mine.update(y, p); river.update(y, p)
+    >>> float(mine.get()) == float(river.get())
+    True
+    """
+
+    __slots__ = ("thresholds", "pos", "neg")
+
+    def __init__(self, n_thresholds: int = 10) -> None:
+        reference = metrics.ROCAUC(n_thresholds=n_thresholds)
+        self.thresholds = list(reference.thresholds)
+        self.pos = [0] * (n_thresholds + 1)  # pos[k]: positives whose score is above exactly k thresholds
+        self.neg = [0] * (n_thresholds + 1)
+
+    def update(self, y_true: Any, y_pred: Any, w: int = 1) -> None:
+        p_true = y_pred.get(True, 0.0) if isinstance(y_pred, dict) else y_pred
+        # thresholds ascend: a score is above exactly those before the first threshold >= it (NaN: none)
+        (self.pos if y_true == True else self.neg)[bisect_left(self.thresholds, p_true)] += w  # noqa: E712
+
+    def revert(self, y_true: Any, y_pred: Any) -> None:
+        self.update(y_true, y_pred, -1)
+
+    def get(self) -> float:
+        n = len(self.thresholds)
+        tprs, fprs = [0] * n, [0] * n
+        n_pos, n_neg = sum(self.pos), sum(self.neg)
+        above_pos, above_neg = n_pos - self.pos[0], n_neg - self.neg[0]
+        for i in range(n):  # River: tp / (tp + fn) and fp / (fp + tn) at threshold i, 0.0 when undefined
+            tprs[i] = above_pos / n_pos if n_pos else 0.0
+            fprs[i] = above_neg / n_neg if n_neg else 0.0
+            above_pos -= self.pos[i + 1]
+            above_neg -= self.neg[i + 1]
+        return -integrate.trapezoid(x=fprs, y=tprs)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"pos": list(self.pos), "neg": list(self.neg)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> RocAucCounts:
+        counts = cls(len(data["pos"]) - 1)
+        counts.pos, counts.neg = list(data["pos"]), list(data["neg"])
+        return counts
+
+    @classmethod
+    def from_river(cls, metric: metrics.ROCAUC) -> RocAucCounts:
+        """The counts a River ROCAUC's confusion matrices hold (a checkpoint written before them)."""
+        counts = cls(metric.n_thresholds)
+        for hist, label in ((counts.pos, True), (counts.neg, False)):
+            above = [int(cm.data[label][True]) for cm in metric.cms] + [0]
+            total = int(metric.cms[0].sum_row[label])
+            hist[0] = total - above[0]
+            for k in range(1, len(hist)):
+                hist[k] = above[k - 1] - above[k]
+        return counts
+
+
+class AccuracyCounts:
+    """River's `metrics.Accuracy` as two counts (its confusion matrix's diagonal and total).
+
+    >>> mine = AccuracyCounts(); mine.update(True, True); mine.update(True, False); mine.get()
+    0.5
+    """
+
+    __slots__ = ("correct", "total")
+
+    def __init__(self) -> None:
+        self.correct = self.total = 0
+
+    def update(self, y_true: Any, y_pred: Any, w: int = 1) -> None:
+        self.total += w
+        if y_true == y_pred:
+            self.correct += w
+
+    def revert(self, y_true: Any, y_pred: Any) -> None:
+        self.update(y_true, y_pred, -1)
+
+    def get(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def to_data(self) -> dict[str, Any]:
+        return {"correct": self.correct, "total": self.total}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> AccuracyCounts:
+        counts = cls()
+        counts.correct, counts.total = data["correct"], data["total"]
+        return counts
+
+    @classmethod
+    def from_river(cls, metric: metrics.Accuracy) -> AccuracyCounts:
+        counts = cls()
+        counts.correct, counts.total = int(metric.cm.total_true_positives), int(metric.cm.total_weight)
+        return counts
+
+
 # name -> (metric class, takes probabilities, bigger is better)
-_CLASSIFICATION = {"roc_auc": (metrics.ROCAUC, True, True), "log_loss": (metrics.LogLoss, True, False),
-                   "accuracy": (metrics.Accuracy, False, True)}
+_CLASSIFICATION = {"roc_auc": (RocAucCounts, True, True), "log_loss": (metrics.LogLoss, True, False),
+                   "accuracy": (AccuracyCounts, False, True)}
+_COUNTS = (RocAucCounts, AccuracyCounts)  # stored as plain data; River's objects are pickled
 _REGRESSION = {"mae": (metrics.MAE, False, False), "rmse": (metrics.RMSE, False, False)}
 PRIMARY = {"classification": "roc_auc", "regression": "mae"}
 # What the publication gate compares by default: a proper scoring rule (log loss) for classification,
@@ -63,10 +174,12 @@ class Evaluation:
     def __init__(self, task: str, window: int = 1000) -> None:
         self.task = task
         self.window = window
+        self._metrics = self._fresh()
+        self._rolling = self._fresh()
+        # the labelled predictions in the rolling window, (y_true, y_pred, predicted label): evicted
+        # ones are reverted from every rolling metric, as `utils.Rolling` does, one queue for all
+        self._scored: deque = deque()
         table = _CLASSIFICATION if task == "classification" else _REGRESSION
-        self._metrics = [(name, cls(), uses_proba) for name, (cls, uses_proba, _) in table.items()]
-        self._rolling = [(name, utils.Rolling(cls, window_size=window), uses_proba)
-                         for name, (cls, uses_proba, _) in table.items()]
         self.primary = PRIMARY[task]
         self.bigger_is_better = table[self.primary][2]
         self.count = 0
@@ -75,31 +188,43 @@ class Evaluation:
         self.window_labels: deque = deque(maxlen=window)
         self.window_classes: Counter = Counter()
 
+    def _fresh(self) -> list[tuple[str, Any, bool]]:
+        table = _CLASSIFICATION if self.task == "classification" else _REGRESSION
+        return [(name, cls(), uses_proba) for name, (cls, uses_proba, _) in table.items()]
+
     def reset_window(self) -> None:
         """Forget the rolling metrics (the served model changed); cumulative ones go on."""
-        table = _CLASSIFICATION if self.task == "classification" else _REGRESSION
-        self._rolling = [(name, utils.Rolling(cls, window_size=self.window), uses_proba)
-                         for name, (cls, uses_proba, _) in table.items()]
+        self._rolling = self._fresh()
+        self._scored.clear()
         self.window_count = 0
         self.window_labels.clear()
         self.window_classes.clear()
 
     def to_data(self) -> dict[str, Any]:
-        """This evaluation as plain data; River's metric objects pickled under named fields."""
+        """This evaluation as plain data: counts as lists, River's metric objects pickled by name."""
         return {"task": self.task, "window": self.window, "count": self.count, "window_count": self.window_count,
-                "metrics": dump_object([metric for _, metric, _ in self._metrics]),
-                "rolling": dump_object([metric for _, metric, _ in self._rolling]),
+                "metrics": _metrics_data(self._metrics), "rolling": _metrics_data(self._rolling),
+                "scored": dump_object(list(self._scored)),
                 "classes": list(self.classes.items()), "window_labels": list(self.window_labels),
                 "window_classes": list(self.window_classes.items())}
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Evaluation:
-        """The evaluation `to_data` described."""
+        """The evaluation `to_data` described (or a checkpoint of River's `utils.Rolling` metrics)."""
         evaluation = cls(data["task"], data["window"])
         evaluation.count, evaluation.window_count = data["count"], data["window_count"]
-        metrics, rolling = load_object(data["metrics"]), load_object(data["rolling"])
-        evaluation._metrics = [(name, metric, uses) for (name, _, uses), metric in zip(evaluation._metrics, metrics)]
-        evaluation._rolling = [(name, metric, uses) for (name, _, uses), metric in zip(evaluation._rolling, rolling)]
+        if "scored" in data:
+            evaluation._metrics = _metrics_from_data(evaluation._metrics, data["metrics"])
+            evaluation._rolling = _metrics_from_data(evaluation._rolling, data["rolling"])
+            evaluation._scored.extend(load_object(data["scored"]))
+        else:  # written before the counts: River's metrics, the rolling ones wrapped in utils.Rolling
+            metrics_, rolling = load_object(data["metrics"]), load_object(data["rolling"])
+            evaluation._metrics = [(name, _from_river(metric), uses)
+                                   for (name, _, uses), metric in zip(evaluation._metrics, metrics_)]
+            evaluation._rolling = [(name, _from_river(metric.obj), uses)
+                                   for (name, _, uses), metric in zip(evaluation._rolling, rolling)]
+            if rolling:
+                evaluation._scored.extend(_scored_entry(evaluation.task, *args) for args, _ in rolling[0].window)
         evaluation.classes = Counter(dict(data["classes"]))
         evaluation.window_labels.extend(data["window_labels"])
         evaluation.window_classes = Counter(dict(data["window_classes"]))
@@ -125,6 +250,11 @@ class Evaluation:
             return
         self.count += 1
         self.window_count += 1
+        scored = self._scored
+        if self.window and len(scored) == self.window:
+            old_true, old_pred, old_label = scored.popleft()
+            for _, metric, uses_proba in self._rolling:
+                metric.revert(old_true, old_pred if uses_proba else old_label)
         if self.task == "classification":
             self._track(y_true)
             label = predicted_label(y_pred)
@@ -133,10 +263,13 @@ class Evaluation:
             for _, metric, uses_proba in self._rolling:
                 metric.update(y_true, y_pred if uses_proba else label)
         else:
+            label = y_pred  # what a regression metric is given either way
             for _, metric, _ in self._metrics:
                 metric.update(y_true, y_pred)
             for _, metric, _ in self._rolling:
                 metric.update(y_true, y_pred)
+        if self.window:
+            scored.append((y_true, y_pred, label))
 
     def values(self) -> dict[str, float | None]:
         """Return cumulative metrics by name and rolling ones as `<name>_window`.
@@ -182,6 +315,29 @@ class Evaluation:
             if metric_name == name:
                 return metric
         raise KeyError(name)
+
+
+def _scored_entry(task: str, y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
+    return y_true, y_pred, predicted_label(y_pred) if task == "classification" else y_pred
+
+
+def _metrics_data(metrics_: list[tuple[str, Any, bool]]) -> dict[str, Any]:
+    return {name: metric.to_data() if isinstance(metric, _COUNTS) else dump_object(metric)
+            for name, metric, _ in metrics_}
+
+
+def _metrics_from_data(fresh: list[tuple[str, Any, bool]], data: dict[str, Any]) -> list[tuple[str, Any, bool]]:
+    return [(name, type(metric).from_data(data[name]) if isinstance(metric, _COUNTS) else load_object(data[name]),
+             uses) for name, metric, uses in fresh]
+
+
+def _from_river(metric: Any) -> Any:
+    """A River metric from an older checkpoint as the metric this module keeps for it."""
+    if isinstance(metric, metrics.ROCAUC):
+        return RocAucCounts.from_river(metric)
+    if isinstance(metric, metrics.Accuracy):
+        return AccuracyCounts.from_river(metric)
+    return metric
 
 
 def not_worse(candidate: float | None, incumbent: float | None, margin: float, bigger_is_better: bool) -> bool:
