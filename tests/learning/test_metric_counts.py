@@ -150,7 +150,8 @@ def _replay(monkeypatch, evaluation_class) -> tuple[list, list, dict]:
     config = config_with({"spec": LEARNER, "challenger": [{"name": "tree", "spec": "tree.HoeffdingTreeClassifier()"},
                                                           {"name": "fast", "spec": LEARNER.replace("0.05", "0.3")}]},
                          {"on_concept_drift": "challenger", "warm_start": 300, "warm_start_from": "change",
-                          "alert_cooldown": "1h", "promote_after": 200, "promote_margin": 0.01})
+                          "alert_cooldown": "1h", "promote_after": 200, "promote_margin": 0.01,
+                          "promote_confirm": 0})
     stream = items(config, flip_stream(4000, change=1500))
     engine = Engine(config)
     history, rows = [], {}
