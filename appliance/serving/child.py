@@ -38,6 +38,7 @@ import orjson
 from appliance.config.file import Config, config_from_dict
 from appliance.ingest.inbox import Inbox
 from appliance.learning.metrics import positive_score, predicted_label
+from appliance.serving.latency import LatencyRing
 from appliance.serving.protocol import Deferred, Protocol, Session
 from appliance.serving.replica import Replica, ReplicaScore
 from appliance.serving.service import Service
@@ -88,12 +89,7 @@ class ChildService(Service):
         self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
         self.outage: Callable[[], Any] = lambda: None
         self.unlogged = 0
-
-        class _NoLatency:
-            def record(self, _ns: int) -> None:
-                pass
-
-        self.predict_latency = _NoLatency()  # type: ignore[assignment]
+        self.predict_latency = LatencyRing()  # Service.predict records into it (stats are the primary's)
 
     def handlers(self) -> dict[str, Callable[[dict], Any]]:
         return {"predict": self.predict, "ingest": self.ingest, "label": self.label}
