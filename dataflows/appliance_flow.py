@@ -125,6 +125,7 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
         process = self.engine.process
         for item in values:
             process(item)
+        self.engine.model.refresh_view()  # what the socket and the serving children score with
         self.changed = True
         out: list[tuple] = [("rows", self.engine.take_rows())]
         if time.monotonic() >= self.next_checkpoint:

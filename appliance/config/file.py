@@ -187,6 +187,7 @@ class ModelConfig:
     publish_margin: Number = 0.01  # in the gate metric's units
     first_publish: AtLeastOne = 1  # labels after which the learner replaces the untrained first version, ungated
     gate_metric: OptionalText = None  # the gate's metric (None: metrics.GATE, log loss or MAE)
+    follow: Flag = True  # between checks, the published version's lineage serves as it learns (learning.online_model)
     metric_window: Whole = 1000
     challengers: Annotated[Tables[ChallengerSpec], file_key("challenger")] = ()
 

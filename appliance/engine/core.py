@@ -138,10 +138,13 @@ class Engine:
         model = self.model
         if served is None:
             x = self.space.compute(event.values, event.ts, self.entities)
-            y_served = model.predict(model.served.model, x)
+            shadow = model.shadow(x)
+            # following, the served score is the learner's, made in the shadow already
+            y_served = shadow.scores[model.champion] if model.following else model.predict(model.served.model, x)
             version = model.served.version
         else:
             x, y_served, version = served.x, as_prediction(served.score, self.task), served.version
+            shadow = model.shadow(x)
         features = self.vectors.encode(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
@@ -150,7 +153,6 @@ class Engine:
         if ingest and event.ts > self.watermark:
             self.watermark = event.ts
             self._sweep()
-        shadow = model.shadow(x)
         self.rows["predictions"].append(prediction_row(event, features, y_served, shadow.scores[model.champion], version,
                                                        "stream" if served is None else "socket", self.task))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it

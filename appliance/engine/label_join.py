@@ -60,8 +60,8 @@ class Pending:
         return cls(scored.event_id, scored.ts, pack_data(fields if scored.keys is None else (*fields, scored.keys)))
 
     def unpack(self) -> Scored:
-        features, scores, probation, late, y_served, version, *keys = unpack_data(self.packed)
-        return Scored(self.event_id, self.ts, decode_vector(features), Shadow(scores, probation, late), y_served,
+        features, scores, reference, late, y_served, version, *keys = unpack_data(self.packed)
+        return Scored(self.event_id, self.ts, decode_vector(features), Shadow(scores, reference, late), y_served,
                       version, tuple(keys[0]) if keys else None)
 
     def repack(self, scored: Scored) -> None:

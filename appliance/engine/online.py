@@ -38,7 +38,7 @@ class OnlinePublisher:
         self.space_seq = 0
         self.model_seq = 0
         self._space_mark: tuple | None = None
-        self._version: int | None = None
+        self._view: Any = None  # the model view last written (`OnlineModel.view`)
 
     def rebuild(self) -> None:
         """Write every entity state and the whole space from the (restored) engine, and start tracking."""
@@ -55,7 +55,7 @@ class OnlinePublisher:
         """
         engine = self.engine
         touched = engine.touched
-        if not touched and self._mark() == self._space_mark and engine.model.served.version == self._version:
+        if not touched and self._mark() == self._space_mark and engine.model.view is self._view:
             return
         entities = engine.entities
         states, deleted = [], []
@@ -76,17 +76,17 @@ class OnlinePublisher:
 
     def _write(self, states: list, deleted: list, force: bool) -> None:
         engine = self.engine
-        served = engine.model.served
+        served = engine.model.view  # the served version, or a copy of the learner it follows
         space = model = None
         mark = self._mark()
         space_seq, model_seq = self.space_seq, self.model_seq
         if force or mark != self._space_mark:
             space, space_seq = space_record(engine), space_seq + 1
-        if force or served.version != self._version:
+        if force or served is not self._view:
             model, model_seq = dump_object(served.model), model_seq + 1
         watermark = engine.watermark if math.isfinite(engine.watermark) else None
         meta = OnlineMeta(FORMAT_VERSION, self.seq + 1, watermark, served.version, served.name, space_seq,
                           model_seq, time.time())
         self.writer.write(Publication(meta, states, deleted, space, model))
         self.seq, self.space_seq, self.model_seq = meta.seq, space_seq, model_seq
-        self._space_mark, self._version = mark, served.version
+        self._space_mark, self._view = mark, served

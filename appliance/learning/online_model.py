@@ -3,14 +3,22 @@
 Every candidate (the `[model]` learner, called "main", each `[[model.challenger]]`, fresh
 challengers started on drift, registered versions put up as challengers) predicts every event in
 shadow and is scored on every label, before it learns from it. The champion is the candidate whose
-lineage serves. The served model is a frozen copy, so the socket server can call it from its own
-thread without a lock; it changes only by a `Decision`:
+lineage serves. Every version is a frozen copy in the registry; it changes only by a `Decision`:
 
 * publish: the champion's learner, on the schedule and past the gate of `publication`;
 * promote: a challenger whose learner beat the champion's (`candidates.winning_challenger`), or one
   an operator names;
 * rollback: a policy promotion that then does worse on probation (`candidates.Probation`) than the
   version it replaced or the replaced champion's live learner (or an operator's rollback).
+
+A published version follows its learner (`[model] follow`, on by default): between checks, the
+stream's events are scored by the champion's learner itself, which has learned every label since
+the version was frozen, and the other threads and processes serve `view`, a copy of the learner
+refreshed after each batch (`refresh_view`). Each event is also scored by the frozen version
+(`Shadow.reference`), and the check publishes a new version only while the learner's recent
+`gate_metric` on those events is not worse than the frozen version's by more than `publish_margin`;
+otherwise the frozen version serves as it is (no longer following) until the learner passes the
+ordinary gate again. A promotion, a rollback or a pause serves the frozen version.
 
 Every version gets a number never reused; `catalog` keeps every version's metadata (the models
 themselves live in the store's registry), `history` the versions that served, in order.
@@ -19,6 +27,7 @@ themselves live in the store's registry), `history` the versions that served, in
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -71,11 +80,17 @@ class OnlineModel:
         self.catalog: dict[int, dict[str, Any]] = {}
         self.history: list[int] = []
         self.recent: dict[int, Published] = {}
+        self.following = False  # the served version follows its learner (`[model] follow`)
+        # While following: the learner and the frozen version on the same events (paired)
+        self.follow_learner = Evaluation(config.task, window)
+        self.follow_frozen = Evaluation(config.task, window)
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
+        self.view = self.served  # what other threads and processes serve (`refresh_view`)
+        self._view_learned = -1  # the learner's label count the view copied
         self.history.append(self.served.version)
 
     _SCALARS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
-                 "rollbacks", "retrains", "paused", "last_version", "champion")
+                 "rollbacks", "retrains", "paused", "last_version", "champion", "following")
 
     def to_data(self) -> dict[str, Any]:
         """The state as plain data (`snapshot`); config and lifecycle come from the config at restore.
@@ -85,6 +100,7 @@ class OnlineModel:
         return {**{name: getattr(self, name) for name in self._SCALARS},
                 "candidates": [candidate.to_data() for candidate in self.candidates.values()],
                 "served_eval": self.served_eval.to_data(), "served": self.served.to_data(),
+                "follow_learner": self.follow_learner.to_data(), "follow_frozen": self.follow_frozen.to_data(),
                 "examples": [list(example) for example in self.examples],
                 "probation": None if self.probation is None else self.probation.to_data(),
                 "catalog": self.catalog, "history": self.history}
@@ -93,12 +109,16 @@ class OnlineModel:
         """Take the state `to_data` described (then `reconcile` applies the config)."""
         for name in self._SCALARS:
             setattr(self, name, data[name])
+        self.follow_learner = Evaluation.from_data(data["follow_learner"])
+        self.follow_frozen = Evaluation.from_data(data["follow_frozen"])
         self.candidates = {c["name"]: Candidate.from_data(c) for c in data["candidates"]}
         self.served_eval = Evaluation.from_data(data["served_eval"])
         self.served = Published.from_data(data["served"])
         self.examples = deque(((x, y) for x, y in data["examples"]), maxlen=self.lifecycle.warm_start)
         self.probation = None if data["probation"] is None else Probation.from_data(data["probation"])
         self.catalog, self.history, self.recent = data["catalog"], data["history"], {}
+        self.view, self._view_learned = self.served, -1
+        self.refresh_view()
 
     # -- the champion's learner ------------------------------------------------------------
     @property
@@ -118,18 +138,44 @@ class OnlineModel:
         """Return a probability dict (classification) or a number (regression)."""
         return predict_with(self.task, model, x)
 
+    @property
+    def serving_model(self) -> Any:
+        """What scores the stream's events on the engine's thread: the champion's learner while the
+        served version follows it, else the frozen version."""
+        return self.learner if self.following else self.served.model
+
     def shadow(self, x: dict) -> Shadow:
-        """Every candidate's prediction for `x` (and the probation predecessor's)."""
+        """Every candidate's prediction for `x`, and the frozen reference's: the probation
+        predecessor's, or while following, the frozen served version's."""
         scores = {name: self.predict(candidate.model, x) for name, candidate in self.candidates.items()}
-        if self.probation is None:
-            return Shadow(scores)
-        return Shadow(scores, self.predict(self.probation.predecessor.model, x))
+        if self.probation is not None:
+            return Shadow(scores, self.predict(self.probation.predecessor.model, x))
+        if self.following:
+            return Shadow(scores, self.predict(self.served.model, x))
+        return Shadow(scores)
+
+    def refresh_view(self) -> bool:
+        """After a batch (on the engine's thread): while following, copy the learner for the other
+        threads and processes if it learned since the last copy. Return whether the view changed."""
+        if not self.following:
+            changed = self.view is not self.served
+            self.view = self.served
+            return changed
+        learned = self.candidates[self.champion].n_learned
+        if learned == self._view_learned and self.view.version == self.served.version:
+            return False
+        self.view = dataclasses.replace(self.served, model=copy.deepcopy(self.learner))
+        self._view_learned = learned
+        return True
 
     def learn(self, x: dict, y: Any, shadow: Shadow, y_served: Any, event_ts: float) -> list[Decision]:
         """Score every candidate on this label, let them learn it, and decide what serves next."""
         self.served_eval.update(y, y_served)
         scores, late = shadow.scores, shadow.late
         y_champion = scores.get(self.champion)
+        if self.following and shadow.reference is not None and y_champion is not None:
+            self.follow_learner.update(y, y_champion)
+            self.follow_frozen.update(y, shadow.reference)
         for name, candidate in self.candidates.items():
             prediction = scores.get(name)
             if prediction is None:
@@ -151,9 +197,9 @@ class OnlineModel:
             self.examples.append((orjson.dumps(x), y))
         self.n_learned += 1
         decisions = []
-        if self.probation is not None and shadow.probation is not None:
+        if self.probation is not None and shadow.reference is not None:
             trial = self.probation
-            trial.update(y, y_served, shadow.probation, scores.get(trial.promoted), scores.get(trial.champion))
+            trial.update(y, y_served, shadow.reference, scores.get(trial.promoted), scores.get(trial.champion))
             decisions += self._judge_probation(event_ts)
             if any(d.switched for d in decisions):
                 self.labels_since_check = 0  # the next check compares with the restored version
@@ -194,7 +240,15 @@ class OnlineModel:
         first version gives way without a comparison once the learner has `first_publish` labels."""
         if self._untrained_serves():
             reason = f"first version: the learner has {self.candidates[self.champion].n_learned} labels"
-        else:
+        elif self.following and self.follow_frozen.count:
+            ok, reason = gate(self.config, self.follow_learner, self.follow_frozen, self.n_learned)
+            if not ok:  # the learner did worse than the version it follows: that version serves, frozen
+                self.refusals += 1
+                self.stop_following()
+                # the same version serves (its frozen copy): not a switch, its errors go on as one stream
+                return Decision("refuse", self.served.version, f"{reason}; {self.served.name} serves frozen")
+            reason = f"{reason} (following {self.served.name})"
+        else:  # (following with no label yet of an event it scored: the recent window, as ever)
             ok, reason = gate(self.config, self.learner_eval, self.served_eval, self.n_learned)
             if not ok:
                 self.refusals += 1
@@ -203,11 +257,25 @@ class OnlineModel:
         return Decision("publish", published.version, reason, published, True)
 
     def publish_now(self, event_ts: float | None) -> Published:
-        """Freeze the champion's learner as a new version and serve it, with no gate."""
+        """Freeze the champion's learner as a new version and serve it, with no gate; it follows
+        its learner from now on with `[model] follow`."""
         published = self._new_version(self.candidates[self.champion], self.served.version, event_ts)
+        following = self.following
         self.serve(published, reset_window=False)
         self.publications += 1
+        if self.config.follow and not self.paused:
+            self.following = True
+            if not following:
+                self.follow_learner.reset_window()
+                self.follow_frozen.reset_window()
         return published
+
+    def stop_following(self) -> None:
+        """Serve the frozen version as it is (its learner keeps learning, unpublished)."""
+        if self.following:
+            self.following = False
+            self.view = self.served
+            self.served_eval.reset_window()
 
     def promote_candidate(self, name: str, event_ts: float | None, reason: str, *, by_policy: bool) -> Decision:
         """Serve candidate `name` (a frozen copy of its learner) and make it the champion."""
@@ -338,7 +406,9 @@ class OnlineModel:
         A switch other than a publication restarts the served model's recent window and every
         challenger's duel, so they compare with what serves now, not with what served before.
         """
-        self.served = published
+        self.following = False  # a publication follows again (`publish_now`); nothing else does
+        self.served = self.view = published
+        self._view_learned = published.n_learned if published.candidate == self.champion else -1
         self.history.append(published.version)
         del self.history[:-HISTORY]
         if reset_window:
@@ -355,8 +425,11 @@ class OnlineModel:
         self.probation = None
 
     def set_publishing(self, *, paused: bool) -> None:
-        """Pause or resume automatic publication (promotion and rollback by policy wait with it)."""
+        """Pause or resume automatic publication (promotion and rollback by policy wait with it); a
+        paused version no longer follows its learner."""
         self.paused = paused
+        if paused:
+            self.stop_following()
 
     def needed_versions(self) -> tuple[int, ...]:
         """The versions that can still serve without a new publication: served, the one a rollback

@@ -17,14 +17,17 @@ class Shadow:
     prediction until its label arrives (`label_join.Pending`)."""
 
     scores: dict[str, Any]  # candidate name -> its prediction
-    probation: Any = None  # the prediction of the version a policy promotion replaced, while on probation
+    # The prediction of the frozen version the served one was judged against when the event was
+    # scored: while on probation, the version a policy promotion replaced; while the served version
+    # follows its learner (`[model] follow`), the snapshot it was last published as.
+    reference: Any = None
     # Candidates that scored this event late (a challenger started while its label was pending):
     # name -> [the champion then, the champion's learner's prediction then]. Judged only in the duel.
     late: dict[str, list] | None = None
 
     def fields(self) -> tuple[dict[str, Any], Any, dict[str, list] | None]:
         """The fields as plain data, in order (what `label_join.Pending` packs)."""
-        return self.scores, self.probation, self.late
+        return self.scores, self.reference, self.late
 
     def add_late(self, name: str, score: Any, champion: str, champion_score: Any) -> None:
         """Record a challenger's late prediction, and the champion's learner's made at the same time."""

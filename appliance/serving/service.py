@@ -115,7 +115,7 @@ class Service:
         """Features and the served version's score; the version is read once for the whole request."""
         engine = self.engine
         x = engine.space.compute(values, ts, engine.entities)
-        published = engine.model.served
+        published = engine.model.view  # the served version, or while it follows its learner, a recent copy
         y = engine.model.predict(published.model, x)
         reply: dict[str, Any] = {"score": positive_score(y) if self.task == "classification" else y,
                                  "version": published.name}

@@ -140,15 +140,16 @@ def test_a_challenger_that_learns_better_is_promoted_then_kept_after_its_probati
     assert model.champion == "fast" and model.served.candidate == "fast" and model.probation is None
 
 
-def test_the_shadow_has_the_probation_predecessors_score_only_while_a_policy_promotion_is_on_trial():
+def test_the_shadows_reference_is_the_frozen_served_version_or_on_probation_the_predecessor():
     model = with_challenger(LEARNER, LEARNER, rollback_after=100)
     flip(model, 50)
     x = {"amount": 150.0}
-    assert model.shadow(x).probation is None and set(model.shadow(x).scores) == {"main", "fast"}
-    predecessor = model.served
+    assert set(model.shadow(x).scores) == {"main", "fast"}
+    predecessor = model.served  # published and following its learner: the reference is the frozen copy
+    assert model.following and model.shadow(x).reference == predecessor.model.predict_proba_one(x)
     model.promote_candidate("fast", 50.0, "a test", by_policy=True)
     shadow = model.shadow(x)
-    assert shadow.probation == predecessor.model.predict_proba_one(x)
+    assert shadow.reference == predecessor.model.predict_proba_one(x)
     assert shadow.scores["fast"] == model.candidates["fast"].model.predict_proba_one(x)
 
 
