@@ -15,10 +15,11 @@ A published version follows its learner (`[model] follow`, on by default): betwe
 stream's events are scored by the champion's learner itself, which has learned every label since
 the version was frozen, and the other threads and processes serve `view`, a copy of the learner
 refreshed after each batch (`refresh_view`). Each event is also scored by the frozen version
-(`Shadow.reference`), and the check publishes a new version only while the learner's recent
-`gate_metric` on those events is not worse than the frozen version's by more than `publish_margin`;
-otherwise the frozen version serves as it is (no longer following) until the learner passes the
-ordinary gate again. A promotion, a rollback or a pause serves the frozen version.
+(`Shadow.reference`). After every label the learner's recent `gate_metric` is compared with the
+frozen version's on the same events: worse by more than `publish_margin`, and the frozen version
+serves as it is (no longer following) until the learner passes that comparison at a check; not
+worse at a check, and the learner is frozen as the next version, which follows in turn. A
+promotion, a rollback or a pause serves the frozen version.
 
 Every version gets a number never reused; `catalog` keeps every version's metadata (the models
 themselves live in the store's registry), `history` the versions that served, in order.
@@ -81,7 +82,8 @@ class OnlineModel:
         self.history: list[int] = []
         self.recent: dict[int, Published] = {}
         self.following = False  # the served version follows its learner (`[model] follow`)
-        # While following: the learner and the frozen version on the same events (paired)
+        # With `follow`: the champion's learner and the frozen served version on the same events
+        # (paired), whether the stream was served by the one (following) or the other
         self.follow_learner = Evaluation(config.task, window)
         self.follow_frozen = Evaluation(config.task, window)
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
@@ -173,9 +175,10 @@ class OnlineModel:
         self.served_eval.update(y, y_served)
         scores, late = shadow.scores, shadow.late
         y_champion = scores.get(self.champion)
-        if self.following and shadow.reference is not None and y_champion is not None:
+        frozen = shadow.reference if self.following else y_served
+        if self.config.follow and self.probation is None and frozen is not None and y_champion is not None:
             self.follow_learner.update(y, y_champion)
-            self.follow_frozen.update(y, shadow.reference)
+            self.follow_frozen.update(y, frozen)
         for name, candidate in self.candidates.items():
             prediction = scores.get(name)
             if prediction is None:
@@ -205,6 +208,8 @@ class OnlineModel:
                 self.labels_since_check = 0  # the next check compares with the restored version
                 return decisions
         self.labels_since_check += 1
+        if self.following and not self._learner_holds()[0]:  # at every label: the learner slipped
+            return decisions + [self._freeze()]
         if self.last_check_ts is None:
             self.last_check_ts = event_ts
         if self.paused or not self._check_is_due(event_ts):
@@ -240,34 +245,45 @@ class OnlineModel:
         first version gives way without a comparison once the learner has `first_publish` labels."""
         if self._untrained_serves():
             reason = f"first version: the learner has {self.candidates[self.champion].n_learned} labels"
-        elif self.following and self.follow_frozen.count:
-            ok, reason = gate(self.config, self.follow_learner, self.follow_frozen, self.n_learned)
-            if not ok:  # the learner did worse than the version it follows: that version serves, frozen
-                self.refusals += 1
-                self.stop_following()
-                # the same version serves (its frozen copy): not a switch, its errors go on as one stream
-                return Decision("refuse", self.served.version, f"{reason}; {self.served.name} serves frozen")
-            reason = f"{reason} (following {self.served.name})"
-        else:  # (following with no label yet of an event it scored: the recent window, as ever)
+        elif self.config.follow and self.follow_frozen.window_count:
+            ok, reason = self._learner_holds()
+            if not ok:
+                return self._freeze() if self.following else self._refuse(reason)
+            reason = f"{reason} (following {self.served.name})" if self.following else reason
+        else:
             ok, reason = gate(self.config, self.learner_eval, self.served_eval, self.n_learned)
             if not ok:
-                self.refusals += 1
-                return Decision("refuse", None, reason)
+                return self._refuse(reason)
         published = self.publish_now(event_ts)
         return Decision("publish", published.version, reason, published, True)
+
+    def _learner_holds(self) -> tuple[bool, str]:
+        """The gate on the paired figures: the learner against the frozen version, same events."""
+        if not self.follow_frozen.window_count:
+            return True, "no label yet"
+        return gate(self.config, self.follow_learner, self.follow_frozen, self.n_learned)
+
+    def _refuse(self, reason: str) -> Decision:
+        self.refusals += 1
+        return Decision("refuse", None, reason)
+
+    def _freeze(self) -> Decision:
+        """The learner did worse than the version it follows: that version serves, frozen, until the
+        learner passes the gate against it. The same version serves, so it is not a switch: its
+        errors go on as one stream for the drift detector."""
+        _, reason = self._learner_holds()
+        self.refusals += 1
+        self.stop_following()
+        return Decision("freeze", self.served.version, f"{reason}; {self.served.name} serves frozen")
 
     def publish_now(self, event_ts: float | None) -> Published:
         """Freeze the champion's learner as a new version and serve it, with no gate; it follows
         its learner from now on with `[model] follow`."""
         published = self._new_version(self.candidates[self.champion], self.served.version, event_ts)
-        following = self.following
         self.serve(published, reset_window=False)
         self.publications += 1
         if self.config.follow and not self.paused:
             self.following = True
-            if not following:
-                self.follow_learner.reset_window()
-                self.follow_frozen.reset_window()
         return published
 
     def stop_following(self) -> None:
@@ -275,7 +291,6 @@ class OnlineModel:
         if self.following:
             self.following = False
             self.view = self.served
-            self.served_eval.reset_window()
 
     def promote_candidate(self, name: str, event_ts: float | None, reason: str, *, by_policy: bool) -> Decision:
         """Serve candidate `name` (a frozen copy of its learner) and make it the champion."""
@@ -413,6 +428,8 @@ class OnlineModel:
         del self.history[:-HISTORY]
         if reset_window:
             self.served_eval.reset_window()
+            self.follow_learner.reset_window()
+            self.follow_frozen.reset_window()
             for candidate in self.candidates.values():
                 candidate.reset_duel()
 

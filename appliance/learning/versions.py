@@ -48,7 +48,7 @@ class Published:
 class Decision:
     """A change to serving or to the candidates, for the engine to log, audit and publish."""
 
-    action: str  # publish | refuse | promote | rollback | keep | challenger | retire
+    action: str  # publish | refuse | freeze | promote | rollback | keep | challenger | retire
     version: int | None
     reason: str
     new_version: Published | None = None  # a version to write to the registry

@@ -69,12 +69,16 @@ def test_a_learner_that_does_worse_than_its_frozen_version_stops_following():
     version = model.served.version
     x = {"amount": 150.0}
     decisions = []
-    for i in range(20):  # the learner confidently wrong, the frozen version right, on the same events
+    for i in range(60):  # the learner confidently wrong, the frozen version right, on the same events
         shadow = Shadow({model.champion: {True: 0.05, False: 0.95}}, {True: 0.9, False: 0.1})
         decisions += model.learn(x, True, shadow, shadow.scores[model.champion], 1000.0 + i)
-    refused = [d for d in decisions if d.action == "refuse"]
-    assert refused and refused[-1].version == version and "serves frozen" in refused[-1].reason
-    assert not refused[-1].switched  # the same version serves: its errors stay one stream for drift
+    freezes = [d for d in decisions if d.action == "freeze"]
+    assert len(freezes) == 1 and decisions[0] is freezes[0]  # at the label the learner slipped
+    freeze = freezes[0]
+    assert freeze.version == version and "serves frozen" in freeze.reason
+    assert not freeze.switched  # the same version serves: its errors stay one stream for drift
+    assert all(d.action == "refuse" for d in decisions[1:])  # then the checks refuse, as ever
+    assert not any(d.action == "publish" for d in decisions)
     assert not model.following and model.served.version == version
     assert model.serving_model is model.served.model and model.view is model.served
 

@@ -79,7 +79,7 @@ def test_a_replica_scores_bit_for_bit_as_the_engine_after_every_batch(tmp_path):
         for values, ts in requests[compared % len(requests):][:8]:
             got = replica.score(values, ts)
             x = engine.space.compute(values, ts, engine.entities)
-            y = engine.model.predict(engine.model.served.model, x)
+            y = engine.model.predict(engine.model.view.model, x)
             assert orjson.dumps(got.x) == orjson.dumps(x)  # same names, same order, same float bits
             assert got.y == y
             assert got.version == engine.model.served.version
@@ -137,7 +137,7 @@ def test_a_replica_in_another_process_scores_as_the_engine(tmp_path):
     want = []
     for values, ts in requests:
         x = engine.space.compute(values, ts, engine.entities)
-        want.append({"x": x, "y": engine.model.predict(engine.model.served.model, x),
+        want.append({"x": x, "y": engine.model.predict(engine.model.view.model, x),
                      "version": engine.model.served.version})
     assert orjson.dumps(got) == orjson.dumps(want, option=orjson.OPT_NON_STR_KEYS)  # every float's bits
     assert len(requests) > 50
@@ -203,7 +203,7 @@ def test_a_replica_follows_the_attribute_tables_the_engine_switches_to(tmp_path)
             got = replica.score(values, ts)
             x = engine.space.compute(values, ts, engine.entities)
             assert orjson.dumps(got.x) == orjson.dumps(x)
-            assert got.y == engine.model.predict(engine.model.served.model, x)
+            assert got.y == engine.model.predict(engine.model.view.model, x)
         tables_seen.append(replica.space.attributes["card"].version)
         return True
 
