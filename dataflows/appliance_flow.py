@@ -32,6 +32,7 @@ from appliance.engine.items import ControlItem, DeadItem, EventItem, Item, Label
 from appliance.errors import InvalidEvent
 from appliance.ingest.events import Event, decode, parse_event
 from appliance.ingest.order_log import OrderLog
+from appliance.learning.online_model import VIEW_EVERY
 
 INBOX = "inbox"
 
@@ -125,7 +126,7 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
         process = self.engine.process
         for item in values:
             process(item)
-        self.engine.model.refresh_view()  # what the socket and the serving children score with
+        self.engine.model.refresh_view()  # what the socket and the serving children score with (`view`)
         self.changed = True
         out: list[tuple] = [("rows", self.engine.take_rows())]
         if time.monotonic() >= self.next_checkpoint:
@@ -134,6 +135,7 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[tuple], bool]:
+        self.engine.model.refresh_view(force=True)  # after a burst, the last labels reach the socket too
         if self.stale_stats:
             self._publish(force=True)
         if time.monotonic() < self.next_checkpoint:
@@ -149,6 +151,7 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
             self.stale_stats = not published
 
     def on_eof(self) -> tuple[list[tuple], bool]:
+        self.engine.model.refresh_view(force=True)
         out = [("rows", self.engine.take_rows()), self._checkpoint()]
         self._publish(force=True)
         return out, StatefulBatchLogic.RETAIN
@@ -157,6 +160,8 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
         delay = max(0.0, self.next_checkpoint - time.monotonic())
         if self.stale_stats:
             delay = min(delay, STATS_DELAY)
+        if self.engine.model.view_stale:
+            delay = min(delay, VIEW_EVERY)
         return datetime.now(UTC) + timedelta(seconds=delay)
 
     def snapshot(self) -> None:

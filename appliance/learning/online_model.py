@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
+VIEW_EVERY = 0.005  # seconds between two copies of a followed learner for other threads (`refresh_view`)
 
 
 class OnlineModel:
@@ -89,6 +91,7 @@ class OnlineModel:
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
         self.view = self.served  # what other threads and processes serve (`refresh_view`)
         self._view_learned = -1  # the learner's label count the view copied
+        self._view_at = -math.inf  # when (time.monotonic) it was copied
         self.history.append(self.served.version)
 
     _SCALARS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
@@ -120,7 +123,7 @@ class OnlineModel:
         self.probation = None if data["probation"] is None else Probation.from_data(data["probation"])
         self.catalog, self.history, self.recent = data["catalog"], data["history"], {}
         self.view, self._view_learned = self.served, -1
-        self.refresh_view()
+        self.refresh_view(force=True)
 
     # -- the champion's learner ------------------------------------------------------------
     @property
@@ -156,18 +159,26 @@ class OnlineModel:
             return Shadow(scores, self.predict(self.served.model, x))
         return Shadow(scores)
 
-    def refresh_view(self) -> bool:
+    @property
+    def view_stale(self) -> bool:
+        """Whether the learner the served version follows learned since `view` was copied."""
+        return self.following and (self.candidates[self.champion].n_learned != self._view_learned
+                                   or self.view.version != self.served.version)
+
+    def refresh_view(self, *, force: bool = False) -> bool:
         """After a batch (on the engine's thread): while following, copy the learner for the other
-        threads and processes if it learned since the last copy. Return whether the view changed."""
+        threads and processes if it learned since the last copy, at most every `VIEW_EVERY` seconds
+        unless `force` (a copy costs ~0.2 ms: bounded so, it takes at most ~4 % of a core however
+        small the batches). Return whether the view changed."""
         if not self.following:
             changed = self.view is not self.served
             self.view = self.served
             return changed
-        learned = self.candidates[self.champion].n_learned
-        if learned == self._view_learned and self.view.version == self.served.version:
+        now = time.monotonic()
+        if not self.view_stale or (not force and now - self._view_at < VIEW_EVERY):
             return False
         self.view = dataclasses.replace(self.served, model=copy.deepcopy(self.learner))
-        self._view_learned = learned
+        self._view_learned, self._view_at = self.candidates[self.champion].n_learned, now
         return True
 
     def learn(self, x: dict, y: Any, shadow: Shadow, y_served: Any, event_ts: float) -> list[Decision]:

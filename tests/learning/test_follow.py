@@ -53,13 +53,14 @@ def test_the_view_for_other_threads_is_a_copy_refreshed_only_when_the_learner_le
     model = OnlineModel(ModelConfig(publish_every=50), SPEC)
     feed(model, 6000)
     feed(model, 3, seed=5)
-    assert model.refresh_view() is True
+    assert model.view_stale and model.refresh_view(force=True) is True
     x = {"amount": 99.0, "city#2": 1.0}
     assert model.view.model is not model.learner and model.view.version == model.served.version
     assert model.predict(model.view.model, x) == model.predict(model.learner, x)
-    assert model.refresh_view() is False  # nothing learned since
+    assert not model.view_stale and model.refresh_view(force=True) is False  # nothing learned since
     feed(model, 1, seed=6)
-    assert model.refresh_view() is True
+    assert model.view_stale
+    assert model.refresh_view(force=True) is True and not model.view_stale
 
 
 def test_a_learner_that_does_worse_than_its_frozen_version_stops_following():

@@ -72,6 +72,7 @@ def test_default_regression_pipeline_equals_the_same_pipeline_built_by_hand_in_r
     appliance = Appliance(config, RunOptions(serve=False))
     appliance.run()
     by_hand = ScaleNumeric(clip=3.0) | preprocessing.TargetStandardScaler(
-        regressor=linear_model.LinearRegression(loss=optim.losses.Huber(epsilon=1.35)))
+        regressor=linear_model.LinearRegression(loss=optim.losses.Huber(epsilon=1.35),
+                                                optimizer=optim.SGD(optim.schedulers.InverseScaling(0.01, power=0.25))))
     expected = evaluate.progressive_val_score(datasets.TrumpApproval(), by_hand, metrics.MAE())
     assert appliance.engine.model.learner_eval.metric("mae").get() == expected.get()
