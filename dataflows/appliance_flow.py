@@ -32,7 +32,7 @@ from appliance.engine.items import ControlItem, DeadItem, EventItem, Item, Label
 from appliance.errors import InvalidEvent
 from appliance.ingest.events import Event, decode, parse_event
 from appliance.ingest.order_log import OrderLog
-from appliance.learning.online_model import VIEW_EVERY
+from appliance.learning.following import VIEW_EVERY
 
 INBOX = "inbox"
 

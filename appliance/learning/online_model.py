@@ -11,15 +11,13 @@ lineage serves. Every version is a frozen copy in the registry; it changes only 
 * rollback: a policy promotion that then does worse on probation (`candidates.Probation`) than the
   version it replaced or the replaced champion's live learner (or an operator's rollback).
 
-A published version follows its learner (`[model] follow`, on by default): between checks, the
-stream's events are scored by the champion's learner itself, which has learned every label since
-the version was frozen, and the other threads and processes serve `view`, a copy of the learner
-refreshed after each batch (`refresh_view`). Each event is also scored by the frozen version
-(`Shadow.reference`). After every label the learner's recent `gate_metric` is compared with the
-frozen version's on the same events: worse by more than `publish_margin`, and the frozen version
-serves as it is (no longer following) until the learner passes that comparison at a check; not
-worse at a check, and the learner is frozen as the next version, which follows in turn. A
-promotion, a rollback or a pause serves the frozen version.
+A published version follows its learner (`[model] follow`, on by default; `learning.following`):
+between checks, the stream's events are scored by the champion's learner itself, and the other
+threads and processes serve `view`, a copy of it refreshed after batches. After every label the
+learner's recent `gate_metric` is compared with the frozen version's on the same events: worse by
+more than `publish_margin`, and the frozen version serves as it is (no longer following) until the
+learner passes that comparison at a check; not worse at a check, and the learner is frozen as the
+next version, which follows in turn. A promotion, a rollback or a pause serves the frozen version.
 
 Every version gets a number never reused; `catalog` keeps every version's metadata (the models
 themselves live in the store's registry), `history` the versions that served, in order.
@@ -28,8 +26,6 @@ themselves live in the store's registry), `history` the versions that served, in
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -40,6 +36,7 @@ import orjson
 from appliance.config.file import CHAMPION, ModelConfig
 from appliance.config.lifecycle import Lifecycle
 from appliance.learning.candidates import Candidate, Probation, backfill, warm_started, winning_challenger
+from appliance.learning.following import Paired, View
 from appliance.learning.metrics import Evaluation
 from appliance.learning.publication import gate, labels_between_checks
 from appliance.learning.shadow import Shadow
@@ -50,7 +47,6 @@ if TYPE_CHECKING:
 
 HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
-VIEW_EVERY = 0.005  # seconds between two copies of a followed learner for other threads (`refresh_view`)
 
 
 class OnlineModel:
@@ -84,14 +80,11 @@ class OnlineModel:
         self.history: list[int] = []
         self.recent: dict[int, Published] = {}
         self.following = False  # the served version follows its learner (`[model] follow`)
-        # With `follow`: the champion's learner and the frozen served version on the same events
-        # (paired), whether the stream was served by the one (following) or the other
-        self.follow_learner = Evaluation(config.task, window)
-        self.follow_frozen = Evaluation(config.task, window)
+        # With `follow`: the champion's learner and the frozen served version on the same events,
+        # whether the stream was served by the one (following) or the other
+        self.paired = Paired.fresh(config.task, window)
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
-        self.view = self.served  # what other threads and processes serve (`refresh_view`)
-        self._view_learned = -1  # the learner's label count the view copied
-        self._view_at = -math.inf  # when (time.monotonic) it was copied
+        self._view = View(self.served)
         self.history.append(self.served.version)
 
     _SCALARS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
@@ -105,7 +98,7 @@ class OnlineModel:
         return {**{name: getattr(self, name) for name in self._SCALARS},
                 "candidates": [candidate.to_data() for candidate in self.candidates.values()],
                 "served_eval": self.served_eval.to_data(), "served": self.served.to_data(),
-                "follow_learner": self.follow_learner.to_data(), "follow_frozen": self.follow_frozen.to_data(),
+                "paired": self.paired.to_data(),
                 "examples": [list(example) for example in self.examples],
                 "probation": None if self.probation is None else self.probation.to_data(),
                 "catalog": self.catalog, "history": self.history}
@@ -114,15 +107,14 @@ class OnlineModel:
         """Take the state `to_data` described (then `reconcile` applies the config)."""
         for name in self._SCALARS:
             setattr(self, name, data[name])
-        self.follow_learner = Evaluation.from_data(data["follow_learner"])
-        self.follow_frozen = Evaluation.from_data(data["follow_frozen"])
+        self.paired = Paired.from_data(data["paired"])
         self.candidates = {c["name"]: Candidate.from_data(c) for c in data["candidates"]}
         self.served_eval = Evaluation.from_data(data["served_eval"])
         self.served = Published.from_data(data["served"])
         self.examples = deque(((x, y) for x, y in data["examples"]), maxlen=self.lifecycle.warm_start)
         self.probation = None if data["probation"] is None else Probation.from_data(data["probation"])
         self.catalog, self.history, self.recent = data["catalog"], data["history"], {}
-        self.view, self._view_learned = self.served, -1
+        self._view = View(self.served)
         self.refresh_view(force=True)
 
     # -- the champion's learner ------------------------------------------------------------
@@ -160,26 +152,24 @@ class OnlineModel:
         return Shadow(scores)
 
     @property
+    def view(self) -> Published:
+        """What other threads and processes serve: the served version, or a recent copy of the
+        learner it follows (`following.View`)."""
+        return self._view.published
+
+    @property
     def view_stale(self) -> bool:
         """Whether the learner the served version follows learned since `view` was copied."""
-        return self.following and (self.candidates[self.champion].n_learned != self._view_learned
-                                   or self.view.version != self.served.version)
+        return self.following and self._view.stale(self.served, self.candidates[self.champion].n_learned)
 
     def refresh_view(self, *, force: bool = False) -> bool:
-        """After a batch (on the engine's thread): while following, copy the learner for the other
-        threads and processes if it learned since the last copy, at most every `VIEW_EVERY` seconds
-        unless `force` (a copy costs ~0.2 ms: bounded so, it takes at most ~4 % of a core however
-        small the batches). Return whether the view changed."""
+        """After a batch (on the engine's thread): while following, copy the learner if it learned
+        since the last copy (`following.View.refresh`). Return whether the view changed."""
         if not self.following:
-            changed = self.view is not self.served
-            self.view = self.served
+            changed = self._view.published is not self.served
+            self._view.show(self.served)
             return changed
-        now = time.monotonic()
-        if not self.view_stale or (not force and now - self._view_at < VIEW_EVERY):
-            return False
-        self.view = dataclasses.replace(self.served, model=copy.deepcopy(self.learner))
-        self._view_learned, self._view_at = self.candidates[self.champion].n_learned, now
-        return True
+        return self._view.refresh(self.served, self.learner, self.candidates[self.champion].n_learned, force=force)
 
     def learn(self, x: dict, y: Any, shadow: Shadow, y_served: Any, event_ts: float) -> list[Decision]:
         """Score every candidate on this label, let them learn it, and decide what serves next."""
@@ -188,8 +178,7 @@ class OnlineModel:
         y_champion = scores.get(self.champion)
         frozen = shadow.reference if self.following else y_served
         if self.config.follow and self.probation is None and frozen is not None and y_champion is not None:
-            self.follow_learner.update(y, y_champion)
-            self.follow_frozen.update(y, frozen)
+            self.paired.update(y, y_champion, frozen)
         for name, candidate in self.candidates.items():
             prediction = scores.get(name)
             if prediction is None:
@@ -219,7 +208,7 @@ class OnlineModel:
                 self.labels_since_check = 0  # the next check compares with the restored version
                 return decisions
         self.labels_since_check += 1
-        if self.following and not self._learner_holds()[0]:  # at every label: the learner slipped
+        if self.following and not self.paired.holds(self.config, self.n_learned)[0]:  # at every label
             return decisions + [self._freeze()]
         if self.last_check_ts is None:
             self.last_check_ts = event_ts
@@ -256,8 +245,8 @@ class OnlineModel:
         first version gives way without a comparison once the learner has `first_publish` labels."""
         if self._untrained_serves():
             reason = f"first version: the learner has {self.candidates[self.champion].n_learned} labels"
-        elif self.config.follow and self.follow_frozen.window_count:
-            ok, reason = self._learner_holds()
+        elif self.config.follow and self.paired.labels:
+            ok, reason = self.paired.holds(self.config, self.n_learned)
             if not ok:
                 return self._freeze() if self.following else self._refuse(reason)
             reason = f"{reason} (following {self.served.name})" if self.following else reason
@@ -268,12 +257,6 @@ class OnlineModel:
         published = self.publish_now(event_ts)
         return Decision("publish", published.version, reason, published, True)
 
-    def _learner_holds(self) -> tuple[bool, str]:
-        """The gate on the paired figures: the learner against the frozen version, same events."""
-        if not self.follow_frozen.window_count:
-            return True, "no label yet"
-        return gate(self.config, self.follow_learner, self.follow_frozen, self.n_learned)
-
     def _refuse(self, reason: str) -> Decision:
         self.refusals += 1
         return Decision("refuse", None, reason)
@@ -282,7 +265,7 @@ class OnlineModel:
         """The learner did worse than the version it follows: that version serves, frozen, until the
         learner passes the gate against it. The same version serves, so it is not a switch: its
         errors go on as one stream for the drift detector."""
-        _, reason = self._learner_holds()
+        _, reason = self.paired.holds(self.config, self.n_learned)
         self.refusals += 1
         self.stop_following()
         return Decision("freeze", self.served.version, f"{reason}; {self.served.name} serves frozen")
@@ -301,7 +284,7 @@ class OnlineModel:
         """Serve the frozen version as it is (its learner keeps learning, unpublished)."""
         if self.following:
             self.following = False
-            self.view = self.served
+            self._view.show(self.served)
 
     def promote_candidate(self, name: str, event_ts: float | None, reason: str, *, by_policy: bool) -> Decision:
         """Serve candidate `name` (a frozen copy of its learner) and make it the champion."""
@@ -433,14 +416,13 @@ class OnlineModel:
         challenger's duel, so they compare with what serves now, not with what served before.
         """
         self.following = False  # a publication follows again (`publish_now`); nothing else does
-        self.served = self.view = published
-        self._view_learned = published.n_learned if published.candidate == self.champion else -1
+        self.served = published
+        self._view.show(published, published.n_learned if published.candidate == self.champion else -1)
         self.history.append(published.version)
         del self.history[:-HISTORY]
         if reset_window:
             self.served_eval.reset_window()
-            self.follow_learner.reset_window()
-            self.follow_frozen.reset_window()
+            self.paired.reset_window()
             for candidate in self.candidates.values():
                 candidate.reset_duel()
 

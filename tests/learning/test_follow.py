@@ -109,8 +109,8 @@ def test_following_and_its_paired_figures_survive_a_checkpoint():
     data = unpack(pack(model.to_data()))  # as the checkpoint stores it
     restored = OnlineModel(ModelConfig(publish_every=50), SPEC)
     restored.load_data(data)
-    assert restored.following and restored.follow_frozen.count == model.follow_frozen.count > 0
-    assert restored.follow_learner.values() == model.follow_learner.values()
+    assert restored.following and restored.paired.frozen.count == model.paired.frozen.count > 0
+    assert restored.paired.learner.values() == model.paired.learner.values()
     x = {"amount": 42.0, "city#0": 1.0}
     assert restored.predict(restored.view.model, x) == model.predict(model.learner, x)
 
