@@ -63,7 +63,7 @@ def overview_figures(stats: dict) -> Table:
         ("label lag p50", fmt(delay.get("p50"), ",.0f") + " s", "label join rate", fmt(stats.get("label_join_rate"), ".1%")),
         ("queue (inbox lag)", fmt(stats.get("inbox_lag_bytes"), ",d") + " B", "dead letters", fmt(counts.get("dead_letters"), ",d")),
         ("late events", fmt(counts.get("late_events"), ",d"), "request errors", fmt(server.get("errors"), ",d")),
-        ("served version", str(model.get("served_version", "-")), "publishing", str(model.get("publishing", "-"))),
+        ("served version", str(model.get("served_version", "-")) + (" + learner" if model.get("following") else ""), "publishing", str(model.get("publishing", "-"))),
         ("served ROC AUC (recent)", fmt(served.get("roc_auc_window"), ".4f"), "served log loss", fmt(served.get("log_loss"), ".4f")),
         ("champion", str(model.get("champion", "-")), "drift alerts", fmt(as_dict(stats.get("drift")).get("alerts"), ",d")),
         ("watermark", str(stats.get("watermark") or "-"), "uptime", fmt(stats.get("uptime_seconds"), ",.0f") + " s"),

@@ -16,6 +16,7 @@ def model_summary(model: OnlineModel) -> dict[str, Any]:
         "champion": model.champion,
         "served_version": model.served.name,
         "publishing": "paused" if model.paused else "automatic",
+        "following": model.following,  # the served version follows its learner (`[model] follow`)
         "versions": len(model.catalog),
         "examples_learned": model.n_learned,
         "publications": model.publications,

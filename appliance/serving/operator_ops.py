@@ -76,7 +76,7 @@ class OperatorOps:
         versions = [model.catalog[v] for v in sorted(model.catalog)[-limit:]]
         snapshot = self.board.snapshot.get("model", {})  # metrics: the engine's snapshot
         return {"served": model.served.version, "previous": model.previous(), "champion": model.champion,
-                "publishing": "paused" if model.paused else "automatic",
+                "publishing": "paused" if model.paused else "automatic", "following": model.following,
                 "learner": {"spec": model.spec, "n_learned": model.n_learned, "metrics": snapshot.get("learner", {})},
                 "leaderboard": snapshot.get("leaderboard", []), "probation": snapshot.get("probation"),
                 "versions": versions, "total_versions": len(model.catalog)}
