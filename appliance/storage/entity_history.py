@@ -129,7 +129,7 @@ class RecentEntities:
                 continue
             entry = Recent(row["ts"], row["seq"])
             for key, value in zip(keys, values[1:]):
-                entity = entity_value(value)
+                entity = value if type(value) is str else entity_value(value)
                 if entity is not None:
                     new.setdefault((key, entity), []).append(entry)
 
@@ -141,14 +141,23 @@ class RecentEntities:
             cache.clear()
         rows = []
         select = "SELECT newest, base, recent FROM entity_recent WHERE key = ? AND entity = ?"
+        size = self.keep * _OFFSET.size
         for pair, entries in new.items():
-            entries = sorted(set(entries), reverse=True) if len(entries) > 1 else entries
             old = cache.get(pair)
             if old is None and (found := conn.execute(select, pair).fetchone()) is not None:
                 old = Listed(*found)
             if old is None:
-                listed = pack_listed(entries[:self.keep])
+                listed = pack_listed(sorted(set(entries), reverse=True)[:self.keep])
+            elif len(entries) == 1:  # the usual case, inline: one event, newer than the listed ones
+                ts, seq = entries[0]
+                offset = seq - old.base
+                if (ts > old.newest or ts == old.newest and offset > _OFFSET.unpack_from(old.recent)[0]) \
+                        and offset < _OFFSET_LIMIT:
+                    listed = Listed(ts, old.base, (_OFFSET.pack(offset) + old.recent)[:size])
+                else:
+                    listed = self._merge(conn, old, entries)
             else:
+                entries = sorted(set(entries), reverse=True)
                 listed = prepend(old, entries, self.keep) if entries[-1] > old.head() else None
                 listed = listed or self._merge(conn, old, entries)
             cache[pair] = listed
