@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory, _as_integer
-from appliance.storage.retention import prune_by_age
+from appliance.storage.retention import prune_by_age, prune_to_bytes, used_bytes
 from appliance.storage.rows import PayloadCodec
 from appliance.storage.store import StoreWriter
 
@@ -30,6 +30,8 @@ def stream(seed: int, events: int) -> list[dict]:
         raw = {"event_id": f"e{seq}", "amount": rng.random()}
         if rng.random() < 0.95:
             raw["card"] = rng.choice(CARDS[:3]) if rng.random() < 0.5 else rng.choice(CARDS)
+        if seq < events // 8 and rng.random() < 0.3:  # cards seen only early: retention removes them
+            raw["card"] = f"old{seq % 5}"
         if rng.random() < 0.9:
             raw["user"] = rng.choice(USERS)
         ts = float(int(seq * 2 - rng.random() * 60))  # whole seconds: equal times happen
@@ -82,7 +84,7 @@ def scanned(path: Path, key: str, entity: str, limit: int) -> list[str]:
 
 
 def lookups(history: EntityHistory) -> list[tuple[str, str, int]]:
-    names = {"card": CARDS + ["7", "nobody"], "user": ["7", "8", "-3", "1", "u1", "2.5", "07", "nobody"]}
+    names = {"card": CARDS + ["7", "old0", "nobody"], "user": ["7", "8", "-3", "1", "u1", "2.5", "07", "nobody"]}
     return [(key, name, limit) for key in KEYS for name in names[key] for limit in (1, 5, 20, RECENT_PER_ENTITY)]
 
 
@@ -119,7 +121,26 @@ def test_after_retention_the_lookup_still_matches_the_scan_and_gone_entities_are
     newest = dict(conn.execute("SELECT entity, newest FROM entity_recent WHERE key = 'card'").fetchall())
     after = conn.execute("SELECT count(*) FROM entity_recent").fetchone()[0]
     conn.close()
-    assert all(ts >= 3_000.0 for ts in newest.values()) and after <= before
+    assert all(ts >= 3_000.0 for ts in newest.values()) and after < before
+    history = EntityHistory(str(path), KEYS)
+    for key, name, limit in lookups(history):
+        assert [row["event_id"] for row in history.recent(key, name, limit)] == scanned(path, key, name, limit)
+    history.close()
+
+
+def test_after_a_prune_to_bytes_the_lookup_still_matches_the_scan(tmp_path):
+    path = tmp_path / "store.db"
+    write(path, stream(6, 4_000), 6)
+    conn = sqlite3.connect(path)
+    bound = used_bytes(conn) // 2
+    # oldest history first (fewer events than a step: everything before the watermark goes)
+    _, counts = prune_to_bytes(conn, bound, watermark=4_000.0)
+    conn.commit()
+    left = conn.execute("SELECT min(ts) FROM events").fetchone()[0]
+    stale = conn.execute("SELECT count(*) FROM entity_recent WHERE newest < ?", (left,)).fetchone()[0]
+    conn.close()
+    assert counts["events"] > 1_000 and left >= 3_900.0
+    assert stale == 0  # entities with no event left are no longer listed
     history = EntityHistory(str(path), KEYS)
     for key, name, limit in lookups(history):
         assert [row["event_id"] for row in history.recent(key, name, limit)] == scanned(path, key, name, limit)
