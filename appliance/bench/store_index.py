@@ -1,6 +1,7 @@
-"""What the per-key expression index on the events table (behind the `entity` op) costs the store
-writer: CPU seconds to insert the sample's first events in batches of 500, with and without it,
-interleaved. `python -m appliance.bench.store_index [events]`.
+"""What listing each entity's newest events (behind the `entity` op) costs the store writer: CPU
+seconds to insert the sample's first events in batches of 500 without it, with `entity_recent`
+(`RecentEntities`, what the writer does) and with an expression index per key on the events (rows
+format 2, the design it replaced), interleaved. `python -m appliance.bench.store_index [events]`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from pathlib import Path
 
 import orjson
 
-from appliance.storage.entity_history import index_entity_keys
+from appliance.storage.entity_history import RecentEntities
 from appliance.storage.rows import PayloadCodec
 from appliance.storage.store import TABLES, _insert_sql, open_db
 
 
-def sample_rows(limit: int, keys: tuple[str, ...]) -> list[tuple]:
-    columns = list(TABLES["events"][0])
+def sample_rows(limit: int, keys: tuple[str, ...]) -> list[dict]:
     payloads = PayloadCodec(keys, "event_id")  # as the engine logs them, entity keys first
     import sample_data
 
@@ -38,20 +38,27 @@ def sample_rows(limit: int, keys: tuple[str, ...]) -> list[tuple]:
                 event_id = str(event.get("event_id", offset))
                 row = {"event_id": event_id, "seq": offset, "ts": float(offset), "source": 1, "offset": offset,
                        "ingested": 1, "payload": payloads.encode(event, event_id)}
-                rows.append(tuple(row[c] for c in columns))
+                rows.append(row)
     return rows
 
 
-def insert_seconds(rows: list[tuple], keys: tuple[str, ...]) -> float:
+def insert_seconds(rows: list[dict], keys: tuple[str, ...], how: str) -> float:
+    """CPU seconds to insert `rows`; `how`: "none", "recent" or "expression"."""
     with tempfile.TemporaryDirectory(dir="/tmp") as workdir:
         db = open_db(Path(workdir) / "store.db")
-        if keys:
-            index_entity_keys(db.conn, keys)
-        sql = _insert_sql("events", list(TABLES["events"][0]))
+        if how == "expression":
+            for i in range(len(keys)):
+                db.conn.execute(f"CREATE INDEX events_by_{i} ON events(json_extract(payload, '$[{i + 1}]'), ts)")
+        recent = RecentEntities(keys if how == "recent" else ())
+        columns = list(TABLES["events"][0])
+        sql = _insert_sql("events", columns)
         started = time.process_time()
         for start in range(0, len(rows), 500):
+            batch = rows[start:start + 500]
             with db.conn:
-                db.conn.executemany(sql, rows[start:start + 500])
+                db.conn.executemany(sql, [tuple(row[c] for c in columns) for row in batch])
+                recent.add(batch)
+                recent.write(db.conn)
         elapsed = time.process_time() - started
         db.conn.close()
     return elapsed
@@ -63,14 +70,13 @@ def main(events: int = 50_000, rounds: int = 3) -> None:
 
     keys = tuple(load_config(sample_data.CONFIG).event.keys)
     rows = sample_rows(events, keys)
-    plain, indexed = [], []
+    seconds: dict[str, list[float]] = {"none": [], "recent": [], "expression": []}
     for _ in range(rounds):
-        plain.append(insert_seconds(rows, ()))
-        indexed.append(insert_seconds(rows, keys))
-    a, b = statistics.median(plain), statistics.median(indexed)
-    print(f"{len(rows):,} events, keys {', '.join(keys)}: without the index {a:.2f} s CPU "
-          f"({a / len(rows) * 1e6:.1f} µs/event), with it {b:.2f} s ({b / len(rows) * 1e6:.1f} µs/event); "
-          f"medians of {rounds}")
+        for how, runs in seconds.items():
+            runs.append(insert_seconds(rows, keys, how))
+    figures = ", ".join(f"{how} {statistics.median(runs):.2f} s CPU ({statistics.median(runs) / len(rows) * 1e6:.1f} "
+                        "µs/event)" for how, runs in seconds.items())
+    print(f"{len(rows):,} events, keys {', '.join(keys)}: {figures}; medians of {rounds}")
 
 
 if __name__ == "__main__":

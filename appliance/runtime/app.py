@@ -33,7 +33,6 @@ from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
 from appliance.storage.disk import DiskGauge, default_max_bytes
-from appliance.storage.entity_history import index_entity_keys
 from appliance.storage.ownership import StoreLock, make_private
 from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
 from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
@@ -149,7 +148,8 @@ class Appliance:
             self.engine = self._restore_engine()
             self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
                                       max_bytes=config.retention.max_bytes or default_max_bytes(config.db),
-                                      keep_models=config.retention.keep_models, cache_bytes=config.store_cache)
+                                      keep_models=config.retention.keep_models, cache_bytes=config.store_cache,
+                                      entity_keys=tuple(self.engine.space.layouts))
             self.disk.sample()
         except BaseException:
             self.lock.release()
@@ -217,7 +217,6 @@ class Appliance:
                 engine.restore(saved["engine"], load_entities(db), load_pending(db))
                 engine.load_recent_audit(db)  # the trail as the store holds it, not this start's
                 self.resumed = True
-            index_entity_keys(db.conn, tuple(engine.space.layouts))
             load_attribute_files(self.config, db)
             engine.attach_attributes(db)
             self.imported = engine.commands.import_models(db)

@@ -28,7 +28,7 @@ from appliance.serving.health import stage_health
 from appliance.serving.latency import LatencyRing
 from appliance.serving.operator_ops import OperatorOps, limit_of
 from appliance.serving.protocol import Deferred
-from appliance.storage.entity_history import EntityHistory
+from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory
 from appliance.timeutil import format_timestamp
 
 MAX_INGEST = 10_000
@@ -179,8 +179,8 @@ class Service:
 
     def entity(self, request: dict) -> Deferred:
         """One entity for the operator: its current features with their age, and its newest events
-        with the prediction each got and the label, if one arrived (`limit`, default 20, at most 200)."""
-        limit = limit_of(request, 20, 200)
+        with the prediction each got and the label, if one arrived (`limit`, default 20, at most `RECENT_PER_ENTITY`, 50)."""
+        limit = limit_of(request, 20, RECENT_PER_ENTITY)
         (key, features), = self._entity_features(request, single=True)
         as_of = self._as_of()
 

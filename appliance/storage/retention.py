@@ -30,6 +30,7 @@ def prune_by_age(conn: sqlite3.Connection, retention: dict[str, float], watermar
         column = RETENTION_COLUMNS[table]
         counts[table] = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (watermark - keep,)).rowcount
     if "events" in retention:
+        prune_entity_recent(conn, watermark - retention["events"])
         prune_attribute_versions(conn)
     return counts
 
@@ -54,6 +55,10 @@ def prune_to_bytes(conn: sqlite3.Connection, max_bytes: int, watermark: float) -
         used = used_bytes(conn)
         if used <= target or not deleted:
             break
+    if counts["events"]:  # an entity whose events a pending label keeps stays listed
+        oldest_pending = conn.execute("SELECT min(ts) FROM pending_labels").fetchone()[0]
+        prune_entity_recent(conn, cutoff if oldest_pending is None else min(cutoff, oldest_pending))
+        used = used_bytes(conn)
     prune_attribute_versions(conn)
     if used > max_bytes:
         log.warning("the store holds %s bytes, over its bound of %s: what is left is newer than the last "
@@ -66,6 +71,13 @@ def used_bytes(conn: sqlite3.Connection) -> int:
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     free = conn.execute("PRAGMA freelist_count").fetchone()[0]
     return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+def prune_entity_recent(conn: sqlite3.Connection, cutoff: float) -> int:
+    """Drop the `entity_recent` rows of entities with no event at or after `cutoff` (all of them
+    pruned); a row's entries of pruned events are skipped by its readers. A scan of the table, whose
+    size is the number of entities."""
+    return conn.execute("DELETE FROM entity_recent WHERE newest < ?", (cutoff,)).rowcount
 
 
 def prune_attribute_versions(conn: sqlite3.Connection) -> None:

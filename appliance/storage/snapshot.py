@@ -39,8 +39,9 @@ FORMAT_VERSION = 2  # 2: entity states of layout version 2 (running window total
 # payloads as arrays by `appliance.storage.rows`, their names once per version in `feature_names` and
 # `payload_shapes` (a waiting prediction's blob carries its packed vector too). `runtime.fingerprint`
 # folds it in with FORMAT_VERSION, and `store.open_db` records it in the store's `store_format` table
-# and refuses a store in another layout (one that has rows but no checkpoint yet, too).
-ROWS_FORMAT = 2
+# and refuses a store in another layout (one that has rows but no checkpoint yet, too). 3: an entity's
+# newest events listed in `entity_recent` by the store writer instead of an expression index per key.
+ROWS_FORMAT = 3
 KIND = "appliance-checkpoint"
 
 _local = threading.local()

@@ -27,6 +27,7 @@ import orjson
 import sqlite_utils
 
 from appliance.errors import ConfigError
+from appliance.storage.entity_history import RecentEntities
 from appliance.storage.ownership import make_private
 from appliance.storage.registry import thin_models
 from appliance.storage.retention import RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
@@ -53,6 +54,9 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
                  "candidates": str},
                 "labels"),
     "entity_state": ({"key": str, "entity": str, "state": bytes}, ("key", "entity")),
+    # an entity's newest events (`entity_history`); `entity` without affinity: text and numbers kept apart
+    "entity_recent": ({"key": str, "entity": bytes, "newest": float, "base": int, "recent": bytes},
+                      ("key", "entity")),
     "pending_labels": ({"event_id": str, "seq": int, "ts": float, "packed": bytes}, "event_id"),
     "attribute_versions": ({"name": str, "version": int, "path": str, "sha256": str, "rows": int,
                             "loaded_at": float}, ("name", "version")),
@@ -76,6 +80,9 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     existing = set(db.table_names())
+    # one B-tree keyed by (key, entity): an upsert rewrites its row in place (`entity_history`)
+    db.execute("CREATE TABLE IF NOT EXISTS entity_recent (key TEXT, entity BLOB, newest FLOAT, base INTEGER, "
+               "recent BLOB, PRIMARY KEY (key, entity)) WITHOUT ROWID")
     for name, (columns, pk) in TABLES.items():
         db[name].create(columns, pk=pk, if_not_exists=True)
         missing = {c: t for c, t in columns.items() if c not in db[name].columns_dict}
@@ -127,8 +134,11 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
                  commit_every: float = 0.05, retention: dict[str, float] | None = None,
-                 max_bytes: int | None = None, keep_models: int | None = None, cache_bytes: int = 0) -> None:
+                 max_bytes: int | None = None, keep_models: int | None = None, cache_bytes: int = 0,
+                 entity_keys: tuple[str, ...] = ()) -> None:
         self.path = str(path)
+        self.entity_keys = tuple(entity_keys)  # the keys whose newest events `entity_recent` lists, payload order
+        self._recent = RecentEntities(self.entity_keys)  # each touched entity's row once per transaction
         self.cache_bytes = cache_bytes  # the write connection's page cache (0: SQLite's default, 2 MB)
         self.cache_limit: int | None = None  # the bound the connection took, in bytes, once started
         # The newest versions whose model bytes stay (`registry.thin_models`; None: never thin).
@@ -292,15 +302,19 @@ class StoreWriter:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[str, Any]]) -> bool:
         """Write a batch in one transaction; on a write failure roll back, record why, return False."""
+        recent = self._recent
         try:
             conn.execute("BEGIN")
             for kind, body in batch:
                 if kind == "rows":
                     self._write_rows(conn, body)
+                    recent.add(body.get("events", ()))
                 elif kind == "checkpoint":
                     self._write_checkpoint(conn, *body)
+            recent.write(conn)
             conn.execute("COMMIT")
         except (sqlite3.OperationalError, OSError) as exc:
+            recent.discard()
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")

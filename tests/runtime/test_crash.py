@@ -22,6 +22,7 @@ import pytest
 
 from appliance.features.entity_codec import decode_state
 from appliance.serving.client import Client
+from appliance.storage.entity_history import Listed
 from appliance.storage.snapshot import load_object, unpack, unpack_checkpoint
 from tests.conftest import Running, make_stream, wait_for, write_config
 
@@ -165,6 +166,9 @@ def tables(db_path) -> dict[str, list]:
                           for column, value in zip(columns, row))
                     for row in conn.execute(f"SELECT {names} FROM [{table}]")]
             out[table] = sorted(rows, key=repr)
+        # each entity's newest events, as the seqs its row lists (its packing base may differ)
+        out["entity_recent"] = sorted(((key, entity, newest, Listed(newest, base, recent).seqs()) for key, entity, newest,
+                                       base, recent in conn.execute("SELECT * FROM entity_recent")), key=repr)
         [(offsets, engine)] = conn.execute("SELECT offsets, engine FROM checkpoint").fetchall()
         out["checkpoint"] = [json.loads(offsets), canonical(loaded(unpack_checkpoint(engine)))]
         return out
@@ -271,6 +275,7 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
     assert expected["counts"]["labels_joined"] > 1000 and expected["model"]["served_version"] != "v1"
     assert expected_tables["alerts"] and any(row[2] == "challenger" for row in expected_tables["audit"]), \
         "the drift policy never acted: its recovery would go untested"  # (id, event_ts, action, ...)
+    assert len(expected_tables["entity_recent"]) > 20  # every user and card listed, compared below
     directory = base / "crashed"
     directory.mkdir()
     _config(directory, source)

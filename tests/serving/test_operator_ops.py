@@ -13,6 +13,7 @@ import pytest
 from appliance.config.file import config_from_dict
 from appliance.errors import RequestError
 from appliance.serving.client import Client
+from appliance.storage.entity_history import RECENT_PER_ENTITY
 from tests.conftest import SMALL_CONFIG, feed, make_stream, serving
 
 
@@ -56,6 +57,9 @@ def test_entity_shows_features_and_the_newest_predictions_with_their_labels(shor
         assert error.value.code == "unknown_key"
         with pytest.raises(RequestError) as error:
             client.request("entity", key="card", entity=card, limit=0)
+        assert error.value.code == "bad_request"
+        with pytest.raises(RequestError) as error:  # more than an entity's row lists
+            client.request("entity", key="card", entity=card, limit=RECENT_PER_ENTITY + 1)
         assert error.value.code == "bad_request"
 
 

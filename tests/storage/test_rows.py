@@ -96,6 +96,19 @@ def test_a_store_records_its_rows_layout_and_one_in_another_layout_is_refused(tm
         open_db(path)
 
 
+def test_a_store_of_layout_2_with_its_entity_expression_indexes_is_refused(tmp_path):
+    path = tmp_path / "two.db"
+    open_db(path).conn.close()
+    conn = sqlite3.connect(path)  # what layout 2 left: its version, an expression index per key
+    conn.execute("UPDATE store_format SET version = 2")
+    conn.execute("CREATE INDEX events_by_card ON events(json_extract(payload, '$[1]'), ts)")
+    conn.commit()
+    conn.close()
+    assert ROWS_FORMAT == 3
+    with pytest.raises(ConfigError, match="layout 2 and this release reads and writes layout 3; start with --fresh"):
+        open_db(path)
+
+
 def test_a_store_written_before_the_layout_was_recorded_is_refused(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)  # the schema of the earlier release: vectors as JSON text, no store_format
@@ -104,7 +117,7 @@ def test_a_store_written_before_the_layout_was_recorded_is_refused(tmp_path):
     conn.execute("INSERT INTO predictions VALUES ('e1', 1.0, 1, 0.5, 0, 0.5, 'stream', '{\"amount\": 1.0}')")
     conn.commit()
     conn.close()
-    with pytest.raises(ConfigError, match="layout 1 .* layout 2; start with --fresh"):
+    with pytest.raises(ConfigError, match=f"layout 1 .* layout {ROWS_FORMAT}; start with --fresh"):
         open_db(path)
     assert sqlite3.connect(path).execute("SELECT count(*) FROM predictions").fetchone() == (1,)  # nothing lost
 
