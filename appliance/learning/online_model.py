@@ -26,7 +26,6 @@ themselves live in the store's registry), `history` the versions that served, in
 from __future__ import annotations
 
 import copy
-import time
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -40,13 +39,11 @@ from appliance.learning.following import Paired, View
 from appliance.learning.metrics import Evaluation
 from appliance.learning.publication import gate, labels_between_checks
 from appliance.learning.shadow import Shadow
-from appliance.learning.versions import Decision, Published
+from appliance.learning.versions import Decision, Published, Versions
 
 if TYPE_CHECKING:
     from appliance.engine.label_join import Pending
 
-HISTORY = 1000  # served versions remembered for rollback
-RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
 
 
 class OnlineModel:
@@ -75,33 +72,30 @@ class OnlineModel:
         self.rollbacks = 0
         self.retrains = 0
         self.paused = False
-        self.last_version = 0
-        self.catalog: dict[int, dict[str, Any]] = {}
-        self.history: list[int] = []
-        self.recent: dict[int, Published] = {}
+        self.versions = Versions()
         self.following = False  # the served version follows its learner (`[model] follow`)
         # With `follow`: the champion's learner and the frozen served version on the same events,
         # whether the stream was served by the one (following) or the other
         self.paired = Paired.fresh(config.task, window)
         self.served = self._new_version(self.candidates[CHAMPION], parent=None, event_ts=None)
         self._view = View(self.served)
-        self.history.append(self.served.version)
+        self.versions.served(self.served.version)
 
     _SCALARS = ("n_learned", "labels_since_check", "last_check_ts", "publications", "refusals", "promotions",
-                 "rollbacks", "retrains", "paused", "last_version", "champion", "following")
+                 "rollbacks", "retrains", "paused", "champion", "following")
 
     def to_data(self) -> dict[str, Any]:
         """The state as plain data (`snapshot`); config and lifecycle come from the config at restore.
 
         The recently published versions are left out: the registry in the store has them.
         """
-        return {**{name: getattr(self, name) for name in self._SCALARS},
+        return {**{name: getattr(self, name) for name in self._SCALARS}, "last_version": self.versions.last,
                 "candidates": [candidate.to_data() for candidate in self.candidates.values()],
                 "served_eval": self.served_eval.to_data(), "served": self.served.to_data(),
                 "paired": self.paired.to_data(),
                 "examples": [list(example) for example in self.examples],
                 "probation": None if self.probation is None else self.probation.to_data(),
-                "catalog": self.catalog, "history": self.history}
+                "catalog": self.versions.catalog, "history": self.versions.history}
 
     def load_data(self, data: dict[str, Any]) -> None:
         """Take the state `to_data` described (then `reconcile` applies the config)."""
@@ -113,7 +107,7 @@ class OnlineModel:
         self.served = Published.from_data(data["served"])
         self.examples = deque(((x, y) for x, y in data["examples"]), maxlen=self.lifecycle.warm_start)
         self.probation = None if data["probation"] is None else Probation.from_data(data["probation"])
-        self.catalog, self.history, self.recent = data["catalog"], data["history"], {}
+        self.versions = Versions(data["last_version"], data["catalog"], data["history"])
         self._view = View(self.served)
         self.refresh_view(force=True)
 
@@ -418,8 +412,7 @@ class OnlineModel:
         self.following = False  # a publication follows again (`publish_now`); nothing else does
         self.served = published
         self._view.show(published, published.n_learned if published.candidate == self.champion else -1)
-        self.history.append(published.version)
-        del self.history[:-HISTORY]
+        self.versions.served(published.version)
         if reset_window:
             self.served_eval.reset_window()
             self.paired.reset_window()
@@ -445,7 +438,7 @@ class OnlineModel:
         """The versions that can still serve without a new publication: served, the one a rollback
         returns to, the probation predecessor, registered versions running as candidates, and the
         recent ones kept in memory. Their model bytes stay in the registry (`registry.thin_models`)."""
-        needed = {self.served.version, *self.recent}
+        needed = {self.served.version, *self.versions.recent}
         needed.update(c.version for c in self.candidates.values() if c.version is not None)
         if self.probation is not None:
             needed.add(self.probation.predecessor.version)
@@ -456,36 +449,27 @@ class OnlineModel:
 
     def previous(self) -> int | None:
         """The version that served before the current one (what a rollback returns to)."""
-        current = self.served.version
-        for version in reversed(self.history):
-            if version != current:
-                return version
-        return None
+        return self.versions.previous(self.served.version)
+
+    @property
+    def catalog(self) -> dict[int, dict[str, Any]]:
+        """Every version's metadata, by number (`Versions.catalog`)."""
+        return self.versions.catalog
+
+    @property
+    def recent(self) -> dict[int, Published]:
+        """The newest versions with their models (`Versions.recent`)."""
+        return self.versions.recent
 
     def register(self, model: Any, spec: str, n_learned: int, metrics: dict, event_ts: float | None,
                  candidate: str = "import") -> Published:
         """Add a model from outside (an import) to the registry as a new version; it does not serve."""
-        self.last_version += 1
-        published = Published(version=self.last_version, model=model, spec=spec, parent=None, n_learned=n_learned,
-                              event_ts=event_ts, wall_ts=time.time(), metrics=metrics, candidate=candidate)
-        self.catalog[published.version] = published.describe()
-        self._remember(published)
-        return published
-
-    def _remember(self, published: Published) -> None:
-        self.recent[published.version] = published
-        while len(self.recent) > RECENT:
-            del self.recent[next(iter(self.recent))]
+        return self.versions.add(model, spec, n_learned, metrics, parent=None, event_ts=event_ts, candidate=candidate)
 
     def _new_version(self, candidate: Candidate, parent: int | None, event_ts: float | None) -> Published:
-        self.last_version += 1
-        published = Published(
-            version=self.last_version, model=copy.deepcopy(candidate.model), spec=candidate.spec, parent=parent,
-            n_learned=candidate.n_learned, event_ts=event_ts, wall_ts=time.time(),
-            metrics=candidate.evaluation.values() if candidate.evaluation.count else {}, candidate=candidate.name)
-        self.catalog[published.version] = published.describe()
-        self._remember(published)
-        return published
+        metrics = candidate.evaluation.values() if candidate.evaluation.count else {}
+        return self.versions.freeze(candidate.model, candidate.spec, candidate.n_learned, metrics, parent=parent,
+                                    event_ts=event_ts, candidate=candidate.name)
 
 
 def predict_with(task: str, model: Any, x: dict) -> Any:

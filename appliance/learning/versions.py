@@ -1,9 +1,11 @@
-"""A model version and a serving decision: what the online model hands the engine to log, audit
-and publish (`learning.OnlineModel` makes them)."""
+"""A model version, the book of versions, and a serving decision: what the online model hands the
+engine to log, audit and publish (`learning.OnlineModel` makes them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.config.file import CHAMPION
@@ -54,3 +56,48 @@ class Decision:
     new_version: Published | None = None  # a version to write to the registry
     switched: bool = False  # whether the served version changed
     candidate: str | None = None  # the challenger a "challenger" decision started or put up
+
+
+HISTORY = 1000  # served versions remembered for rollback
+RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
+
+
+@dataclass
+class Versions:
+    """Every version's number (never reused) and metadata, the versions that served in order, and
+    the newest ones with their models (the rest live in the store's registry)."""
+
+    last: int = 0
+    catalog: dict[int, dict[str, Any]] = field(default_factory=dict)
+    history: list[int] = field(default_factory=list)
+    recent: dict[int, Published] = field(default_factory=dict)
+
+    def freeze(self, model: Any, spec: str, n_learned: int, metrics: dict, *, parent: int | None,
+               event_ts: float | None, candidate: str) -> Published:
+        """A new version of a copy of `model` (a learner keeps learning; its version does not)."""
+        return self.add(copy.deepcopy(model), spec, n_learned, metrics, parent=parent, event_ts=event_ts,
+                        candidate=candidate)
+
+    def add(self, model: Any, spec: str, n_learned: int, metrics: dict, *, parent: int | None,
+            event_ts: float | None, candidate: str) -> Published:
+        """A new version of `model` itself, numbered, catalogued and kept among the recent ones."""
+        self.last += 1
+        published = Published(version=self.last, model=model, spec=spec, parent=parent, n_learned=n_learned,
+                              event_ts=event_ts, wall_ts=time.time(), metrics=metrics, candidate=candidate)
+        self.catalog[published.version] = published.describe()
+        self.recent[published.version] = published
+        while len(self.recent) > RECENT:
+            del self.recent[next(iter(self.recent))]
+        return published
+
+    def served(self, version: int) -> None:
+        """Record that `version` serves now."""
+        self.history.append(version)
+        del self.history[:-HISTORY]
+
+    def previous(self, current: int) -> int | None:
+        """The version that served before `current` (what a rollback returns to)."""
+        for version in reversed(self.history):
+            if version != current:
+                return version
+        return None

@@ -39,7 +39,7 @@ def test_challengers_are_scored_in_shadow_on_the_same_labels():
     assert [row["name"] for row in board][0] == "main" and board[0]["role"] == "champion"
     assert {row["name"] for row in board} == {"main", "twin", "tree"}
     # only the champion answers: every served prediction came from a version of main
-    assert all(model.catalog[v]["candidate"] == "main" for v in model.history)
+    assert all(model.catalog[v]["candidate"] == "main" for v in model.versions.history)
 
 
 def test_a_challenger_that_wins_by_the_margin_is_promoted_by_policy():
