@@ -29,7 +29,8 @@ def validate_config(config: Config, *, champion: str, label_by_given: bool = Tru
     _check_feature_names(config)
     if config.model.task not in TASKS:
         raise ConfigError(f'[model] task "{config.model.task}" must be one of {", ".join(TASKS)}')
-    _check_gate_metric(config.model.task, config.model.gate_metric)
+    _check_metric(config.model.task, config.model.gate_metric, "[model] gate_metric")
+    _check_metric(config.model.task, config.lifecycle.promote_metric, "[lifecycle] promote_metric")
     check_challengers(config.model.challengers, champion)
     check_rings(config.features.aggregates, config.features.buckets_per_window, config.event.allowed_lateness)
     _check_specs(config)
@@ -105,11 +106,10 @@ def check_label_mapping(schema: EventSchema, explicit_type: bool) -> None:
                           'the label must be a field of its own (a label used as a feature leaks the answer)')
 
 
-def _check_gate_metric(task: str, gate_metric: str | None) -> None:
+def _check_metric(task: str, metric: str | None, setting: str) -> None:
     names = METRIC_NAMES.get(task, ())
-    if gate_metric is not None and gate_metric not in names:
-        raise ConfigError(f'[model] gate_metric "{gate_metric}" is not a {task} metric; '
-                          f'use one of {", ".join(names)}')
+    if metric is not None and metric not in names:
+        raise ConfigError(f'{setting} "{metric}" is not a {task} metric; use one of {", ".join(names)}')
 
 
 def check_challengers(challengers: tuple[ChallengerSpec, ...], champion: str) -> None:

@@ -9,6 +9,7 @@
     promote_margin = 0.02                # ...by this much of the primary metric...
     promote_after = 1000                 # ...over at least this many labels scored by both...
     promote_confirm = 500                # ...and at every check over the last this many of them, serves
+    promote_metric = "log_loss"          # the duel's and probation's metric [default: the gate's: log loss or MAE]
     drift_detector = "drift.ADWIN()"     # River detector on the champion's error stream
     drift_features = ["amount"]          # and on the distribution of these features
     on_concept_drift = "challenger"      # "alert" or "challenger": a fresh challenger...
@@ -74,6 +75,7 @@ class Lifecycle:
     promote_margin: NonNegative = 0.02
     promote_after: PositiveWhole = 1000
     promote_confirm: CountFromZero = 500  # ...and ahead by the margin at every check for this many of them
+    promote_metric: OptionalText = None  # the duel's and probation's metric (None: the gate's, metrics.GATE)
     drift_detector: Annotated[Text, AfterValidator(_detector)] = "drift.ADWIN()"
     drift_features: Names = ()
     on_concept_drift: Annotated[Text, choice(DRIFT_ACTIONS)] = "alert"

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from appliance.config.model_spec import build_model
-from appliance.learning.metrics import Evaluation, better_by, not_worse
+from appliance.learning.metrics import GATE, PRIMARY, Evaluation, better_by, bigger_is_better, not_worse
 from appliance.learning.versions import Published
 from appliance.storage.snapshot import dump_object, load_object
 
 if TYPE_CHECKING:
+    from appliance.config.lifecycle import Lifecycle
     from appliance.engine.label_join import Pending
 
 
@@ -82,9 +83,16 @@ class Candidate:
         return row
 
 
+def promote_metric(task: str, lifecycle: Lifecycle) -> str:
+    """What duels and probations compare: `[lifecycle] promote_metric`, else the publication gate's
+    default (log loss for classification, a proper scoring rule; MAE for regression)."""
+    return lifecycle.promote_metric or GATE[task]
+
+
 def winning_challenger(candidates: Iterable[Candidate], champion: str, promote_after: int,
-                       margin: float, confirm: int = 0) -> tuple[Candidate, str] | None:
-    """The challenger whose learner beat the champion's learner by more than `margin` over at least
+                       margin: float, confirm: int = 0, metric: str | None = None) -> tuple[Candidate, str] | None:
+    """The challenger whose learner beat the champion's learner by more than `margin` of `metric` (the
+    task's primary metric if None) over at least
     `promote_after` labels scored by both, at every check for the last `confirm` of them (the best if
     several did), with the reason; else None.
 
@@ -98,15 +106,16 @@ def winning_challenger(candidates: Iterable[Candidate], champion: str, promote_a
     for candidate in candidates:
         if candidate.name == champion or candidate.duel.window_count < promote_after:
             continue
-        mine, theirs = candidate.duel.window_primary(), candidate.duel_champion.window_primary()
-        if not better_by(mine, theirs, margin, candidate.duel.bigger_is_better):
+        name = metric or candidate.duel.primary
+        mine, theirs = candidate.duel.window_value(name), candidate.duel_champion.window_value(name)
+        if not better_by(mine, theirs, margin, bigger_is_better(candidate.duel.task, name)):
             candidate.lead_since = None
             continue
         if candidate.lead_since is None:
             candidate.lead_since = candidate.duel.window_count
         if candidate.duel.window_count - candidate.lead_since < confirm:
             continue
-        if best is None or better_by(mine, best[1], 0.0, candidate.duel.bigger_is_better):
+        if best is None or better_by(mine, best[1], 0.0, bigger_is_better(candidate.duel.task, name)):
             best = (candidate, mine, theirs)
     if best is None:
         return None
@@ -114,7 +123,7 @@ def winning_challenger(candidates: Iterable[Candidate], champion: str, promote_a
     held = candidate.duel.window_count - candidate.lead_since
     return candidate, (f"{candidate.name} beat the champion {champion} on the last "
                        f"{min(candidate.duel.window_count, candidate.duel.window)} labels scored by both: "
-                       f"{candidate.duel.primary} {mine:.4f} vs {theirs:.4f} (margin {margin}; "
+                       f"{metric or candidate.duel.primary} {mine:.4f} vs {theirs:.4f} (margin {margin}; "
                        f"ahead by more than the margin at every check for {held} labels)")
 
 
@@ -166,8 +175,9 @@ class Probation:
     """
 
     def __init__(self, predecessor: Published, champion: str, promoted: Published, task: str, window: int,
-                 *, live: bool = True) -> None:
+                 *, live: bool = True, metric: str | None = None) -> None:
         self.predecessor = predecessor
+        self.metric = metric or PRIMARY[task]  # what the verdict compares
         self.champion = champion  # the candidate that was champion before
         self.promoted = promoted.candidate
         self.version = promoted.version
@@ -181,7 +191,7 @@ class Probation:
     def to_data(self) -> dict[str, Any]:
         """The probation as plain data (the replaced version with its model)."""
         data = {"predecessor": self.predecessor.to_data(), "champion": self.champion, "promoted": self.promoted,
-                "version": self.version}
+                "version": self.version, "metric": self.metric}
         for name in self._EVALUATIONS:
             evaluation = getattr(self, name)
             data[name] = None if evaluation is None else evaluation.to_data()
@@ -195,6 +205,7 @@ class Probation:
         probation.champion, probation.promoted, probation.version = data["champion"], data["promoted"], data["version"]
         for name in cls._EVALUATIONS:
             setattr(probation, name, None if data[name] is None else Evaluation.from_data(data[name]))
+        probation.metric = data.get("metric") or probation.current.primary  # absent before `promote_metric`
         return probation
 
     def update(self, y: Any, y_served: Any, y_previous: Any, y_mine: Any, y_live: Any) -> None:
@@ -211,13 +222,13 @@ class Probation:
         A rollback returns to the replaced champion's lineage: exactly the replaced version when it
         scored at least as well as the live learner on these labels, else a new version of the learner.
         """
-        better = self.current.bigger_is_better
-        now, before = self.current.window_primary(), self.previous.window_primary()
-        figures = (f"{self.current.primary} on the last {min(self.current.window_count, self.current.window)} "
+        better = bigger_is_better(self.current.task, self.metric)
+        now, before = self.current.window_value(self.metric), self.previous.window_value(self.metric)
+        figures = (f"{self.metric} on the last {min(self.current.window_count, self.current.window)} "
                    f"labels: v{served} {_fmt(now)} vs v{self.predecessor.version} {_fmt(before)}")
         mine = live = None
         if self.live is not None and live_available:
-            mine, live = self.mine.window_primary(), self.live.window_primary()
+            mine, live = self.mine.window_value(self.metric), self.live.window_value(self.metric)
             figures += f"; learners: {self.promoted} {_fmt(mine)} vs {self.champion} {_fmt(live)}"
         figures += f" (margin {margin})"
         lost = [what for what, a, b in (("the version it replaced", now, before),

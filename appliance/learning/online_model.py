@@ -34,7 +34,14 @@ import orjson
 
 from appliance.config.file import CHAMPION, ModelConfig
 from appliance.config.lifecycle import Lifecycle
-from appliance.learning.candidates import Candidate, Probation, backfill, warm_started, winning_challenger
+from appliance.learning.candidates import (
+    Candidate,
+    Probation,
+    backfill,
+    promote_metric,
+    warm_started,
+    winning_challenger,
+)
 from appliance.learning.following import Paired, View
 from appliance.learning.metrics import Evaluation
 from appliance.learning.publication import gate, labels_between_checks
@@ -226,7 +233,8 @@ class OnlineModel:
         """The scheduled check: promote a challenger that wins, else publish the champion's learner."""
         if self.lifecycle.auto_promote and self.probation is None:
             winner = winning_challenger(self.candidates.values(), self.champion, self.lifecycle.promote_after,
-                                        self.lifecycle.promote_margin, self.lifecycle.promote_confirm)
+                                        self.lifecycle.promote_margin, self.lifecycle.promote_confirm,
+                                        promote_metric(self.task, self.lifecycle))
             if winner is not None:
                 candidate, reason = winner
                 return [self.promote_candidate(candidate.name, event_ts, reason, by_policy=True)]
@@ -296,7 +304,7 @@ class OnlineModel:
         if by_policy and self.lifecycle.auto_rollback:
             live = champion_before in self.candidates and self.candidates[champion_before].learns
             self.probation = Probation(predecessor, champion_before, published, self.task, self.config.metric_window,
-                                       live=live)
+                                       live=live, metric=promote_metric(self.task, self.lifecycle))
         return Decision("promote", published.version, reason, new_version, True)
 
     def _judge_probation(self, event_ts: float) -> list[Decision]:

@@ -163,6 +163,8 @@ REFUSED = [
     (with_tables(model={"metric_window": "big"}), r"\[model\] metric_window: input should be a valid integer"),
     (with_tables(model={"task": "ranking"}), r'\[model\] task "ranking" must be one of classification, regression'),
     (with_tables(model={"gate_metric": "mae"}), r'\[model\] gate_metric "mae" is not a classification metric'),
+    (with_tables(lifecycle={"promote_metric": "rmse"}),
+     r'\[lifecycle\] promote_metric "rmse" is not a classification metric'),
     (with_tables(model={"challenger": [{"name": "main", "spec": CHALLENGER["spec"]}]}),
      r'\[model.challenger\[0\]\] name "main" is taken \(the champion is "main"'),
     (with_tables(model={"challenger": [CHALLENGER, CHALLENGER]}), r'\[model.challenger\[1\]\] name "t" is taken'),

@@ -94,7 +94,7 @@ def test_a_challenger_is_promoted_only_when_its_lead_holds_over_promote_confirm_
     truth = {event["event_id"]: event["label"] for event in stream}
     outcome = {}
     for confirm in (0, None):
-        lifecycle = {"promote_after": 300, "promote_margin": 0.01}
+        lifecycle = {"promote_after": 300, "promote_margin": 0.01, "promote_metric": "roc_auc"}
         config = config_with({"spec": LEARNER, "challenger": [{"name": "jumpy", "spec": jumpy}]},
                              lifecycle if confirm is None else {**lifecycle, "promote_confirm": confirm})
         engine = Engine(config)

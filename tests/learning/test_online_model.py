@@ -137,6 +137,9 @@ def test_a_challenger_that_learns_better_is_promoted_then_kept_after_its_probati
     assert actions == ["promote", "keep"]
     promote = next(d for d in decisions if d.action == "promote")
     assert promote.reason.startswith("fast beat the champion main") and promote.switched
+    assert " log_loss " in promote.reason  # the duel's default metric: the gate's proper scoring rule
+    keep = next(d for d in decisions if d.action == "keep")
+    assert keep.reason.startswith("probation passed: log_loss on the last")
     assert model.champion == "fast" and model.served.candidate == "fast" and model.probation is None
 
 
@@ -154,7 +157,9 @@ def test_the_shadows_reference_is_the_frozen_served_version_or_on_probation_the_
 
 
 def test_a_promotion_that_does_worse_on_probation_is_rolled_back_to_the_champions_lineage():
-    model = with_challenger(LEARNER, FROZEN, rollback_after=200, auto_promote=False)
+    # by ROC AUC, the frozen replaced version ranks as well as main's live learner (by log loss, the default,
+    # the live learner is better calibrated and a new version of it would serve instead)
+    model = with_challenger(LEARNER, FROZEN, rollback_after=200, auto_promote=False, promote_metric="roc_auc")
     flip(model, 600)
     replaced = model.served.version
     model.promote_candidate("fast", 600.0, "a test promotion by policy", by_policy=True)
