@@ -27,7 +27,7 @@ from appliance.config.model_spec import DEFAULT_MODELS
 from appliance.engine.commands import EngineCommands, model_row
 from appliance.engine.items import ControlItem, EventItem, Item, LabelItem, Served
 from appliance.engine.label_join import LabelJoin, Pending, Scored
-from appliance.engine.rows import as_prediction, empty_rows, label_row, metric_row, prediction_row
+from appliance.engine.rows import as_prediction, empty_rows, label_row, late_label_row, metric_row, prediction_row
 from appliance.errors import ConfigError, InvalidEvent
 from appliance.features.category_stats import CategoryStats
 from appliance.features.entity_codec import decode_state, encode_state
@@ -153,8 +153,9 @@ class Engine:
         if ingest and event.ts > self.watermark:
             self.watermark = event.ts
             self._sweep()
-        self.rows["predictions"].append(prediction_row(event, features, y_served, shadow.scores[model.champion], version,
-                                                       "stream" if served is None else "socket", self.task))
+        seq = self.counts["predictions"]
+        self.rows["predictions"].append(prediction_row(event, seq, features, y_served, shadow.scores[model.champion],
+                                                       version, "stream" if served is None else "socket", self.task))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
             return
@@ -167,7 +168,7 @@ class Engine:
             label = self.join.pop_early(event.event_id)
             status = "early"
         means = self.space.label_means
-        scored = Scored(event.event_id, event.ts, x, shadow, y_served, version,
+        scored = Scored(event.event_id, seq, event.ts, x, shadow, y_served, version,
                         None if means is None else means.key_values(event.values))
         if label is None:
             self.join.add(Pending.pack(scored, features))
@@ -226,7 +227,7 @@ class Engine:
             self._learn(pending.unpack(), label.value, label.ts if label.ts is not None else self.watermark, "joined")
         elif label.event_id in self.recently_expired:
             self.counts["labels_late"] += 1
-            self.rows["labels"].append(label_row(label.event_id, label.ts, label.value, None, "late"))
+            self.rows["late_labels"].append(late_label_row(label.event_id, label.ts, label.value))
         else:
             self.counts["labels_early"] += 1
             self.counts["labels_early_dropped"] += self.join.hold_early(label.event_id, self.watermark, label.value)
@@ -242,7 +243,7 @@ class Engine:
             self.space.label_rates.learn(pending.x, y)
         if self.space.label_means is not None and pending.keys is not None:
             self.space.label_means.learn(pending.keys, y)
-        self.rows["labels"].append(label_row(pending.event_id, label_ts, y, delay, status))
+        self.rows["labels"].append(label_row(pending.seq, pending.event_id, label_ts, y, delay, status))
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
             self._on_alert(alert, self.config.lifecycle.on_concept_drift)

@@ -389,3 +389,27 @@ class SourceIds:
 
 
 _SOURCES: dict[int, str] = {}
+
+
+# A prediction's origin and a label's status as the small ints their rows hold (rows layout 4): the
+# index in these tuples (0 and 1 take no bytes in a SQLite record). A late label has its own table.
+ORIGINS = ("stream", "socket")
+LABEL_STATUSES = ("defaulted", "joined", "immediate", "early")
+
+
+def origin_code(origin: str) -> int:
+    """The int a prediction row holds for its origin.
+
+    >>> origin_code("socket"), ORIGINS[origin_code("stream")]
+    (1, 'stream')
+    """
+    return ORIGINS.index(origin)
+
+
+def status_code(status: str) -> int:
+    """The int a label row holds for its status.
+
+    >>> status_code("joined"), LABEL_STATUSES[status_code("defaulted")]
+    (1, 'defaulted')
+    """
+    return LABEL_STATUSES.index(status)

@@ -104,8 +104,8 @@ def test_a_store_of_layout_2_with_its_entity_expression_indexes_is_refused(tmp_p
     conn.execute("CREATE INDEX events_by_card ON events(json_extract(payload, '$[1]'), ts)")
     conn.commit()
     conn.close()
-    assert ROWS_FORMAT == 3
-    with pytest.raises(ConfigError, match="layout 2 and this release reads and writes layout 3; start with --fresh"):
+    assert ROWS_FORMAT == 4
+    with pytest.raises(ConfigError, match="layout 2 and this release reads and writes layout 4; start with --fresh"):
         open_db(path)
 
 

@@ -32,8 +32,8 @@ def test_retention_deletes_rows_older_than_their_age_in_event_time(tmp_path):
     kept = [e for e in payments if e["ts"] >= cutoff]
     assert 0 < len(kept) < len(payments)
     assert db["events"].count == len(kept)
-    assert db.execute("SELECT min(ts) FROM predictions").fetchone()[0] >= cutoff
-    assert db["predictions"].count == len(kept)
+    assert db.execute("SELECT min(e.ts) FROM predictions JOIN events e USING (seq)").fetchone()[0] >= cutoff
+    assert db["predictions"].count == len(kept)  # with their events: none orphaned
     assert db["dead_letters"].count == 0  # the broken line came early: pruned with its watermark
     labelled = db.execute("SELECT count(*) FROM labels WHERE ts < ?", (cutoff,)).fetchone()[0]
     assert labelled > 0  # "forever" for labels overrides keep
@@ -80,7 +80,7 @@ def test_the_writer_queue_is_bounded_by_rows_and_the_flow_waits_for_room(tmp_pat
     blocker.execute("BEGIN IMMEDIATE")  # the disk is "slow": the writer cannot commit until released
 
     def rows(start, n):
-        return {"labels": [{"event_id": f"e{i}", "ts": float(i), "label": 1.0, "delay": 0.0, "status": "joined"}
+        return {"labels": [{"seq": i, "ts": float(i), "label": 1.0, "delay": 0.0, "status": 1}
                            for i in range(start, start + n)]}
 
     writer.put_rows(rows(0, 60))  # room: accepted at once
@@ -103,7 +103,7 @@ def test_one_batch_larger_than_the_bound_is_still_written(tmp_path):
     from appliance.storage.store import StoreWriter
 
     writer = StoreWriter(tmp_path / "a.db", max_rows=10).start()
-    writer.put_rows({"labels": [{"event_id": f"e{i}", "ts": float(i), "label": 0.0, "delay": 0.0, "status": "joined"}
+    writer.put_rows({"labels": [{"seq": i, "ts": float(i), "label": 0.0, "delay": 0.0, "status": 1}
                                 for i in range(25)]})
     assert writer.flush()
     writer.close()
