@@ -3,24 +3,26 @@
 A logged vector is a sparse dict (a missing feature is absent) in the order `FeatureSpace.compute`
 built it. `VectorCodec.encode` writes it as
 
-    byte 0        layout: PACKED (1), or JSON (0: the whole vector as JSON, for a name the codec does
-                  not know or a value that is neither a float nor a 64-bit int)
+    byte 0        layout: PACKED (2), or JSON (0: the whole vector as JSON, for a name the codec does
+                  not know or a value that is neither a float nor a 64-bit int); rows layout 3
+                  wrote 1 (2 bits per kind, no ZERO or ONE), still read
     bytes 1-4     the names' version: a 32-bit digest of the ordered names (little-endian), the key
                   of the store's `feature_names` table, so an engine needs no store to pick it
     varint        the length of the plan, then the plan:
                     varint runs, then per run zigzag(start - end of the previous run) and length:
                     the present names' indices, in the vector's own order;
-                    2 bits per value, four to a byte: HALF (an integral float to 2,048, -0.0),
-                    SINGLE (an integral float to 2**24), DOUBLE (any other float) or INT
-                    (a Python int, 64 bits)
-    values        little-endian, in the vector's order
+                    3 bits per value, little-endian across the plan's bytes: HALF (an integral
+                    float to 2,048, -0.0), SINGLE (an integral float to 2**24), DOUBLE (any other
+                    float), INT (a Python int, 64 bits), ZERO (0.0) or ONE (1.0): these two are
+                    in the plan alone, no value bytes (a hashed one-hot, an empty aggregate)
+    values        little-endian, in the vector's order, ZERO and ONE left out
 
 A float comes back as the same float64, bit for bit (a narrower width only for integral values,
 which it holds exactly; -0.0 keeps its sign; NaN goes as a double), an int as an int, and the dict
 in the same order, so a sum over it gives the same float. Plans repeat (the same names present, the
 same widths), so both sides cache them: a decode is one `struct.unpack_from` and a `zip`.
-On the sample a vector of 25 present names out of 215 takes about 125 bytes instead of about
-580 of JSON; zlib and zstd save little more on the packed rows (`docs/benchmarks.md`).
+On the sample a vector of 25 present names out of 215 takes about 100 bytes instead of about
+580 of JSON (about 125 before ZERO and ONE, half of its values being one or the other); zlib and zstd save little more on the packed rows (`docs/benchmarks.md`).
 
 `decode_vector` is the one reader of logged vectors: the label join's restore, the bench, the tests.
 `PayloadCodec` / `decode_payload` do the same for an event's payload (its keys once per shape), and
@@ -30,17 +32,20 @@ On the sample a vector of 25 present names out of 215 takes about 125 bytes inst
 from __future__ import annotations
 
 import hashlib
+import math
+import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
 
 from appliance.errors import ApplianceError
 
-JSON, PACKED = 0, 1
-HALF, SINGLE, DOUBLE, INT = 0, 1, 2, 3
-_CODES = "efdq"  # struct codes of the kinds, in kind order
+JSON, PACKED_2BIT, PACKED = 0, 1, 2
+HALF, SINGLE, DOUBLE, INT, ZERO, ONE = 0, 1, 2, 3, 4, 5
+_CODES = ("e", "f", "d", "q", "", "")  # struct codes of the kinds, in kind order (ZERO, ONE: no bytes)
+_CONSTANTS = (0.0, 1.0)  # the values of ZERO and ONE, after the packed ones in a decode's source
 _CACHE = 4096  # plans remembered per codec, and by the decoder
 INT_LIMIT = 1 << 63
 
@@ -92,7 +97,7 @@ class VectorCodec:
         >>> codec = VectorCodec(["a", "b", "c"])
         >>> blob = codec.encode({"c": 1.0, "a": 0.1})
         >>> len(blob), decode_vector(blob)
-        (22, {'c': 1.0, 'a': 0.1})
+        (20, {'c': 1.0, 'a': 0.1})
         """
         keys = tuple(x)
         presence = self._presence.get(keys)
@@ -111,7 +116,7 @@ class VectorCodec:
             if len(self._plans) >= _CACHE:
                 self._plans.clear()
             self._plans[plan_key] = plan
-        return self._head + plan.head + plan.values.pack(*values)  # one call packs every width
+        return self._head + plan.head + plan.values.pack(*plan.pick(values))  # one call packs every width
 
     def _presence_of(self, keys: tuple[str, ...]) -> bytes | None:
         index = self.index
@@ -137,16 +142,27 @@ class VectorCodec:
 
     @staticmethod
     def _plan_of(presence: bytes, kinds: tuple[int, ...]) -> _EncodePlan:
-        packed = bytearray((len(kinds) + 3) // 4)
-        for n, kind in enumerate(kinds):
-            packed[n // 4] |= kind << (2 * (n % 4))
-        plan = presence + bytes(packed)
-        return _EncodePlan(_varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)))
+        bits = sum(kind << (3 * n) for n, kind in enumerate(kinds))
+        plan = presence + bits.to_bytes((3 * len(kinds) + 7) // 8, "little")
+        stored = [n for n, kind in enumerate(kinds) if kind < ZERO]
+        return _EncodePlan(_varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)),
+                           _picker(stored))
 
 
 class _EncodePlan(NamedTuple):
     head: bytes  # the plan's length and the plan
-    values: struct.Struct  # the values at their widths, in the vector's order
+    values: struct.Struct  # the stored values at their widths, in the vector's order
+    pick: Callable[[tuple], tuple]  # the stored values of a vector's values (not its ZEROs and ONEs)
+
+
+def _picker(indices: Sequence[int]) -> Callable[[tuple], tuple]:
+    """`operator.itemgetter(*indices)` that always returns a tuple (one C call per vector)."""
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda values: (values[only],)
+    if not indices:
+        return lambda values: ()
+    return operator.itemgetter(*indices)
 
 
 def _kind(value: Any) -> int | None:
@@ -161,6 +177,10 @@ def _kind(value: Any) -> int | None:
     cls = type(value)
     if cls is float:
         if value.is_integer():
+            if value == 1.0:
+                return ONE
+            if value == 0.0:
+                return ZERO if math.copysign(1.0, value) > 0.0 else HALF  # -0.0 keeps its sign
             if -2048.0 <= value <= 2048.0:
                 return HALF
             if -16777216.0 <= value <= 16777216.0:
@@ -178,7 +198,8 @@ def json_vector(x: dict[str, Any]) -> bytes:
 
 class _Plan(NamedTuple):
     names: tuple[str, ...]
-    values: struct.Struct
+    values: struct.Struct  # the stored values
+    order: Callable[[tuple], tuple]  # the vector's values from the stored ones followed by `_CONSTANTS`
 
 
 _DECODE_PLANS: dict[tuple[int, bytes], _Plan] = {}
@@ -190,23 +211,24 @@ def decode_vector(blob: bytes, names: dict[int, Sequence[str]] | None = None) ->
     Names come from `names` (version -> names, as `read_names` returns) or from the versions this
     process registered.
     """
-    if blob[0] != PACKED:
-        if blob[0] == JSON:
+    layout = blob[0]
+    if layout != PACKED and layout != PACKED_2BIT:
+        if layout == JSON:
             return orjson.loads(blob[1:])
-        raise ApplianceError(f"a feature vector has an unknown layout {blob[0]}; start with --fresh")
+        raise ApplianceError(f"a feature vector has an unknown layout {layout}; start with --fresh")
     size, pos = _read_varint(blob, 5)
     end = pos + size
-    key = (int.from_bytes(blob[1:5], "little"), blob[pos:end])
+    key = (int.from_bytes(blob[1:5], "little"), blob[pos:end], layout)
     plan = _DECODE_PLANS.get(key)
     if plan is None:
-        plan = _plan_from(key[0], key[1], names)
+        plan = _plan_from(*key, names)
         if len(_DECODE_PLANS) >= _CACHE:
             _DECODE_PLANS.clear()
         _DECODE_PLANS[key] = plan
-    return dict(zip(plan.names, plan.values.unpack_from(blob, end)))
+    return dict(zip(plan.names, plan.order(plan.values.unpack_from(blob, end) + _CONSTANTS)))
 
 
-def _plan_from(version: int, plan: bytes, names: dict[int, Sequence[str]] | None) -> _Plan:
+def _plan_from(version: int, plan: bytes, layout: int, names: dict[int, Sequence[str]] | None) -> _Plan:
     table = (names or {}).get(version) or _NAMES.get(version)
     if table is None:
         raise UnknownNames(f"feature names version {version} is not in the store's feature_names table")
@@ -219,8 +241,20 @@ def _plan_from(version: int, plan: bytes, names: dict[int, Sequence[str]] | None
         start = end + _unzigzag(step)
         at.extend(range(start, start + length))
         end = start + length
-    codes = "".join(_CODES[(plan[pos + n // 4] >> (2 * (n % 4))) & 3] for n in range(len(at)))
-    return _Plan(tuple(table[i] for i in at), struct.Struct("<" + codes))
+    if layout == PACKED_2BIT:
+        kinds = [(plan[pos + n // 4] >> (2 * (n % 4))) & 3 for n in range(len(at))]
+    else:
+        bits = int.from_bytes(plan[pos:], "little")
+        kinds = [(bits >> (3 * n)) & 7 for n in range(len(at))]
+    if any(kind > ONE for kind in kinds):
+        raise ApplianceError(f"a feature vector has an unknown value kind in {kinds}; start with --fresh")
+    stored = sum(kind < ZERO for kind in kinds)
+    order, n = [], 0
+    for kind in kinds:  # a stored value's index in the source, or a constant's after them
+        order.append(n if kind < ZERO else stored + kind - ZERO)
+        n += kind < ZERO
+    return _Plan(tuple(table[i] for i in at), struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)),
+                 _picker(order))
 
 
 def read_names(conn: Any) -> dict[int, tuple[str, ...]]:

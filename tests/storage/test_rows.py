@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.errors import ConfigError
-from appliance.storage.rows import JSON, PACKED, UnknownNames, VectorCodec, decode_vector, names_version, read_names
+from appliance.storage.rows import (
+    JSON,
+    PACKED,
+    PACKED_2BIT,
+    UnknownNames,
+    VectorCodec,
+    decode_vector,
+    names_version,
+    read_names,
+)
 from appliance.storage.snapshot import ROWS_FORMAT
 from appliance.storage.store import open_db
 
@@ -47,6 +56,19 @@ def test_values_that_are_not_numbers_or_names_the_codec_does_not_know_go_as_json
 def test_negative_zero_nan_and_infinities_keep_their_bits():
     x = {"f0": -0.0, "f1": 0.0, "f2": math.inf, "f3": -math.inf, "f4": math.nan, "f5": 5e-324, "f6": 65504.0}
     assert bits(decode_vector(CODEC.encode(x))) == bits(x)
+
+
+def test_zeros_and_ones_are_in_the_plan_alone_and_a_two_bit_blob_of_rows_layout_3_still_decodes():
+    x = {"f0": 0.0, "f1": 1.0, "amount": 8.75, "f2": -0.0, "f3": 1.0, "card_rides_1h": 0.0}
+    bare = {"amount": 8.75, "f2": -0.0}
+    assert bits(decode_vector(CODEC.encode(x))) == bits(x)
+    plan = lambda blob: blob[6:6 + blob[5]]  # noqa: E731 - the plan after its one-byte length
+    # the same stored values (a double and a half), the zeros and ones in three bits each of the plan
+    assert len(CODEC.encode(x)) - len(plan(CODEC.encode(x))) == len(CODEC.encode(bare)) - len(plan(CODEC.encode(bare)))
+    # rows layout 3: 2-bit kinds (HALF, SINGLE, DOUBLE, INT), every value stored; f0 = 0.0 as a half
+    old = (bytes([PACKED_2BIT]) + CODEC.version.to_bytes(4, "little") + bytes([4, 1, 0, 1, 0])  # plan: one run, a half
+           + struct.pack("<e", 0.0))
+    assert bits(decode_vector(old)) == bits({"f0": 0.0})
 
 
 def test_a_vector_is_a_fraction_of_its_json_and_its_names_are_stored_once():
