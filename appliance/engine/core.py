@@ -64,7 +64,7 @@ class Engine:
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
         self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
-        self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field)  # keys once per shape
+        self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field, config.event.time_field)
         self.sources = SourceIds()  # logged events' sources: an id each, the text once
         self.entities = self.space.new_store()
         if config.features.label_rates:
@@ -191,7 +191,7 @@ class Engine:
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
         self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
                                     "source": self.sources.id_of(source), "offset": offset, "ingested": int(ingest),
-                                    "payload": self.payloads.encode(event.raw, event.event_id)})
+                                    "payload": self.payloads.encode(event.raw, event.event_id, event.ts)})
         if self.payloads.new_shapes:
             self.rows["payload_shapes"] += self.payloads.take_shapes()
         if self.sources.new_rows:

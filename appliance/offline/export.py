@@ -65,7 +65,7 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
             while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
                 _, name, version = switches.pop(0)
                 space.set_attributes(attributes.read_version(db, specs[name], version))
-            values = parse_event(decode_payload(payload, event_id), config.event, config.model.task).values
+            values = parse_event(decode_payload(payload, event_id, ts), config.event, config.model.task).values
             if seq in labels and (start is None or ts >= start) and (end is None or ts < end):
                 # label rates are state moved by labels, not events: the values logged when it was scored
                 x = space.compute(values, ts, store, _logged(db, seq, rates, names) if rates else None)

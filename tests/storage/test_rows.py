@@ -150,18 +150,25 @@ KEYS = st.sampled_from(["event_id", "card", "user", "amount", "city", "ts", "x"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(KEYS, JSON_VALUES, max_size=7), st.sampled_from([None, "e1", "", "7"]))
-def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id):
+@given(st.dictionaries(KEYS, JSON_VALUES, max_size=7), st.sampled_from([None, "e1", "", "7"]),
+       st.sampled_from([None, 1767225683.797, 1767225600.0, -0.0005, 253402214400.999]),
+       st.sampled_from(["drawn", "iso", "number", "other iso"]))
+def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id, when, spelt):
     import orjson
 
     from appliance.storage import rows
-    from appliance.storage.rows import PayloadCodec, decode_payload, read_shapes
+    from appliance.storage.rows import PayloadCodec, decode_payload, iso_millis, read_shapes
 
-    codec = PayloadCodec(("card", "user"), "event_id")
-    text = codec.encode(raw, event_id)
-    decoded = decode_payload(text, event_id)
+    if when is not None and "ts" in raw and spelt != "drawn":  # the time as the row's ts spells it, or almost
+        raw["ts"] = {"iso": iso_millis(when), "number": when, "other iso": iso_millis(when)[:-1] + "+00:00"}[spelt]
+    codec = PayloadCodec(("card", "user"), "event_id", "ts")
+    text = codec.encode(raw, event_id, when)
+    decoded = decode_payload(text, event_id, when)
     assert list(decoded.items()) == list(raw.items()) and orjson.dumps(decoded) == orjson.dumps(raw)
     omitted = event_id is not None and raw.get("event_id") == event_id  # the row holds the id: not again
+    # ...and the time, when the row's ts spells it exactly
+    told = raw.get("ts")
+    omitted += when is not None and (told == iso_millis(when) if type(told) is str else type(told) is float and told == when)
     assert len(orjson.loads(text)) == 1 + 2 + len([k for k in raw if k not in ("card", "user")]) - omitted
     conn = sqlite3.connect(":memory:")  # and a reader with only the store's shapes reads it the same way
     conn.execute("CREATE TABLE payload_shapes (version INTEGER PRIMARY KEY, keys TEXT)")
@@ -170,7 +177,7 @@ def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id):
     rows._SHAPES.clear()
     try:
         read_shapes(conn)
-        assert decode_payload(text, event_id) == raw
+        assert decode_payload(text, event_id, when) == raw
     finally:
         rows._SHAPES.update(saved)
     assert orjson.loads(text)[1:3] == [raw.get("card"), raw.get("user")]  # the entity keys at fixed positions
