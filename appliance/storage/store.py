@@ -30,7 +30,7 @@ from appliance.errors import ConfigError
 from appliance.storage.entity_history import RecentEntities
 from appliance.storage.ownership import make_private
 from appliance.storage.registry import thin_models
-from appliance.storage.retention import PRUNED, RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
+from appliance.storage.retention import INDEXED, PRUNED, RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
 from appliance.storage.snapshot import ROWS_FORMAT
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
         missing = {c: t for c, t in columns.items() if c not in db[name].columns_dict}
         for column, kind in missing.items():  # a store from an older release: add, never drop
             db[name].add_column(column, kind)
-    for name, column in RETENTION_COLUMNS.items():  # the only index on the history: events by time
-        db[name].create_index([column], if_not_exists=True)
+    for name in INDEXED:  # no index on the history: retention finds events by seq (`retention.first_seq_at`)
+        db[name].create_index([RETENTION_COLUMNS[name]], if_not_exists=True)
     _check_rows_format(db, path, existing)
     return db
 
