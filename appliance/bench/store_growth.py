@@ -85,7 +85,7 @@ def _batch(start: int, payloads: list[str], rng: random.Random, spread: tuple[in
         predictions.append({"seq": seq, "version": 1, "score": rng.random(), "predicted": 0,
                             "learner_score": rng.random(), "origin": 0, "features": features})
         if seq % 2:  # keyed by their event's seq (rows layout 4)
-            labels.append({"seq": seq, "ts": ts + 3600.0, "label": float(rng.random() < 0.05), "delay": 3600.0,
+            labels.append({"seq": seq, "ts": ts + 3600.0, "label": float(rng.random() < 0.05),
                            "status": 1})
     return {"events": events, "predictions": predictions, "labels": labels}
 

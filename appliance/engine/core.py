@@ -243,7 +243,7 @@ class Engine:
             self.space.label_rates.learn(pending.x, y)
         if self.space.label_means is not None and pending.keys is not None:
             self.space.label_means.learn(pending.keys, y)
-        self.rows["labels"].append(label_row(pending.seq, pending.event_id, label_ts, y, delay, status))
+        self.rows["labels"].append(label_row(pending.seq, pending.event_id, label_ts, y, status))
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
             self._on_alert(alert, self.config.lifecycle.on_concept_drift)

@@ -36,11 +36,11 @@ def prediction_row(event: Event, seq: int, features: bytes, y_served: Any, y_lea
             "learner_score": learner_score, "origin": origin_code(origin), "features": features}
 
 
-def label_row(seq: int, event_id: str, ts: float, y: Any, delay: float, status: str) -> dict:
+def label_row(seq: int, event_id: str, ts: float, y: Any, status: str) -> dict:
     """A label joined to its event's prediction (or defaulted), keyed by the event's `seq`; `event_id`
-    as in `prediction_row`."""
-    return {"seq": seq, "event_id": event_id, "ts": ts, "label": _label_value(y), "delay": delay,
-            "status": status_code(status)}
+    as in `prediction_row`. Its delay is not stored: max(0, `ts` - the event's ts), as the engine
+    computes it, is the same float in any reader."""
+    return {"seq": seq, "event_id": event_id, "ts": ts, "label": _label_value(y), "status": status_code(status)}
 
 
 def late_label_row(event_id: str, ts: float | None, y: Any) -> dict:

@@ -207,7 +207,8 @@ class EntityHistory:
             return []
         marks = ", ".join("?" * len(wanted))
         rows = conn.execute(
-            "SELECT e.seq, e.event_id, e.ts, e.ingested, p.score, p.version, p.origin, l.label, l.status, l.delay "
+            "SELECT e.seq, e.event_id, e.ts, e.ingested, p.score, p.version, p.origin, l.label, l.status, "
+            "max(0.0, l.ts - e.ts) "  # the label's delay, as the engine computed it
             "FROM events e LEFT JOIN predictions p ON p.seq = e.seq "
             f"LEFT JOIN labels l ON l.seq = e.seq WHERE e.seq IN ({marks})",
             wanted).fetchall()  # a listed event pruned since is simply not found

@@ -47,7 +47,8 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
     "feature_names": ({"version": int, "names": str}, "version"),  # names of the packed vectors, per version
     "payload_shapes": ({"version": int, "keys": str}, "version"),  # keys of the events' payload arrays
     "sources": ({"id": int, "source": str}, "id"),  # the events' sources, by the id their rows hold
-    "labels": ({"seq": int, "ts": float, "label": float, "delay": float, "status": int}, "seq"),
+    # a label's delay is max(0, its ts - its event's ts), computed by its readers (the same float)
+    "labels": ({"seq": int, "ts": float, "label": float, "status": int}, "seq"),
     # a label whose prediction had expired (its event is known by id only)
     "late_labels": ({"event_id": str, "ts": float, "label": float}, "event_id"),
     "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},

@@ -27,7 +27,7 @@ def batch_rows(batch: int) -> dict[str, list[dict]]:
         predictions.append({"seq": seq, "version": 1, "score": 0.5, "predicted": 0,
                             "learner_score": 0.5, "origin": 0, "features": "[" + ",".join(["0.25"] * 40) + "]"})
         if i % 2:
-            labels.append({"seq": seq, "ts": ts, "label": 1.0, "delay": 0.0, "status": 1})
+            labels.append({"seq": seq, "ts": ts, "label": 1.0, "status": 1})
     return {"events": events, "predictions": predictions, "labels": labels}
 
 

@@ -80,7 +80,7 @@ def test_the_writer_queue_is_bounded_by_rows_and_the_flow_waits_for_room(tmp_pat
     blocker.execute("BEGIN IMMEDIATE")  # the disk is "slow": the writer cannot commit until released
 
     def rows(start, n):
-        return {"labels": [{"seq": i, "ts": float(i), "label": 1.0, "delay": 0.0, "status": 1}
+        return {"labels": [{"seq": i, "ts": float(i), "label": 1.0, "status": 1}
                            for i in range(start, start + n)]}
 
     writer.put_rows(rows(0, 60))  # room: accepted at once
@@ -103,7 +103,7 @@ def test_one_batch_larger_than_the_bound_is_still_written(tmp_path):
     from appliance.storage.store import StoreWriter
 
     writer = StoreWriter(tmp_path / "a.db", max_rows=10).start()
-    writer.put_rows({"labels": [{"seq": i, "ts": float(i), "label": 0.0, "delay": 0.0, "status": 1}
+    writer.put_rows({"labels": [{"seq": i, "ts": float(i), "label": 0.0, "status": 1}
                                 for i in range(25)]})
     assert writer.flush()
     writer.close()
