@@ -388,14 +388,17 @@ def _shape_of(version: int, keys: tuple[str, ...], pinned: tuple[str, ...], id_f
 
 
 _HOURS: dict[int, str] = {}  # "YYYY-MM-DDTHH:" per hour since the epoch (a few per stream-day)
+_MINUTES_SECONDS = [f"{m:02d}:{s:02d}." for m in range(60) for s in range(60)]  # by second of the hour
+_MILLIS = [f"{ms:03d}Z" for ms in range(1000)]
 
 
 def iso_millis(ts: float) -> str:
     """An event time as ISO-8601 UTC text with milliseconds, as the payload codec spells it: the
     one function both sides use, so a time left out of a payload comes back as the same text.
+    On the per-event path: three lookups and a concatenation.
 
-    >>> iso_millis(1767225683.797), iso_millis(-0.0005)
-    ('2026-01-01T00:01:23.797Z', '1970-01-01T00:00:00.000Z')
+    >>> iso_millis(1767225683.797), iso_millis(-0.0005), iso_millis(1767229199.9996)
+    ('2026-01-01T00:01:23.797Z', '1970-01-01T00:00:00.000Z', '2026-01-01T01:00:00.000Z')
     """
     millis = math.floor(ts * 1000.0 + 0.5)
     hour, rest = divmod(millis, 3_600_000)
@@ -404,9 +407,7 @@ def iso_millis(ts: float) -> str:
         if len(_HOURS) >= _CACHE:
             _HOURS.clear()
         prefix = _HOURS[hour] = datetime.fromtimestamp(hour * 3600, tz=UTC).strftime("%Y-%m-%dT%H:")
-    minutes, rest = divmod(rest, 60_000)
-    seconds, rest = divmod(rest, 1000)
-    return f"{prefix}{minutes:02d}:{seconds:02d}.{rest:03d}Z"
+    return prefix + _MINUTES_SECONDS[rest // 1000] + _MILLIS[rest % 1000]
 
 
 _SHAPES: dict[int, _Shape] = {}
