@@ -75,13 +75,13 @@ def logged_vectors(db: str, task: str) -> list[tuple[dict, Any]]:
     try:
         names = read_names(conn)
         rows = conn.execute(
-            "SELECT p.features, l.label, l.status FROM events e JOIN predictions p ON p.event_id = e.event_id "
-            "LEFT JOIN labels l ON l.event_id = e.event_id WHERE e.ingested = 1 ORDER BY e.seq").fetchall()
+            "SELECT p.features, l.label FROM events e JOIN predictions p ON p.seq = e.seq "
+            "LEFT JOIN labels l ON l.seq = e.seq WHERE e.ingested = 1 ORDER BY e.seq").fetchall()
     finally:
         conn.close()
     out = []
-    for features, label, status in rows:
-        y = None if label is None or status == "late" else (bool(label) if task == "classification" else label)
+    for features, label in rows:  # a late label is in `late_labels`: not learned, not here
+        y = None if label is None else (bool(label) if task == "classification" else label)
         out.append((decode_vector(features, names), y))
     return out
 

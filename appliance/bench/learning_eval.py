@@ -235,8 +235,7 @@ def _exact_from_store(db: Path) -> tuple[float | None, float | None]:
 
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
         rows = connection.execute("SELECT l.label, p.score, p.learner_score FROM predictions p JOIN labels l "
-                                  "ON l.event_id = p.event_id WHERE l.status != 'late' AND p.score IS NOT NULL"
-                                  ).fetchall()
+                                  "ON l.seq = p.seq WHERE p.score IS NOT NULL").fetchall()  # late labels apart
     from appliance.bench.exact_auc import exact_roc_auc
 
     served = exact_roc_auc([(bool(y), s) for y, s, _ in rows])

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-HISTORY = ("events", "predictions", "labels")
+HISTORY = ("events", "predictions", "labels", "late_labels")
 
 
 def bytes_per_event(db_path: str) -> dict[str, Any]:

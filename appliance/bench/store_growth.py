@@ -82,11 +82,11 @@ def _batch(start: int, payloads: list[str], rng: random.Random, spread: tuple[in
         events.append({"event_id": event_id, "seq": seq, "ts": ts, "source": "bench", "offset": seq, "ingested": 0,
                        "payload": payload})
         features = orjson.dumps({f"f{i}": round(rng.random() * 100, 3) for i in range(FEATURES)}).decode()
-        predictions.append({"event_id": event_id, "ts": ts, "version": 1, "score": rng.random(), "predicted": 0,
-                            "learner_score": rng.random(), "origin": "flow", "features": features})
-        if seq % 2:
-            labels.append({"event_id": event_id, "ts": ts, "label": float(rng.random() < 0.05), "delay": 3600.0,
-                           "status": "joined"})
+        predictions.append({"seq": seq, "version": 1, "score": rng.random(), "predicted": 0,
+                            "learner_score": rng.random(), "origin": 0, "features": features})
+        if seq % 2:  # keyed by their event's seq (rows layout 4)
+            labels.append({"seq": seq, "ts": ts + 3600.0, "label": float(rng.random() < 0.05),
+                           "status": 1})
     return {"events": events, "predictions": predictions, "labels": labels}
 
 

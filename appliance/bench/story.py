@@ -63,8 +63,9 @@ def history(db_path: str, task: str, window: int = 2000, every: int = 200) -> di
         points = []
         classes: dict[Any, int] = {}
         recent: list[Any] = []
-        query = ("SELECT l.ts, l.label, p.score FROM labels l JOIN predictions p USING (event_id) "
-                 "WHERE l.status != 'late' AND p.origin = 'stream' ORDER BY l.rowid")
+        # labels in the order of their times (rows layout 4 keys them by their event, not by arrival)
+        query = ("SELECT l.ts, l.label, p.score FROM labels l JOIN predictions p USING (seq) "
+                 "WHERE p.origin = 0 ORDER BY l.ts, l.seq")
         for count, (ts, label, score) in enumerate(db.execute(query), start=1):
             if task == "classification":
                 y = bool(label)

@@ -27,7 +27,7 @@ from appliance.config.model_spec import DEFAULT_MODELS
 from appliance.engine.commands import EngineCommands, model_row
 from appliance.engine.items import ControlItem, EventItem, Item, LabelItem, Served
 from appliance.engine.label_join import LabelJoin, Pending, Scored
-from appliance.engine.rows import as_prediction, empty_rows, label_row, metric_row, prediction_row
+from appliance.engine.rows import as_prediction, empty_rows, label_row, late_label_row, metric_row, prediction_row
 from appliance.errors import ConfigError, InvalidEvent
 from appliance.features.category_stats import CategoryStats
 from appliance.features.entity_codec import decode_state, encode_state
@@ -64,7 +64,7 @@ class Engine:
         self.task = config.model.task
         self.space = FeatureSpace.for_config(config)
         self.vectors = VectorCodec(self.space.names)  # logged vectors: packed, names once per version
-        self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field)  # keys once per shape
+        self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field, config.event.time_field)
         self.sources = SourceIds()  # logged events' sources: an id each, the text once
         self.entities = self.space.new_store()
         if config.features.label_rates:
@@ -153,8 +153,9 @@ class Engine:
         if ingest and event.ts > self.watermark:
             self.watermark = event.ts
             self._sweep()
-        self.rows["predictions"].append(prediction_row(event, features, y_served, shadow.scores[model.champion], version,
-                                                       "stream" if served is None else "socket", self.task))
+        seq = self.counts["predictions"]
+        self.rows["predictions"].append(prediction_row(event, seq, features, y_served, shadow.scores[model.champion],
+                                                       version, "stream" if served is None else "socket", self.task))
         if not ingest:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
             return
@@ -167,7 +168,7 @@ class Engine:
             label = self.join.pop_early(event.event_id)
             status = "early"
         means = self.space.label_means
-        scored = Scored(event.event_id, event.ts, x, shadow, y_served, version,
+        scored = Scored(event.event_id, seq, event.ts, x, shadow, y_served, version,
                         None if means is None else means.key_values(event.values))
         if label is None:
             self.join.add(Pending.pack(scored, features))
@@ -190,7 +191,7 @@ class Engine:
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
         self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
                                     "source": self.sources.id_of(source), "offset": offset, "ingested": int(ingest),
-                                    "payload": self.payloads.encode(event.raw, event.event_id)})
+                                    "payload": self.payloads.encode(event.raw, event.event_id, event.ts)})
         if self.payloads.new_shapes:
             self.rows["payload_shapes"] += self.payloads.take_shapes()
         if self.sources.new_rows:
@@ -226,7 +227,7 @@ class Engine:
             self._learn(pending.unpack(), label.value, label.ts if label.ts is not None else self.watermark, "joined")
         elif label.event_id in self.recently_expired:
             self.counts["labels_late"] += 1
-            self.rows["labels"].append(label_row(label.event_id, label.ts, label.value, None, "late"))
+            self.rows["late_labels"].append(late_label_row(label.event_id, label.ts, label.value))
         else:
             self.counts["labels_early"] += 1
             self.counts["labels_early_dropped"] += self.join.hold_early(label.event_id, self.watermark, label.value)
@@ -242,7 +243,7 @@ class Engine:
             self.space.label_rates.learn(pending.x, y)
         if self.space.label_means is not None and pending.keys is not None:
             self.space.label_means.learn(pending.keys, y)
-        self.rows["labels"].append(label_row(pending.event_id, label_ts, y, delay, status))
+        self.rows["labels"].append(label_row(pending.seq, pending.event_id, label_ts, y, status))
         alert = self.drift.observe_error(y, pending.y_served, self.watermark, pending.version)
         if alert is not None:
             self._on_alert(alert, self.config.lifecycle.on_concept_drift)

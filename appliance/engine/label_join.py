@@ -26,6 +26,7 @@ class Scored(NamedTuple):
     (`Shadow`), the served prediction and version, all as they were at prediction time."""
 
     event_id: str
+    seq: int  # the event's, the key of its rows in the store (its label's too)
     ts: float
     x: dict
     shadow: Shadow
@@ -36,9 +37,10 @@ class Scored(NamedTuple):
 
 class Pending:
     """A scored event waiting for its label, packed into one blob: the feature vector as it was
-    logged (`appliance.storage.rows`), the shadow predictions, the served prediction and version, as
-    the MessagePack list `[features, shadow, y_served, version]` (`snapshot.pack`: plain data), and the
-    event's key values last when label means learn from its label (`[features] label_means`).
+    logged (`appliance.storage.rows`), the event's seq, the shadow predictions, the served prediction
+    and version, as the MessagePack list `[features, seq, shadow, y_served, version]` (`snapshot.pack`:
+    plain data), and the event's key values last when label means learn from its label
+    (`[features] label_means`).
 
     Packed, a waiting prediction is two small objects instead of a hundred (a dict and its floats),
     and the blob is what the checkpoint writes to the store as it is. `unpack` rebuilds it once,
@@ -56,12 +58,12 @@ class Pending:
     def pack(cls, scored: Scored, features: bytes | None = None) -> Pending:
         """Pack a prediction; `features` is its vector already encoded (`VectorCodec.encode`), if at hand."""
         features = json_vector(scored.x) if features is None else features
-        fields = (features, *scored.shadow.fields(), scored.y_served, scored.version)
+        fields = (features, scored.seq, *scored.shadow.fields(), scored.y_served, scored.version)
         return cls(scored.event_id, scored.ts, pack_data(fields if scored.keys is None else (*fields, scored.keys)))
 
     def unpack(self) -> Scored:
-        features, scores, reference, late, y_served, version, *keys = unpack_data(self.packed)
-        return Scored(self.event_id, self.ts, decode_vector(features), Shadow(scores, reference, late), y_served,
+        features, seq, scores, reference, late, y_served, version, *keys = unpack_data(self.packed)
+        return Scored(self.event_id, seq, self.ts, decode_vector(features), Shadow(scores, reference, late), y_served,
                       version, tuple(keys[0]) if keys else None)
 
     def repack(self, scored: Scored) -> None:

@@ -31,7 +31,7 @@ from appliance.features.label_means import feature_names as label_mean_names
 from appliance.features.label_rates import feature_names as label_rate_names
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
-from appliance.storage.rows import decode_payload, decode_vector, read_names, read_shapes
+from appliance.storage.rows import decode_payload, decode_vector, read_names, read_shapes, status_code
 from appliance.storage.store import open_db
 
 LEARNED = ("joined", "immediate", "early", "defaulted")
@@ -51,8 +51,9 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     watermark = -math.inf
     rates = label_rate_names(config.features.categorical) if config.features.label_rates else []
     rates += label_mean_names(config.event.keys) if config.features.label_means else []
+    learned = [status_code(status) for status in LEARNED]
     labels = {row[0]: row[1] for row in db.execute(
-        f"SELECT event_id, label FROM labels WHERE status IN ({', '.join('?' * len(LEARNED))})", LEARNED)}
+        f"SELECT seq, label FROM labels WHERE status IN ({', '.join('?' * len(learned))})", learned)}
     read_shapes(db.conn)
     names = read_names(db.conn) if rates else {}
     cursor = db.execute("SELECT seq, event_id, ts, ingested, payload FROM events ORDER BY seq")
@@ -64,11 +65,11 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
             while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
                 _, name, version = switches.pop(0)
                 space.set_attributes(attributes.read_version(db, specs[name], version))
-            values = parse_event(decode_payload(payload, event_id), config.event, config.model.task).values
-            if event_id in labels and (start is None or ts >= start) and (end is None or ts < end):
+            values = parse_event(decode_payload(payload, event_id, ts), config.event, config.model.task).values
+            if seq in labels and (start is None or ts >= start) and (end is None or ts < end):
                 # label rates are state moved by labels, not events: the values logged when it was scored
-                x = space.compute(values, ts, store, _logged(db, event_id, rates, names) if rates else None)
-                yield {"event_id": event_id, "ts": ts, "label": labels[event_id], **x}
+                x = space.compute(values, ts, store, _logged(db, seq, rates, names) if rates else None)
+                yield {"event_id": event_id, "ts": ts, "label": labels[seq], **x}
             if ingested:
                 space.update(values, ts, store)
             if ingested and ts > watermark:  # as the engine: a scored-only event never moves event time
@@ -77,8 +78,8 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     db.conn.close()
 
 
-def _logged(db: Any, event_id: str, wanted: list[str], names: dict[int, tuple[str, ...]]) -> dict[str, float]:
-    row = db.execute("SELECT features FROM predictions WHERE event_id = ?", [event_id]).fetchone()
+def _logged(db: Any, seq: int, wanted: list[str], names: dict[int, tuple[str, ...]]) -> dict[str, float]:
+    row = db.execute("SELECT features FROM predictions WHERE seq = ?", [seq]).fetchone()
     logged = decode_vector(row[0], names) if row and row[0] else {}
     return {name: logged[name] for name in wanted if name in logged}
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from appliance.storage.rows import LABEL_STATUSES, ORIGINS
 from appliance.timeutil import format_timestamp
 
 __all__ = ["RECENT_PER_ENTITY", "RecentEntities", "EntityHistory"]
@@ -206,14 +207,16 @@ class EntityHistory:
             return []
         marks = ", ".join("?" * len(wanted))
         rows = conn.execute(
-            "SELECT e.seq, e.event_id, e.ts, e.ingested, p.score, p.version, p.origin, l.label, l.status, l.delay "
-            "FROM events e LEFT JOIN predictions p ON p.event_id = e.event_id "
-            f"LEFT JOIN labels l ON l.event_id = e.event_id WHERE e.seq IN ({marks})",
+            "SELECT e.seq, e.event_id, e.ts, e.ingested, p.score, p.version, p.origin, l.label, l.status, "
+            "max(0.0, l.ts - e.ts) "  # the label's delay, as the engine computed it
+            "FROM events e LEFT JOIN predictions p ON p.seq = e.seq "
+            f"LEFT JOIN labels l ON l.seq = e.seq WHERE e.seq IN ({marks})",
             wanted).fetchall()  # a listed event pruned since is simply not found
         rows = sorted(rows, key=lambda row: (row[2], row[0]), reverse=True)[:limit]
         return [{"event_id": event_id, "event_time": format_timestamp(ts), "ingested": bool(ingested),
-                 "score": score, "version": version, "origin": origin, "label": label,
-                 "label_status": status, "label_delay_seconds": delay}
+                 "score": score, "version": version, "origin": None if origin is None else ORIGINS[origin],
+                 "label": label, "label_status": None if status is None else LABEL_STATUSES[status],
+                 "label_delay_seconds": delay}
                 for _, event_id, ts, ingested, score, version, origin, label, status, delay in rows]
 
     def close(self) -> None:

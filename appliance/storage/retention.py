@@ -1,6 +1,18 @@
 """What history the store lets go: rows past their age (`[retention]` keep times, in event time) and,
 past the byte bound (`[retention] max_bytes`), the oldest history first.
 
+Predictions and labels are rows of their event (keyed by its `seq`, rows layout 4): they carry no
+event time of their own to prune by and go by their event's. So an event stays while a prediction
+or label kept for a finite time still needs its time (`event_cutoff`); a table kept forever needs
+nothing from it. Late labels (their event's prediction had expired) are keyed by event id, with
+their own time.
+
+The history has no index on time: events are found by `seq` (arrival order, the rowid), whose
+times rise with it but for lateness (the flow dead-letters an event later than `allowed_lateness`
+behind the watermark). A pass deletes the events before the first `seq` at or past its cutoff
+(`first_seq_at`, a binary search on the rowid) whose times are before the cutoff; an event that
+arrived later than newer ones can outlive its age until a later pass's search passes it.
+
 Never pruned: what a pending label still needs (its event and prediction), anything newer than the
 checkpoint's watermark, and the tables a restart reads (checkpoint, entity state, pending labels,
 models, audit). Freed pages go to SQLite's freelist and the next inserts reuse them, so the file
@@ -13,51 +25,112 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from appliance.storage.entity_history import Listed
+
 log = logging.getLogger(__name__)
 
-RETENTION_COLUMNS = {"events": "ts", "predictions": "ts", "labels": "ts", "dead_letters": "watermark",
-                     "metrics": "event_ts"}
+RETENTION_COLUMNS = {"events": "ts", "late_labels": "ts", "dead_letters": "watermark", "metrics": "event_ts"}
+INDEXED = ("late_labels", "dead_letters", "metrics")  # pruned by an index on their time (events: by seq)
+BY_EVENT = ("predictions", "labels")  # rows of an event, keyed by its seq: pruned by the event's time
+PRUNED = ("events", *BY_EVENT, "late_labels", "dead_letters", "metrics")  # counted per table
 PRUNE_TO = 0.9  # a store past its byte bound is pruned down to this share of it (room before the next pass)
 PRUNE_STEP_ROWS = 5_000  # events (with their rows) deleted per step of a byte-bound pass
 MAX_PRUNE_STEPS = 200  # steps per pass: a pass never holds the writer long; the next checkpoint goes on
 _NOT_PENDING = " AND event_id NOT IN (SELECT event_id FROM pending_labels)"
 
 
+def event_cutoff(retention: dict[str, float], watermark: float) -> float | None:
+    """The event time before which events go: their own age, held back while a finite-kept table of
+    their rows (predictions, labels) keeps rows older than it (None: events are kept forever)."""
+    if "events" not in retention:
+        return None
+    return watermark - max(retention[table] for table in ("events", *BY_EVENT) if table in retention)
+
+
 def prune_by_age(conn: sqlite3.Connection, retention: dict[str, float], watermark: float) -> dict[str, int]:
     """Delete each table's rows older than its retention before `watermark`; return the counts."""
     counts = {}
-    for table, keep in retention.items():
-        column = RETENTION_COLUMNS[table]
-        counts[table] = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (watermark - keep,)).rowcount
-    if "events" in retention:
-        prune_entity_recent(conn, watermark - retention["events"])
+    for table in BY_EVENT:  # before their events: their times are the events'
+        if table in retention:
+            before = watermark - retention[table]
+            counts[table] = conn.execute(f"DELETE FROM [{table}] WHERE seq IN "
+                                         "(SELECT seq FROM events WHERE seq < ? AND ts < ?)",
+                                         (first_seq_at(conn, before), before)).rowcount
+    cutoff = event_cutoff(retention, watermark)
+    if cutoff is not None:
+        counts["events"] = conn.execute("DELETE FROM events WHERE seq < ? AND ts < ?",
+                                        (first_seq_at(conn, cutoff), cutoff)).rowcount
+    for table in ("dead_letters", "metrics"):
+        if table in retention:
+            column = RETENTION_COLUMNS[table]
+            counts[table] = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?",
+                                         (watermark - retention[table],)).rowcount
+    if "labels" in retention:
+        counts["late_labels"] = conn.execute("DELETE FROM late_labels WHERE ts < ?",
+                                             (watermark - retention["labels"],)).rowcount
+    if cutoff is not None:
+        prune_entity_recent(conn, cutoff)
         prune_attribute_versions(conn)
     return counts
+
+
+def first_seq_at(conn: sqlite3.Connection, cutoff: float) -> int:
+    """The first `seq` whose event time is at or past `cutoff`, by a binary search on the rowid that
+    takes event times to rise with `seq` (one past the last event if none is; exact when they do).
+
+    >>> conn = sqlite3.connect(":memory:")
+    >>> _ = conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, ts REAL)")
+    >>> _ = conn.executemany("INSERT INTO events VALUES (?, ?)", [(3, 1.0), (4, 2.0), (9, 2.5), (10, 4.0)])
+    >>> first_seq_at(conn, 2.0), first_seq_at(conn, 3.0), first_seq_at(conn, 0.0), first_seq_at(conn, 5.0)
+    (4, 10, 3, 11)
+    """
+    low, high = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+    if low is None:
+        return 0
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        seq, ts = conn.execute("SELECT seq, ts FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)).fetchone()
+        if ts >= cutoff:
+            high = middle
+        else:
+            low = seq + 1
+    return low
 
 
 def prune_to_bytes(conn: sqlite3.Connection, max_bytes: int, watermark: float) -> tuple[int, dict[str, int]]:
     """Delete the oldest history down to `PRUNE_TO` of `max_bytes`, in steps of `PRUNE_STEP_ROWS` events.
 
     Returns the bytes in use after it and the rows deleted per table."""
-    counts = dict.fromkeys(RETENTION_COLUMNS, 0)
+    counts = dict.fromkeys(PRUNED, 0)
     target = int(max_bytes * PRUNE_TO)
     used = used_bytes(conn)
     for _ in range(MAX_PRUNE_STEPS):
-        row = conn.execute("SELECT ts FROM events WHERE event_id NOT IN (SELECT event_id FROM pending_labels) "
-                           "ORDER BY ts LIMIT 1 OFFSET ?", (PRUNE_STEP_ROWS,)).fetchone()
-        cutoff = watermark if row is None else min(row[0], watermark)
+        # the oldest events by arrival (but what pending labels need), never past the checkpoint's watermark
+        row = conn.execute(f"SELECT seq, ts FROM events WHERE 1{_NOT_PENDING} ORDER BY seq LIMIT 1 OFFSET ?",
+                           (PRUNE_STEP_ROWS,)).fetchone()
+        if row is None:  # fewer left: every one before the watermark
+            row = ((conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0) + 1, watermark)
+        end, cutoff = row[0], min(row[1], watermark)
+        oldest = f"SELECT seq FROM events WHERE seq < ? AND ts < ?{_NOT_PENDING}"
         deleted = 0
-        for table, column in RETENTION_COLUMNS.items():
-            keep_pending = _NOT_PENDING if table in ("events", "predictions") else ""
-            deleted_here = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?{keep_pending}", (cutoff,)).rowcount
+        for table in BY_EVENT:
+            deleted_here = conn.execute(f"DELETE FROM [{table}] WHERE seq IN ({oldest})", (end, watermark)).rowcount
             counts[table] += deleted_here
             deleted += deleted_here
+        deleted_here = conn.execute(f"DELETE FROM events WHERE seq IN ({oldest})", (end, watermark)).rowcount
+        counts["events"] += deleted_here
+        deleted += deleted_here
+        for table, column in RETENTION_COLUMNS.items():  # by their own times, up to the oldest event kept
+            if table != "events":
+                deleted_here = conn.execute(f"DELETE FROM [{table}] WHERE [{column}] < ?", (cutoff,)).rowcount
+                counts[table] += deleted_here
+                deleted += deleted_here
         used = used_bytes(conn)
         if used <= target or not deleted:
             break
     if counts["events"]:  # an entity whose events a pending label keeps stays listed
-        oldest_pending = conn.execute("SELECT min(ts) FROM pending_labels").fetchone()[0]
-        prune_entity_recent(conn, cutoff if oldest_pending is None else min(cutoff, oldest_pending))
+        prune_entity_recent(conn, cutoff)
         used = used_bytes(conn)
     prune_attribute_versions(conn)
     if used > max_bytes:
@@ -74,10 +147,19 @@ def used_bytes(conn: sqlite3.Connection) -> int:
 
 
 def prune_entity_recent(conn: sqlite3.Connection, cutoff: float) -> int:
-    """Drop the `entity_recent` rows of entities with no event at or after `cutoff` (all of them
-    pruned); a row's entries of pruned events are skipped by its readers. A scan of the table, whose
-    size is the number of entities."""
-    return conn.execute("DELETE FROM entity_recent WHERE newest < ?", (cutoff,)).rowcount
+    """Drop the `entity_recent` rows of entities whose newest event is before `cutoff` and none of
+    whose listed events is left (a late one, or one a pending label keeps, may be); a row's entries
+    of pruned events are skipped by its readers. A scan of the table, whose size is the number of
+    entities, and a look by seq at the listed events of those older than `cutoff`."""
+    gone = []
+    for key, entity, base, recent in conn.execute("SELECT key, entity, base, recent FROM entity_recent "
+                                                  "WHERE newest < ?", (cutoff,)).fetchall():
+        seqs = Listed(cutoff, base, recent).seqs()
+        marks = ", ".join("?" * len(seqs))
+        if conn.execute(f"SELECT 1 FROM events WHERE seq IN ({marks}) LIMIT 1", seqs).fetchone() is None:
+            gone.append((key, entity))
+    conn.executemany("DELETE FROM entity_recent WHERE key = ? AND entity = ?", gone)
+    return len(gone)
 
 
 def prune_attribute_versions(conn: sqlite3.Connection) -> None:

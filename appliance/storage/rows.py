@@ -3,24 +3,26 @@
 A logged vector is a sparse dict (a missing feature is absent) in the order `FeatureSpace.compute`
 built it. `VectorCodec.encode` writes it as
 
-    byte 0        layout: PACKED (1), or JSON (0: the whole vector as JSON, for a name the codec does
-                  not know or a value that is neither a float nor a 64-bit int)
+    byte 0        layout: PACKED (2), or JSON (0: the whole vector as JSON, for a name the codec does
+                  not know or a value that is neither a float nor a 64-bit int); rows layout 3
+                  wrote 1 (2 bits per kind, no ZERO or ONE), still read
     bytes 1-4     the names' version: a 32-bit digest of the ordered names (little-endian), the key
                   of the store's `feature_names` table, so an engine needs no store to pick it
     varint        the length of the plan, then the plan:
                     varint runs, then per run zigzag(start - end of the previous run) and length:
                     the present names' indices, in the vector's own order;
-                    2 bits per value, four to a byte: HALF (an integral float to 2,048, -0.0),
-                    SINGLE (an integral float to 2**24), DOUBLE (any other float) or INT
-                    (a Python int, 64 bits)
-    values        little-endian, in the vector's order
+                    3 bits per value, little-endian across the plan's bytes: HALF (an integral
+                    float to 2,048, -0.0), SINGLE (an integral float to 2**24), DOUBLE (any other
+                    float), INT (a Python int, 64 bits), ZERO (0.0) or ONE (1.0): these two are
+                    in the plan alone, no value bytes (a hashed one-hot, an empty aggregate)
+    values        little-endian, in the vector's order, ZERO and ONE left out
 
 A float comes back as the same float64, bit for bit (a narrower width only for integral values,
 which it holds exactly; -0.0 keeps its sign; NaN goes as a double), an int as an int, and the dict
 in the same order, so a sum over it gives the same float. Plans repeat (the same names present, the
 same widths), so both sides cache them: a decode is one `struct.unpack_from` and a `zip`.
-On the sample a vector of 25 present names out of 215 takes about 125 bytes instead of about
-580 of JSON; zlib and zstd save little more on the packed rows (`docs/benchmarks.md`).
+On the sample a vector of 25 present names out of 215 takes about 100 bytes instead of about
+580 of JSON (about 125 before ZERO and ONE, half of its values being one or the other); zlib and zstd save little more on the packed rows (`docs/benchmarks.md`).
 
 `decode_vector` is the one reader of logged vectors: the label join's restore, the bench, the tests.
 `PayloadCodec` / `decode_payload` do the same for an event's payload (its keys once per shape), and
@@ -30,17 +32,21 @@ On the sample a vector of 25 present names out of 215 takes about 125 bytes inst
 from __future__ import annotations
 
 import hashlib
+import math
+import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
 
 from appliance.errors import ApplianceError
 
-JSON, PACKED = 0, 1
-HALF, SINGLE, DOUBLE, INT = 0, 1, 2, 3
-_CODES = "efdq"  # struct codes of the kinds, in kind order
+JSON, PACKED_2BIT, PACKED = 0, 1, 2
+HALF, SINGLE, DOUBLE, INT, ZERO, ONE = 0, 1, 2, 3, 4, 5
+_CODES = ("e", "f", "d", "q", "", "")  # struct codes of the kinds, in kind order (ZERO, ONE: no bytes)
+_CONSTANTS = (0.0, 1.0)  # the values of ZERO and ONE, after the packed ones in a decode's source
 _CACHE = 4096  # plans remembered per codec, and by the decoder
 INT_LIMIT = 1 << 63
 
@@ -92,7 +98,7 @@ class VectorCodec:
         >>> codec = VectorCodec(["a", "b", "c"])
         >>> blob = codec.encode({"c": 1.0, "a": 0.1})
         >>> len(blob), decode_vector(blob)
-        (22, {'c': 1.0, 'a': 0.1})
+        (20, {'c': 1.0, 'a': 0.1})
         """
         keys = tuple(x)
         presence = self._presence.get(keys)
@@ -111,7 +117,7 @@ class VectorCodec:
             if len(self._plans) >= _CACHE:
                 self._plans.clear()
             self._plans[plan_key] = plan
-        return self._head + plan.head + plan.values.pack(*values)  # one call packs every width
+        return self._head + plan.head + plan.values.pack(*plan.pick(values))  # one call packs every width
 
     def _presence_of(self, keys: tuple[str, ...]) -> bytes | None:
         index = self.index
@@ -137,16 +143,27 @@ class VectorCodec:
 
     @staticmethod
     def _plan_of(presence: bytes, kinds: tuple[int, ...]) -> _EncodePlan:
-        packed = bytearray((len(kinds) + 3) // 4)
-        for n, kind in enumerate(kinds):
-            packed[n // 4] |= kind << (2 * (n % 4))
-        plan = presence + bytes(packed)
-        return _EncodePlan(_varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)))
+        bits = sum(kind << (3 * n) for n, kind in enumerate(kinds))
+        plan = presence + bits.to_bytes((3 * len(kinds) + 7) // 8, "little")
+        stored = [n for n, kind in enumerate(kinds) if kind < ZERO]
+        return _EncodePlan(_varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)),
+                           _picker(stored))
 
 
 class _EncodePlan(NamedTuple):
     head: bytes  # the plan's length and the plan
-    values: struct.Struct  # the values at their widths, in the vector's order
+    values: struct.Struct  # the stored values at their widths, in the vector's order
+    pick: Callable[[tuple], tuple]  # the stored values of a vector's values (not its ZEROs and ONEs)
+
+
+def _picker(indices: Sequence[int]) -> Callable[[tuple], tuple]:
+    """`operator.itemgetter(*indices)` that always returns a tuple (one C call per vector)."""
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda values: (values[only],)
+    if not indices:
+        return lambda values: ()
+    return operator.itemgetter(*indices)
 
 
 def _kind(value: Any) -> int | None:
@@ -161,6 +178,10 @@ def _kind(value: Any) -> int | None:
     cls = type(value)
     if cls is float:
         if value.is_integer():
+            if value == 1.0:
+                return ONE
+            if value == 0.0:
+                return ZERO if math.copysign(1.0, value) > 0.0 else HALF  # -0.0 keeps its sign
             if -2048.0 <= value <= 2048.0:
                 return HALF
             if -16777216.0 <= value <= 16777216.0:
@@ -178,7 +199,8 @@ def json_vector(x: dict[str, Any]) -> bytes:
 
 class _Plan(NamedTuple):
     names: tuple[str, ...]
-    values: struct.Struct
+    values: struct.Struct  # the stored values
+    order: Callable[[tuple], tuple]  # the vector's values from the stored ones followed by `_CONSTANTS`
 
 
 _DECODE_PLANS: dict[tuple[int, bytes], _Plan] = {}
@@ -190,23 +212,24 @@ def decode_vector(blob: bytes, names: dict[int, Sequence[str]] | None = None) ->
     Names come from `names` (version -> names, as `read_names` returns) or from the versions this
     process registered.
     """
-    if blob[0] != PACKED:
-        if blob[0] == JSON:
+    layout = blob[0]
+    if layout != PACKED and layout != PACKED_2BIT:
+        if layout == JSON:
             return orjson.loads(blob[1:])
-        raise ApplianceError(f"a feature vector has an unknown layout {blob[0]}; start with --fresh")
+        raise ApplianceError(f"a feature vector has an unknown layout {layout}; start with --fresh")
     size, pos = _read_varint(blob, 5)
     end = pos + size
-    key = (int.from_bytes(blob[1:5], "little"), blob[pos:end])
+    key = (int.from_bytes(blob[1:5], "little"), blob[pos:end], layout)
     plan = _DECODE_PLANS.get(key)
     if plan is None:
-        plan = _plan_from(key[0], key[1], names)
+        plan = _plan_from(*key, names)
         if len(_DECODE_PLANS) >= _CACHE:
             _DECODE_PLANS.clear()
         _DECODE_PLANS[key] = plan
-    return dict(zip(plan.names, plan.values.unpack_from(blob, end)))
+    return dict(zip(plan.names, plan.order(plan.values.unpack_from(blob, end) + _CONSTANTS)))
 
 
-def _plan_from(version: int, plan: bytes, names: dict[int, Sequence[str]] | None) -> _Plan:
+def _plan_from(version: int, plan: bytes, layout: int, names: dict[int, Sequence[str]] | None) -> _Plan:
     table = (names or {}).get(version) or _NAMES.get(version)
     if table is None:
         raise UnknownNames(f"feature names version {version} is not in the store's feature_names table")
@@ -219,8 +242,20 @@ def _plan_from(version: int, plan: bytes, names: dict[int, Sequence[str]] | None
         start = end + _unzigzag(step)
         at.extend(range(start, start + length))
         end = start + length
-    codes = "".join(_CODES[(plan[pos + n // 4] >> (2 * (n % 4))) & 3] for n in range(len(at)))
-    return _Plan(tuple(table[i] for i in at), struct.Struct("<" + codes))
+    if layout == PACKED_2BIT:
+        kinds = [(plan[pos + n // 4] >> (2 * (n % 4))) & 3 for n in range(len(at))]
+    else:
+        bits = int.from_bytes(plan[pos:], "little")
+        kinds = [(bits >> (3 * n)) & 7 for n in range(len(at))]
+    if any(kind > ONE for kind in kinds):
+        raise ApplianceError(f"a feature vector has an unknown value kind in {kinds}; start with --fresh")
+    stored = sum(kind < ZERO for kind in kinds)
+    order, n = [], 0
+    for kind in kinds:  # a stored value's index in the source, or a constant's after them
+        order.append(n if kind < ZERO else stored + kind - ZERO)
+        n += kind < ZERO
+    return _Plan(tuple(table[i] for i in at), struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)),
+                 _picker(order))
 
 
 def read_names(conn: Any) -> dict[int, tuple[str, ...]]:
@@ -273,7 +308,8 @@ class _Shape(NamedTuple):
     version: int  # its `payload_shapes` key: a 32-bit digest of `keys`, `pinned` and `id_field`
     order: tuple[str, ...]  # the keys whose values the array holds after the version, in that order
     keys: tuple[str, ...]  # the payload's keys in their order
-    reads: tuple[int, ...]  # per key in `keys`: its value's index in the array, or -1 (the row's event id)
+    reads: tuple[int, ...]  # per key in `keys`: its value's index in the array, -1 (the row's event id) or -2
+    time_as: str | None  # how the time left out is spelt from the row's ts: "iso" (`iso_millis`), "number"
 
 
 class PayloadCodec:
@@ -281,45 +317,57 @@ class PayloadCodec:
 
     The text is `[shape, <pinned values>, <other values>]`: `shape` is the 32-bit digest of the
     payload's keys in their order (its row in `payload_shapes` names them, the pinned keys and
-    whether the event id is left out); the entity keys come first at fixed positions (null when
-    absent), so a per-key expression index on `json_extract(payload, '$[i]')` finds an entity's
+    whether the event id and time are left out); the entity keys come first at fixed positions (null
+    when absent), so a per-key expression index on `json_extract(payload, '$[i]')` finds an entity's
     events; the other values follow in the payload's order, without the event id when it is the
-    text the row's `event_id` column holds already. `decode_payload` rebuilds the same dict, keys in
-    the same order, given that event id.
+    text the row's `event_id` column holds already, and without the event time when the row's `ts`
+    spells it exactly (`iso_millis` of it, or the same float). `decode_payload` rebuilds the same
+    dict, keys in the same order, given that event id and time.
 
-    >>> codec = PayloadCodec(("card",), "event_id")
-    >>> text = codec.encode({"event_id": "e1", "card": "c7", "amount": 3.5}, "e1")
-    >>> text.split(",", 1)[1], decode_payload(text, "e1")
-    ('"c7",3.5]', {'event_id': 'e1', 'card': 'c7', 'amount': 3.5})
+    >>> codec = PayloadCodec(("card",), "event_id", "ts")
+    >>> raw = {"event_id": "e1", "ts": "2026-01-01T00:00:03.500Z", "card": "c7", "amount": 3.5}
+    >>> text = codec.encode(raw, "e1", 1767225603.5)
+    >>> text.split(",", 1)[1], decode_payload(text, "e1", 1767225603.5) == raw
+    ('"c7",3.5]', True)
     """
 
-    def __init__(self, pinned: Sequence[str], id_field: str | None = None) -> None:
+    def __init__(self, pinned: Sequence[str], id_field: str | None = None, time_field: str | None = None) -> None:
         self.pinned = tuple(pinned)
         self.id_field = id_field
-        self._shapes: dict[tuple[tuple[str, ...], bool], _Shape] = {}
+        self.time_field = time_field
+        self._shapes: dict[tuple[tuple[str, ...], bool, str | None], _Shape] = {}
         self.new_shapes: list[dict[str, Any]] = []  # `payload_shapes` rows not handed to the store yet
 
-    def encode(self, raw: dict[str, Any], event_id: str | None = None) -> str:
-        """The payload's text; `event_id` is the row's, left out of the text when the payload holds it."""
+    def encode(self, raw: dict[str, Any], event_id: str | None = None, ts: float | None = None) -> str:
+        """The payload's text; `event_id` and `ts` are the row's, left out of the text when the
+        payload holds them (the time as the text `iso_millis` spells, or as the same float)."""
         omit = event_id is not None and self.id_field is not None and raw.get(self.id_field) == event_id
-        key = (tuple(raw), omit)
+        time_as = None
+        if ts is not None and self.time_field is not None:
+            value = raw.get(self.time_field)
+            if type(value) is str:
+                time_as = "iso" if len(value) == 24 and value == iso_millis(ts) else None
+            elif type(value) is float and value == ts:
+                time_as = "number"
+        key = (tuple(raw), omit, time_as)
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._register(*key)
         return orjson.dumps([shape.version, *map(raw.get, shape.order)]).decode()
 
-    def _register(self, keys: tuple[str, ...], omit: bool) -> _Shape:
+    def _register(self, keys: tuple[str, ...], omit: bool, time_as: str | None) -> _Shape:
         id_field = self.id_field if omit else None
-        row = {"keys": list(keys), "pinned": list(self.pinned), **({"id": id_field} if omit else {})}
+        row = {"keys": list(keys), "pinned": list(self.pinned), **({"id": id_field} if omit else {}),
+               **({"time": self.time_field, "time_as": time_as} if time_as else {})}
         text = orjson.dumps(row)
         version = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
-        shape = _shape_of(version, keys, self.pinned, id_field)
+        shape = _shape_of(version, keys, self.pinned, id_field, self.time_field if time_as else None, time_as)
         known = _SHAPES.setdefault(version, shape)
         if known != shape:
             raise ApplianceError(f"payload shape {version} already names other keys")
         if len(self._shapes) >= _CACHE:
             self._shapes.clear()
-        self._shapes[(keys, omit)] = shape
+        self._shapes[(keys, omit, time_as)] = shape
         self.new_shapes.append({"version": version, "keys": text.decode()})
         return shape
 
@@ -329,11 +377,37 @@ class PayloadCodec:
         return rows
 
 
-def _shape_of(version: int, keys: tuple[str, ...], pinned: tuple[str, ...], id_field: str | None) -> _Shape:
-    rest = tuple(key for key in keys if key not in pinned and key != id_field)
+def _shape_of(version: int, keys: tuple[str, ...], pinned: tuple[str, ...], id_field: str | None,
+              time_field: str | None = None, time_as: str | None = None) -> _Shape:
+    rest = tuple(key for key in keys if key not in pinned and key != id_field and key != time_field)
     order = pinned + rest
     at = {key: i + 1 for i, key in enumerate(order)}
-    return _Shape(version, order, keys, tuple(at.get(key, -1) for key in keys))
+    if time_field is not None:
+        at[time_field] = -2
+    return _Shape(version, order, keys, tuple(at.get(key, -1) for key in keys), time_as)
+
+
+_HOURS: dict[int, str] = {}  # "YYYY-MM-DDTHH:" per hour since the epoch (a few per stream-day)
+_MINUTES_SECONDS = [f"{m:02d}:{s:02d}." for m in range(60) for s in range(60)]  # by second of the hour
+_MILLIS = [f"{ms:03d}Z" for ms in range(1000)]
+
+
+def iso_millis(ts: float) -> str:
+    """An event time as ISO-8601 UTC text with milliseconds, as the payload codec spells it: the
+    one function both sides use, so a time left out of a payload comes back as the same text.
+    On the per-event path: three lookups and a concatenation.
+
+    >>> iso_millis(1767225683.797), iso_millis(-0.0005), iso_millis(1767229199.9996)
+    ('2026-01-01T00:01:23.797Z', '1970-01-01T00:00:00.000Z', '2026-01-01T01:00:00.000Z')
+    """
+    millis = math.floor(ts * 1000.0 + 0.5)
+    hour, rest = divmod(millis, 3_600_000)
+    prefix = _HOURS.get(hour)
+    if prefix is None:
+        if len(_HOURS) >= _CACHE:
+            _HOURS.clear()
+        prefix = _HOURS[hour] = datetime.fromtimestamp(hour * 3600, tz=UTC).strftime("%Y-%m-%dT%H:")
+    return prefix + _MINUTES_SECONDS[rest // 1000] + _MILLIS[rest % 1000]
 
 
 _SHAPES: dict[int, _Shape] = {}
@@ -343,19 +417,26 @@ def read_shapes(conn: Any) -> None:
     """Register every payload shape of a store (for `decode_payload`)."""
     for version, text in conn.execute("SELECT version, keys FROM payload_shapes"):
         row = orjson.loads(text)
-        _SHAPES.setdefault(version, _shape_of(version, tuple(row["keys"]), tuple(row["pinned"]), row.get("id")))
+        _SHAPES.setdefault(version, _shape_of(version, tuple(row["keys"]), tuple(row["pinned"]), row.get("id"),
+                                              row.get("time"), row.get("time_as")))
 
 
-def decode_payload(text: str | bytes, event_id: str | None = None) -> dict[str, Any]:
-    """Return the event payload `PayloadCodec.encode` wrote for the row of `event_id` (shapes from
-    this process or `read_shapes`)."""
+def decode_payload(text: str | bytes, event_id: str | None = None, ts: float | None = None) -> dict[str, Any]:
+    """Return the event payload `PayloadCodec.encode` wrote for the row of `event_id` at `ts` (shapes
+    from this process or `read_shapes`)."""
     values = orjson.loads(text)
     shape = _SHAPES.get(values[0])
     if shape is None:
         raise UnknownNames(f"payload shape {values[0]} is not in the store's payload_shapes table")
     if event_id is None and -1 in shape.reads:
         raise ApplianceError(f"payload shape {values[0]} leaves the event id to its row: pass it")
-    return {key: values[i] if i >= 0 else event_id for key, i in zip(shape.keys, shape.reads)}
+    if shape.time_as is None:
+        return {key: values[i] if i >= 0 else event_id for key, i in zip(shape.keys, shape.reads)}
+    if ts is None:
+        raise ApplianceError(f"payload shape {values[0]} leaves the event time to its row: pass it")
+    values.append(iso_millis(ts) if shape.time_as == "iso" else ts)  # index -2 after the event id at -1
+    values.append(event_id)
+    return {key: values[i] for key, i in zip(shape.keys, shape.reads)}
 
 
 class SourceIds:
@@ -389,3 +470,27 @@ class SourceIds:
 
 
 _SOURCES: dict[int, str] = {}
+
+
+# A prediction's origin and a label's status as the small ints their rows hold (rows layout 4): the
+# index in these tuples (0 and 1 take no bytes in a SQLite record). A late label has its own table.
+ORIGINS = ("stream", "socket")
+LABEL_STATUSES = ("defaulted", "joined", "immediate", "early")
+
+
+def origin_code(origin: str) -> int:
+    """The int a prediction row holds for its origin.
+
+    >>> origin_code("socket"), ORIGINS[origin_code("stream")]
+    (1, 'stream')
+    """
+    return ORIGINS.index(origin)
+
+
+def status_code(status: str) -> int:
+    """The int a label row holds for its status.
+
+    >>> status_code("joined"), LABEL_STATUSES[status_code("defaulted")]
+    (1, 'defaulted')
+    """
+    return LABEL_STATUSES.index(status)

@@ -41,7 +41,10 @@ FORMAT_VERSION = 2  # 2: entity states of layout version 2 (running window total
 # folds it in with FORMAT_VERSION, and `store.open_db` records it in the store's `store_format` table
 # and refuses a store in another layout (one that has rows but no checkpoint yet, too). 3: an entity's
 # newest events listed in `entity_recent` by the store writer instead of an expression index per key.
-ROWS_FORMAT = 3
+# 4: predictions and labels keyed by their event's `seq` (the rowid) without its id and time, one
+# index on the history (events by time), origin and status as small ints, late labels apart, and a
+# waiting prediction's blob carries its event's seq.
+ROWS_FORMAT = 4
 KIND = "appliance-checkpoint"
 
 _local = threading.local()

@@ -30,7 +30,7 @@ from appliance.errors import ConfigError
 from appliance.storage.entity_history import RecentEntities
 from appliance.storage.ownership import make_private
 from appliance.storage.registry import thin_models
-from appliance.storage.retention import RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
+from appliance.storage.retention import INDEXED, PRUNED, RETENTION_COLUMNS, prune_by_age, prune_to_bytes, used_bytes
 from appliance.storage.snapshot import ROWS_FORMAT
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,19 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_ROWS = 20_000  # rows handed to the writer and not yet written (~30 MB on the sample)
 
 TABLES: dict[str, tuple[dict[str, type], Any]] = {
-    "events": ({"event_id": str, "seq": int, "ts": float, "source": int, "offset": int, "ingested": int,
-                "payload": str}, "event_id"),
-    "predictions": ({"event_id": str, "ts": float, "version": int, "score": float, "predicted": int,
-                     "learner_score": float, "origin": str, "features": bytes}, "event_id"),
+    # an event, its prediction and its label: three rows keyed by the event's `seq` (the rowid), the
+    # event id and time once, in the event's row (rows layout 4; origin and status as small ints, `rows.py`)
+    "events": ({"seq": int, "event_id": str, "ts": float, "source": int, "offset": int, "ingested": int,
+                "payload": str}, "seq"),
+    "predictions": ({"seq": int, "version": int, "score": float, "predicted": int, "learner_score": float,
+                     "origin": int, "features": bytes}, "seq"),
     "feature_names": ({"version": int, "names": str}, "version"),  # names of the packed vectors, per version
     "payload_shapes": ({"version": int, "keys": str}, "version"),  # keys of the events' payload arrays
     "sources": ({"id": int, "source": str}, "id"),  # the events' sources, by the id their rows hold
-    "labels": ({"event_id": str, "ts": float, "label": float, "delay": float, "status": str}, "event_id"),
+    # a label's delay is max(0, its ts - its event's ts), computed by its readers (the same float)
+    "labels": ({"seq": int, "ts": float, "label": float, "status": int}, "seq"),
+    # a label whose prediction had expired (its event is known by id only)
+    "late_labels": ({"event_id": str, "ts": float, "label": float}, "event_id"),
     "dead_letters": ({"source": str, "offset": int, "reason": str, "payload": str, "watermark": float},
                      ("source", "offset")),
     "models": ({"version": int, "spec": str, "parent": int, "n_learned": int, "event_ts": float,
@@ -88,9 +93,8 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
         missing = {c: t for c, t in columns.items() if c not in db[name].columns_dict}
         for column, kind in missing.items():  # a store from an older release: add, never drop
             db[name].add_column(column, kind)
-    db["events"].create_index(["seq"], if_not_exists=True)
-    for name, column in RETENTION_COLUMNS.items():
-        db[name].create_index([column], if_not_exists=True)
+    for name in INDEXED:  # no index on the history: retention finds events by seq (`retention.first_seq_at`)
+        db[name].create_index([RETENTION_COLUMNS[name]], if_not_exists=True)
     _check_rows_format(db, path, existing)
     return db
 
@@ -148,7 +152,7 @@ class StoreWriter:
         self.retention = dict(retention or {})
         self.pruned = dict.fromkeys(self.retention, 0)
         self.max_bytes = max_bytes  # the byte bound of the store's pages in use (None: age only)
-        self.pruned_for_bytes = dict.fromkeys(RETENTION_COLUMNS, 0)
+        self.pruned_for_bytes = dict.fromkeys(PRUNED, 0)
         self.used_bytes: int | None = None  # pages in use at the last checkpoint, in bytes
         self._next_prune = -float("inf")
         self.commit_every = commit_every
@@ -397,7 +401,7 @@ class StoreWriter:
     def _prune(self, conn: sqlite3.Connection, watermark: float) -> None:
         """Delete rows older than each table's retention, in event time (the watermark's clock)."""
         for table, count in prune_by_age(conn, self.retention, watermark).items():
-            self.pruned[table] += count
+            self.pruned[table] = self.pruned.get(table, 0) + count
 
     def _prune_bytes(self, conn: sqlite3.Connection, watermark: float | None) -> None:
         """Keep the store's pages in use under `max_bytes` (`retention.prune_to_bytes`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from appliance.engine.core import Engine
+from appliance.storage.rows import LABEL_STATUSES
 from tests.conftest import items, make_stream, run
 
 
@@ -27,7 +28,7 @@ def test_learning_uses_the_feature_vector_logged_at_prediction_time(small_config
     learned = recorder.calls
     rows = run(engine, items(small_config, make_stream(200)))
     logged = {row["event_id"]: row["features"] for row in rows["predictions"]}
-    joined = [row for row in rows["labels"] if row["status"] == "joined"]
+    joined = [row for row in rows["labels"] if LABEL_STATUSES[row["status"]] == "joined"]
     assert joined, "the stream has labels that arrive after their events"
     from appliance.storage.rows import decode_vector
 
@@ -46,7 +47,7 @@ def test_labels_before_their_event_are_held_then_joined(small_config):
     ]
     rows = run(engine, items(small_config, stream))
     assert engine.counts["labels_early"] == 1
-    assert [r["status"] for r in rows["labels"]] == ["early"]
+    assert [LABEL_STATUSES[r["status"]] for r in rows["labels"]] == ["early"]
     assert engine.model.n_learned == 1
 
 
@@ -57,7 +58,8 @@ def test_no_label_by_the_horizon_learns_the_default(small_config):
         {"type": "payment", "event_id": "b", "ts": 3601.0, "user": "u", "card": "c", "amount": 5.0, "city": "x"},
     ]
     rows = run(engine, items(small_config, stream))
-    assert [(r["event_id"], r["status"], r["label"]) for r in rows["labels"]] == [("a", "defaulted", 0)]
+    assert [(r["event_id"], LABEL_STATUSES[r["status"]], r["label"]) for r in rows["labels"]] == [("a", "defaulted", 0)]
+    assert [r["seq"] for r in rows["labels"]] == [e["seq"] for e in rows["events"] if e["event_id"] == "a"]
     assert engine.counts["predictions_expired"] == 1 and len(engine.join.pending) == 1
     assert engine.stats()["label_join_rate"] == 0.0
     more = [{"type": "label", "event_id": "b", "ts": 3700.0, "label": 1},
@@ -77,7 +79,8 @@ def test_drop_policy_learns_nothing_on_expiry(small_config):
     ]
     rows = run(engine, items(config, stream))
     assert engine.model.n_learned == 0
-    assert [r["status"] for r in rows["labels"]] == ["late"]
+    assert rows["labels"] == []  # nothing learned: a's label is late, kept apart by its event id
+    assert [(r["event_id"], r["label"]) for r in rows["late_labels"]] == [("a", 1)]
 
 
 def test_late_events_become_dead_letters_with_a_reason(small_config):

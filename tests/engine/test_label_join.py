@@ -14,7 +14,7 @@ from tests.conftest import config_with, flip_stream, items
 def scored(event_id: str, ts: float) -> Scored:
     shadow = Shadow({"main": {False: 0.75, True: 0.25}, "fast": {False: 0.5, True: 0.5}}, {False: 0.6, True: 0.4},
                     {"fast": ["main", {False: 0.7, True: 0.3}]})
-    return Scored(event_id, ts, {"amount": 12.5, "n": 3, "city_7": 1.0}, shadow, {False: 0.5, True: 0.5}, 4)
+    return Scored(event_id, 7, ts, {"amount": 12.5, "n": 3, "city_7": 1.0}, shadow, {False: 0.5, True: 0.5}, 4)
 
 
 def test_a_packed_prediction_unpacks_to_what_was_packed():
@@ -28,7 +28,7 @@ def test_a_packed_prediction_is_plain_messagepack():
     from appliance.storage.snapshot import unpack
 
     original = scored("e1", 100.0)
-    assert unpack(Pending.pack(original).packed) == [json_vector(original.x), *original.shadow.fields(),
+    assert unpack(Pending.pack(original).packed) == [json_vector(original.x), 7, *original.shadow.fields(),
                                                      original.y_served, 4]
 
 

@@ -84,7 +84,8 @@ def _toml(data: dict) -> str:
 
 def logged(db):
     names = read_names(db.conn)
-    return {row["event_id"]: decode_vector(row["features"], names) for row in db["predictions"].rows}
+    return {event_id: decode_vector(features, names)
+            for event_id, features in db.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)")}
 
 
 def test_attributes_and_custom_features_are_served_learned_and_exported_alike(tmp_path, monkeypatch):

@@ -161,7 +161,7 @@ def test_the_export_gives_the_label_means_logged_at_scoring(tmp_path, monkeypatc
     assert len(exported) == learned
     conn = sqlite3.connect("appliance.db")
     names = read_names(conn)
-    logged = dict(conn.execute("SELECT event_id, features FROM predictions").fetchall())
+    logged = dict(conn.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)").fetchall())
     for row in exported:
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")

@@ -108,7 +108,7 @@ def test_backfill_scores_the_waiting_predictions_late_beside_the_champions_learn
     def predict(model, x):
         return model.predict_proba_one(x)
 
-    waiting = [Pending.pack(Scored(f"e{i}", float(i), {"amount": 20.0 * i}, Shadow({"main": {True: 0.5, False: 0.5}}),
+    waiting = [Pending.pack(Scored(f"e{i}", i, float(i), {"amount": 20.0 * i}, Shadow({"main": {True: 0.5, False: 0.5}}),
                                    {True: 0.5, False: 0.5}, 1)) for i in range(5)]
     assert backfill(fresh, "main", champion.model, waiting, predict) == 5
     assert backfill(fresh, "main", champion.model, waiting, predict) == 0  # already scored: not again

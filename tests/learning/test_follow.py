@@ -124,12 +124,14 @@ def test_a_replay_logs_the_learners_own_score_as_served_between_checks(tmp_path)
     appliance = Appliance(config_from_dict(data), RunOptions(serve=False))
     appliance.run()
     db = open_db(tmp_path / "a.db")
-    rows = db.execute("SELECT version, score, learner_score FROM predictions ORDER BY ts, rowid").fetchall()
+    rows = db.execute("SELECT version, score, learner_score FROM predictions JOIN events USING (seq) "
+                      "ORDER BY ts, seq").fetchall()
     followed = [(score, learner) for version, score, learner in rows if version > 1]
     assert len(followed) > 100 and all(score == learner for score, learner in followed)
     assert len({version for version, _, _ in rows}) < len(followed) / 2  # versions at checks, not per event
     model = appliance.engine.model
     assert model.following and model.view.version == model.served.version
     names = read_names(db.conn)
-    x = decode_vector(db.execute("SELECT features FROM predictions ORDER BY ts DESC LIMIT 1").fetchone()[0], names)
+    x = decode_vector(db.execute("SELECT features FROM predictions JOIN events USING (seq) "
+                                 "ORDER BY ts DESC, seq DESC LIMIT 1").fetchone()[0], names)
     assert model.predict(model.view.model, x) == model.predict(model.learner, x)  # the view after the last batch

@@ -47,7 +47,7 @@ def test_init_reads_a_csv_and_writes_a_config_that_replays_and_exports(tmp_path,
 
     conn = sqlite3.connect("appliance.db")
     names = read_names(conn)
-    logged = dict(conn.execute("SELECT event_id, features FROM predictions").fetchall())
+    logged = dict(conn.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)").fetchall())
     for row in exported:
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")

@@ -158,7 +158,7 @@ def test_an_offline_score_is_a_feature_of_the_online_model(replayed, short_dir):
 
     conn = sqlite3.connect(second.db)
     names = read_names(conn)
-    logged = dict(conn.execute("SELECT event_id, features FROM predictions").fetchall())
+    logged = dict(conn.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)").fetchall())
     vectors = [decode_vector(v, names) for v in logged.values()]
     assert all("offline_score" in x for x in vectors)
     for x in vectors[:200]:

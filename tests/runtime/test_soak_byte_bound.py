@@ -13,6 +13,7 @@ import sqlite3
 import orjson
 
 from appliance.serving.client import Client
+from appliance.storage.rows import LABEL_STATUSES
 from tests.conftest import Running, wait_for, write_config
 
 BOUND = 4 << 20  # [retention] max_bytes: 4 MiB
@@ -107,6 +108,7 @@ def test_a_soak_past_the_byte_bound_settles_at_it_and_loses_nothing_acknowledged
     assert stats["store"]["pruned_for_bytes"]["events"] == len(pruned)
     assert stats["counts"]["events"] == len(acknowledged)
     # The pending labels joined their events when they came, with the predictions kept for them.
-    joined = store_query(db, "SELECT l.event_id, l.status, p.score FROM labels l JOIN predictions p "
-                             "USING (event_id) WHERE l.event_id < ?", f"e{EARLY:06d}")
-    assert len(joined) == EARLY and all(status == "joined" and score is not None for _, status, score in joined)
+    joined = store_query(db, "SELECT e.event_id, l.status, p.score FROM labels l JOIN predictions p USING (seq) "
+                             "JOIN events e USING (seq) WHERE e.event_id < ?", f"e{EARLY:06d}")
+    assert len(joined) == EARLY and all(LABEL_STATUSES[status] == "joined" and score is not None
+                                        for _, status, score in joined)

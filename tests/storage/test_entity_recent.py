@@ -41,9 +41,9 @@ def stream(seed: int, events: int) -> list[dict]:
 
 
 def other_rows(events: list[dict], rng: random.Random) -> dict[str, list[dict]]:
-    predictions = [{"event_id": e["event_id"], "ts": e["ts"], "version": 1, "score": rng.random(), "predicted": 0,
-                    "learner_score": 0.5, "origin": "flow", "features": b"\x00"} for e in events]
-    labels = [{"event_id": e["event_id"], "ts": e["ts"], "label": 1.0, "delay": 5.0, "status": "joined"}
+    predictions = [{"seq": e["seq"], "version": 1, "score": rng.random(), "predicted": 0,
+                    "learner_score": 0.5, "origin": 0, "features": b"\x00"} for e in events]
+    labels = [{"seq": e["seq"], "ts": e["ts"] + 5.0, "label": 1.0, "status": 1}
               for e in events if rng.random() < 0.3]
     return {"predictions": predictions, "labels": labels}
 
@@ -102,8 +102,12 @@ def test_an_entitys_newest_events_are_those_a_scan_of_every_event_finds(tmp_path
     assert checked > 1_000  # the lookups did find events (c0-c2 have hundreds each)
     row = history.recent("card", "c0", 1)[0]
     conn = sqlite3.connect(path)
-    score = conn.execute("SELECT score FROM predictions WHERE event_id = ?", (row["event_id"],)).fetchone()[0]
-    assert row["score"] == score and row["version"] == 1
+    score = conn.execute("SELECT score FROM predictions JOIN events USING (seq) WHERE event_id = ?",
+                         (row["event_id"],)).fetchone()[0]
+    assert row["score"] == score and row["version"] == 1 and row["origin"] == "stream"
+    labelled = [r for r in history.recent("card", "c0", 50) if r["label"] is not None]
+    assert labelled and all(r["label_status"] == "joined" and r["label_delay_seconds"] == pytest.approx(5.0)
+                            for r in labelled)  # from the label's time and its event's
     assert conn.execute("SELECT count(*) FROM entity_recent").fetchone()[0] < 40  # one row per entity
     conn.close()
     history.close()

@@ -24,10 +24,10 @@ def batch_rows(batch: int) -> dict[str, list[dict]]:
         event_id, ts = f"e{seq}", 1_767_225_600.0 + seq
         events.append({"event_id": event_id, "seq": seq, "ts": ts, "source": "t", "offset": seq, "ingested": 0,
                        "payload": f'{{"id": "{event_id}", "pad": "{"x" * 300}"}}'})
-        predictions.append({"event_id": event_id, "ts": ts, "version": 1, "score": 0.5, "predicted": 0,
-                            "learner_score": 0.5, "origin": "flow", "features": "[" + ",".join(["0.25"] * 40) + "]"})
+        predictions.append({"seq": seq, "version": 1, "score": 0.5, "predicted": 0,
+                            "learner_score": 0.5, "origin": 0, "features": "[" + ",".join(["0.25"] * 40) + "]"})
         if i % 2:
-            labels.append({"event_id": event_id, "ts": ts, "label": 1.0, "delay": 0.0, "status": "joined"})
+            labels.append({"seq": seq, "ts": ts, "label": 1.0, "status": 1})
     return {"events": events, "predictions": predictions, "labels": labels}
 
 
@@ -60,15 +60,20 @@ def test_a_store_driven_past_its_byte_bound_settles_at_it_keeping_what_pending_l
         writer.close()
     assert max(used) > 0 and all(u <= BOUND for u in used), used  # never past the bound at a checkpoint
     assert writer.pruned_for_bytes["events"] > 40 * PER_BATCH  # it did prune: most of what was written
-    # The file settles: freed pages are reused, so the second half of the run does not grow it.
-    assert sizes[-1] <= sizes[len(sizes) // 2] and max(sizes) <= BOUND * 1.25, sizes
+    # The file settles: freed pages are reused, so the second half of the run grows it by at most a
+    # page or two (rows layout 4, measured over 400 batches: 2,199,552 B from batch 95 on, and not
+    # one page more; layout 3 settled at 2,224,128 B by batch 27), never by a batch's rows (~150 KB).
+    assert sizes[-1] - sizes[len(sizes) // 2] <= 2 * 4096 and max(sizes) <= BOUND * 1.25, str(sizes)
     # Oldest first: the newest batch is whole, the oldest is gone but for what pending labels need.
     newest = 59 * PER_BATCH
     assert count(db, "SELECT count(*) FROM events WHERE seq >= ?", newest) == PER_BATCH
     kept_old = count(db, "SELECT count(*) FROM events WHERE seq < ?", PER_BATCH)
     assert kept_old == len(pending_ids)
     marks = ",".join("?" * len(pending_ids))
-    assert count(db, f"SELECT count(*) FROM predictions WHERE event_id IN ({marks})", *pending_ids) == len(pending_ids)
+    assert count(db, f"SELECT count(*) FROM predictions JOIN events USING (seq) WHERE event_id IN ({marks})",
+                 *pending_ids) == len(pending_ids)
+    assert count(db, "SELECT count(*) FROM predictions WHERE seq NOT IN (SELECT seq FROM events)") == 0  # none orphaned
+    assert count(db, "SELECT count(*) FROM labels WHERE seq NOT IN (SELECT seq FROM events)") == 0
     assert count(db, "SELECT count(*) FROM pending_labels") == len(pending_ids)
     assert count(db, "SELECT count(*) FROM checkpoint") == 1
     assert count(db, "SELECT min(seq) FROM events WHERE seq >= ?", PER_BATCH) > PER_BATCH  # a prefix went

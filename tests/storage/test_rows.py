@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.errors import ConfigError
-from appliance.storage.rows import JSON, PACKED, UnknownNames, VectorCodec, decode_vector, names_version, read_names
+from appliance.storage.rows import (
+    JSON,
+    PACKED,
+    PACKED_2BIT,
+    UnknownNames,
+    VectorCodec,
+    decode_vector,
+    names_version,
+    read_names,
+)
 from appliance.storage.snapshot import ROWS_FORMAT
 from appliance.storage.store import open_db
 
@@ -47,6 +56,19 @@ def test_values_that_are_not_numbers_or_names_the_codec_does_not_know_go_as_json
 def test_negative_zero_nan_and_infinities_keep_their_bits():
     x = {"f0": -0.0, "f1": 0.0, "f2": math.inf, "f3": -math.inf, "f4": math.nan, "f5": 5e-324, "f6": 65504.0}
     assert bits(decode_vector(CODEC.encode(x))) == bits(x)
+
+
+def test_zeros_and_ones_are_in_the_plan_alone_and_a_two_bit_blob_of_rows_layout_3_still_decodes():
+    x = {"f0": 0.0, "f1": 1.0, "amount": 8.75, "f2": -0.0, "f3": 1.0, "card_rides_1h": 0.0}
+    bare = {"amount": 8.75, "f2": -0.0}
+    assert bits(decode_vector(CODEC.encode(x))) == bits(x)
+    plan = lambda blob: blob[6:6 + blob[5]]  # noqa: E731 - the plan after its one-byte length
+    # the same stored values (a double and a half), the zeros and ones in three bits each of the plan
+    assert len(CODEC.encode(x)) - len(plan(CODEC.encode(x))) == len(CODEC.encode(bare)) - len(plan(CODEC.encode(bare)))
+    # rows layout 3: 2-bit kinds (HALF, SINGLE, DOUBLE, INT), every value stored; f0 = 0.0 as a half
+    old = (bytes([PACKED_2BIT]) + CODEC.version.to_bytes(4, "little") + bytes([4, 1, 0, 1, 0])  # plan: one run, a half
+           + struct.pack("<e", 0.0))
+    assert bits(decode_vector(old)) == bits({"f0": 0.0})
 
 
 def test_a_vector_is_a_fraction_of_its_json_and_its_names_are_stored_once():
@@ -104,8 +126,8 @@ def test_a_store_of_layout_2_with_its_entity_expression_indexes_is_refused(tmp_p
     conn.execute("CREATE INDEX events_by_card ON events(json_extract(payload, '$[1]'), ts)")
     conn.commit()
     conn.close()
-    assert ROWS_FORMAT == 3
-    with pytest.raises(ConfigError, match="layout 2 and this release reads and writes layout 3; start with --fresh"):
+    assert ROWS_FORMAT == 4
+    with pytest.raises(ConfigError, match="layout 2 and this release reads and writes layout 4; start with --fresh"):
         open_db(path)
 
 
@@ -128,18 +150,25 @@ KEYS = st.sampled_from(["event_id", "card", "user", "amount", "city", "ts", "x"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(KEYS, JSON_VALUES, max_size=7), st.sampled_from([None, "e1", "", "7"]))
-def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id):
+@given(st.dictionaries(KEYS, JSON_VALUES, max_size=7), st.sampled_from([None, "e1", "", "7"]),
+       st.sampled_from([None, 1767225683.797, 1767225600.0, -0.0005, 253402214400.999]),
+       st.sampled_from(["drawn", "iso", "number", "other iso"]))
+def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id, when, spelt):
     import orjson
 
     from appliance.storage import rows
-    from appliance.storage.rows import PayloadCodec, decode_payload, read_shapes
+    from appliance.storage.rows import PayloadCodec, decode_payload, iso_millis, read_shapes
 
-    codec = PayloadCodec(("card", "user"), "event_id")
-    text = codec.encode(raw, event_id)
-    decoded = decode_payload(text, event_id)
+    if when is not None and "ts" in raw and spelt != "drawn":  # the time as the row's ts spells it, or almost
+        raw["ts"] = {"iso": iso_millis(when), "number": when, "other iso": iso_millis(when)[:-1] + "+00:00"}[spelt]
+    codec = PayloadCodec(("card", "user"), "event_id", "ts")
+    text = codec.encode(raw, event_id, when)
+    decoded = decode_payload(text, event_id, when)
     assert list(decoded.items()) == list(raw.items()) and orjson.dumps(decoded) == orjson.dumps(raw)
     omitted = event_id is not None and raw.get("event_id") == event_id  # the row holds the id: not again
+    # ...and the time, when the row's ts spells it exactly
+    told = raw.get("ts")
+    omitted += when is not None and (told == iso_millis(when) if type(told) is str else type(told) is float and told == when)
     assert len(orjson.loads(text)) == 1 + 2 + len([k for k in raw if k not in ("card", "user")]) - omitted
     conn = sqlite3.connect(":memory:")  # and a reader with only the store's shapes reads it the same way
     conn.execute("CREATE TABLE payload_shapes (version INTEGER PRIMARY KEY, keys TEXT)")
@@ -148,7 +177,7 @@ def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id):
     rows._SHAPES.clear()
     try:
         read_shapes(conn)
-        assert decode_payload(text, event_id) == raw
+        assert decode_payload(text, event_id, when) == raw
     finally:
         rows._SHAPES.update(saved)
     assert orjson.loads(text)[1:3] == [raw.get("card"), raw.get("user")]  # the entity keys at fixed positions

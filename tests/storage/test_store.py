@@ -32,8 +32,8 @@ def test_retention_deletes_rows_older_than_their_age_in_event_time(tmp_path):
     kept = [e for e in payments if e["ts"] >= cutoff]
     assert 0 < len(kept) < len(payments)
     assert db["events"].count == len(kept)
-    assert db.execute("SELECT min(ts) FROM predictions").fetchone()[0] >= cutoff
-    assert db["predictions"].count == len(kept)
+    assert db.execute("SELECT min(e.ts) FROM predictions JOIN events e USING (seq)").fetchone()[0] >= cutoff
+    assert db["predictions"].count == len(kept)  # with their events: none orphaned
     assert db["dead_letters"].count == 0  # the broken line came early: pruned with its watermark
     labelled = db.execute("SELECT count(*) FROM labels WHERE ts < ?", (cutoff,)).fetchone()[0]
     assert labelled > 0  # "forever" for labels overrides keep
@@ -80,7 +80,7 @@ def test_the_writer_queue_is_bounded_by_rows_and_the_flow_waits_for_room(tmp_pat
     blocker.execute("BEGIN IMMEDIATE")  # the disk is "slow": the writer cannot commit until released
 
     def rows(start, n):
-        return {"labels": [{"event_id": f"e{i}", "ts": float(i), "label": 1.0, "delay": 0.0, "status": "joined"}
+        return {"labels": [{"seq": i, "ts": float(i), "label": 1.0, "status": 1}
                            for i in range(start, start + n)]}
 
     writer.put_rows(rows(0, 60))  # room: accepted at once
@@ -103,8 +103,31 @@ def test_one_batch_larger_than_the_bound_is_still_written(tmp_path):
     from appliance.storage.store import StoreWriter
 
     writer = StoreWriter(tmp_path / "a.db", max_rows=10).start()
-    writer.put_rows({"labels": [{"event_id": f"e{i}", "ts": float(i), "label": 0.0, "delay": 0.0, "status": "joined"}
+    writer.put_rows({"labels": [{"seq": i, "ts": float(i), "label": 0.0, "status": 1}
                                 for i in range(25)]})
     assert writer.flush()
     writer.close()
     assert writer.stats()["rows_written"] == 25 and writer.stats()["waits"] == 0
+
+
+def test_pruning_by_age_finds_events_by_seq_and_takes_their_predictions_and_labels(tmp_path):
+    from appliance.storage.retention import first_seq_at, prune_by_age
+
+    conn = open_db(tmp_path / "a.db").conn
+    times = [float(t) for t in range(100)]
+    times[60] = 5.0  # arrived late: older than the cutoff, after newer events
+    conn.executemany("INSERT INTO events (seq, event_id, ts) VALUES (?, ?, ?)",
+                     [(seq, f"e{seq}", ts) for seq, ts in enumerate(times)])
+    conn.executemany("INSERT INTO predictions (seq, score) VALUES (?, 0.5)", [(seq,) for seq in range(100)])
+    conn.executemany("INSERT INTO labels (seq, ts, label) VALUES (?, ?, 1.0)", [(s, times[s] + 1) for s in range(100)])
+    assert first_seq_at(conn, 30.0) == 30
+    # predictions kept 70 s hold their events' times; labels go at the events' 50 s
+    counts = prune_by_age(conn, {"events": 50.0, "predictions": 70.0, "labels": 50.0}, 100.0)
+    seqs = lambda table: [row[0] for row in conn.execute(f"SELECT seq FROM {table} ORDER BY seq")]  # noqa: E731
+    assert counts == {"predictions": 30, "labels": 50, "events": 30, "late_labels": 0}
+    assert seqs("events") == seqs("predictions") == list(range(30, 100))
+    assert seqs("labels") == list(range(50, 100))  # the late event's label stays with it...
+    assert 60 in seqs("events")  # ...as the late event outlives its age until a pass's search passes it
+    prune_by_age(conn, {"events": 50.0, "predictions": 50.0}, 115.0)
+    assert seqs("events") == seqs("predictions") == list(range(65, 100))
+    conn.close()

@@ -17,7 +17,7 @@ SQLITE_DEFAULT = 2000 * 1024  # SQLite's own cache_size: -2000 (KiB)
 def test_the_writer_connection_takes_the_configured_cache_bound(tmp_path, cache_bytes, expected):
     writer = StoreWriter(tmp_path / "s.db", cache_bytes=cache_bytes).start()
     try:
-        writer.put_rows({"labels": [{"event_id": "e1", "ts": 1.0, "label": 1.0, "delay": 0.0, "status": "joined"}]})
+        writer.put_rows({"labels": [{"seq": 1, "ts": 1.0, "label": 1.0, "status": 1}]})
         assert writer.flush()
         assert writer.stats()["cache_limit"] == expected
     finally:
