@@ -29,6 +29,7 @@ from appliance.features.space import HASH
 from appliance.ingest.events import decode
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
+from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
 from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
@@ -341,7 +342,10 @@ class Appliance:
         self.private_server = private
         assert self.server is not None and self.server.unix_fd is not None
         self.children = ServingChildren(self.config, self.options.serve_processes - 1, self.server.unix_fd,
-                                        private.unix_path)  # type: ignore[arg-type]
+                                        private.unix_path, tcp_fd=self.server.tcp_fd,  # type: ignore[arg-type]
+                                        token=self.options.token, auth_timeout=self.options.auth_timeout)
+        # Each process takes its share of the failed-authentication budget: N of them guess no faster than one.
+        self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.options.serve_processes)
         self.children.start()
         self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
 

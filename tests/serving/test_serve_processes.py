@@ -47,21 +47,32 @@ def payments(n: int) -> list[dict]:
     return [{k: v for k, v in raw.items() if k != "label"} for raw in flip_stream(n, n)]
 
 
-class ExtraChild:
-    """One more real serving child on a socket of the test's own (so the test knows who answers)."""
+TOKEN = "tcp-token-for-the-children"
 
-    def __init__(self, appliance, path: str) -> None:
+
+class ExtraChild:
+    """One more real serving child on sockets of the test's own (so the test knows who answers)."""
+
+    def __init__(self, appliance, path: str, tcp: bool = False, **rules) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
         self.path = path
+        self.tcp_listener = None
+        if tcp:
+            self.tcp_listener = socket.create_server(("127.0.0.1", 0))
+            self.tcp_address = self.tcp_listener.getsockname()[:2]
         self.children = ServingChildren(appliance.config, 1, self.listener.fileno(),
-                                        appliance.private_server.unix_path, first_index=2)
+                                        appliance.private_server.unix_path, first_index=2,
+                                        tcp_fd=None if self.tcp_listener is None else self.tcp_listener.fileno(),
+                                        **rules)
         self.children.start()
 
     def close(self) -> None:
         self.children.stop()
         self.listener.close()
+        if self.tcp_listener is not None:
+            self.tcp_listener.close()
 
 
 @pytest.fixture
@@ -74,6 +85,77 @@ def two_processes(short_dir):
             yield appliance, extra
         finally:
             extra.close()
+
+
+@pytest.fixture
+def tcp_child(short_dir):
+    """The primary and one more child accepting on a TCP listener of the test's own, with a token."""
+    config = make_config(short_dir)
+    Path(config.db + "-inbox-2").touch()
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(short_dir / "c.sock"), tcp=True, token=TOKEN, auth_timeout=1.0)
+        try:
+            yield appliance, extra
+        finally:
+            extra.close()
+
+
+def test_a_child_answers_tcp_clients_that_authenticate_and_relays_their_other_ops(tcp_child):
+    appliance, extra = tcp_child
+    events = payments(5)
+    with Client(None, tcp=extra.tcp_address, token=TOKEN) as child, Client(appliance.config.socket) as primary:
+        assert child.request("ingest", events=events)["accepted"] == 5
+        wait_for(lambda: primary.request("stats")["counts"]["predictions"] >= 5, "the TCP-ingested events")
+        scored = child.request("predict", event=payments(6)[5], ingest=False)
+        assert 0.0 <= scored["score"] <= 1.0
+        assert child.request("health")["pid"] == os.getpid()  # relayed: the primary answered it
+    logged = [orjson.loads(line) for line in Path(appliance.config.db + "-inbox-2").read_bytes().splitlines()]
+    ingested = [record["event"]["event_id"] for record in logged if "served" not in record]
+    assert ingested == [e["event_id"] for e in events]  # the child's inbox: the child answered
+    assert [record["event"]["event_id"] for record in logged if "served" in record] == ["e5"]
+
+
+def test_a_tcp_client_of_a_child_gets_the_primarys_token_rules(tcp_child):
+    appliance, extra = tcp_child
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:
+        stream = conn.makefile("rb")
+        conn.sendall(b'{"op":"stats","id":1}\n')  # relayed ops are checked by the child first
+        refused = orjson.loads(stream.readline())
+        assert refused["error"]["code"] == "unauthorized" and "needs a token" in refused["error"]["message"]
+        conn.sendall(b'{"op":"ingest","id":2,"events":[{"event_id":"x"}]}\n')
+        assert orjson.loads(stream.readline())["error"]["code"] == "unauthorized"
+        conn.sendall(b'{"op":"auth","id":3,"token":"wrong-token-wrong-token"}\n')
+        wrong = orjson.loads(stream.readline())
+        assert wrong["id"] == 3 and wrong["error"]["message"] == "wrong token"
+        assert stream.readline() == b""  # closed after MAX_FAILED_AUTHS failures
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:  # a token in the request itself
+        stream = conn.makefile("rb")
+        conn.sendall(orjson.dumps({"op": "stats", "id": 4, "token": TOKEN}) + b"\n")
+        assert orjson.loads(stream.readline())["ok"] is True
+        conn.sendall(b'{"op":"health","id":5}\n')  # authenticated from then on
+        assert orjson.loads(stream.readline())["id"] == 5
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:  # a long line before authenticating
+        stream = conn.makefile("rb")
+        conn.sendall(b'{"op":"auth","pad":"' + b"x" * 5000 + b'"}\n')
+        assert orjson.loads(stream.readline())["error"]["code"] == "line_too_long"
+        assert stream.readline() == b""
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:  # silence: the deadline (1 s) closes it
+        assert conn.makefile("rb").readline() == b""
+    with Client(None, tcp=extra.tcp_address, token=TOKEN) as client:  # authenticated: lines up to the full limit
+        big = [{**raw, "pad": "y" * 200} for raw in payments(100)]
+        assert client.request("ingest", events=big)["accepted"] == 100
+
+
+def test_the_appliances_children_accept_on_its_tcp_listener(short_dir):
+    config = make_config(short_dir)
+    with serving(config, serve_processes=3, tcp=("127.0.0.1", 0), token=TOKEN) as appliance:
+        listener = os.fstat(appliance.server.tcp_fd).st_ino
+        for pid in appliance.children.pids():
+            held = {os.stat(f"/proc/{pid}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert listener in held
+        for _ in range(10):  # whoever accepts, the token rules hold and the reply is right
+            with Client(None, tcp=appliance.server.tcp_address, token=TOKEN) as client:
+                assert client.request("predict", event=payments(1)[0], ingest=False)["version"]
 
 
 def test_a_child_scores_as_the_engine_and_its_predictions_are_learned(two_processes):
