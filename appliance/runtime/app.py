@@ -335,7 +335,10 @@ class Appliance:
         from appliance.runtime.serving_processes import ServingChildren
         from appliance.serving.protocol import Protocol
         from appliance.serving.server import SocketServer
+        from appliance.serving.status_record import StatusWriter, status_path
 
+        self.serving_status = StatusWriter(status_path(self.config.db))
+        self._publish_status()  # before any child reads it
         private = SocketServer(Protocol(self.service.handlers()), unix_path=self.config.socket + ".p",
                                watch_source=lambda: self.service.stats({}))
         private.start()
@@ -348,6 +351,14 @@ class Appliance:
         self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.options.serve_processes)
         self.children.start()
         self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
+
+    def _publish_status(self) -> None:
+        """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes."""
+        from appliance.serving.status_record import ServingStatus
+
+        offsets = {name: int(offset) for name, offset in dict(self.engine.offsets).items()
+                   if name.startswith("inbox-")}
+        self.serving_status.publish(ServingStatus(self.availability.outage(), offsets))
 
     def _stop_children(self) -> None:
         if getattr(self, "children", None) is not None:
@@ -385,6 +396,7 @@ class Appliance:
         if self.server is not None:
             self.inbox.verify()
         if self.children is not None and not self.stop_event.is_set():
+            self._publish_status()
             self.children.check()
         if self.stop_event.is_set() and self.writer.failure is not None:
             self.writer.abandon()  # the flow may be waiting for room in the writer's queue
@@ -427,6 +439,8 @@ class Appliance:
         self.writer.close()
         if getattr(self, "online", None) is not None:
             self.online.writer.close()
+        if getattr(self, "serving_status", None) is not None:
+            self.serving_status.close()
         if getattr(self, "order_log", None) is not None:
             self.order_log.close()
         self.board.publish(self.engine, force=True)

@@ -43,6 +43,7 @@ class ServingChildren:
     tcp_fd: int | None = None  # the primary's TCP listener, accepted on by the children too
     token: str | None = None  # TCP clients' token (given on stdin, never on the command line)
     auth_timeout: float = AUTH_TIMEOUT
+    status_path: str | None = None  # the primary's status record (None: the store's)
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
     first_index: int = 1  # inboxes `<db>-inbox-<first_index>` onwards
     restarts: int = 0
@@ -62,7 +63,7 @@ class ServingChildren:
         process = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert process.stdin is not None and process.stdout is not None
         options = ChildOptions(self.config, token=self.token, auth_timeout=self.auth_timeout,
-                               serving_processes=self.serving_processes)
+                               serving_processes=self.serving_processes, status_path=self.status_path)
         process.stdin.write(options.to_json())
         process.stdin.close()
         ready = process.stdout.readline()  # the child is accepting once it says so

@@ -19,6 +19,9 @@ Per connection a child reads request lines in order and answers each before read
   engine's), logged to the child's own inbox `<db>-inbox-<INDEX>` (durable before the reply, as the
   primary's inbox), which the flow reads as one more input partition;
 - `ingest` and `label`: appended to the same inbox;
+- all three refused as the primary would, with its codes: while the primary reports an outage
+  (`unavailable`, `disk_low`) or the flow is more than `MAX_INBOX_LAG` behind this child's inbox
+  (`overloaded`), both read from the primary's `ServingStatus` record (`serving.status_record`);
 - every other line (stats, health, models, promote, watch, entity, predict by entity, malformed
   lines...) is written to the primary's private owner-only socket and its reply relayed; after a
   `watch` the connection is piped to the primary both ways (pushed updates relayed line by line).
@@ -45,7 +48,6 @@ from typing import Any
 import orjson
 
 from appliance.config.file import Config, config_from_dict, config_to_dict
-from appliance.ingest.inbox import Inbox
 from appliance.learning.metrics import positive_score, predicted_label
 from appliance.serving.access import (
     AUTH_TIMEOUT,
@@ -54,10 +56,12 @@ from appliance.serving.access import (
     UNAUTHENTICATED_LINE,
     FailedAuthBudget,
 )
+from appliance.serving.availability import Availability, GuardedInbox
 from appliance.serving.latency import LatencyRing
 from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
 from appliance.serving.replica import Replica, ReplicaScore
 from appliance.serving.service import Service
+from appliance.serving.status_record import StatusReader, status_path
 from appliance.storage.online_store import OnlineReader, online_path
 
 MAX_LINE = 1 << 20  # as the primary's protocol
@@ -73,6 +77,7 @@ class ChildOptions:
     token: str | None = None  # TCP clients must send it (None: TCP is loopback-only and open)
     auth_timeout: float = AUTH_TIMEOUT
     serving_processes: int = 2  # every process accepting, the primary included: this one's budget share
+    status_path: str | None = None  # the primary's `ServingStatus` record; None: the store's (`<db>-serving`)
 
     def to_json(self) -> bytes:
         return orjson.dumps({**asdict(self), "config": config_to_dict(self.config)})
@@ -114,9 +119,11 @@ class _StreamClock:
 
 
 class ChildService(Service):
-    """`Service`'s predict, ingest and label, scored by a `Replica` and logged to the child's inbox."""
+    """`Service`'s predict, ingest and label, scored by a `Replica` and logged to the child's inbox;
+    refused as the primary would (`outage`, lag) from the primary's `ServingStatus`."""
 
-    def __init__(self, config: Config, replica: Replica, inbox: Inbox) -> None:
+    def __init__(self, config: Config, replica: Replica, inbox: GuardedInbox, status: StatusReader,
+                 input_name: str) -> None:
         # Not Service.__init__: a child has no engine, board or store history.
         self.replica = replica
         self.inbox = inbox  # type: ignore[assignment]
@@ -126,7 +133,9 @@ class ChildService(Service):
         self.started = time.time()
         self._ids = itertools.count(1)
         self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
-        self.outage: Callable[[], Any] = lambda: None
+        self.status = status
+        self.input_name = input_name  # the flow's name for this child's inbox (`inbox-<n>`)
+        self.outage: Callable[[], Any] = inbox.availability.outage
         self.unlogged = 0
         self.predict_latency = LatencyRing()  # Service.predict records into it (stats are the primary's)
 
@@ -144,7 +153,7 @@ class ChildService(Service):
         return scored.x, scored, scored.y, reply
 
     def _lag(self) -> int:
-        return 0  # the flow's offset in a child's inbox is not published yet (see docs/architecture.md)
+        return max(0, self.inbox.size - int(self.status.read().offsets.get(self.input_name, 0)))
 
 
 def is_local(request: Any) -> bool:
@@ -311,8 +320,11 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
     """Run one child until SIGTERM (or the primary's death)."""
     config = options.config
     replica = Replica(config, OnlineReader(online_path(config.db)))
-    inbox = Inbox(child_inbox_path(config.db, index))
-    service = ChildService(config, replica, inbox)
+    status = StatusReader(options.status_path or status_path(config.db))
+    availability = Availability()
+    availability.watch(lambda: status.read().outage)  # the primary's outage refuses here too, same code
+    inbox = GuardedInbox(child_inbox_path(config.db, index), availability)
+    service = ChildService(config, replica, inbox, status, f"inbox-{index}")
     protocol = Protocol(service.handlers(), max_line=MAX_LINE)
     server = ChildServer(protocol, private_socket, options)
     listeners = [socket.socket(fileno=fd) for fd in (unix_fd, tcp_fd) if fd is not None]
@@ -340,6 +352,7 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
     finally:
         inbox.close()
         replica.close()
+        status.close()
         loop.close()
 
 

@@ -24,9 +24,12 @@ from appliance.config.file import config_from_dict
 from appliance.errors import RequestError
 from appliance.features.entity_codec import decode_state
 from appliance.runtime.serving_processes import ServingChildren
+from appliance.serving.availability import Outage
 from appliance.serving.client import Client
+from appliance.serving.service import MAX_INBOX_LAG
+from appliance.serving.status_record import ServingStatus, StatusReader, StatusWriter, status_path
 from appliance.storage.online_store import OnlineReader, online_path
-from tests.conftest import SMALL_CONFIG, flip_stream, processed, serving
+from tests.conftest import SMALL_CONFIG, fill, flip_stream, processed, serving
 
 
 def wait_for(condition, what: str, tries: int = 3000):
@@ -53,7 +56,7 @@ TOKEN = "tcp-token-for-the-children"
 class ExtraChild:
     """One more real serving child on sockets of the test's own (so the test knows who answers)."""
 
-    def __init__(self, appliance, path: str, tcp: bool = False, **rules) -> None:
+    def __init__(self, appliance, path: str, tcp: bool = False, index: int = 2, **rules) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
@@ -63,7 +66,7 @@ class ExtraChild:
             self.tcp_listener = socket.create_server(("127.0.0.1", 0))
             self.tcp_address = self.tcp_listener.getsockname()[:2]
         self.children = ServingChildren(appliance.config, 1, self.listener.fileno(),
-                                        appliance.private_server.unix_path, first_index=2,
+                                        appliance.private_server.unix_path, first_index=index,
                                         tcp_fd=None if self.tcp_listener is None else self.tcp_listener.fileno(),
                                         **rules)
         self.children.start()
@@ -329,3 +332,97 @@ def test_kill_9_of_the_primary_leaves_no_serving_child(short_dir):
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def refusal(client: Client, op: str, **fields) -> str:
+    """The error code `op` is refused with (fails if it is accepted)."""
+    with pytest.raises(RequestError) as refused:
+        client.request(op, **fields)
+    return refused.value.code
+
+
+def test_a_child_refuses_writes_by_the_primarys_status_record(short_dir):
+    """The test plays the primary's part: its own status record, read by a real child."""
+    config = make_config(short_dir)
+    inbox = Path(config.db + "-inbox-7")  # not an input of this appliance's flow: only the status says the lag
+    with open(inbox, "wb") as handle:  # a sparse inbox far past the lag bound, ending in a whole line
+        handle.truncate(MAX_INBOX_LAG + (1 << 20))
+        handle.seek(0, os.SEEK_END)
+        handle.write(b"\n")
+    size = inbox.stat().st_size
+    status = StatusWriter(str(short_dir / "own-serving"))
+    status.publish(ServingStatus(None, {"inbox-7": 0}))
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(short_dir / "c.sock"), index=7, status_path=status.path)
+        try:
+            with Client(extra.path) as child:
+                event = payments(1)[0]
+                for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
+                                   ("predict", {"event": event})):
+                    assert refusal(child, op, **fields) == "overloaded", op
+                scored = child.request("predict", event=event, ingest=False)  # answered, not logged, and says so
+                assert scored["logged"] is False and 0.0 <= scored["score"] <= 1.0
+                assert inbox.stat().st_size == size  # nothing written
+                status.publish(ServingStatus(Outage("store", "disk full"), {"inbox-7": size}))
+                for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
+                                   ("predict", {"event": event})):
+                    assert refusal(child, op, **fields) == "unavailable", op
+                assert child.request("predict", event=event, ingest=False)["logged"] is False
+                assert inbox.stat().st_size == size
+                status.publish(ServingStatus(None, {"inbox-7": size}))  # caught up, nothing down
+                assert child.request("ingest", events=[event])["accepted"] == 1
+                assert child.request("label", event_id="e0", label=1)["accepted"] is True
+                assert "logged" not in child.request("predict", event=event, ingest=False)
+                assert inbox.stat().st_size > size
+        finally:
+            extra.close()
+            status.close()
+
+
+def test_the_primary_publishes_the_flows_offset_in_each_childs_inbox(two_processes):
+    appliance, extra = two_processes
+    inbox = Path(appliance.config.db + "-inbox-2")
+    with Client(extra.path) as child:
+        child.request("ingest", events=payments(50))
+    reader = StatusReader(status_path(appliance.config.db))
+    try:
+        wait_for(lambda: reader.read().offsets.get("inbox-2") == inbox.stat().st_size > 0, "the offset published")
+        assert reader.read().outage is None
+    finally:
+        reader.close()
+
+
+def test_a_full_disk_in_the_primary_refuses_writes_in_a_child_with_the_same_code(small_disk):
+    config = make_config(small_disk)
+    Path(config.db + "-inbox-2").touch()
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(small_disk / "c.sock"))
+        try:
+            with Client(appliance.config.socket) as primary, Client(extra.path) as child:
+                event = payments(1)[0]
+                assert child.request("ingest", events=[event])["accepted"] == 1
+                filler = fill(small_disk)
+                wait_for(lambda: primary.request("health")["accepting_writes"] is False, "the primary to refuse")
+                code = refusal(primary, "ingest", events=[event])
+                assert code in ("disk_low", "unavailable")
+                reader = StatusReader(status_path(config.db))
+                wait_for(lambda: reader.read().outage is not None, "the outage published")
+                reader.close()
+                size = Path(config.db + "-inbox-2").stat().st_size
+                for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
+                                   ("predict", {"event": event})):
+                    assert refusal(child, op, **fields) == code, op
+                assert child.request("predict", event=event, ingest=False)["logged"] is False
+                assert Path(config.db + "-inbox-2").stat().st_size == size
+                filler.unlink()  # space returns: the child accepts again
+                wait_for(lambda: primary.request("health")["accepting_writes"] is True, "the primary to accept")
+                wait_for(lambda: _accepts(child, event), "the child to accept")
+        finally:
+            extra.close()
+
+
+def _accepts(client: Client, event: dict) -> bool:
+    try:
+        return client.request("ingest", events=[event])["accepted"] == 1
+    except RequestError:
+        return False
