@@ -135,6 +135,7 @@ class Appliance:
         self.imported: list[int] = []  # versions registered at start from staged imports
         self.online: Any = None  # engine.online.OnlinePublisher while serving
         self.online_failure: str | None = None
+        self.child_inboxes: dict[str, str] = {}  # the flow's input name -> a serving child's inbox it reads
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
@@ -244,6 +245,7 @@ class Appliance:
             for path in sorted(paths, key=lambda p: int(p.rsplit("-", 1)[-1])):
                 name = "inbox-" + path.rsplit("-", 1)[-1]  # the flow's offsets are per input name
                 inputs.append(InboxInput(name, path, int(offsets.get(name, 0))))
+                self.child_inboxes[name] = path
         return inputs
 
     def _event_time(self, payload: Any) -> float | None:
@@ -301,6 +303,8 @@ class Appliance:
         if serving_children:
             self._start_children()
         inputs = self._inputs()
+        if self.options.serve:
+            self.service.children_lag = self._children_lag
         self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
         self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.writer.after_durable_checkpoint = self._released
@@ -335,10 +339,13 @@ class Appliance:
         from appliance.runtime.serving_processes import ServingChildren
         from appliance.serving.protocol import Protocol
         from appliance.serving.server import SocketServer
-        from appliance.serving.status_record import StatusWriter, status_path
+        from appliance.serving.status_record import PeerLatencies, StatusWriter, status_path
 
         self.serving_status = StatusWriter(status_path(self.config.db))
         self._publish_status()  # before any child reads it
+        self.peer_latencies = PeerLatencies(self.config.db)
+        self.peer_latencies.clear()  # an earlier start's children's
+        self.service.peer_latencies = self.peer_latencies.read
         private = SocketServer(Protocol(self.service.handlers()), unix_path=self.config.socket + ".p",
                                watch_source=lambda: self.service.stats({}))
         private.start()
@@ -351,6 +358,17 @@ class Appliance:
         self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.options.serve_processes)
         self.children.start()
         self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
+
+    def _children_lag(self) -> dict[str, int]:
+        """Bytes the flow is behind in each serving child's inbox it reads (on any thread)."""
+        offsets = self.engine.offsets
+        lag = {}
+        for name, path in list(self.child_inboxes.items()):
+            try:
+                lag[name] = max(0, os.stat(path).st_size - int(offsets.get(name, 0)))
+            except OSError:
+                lag[name] = 0
+        return lag
 
     def _publish_status(self) -> None:
         """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes."""
@@ -441,6 +459,7 @@ class Appliance:
             self.online.writer.close()
         if getattr(self, "serving_status", None) is not None:
             self.serving_status.close()
+            self.peer_latencies.close()
         if getattr(self, "order_log", None) is not None:
             self.order_log.close()
         self.board.publish(self.engine, force=True)

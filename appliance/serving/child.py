@@ -33,6 +33,7 @@ once if the primary is already gone. SIGTERM stops it cleanly (the inbox is clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import itertools
@@ -61,10 +62,11 @@ from appliance.serving.latency import LatencyRing
 from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
 from appliance.serving.replica import Replica, ReplicaScore
 from appliance.serving.service import Service
-from appliance.serving.status_record import StatusReader, status_path
+from appliance.serving.status_record import LatencyReport, StatusReader, report_path, status_path
 from appliance.storage.online_store import OnlineReader, online_path
 
 MAX_LINE = 1 << 20  # as the primary's protocol
+REPORT_EVERY = 0.25  # seconds between two reports of the predict service times (as the stats board's refresh)
 MAX_TCP_CONNECTIONS = 256  # per process, as the primary's TCP listener
 _PR_SET_PDEATHSIG = 1
 
@@ -325,6 +327,7 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
     availability.watch(lambda: status.read().outage)  # the primary's outage refuses here too, same code
     inbox = GuardedInbox(child_inbox_path(config.db, index), availability)
     service = ChildService(config, replica, inbox, status, f"inbox-{index}")
+    report = LatencyReport(report_path(config.db, index))
     protocol = Protocol(service.handlers(), max_line=MAX_LINE)
     server = ChildServer(protocol, private_socket, options)
     listeners = [socket.socket(fileno=fd) for fd in (unix_fd, tcp_fd) if fd is not None]
@@ -343,7 +346,10 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
                                                         limit=UNAUTHENTICATED_LINE + 2, backlog=1024))
         sys.stdout.write("ready\n")
         sys.stdout.flush()
-        await stop.wait()
+        while not stop.is_set():  # the predict service times, for the primary's stats
+            report.publish(service.predict_latency)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_EVERY)
         for each in accepting:
             each.close()
 
@@ -353,6 +359,7 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
         inbox.close()
         replica.close()
         status.close()
+        report.close()
         loop.close()
 
 

@@ -426,3 +426,35 @@ def _accepts(client: Client, event: dict) -> bool:
         return client.request("ingest", events=[event])["accepted"] == 1
     except RequestError:
         return False
+
+
+def test_inbox_lag_covers_every_childs_inbox(two_processes):
+    appliance, _extra = two_processes
+    line = orjson.dumps({"event": {**payments(1)[0], "event_id": "through-2"}}) + b"\n"
+    half = len(line) // 2
+    with Client(appliance.config.socket) as primary:
+        wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "no lag to begin with")
+        before = processed(primary)
+        with open(appliance.config.db + "-inbox-2", "ab") as inbox:  # a child's write, half landed
+            inbox.write(line[:half])
+            inbox.flush()
+            stats = primary.request("stats")
+            assert stats["inbox_lag_bytes"] == half and stats["inbox_lag_by_input"]["inbox-2"] == half
+            inbox.write(line[half:])
+        wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "the flow to read the child's line")
+        assert processed(primary) == before + 1
+
+
+def test_childrens_predict_service_times_reach_the_primarys_stats(two_processes):
+    appliance, extra = two_processes
+    with Client(appliance.config.socket) as primary, Client(extra.path) as child:
+        own = primary.request("stats")["predict_latency"]["samples"]
+        for raw in payments(20):
+            child.request("predict", event=raw, ingest=False)
+        pid = str(extra.children.pids()[0])
+        wait_for(lambda: primary.request("stats").get("predict_latency_by_pid", {}).get(pid, {}).get("samples") == 20,
+                 "the child's report")
+        stats = primary.request("stats")
+        assert stats["predict_latency_by_pid"][str(os.getpid())]["samples"] == own
+        assert stats["predict_latency"]["samples"] >= own + 20  # every process's, together
+        assert stats["predict_latency"]["max_us"] >= stats["predict_latency_by_pid"][pid]["max_us"]
