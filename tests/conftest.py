@@ -224,6 +224,14 @@ class Running:
                 return
         raise AssertionError("appliance up never became ready:\n" + "".join(self.lines) + self.proc.stderr.read())
 
+    @property
+    def primary_socket(self) -> str:
+        """The primary's own socket: its private one when it has serving children (`<socket>.p`, where
+        no child answers), else the public one. For tests whose runs must agree on which inbox an event
+        came through (the kernel hands public connections to any serving process)."""
+        private = self.socket + ".p"
+        return private if os.path.exists(private) else self.socket
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         out, err = self.proc.communicate(timeout=60)

@@ -327,7 +327,11 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
     availability.watch(lambda: status.read().outage)  # the primary's outage refuses here too, same code
     inbox = GuardedInbox(child_inbox_path(config.db, index), availability)
     service = ChildService(config, replica, inbox, status, f"inbox-{index}")
-    report = LatencyReport(report_path(config.db, index))
+    try:
+        report: LatencyReport | None = LatencyReport(report_path(config.db, index))
+    except OSError as exc:  # a full disk: serve all the same, without reporting service times
+        print(f"serving child {index}: no latency report ({exc.strerror or exc})", file=sys.stderr)
+        report = None
     protocol = Protocol(service.handlers(), max_line=MAX_LINE)
     server = ChildServer(protocol, private_socket, options)
     listeners = [socket.socket(fileno=fd) for fd in (unix_fd, tcp_fd) if fd is not None]
@@ -347,7 +351,8 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         while not stop.is_set():  # the predict service times, for the primary's stats
-            report.publish(service.predict_latency)
+            if report is not None:
+                report.publish(service.predict_latency)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPORT_EVERY)
         for each in accepting:
@@ -359,7 +364,8 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
         inbox.close()
         replica.close()
         status.close()
-        report.close()
+        if report is not None:
+            report.close()
         loop.close()
 
 

@@ -99,7 +99,12 @@ class SharedRecord:
             fresh = f"{path}.{os.getpid()}.new"
             fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             os.fchmod(fd, 0o600)
-            os.write(fd, bytes(size))  # blocks allocated now, never again
+            try:
+                _write_all(fd, bytes(size))  # blocks allocated now, never again (a short file would SIGBUS)
+            except OSError:
+                os.close(fd)
+                os.unlink(fresh)
+                raise
             os.replace(fresh, path)
         else:
             fd = os.open(path, os.O_RDONLY)
@@ -137,6 +142,12 @@ class SharedRecord:
 
     def close(self) -> None:
         self._map.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def report_path(db: str, index: int) -> str:
