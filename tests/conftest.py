@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 import random
 import shutil
 import signal
@@ -223,6 +224,14 @@ class Running:
                 return
         raise AssertionError("appliance up never became ready:\n" + "".join(self.lines) + self.proc.stderr.read())
 
+    @property
+    def primary_socket(self) -> str:
+        """The primary's own socket: its private one when it has serving children (`<socket>.p`, where
+        no child answers), else the public one. For tests whose runs must agree on which inbox an event
+        came through (the kernel hands public connections to any serving process)."""
+        private = self.socket + ".p"
+        return private if os.path.exists(private) else self.socket
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         out, err = self.proc.communicate(timeout=60)
@@ -263,3 +272,36 @@ def write_csv(path, n=1500):
             if "user" in row:
                 row["user_id"], row["card_id"] = row.pop("user"), row.pop("card")
             writer.writerow(row)
+
+
+# A full disk, for real (tests/runtime/test_disk_full.py, tests/serving/test_serve_processes.py)
+
+@pytest.fixture
+def small_disk():
+    """An 8 MiB tmpfs (root only); skipped where it cannot be mounted."""
+    path = Path(tempfile.mkdtemp(prefix="apl-df-", dir="/tmp"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+                             capture_output=True, check=False).returncode == 0
+    if not mounted:
+        shutil.rmtree(path, ignore_errors=True)
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def fill(directory: Path, leave: int = 48 << 10) -> Path:
+    """Fill the disk to the last byte but `leave` bytes."""
+    filler = directory / "filler"
+    chunk = b"\0" * (64 << 10)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, chunk)
+    except OSError:
+        pass
+    os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    os.close(fd)
+    return filler

@@ -58,11 +58,11 @@ class Launched:
 
 
 def launch(directory: Path, config: str, source: str, speed: float, *, fresh: bool = True,
-           timeout: float = 120.0, name: str = "a") -> Launched:
+           timeout: float = 120.0, name: str = "a", extra: tuple[str, ...] = ()) -> Launched:
     """Start `appliance up` in `directory` and return once a `predict` succeeds on its socket."""
     sock, db, log = str(directory / f"{name}.sock"), str(directory / f"{name}.db"), directory / f"{name}.log"
     command = [sys.executable, "-m", "appliance", "up", "--config", config, "--source", source,
-               "--socket", sock, "--db", db, "--speed", str(speed), "--status-every", "0"]
+               "--socket", sock, "--db", db, "--speed", str(speed), "--status-every", "0", *extra]
     if fresh:
         command.append("--fresh")
     line = predict_line(payments_like_sample(1, seed=7)[0] | {"ts": first_event_time(source)})

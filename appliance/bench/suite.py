@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from appliance.bench import ingest, lifecycle, peers, serving, store_bytes, store_growth
+from appliance.bench import ingest, lifecycle, peers, serve_processes, serving, store_bytes, store_growth
 from appliance.bench.console import console_cpu
 from appliance.bench.measure import machine
 
@@ -45,6 +45,7 @@ class Plan:
     ingest_lines: int = 20_000
     ingest_rounds: int = 5
     serving: serving.ServingPlan = field(default_factory=serving.ServingPlan)
+    processes: serve_processes.ProcessesPlan = field(default_factory=serve_processes.ProcessesPlan)
     serve_speed: float = 6000.0  # event-time speed of the appliance's ingest while serving is measured
     serve_lines: int | None = None  # lines of the sample it ingests then (None: all)
     console_seconds: float = 30.0
@@ -58,7 +59,10 @@ FULL = Plan()
 SMOKE = Plan(ingest_lines=1500, ingest_rounds=2,
              serving=serving.ServingPlan(rounds=2, requests=200, warmup=20, seconds=0.5, load_warmup=0.2),
              serve_speed=3000.0, serve_lines=3000, console_seconds=1.0, startup_rounds=1, recovery_lines=1500,
-             memory_entities=(2000,), store_bytes=16 * 10**6)
+             memory_entities=(2000,), store_bytes=16 * 10**6,
+             processes=serve_processes.ProcessesPlan(counts=(1, 2), latency_counts=(1, 2), requests=100, warmup=10,
+                                                     seconds=0.5, load_warmup=0.2, speed=3000.0, lines=1500,
+                                                     switches=2, versions_wait=5.0))
 
 TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "ingest": ("raw River loop", ">=", 0.6),
@@ -121,6 +125,8 @@ def run(plan: Plan, workdir: Path | None = None, log: Callable[[str], None] = la
         except Exception as exc:  # noqa: BLE001 - the appliance did not serve: both sections are skipped
             reason = f"{type(exc).__name__}: {str(exc).strip()[-300:]}"
             sections["serving"], sections["console"] = {"skipped": reason}, {"skipped": reason}
+        log("serving processes: latency, throughput, CPU per request, a publication's reach")
+        sections["serve_processes"] = _section(lambda: _serve_processes(plan, scratch, config))
         log(f"start-up: {plan.startup_rounds} rounds")
         sections["startup"] = _section(lambda: _startup(plan, scratch, config))
         log("recovery after kill -9")
@@ -240,6 +246,10 @@ def _serving(plan: Plan, scratch: Path, config: str, ingested: dict[str, Any],
         log(f"serving: the appliance stopped in {time.monotonic() - stopping:.1f} s with exit code {code}")
 
 
+def _serve_processes(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
+    return serve_processes.measure(plan.processes, scratch, config, REQUESTS)
+
+
 def _console(socket_path: str, seconds: float) -> dict[str, Any]:
     result = console_cpu(socket_path, seconds)
     return {"skipped": result} if isinstance(result, str) else result
@@ -314,6 +324,7 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
                 out.append(_skipped(label, unit, srv.get("peers_skipped", {}).get(peer, "not measured"), names[peer]))
             else:
                 out.append(_compare(label, unit, srv["appliance"][metric], names[peer], srv[peer][metric], target))
+    out += _processes_rows(sections.get("serve_processes", NOT_RUN), plan)
     mem = sections.get("memory", NOT_RUN)
     if "skipped" in mem:
         out.append(_skipped("memory per entity", "B", mem["skipped"]))
@@ -339,6 +350,39 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
     out.append(_skipped("console CPU at default rate", "% core", con["skipped"]) if "skipped" in con else
                Row("console CPU at default rate", "% core", con["console_percent"],
                    note=f"over {con['seconds']:g} s; tmux {con['tmux_percent']} %"))
+    return out
+
+
+def _processes_rows(sp: dict[str, Any], plan: Plan) -> list[Row]:
+    """Serving processes: N against 1 while ingesting; CPU per request for each count; a publication's reach."""
+    if "skipped" in sp:
+        return [_skipped("serving processes", "", sp["skipped"])]
+    counts, out = sp["counts"], []
+    one = counts.get("1", {})
+    for n in sp["latency_counts"]:
+        if n == 1:
+            continue
+        many = counts[str(n)]
+        note = f"while ingesting ({many['events_ingested']:,} events); one sequential connection"
+        out.append(_compare(f"predict p50, {n} serving processes", "µs", many["p50_us"], "1 process",
+                            one.get("p50_us"), None, note))
+        out.append(_compare(f"predict p99, {n} serving processes", "µs", many["p99_us"], "1 process",
+                            one.get("p99_us"), None, note))
+        out.append(_compare(f"{plan.processes.clients}-client throughput, {n} serving processes", "req/s",
+                            many["throughput"], "1 process", one.get("throughput"), None, "while ingesting"))
+    for n, figures in sorted(counts.items(), key=lambda item: int(item[0])):
+        out.append(_compare(f"server CPU per request, {n} serving process{'' if n == '1' else 'es'}", "µs", figures["cpu_us_per_request"],
+                            None if n == "1" else "1 process", None if n == "1" else one.get("cpu_us_per_request"),
+                            None, f"CPU of every serving process / replies, {plan.processes.clients} clients, idle "
+                            f"but for them; {figures['idle_throughput']:,.0f} req/s"))
+    pub = sp.get("publication")
+    n = max(sp["latency_counts"])
+    if pub is None:
+        out.append(_skipped(f"a publication reaching all {n} processes", "ms", "fewer than two versions registered"))
+    else:
+        out.append(Row(f"a publication reaching all {n} processes", "ms", pub["median_ms"],
+                       note=f"rollback/promote to the primary serving it and the online store naming it; median "
+                            f"of {len(pub['every_process_ms'])}, max {pub['max_ms']} ms"))
     return out
 
 

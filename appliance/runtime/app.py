@@ -29,6 +29,7 @@ from appliance.features.space import HASH
 from appliance.ingest.events import decode
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
+from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
 from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
@@ -134,6 +135,7 @@ class Appliance:
         self.imported: list[int] = []  # versions registered at start from staged imports
         self.online: Any = None  # engine.online.OnlinePublisher while serving
         self.online_failure: str | None = None
+        self.child_inboxes: dict[str, str] = {}  # the flow's input name -> a serving child's inbox it reads
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
@@ -243,6 +245,7 @@ class Appliance:
             for path in sorted(paths, key=lambda p: int(p.rsplit("-", 1)[-1])):
                 name = "inbox-" + path.rsplit("-", 1)[-1]  # the flow's offsets are per input name
                 inputs.append(InboxInput(name, path, int(offsets.get(name, 0))))
+                self.child_inboxes[name] = path
         return inputs
 
     def _event_time(self, payload: Any) -> float | None:
@@ -300,6 +303,8 @@ class Appliance:
         if serving_children:
             self._start_children()
         inputs = self._inputs()
+        if self.options.serve:
+            self.service.children_lag = self._children_lag
         self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
         self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.writer.after_durable_checkpoint = self._released
@@ -334,16 +339,44 @@ class Appliance:
         from appliance.runtime.serving_processes import ServingChildren
         from appliance.serving.protocol import Protocol
         from appliance.serving.server import SocketServer
+        from appliance.serving.status_record import PeerLatencies, StatusWriter, status_path
 
+        self.serving_status = StatusWriter(status_path(self.config.db))
+        self._publish_status()  # before any child reads it
+        self.peer_latencies = PeerLatencies(self.config.db)
+        self.peer_latencies.clear()  # an earlier start's children's
+        self.service.peer_latencies = self.peer_latencies.read
         private = SocketServer(Protocol(self.service.handlers()), unix_path=self.config.socket + ".p",
                                watch_source=lambda: self.service.stats({}))
         private.start()
         self.private_server = private
         assert self.server is not None and self.server.unix_fd is not None
         self.children = ServingChildren(self.config, self.options.serve_processes - 1, self.server.unix_fd,
-                                        private.unix_path)  # type: ignore[arg-type]
+                                        private.unix_path, tcp_fd=self.server.tcp_fd,  # type: ignore[arg-type]
+                                        token=self.options.token, auth_timeout=self.options.auth_timeout)
+        # Each process takes its share of the failed-authentication budget: N of them guess no faster than one.
+        self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.options.serve_processes)
         self.children.start()
         self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
+
+    def _children_lag(self) -> dict[str, int]:
+        """Bytes the flow is behind in each serving child's inbox it reads (on any thread)."""
+        offsets = self.engine.offsets
+        lag = {}
+        for name, path in list(self.child_inboxes.items()):
+            try:
+                lag[name] = max(0, os.stat(path).st_size - int(offsets.get(name, 0)))
+            except OSError:
+                lag[name] = 0
+        return lag
+
+    def _publish_status(self) -> None:
+        """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes."""
+        from appliance.serving.status_record import ServingStatus
+
+        offsets = {name: int(offset) for name, offset in dict(self.engine.offsets).items()
+                   if name.startswith("inbox-")}
+        self.serving_status.publish(ServingStatus(self.availability.outage(), offsets))
 
     def _stop_children(self) -> None:
         if getattr(self, "children", None) is not None:
@@ -381,6 +414,7 @@ class Appliance:
         if self.server is not None:
             self.inbox.verify()
         if self.children is not None and not self.stop_event.is_set():
+            self._publish_status()
             self.children.check()
         if self.stop_event.is_set() and self.writer.failure is not None:
             self.writer.abandon()  # the flow may be waiting for room in the writer's queue
@@ -423,6 +457,9 @@ class Appliance:
         self.writer.close()
         if getattr(self, "online", None) is not None:
             self.online.writer.close()
+        if getattr(self, "serving_status", None) is not None:
+            self.serving_status.close()
+            self.peer_latencies.close()
         if getattr(self, "order_log", None) is not None:
             self.order_log.close()
         self.board.publish(self.engine, force=True)

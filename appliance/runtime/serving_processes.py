@@ -2,7 +2,7 @@
 
 With `--serve-processes N` (N > 1) the primary starts N-1 children (`appliance.serving.child`):
 the primary serves too, so N counts every process accepting on the socket. Each child gets the
-listening Unix socket by `pass_fds` (no fork of this process's state: `Popen` execs a fresh
+listening Unix socket (and the TCP one, with the token on stdin, when TCP is on) by `pass_fds` (no fork of this process's state: `Popen` execs a fresh
 interpreter), the config as JSON on stdin, and the path of the primary's private socket to forward
 the ops it does not answer itself. `check` (called from the primary's main loop) restarts a child
 that exited; `stop` terminates them all and waits. Children started from the main thread only:
@@ -18,9 +18,9 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-import orjson
-
-from appliance.config.file import Config, config_to_dict
+from appliance.config.file import Config
+from appliance.serving.access import AUTH_TIMEOUT
+from appliance.serving.child import ChildOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ class ServingChildren:
     count: int
     unix_fd: int
     private_socket: str
+    tcp_fd: int | None = None  # the primary's TCP listener, accepted on by the children too
+    token: str | None = None  # TCP clients' token (given on stdin, never on the command line)
+    auth_timeout: float = AUTH_TIMEOUT
+    status_path: str | None = None  # the primary's status record (None: the store's)
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)
     first_index: int = 1  # inboxes `<db>-inbox-<first_index>` onwards
     restarts: int = 0
@@ -52,16 +56,25 @@ class ServingChildren:
                 self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        args = [sys.executable, "-m", "appliance.serving.child", str(index), str(self.unix_fd),
+        tcp = "-" if self.tcp_fd is None else str(self.tcp_fd)
+        args = [sys.executable, "-m", "appliance.serving.child", str(index), str(self.unix_fd), tcp,
                 self.private_socket, str(os.getpid())]
-        process = subprocess.Popen(args, pass_fds=(self.unix_fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        fds = (self.unix_fd,) if self.tcp_fd is None else (self.unix_fd, self.tcp_fd)
+        process = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(orjson.dumps(config_to_dict(self.config)))
+        options = ChildOptions(self.config, token=self.token, auth_timeout=self.auth_timeout,
+                               serving_processes=self.serving_processes, status_path=self.status_path)
+        process.stdin.write(options.to_json())
         process.stdin.close()
         ready = process.stdout.readline()  # the child is accepting once it says so
         if ready.strip() != b"ready":
             log.warning("serving child %d did not start (exit %s)", index, process.poll())
         self.processes[index] = process
+
+    @property
+    def serving_processes(self) -> int:
+        """Every process accepting, the primary included (each takes its share of the failed-auth budget)."""
+        return self.first_index + self.count
 
     def pids(self) -> list[int]:
         return [process.pid for process in self.processes.values()]

@@ -2,15 +2,26 @@
 
 `appliance up --serve-processes N` runs N serving processes: the primary (dataflow, engine, its own
 server) and N-1 children started by `runtime.serving_processes` as
-`python -m appliance.serving.child INDEX UNIX_FD PRIVATE_SOCKET PARENT_PID`, the config as JSON on
-stdin (`config.file.config_to_dict`), the listening socket inherited (`pass_fds`). The kernel hands
-each new connection to one process of those accepting on it.
+`python -m appliance.serving.child INDEX UNIX_FD TCP_FD PRIVATE_SOCKET PARENT_PID` (TCP_FD `-` without
+TCP), its `ChildOptions` as JSON on stdin (the config, the TCP token: never on the command line), the
+listening sockets inherited (`pass_fds`). The kernel hands each new connection to one process of
+those accepting on it.
+
+A TCP connection gets the primary's rules (`serving.access`): with a token it starts unauthenticated,
+has `auth_timeout` seconds and `MAX_FAILED_AUTHS` attempts to authenticate, lines of at most
+`UNAUTHENTICATED_LINE` bytes until then, and every failed attempt's reply waits for a slot of this
+process's share of the failed-authentication budget (`FAILED_AUTHS_PER_SECOND` / the number of
+serving processes, so guessing through every process at once is no faster than through one). `auth`
+is answered by the child; a relayed line has already passed the child's check.
 
 Per connection a child reads request lines in order and answers each before reading the next:
 - `predict` of an event: features and score from its `Replica` (the online store, bit for bit the
   engine's), logged to the child's own inbox `<db>-inbox-<INDEX>` (durable before the reply, as the
   primary's inbox), which the flow reads as one more input partition;
 - `ingest` and `label`: appended to the same inbox;
+- all three refused as the primary would, with its codes: while the primary reports an outage
+  (`unavailable`, `disk_low`) or the flow is more than `MAX_INBOX_LAG` behind this child's inbox
+  (`overloaded`), both read from the primary's `ServingStatus` record (`serving.status_record`);
 - every other line (stats, health, models, promote, watch, entity, predict by entity, malformed
   lines...) is written to the primary's private owner-only socket and its reply relayed; after a
   `watch` the connection is piped to the primary both ways (pushed updates relayed line by line).
@@ -22,6 +33,7 @@ once if the primary is already gone. SIGTERM stops it cleanly (the inbox is clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import itertools
@@ -31,21 +43,55 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
-from appliance.config.file import Config, config_from_dict
-from appliance.ingest.inbox import Inbox
+from appliance.config.file import Config, config_from_dict, config_to_dict
 from appliance.learning.metrics import positive_score, predicted_label
+from appliance.serving.access import (
+    AUTH_TIMEOUT,
+    FAILED_AUTHS_PER_SECOND,
+    MAX_FAILED_AUTHS,
+    UNAUTHENTICATED_LINE,
+    FailedAuthBudget,
+)
+from appliance.serving.availability import Availability, GuardedInbox
 from appliance.serving.latency import LatencyRing
-from appliance.serving.protocol import Deferred, Protocol, Session
+from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
 from appliance.serving.replica import Replica, ReplicaScore
 from appliance.serving.service import Service
+from appliance.serving.status_record import LatencyReport, StatusReader, report_path, status_path
 from appliance.storage.online_store import OnlineReader, online_path
 
 MAX_LINE = 1 << 20  # as the primary's protocol
+REPORT_EVERY = 0.25  # seconds between two reports of the predict service times (as the stats board's refresh)
+MAX_TCP_CONNECTIONS = 256  # per process, as the primary's TCP listener
 _PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ChildOptions:
+    """What a child is told on stdin: the config, and the TCP rules when it accepts on TCP too."""
+
+    config: Config
+    token: str | None = None  # TCP clients must send it (None: TCP is loopback-only and open)
+    auth_timeout: float = AUTH_TIMEOUT
+    serving_processes: int = 2  # every process accepting, the primary included: this one's budget share
+    status_path: str | None = None  # the primary's `ServingStatus` record; None: the store's (`<db>-serving`)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({**asdict(self), "config": config_to_dict(self.config)})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ChildOptions:
+        fields = orjson.loads(data)
+        return cls(**{**fields, "config": config_from_dict(fields["config"])})
+
+
+class LineTooLong(Exception):
+    """A request line over the connection's limit."""
 
 
 def child_inbox_path(db: str, index: int) -> str:
@@ -75,9 +121,11 @@ class _StreamClock:
 
 
 class ChildService(Service):
-    """`Service`'s predict, ingest and label, scored by a `Replica` and logged to the child's inbox."""
+    """`Service`'s predict, ingest and label, scored by a `Replica` and logged to the child's inbox;
+    refused as the primary would (`outage`, lag) from the primary's `ServingStatus`."""
 
-    def __init__(self, config: Config, replica: Replica, inbox: Inbox) -> None:
+    def __init__(self, config: Config, replica: Replica, inbox: GuardedInbox, status: StatusReader,
+                 input_name: str) -> None:
         # Not Service.__init__: a child has no engine, board or store history.
         self.replica = replica
         self.inbox = inbox  # type: ignore[assignment]
@@ -87,7 +135,9 @@ class ChildService(Service):
         self.started = time.time()
         self._ids = itertools.count(1)
         self._prefix = f"s{os.getpid():x}{int(self.started):x}-"
-        self.outage: Callable[[], Any] = lambda: None
+        self.status = status
+        self.input_name = input_name  # the flow's name for this child's inbox (`inbox-<n>`)
+        self.outage: Callable[[], Any] = inbox.availability.outage
         self.unlogged = 0
         self.predict_latency = LatencyRing()  # Service.predict records into it (stats are the primary's)
 
@@ -105,7 +155,7 @@ class ChildService(Service):
         return scored.x, scored, scored.y, reply
 
     def _lag(self) -> int:
-        return 0  # the flow's offset in a child's inbox is not published yet (see docs/architecture.md)
+        return max(0, self.inbox.size - int(self.status.read().offsets.get(self.input_name, 0)))
 
 
 def is_local(request: Any) -> bool:
@@ -113,32 +163,55 @@ def is_local(request: Any) -> bool:
     if not isinstance(request, dict):
         return False
     op = request.get("op")
-    if op in ("ingest", "label"):
+    if op in ("ingest", "label", "auth"):  # `auth` checks this connection's token, which only the child knows
         return True
     return op == "predict" and isinstance(request.get("event"), dict)
 
 
 class ChildServer:
-    """Answers connections accepted on the inherited listening socket; relays the rest to the primary."""
+    """Answers connections accepted on the inherited listening sockets; relays the rest to the primary."""
 
-    def __init__(self, protocol: Protocol, private_socket: str) -> None:
+    def __init__(self, protocol: Protocol, private_socket: str, options: ChildOptions) -> None:
         self.protocol = protocol
         self.private_socket = private_socket
+        self.options = options
+        self.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / max(1, self.options.serving_processes))
+        self.tcp_open = 0
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = Session(authenticated=True, peer="unix", token=None)
+    async def handle_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.handle(reader, writer, Session(authenticated=True, peer="unix", token=self.options.token))
+
+    async def handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.tcp_open >= MAX_TCP_CONNECTIONS:
+            writer.close()
+            return
+        self.tcp_open += 1
+        try:
+            token = self.options.token
+            await self.handle(reader, writer, Session(authenticated=token is None, peer="tcp", token=token))
+        finally:
+            self.tcp_open -= 1
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session) -> None:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         pump: asyncio.Task | None = None
+        deadline = asyncio.get_running_loop().time() + self.options.auth_timeout
         try:
             while True:
                 try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as exc:
-                    line = exc.partial
-                    if not line.strip():
-                        break
-                except asyncio.LimitOverrunError:
-                    writer.write(self.protocol.line_too_long())
+                    line = await self._next_line(reader, session, deadline)
+                except TimeoutError:  # not authenticated in time
+                    writer.transport.abort()
+                    return
+                except LineTooLong:
+                    if session.authenticated:
+                        writer.write(self.protocol.line_too_long())
+                    else:
+                        self.protocol.errors_total += 1
+                        writer.write(error_reply(None, "line_too_long", f"a request line longer than "
+                                                 f"{UNAUTHENTICATED_LINE} bytes before authenticating; connection closed"))
+                    break
+                if line is None:
                     break
                 if not line.strip():
                     continue
@@ -149,13 +222,16 @@ class ChildServer:
                     request = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     request = None
-                if is_local(request):
-                    reply = self.protocol.handle_line(line, session)
-                    if isinstance(reply, Deferred):  # no local handler defers; kept whole if one ever does
-                        reply = self.protocol.complete(reply)
-                    writer.write(reply)
-                    await writer.drain()
+                if is_local(request) or (not session.authenticated and not isinstance(request, dict)):
+                    if not await self._answer(line, session, writer):
+                        break
                     continue
+                if not session.authenticated:  # the token check first, here: the primary's socket trusts us
+                    check = orjson.dumps({"op": "auth", "id": request.get("id"), "token": request.get("token")})
+                    if not await self._answer(check, session, writer, only_failure=True):
+                        break
+                    if not session.authenticated:
+                        continue
                 if upstream is None:
                     upstream = await asyncio.open_unix_connection(self.private_socket, limit=MAX_LINE + 2)
                 up_reader, up_writer = upstream
@@ -180,6 +256,60 @@ class ChildServer:
                 upstream[1].close()
             writer.close()
 
+    async def _next_line(self, reader: asyncio.StreamReader, session: Session, deadline: float) -> bytes | None:
+        """The next request line (None at the end); before authentication, bounded in size and in time."""
+        if session.authenticated:
+            return await _read_line(reader, MAX_LINE + 2)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(_read_line(reader, UNAUTHENTICATED_LINE + 1), remaining)
+
+    async def _answer(self, line: bytes, session: Session, writer: asyncio.StreamWriter,
+                      only_failure: bool = False) -> bool:
+        """Answer a line here; a failed authentication's reply waits for its slot. False: close."""
+        failed = session.failed_auths
+        reply = self.protocol.handle_line(line, session)
+        if isinstance(reply, Deferred):  # no local handler defers; kept whole if one ever does
+            reply = self.protocol.complete(reply)
+        if session.failed_auths != failed:
+            await asyncio.sleep(self.failed_auths.delay(asyncio.get_running_loop().time()))
+            writer.write(reply)
+            await writer.drain()
+            return session.failed_auths < MAX_FAILED_AUTHS
+        if not only_failure:
+            writer.write(reply)
+            await writer.drain()
+        return True
+
+
+async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """One line (with its newline, or the unterminated rest at the end; None when nothing is left),
+    raising `LineTooLong` past `limit` bytes. The reader's own limit may be smaller: a line is read
+    in the pieces it allows."""
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            piece = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            piece = exc.partial
+            if not pieces and not piece:
+                return None
+            pieces.append(piece)
+            return b"".join(pieces)
+        except asyncio.LimitOverrunError as exc:
+            piece = await reader.readexactly(max(1, exc.consumed))
+            size += len(piece)
+            if size > limit:
+                raise LineTooLong from None
+            pieces.append(piece)
+            continue
+        if size + len(piece) > limit:
+            raise LineTooLong
+        pieces.append(piece)
+        return b"".join(pieces)
+
 
 async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
     """Copy the primary's lines (replies and pushed updates) to the client until either side closes."""
@@ -188,40 +318,62 @@ async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> No
         await sink.drain()
 
 
-def serve(config: Config, index: int, unix_fd: int, private_socket: str) -> None:
+def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, private_socket: str) -> None:
     """Run one child until SIGTERM (or the primary's death)."""
+    config = options.config
     replica = Replica(config, OnlineReader(online_path(config.db)))
-    inbox = Inbox(child_inbox_path(config.db, index))
-    service = ChildService(config, replica, inbox)
+    status = StatusReader(options.status_path or status_path(config.db))
+    availability = Availability()
+    availability.watch(lambda: status.read().outage)  # the primary's outage refuses here too, same code
+    inbox = GuardedInbox(child_inbox_path(config.db, index), availability)
+    service = ChildService(config, replica, inbox, status, f"inbox-{index}")
+    try:
+        report: LatencyReport | None = LatencyReport(report_path(config.db, index))
+    except OSError as exc:  # a full disk: serve all the same, without reporting service times
+        print(f"serving child {index}: no latency report ({exc.strerror or exc})", file=sys.stderr)
+        report = None
     protocol = Protocol(service.handlers(), max_line=MAX_LINE)
-    server = ChildServer(protocol, private_socket)
-    listener = socket.socket(fileno=unix_fd)
-    listener.setblocking(False)
+    server = ChildServer(protocol, private_socket, options)
+    listeners = [socket.socket(fileno=fd) for fd in (unix_fd, tcp_fd) if fd is not None]
+    for listener in listeners:
+        listener.setblocking(False)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
     async def main() -> None:
-        accepting = await asyncio.start_unix_server(server.handle, sock=listener, limit=MAX_LINE + 2, backlog=1024)
+        accepting = [await asyncio.start_unix_server(server.handle_unix, sock=listeners[0], limit=MAX_LINE + 2,
+                                                     backlog=1024)]
+        if tcp_fd is not None:  # lines read in pieces of the unauthenticated limit: a stranger is bounded by it
+            accepting.append(await asyncio.start_server(server.handle_tcp, sock=listeners[1],
+                                                        limit=UNAUTHENTICATED_LINE + 2, backlog=1024))
         sys.stdout.write("ready\n")
         sys.stdout.flush()
-        await stop.wait()
-        accepting.close()
+        while not stop.is_set():  # the predict service times, for the primary's stats
+            if report is not None:
+                report.publish(service.predict_latency)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_EVERY)
+        for each in accepting:
+            each.close()
 
     try:
         loop.run_until_complete(main())
     finally:
         inbox.close()
         replica.close()
+        status.close()
+        if report is not None:
+            report.close()
         loop.close()
 
 
 def main(argv: list[str]) -> None:
-    index, unix_fd, private_socket, parent_pid = int(argv[0]), int(argv[1]), argv[2], int(argv[3])
+    index, unix_fd, tcp_fd, private_socket, parent_pid = int(argv[0]), int(argv[1]), argv[2], argv[3], int(argv[4])
     die_with_parent(parent_pid)
-    config = config_from_dict(orjson.loads(sys.stdin.buffer.read()))
-    serve(config, index, unix_fd, private_socket)
+    options = ChildOptions.from_json(sys.stdin.buffer.read())
+    serve(options, index, unix_fd, None if tcp_fd == "-" else int(tcp_fd), private_socket)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,19 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
+RING_SIZE = 4096
+
+
+def quantiles_of(samples: Any) -> dict[str, Any]:
+    """p50, p99 and max of durations in nanoseconds, in microseconds (None before any)."""
+    values = sorted(samples)
+    n = len(values)
+    if not n:
+        return {"samples": 0, "p50_us": None, "p99_us": None, "max_us": None}
+    return {"samples": n, "p50_us": round(values[(n - 1) // 2] / 1000, 1),
+            "p99_us": round(values[min(n - 1, int(n * 0.99))] / 1000, 1),
+            "max_us": round(values[-1] / 1000, 1)}
+
 
 class LatencyRing:
     """The last `size` durations (nanoseconds) of one kind of request.
@@ -22,7 +35,7 @@ class LatencyRing:
 
     __slots__ = ("samples", "size", "count")
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = RING_SIZE) -> None:
         self.samples = array("q", bytes(8 * size))
         self.size = size
         self.count = 0
@@ -31,12 +44,10 @@ class LatencyRing:
         self.samples[self.count % self.size] = nanoseconds
         self.count += 1
 
+    def recorded(self) -> array:
+        """The durations recorded (at most `size`, the newest), in no particular order."""
+        return self.samples[:min(self.count, self.size)]
+
     def quantiles(self) -> dict[str, Any]:
         """p50, p99 and max of the recorded durations, in microseconds (None before any)."""
-        n = min(self.count, self.size)
-        if not n:
-            return {"samples": 0, "p50_us": None, "p99_us": None, "max_us": None}
-        values = sorted(self.samples[:n])
-        return {"samples": n, "p50_us": round(values[(n - 1) // 2] / 1000, 1),
-                "p99_us": round(values[min(n - 1, int(n * 0.99))] / 1000, 1),
-                "max_us": round(values[-1] / 1000, 1)}
+        return quantiles_of(self.recorded())

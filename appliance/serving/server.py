@@ -87,6 +87,7 @@ class SocketServer:
         self.failed_auths = FailedAuthBudget()
         self.tcp_address: tuple[str, int] | None = None
         self.unix_fd: int | None = None
+        self.tcp_fd: int | None = None
         self.connections: set[Connection] = set()
         self.watchers: set[Connection] = set()
         self.watch_source = watch_source
@@ -115,6 +116,7 @@ class SocketServer:
         unix_sock = self._bind_unix() if self.unix_path else None
         tcp_sock = self._bind_tcp() if self.tcp else None
         self.unix_fd = None if unix_sock is None else unix_sock.fileno()  # serving children accept on it too
+        self.tcp_fd = None if tcp_sock is None else tcp_sock.fileno()  # and on this one
         self._thread = threading.Thread(target=self._serve, args=(unix_sock, tcp_sock), name="socket-server",
                                         daemon=True)
         self._thread.start()

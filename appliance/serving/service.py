@@ -25,7 +25,7 @@ from appliance.ingest.inbox import Inbox
 from appliance.learning.metrics import positive_score, predicted_label
 from appliance.serving.board import StatsBoard
 from appliance.serving.health import stage_health
-from appliance.serving.latency import LatencyRing
+from appliance.serving.latency import LatencyRing, quantiles_of
 from appliance.serving.operator_ops import OperatorOps, limit_of
 from appliance.serving.protocol import Deferred
 from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory
@@ -55,6 +55,8 @@ class Service:
         self.outage: Callable[[], Any] = lambda: None  # the `Outage` refusing writes, or None
         self.serving_pids: Callable[[], list[int]] = lambda: [os.getpid()]  # primary first, then its children
         self.predict_latency = LatencyRing()
+        self.peer_latencies: Callable[[], dict[int, Any]] = dict  # the serving children's service times by pid
+        self.children_lag: Callable[[], dict[str, int]] = dict  # bytes the flow is behind in each child's inbox
         self.unlogged = 0  # scored-only predictions answered but not logged while overloaded
         self.history = EntityHistory(engine.config.db, tuple(engine.space.layouts))
 
@@ -224,7 +226,10 @@ class Service:
         """Return the latest engine stats, server counters and uptime."""
         stats = self.board.snapshot  # a fresh dict per read: ours to change
         stats["uptime_seconds"] = round(time.time() - self.started, 3)
-        stats["inbox_lag_bytes"] = self._lag()
+        children_lag = self.children_lag()
+        stats["inbox_lag_bytes"] = self._lag() + sum(children_lag.values())  # every inbox the flow reads
+        if children_lag:
+            stats["inbox_lag_by_input"] = {"inbox": self._lag(), **children_lag}
         stats["inbox_bytes"] = {"written": self.inbox.size, "released": self.inbox.released}
         if self.server_stats is not None:
             stats["server"] = self.server_stats()
@@ -233,6 +238,12 @@ class Service:
         if self.disk_stats is not None:
             stats["disk"] = self.disk_stats()
         stats["predict_latency"] = self.predict_latency.quantiles()
+        peers = self.peer_latencies()
+        if peers:  # every serving process's last service times together, and each apart
+            own = self.predict_latency.recorded()
+            stats["predict_latency"] = quantiles_of(itertools.chain(own, *peers.values()))
+            stats["predict_latency_by_pid"] = {str(os.getpid()): quantiles_of(own),
+                                               **{str(pid): quantiles_of(times) for pid, times in peers.items()}}
         stats["predictions_unlogged"] = self.unlogged
         stats["entity_keys"] = list(self.engine.space.layouts)
         stats.pop("curve", None)  # the `curve` op's; too long for a stats poll

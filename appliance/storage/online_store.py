@@ -85,12 +85,13 @@ def state_key(key: str, entity: str) -> bytes:
 
 
 def _open(path: Path, readonly: bool) -> lmdb.Environment:
-    # writemap: the writer writes pages in the shared map instead of write(2)-ing copies at commit;
-    # 5.5 against 13.6 us per state of a 1,000-state transaction (/tmp micro-benchmark, same VM).
-    # A stray write could corrupt the map: acceptable for derived state rebuilt at every start.
+    # No writemap: writing pages in the shared map (5.5 against 13.6 us per state of a 1,000-state
+    # transaction, /tmp micro-benchmark) dirties pages of a sparse file, and on a full disk the kernel
+    # answers that with SIGBUS, killing the primary; write(2) answers ENOSPC, an `lmdb.Error` the
+    # runtime retries after the next batch (tests/runtime/test_disk_full.py with serving children).
     return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=4, max_readers=MAX_READERS, readonly=readonly,
                      sync=False, metasync=False, readahead=False, lock=True, subdir=True, create=not readonly,
-                     writemap=not readonly)
+                     writemap=False)
 
 
 class OnlineWriter:

@@ -15,7 +15,10 @@ from appliance.bench import peers, suite, wire
 
 MEASURES = ["ingest", "ingest, 2 workers", "CPU per event, 2 workers", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
             "start-up to first prediction", "serving again after kill -9", "console CPU at default rate",
-            "store writer at 0.016 GB", "store bytes per logged event"]
+            "store writer at 0.016 GB", "store bytes per logged event",
+            "predict p50, 2 serving processes", "predict p99, 2 serving processes",
+            "16-client throughput, 2 serving processes", "server CPU per request, 1 serving process",
+            "server CPU per request, 2 serving processes", "a publication reaching all 2 processes"]
 
 
 def test_bench_smoke_produces_every_row(short_dir):
@@ -44,6 +47,12 @@ def test_bench_smoke_produces_every_row(short_dir):
     assert serving["appliance"]["events_ingested"] > 0  # the appliance kept ingesting while measured
     for peer in ("echo", "fastapi"):  # installed by the test extra: they must run
         assert peer in serving and serving[peer]["errors"] == 0, serving.get("peers_skipped")
+    processes = sections["serve_processes"]
+    assert "skipped" not in processes, processes
+    for n in ("1", "2"):
+        figures = processes["counts"][n]
+        assert figures["serving_pids"] == int(n) and figures["errors"] == 0, figures
+        assert figures["cpu_us_per_request"] > 0, figures
     recovery = sections["recovery"]
     assert recovery["events_restored_at_first_prediction"] > 0
     assert recovery["events_before_kill"] >= recovery["events_restored_at_first_prediction"]

@@ -2,6 +2,9 @@
 replay, several times in a row, then run to the end, must end exactly where an uninterrupted run of
 the same input ends: the same counters, entity features, model, predictions on a probe set, and the
 same rows in every SQLite table that is exactly-once (see docs/reliability.md).
+
+The appliance runs with its default serving processes; the test speaks to the primary alone (its
+private socket), so every run takes the socket's events through the same input (`inbox`).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def observe(app: Running, source: str, total: int) -> dict:
     """Wait until both inputs are processed, observe over the socket, stop with SIGTERM."""
     directory = os.path.dirname(app.socket)
     try:
-        with Client(app.socket, timeout=30) as client:
+        with Client(app.primary_socket, timeout=30) as client:
             stats = settled(client, directory, source, total)
             features = {key: {e: client.request("features", key=key, entity=e)["entities"][key]
                               for e in entities}
@@ -225,7 +228,7 @@ def replay():
     reference.mkdir()
     _config(reference, source)
     app = Running(reference)
-    with Client(app.socket, timeout=30) as client:
+    with Client(app.primary_socket, timeout=30) as client:
         replayed(client, str(source), len(lines))
         observed_served = ingest_batch(client)
     observed = observe(app, str(source), len(lines))
@@ -285,7 +288,7 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
     sigkill(Running(directory))  # right after start: before the run's first checkpoint
     for target in targets:
         app = Running(directory)
-        with Client(app.socket, timeout=30) as client:
+        with Client(app.primary_socket, timeout=30) as client:
             wait_for(lambda target=target: offset_of(client, str(source)) >= target, timeout=120)
         sigkill(app)
         checkpointed.append(checkpoint_offsets(directory / "a.db").get(str(source), 0))
@@ -295,7 +298,7 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
     # file and the socket's events again, from the same checkpoint, at the same time.
     _config(directory, source, every="1h")
     app = Running(directory)
-    with Client(app.socket, timeout=30) as client:
+    with Client(app.primary_socket, timeout=30) as client:
         replayed(client, str(source), total)
         served = ingest_batch(client)
         wait_for(lambda: stats_of(client)["inbox_lag_bytes"] == 0 and "inbox" in stats_of(client)["offsets"])
@@ -324,11 +327,11 @@ def test_sigterm_answers_in_flight_requests_drains_the_inbox_checkpoints_and_a_r
     _config(directory, source)
     db = directory / "a.db"
     app = Running(directory)
-    with Client(app.socket, timeout=30) as client:
+    with Client(app.primary_socket, timeout=30) as client:
         wait_for(lambda: offset_of(client, str(source)) >= total // 3, timeout=120)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(30)
-    sock.connect(app.socket)
+    sock.connect(app.primary_socket)
     sock.sendall(b"".join(b'{"op": "features", "id": %d, "key": "card", "entity": "c%d"}\n' % (i, i % 15)
                           for i in range(2000)))
     reader = sock.makefile("rb")
@@ -344,7 +347,7 @@ def test_sigterm_answers_in_flight_requests_drains_the_inbox_checkpoints_and_a_r
     assert 0 < stopped_at < total and committed_past_checkpoint(db, str(source)) == 0  # nothing to redo
     app = Running(directory)
     assert "(resumed)" in "".join(app.lines)
-    with Client(app.socket, timeout=30) as client:
+    with Client(app.primary_socket, timeout=30) as client:
         assert offset_of(client, str(source)) >= stopped_at
         replayed(client, str(source), total)
         served = ingest_batch(client)  # acknowledged: in the inbox; the stop below must process it first

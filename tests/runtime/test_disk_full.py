@@ -6,35 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from appliance.errors import RequestError
 from appliance.serving.client import Client
-from tests.conftest import Running, make_stream, wait_for, write_config
+from tests.conftest import Running, fill, make_stream, wait_for, write_config
 
 EVENT = {"user": "u1", "card": "c1", "amount": 12.5, "city": "faro"}
-
-
-@pytest.fixture
-def small_disk():
-    """An 8 MiB tmpfs (root only); skipped where it cannot be mounted."""
-    path = Path(tempfile.mkdtemp(prefix="apl-df-", dir="/tmp"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
-                             capture_output=True, check=False).returncode == 0
-    if not mounted:
-        shutil.rmtree(path, ignore_errors=True)
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def start(directory: Path, disk_stage: bool = False) -> Running:
@@ -47,21 +28,6 @@ def start(directory: Path, disk_stage: bool = False) -> Running:
     if not disk_stage:
         config.write_text(config.read_text() + "\n[retention]\ndisk_reserve = 0\n")
     return Running(directory)
-
-
-def fill(directory: Path, leave: int = 48 << 10) -> Path:
-    """Fill the disk to the last byte but `leave` bytes."""
-    filler = directory / "filler"
-    chunk = b"\0" * (64 << 10)
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, chunk)
-    except OSError:
-        pass
-    os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
-    os.close(fd)
-    return filler
 
 
 def ingest_until_down(client: Client) -> list[str]:

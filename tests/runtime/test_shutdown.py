@@ -21,19 +21,34 @@ def stream_file(short_dir):
     return path
 
 
-def fill_until_paused(path: str, client: Client) -> socket.socket:
-    """A client that pipelines requests and never reads, until the server stops reading from it."""
-    hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    hog.connect(path)
-    hog.setblocking(False)
+class Hogs:
+    """Clients that pipeline requests and never read."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+
+    def close(self) -> None:
+        for hog in self.sockets:
+            hog.close()
+
+
+def fill_until_paused(path: str, client: Client) -> Hogs:
+    """Clients that pipeline requests and never read, until the primary's server stops reading from one
+    (the kernel hands each connection to any serving process: one more hog until the primary has one)."""
+    hogs = Hogs()
     line = b'{"op": "stats"}\n' * 256
     while client.request("stats")["server"]["paused_clients"] == 0:
-        select.select([], [hog], [], 0.2)
-        try:
-            hog.send(line)
-        except BlockingIOError:
-            pass
-    return hog
+        assert len(hogs.sockets) < 64, "no hog ever reached the primary"
+        hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hog.connect(path)
+        hog.setblocking(False)
+        hogs.sockets.append(hog)
+        while select.select([], [hog], [], 0.2)[1]:  # until the server stops reading from it
+            try:
+                hog.send(line)
+            except BlockingIOError:
+                pass
+    return hogs
 
 
 def test_a_second_signal_while_stopping_does_not_hang_the_stop(short_dir, stream_file):

@@ -24,9 +24,12 @@ from appliance.config.file import config_from_dict
 from appliance.errors import RequestError
 from appliance.features.entity_codec import decode_state
 from appliance.runtime.serving_processes import ServingChildren
+from appliance.serving.availability import Outage
 from appliance.serving.client import Client
+from appliance.serving.service import MAX_INBOX_LAG
+from appliance.serving.status_record import ServingStatus, StatusReader, StatusWriter, status_path
 from appliance.storage.online_store import OnlineReader, online_path
-from tests.conftest import SMALL_CONFIG, flip_stream, processed, serving
+from tests.conftest import SMALL_CONFIG, fill, flip_stream, processed, serving
 
 
 def wait_for(condition, what: str, tries: int = 3000):
@@ -47,21 +50,32 @@ def payments(n: int) -> list[dict]:
     return [{k: v for k, v in raw.items() if k != "label"} for raw in flip_stream(n, n)]
 
 
-class ExtraChild:
-    """One more real serving child on a socket of the test's own (so the test knows who answers)."""
+TOKEN = "tcp-token-for-the-children"
 
-    def __init__(self, appliance, path: str) -> None:
+
+class ExtraChild:
+    """One more real serving child on sockets of the test's own (so the test knows who answers)."""
+
+    def __init__(self, appliance, path: str, tcp: bool = False, index: int = 2, **rules) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
         self.path = path
+        self.tcp_listener = None
+        if tcp:
+            self.tcp_listener = socket.create_server(("127.0.0.1", 0))
+            self.tcp_address = self.tcp_listener.getsockname()[:2]
         self.children = ServingChildren(appliance.config, 1, self.listener.fileno(),
-                                        appliance.private_server.unix_path, first_index=2)
+                                        appliance.private_server.unix_path, first_index=index,
+                                        tcp_fd=None if self.tcp_listener is None else self.tcp_listener.fileno(),
+                                        **rules)
         self.children.start()
 
     def close(self) -> None:
         self.children.stop()
         self.listener.close()
+        if self.tcp_listener is not None:
+            self.tcp_listener.close()
 
 
 @pytest.fixture
@@ -74,6 +88,77 @@ def two_processes(short_dir):
             yield appliance, extra
         finally:
             extra.close()
+
+
+@pytest.fixture
+def tcp_child(short_dir):
+    """The primary and one more child accepting on a TCP listener of the test's own, with a token."""
+    config = make_config(short_dir)
+    Path(config.db + "-inbox-2").touch()
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(short_dir / "c.sock"), tcp=True, token=TOKEN, auth_timeout=1.0)
+        try:
+            yield appliance, extra
+        finally:
+            extra.close()
+
+
+def test_a_child_answers_tcp_clients_that_authenticate_and_relays_their_other_ops(tcp_child):
+    appliance, extra = tcp_child
+    events = payments(5)
+    with Client(None, tcp=extra.tcp_address, token=TOKEN) as child, Client(appliance.config.socket) as primary:
+        assert child.request("ingest", events=events)["accepted"] == 5
+        wait_for(lambda: primary.request("stats")["counts"]["predictions"] >= 5, "the TCP-ingested events")
+        scored = child.request("predict", event=payments(6)[5], ingest=False)
+        assert 0.0 <= scored["score"] <= 1.0
+        assert child.request("health")["pid"] == os.getpid()  # relayed: the primary answered it
+    logged = [orjson.loads(line) for line in Path(appliance.config.db + "-inbox-2").read_bytes().splitlines()]
+    ingested = [record["event"]["event_id"] for record in logged if "served" not in record]
+    assert ingested == [e["event_id"] for e in events]  # the child's inbox: the child answered
+    assert [record["event"]["event_id"] for record in logged if "served" in record] == ["e5"]
+
+
+def test_a_tcp_client_of_a_child_gets_the_primarys_token_rules(tcp_child):
+    appliance, extra = tcp_child
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:
+        stream = conn.makefile("rb")
+        conn.sendall(b'{"op":"stats","id":1}\n')  # relayed ops are checked by the child first
+        refused = orjson.loads(stream.readline())
+        assert refused["error"]["code"] == "unauthorized" and "needs a token" in refused["error"]["message"]
+        conn.sendall(b'{"op":"ingest","id":2,"events":[{"event_id":"x"}]}\n')
+        assert orjson.loads(stream.readline())["error"]["code"] == "unauthorized"
+        conn.sendall(b'{"op":"auth","id":3,"token":"wrong-token-wrong-token"}\n')
+        wrong = orjson.loads(stream.readline())
+        assert wrong["id"] == 3 and wrong["error"]["message"] == "wrong token"
+        assert stream.readline() == b""  # closed after MAX_FAILED_AUTHS failures
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:  # a token in the request itself
+        stream = conn.makefile("rb")
+        conn.sendall(orjson.dumps({"op": "stats", "id": 4, "token": TOKEN}) + b"\n")
+        assert orjson.loads(stream.readline())["ok"] is True
+        conn.sendall(b'{"op":"health","id":5}\n')  # authenticated from then on
+        assert orjson.loads(stream.readline())["id"] == 5
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:  # a long line before authenticating
+        stream = conn.makefile("rb")
+        conn.sendall(b'{"op":"auth","pad":"' + b"x" * 5000 + b'"}\n')
+        assert orjson.loads(stream.readline())["error"]["code"] == "line_too_long"
+        assert stream.readline() == b""
+    with socket.create_connection(extra.tcp_address, timeout=30) as conn:  # silence: the deadline (1 s) closes it
+        assert conn.makefile("rb").readline() == b""
+    with Client(None, tcp=extra.tcp_address, token=TOKEN) as client:  # authenticated: lines up to the full limit
+        big = [{**raw, "pad": "y" * 200} for raw in payments(100)]
+        assert client.request("ingest", events=big)["accepted"] == 100
+
+
+def test_the_appliances_children_accept_on_its_tcp_listener(short_dir):
+    config = make_config(short_dir)
+    with serving(config, serve_processes=3, tcp=("127.0.0.1", 0), token=TOKEN) as appliance:
+        listener = os.fstat(appliance.server.tcp_fd).st_ino
+        for pid in appliance.children.pids():
+            held = {os.stat(f"/proc/{pid}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert listener in held
+        for _ in range(10):  # whoever accepts, the token rules hold and the reply is right
+            with Client(None, tcp=appliance.server.tcp_address, token=TOKEN) as client:
+                assert client.request("predict", event=payments(1)[0], ingest=False)["version"]
 
 
 def test_a_child_scores_as_the_engine_and_its_predictions_are_learned(two_processes):
@@ -247,3 +332,129 @@ def test_kill_9_of_the_primary_leaves_no_serving_child(short_dir):
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def refusal(client: Client, op: str, **fields) -> str:
+    """The error code `op` is refused with (fails if it is accepted)."""
+    with pytest.raises(RequestError) as refused:
+        client.request(op, **fields)
+    return refused.value.code
+
+
+def test_a_child_refuses_writes_by_the_primarys_status_record(short_dir):
+    """The test plays the primary's part: its own status record, read by a real child."""
+    config = make_config(short_dir)
+    inbox = Path(config.db + "-inbox-7")  # not an input of this appliance's flow: only the status says the lag
+    with open(inbox, "wb") as handle:  # a sparse inbox far past the lag bound, ending in a whole line
+        handle.truncate(MAX_INBOX_LAG + (1 << 20))
+        handle.seek(0, os.SEEK_END)
+        handle.write(b"\n")
+    size = inbox.stat().st_size
+    status = StatusWriter(str(short_dir / "own-serving"))
+    status.publish(ServingStatus(None, {"inbox-7": 0}))
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(short_dir / "c.sock"), index=7, status_path=status.path)
+        try:
+            with Client(extra.path) as child:
+                event = payments(1)[0]
+                for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
+                                   ("predict", {"event": event})):
+                    assert refusal(child, op, **fields) == "overloaded", op
+                scored = child.request("predict", event=event, ingest=False)  # answered, not logged, and says so
+                assert scored["logged"] is False and 0.0 <= scored["score"] <= 1.0
+                assert inbox.stat().st_size == size  # nothing written
+                status.publish(ServingStatus(Outage("store", "disk full"), {"inbox-7": size}))
+                for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
+                                   ("predict", {"event": event})):
+                    assert refusal(child, op, **fields) == "unavailable", op
+                assert child.request("predict", event=event, ingest=False)["logged"] is False
+                assert inbox.stat().st_size == size
+                status.publish(ServingStatus(None, {"inbox-7": size}))  # caught up, nothing down
+                assert child.request("ingest", events=[event])["accepted"] == 1
+                assert child.request("label", event_id="e0", label=1)["accepted"] is True
+                assert "logged" not in child.request("predict", event=event, ingest=False)
+                assert inbox.stat().st_size > size
+        finally:
+            extra.close()
+            status.close()
+
+
+def test_the_primary_publishes_the_flows_offset_in_each_childs_inbox(two_processes):
+    appliance, extra = two_processes
+    inbox = Path(appliance.config.db + "-inbox-2")
+    with Client(extra.path) as child:
+        child.request("ingest", events=payments(50))
+    reader = StatusReader(status_path(appliance.config.db))
+    try:
+        wait_for(lambda: reader.read().offsets.get("inbox-2") == inbox.stat().st_size > 0, "the offset published")
+        assert reader.read().outage is None
+    finally:
+        reader.close()
+
+
+def test_a_full_disk_in_the_primary_refuses_writes_in_a_child_with_the_same_code(small_disk):
+    config = make_config(small_disk)
+    Path(config.db + "-inbox-2").touch()
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(small_disk / "c.sock"))
+        try:
+            with Client(appliance.config.socket) as primary, Client(extra.path) as child:
+                event = payments(1)[0]
+                assert child.request("ingest", events=[event])["accepted"] == 1
+                filler = fill(small_disk)
+                wait_for(lambda: primary.request("health")["accepting_writes"] is False, "the primary to refuse")
+                code = refusal(primary, "ingest", events=[event])
+                assert code in ("disk_low", "unavailable")
+                reader = StatusReader(status_path(config.db))
+                wait_for(lambda: reader.read().outage is not None, "the outage published")
+                reader.close()
+                size = Path(config.db + "-inbox-2").stat().st_size
+                for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
+                                   ("predict", {"event": event})):
+                    assert refusal(child, op, **fields) == code, op
+                assert child.request("predict", event=event, ingest=False)["logged"] is False
+                assert Path(config.db + "-inbox-2").stat().st_size == size
+                filler.unlink()  # space returns: the child accepts again
+                wait_for(lambda: primary.request("health")["accepting_writes"] is True, "the primary to accept")
+                wait_for(lambda: _accepts(child, event), "the child to accept")
+        finally:
+            extra.close()
+
+
+def _accepts(client: Client, event: dict) -> bool:
+    try:
+        return client.request("ingest", events=[event])["accepted"] == 1
+    except RequestError:
+        return False
+
+
+def test_inbox_lag_covers_every_childs_inbox(two_processes):
+    appliance, _extra = two_processes
+    line = orjson.dumps({"event": {**payments(1)[0], "event_id": "through-2"}}) + b"\n"
+    half = len(line) // 2
+    with Client(appliance.config.socket) as primary:
+        wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "no lag to begin with")
+        before = processed(primary)
+        with open(appliance.config.db + "-inbox-2", "ab") as inbox:  # a child's write, half landed
+            inbox.write(line[:half])
+            inbox.flush()
+            stats = primary.request("stats")
+            assert stats["inbox_lag_bytes"] == half and stats["inbox_lag_by_input"]["inbox-2"] == half
+            inbox.write(line[half:])
+        wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "the flow to read the child's line")
+        assert processed(primary) == before + 1
+
+
+def test_childrens_predict_service_times_reach_the_primarys_stats(two_processes):
+    appliance, extra = two_processes
+    with Client(appliance.config.socket) as primary, Client(extra.path) as child:
+        own = primary.request("stats")["predict_latency"]["samples"]
+        for raw in payments(20):
+            child.request("predict", event=raw, ingest=False)
+        pid = str(extra.children.pids()[0])
+        wait_for(lambda: primary.request("stats").get("predict_latency_by_pid", {}).get(pid, {}).get("samples") == 20,
+                 "the child's report")
+        stats = primary.request("stats")
+        assert stats["predict_latency_by_pid"][str(os.getpid())]["samples"] == own
+        assert stats["predict_latency"]["samples"] >= own + 20  # every process's, together
+        assert stats["predict_latency"]["max_us"] >= stats["predict_latency_by_pid"][pid]["max_us"]
