@@ -381,8 +381,8 @@ def _processes_rows(sp: dict[str, Any], plan: Plan) -> list[Row]:
         out.append(_skipped(f"a publication reaching all {n} processes", "ms", "fewer than two versions registered"))
     else:
         out.append(Row(f"a publication reaching all {n} processes", "ms", pub["median_ms"],
-                       note=f"rollback/promote to the primary serving it and the online store naming it; median "
-                            f"of {len(pub['every_process_ms'])}, max {pub['max_ms']} ms"))
+                       note=f"a rollback to the primary serving it and the online store naming it; median "
+                            f"of {len(pub['every_process_ms'])}, max {pub['max_ms']} ms, {pub.get('missed', 0)} not arrived in 30 s"))
     return out
 
 
