@@ -10,7 +10,6 @@ River's own objects. The rolling metrics share one window of labelled prediction
 
 from __future__ import annotations
 
-import itertools
 from bisect import bisect_left
 from collections import Counter, deque
 from typing import Any
@@ -296,20 +295,6 @@ class Evaluation:
             if name == self.primary:
                 return float(metric.get())
         return None
-
-    def recent_primary(self, n: int) -> float | None:
-        """Return the primary metric over the last `n` labels of the window alone (None while undefined).
-
-        Computed afresh from the window's scored predictions: called at checks, not per label."""
-        table = _CLASSIFICATION if self.task == "classification" else _REGRESSION
-        cls, uses_proba, _ = table[self.primary]
-        scored = list(itertools.islice(self._scored, max(0, len(self._scored) - n), None))
-        if not scored or self.primary == "roc_auc" and len({y for y, _, _ in scored}) < 2:
-            return None
-        metric = cls()
-        for y_true, y_pred, label in scored:
-            metric.update(y_true, y_pred if uses_proba else label)
-        return float(metric.get())
 
     def window_value(self, name: str) -> float | None:
         """Return the rolling value of metric `name`, or None while it is undefined."""

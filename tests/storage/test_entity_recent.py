@@ -126,6 +126,11 @@ def test_after_retention_the_lookup_still_matches_the_scan_and_gone_entities_are
     after = conn.execute("SELECT count(*) FROM entity_recent").fetchone()[0]
     conn.close()
     assert all(ts >= 3_000.0 for ts in newest.values()) and after < before
+    assert_lookups_match_scan(path)
+
+
+def assert_lookups_match_scan(path) -> None:
+    """Every entity's listed events, by lookup, equal a scan of the events table."""
     history = EntityHistory(str(path), KEYS)
     for key, name, limit in lookups(history):
         assert [row["event_id"] for row in history.recent(key, name, limit)] == scanned(path, key, name, limit)
@@ -145,10 +150,7 @@ def test_after_a_prune_to_bytes_the_lookup_still_matches_the_scan(tmp_path):
     conn.close()
     assert counts["events"] > 1_000 and left >= 3_900.0
     assert stale == 0  # entities with no event left are no longer listed
-    history = EntityHistory(str(path), KEYS)
-    for key, name, limit in lookups(history):
-        assert [row["event_id"] for row in history.recent(key, name, limit)] == scanned(path, key, name, limit)
-    history.close()
+    assert_lookups_match_scan(path)
 
 
 def test_a_limit_above_the_listed_count_returns_the_listed_count(tmp_path):
