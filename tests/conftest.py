@@ -305,3 +305,14 @@ def fill(directory: Path, leave: int = 48 << 10) -> Path:
     os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
     os.close(fd)
     return filler
+
+
+def logged_features(conn, limit: int | None = None) -> dict[str, bytes]:
+    """Each logged prediction's packed feature vector by its event id, from the store's event rows
+    (rows layout 5: inside the compressed body), in seq order; `limit`: the first ones only."""
+    from appliance.storage.body import read_codecs, split_body
+
+    read_codecs(conn)
+    rows = conn.execute("SELECT event_id, body FROM events WHERE origin IS NOT NULL ORDER BY seq"
+                        + ("" if limit is None else f" LIMIT {int(limit)}")).fetchall()
+    return {event_id: split_body(body).features for event_id, body in rows}

@@ -68,21 +68,22 @@ def raw_once(vectors: str, spec: str, task: str, save_model: str | None = None) 
 def logged_vectors(db: str, task: str) -> list[tuple[dict, Any]]:
     """The feature vector of each ingested event in stream order, with its label (None when it got
     none, or only a late one the appliance did not learn)."""
-    from appliance.storage.rows import decode_vector, read_names
+    from appliance.storage.body import read_codecs, split_body
+    from appliance.storage.rows import decode_vector
     from appliance.storage.store import open_db
 
     conn = open_db(db).conn
     try:
-        names = read_names(conn)
+        names = read_codecs(conn)
         rows = conn.execute(
-            "SELECT p.features, l.label FROM events e JOIN predictions p ON p.seq = e.seq "
-            "LEFT JOIN labels l ON l.seq = e.seq WHERE e.ingested = 1 ORDER BY e.seq").fetchall()
+            "SELECT e.body, l.label FROM events e "
+            "LEFT JOIN labels l ON l.seq = e.seq WHERE e.ingested = 1 AND e.origin IS NOT NULL ORDER BY e.seq").fetchall()
     finally:
         conn.close()
     out = []
-    for features, label in rows:  # a late label is in `late_labels`: not learned, not here
+    for body, label in rows:  # a late label is in `late_labels`: not learned, not here
         y = None if label is None else (bool(label) if task == "classification" else label)
-        out.append((decode_vector(features, names), y))
+        out.append((decode_vector(split_body(body).features, names), y))
     return out
 
 

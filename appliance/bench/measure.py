@@ -136,15 +136,16 @@ def offline_latency(model_path: str, db_path: str, rows: int = 5000) -> dict[str
     import numpy as np
 
     from appliance.learning.onnx_model import load_onnx_file
-    from appliance.storage.rows import decode_vector, read_names
+    from appliance.storage.body import read_codecs, split_body
+    from appliance.storage.rows import decode_vector
     from appliance.storage.store import open_db
 
     model = load_onnx_file(model_path, None, None)
     db = open_db(db_path)
     try:
-        names = read_names(db)
-        logged = db.execute("SELECT features FROM predictions LIMIT ?", [rows])
-        vectors = [decode_vector(row[0], names) for row in logged]
+        names = read_codecs(db.conn)
+        logged = db.execute("SELECT body FROM events WHERE origin IS NOT NULL LIMIT ?", [rows])
+        vectors = [decode_vector(split_body(row[0]).features, names) for row in logged]
     finally:
         db.conn.close()
     if not vectors:

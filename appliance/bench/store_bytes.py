@@ -1,7 +1,7 @@
 """Bytes per logged event: what the history costs on disk, by SQLite's page accounting.
 
-A logged event is three rows (the event, its prediction with the feature vector, its label) and
-their index entries. `bytes_per_event` reads a store after a replay (its final checkpoint written)
+A logged event is two rows (the event with its prediction and the feature vector, its label; rows
+layout 5) and the dictionary its body was compressed with. `bytes_per_event` reads a store after a replay (its final checkpoint written)
 and counts the pages of those three tables and of every index on them (SQLite's `dbstat` table),
 over the number of events; beside it, the pages the whole file uses (page count minus free pages:
 what VACUUM would leave) over the same events, which adds the registry's models, entity state,
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-HISTORY = ("events", "predictions", "labels", "late_labels")
+HISTORY = ("events", "labels", "late_labels", "dictionaries")  # predictions: in their events' rows (layout 5)
 
 
 def bytes_per_event(db_path: str) -> dict[str, Any]:

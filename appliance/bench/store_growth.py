@@ -3,13 +3,14 @@ keeping its empty-store rate? `python -m appliance.bench.store_growth [bytes]`.
 
 The real `StoreWriter` (its thread, its batched transactions, the `entity_recent` rows of the
 sample's keys) is handed what the engine hands it per event: an `events` row (the sample's own
-payload, encoded as the engine logs it, a fresh id), a `predictions` row with a feature vector of the sample's width, and a
-`labels` row for every other event, 1,000 events a batch, with a checkpoint row after each window.
+payload, encoded as the engine logs it, a fresh id), a `predictions` row with a packed feature vector of the sample's
+width (random doubles: the compressed body's worst case), and a `labels` row for every other event, 1,000 events a
+batch, with a checkpoint row after each window.
 Each window (1/40 of the target size) is timed from its first batch to its flush, wall clock; the
 empty-store rate is the median of the first 3 windows, the full-store rate that of the last 3.
-No byte bound: the file grows to the target, then is deleted. `entities="expression"` measures the
-design it replaced (rows format 2): an expression index per key on the events' payload, no
-`entity_recent`; `"none"`: neither.
+No byte bound: the file grows to the target, then is deleted. `entities="none"`: no `entity_recent`.
+(The design `entity_recent` replaced, an expression index per key on the events' payload, was measured
+here until rows layout 5 put the payload in the compressed body; its figures are in docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -29,12 +29,13 @@ import orjson
 
 from appliance.config.file import STORE_CACHE
 from appliance.storage.disk import store_bytes
-from appliance.storage.rows import PayloadCodec
+from appliance.storage.rows import PayloadCodec, VectorCodec
 from appliance.storage.store import StoreWriter, open_db
 
 BATCH_EVENTS = 1_000
 WINDOWS = 40
 FEATURES = 30  # about the sample config's feature count
+_VECTORS = VectorCodec([f"f{i}" for i in range(FEATURES)])
 
 
 def _payloads(keys: tuple[str, ...], limit: int = 5_000) -> list[str]:
@@ -81,7 +82,7 @@ def _batch(start: int, payloads: list[str], rng: random.Random, spread: tuple[in
             payload = _spread(payload, seq, *spread)
         events.append({"event_id": event_id, "seq": seq, "ts": ts, "source": "bench", "offset": seq, "ingested": 0,
                        "payload": payload})
-        features = orjson.dumps({f"f{i}": round(rng.random() * 100, 3) for i in range(FEATURES)}).decode()
+        features = _VECTORS.encode({f"f{i}": round(rng.random() * 100, 3) for i in range(FEATURES)})
         predictions.append({"seq": seq, "version": 1, "score": rng.random(), "predicted": 0,
                             "learner_score": rng.random(), "origin": 0, "features": features})
         if seq % 2:  # keyed by their event's seq (rows layout 4)
@@ -90,18 +91,11 @@ def _batch(start: int, payloads: list[str], rng: random.Random, spread: tuple[in
     return {"events": events, "predictions": predictions, "labels": labels}
 
 
-def _index_expressions(conn: sqlite3.Connection, keys: tuple[str, ...]) -> None:
-    """The entity lookup of rows format 2, for comparison: an expression index per key."""
-    for i in range(len(keys)):
-        conn.execute(f'CREATE INDEX "events_by_{i}" ON events(json_extract(payload, \'$[{i + 1}]\'), ts)')
-    conn.commit()
-
-
 def measure(target_bytes: int, workdir: str | Path | None = None, log=lambda _: None,
             cache_bytes: int = STORE_CACHE, entities: str = "recent", spread: int | None = None) -> dict[str, Any]:
     """Grow a fresh store to `target_bytes`; rows/s per window, the first and the last, their ratio.
 
-    `entities`: "recent", "expression" or "none" (the module's docstring); `spread`: each entity key
+    `entities`: "recent" or "none" (the module's docstring); `spread`: each entity key
     takes `spread` values instead of the payloads' own (the sample's 5,000 payloads name about
     18,000 entities in all).
     """
@@ -113,10 +107,7 @@ def measure(target_bytes: int, workdir: str | Path | None = None, log=lambda _: 
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="apl-grow-", dir=str(workdir) if workdir else "/tmp") as scratch:
         path = Path(scratch) / "store.db"
-        db = open_db(path)
-        if entities == "expression":
-            _index_expressions(db.conn, keys)
-        db.conn.close()
+        open_db(path).conn.close()
         writer = StoreWriter(path, cache_bytes=cache_bytes, entity_keys=keys if entities == "recent" else ()).start()
         windows: list[dict[str, Any]] = []
         seq = 0

@@ -31,7 +31,8 @@ from appliance.features.label_means import feature_names as label_mean_names
 from appliance.features.label_rates import feature_names as label_rate_names
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
-from appliance.storage.rows import decode_payload, decode_vector, read_names, read_shapes, status_code
+from appliance.storage.body import read_codecs, split_body
+from appliance.storage.rows import decode_payload, decode_vector, status_code
 from appliance.storage.store import open_db
 
 LEARNED = ("joined", "immediate", "early", "defaulted")
@@ -54,21 +55,21 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     learned = [status_code(status) for status in LEARNED]
     labels = {row[0]: row[1] for row in db.execute(
         f"SELECT seq, label FROM labels WHERE status IN ({', '.join('?' * len(learned))})", learned)}
-    read_shapes(db.conn)
-    names = read_names(db.conn) if rates else {}
-    cursor = db.execute("SELECT seq, event_id, ts, ingested, payload FROM events ORDER BY seq")
+    names = read_codecs(db.conn)
+    cursor = db.execute("SELECT seq, event_id, ts, ingested, body FROM events ORDER BY seq")
     while True:
         batch = cursor.fetchmany(5000)
         if not batch:
             break
-        for seq, event_id, ts, ingested, payload in batch:
+        for seq, event_id, ts, ingested, blob in batch:
             while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
                 _, name, version = switches.pop(0)
                 space.set_attributes(attributes.read_version(db, specs[name], version))
-            values = parse_event(decode_payload(payload, event_id, ts), config.event, config.model.task).values
+            body = split_body(blob)
+            values = parse_event(decode_payload(body.payload, event_id, ts), config.event, config.model.task).values
             if seq in labels and (start is None or ts >= start) and (end is None or ts < end):
                 # label rates are state moved by labels, not events: the values logged when it was scored
-                x = space.compute(values, ts, store, _logged(db, seq, rates, names) if rates else None)
+                x = space.compute(values, ts, store, _logged(body.features, rates, names) if rates else None)
                 yield {"event_id": event_id, "ts": ts, "label": labels[seq], **x}
             if ingested:
                 space.update(values, ts, store)
@@ -78,9 +79,8 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     db.conn.close()
 
 
-def _logged(db: Any, seq: int, wanted: list[str], names: dict[int, tuple[str, ...]]) -> dict[str, float]:
-    row = db.execute("SELECT features FROM predictions WHERE seq = ?", [seq]).fetchone()
-    logged = decode_vector(row[0], names) if row and row[0] else {}
+def _logged(features: bytes | None, wanted: list[str], names: dict[int, tuple[str, ...]]) -> dict[str, float]:
+    logged = decode_vector(features, names) if features else {}
     return {name: logged[name] for name in wanted if name in logged}
 
 

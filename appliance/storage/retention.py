@@ -1,11 +1,12 @@
 """What history the store lets go: rows past their age (`[retention]` keep times, in event time) and,
 past the byte bound (`[retention] max_bytes`), the oldest history first.
 
-Predictions and labels are rows of their event (keyed by its `seq`, rows layout 4): they carry no
-event time of their own to prune by and go by their event's. So an event stays while a prediction
-or label kept for a finite time still needs its time (`event_cutoff`); a table kept forever needs
-nothing from it. Late labels (their event's prediction had expired) are keyed by event id, with
-their own time.
+A prediction is part of its event's row (rows layout 5) and goes with it: the event (and its
+prediction) stays as long as the longer of the two keeps says, forever if either is "forever".
+Labels are rows of their event (keyed by its `seq`): they carry no event time of their own to prune
+by and go by their event's, so an event also stays while a label kept for a finite time still needs
+its time (`event_cutoff`); labels kept forever need nothing from it. Late labels (their event's
+prediction had expired) are keyed by event id, with their own time.
 
 The history has no index on time: events are found by `seq` (arrival order, the rowid), whose
 times rise with it but for lateness (the flow dead-letters an event later than `allowed_lateness`
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 RETENTION_COLUMNS = {"events": "ts", "late_labels": "ts", "dead_letters": "watermark", "metrics": "event_ts"}
 INDEXED = ("late_labels", "dead_letters", "metrics")  # pruned by an index on their time (events: by seq)
-BY_EVENT = ("predictions", "labels")  # rows of an event, keyed by its seq: pruned by the event's time
+BY_EVENT = ("labels",)  # rows of an event, keyed by its seq: pruned by the event's time
 PRUNED = ("events", *BY_EVENT, "late_labels", "dead_letters", "metrics")  # counted per table
 PRUNE_TO = 0.9  # a store past its byte bound is pruned down to this share of it (room before the next pass)
 PRUNE_STEP_ROWS = 5_000  # events (with their rows) deleted per step of a byte-bound pass
@@ -40,11 +41,15 @@ _NOT_PENDING = " AND event_id NOT IN (SELECT event_id FROM pending_labels)"
 
 
 def event_cutoff(retention: dict[str, float], watermark: float) -> float | None:
-    """The event time before which events go: their own age, held back while a finite-kept table of
-    their rows (predictions, labels) keeps rows older than it (None: events are kept forever)."""
-    if "events" not in retention:
+    """The event time before which events (with their predictions) go: the longer of the two ages,
+    held back while labels kept for a finite time are older than it (None: events are kept forever).
+
+    >>> event_cutoff({"events": 10.0, "predictions": 20.0, "labels": 5.0}, 100.0), event_cutoff({"events": 1.0}, 9.0)
+    (80.0, None)
+    """
+    if "events" not in retention or "predictions" not in retention:
         return None
-    return watermark - max(retention[table] for table in ("events", *BY_EVENT) if table in retention)
+    return watermark - max(retention[table] for table in ("events", "predictions", *BY_EVENT) if table in retention)
 
 
 def prune_by_age(conn: sqlite3.Connection, retention: dict[str, float], watermark: float) -> dict[str, int]:

@@ -131,10 +131,10 @@ class VectorCodec:
                 runs[-1][1] += 1
             else:
                 runs.append([i, 1])
-        out = bytearray(_varint(len(runs)))
+        out = bytearray(varint(len(runs)))
         end = 0
         for start, length in runs:
-            out += _varint(_zigzag(start - end)) + _varint(length)
+            out += varint(_zigzag(start - end)) + varint(length)
             end = start + length
         if len(self._presence) >= _CACHE:
             self._presence.clear()
@@ -146,7 +146,7 @@ class VectorCodec:
         bits = sum(kind << (3 * n) for n, kind in enumerate(kinds))
         plan = presence + bits.to_bytes((3 * len(kinds) + 7) // 8, "little")
         stored = [n for n, kind in enumerate(kinds) if kind < ZERO]
-        return _EncodePlan(_varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)),
+        return _EncodePlan(varint(len(plan)) + plan, struct.Struct("<" + "".join(_CODES[kind] for kind in kinds)),
                            _picker(stored))
 
 
@@ -217,7 +217,7 @@ def decode_vector(blob: bytes, names: dict[int, Sequence[str]] | None = None) ->
         if layout == JSON:
             return orjson.loads(blob[1:])
         raise ApplianceError(f"a feature vector has an unknown layout {layout}; start with --fresh")
-    size, pos = _read_varint(blob, 5)
+    size, pos = read_varint(blob, 5)
     end = pos + size
     key = (int.from_bytes(blob[1:5], "little"), blob[pos:end], layout)
     plan = _DECODE_PLANS.get(key)
@@ -233,12 +233,12 @@ def _plan_from(version: int, plan: bytes, layout: int, names: dict[int, Sequence
     table = (names or {}).get(version) or _NAMES.get(version)
     if table is None:
         raise UnknownNames(f"feature names version {version} is not in the store's feature_names table")
-    count, pos = _read_varint(plan, 0)
+    count, pos = read_varint(plan, 0)
     at: list[int] = []
     end = 0
     for _ in range(count):
-        step, pos = _read_varint(plan, pos)
-        length, pos = _read_varint(plan, pos)
+        step, pos = read_varint(plan, pos)
+        length, pos = read_varint(plan, pos)
         start = end + _unzigzag(step)
         at.extend(range(start, start + length))
         end = start + length
@@ -280,7 +280,7 @@ def _unzigzag(n: int) -> int:
     return (n >> 1) if not n & 1 else -((n + 1) >> 1)
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
     out = bytearray()
@@ -291,7 +291,7 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(blob: bytes, pos: int) -> tuple[int, int]:
+def read_varint(blob: bytes, pos: int) -> tuple[int, int]:
     n = shift = 0
     while True:
         byte = blob[pos]

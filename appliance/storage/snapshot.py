@@ -43,8 +43,10 @@ FORMAT_VERSION = 2  # 2: entity states of layout version 2 (running window total
 # newest events listed in `entity_recent` by the store writer instead of an expression index per key.
 # 4: predictions and labels keyed by their event's `seq` (the rowid) without its id and time, one
 # index on the history (events by time), origin and status as small ints, late labels apart, and a
-# waiting prediction's blob carries its event's seq.
-ROWS_FORMAT = 4
+# waiting prediction's blob carries its event's seq. 5: an event and its prediction in one row, the
+# payload and the feature vector one `body` compressed with a dictionary of the store's (`body.py`),
+# `predictions` a view, a learner score equal to the served one NULL.
+ROWS_FORMAT = 5
 KIND = "appliance-checkpoint"
 
 _local = threading.local()

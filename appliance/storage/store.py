@@ -13,12 +13,13 @@ statements because sqlite-utils' per-row type handling would cost the flow ~10 Â
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from typing import Any
 import orjson
 import sqlite_utils
 
-from appliance.errors import ConfigError
+from appliance.errors import ApplianceError, ConfigError
+from appliance.storage.body import BodyCodec
 from appliance.storage.entity_history import RecentEntities
 from appliance.storage.ownership import make_private
 from appliance.storage.registry import thin_models
@@ -38,12 +40,14 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_ROWS = 20_000  # rows handed to the writer and not yet written (~30 MB on the sample)
 
 TABLES: dict[str, tuple[dict[str, type], Any]] = {
-    # an event, its prediction and its label: three rows keyed by the event's `seq` (the rowid), the
-    # event id and time once, in the event's row (rows layout 4; origin and status as small ints, `rows.py`)
+    # an event and its prediction: one row keyed by the event's `seq` (the rowid; rows layout 5); its
+    # label a row of `labels` by the same seq. `body` holds the payload and the feature vector, compressed
+    # (`body.py`); `learner_score` is NULL when it equals `score`; origin and status as small ints (`rows.py`).
+    # The `predictions` view (`PREDICTIONS_VIEW`) reads the prediction's columns as a table did.
     "events": ({"seq": int, "event_id": str, "ts": float, "source": int, "offset": int, "ingested": int,
-                "payload": str}, "seq"),
-    "predictions": ({"seq": int, "version": int, "score": float, "predicted": int, "learner_score": float,
-                     "origin": int, "features": bytes}, "seq"),
+                "version": int, "score": float, "predicted": int, "learner_score": float, "origin": int,
+                "body": bytes}, "seq"),
+    "dictionaries": ({"id": int, "data": bytes, "wall_ts": float}, "id"),  # the bodies' compression dictionaries
     "feature_names": ({"version": int, "names": str}, "version"),  # names of the packed vectors, per version
     "payload_shapes": ({"version": int, "keys": str}, "version"),  # keys of the events' payload arrays
     "sources": ({"id": int, "source": str}, "id"),  # the events' sources, by the id their rows hold
@@ -77,6 +81,15 @@ TABLES: dict[str, tuple[dict[str, type], Any]] = {
 }
 
 
+# A prediction as its own table held it (rows layout 4), from its event's row: every reader of
+# `predictions` (the entities view, the benches, the tests' queries) reads on unchanged; the vector is
+# in the row's `body` (`body.split_body`).
+PREDICTIONS_VIEW = ("CREATE VIEW IF NOT EXISTS predictions AS SELECT seq, version, score, predicted, "
+                    "ifnull(learner_score, score) AS learner_score, origin FROM events WHERE origin IS NOT NULL")
+EVENT_COLUMNS = ("seq", "event_id", "ts", "source", "offset", "ingested")  # an event row's, from the engine's event
+PREDICTION_COLUMNS = ("version", "score", "predicted", "learner_score", "origin")  # from its prediction row
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed, owner-only) the store with WAL and every table in place."""
     make_private(path)
@@ -96,6 +109,7 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     for name in INDEXED:  # no index on the history: retention finds events by seq (`retention.first_seq_at`)
         db[name].create_index([RETENTION_COLUMNS[name]], if_not_exists=True)
     _check_rows_format(db, path, existing)
+    db.execute(PREDICTIONS_VIEW)
     return db
 
 
@@ -103,7 +117,8 @@ def _check_rows_format(db: sqlite_utils.Database, path: str | Path, existing: se
     """Record the rows' layout in a new store; refuse a store whose rows are in another one."""
     found = db.execute("SELECT version FROM store_format WHERE part = 'rows'").fetchone()
     if found is None:
-        old = "predictions" in existing and db.execute("SELECT 1 FROM predictions LIMIT 1").fetchone() is not None
+        old = any(table in existing and db.execute(f"SELECT 1 FROM [{table}] LIMIT 1").fetchone() is not None
+                  for table in ("events", "predictions"))  # `predictions`: a table before rows layout 5
         if not old:  # a new store (or one that never logged a row): it takes this release's layout
             db.execute("INSERT OR IGNORE INTO store_format (part, version) VALUES ('rows', ?)", [ROWS_FORMAT])
             db.conn.commit()
@@ -143,6 +158,7 @@ class StoreWriter:
         self.path = str(path)
         self.entity_keys = tuple(entity_keys)  # the keys whose newest events `entity_recent` lists, payload order
         self._recent = RecentEntities(self.entity_keys)  # each touched entity's row once per transaction
+        self._bodies: BodyCodec | None = None  # the events' bodies, compressed once the store has a dictionary
         self.cache_bytes = cache_bytes  # the write connection's page cache (0: SQLite's default, 2 MB)
         self.cache_limit: int | None = None  # the bound the connection took, in bytes, once started
         # The newest versions whose model bytes stay (`registry.thin_models`; None: never thin).
@@ -317,6 +333,8 @@ class StoreWriter:
                     self._write_checkpoint(conn, *body)
             recent.write(conn)
             conn.execute("COMMIT")
+            if self._bodies is not None:
+                self._bodies.written()
         except (sqlite3.OperationalError, OSError) as exc:
             recent.discard()
             if conn.in_transaction:
@@ -352,7 +370,11 @@ class StoreWriter:
 
     def _write_rows(self, conn: sqlite3.Connection, rows: dict[str, list[dict]]) -> None:
         for table, items in rows.items():
-            if items:
+            if table == "events":
+                self._write_events(conn, items, rows.get("predictions", ()))
+            elif table == "predictions":
+                continue  # in their events' rows
+            elif items:
                 columns = list(TABLES[table][0])
                 conn.executemany(self._sql[table], [tuple(row.get(c) for c in columns) for row in items])
                 self.rows_written += len(items)
@@ -380,6 +402,35 @@ class StoreWriter:
             self._models_written = False
         if self.max_bytes is not None:
             self._prune_bytes(conn, watermark)
+
+    def _write_events(self, conn: sqlite3.Connection, events: list[dict], predictions: Iterable[dict]) -> None:
+        """Each event with its prediction (the engine hands both in one batch) as one row, its payload and
+        feature vector as one compressed `body` (`body.BodyCodec`)."""
+        by_seq = {row["seq"]: row for row in predictions}
+        if self._bodies is None:
+            self._bodies = BodyCodec.of_store(conn)
+        encode = self._bodies.encode
+        out = []
+        for event in events:
+            seq = event["seq"]
+            prediction = by_seq.pop(seq, None)
+            if prediction is None:
+                out.append((*map(event.get, EVENT_COLUMNS), None, None, None, None, None,
+                            encode(event["payload"], None)))
+                continue
+            score, learner = prediction["score"], prediction["learner_score"]
+            if learner == score and type(learner) is type(score) and math.copysign(1.0, learner) == math.copysign(1.0, score):
+                learner = None  # the view reads it back as the score: the same float, sign and all
+            out.append((*map(event.get, EVENT_COLUMNS), prediction["version"], score, prediction["predicted"], learner,
+                        prediction["origin"], encode(event["payload"], prediction["features"])))
+        if by_seq:
+            raise ApplianceError(f"predictions without their events in one batch (seq {min(by_seq)}): the "
+                                 "engine hands an event and its prediction together")
+        if self._bodies.unwritten is not None:  # in the transaction of the first body compressed with it
+            conn.execute("INSERT OR IGNORE INTO dictionaries (id, data, wall_ts) VALUES (:id, :data, :wall_ts)",
+                         self._bodies.unwritten)
+        conn.executemany(self._sql["events"], out)
+        self.rows_written += 2 * len(out) - sum(row[-2] is None for row in out)
 
     def _release(self, conn: sqlite3.Connection) -> None:
         """Make the last committed checkpoint durable (a WAL checkpoint syncs the WAL first, even with

@@ -8,7 +8,7 @@ from appliance.bench.store_bytes import HISTORY, bytes_per_event
 from appliance.engine.core import Engine
 from appliance.storage.rows import decode_vector, read_names
 from appliance.storage.store import StoreWriter, open_db
-from tests.conftest import items, make_stream
+from tests.conftest import items, logged_features, make_stream
 
 
 def test_bytes_per_event_counts_the_history_tables_and_their_indexes_over_the_events(tmp_path, small_config):
@@ -27,9 +27,8 @@ def test_bytes_per_event_counts_the_history_tables_and_their_indexes_over_the_ev
     # each figure rounded to 0.1 B on its own: the sum of the rounded tables is within their rounding
     assert abs(figures["history_bytes_per_event"] - sum(by_table[t] for t in HISTORY)) <= 0.05 * (len(HISTORY) + 1)
     assert figures["file_bytes_per_event"] >= figures["history_bytes_per_event"] > 0
-    # the packed vectors: a prediction row and its indexes take less than its vector would as JSON
+    # the packed vectors: an event row with its prediction takes less than its vector alone would as JSON
     names = read_names(db.conn)
-    as_json = sum(len(orjson.dumps(decode_vector(blob, names))) for (blob,) in db.execute(
-        "SELECT features FROM predictions")) / events
-    assert by_table["predictions"] < as_json
+    as_json = sum(len(orjson.dumps(decode_vector(blob, names))) for blob in logged_features(db.conn).values()) / events
+    assert by_table["events"] < as_json
     db.conn.close()

@@ -17,7 +17,7 @@ from appliance.runtime.app import Appliance, RunOptions
 from appliance.serving.client import Client
 from appliance.storage.rows import decode_vector, read_names
 from appliance.storage.store import open_db
-from tests.conftest import SMALL_CONFIG, make_stream, serving
+from tests.conftest import SMALL_CONFIG, logged_features, make_stream, serving
 
 CUSTOM_MODULE = '''
 import math
@@ -84,8 +84,7 @@ def _toml(data: dict) -> str:
 
 def logged(db):
     names = read_names(db.conn)
-    return {event_id: decode_vector(features, names)
-            for event_id, features in db.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)")}
+    return {event_id: decode_vector(features, names) for event_id, features in logged_features(db.conn).items()}
 
 
 def test_attributes_and_custom_features_are_served_learned_and_exported_alike(tmp_path, monkeypatch):

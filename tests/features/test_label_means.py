@@ -18,7 +18,7 @@ from appliance.config.file import config_from_dict, load_config
 from appliance.engine.core import Engine
 from appliance.features.label_means import PRIOR_LABELS
 from appliance.storage.rows import decode_vector, read_names
-from tests.conftest import items, run
+from tests.conftest import items, logged_features, run
 
 T0 = 1_767_225_600.0
 USERS = [f"u{i}" for i in range(12)]
@@ -161,7 +161,7 @@ def test_the_export_gives_the_label_means_logged_at_scoring(tmp_path, monkeypatc
     assert len(exported) == learned
     conn = sqlite3.connect("appliance.db")
     names = read_names(conn)
-    logged = dict(conn.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)").fetchall())
+    logged = logged_features(conn)
     for row in exported:
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")

@@ -14,7 +14,7 @@ from appliance.runtime.app import Appliance, RunOptions
 from appliance.storage.rows import decode_vector, read_names
 from appliance.storage.snapshot import pack, unpack
 from appliance.storage.store import open_db
-from tests.conftest import SMALL_CONFIG, make_stream
+from tests.conftest import SMALL_CONFIG, logged_features, make_stream
 
 SPEC = "appliance.ScaleNumeric() | linear_model.LogisticRegression()"
 
@@ -124,14 +124,14 @@ def test_a_replay_logs_the_learners_own_score_as_served_between_checks(tmp_path)
     appliance = Appliance(config_from_dict(data), RunOptions(serve=False))
     appliance.run()
     db = open_db(tmp_path / "a.db")
-    rows = db.execute("SELECT version, score, learner_score FROM predictions JOIN events USING (seq) "
-                      "ORDER BY ts, seq").fetchall()
+    rows = db.execute("SELECT p.version, p.score, p.learner_score FROM predictions p JOIN events e USING (seq) "
+                      "ORDER BY e.ts, seq").fetchall()
     followed = [(score, learner) for version, score, learner in rows if version > 1]
     assert len(followed) > 100 and all(score == learner for score, learner in followed)
     assert len({version for version, _, _ in rows}) < len(followed) / 2  # versions at checks, not per event
     model = appliance.engine.model
     assert model.following and model.view.version == model.served.version
     names = read_names(db.conn)
-    x = decode_vector(db.execute("SELECT features FROM predictions JOIN events USING (seq) "
-                                 "ORDER BY ts DESC, seq DESC LIMIT 1").fetchone()[0], names)
+    newest = db.execute("SELECT event_id FROM events ORDER BY ts DESC, seq DESC LIMIT 1").fetchone()[0]
+    x = decode_vector(logged_features(db.conn)[newest], names)
     assert model.predict(model.view.model, x) == model.predict(model.learner, x)  # the view after the last batch

@@ -14,7 +14,7 @@ from appliance.cli.main import main
 from appliance.config.file import load_config
 from appliance.errors import ConfigError
 from appliance.init.starter import read_sample, starter_config
-from tests.conftest import write_csv
+from tests.conftest import logged_features, write_csv
 
 
 def test_init_reads_a_csv_and_writes_a_config_that_replays_and_exports(tmp_path, monkeypatch):
@@ -47,7 +47,7 @@ def test_init_reads_a_csv_and_writes_a_config_that_replays_and_exports(tmp_path,
 
     conn = sqlite3.connect("appliance.db")
     names = read_names(conn)
-    logged = dict(conn.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)").fetchall())
+    logged = logged_features(conn)
     for row in exported:
         event_id = row.pop("event_id")
         row.pop("ts"), row.pop("label")

@@ -18,7 +18,7 @@ from appliance.learning.onnx_model import check_schema, load_onnx_file
 from appliance.offline.export import training_set
 from appliance.offline.train import _estimator, train
 from appliance.serving.client import Client
-from tests.conftest import serving, wait_for_models, write_csv
+from tests.conftest import logged_features, serving, wait_for_models, write_csv
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +59,7 @@ def test_onnx_scores_equal_scikit_learn_on_the_same_rows(replayed):
 
     conn = sqlite3.connect(config.db)
     versions = read_names(conn)
-    logged = conn.execute("SELECT features FROM predictions LIMIT 50").fetchall()
-    for (features,) in logged:
+    for features in logged_features(conn, limit=50).values():
         x = decode_vector(features, versions)
         row = np.array([[float(x.get(n) or 0.0) for n in names]], dtype=np.float32)
         assert model.predict_proba_one(x)[True] == pytest.approx(reference.predict_proba(row)[0, 1], abs=1e-5)
@@ -158,7 +157,7 @@ def test_an_offline_score_is_a_feature_of_the_online_model(replayed, short_dir):
 
     conn = sqlite3.connect(second.db)
     names = read_names(conn)
-    logged = dict(conn.execute("SELECT event_id, features FROM predictions JOIN events USING (seq)").fetchall())
+    logged = logged_features(conn)
     vectors = [decode_vector(v, names) for v in logged.values()]
     assert all("offline_score" in x for x in vectors)
     for x in vectors[:200]:

@@ -8,6 +8,7 @@ pending when their events' neighbours were pruned join when they arrive."""
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 
 import orjson
@@ -30,7 +31,7 @@ START = 1_767_225_600.0
 def event(i: int) -> dict:
     return {"type": "payment", "event_id": f"e{i:06d}", "ts": START + i * 0.25, "user": f"u{i % 97}",
             "card": f"c{i % 131}", "amount": float(5 + i % 40), "city": ("lisbon", "porto", "faro")[i % 3],
-            "note": "n" * 300}
+            "note": random.Random(i).randbytes(150).hex()}  # 300 characters that do not compress
 
 
 def label(i: int, ts: float) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.storage.body import read_dictionaries, split_body
 from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory, _as_integer
 from appliance.storage.retention import prune_by_age, prune_to_bytes, used_bytes
 from appliance.storage.rows import PayloadCodec
@@ -73,12 +74,14 @@ def scanned(path: Path, key: str, entity: str, limit: int) -> list[str]:
     """The newest `limit` events of an entity by a scan of every event (the expression-index lookup's
     semantics: text equal, or the number the text spells), newest first, then by arrival."""
     conn = sqlite3.connect(path)
+    read_dictionaries(conn)
+    conn.create_function("payload", 1, lambda body: split_body(body).payload, deterministic=True)
     position = KEYS.index(key) + 1
     found = []
     names = [entity] + ([n] if (n := _as_integer(entity)) is not None else [])
     for name in names:
-        found += conn.execute(f"SELECT ts, seq, event_id FROM events WHERE json_extract(payload, '$[{position}]') = ?",
-                              (name,)).fetchall()
+        found += conn.execute("SELECT ts, seq, event_id FROM events "
+                              f"WHERE json_extract(payload(body), '$[{position}]') = ?", (name,)).fetchall()
     conn.close()
     return [event_id for _, _, event_id in sorted(set(found), reverse=True)[:limit]]
 
@@ -102,7 +105,7 @@ def test_an_entitys_newest_events_are_those_a_scan_of_every_event_finds(tmp_path
     assert checked > 1_000  # the lookups did find events (c0-c2 have hundreds each)
     row = history.recent("card", "c0", 1)[0]
     conn = sqlite3.connect(path)
-    score = conn.execute("SELECT score FROM predictions JOIN events USING (seq) WHERE event_id = ?",
+    score = conn.execute("SELECT p.score FROM predictions p JOIN events e USING (seq) WHERE e.event_id = ?",
                          (row["event_id"],)).fetchone()[0]
     assert row["score"] == score and row["version"] == 1 and row["origin"] == "stream"
     labelled = [r for r in history.recent("card", "c0", 50) if r["label"] is not None]
@@ -119,7 +122,7 @@ def test_after_retention_the_lookup_still_matches_the_scan_and_gone_entities_are
     write(path, rows, 4)
     conn = sqlite3.connect(path)
     before = conn.execute("SELECT count(*) FROM entity_recent").fetchone()[0]
-    counts = prune_by_age(conn, {"events": 1_000.0}, watermark=4_000.0)  # events before ts 3,000 go
+    counts = prune_by_age(conn, {"events": 1_000.0, "predictions": 1_000.0}, watermark=4_000.0)  # before ts 3,000
     conn.commit()
     assert counts["events"] > 1_000
     newest = dict(conn.execute("SELECT entity, newest FROM entity_recent WHERE key = 'card'").fetchall())

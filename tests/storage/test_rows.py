@@ -89,7 +89,7 @@ def test_a_version_unknown_to_the_process_and_the_store_is_a_clear_error():
 def test_the_engine_logs_the_names_once_and_a_reader_decodes_from_the_store_alone(tmp_path, small_config):
     from appliance.engine.core import Engine
     from appliance.storage.store import StoreWriter
-    from tests.conftest import items, make_stream
+    from tests.conftest import items, logged_features, make_stream
 
     engine = Engine(small_config)
     for item in items(small_config, make_stream(50)):
@@ -102,8 +102,8 @@ def test_the_engine_logs_the_names_once_and_a_reader_decodes_from_the_store_alon
     conn = sqlite3.connect(tmp_path / "s.db")
     names = read_names(conn)
     assert names == {engine.vectors.version: tuple(engine.space.names)}
-    logged = conn.execute("SELECT features FROM predictions").fetchall()
-    assert len(logged) == 50 and all(set(decode_vector(blob, names)) <= set(engine.space.names) for (blob,) in logged)
+    logged = logged_features(conn).values()
+    assert len(logged) == 50 and all(set(decode_vector(blob, names)) <= set(engine.space.names) for blob in logged)
 
 
 def test_a_store_records_its_rows_layout_and_one_in_another_layout_is_refused(tmp_path):
@@ -123,11 +123,12 @@ def test_a_store_of_layout_2_with_its_entity_expression_indexes_is_refused(tmp_p
     open_db(path).conn.close()
     conn = sqlite3.connect(path)  # what layout 2 left: its version, an expression index per key
     conn.execute("UPDATE store_format SET version = 2")
+    conn.execute("ALTER TABLE events ADD COLUMN payload TEXT")  # where layout 2 kept the payload
     conn.execute("CREATE INDEX events_by_card ON events(json_extract(payload, '$[1]'), ts)")
     conn.commit()
     conn.close()
-    assert ROWS_FORMAT == 4
-    with pytest.raises(ConfigError, match="layout 2 and this release reads and writes layout 4; start with --fresh"):
+    assert ROWS_FORMAT == 5
+    with pytest.raises(ConfigError, match="layout 2 and this release reads and writes layout 5; start with --fresh"):
         open_db(path)
 
 

@@ -116,15 +116,14 @@ def test_pruning_by_age_finds_events_by_seq_and_takes_their_predictions_and_labe
     conn = open_db(tmp_path / "a.db").conn
     times = [float(t) for t in range(100)]
     times[60] = 5.0  # arrived late: older than the cutoff, after newer events
-    conn.executemany("INSERT INTO events (seq, event_id, ts) VALUES (?, ?, ?)",
+    conn.executemany("INSERT INTO events (seq, event_id, ts, score, origin) VALUES (?, ?, ?, 0.5, 0)",
                      [(seq, f"e{seq}", ts) for seq, ts in enumerate(times)])
-    conn.executemany("INSERT INTO predictions (seq, score) VALUES (?, 0.5)", [(seq,) for seq in range(100)])
     conn.executemany("INSERT INTO labels (seq, ts, label) VALUES (?, ?, 1.0)", [(s, times[s] + 1) for s in range(100)])
     assert first_seq_at(conn, 30.0) == 30
-    # predictions kept 70 s hold their events' times; labels go at the events' 50 s
+    # predictions (in their events' rows) kept 70 s keep their events; labels go at the events' 50 s
     counts = prune_by_age(conn, {"events": 50.0, "predictions": 70.0, "labels": 50.0}, 100.0)
     seqs = lambda table: [row[0] for row in conn.execute(f"SELECT seq FROM {table} ORDER BY seq")]  # noqa: E731
-    assert counts == {"predictions": 30, "labels": 50, "events": 30, "late_labels": 0}
+    assert counts == {"labels": 50, "events": 30, "late_labels": 0}
     assert seqs("events") == seqs("predictions") == list(range(30, 100))
     assert seqs("labels") == list(range(50, 100))  # the late event's label stays with it...
     assert 60 in seqs("events")  # ...as the late event outlives its age until a pass's search passes it
