@@ -29,7 +29,8 @@ import orjson
 
 from appliance.config.file import STORE_CACHE
 from appliance.storage.disk import store_bytes
-from appliance.storage.rows import PayloadCodec, VectorCodec
+from appliance.storage.payloads import PayloadCodec
+from appliance.storage.rows import VectorCodec
 from appliance.storage.store import StoreWriter, open_db
 
 BATCH_EVENTS = 1_000

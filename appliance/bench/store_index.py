@@ -18,7 +18,7 @@ import orjson
 
 from appliance.storage.body import raw_body
 from appliance.storage.entity_history import RecentEntities
-from appliance.storage.rows import PayloadCodec
+from appliance.storage.payloads import PayloadCodec
 from appliance.storage.store import TABLES, _insert_sql, open_db
 
 

@@ -308,8 +308,9 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
     if "skipped" not in ing and "store" in ing:
         store = ing["store"]
         out.append(_compare("store bytes per logged event", "B", store["history_bytes_per_event"], None, None,
-                            "store_bytes", f"event + prediction + label rows and their indexes (SQLite page "
-                            f"accounting, dbstat) over the {store['events']:,} events of the ingest replay; "
+                            "store_bytes", f"event rows (each with its prediction), label rows and the bodies' "
+                            f"compression dictionary (SQLite page accounting, dbstat) over the {store['events']:,} "
+                            f"events of the ingest replay; "
                             f"the whole file {store['file_bytes_per_event']:,} B/event"))
     srv = sections.get("serving", NOT_RUN)
     names = {"redis": "redis GET", "fastapi": "FastAPI+uvicorn", "echo": "asyncio echo"}

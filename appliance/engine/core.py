@@ -40,7 +40,8 @@ from appliance.learning.online_model import OnlineModel
 from appliance.learning.report import model_summary
 from appliance.learning.versions import Decision, Published
 from appliance.storage import registry
-from appliance.storage.rows import PayloadCodec, SourceIds, VectorCodec, names_row
+from appliance.storage.payloads import PayloadCodec
+from appliance.storage.rows import SourceIds, VectorCodec, names_row
 from appliance.storage.snapshot import pack_checkpoint, unpack_checkpoint
 from appliance.timeutil import format_timestamp
 

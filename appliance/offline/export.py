@@ -32,7 +32,8 @@ from appliance.features.label_rates import feature_names as label_rate_names
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
 from appliance.storage.body import read_codecs, split_body
-from appliance.storage.rows import decode_payload, decode_vector, status_code
+from appliance.storage.payloads import decode_payload
+from appliance.storage.rows import decode_vector, status_code
 from appliance.storage.store import open_db
 
 LEARNED = ("joined", "immediate", "early", "defaulted")

@@ -1,7 +1,7 @@
 """An event's logged body: its payload and the feature vector it was scored on, as one blob,
 compressed with a dictionary the store trained on its own first rows (rows layout 5).
 
-The payload (`rows.PayloadCodec`'s array) and the packed vector (`rows.VectorCodec`) of one event
+The payload (`payloads.PayloadCodec`'s array) and the packed vector (`rows.VectorCodec`) of one event
 are mostly structure that repeats from event to event: the shape's id, the categories, the vector's
 plan. Compressed one row at a time they shrink little; with a dictionary trained on a few thousand
 of the same store's rows, zstd takes the sample's 89 + 106 bytes to about 109 (`docs/benchmarks.md`).
@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 
 import zstandard
 
-from appliance.storage.rows import UnknownNames, read_names, read_shapes, read_varint, varint
+from appliance.storage.payloads import read_shapes
+from appliance.storage.rows import UnknownNames, read_names, read_varint, varint
 
 RAW, ZSTD = 0, 1
 TRAIN_ROWS = 2_000  # bodies a dictionary is trained on (the store's first ones)
@@ -42,7 +43,7 @@ _DECOMPRESSORS: dict[int, zstandard.ZstdDecompressor] = {}  # every dictionary s
 class Body(NamedTuple):
     """What an event row's `body` holds."""
 
-    payload: str  # `rows.PayloadCodec`'s text
+    payload: str  # `payloads.PayloadCodec`'s text
     features: bytes | None  # `rows.VectorCodec`'s bytes; None for an event logged without a prediction
 
 

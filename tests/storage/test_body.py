@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 
 from appliance.storage import body as body_module
 from appliance.storage.body import RAW, TRAIN_ROWS, ZSTD, BodyCodec, raw_body, read_dictionaries, split_body
+from appliance.storage.payloads import PayloadCodec, decode_payload
 from appliance.storage.rows import (
-    PayloadCodec,
     UnknownNames,
     VectorCodec,
-    decode_payload,
     decode_vector,
     names_row,
     varint,
@@ -124,7 +123,7 @@ def test_another_process_reads_the_bodies_from_the_store_alone(tmp_path):
     writer.close()
     script = ("import sqlite3, sys\n"
               "from appliance.storage.body import read_codecs, split_body\n"
-              "from appliance.storage.rows import decode_payload\n"
+              "from appliance.storage.payloads import decode_payload\n"
               "conn = sqlite3.connect(sys.argv[1])\n"
               "read_codecs(conn)\n"
               "seq, event_id, blob = conn.execute('SELECT seq, event_id, body FROM events ORDER BY seq DESC').fetchone()\n"

@@ -12,8 +12,8 @@ import pytest
 
 from appliance.storage.body import read_dictionaries, split_body
 from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory, _as_integer
+from appliance.storage.payloads import PayloadCodec
 from appliance.storage.retention import prune_by_age, prune_to_bytes, used_bytes
-from appliance.storage.rows import PayloadCodec
 from appliance.storage.store import StoreWriter
 
 KEYS = ("card", "user")

@@ -157,8 +157,8 @@ KEYS = st.sampled_from(["event_id", "card", "user", "amount", "city", "ts", "x"]
 def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id, when, spelt):
     import orjson
 
-    from appliance.storage import rows
-    from appliance.storage.rows import PayloadCodec, decode_payload, iso_millis, read_shapes
+    from appliance.storage import payloads
+    from appliance.storage.payloads import PayloadCodec, decode_payload, iso_millis, read_shapes
 
     if when is not None and "ts" in raw and spelt != "drawn":  # the time as the row's ts spells it, or almost
         raw["ts"] = {"iso": iso_millis(when), "number": when, "other iso": iso_millis(when)[:-1] + "+00:00"}[spelt]
@@ -174,11 +174,11 @@ def test_a_payload_decodes_to_the_same_keys_order_and_values(raw, event_id, when
     conn = sqlite3.connect(":memory:")  # and a reader with only the store's shapes reads it the same way
     conn.execute("CREATE TABLE payload_shapes (version INTEGER PRIMARY KEY, keys TEXT)")
     conn.executemany("INSERT OR IGNORE INTO payload_shapes VALUES (:version, :keys)", codec.take_shapes())
-    saved = dict(rows._SHAPES)
-    rows._SHAPES.clear()
+    saved = dict(payloads._SHAPES)
+    payloads._SHAPES.clear()
     try:
         read_shapes(conn)
         assert decode_payload(text, event_id, when) == raw
     finally:
-        rows._SHAPES.update(saved)
+        payloads._SHAPES.update(saved)
     assert orjson.loads(text)[1:3] == [raw.get("card"), raw.get("user")]  # the entity keys at fixed positions
