@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from appliance.storage.store import StoreWriter
+from appliance.storage.writer import StoreWriter
 
 
 class StoreSink(DynamicSink[tuple]):

@@ -32,7 +32,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sample_data import DRIVERS, EVENTS
@@ -68,7 +68,7 @@ def iso(ts: float) -> str:
     >>> iso(START + 192.345)
     '2026-01-01T00:03:12.345Z'
     """
-    moment = datetime.fromtimestamp(round(ts, 3), tz=timezone.utc)
+    moment = datetime.fromtimestamp(round(ts, 3), tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

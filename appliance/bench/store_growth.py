@@ -31,7 +31,8 @@ from appliance.config.file import STORE_CACHE
 from appliance.storage.disk import store_bytes
 from appliance.storage.payloads import PayloadCodec
 from appliance.storage.rows import VectorCodec
-from appliance.storage.store import StoreWriter, open_db
+from appliance.storage.store import open_db
+from appliance.storage.writer import StoreWriter
 
 BATCH_EVENTS = 1_000
 WINDOWS = 40

@@ -19,7 +19,8 @@ import orjson
 from appliance.storage.body import raw_body
 from appliance.storage.entity_history import RecentEntities
 from appliance.storage.payloads import PayloadCodec
-from appliance.storage.store import TABLES, _insert_sql, open_db
+from appliance.storage.store import TABLES, open_db
+from appliance.storage.writer import _insert_sql
 
 
 def sample_rows(limit: int, keys: tuple[str, ...]) -> list[dict]:

@@ -36,7 +36,8 @@ from appliance.serving.service import Service
 from appliance.storage.disk import DiskGauge, default_max_bytes
 from appliance.storage.ownership import StoreLock, make_private
 from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
-from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
+from appliance.storage.store import load_checkpoint, load_entities, load_pending, open_db
+from appliance.storage.writer import StoreWriter
 from appliance.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)

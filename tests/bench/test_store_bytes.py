@@ -7,7 +7,8 @@ import orjson
 from appliance.bench.store_bytes import HISTORY, bytes_per_event
 from appliance.engine.core import Engine
 from appliance.storage.rows import decode_vector, read_names
-from appliance.storage.store import StoreWriter, open_db
+from appliance.storage.store import open_db
+from appliance.storage.writer import StoreWriter
 from tests.conftest import items, logged_features, make_stream
 
 

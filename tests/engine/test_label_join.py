@@ -7,7 +7,8 @@ from appliance.engine.core import Engine
 from appliance.engine.label_join import LabelJoin, Pending, Scored
 from appliance.learning.shadow import Shadow
 from appliance.storage.rows import VectorCodec, json_vector
-from appliance.storage.store import StoreWriter, load_checkpoint, load_entities, load_pending, open_db
+from appliance.storage.store import load_checkpoint, load_entities, load_pending, open_db
+from appliance.storage.writer import StoreWriter
 from tests.conftest import config_with, flip_stream, items
 
 

@@ -24,7 +24,7 @@ from appliance.errors import ConfigError
 from appliance.ingest.events import Event, parse_event
 from appliance.offline.export import training_set
 from appliance.storage.rows import decode_vector
-from appliance.storage.store import StoreWriter
+from appliance.storage.writer import StoreWriter
 
 WINDOWS = {"2m": 120.0, "10m": 600.0}
 CONFIG = {

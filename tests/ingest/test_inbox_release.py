@@ -10,7 +10,7 @@ import time
 from appliance.config.file import config_from_dict
 from appliance.ingest.inbox import Inbox
 from appliance.serving.client import Client
-from appliance.storage import store
+from appliance.storage import writer
 from tests.conftest import SMALL_CONFIG, feed, make_stream, serving
 
 
@@ -37,7 +37,7 @@ def test_release_punches_whole_mib_before_the_offset_and_keeps_the_rest(short_di
 
 
 def test_a_running_appliance_releases_what_its_checkpoints_cover_and_restarts_intact(short_dir, monkeypatch):
-    monkeypatch.setattr(store, "RELEASE_EVERY", 0.0)
+    monkeypatch.setattr(writer, "RELEASE_EVERY", 0.0)
     data = copy.deepcopy(SMALL_CONFIG)
     data["serve"] = {"db": str(short_dir / "a.db"), "socket": str(short_dir / "a.sock")}
     data["checkpoint"] = {"every": 0.2}

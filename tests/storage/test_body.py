@@ -23,7 +23,7 @@ from appliance.storage.rows import (
     names_row,
     varint,
 )
-from appliance.storage.store import StoreWriter
+from appliance.storage.writer import StoreWriter
 
 NAMES = [f"f{i}" for i in range(12)]
 

@@ -14,7 +14,7 @@ from appliance.storage.body import read_dictionaries, split_body
 from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory, _as_integer
 from appliance.storage.payloads import PayloadCodec
 from appliance.storage.retention import prune_by_age, prune_to_bytes, used_bytes
-from appliance.storage.store import StoreWriter
+from appliance.storage.writer import StoreWriter
 
 KEYS = ("card", "user")
 # ids as text, as numbers, and both at once ("7" and 7 are the same entity to a lookup of "7")

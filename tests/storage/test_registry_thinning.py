@@ -14,7 +14,8 @@ from appliance.errors import ConfigError, NotFound, RequestError
 from appliance.serving.client import Client
 from appliance.storage import registry
 from appliance.storage.retention import used_bytes
-from appliance.storage.store import StoreWriter, open_db
+from appliance.storage.store import open_db
+from appliance.storage.writer import StoreWriter
 from tests.conftest import SMALL_CONFIG, feed, make_stream, serving, wait_for
 
 BLOB = 40_000  # bytes of one version's model: enough that thinning frees whole pages

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.config.file import config_from_dict
 from appliance.errors import ConfigError
-from appliance.storage.store import StoreWriter
+from appliance.storage.writer import StoreWriter
 from tests.conftest import SMALL_CONFIG
 
 BOUND = 2 << 20

@@ -88,7 +88,7 @@ def test_a_version_unknown_to_the_process_and_the_store_is_a_clear_error():
 
 def test_the_engine_logs_the_names_once_and_a_reader_decodes_from_the_store_alone(tmp_path, small_config):
     from appliance.engine.core import Engine
-    from appliance.storage.store import StoreWriter
+    from appliance.storage.writer import StoreWriter
     from tests.conftest import items, logged_features, make_stream
 
     engine = Engine(small_config)

@@ -72,7 +72,7 @@ def test_the_writer_queue_is_bounded_by_rows_and_the_flow_waits_for_room(tmp_pat
     """Batches grow with how far the flow is behind, so the writer bounds rows, not just batches."""
     import threading
 
-    from appliance.storage.store import StoreWriter
+    from appliance.storage.writer import StoreWriter
 
     path = tmp_path / "a.db"
     writer = StoreWriter(path, max_rows=100).start()
@@ -100,7 +100,7 @@ def test_the_writer_queue_is_bounded_by_rows_and_the_flow_waits_for_room(tmp_pat
 
 
 def test_one_batch_larger_than_the_bound_is_still_written(tmp_path):
-    from appliance.storage.store import StoreWriter
+    from appliance.storage.writer import StoreWriter
 
     writer = StoreWriter(tmp_path / "a.db", max_rows=10).start()
     writer.put_rows({"labels": [{"seq": i, "ts": float(i), "label": 0.0, "status": 1}

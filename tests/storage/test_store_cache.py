@@ -7,7 +7,7 @@ import pytest
 
 from appliance.config.file import STORE_CACHE, config_from_dict
 from appliance.errors import ConfigError
-from appliance.storage.store import StoreWriter
+from appliance.storage.writer import StoreWriter
 from tests.conftest import SMALL_CONFIG
 
 SQLITE_DEFAULT = 2000 * 1024  # SQLite's own cache_size: -2000 (KiB)
