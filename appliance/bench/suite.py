@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from appliance.bench import ingest, lifecycle, peers, serve_processes, serving, store_bytes, store_growth
+from appliance.bench import ingest, lifecycle, peers, serve_processes, serving, staleness, store_bytes, store_growth
 from appliance.bench.console import console_cpu
 from appliance.bench.measure import machine
 
@@ -53,6 +53,7 @@ class Plan:
     recovery_lines: int | None = None  # None: the whole sample
     memory_entities: tuple[int, ...] = (100_000,)
     store_bytes: int = 10 * 10**9  # the store writer's rate measured as the store grows to this
+    staleness: staleness.StalenessPlan = field(default_factory=staleness.StalenessPlan)
 
 
 FULL = Plan()
@@ -62,7 +63,8 @@ SMOKE = Plan(ingest_lines=1500, ingest_rounds=2,
              memory_entities=(2000,), store_bytes=16 * 10**6,
              processes=serve_processes.ProcessesPlan(counts=(1, 2), latency_counts=(1, 2), requests=100, warmup=10,
                                                      seconds=0.5, load_warmup=0.2, speed=3000.0, lines=1500,
-                                                     switches=2, versions_wait=5.0))
+                                                     switches=2, versions_wait=5.0),
+             staleness=staleness.StalenessPlan(lines=1500, speed=3000.0))
 
 TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "ingest": ("raw River loop", ">=", 0.6),
@@ -77,6 +79,7 @@ TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
     "recovery": (None, "<=", 5.0),
     "store_growth": ("the same writer, empty store", ">=", 0.8),
     "store_bytes": (None, "<=", 200.0),
+    "staleness": (None, "<=", 50.0),
 }
 
 
@@ -127,6 +130,8 @@ def run(plan: Plan, workdir: Path | None = None, log: Callable[[str], None] = la
             sections["serving"], sections["console"] = {"skipped": reason}, {"skipped": reason}
         log("serving processes: latency, throughput, CPU per request, a publication's reach")
         sections["serve_processes"] = _section(lambda: _serve_processes(plan, scratch, config))
+        log(f"staleness of served features: {plan.staleness.lines:,} lines at {plan.staleness.speed:g}x")
+        sections["staleness"] = _section(lambda: staleness.measure(plan.staleness, scratch, config, log))
         log(f"start-up: {plan.startup_rounds} rounds")
         sections["startup"] = _section(lambda: _startup(plan, scratch, config))
         log("recovery after kill -9")
@@ -347,6 +352,13 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
                         grow["empty_rows_per_second"], "store_growth",
                         f"{grow['events']:,} events, {grow['bytes_per_event']:,.0f} B/event; medians of the first "
                         "and the last 3 of 40 windows"))
+    stale = sections.get("staleness", NOT_RUN)
+    out.append(_skipped("served features staleness p99", "ms", stale["skipped"]) if "skipped" in stale else
+               _compare("served features staleness p99", "ms", stale["p99_ms"], None, None, "staleness",
+                        f"a batch's publication to the online store's next read, {stale['processes']} serving "
+                        f"processes, {stale['lines']:,} lines at {stale['speed']:g}x; p50 {stale['p50_ms']} ms, "
+                        f"max {stale['max_ms']} ms over {stale['batches_seen']:,} batches; reads every "
+                        f"{stale['poll_ms']:g} ms"))
     con = sections.get("console", NOT_RUN)
     out.append(_skipped("console CPU at default rate", "% core", con["skipped"]) if "skipped" in con else
                Row("console CPU at default rate", "% core", con["console_percent"],

@@ -18,7 +18,8 @@ MEASURES = ["ingest", "ingest, 2 workers", "CPU per event, 2 workers", "predict 
             "store writer at 0.016 GB", "store bytes per logged event",
             "predict p50, 2 serving processes", "predict p99, 2 serving processes",
             "16-client throughput, 2 serving processes", "server CPU per request, 1 serving process",
-            "server CPU per request, 2 serving processes", "a publication reaching all 2 processes"]
+            "server CPU per request, 2 serving processes", "a publication reaching all 2 processes",
+            "served features staleness p99"]
 
 
 def test_bench_smoke_produces_every_row(short_dir):
@@ -56,6 +57,9 @@ def test_bench_smoke_produces_every_row(short_dir):
     recovery = sections["recovery"]
     assert recovery["events_restored_at_first_prediction"] > 0
     assert recovery["events_before_kill"] >= recovery["events_restored_at_first_prediction"]
+    stale = sections["staleness"]
+    assert "skipped" not in stale, stale
+    assert stale["batches_seen"] > 0 and 0 <= stale["p50_ms"] <= stale["p99_ms"] <= stale["max_ms"], stale
     grown = sections["store_growth"]
     assert "skipped" not in grown, grown
     assert grown["windows"][-1]["store_bytes"] >= 16 * 10**6 and grown["windows"][0]["store_bytes"] < 4 * 10**6
