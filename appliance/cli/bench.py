@@ -47,8 +47,10 @@ def bench(ctx: click.Context, smoke: bool, rounds: int | None, ingest_lines: int
     from pathlib import Path
 
     from appliance.bench import suite
+    from appliance.bench.plan import FULL, SMOKE
+    from appliance.bench.table import format_table
 
-    plan = suite.SMOKE if smoke else suite.FULL
+    plan = SMOKE if smoke else FULL
     serving = plan.serving
     if rounds is not None:
         plan = replace(plan, ingest_rounds=rounds)
@@ -78,7 +80,7 @@ def bench(ctx: click.Context, smoke: bool, rounds: int | None, ingest_lines: int
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
-        click.echo(suite.format_table(report))
+        click.echo(format_table(report))
 
 
 @bench.command("predict")

@@ -11,7 +11,8 @@ import sys
 
 import orjson
 
-from appliance.bench import peers, suite, wire
+from appliance.bench import peers, table, wire
+from appliance.bench.plan import SMOKE
 
 MEASURES = ["ingest", "ingest, 2 workers", "CPU per event, 2 workers", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
             "start-up to first prediction", "serving again after kill -9", "console CPU at default rate",
@@ -73,16 +74,16 @@ def test_a_missing_redis_is_a_reason_not_an_error(monkeypatch, short_dir):
     sections = {"serving": {"appliance": {"p50_us": 100.0, "p99_us": 300.0, "throughput": 5000.0},
                             "echo": {"p50_us": 20.0, "p99_us": 60.0, "throughput": 40000.0},
                             "peers_skipped": {"redis": reason, "fastapi": "no module named fastapi"}}}
-    rows = [row for row in suite.rows(sections, suite.SMOKE) if row.peer == "redis GET"]
+    rows = [row for row in table.rows(sections, SMOKE) if row.peer == "redis GET"]
     assert len(rows) == 3 and all(row.verdict == "skipped" and row.note == reason for row in rows)
-    echo = [row for row in suite.rows(sections, suite.SMOKE) if row.peer == "asyncio echo"]
+    echo = [row for row in table.rows(sections, SMOKE) if row.peer == "asyncio echo"]
     assert [row.ratio for row in echo] == [5.0, 5.0, 0.125]
 
 
 def test_targets_are_judged_on_the_ratio_or_the_figure():
-    row = suite._compare("ingest", "events/s", 3000.0, "raw River loop", 40000.0, "ingest")
+    row = table.compare("ingest", "events/s", 3000.0, "raw River loop", 40000.0, "ingest")
     assert (row.ratio, row.target, row.verdict) == (0.075, ">= 0.6x", "missed")
-    row = suite._compare("start-up", "s", 1.8, None, None, "startup")
+    row = table.compare("start-up", "s", 1.8, None, None, "startup")
     assert (row.ratio, row.target, row.verdict) == (None, "<= 3 s", "met")
 
 
