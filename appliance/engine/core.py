@@ -137,15 +137,16 @@ class Engine:
             self._dead(source, offset, orjson.dumps(event.raw).decode(), f'duplicate event id "{event.event_id}"')
             return
         model = self.model
-        if served is None:
-            x = self.space.compute(event.values, event.ts, self.entities)
-            shadow = model.shadow(x)
-            # following, the served score is the learner's, made in the shadow already
-            y_served = shadow.scores[model.champion] if model.following else model.predict(model.served.model, x)
+        x = self.space.compute(event.values, event.ts, self.entities) if served is None else served.x
+        # Every candidate's prediction, for learning when the label comes; a scored-only event is never
+        # learned from, so it needs the champion learner's alone (its row's `learner_score`).
+        shadow = model.shadow(x) if ingest else None
+        y_learner = shadow.scores[model.champion] if shadow is not None else model.predict(model.learner, x)
+        if served is None:  # following, the served score is the learner's
+            y_served = y_learner if model.following else model.predict(model.served.model, x)
             version = model.served.version
         else:
-            x, y_served, version = served.x, as_prediction(served.score, self.task), served.version
-            shadow = model.shadow(x)
+            y_served, version = as_prediction(served.score, self.task), served.version
         features = self.vectors.encode(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)
@@ -155,9 +156,9 @@ class Engine:
             self.watermark = event.ts
             self._sweep()
         seq = self.counts["predictions"]
-        self.rows["predictions"].append(prediction_row(event, seq, features, y_served, shadow.scores[model.champion],
-                                                       version, "stream" if served is None else "socket", self.task))
-        if not ingest:  # scored only: not part of the stream, so nothing is learned from it
+        self.rows["predictions"].append(prediction_row(event, seq, features, y_served, y_learner, version,
+                                                       "stream" if served is None else "socket", self.task))
+        if shadow is None:  # scored only: not part of the stream, so nothing is learned from it
             self._expire()
             return
         if self.drift.features:
