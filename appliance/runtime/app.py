@@ -136,6 +136,7 @@ class Appliance:
         self.online: Any = None  # engine.online.OnlinePublisher while serving
         self.online_failure: str | None = None
         self.child_inboxes: dict[str, str] = {}  # the flow's input name -> a serving child's inbox it reads
+        self._status_lock = threading.Lock()  # the children's status record: asked and written together
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
@@ -343,6 +344,9 @@ class Appliance:
 
         self.serving_status = StatusWriter(status_path(self.config.db))
         self._publish_status()  # before any child reads it
+        # An outage seen beginning or ending (a refused write, a `health`) reaches the children before the
+        # reply does: a client that saw this process refuse or recover finds every child agreeing.
+        self.availability.on_change = lambda _outage: self._publish_status()
         self.peer_latencies = PeerLatencies(self.config.db)
         self.peer_latencies.clear()  # an earlier start's children's
         self.service.peer_latencies = self.peer_latencies.read
@@ -371,12 +375,15 @@ class Appliance:
         return lag
 
     def _publish_status(self) -> None:
-        """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes."""
+        """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes.
+
+        Any thread; asked and written under one lock, so the last record written is the newest asked."""
         from appliance.serving.status_record import ServingStatus
 
-        offsets = {name: int(offset) for name, offset in dict(self.engine.offsets).items()
-                   if name.startswith("inbox-")}
-        self.serving_status.publish(ServingStatus(self.availability.outage(), offsets))
+        with self._status_lock:
+            offsets = {name: int(offset) for name, offset in dict(self.engine.offsets).items()
+                       if name.startswith("inbox-")}
+            self.serving_status.publish(ServingStatus(self.availability.current(), offsets))
 
     def _stop_children(self) -> None:
         if getattr(self, "children", None) is not None:

@@ -405,27 +405,33 @@ def test_a_full_disk_in_the_primary_refuses_writes_in_a_child_with_the_same_code
                 wait_for(lambda: primary.request("health")["accepting_writes"] is False, "the primary to refuse")
                 code = refusal(primary, "ingest", events=[event])
                 assert code in ("disk_low", "unavailable")
-                reader = StatusReader(status_path(config.db))
-                wait_for(lambda: reader.read().outage is not None, "the outage published")
-                reader.close()
                 size = Path(config.db + "-inbox-2").stat().st_size
                 for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
                                    ("predict", {"event": event})):
                     assert refusal(child, op, **fields) == code, op
                 assert child.request("predict", event=event, ingest=False)["logged"] is False
                 assert Path(config.db + "-inbox-2").stat().st_size == size
-                filler.unlink()  # space returns: the child accepts again
+                filler.unlink()  # space returns: the child accepts again as soon as the primary says so
                 wait_for(lambda: primary.request("health")["accepting_writes"] is True, "the primary to accept")
-                wait_for(lambda: _accepts(child, event), "the child to accept")
+                assert child.request("ingest", events=[event])["accepted"] == 1
         finally:
             extra.close()
 
 
-def _accepts(client: Client, event: dict) -> bool:
-    try:
-        return client.request("ingest", events=[event])["accepted"] == 1
-    except RequestError:
-        return False
+def test_a_child_refuses_as_soon_as_the_primary_finds_its_own_inbox_truncated(two_processes):
+    appliance, extra = two_processes
+    with Client(appliance.private_server.unix_path) as primary, Client(extra.path) as child:  # no other child
+        event = payments(1)[0]
+        assert child.request("ingest", events=[event])["accepted"] == 1
+        primary.request("ingest", events=[event])
+        os.truncate(appliance.config.db + "-inbox", 0)
+        with pytest.raises(RequestError) as refused:  # the primary's append finds it (no tick in between)
+            primary.request("ingest", events=[event])
+        assert "truncated" in refused.value.message
+        with pytest.raises(RequestError) as refused:
+            child.request("ingest", events=[event])
+        assert refused.value.code == "unavailable" and "truncated" in refused.value.message
+        assert child.request("predict", event=event, ingest=False)["logged"] is False
 
 
 def test_inbox_lag_covers_every_childs_inbox(two_processes):
