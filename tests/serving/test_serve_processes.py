@@ -254,6 +254,67 @@ def test_a_killed_child_is_restarted_and_the_socket_keeps_answering(short_dir):
             assert client.request("predict", event=payments(1)[0])["event_id"] == "e0"
 
 
+def _inodes(pid: int) -> set[int]:
+    """The inodes of the files a process holds open now."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return found
+
+
+def test_a_child_stopped_by_sigterm_answers_and_logs_every_request_it_had_read(short_dir):
+    """A real child relays to a stand-in primary (a socket of the test's own) that holds its reply
+    until the child has begun to stop: the lines the child read behind the relayed one are answered
+    and in its inbox before it exits, and an idle connection is closed, not waited for."""
+    config = make_config(short_dir)
+    Path(config.db + "-inbox-2").touch()
+    stand_in = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stand_in.bind(str(short_dir / "p.sock"))
+    stand_in.listen(4)
+    stand_in.settimeout(30)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(short_dir / "c.sock"))
+    listener.listen(64)
+    events = payments(2)
+    with serving(config, serve_processes=2) as appliance:  # the online store and status record a child reads
+        children = ServingChildren(appliance.config, 1, listener.fileno(), stand_in.getsockname(), first_index=2)
+        children.start()
+        child = children.processes[2]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle, \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+                for conn in (idle, busy):
+                    conn.settimeout(30)
+                    conn.connect(str(short_dir / "c.sock"))
+                lines = [{"op": "stats", "id": 1}, {"op": "ingest", "id": 2, "events": [events[0]]},
+                         {"op": "ingest", "id": 3, "events": [events[1]]}]
+                busy.sendall(b"".join(orjson.dumps(line) + b"\n" for line in lines))  # one write: read at once
+                upstream, _ = stand_in.accept()
+                with upstream:
+                    assert orjson.loads(upstream.makefile("rb").readline())["op"] == "stats"  # relayed, held
+                    listening = os.fstat(listener.fileno()).st_ino
+                    child.send_signal(signal.SIGTERM)
+                    wait_for(lambda: listening not in _inodes(child.pid), "the child to stop accepting")
+                    upstream.sendall(b'{"id":1,"ok":true,"from":"stand-in"}\n')
+                    replies = busy.makefile("rb")
+                    got = [orjson.loads(replies.readline()) for _ in lines]
+                    assert got[0]["from"] == "stand-in" and [r["id"] for r in got] == [1, 2, 3]
+                    assert [r["accepted"] for r in got[1:]] == [1, 1]
+                    assert replies.readline() == b""  # then closed
+                    assert idle.recv(1) == b""  # closed at once: it had sent nothing
+                assert child.wait(30) == 0
+        finally:
+            children.stop()
+            listener.close()
+            stand_in.close()
+    logged = [orjson.loads(line)["event"]["event_id"]
+              for line in Path(config.db + "-inbox-2").read_bytes().splitlines() if line.strip()]
+    assert logged == [event["event_id"] for event in events]
+
+
 def _alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
