@@ -27,6 +27,7 @@ from appliance.errors import ConfigError
 from appliance.features import attributes
 from appliance.features.space import HASH
 from appliance.ingest.events import decode
+from appliance.ingest.inbox import InboxSpace
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
 from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
@@ -136,6 +137,7 @@ class Appliance:
         self.online: Any = None  # engine.online.OnlinePublisher while serving
         self.online_failure: str | None = None
         self.child_inboxes: dict[str, str] = {}  # the flow's input name -> a serving child's inbox it reads
+        self.child_spaces: dict[str, InboxSpace] = {}  # the same inboxes' disk space, given back as the primary's
         self._status_lock = threading.Lock()  # the children's status record: asked and written together
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
@@ -247,6 +249,7 @@ class Appliance:
                 name = "inbox-" + path.rsplit("-", 1)[-1]  # the flow's offsets are per input name
                 inputs.append(InboxInput(name, path, int(offsets.get(name, 0))))
                 self.child_inboxes[name] = path
+                self.child_spaces[name] = InboxSpace(path)
         return inputs
 
     def _event_time(self, payload: Any) -> float | None:
@@ -443,6 +446,8 @@ class Appliance:
         self.order_log.release(offsets)
         if self.server is not None:
             self.inbox.release(int(offsets.get("inbox", 0)))
+        for name, space in self.child_spaces.items():  # the serving children's, by the same checkpoint
+            space.release(int(offsets.get(name, 0)))
 
     def stop(self) -> None:
         """Ask the appliance to stop; `run` returns once everything is flushed."""

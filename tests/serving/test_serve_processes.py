@@ -28,6 +28,7 @@ from appliance.serving.availability import Outage
 from appliance.serving.client import Client
 from appliance.serving.service import MAX_INBOX_LAG
 from appliance.serving.status_record import ServingStatus, StatusReader, StatusWriter, status_path
+from appliance.storage import store
 from appliance.storage.online_store import OnlineReader, online_path
 from tests.conftest import SMALL_CONFIG, fill, flip_stream, processed, serving
 
@@ -525,3 +526,30 @@ def test_childrens_predict_service_times_reach_the_primarys_stats(two_processes)
         assert stats["predict_latency_by_pid"][str(os.getpid())]["samples"] == own
         assert stats["predict_latency"]["samples"] >= own + 20  # every process's, together
         assert stats["predict_latency"]["max_us"] >= stats["predict_latency_by_pid"][pid]["max_us"]
+
+
+def test_a_childs_inbox_is_given_back_behind_the_durable_checkpoint(short_dir, monkeypatch):
+    """As the primary's own inbox: whole MiB before a durable checkpoint's offset in the child's inbox
+    become a hole (the file keeps its length, its unread end intact)."""
+    monkeypatch.setattr(store, "RELEASE_EVERY", 0.0)
+    config = make_config(short_dir, checkpoint={"every": 0.2})
+    inbox = Path(config.db + "-inbox-2")
+    inbox.touch()
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(short_dir / "c.sock"))
+        try:
+            with Client(extra.path) as child, Client(appliance.config.socket) as primary:
+                stream = [dict(raw, pad="p" * 400) for raw in payments(6000)]
+                for start in range(0, len(stream), 500):
+                    assert child.request("ingest", events=stream[start:start + 500])["accepted"] == 500
+                size = inbox.stat().st_size
+                assert size > 2 << 20
+                wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "the flow to read the child's inbox")
+                wait_for(lambda: inbox.stat().st_blocks * 512 <= size - (2 << 20), "the child's inbox given back")
+                assert inbox.stat().st_size == size  # offsets are unchanged
+                with open(inbox, "rb") as log:
+                    assert log.read(16) == b"\0" * 16
+                    log.seek(size - 2000)
+                    assert log.read().rstrip().endswith(b'"pad":"' + b"p" * 400 + b'"}}')
+        finally:
+            extra.close()
