@@ -67,7 +67,8 @@ def _ends_torn(fd: int, size: int) -> bool:
 
 
 class Inbox:
-    """Append-only writer; used from the server's event-loop thread only."""
+    """Append-only writer. Appends may come from several threads (the primary's public and private
+    socket servers): each is whole and alone under `_append_lock`, so its end offset is its own."""
 
     def __init__(self, path: str, *, sync_every: float = 0.2) -> None:
         self.path = path
@@ -79,6 +80,7 @@ class Inbox:
         self._dirty = False
         self.released = 0  # bytes before this offset have been given back to the file system
         self._release_lock = threading.Lock()  # release() runs on the store writer's thread
+        self._append_lock = threading.Lock()  # one append at a time: `size` and the file's end move together
         self._fallocate = _fallocate()
         self._closed = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, args=(sync_every,), name="inbox-sync", daemon=True)
@@ -90,6 +92,11 @@ class Inbox:
         Raises:
             InboxWriteError: nothing of `records` will be read back (what was written is blanked).
         """
+        with self._append_lock:
+            return self._append(records)
+
+    def _append(self, records: list[dict]) -> int:
+        """`append`'s work; the caller holds `_append_lock`."""
         data = b"".join(orjson.dumps(record) + b"\n" for record in records)
         if self.torn:
             data = b"\n" + data

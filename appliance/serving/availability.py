@@ -99,11 +99,12 @@ class GuardedInbox(Inbox):
 
     def append(self, records: list[dict]) -> int:
         self.availability.check()
-        try:
-            end = super().append(records)
-        except InboxWriteError as exc:  # what it wrote is blanked: nothing of it will be read
-            raise RequestError("unavailable", str(exc)) from None
-        landed = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended (cheaper than fstat)
+        with self._append_lock:  # another thread's append would move the file's offset under this check
+            try:
+                end = self._append(records)
+            except InboxWriteError as exc:  # what it wrote is blanked: nothing of it will be read
+                raise RequestError("unavailable", str(exc)) from None
+            landed = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended (cheaper than fstat)
         if landed != end:
             self.availability.latch("inbox", self._tampered(False, landed, end))
             raise RequestError("unavailable", f"not accepting writes: {self.availability.latched.reason}")
