@@ -143,16 +143,18 @@ def _publication(app: lifecycle.Launched, switches: int, wait: float) -> dict[st
         reader = OnlineReader(online_path(app.db))
         primary_ms: list[float] = []
         store_ms: list[float] = []
-        missed = 0
+        missed: list[int] = []  # which switches (1-based) did not arrive
+        lags: list[int] = []  # the inboxes' backlog at each send: a command waits in the primary's behind it
         try:
             with Client(private) as primary:
                 probe = target_probe()
-                for _ in range(switches):  # each to the version that served before (the first pauses publication)
+                for switch in range(1, switches + 1):  # each to the version that served before (the first pauses publication)
+                    lags.append(int(primary.request("stats")["inbox_lag_bytes"]))
                     sent = time.perf_counter()
                     version = int(client.request("rollback")["version"])
                     arrived = _arrival(primary, probe, reader, version, sent)
                     if arrived is None:
-                        missed += 1
+                        missed.append(switch)
                         continue
                     primary_ms.append(round(arrived[0] * 1000, 2))
                     store_ms.append(round(arrived[1] * 1000, 2))
@@ -161,7 +163,8 @@ def _publication(app: lifecycle.Launched, switches: int, wait: float) -> dict[st
     if not primary_ms:
         return None
     reach = [max(a, b) for a, b in zip(primary_ms, store_ms, strict=True)]
-    return {"primary_ms": primary_ms, "online_store_ms": store_ms, "every_process_ms": reach, "missed": missed,
+    return {"primary_ms": primary_ms, "online_store_ms": store_ms, "every_process_ms": reach, "missed": len(missed),
+            "missed_switches": missed, "inbox_lag_at_send_bytes": lags,
             "median_ms": round(statistics.median(reach), 2), "max_ms": max(reach)}
 
 

@@ -140,8 +140,16 @@ def _processes_rows(sp: dict[str, Any], plan: Plan) -> list[Row]:
     else:
         out.append(Row(f"a publication reaching all {n} processes", "ms", pub["median_ms"],
                        note=f"a rollback to the primary serving it and the online store naming it; median "
-                            f"of {len(pub['every_process_ms'])}, max {pub['max_ms']} ms, {pub.get('missed', 0)} not arrived in 30 s"))
+                            f"of {len(pub['every_process_ms'])}, max {pub['max_ms']} ms, {pub.get('missed', 0)} not arrived in 30 s"
+                            f"{_missed_which(pub)}"))
     return out
+
+
+def _missed_which(pub: dict[str, Any]) -> str:
+    """Which rollbacks did not arrive, and the inbox backlog each was sent behind (a command waits in it)."""
+    lags = pub.get("inbox_lag_at_send_bytes") or []
+    which = [f"#{k} behind {lags[k - 1]:,} B" for k in pub.get("missed_switches", []) if k <= len(lags)]
+    return f" ({', '.join(which)})" if which else ""
 
 
 def _worker_rows(ing: dict[str, Any]) -> list[Row]:

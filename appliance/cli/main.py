@@ -43,9 +43,10 @@ def main() -> None:
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
 @click.option("--status-every", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
 @click.option("--metrics-port", type=int, help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
-@click.option("--serve-processes", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--serve-processes", type=click.IntRange(1, 64), default=lambda: _default_serve_processes(),
+              show_default="one per core, at most 4",
               help="Processes answering on the socket (Unix and TCP), this one included; 1 serves from this "
-                   "process alone, more (up to one per core) use more cores.")
+                   "process alone, more use more cores.")
 @click.option("--console", "with_console", is_flag=True, help="Run the operator console in this terminal; "
                                                                "quitting it stops the appliance.")
 @friendly_errors
@@ -236,6 +237,12 @@ def _with_model(config: Any, model_spec: str | None) -> Any:
     from dataclasses import replace
 
     return replace(config, model=replace(config.model, spec=model_spec))
+
+
+def _default_serve_processes() -> int:
+    from appliance.runtime.serving_processes import default_serve_processes
+
+    return default_serve_processes()
 
 
 def _parse_tcp(value: str | None) -> tuple[str, int] | None:

@@ -9,7 +9,8 @@ background `fsync` every `sync_every` seconds bounds what an OS crash or power c
 The log only grows in length (offsets never change), but its disk space is given back: once a
 checkpoint covering offset N is durable, `release(N)` punches a hole over the bytes before it
 (Linux `fallocate(PUNCH_HOLE)`; they read back as zeros and no restart reads them again). Where
-the file system cannot punch holes the log keeps its space, as before.
+the file system cannot punch holes the log keeps its space, as before. An inbox another process
+appends to (a serving child's) is released the same way by the process that reads it (`InboxSpace`).
 
 Every complete line is a whole record, and only a whole record is acknowledged. A `kill -9` in the
 middle of a large append, or a disk that fills part-way through one, can leave a partial line at the
@@ -27,7 +28,7 @@ import ctypes.util
 import logging
 import os
 import threading
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -66,7 +67,8 @@ def _ends_torn(fd: int, size: int) -> bool:
 
 
 class Inbox:
-    """Append-only writer; used from the server's event-loop thread only."""
+    """Append-only writer. Appends may come from several threads (the primary's public and private
+    socket servers): each is whole and alone under `_append_lock`, so its end offset is its own."""
 
     def __init__(self, path: str, *, sync_every: float = 0.2) -> None:
         self.path = path
@@ -78,6 +80,7 @@ class Inbox:
         self._dirty = False
         self.released = 0  # bytes before this offset have been given back to the file system
         self._release_lock = threading.Lock()  # release() runs on the store writer's thread
+        self._append_lock = threading.Lock()  # one append at a time: `size` and the file's end move together
         self._fallocate = _fallocate()
         self._closed = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, args=(sync_every,), name="inbox-sync", daemon=True)
@@ -89,6 +92,11 @@ class Inbox:
         Raises:
             InboxWriteError: nothing of `records` will be read back (what was written is blanked).
         """
+        with self._append_lock:
+            return self._append(records)
+
+    def _append(self, records: list[dict]) -> int:
+        """`append`'s work; the caller holds `_append_lock`."""
         data = b"".join(orjson.dumps(record) + b"\n" for record in records)
         if self.torn:
             data = b"\n" + data
@@ -132,9 +140,7 @@ class Inbox:
         with self._release_lock:
             if self._closed.is_set() or self._fallocate is None or end <= self.released:
                 return self.released
-            if self._fallocate(self._fd, _PUNCH_HOLE, self.released, end - self.released) != 0:
-                error = ctypes.get_errno()
-                log.warning("cannot give back inbox space (%s); the inbox keeps it", os.strerror(error))
+            if not _punch(self._fallocate, self._fd, self.released, end):
                 self._fallocate = None
                 return self.released
             self.released = end
@@ -148,6 +154,47 @@ class Inbox:
                 self._syncer.join()
                 os.fsync(self._fd)
                 os.close(self._fd)
+
+
+class InboxSpace:
+    """The disk space of an inbox another process appends to (a serving child's `<db>-inbox-<n>`),
+    given back behind a durable checkpoint's offset by the process that reads it: the same holes,
+    in whole MiB, as `Inbox.release`. Holes below what was read never meet the writer's appends at
+    the end (`O_APPEND`), so the two processes need no lock."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.released = 0  # bytes before this offset have been given back (a new start punches them again: a no-op)
+        self._fallocate = _fallocate()
+
+    def release(self, offset: int) -> int:
+        """Give back the space before `offset` (in whole MiB); return the new mark."""
+        end = (offset // _RELEASE_GRAIN) * _RELEASE_GRAIN
+        if self._fallocate is None or end <= self.released:
+            return self.released
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+        except OSError:  # not created yet, or gone: nothing to give back
+            return self.released
+        try:
+            end = min(end, (os.fstat(fd).st_size // _RELEASE_GRAIN) * _RELEASE_GRAIN)
+            if end <= self.released:
+                return self.released
+            if not _punch(self._fallocate, fd, self.released, end):
+                self._fallocate = None
+                return self.released
+        finally:
+            os.close(fd)
+        self.released = end
+        return end
+
+
+def _punch(fallocate: Any, fd: int, start: int, end: int) -> bool:
+    """Punch a hole over [start, end) of `fd`, keeping its size; False (logged) where that fails."""
+    if fallocate(fd, _PUNCH_HOLE, start, end - start) == 0:
+        return True
+    log.warning("cannot give back inbox space (%s); the inbox keeps it", os.strerror(ctypes.get_errno()))
+    return False
 
 
 class InboxTail:

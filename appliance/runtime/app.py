@@ -27,6 +27,7 @@ from appliance.errors import ConfigError
 from appliance.features import attributes
 from appliance.features.space import HASH
 from appliance.ingest.events import decode
+from appliance.ingest.inbox import InboxSpace
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
 from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
@@ -137,6 +138,8 @@ class Appliance:
         self.online: Any = None  # engine.online.OnlinePublisher while serving
         self.online_failure: str | None = None
         self.child_inboxes: dict[str, str] = {}  # the flow's input name -> a serving child's inbox it reads
+        self.child_spaces: dict[str, InboxSpace] = {}  # the same inboxes' disk space, given back as the primary's
+        self._status_lock = threading.Lock()  # the children's status record: asked and written together
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
@@ -247,6 +250,7 @@ class Appliance:
                 name = "inbox-" + path.rsplit("-", 1)[-1]  # the flow's offsets are per input name
                 inputs.append(InboxInput(name, path, int(offsets.get(name, 0))))
                 self.child_inboxes[name] = path
+                self.child_spaces[name] = InboxSpace(path)
         return inputs
 
     def _event_time(self, payload: Any) -> float | None:
@@ -344,6 +348,9 @@ class Appliance:
 
         self.serving_status = StatusWriter(status_path(self.config.db))
         self._publish_status()  # before any child reads it
+        # An outage seen beginning or ending (a refused write, a `health`) reaches the children before the
+        # reply does: a client that saw this process refuse or recover finds every child agreeing.
+        self.availability.on_change = lambda _outage: self._publish_status()
         self.peer_latencies = PeerLatencies(self.config.db)
         self.peer_latencies.clear()  # an earlier start's children's
         self.service.peer_latencies = self.peer_latencies.read
@@ -372,12 +379,15 @@ class Appliance:
         return lag
 
     def _publish_status(self) -> None:
-        """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes."""
+        """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes.
+
+        Any thread; asked and written under one lock, so the last record written is the newest asked."""
         from appliance.serving.status_record import ServingStatus
 
-        offsets = {name: int(offset) for name, offset in dict(self.engine.offsets).items()
-                   if name.startswith("inbox-")}
-        self.serving_status.publish(ServingStatus(self.availability.outage(), offsets))
+        with self._status_lock:
+            offsets = {name: int(offset) for name, offset in dict(self.engine.offsets).items()
+                       if name.startswith("inbox-")}
+            self.serving_status.publish(ServingStatus(self.availability.current(), offsets))
 
     def _stop_children(self) -> None:
         if getattr(self, "children", None) is not None:
@@ -437,6 +447,8 @@ class Appliance:
         self.order_log.release(offsets)
         if self.server is not None:
             self.inbox.release(int(offsets.get("inbox", 0)))
+        for name, space in self.child_spaces.items():  # the serving children's, by the same checkpoint
+            space.release(int(offsets.get(name, 0)))
 
     def stop(self) -> None:
         """Ask the appliance to stop; `run` returns once everything is flushed."""

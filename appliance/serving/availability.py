@@ -8,6 +8,10 @@ or truncated under the running appliance); `GuardedInbox` refuses a write with t
 `unavailable` while there is an outage, and checks after every append that the bytes landed where
 the offsets say (a truncated inbox would swallow them); a deleted or replaced inbox is caught by
 `verify`, which the runtime calls every 0.2 s.
+
+Whoever must refuse as this process does (the serving children, through the primary's status
+record) is told by `on_change` the moment this process sees the outage begin or end: before the
+write it refuses, or the `health` that says it is over, is answered.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Availability:
     def __init__(self) -> None:
         self._checks: list[Callable[[], Outage | None]] = []
         self.latched: Outage | None = None
+        self.on_change: Callable[[Outage | None], None] | None = None  # told when the outage seen changes
+        self._seen: Outage | None = None
 
     def watch(self, check: Callable[[], Outage | None]) -> None:
         """Ask `check` (cheap, any thread) on every write and every `health`."""
@@ -49,8 +55,19 @@ class Availability:
         if self.latched is None:
             self.latched = Outage(stage, reason)
             log.error("%s is down: %s; writes are refused from now on", stage, reason)
+        self.outage()  # `on_change` hears of it before the refusal is answered
 
     def outage(self) -> Outage | None:
+        """The outage refusing writes now, or None; `on_change` is told first if it differs from the last seen."""
+        found = self.current()
+        if found != self._seen:
+            self._seen = found
+            if self.on_change is not None:
+                self.on_change(found)
+        return found
+
+    def current(self) -> Outage | None:
+        """The outage refusing writes now, or None (`on_change` is not told)."""
         if self.latched is not None:
             return self.latched
         for check in self._checks:
@@ -82,11 +99,12 @@ class GuardedInbox(Inbox):
 
     def append(self, records: list[dict]) -> int:
         self.availability.check()
-        try:
-            end = super().append(records)
-        except InboxWriteError as exc:  # what it wrote is blanked: nothing of it will be read
-            raise RequestError("unavailable", str(exc)) from None
-        landed = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended (cheaper than fstat)
+        with self._append_lock:  # another thread's append would move the file's offset under this check
+            try:
+                end = self._append(records)
+            except InboxWriteError as exc:  # what it wrote is blanked: nothing of it will be read
+                raise RequestError("unavailable", str(exc)) from None
+            landed = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended (cheaper than fstat)
         if landed != end:
             self.availability.latch("inbox", self._tampered(False, landed, end))
             raise RequestError("unavailable", f"not accepting writes: {self.availability.latched.reason}")

@@ -27,7 +27,11 @@ Per connection a child reads request lines in order and answers each before read
   `watch` the connection is piped to the primary both ways (pushed updates relayed line by line).
 
 A child dies with the primary: `PR_SET_PDEATHSIG` (SIGKILL) is set first thing, and it exits at
-once if the primary is already gone. SIGTERM stops it cleanly (the inbox is closed, synced).
+once if the primary is already gone. SIGTERM stops it cleanly: it stops accepting, stops reading
+from its connections, answers every whole line it has already read (the reply sent, a write in its
+inbox; a relayed line answered by the primary, which stops its children before it stops serving),
+closes each connection, then closes its inbox (synced) and exits. An idle connection is closed at
+once; a connection still busy after `FINISH_WAIT` seconds is dropped.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from appliance.storage.online_store import OnlineReader, online_path
 MAX_LINE = 1 << 20  # as the primary's protocol
 REPORT_EVERY = 0.25  # seconds between two reports of the predict service times (as the stats board's refresh)
 MAX_TCP_CONNECTIONS = 256  # per process, as the primary's TCP listener
+FINISH_WAIT = 5.0  # seconds a stopping child gives its connections to answer what they read (killed at 10)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -177,6 +182,20 @@ class ChildServer:
         self.options = options
         self.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / max(1, self.options.serving_processes))
         self.tcp_open = 0
+        self.stopping = False
+        self._open: dict[asyncio.Task, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}  # by handler
+
+    async def finish(self, timeout: float) -> None:
+        """Stop reading every connection; wait (at most `timeout`) until each has answered the whole
+        lines it had read and closed; drop the rest."""
+        self.stopping = True
+        for reader, writer in list(self._open.values()):
+            _stop_reading(reader, writer)
+        if self._open:
+            _done, late = await asyncio.wait(list(self._open), timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def handle_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.handle(reader, writer, Session(authenticated=True, peer="unix", token=self.options.token))
@@ -196,6 +215,11 @@ class ChildServer:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         pump: asyncio.Task | None = None
         deadline = asyncio.get_running_loop().time() + self.options.auth_timeout
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = (reader, writer)
+        if self.stopping:  # accepted as the stop began
+            _stop_reading(reader, writer)
         try:
             while True:
                 try:
@@ -212,6 +236,8 @@ class ChildServer:
                                                  f"{UNAUTHENTICATED_LINE} bytes before authenticating; connection closed"))
                     break
                 if line is None:
+                    break
+                if self.stopping and not line.endswith(b"\n"):  # half a line when the stop came: never whole
                     break
                 if not line.strip():
                     continue
@@ -250,6 +276,7 @@ class ChildServer:
         except (ConnectionError, OSError):
             pass
         finally:
+            self._open.pop(task, None)
             if pump is not None:
                 pump.cancel()
             if upstream is not None:
@@ -311,6 +338,12 @@ async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
         return b"".join(pieces)
 
 
+def _stop_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read nothing more from the client: what is buffered is read to its end, then end of file."""
+    writer.transport.pause_reading()
+    reader.feed_eof()
+
+
 async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
     """Copy the primary's lines (replies and pushed updates) to the client until either side closes."""
     while line := await source.readline():
@@ -357,6 +390,7 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
                 await asyncio.wait_for(stop.wait(), REPORT_EVERY)
         for each in accepting:
             each.close()
+        await server.finish(FINISH_WAIT)  # what each connection read is answered (and logged) first
 
     try:
         loop.run_until_complete(main())

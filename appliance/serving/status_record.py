@@ -34,6 +34,7 @@ import glob
 import mmap
 import os
 import struct
+import threading
 from array import array
 from dataclasses import dataclass, field
 
@@ -217,20 +218,26 @@ class PeerLatencies:
 
 
 class StatusWriter:
-    """The primary's side: creates the file (owner-only, every byte written) and rewrites the record."""
+    """The primary's side: creates the file (owner-only, every byte written) and rewrites the record.
+
+    Any thread may publish (the main loop's tick, a server thread that saw an outage begin or end):
+    the record has one writer at a time.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._record = SharedRecord(path, RECORD_BYTES, create=True)
         self._last = b""
+        self._lock = threading.Lock()
 
     def publish(self, status: ServingStatus) -> bool:
         """Write `status` if it differs from the last one written; return whether it was written."""
         payload = status.to_bytes()
-        if payload == self._last:
-            return False
-        self._record.write(payload)
-        self._last = payload
+        with self._lock:
+            if payload == self._last:
+                return False
+            self._record.write(payload)
+            self._last = payload
         return True
 
     def close(self) -> None:

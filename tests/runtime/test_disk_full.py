@@ -124,11 +124,11 @@ def test_a_stop_on_a_disk_full_to_the_last_byte_is_clean(small_disk):
 
 
 def test_an_inbox_truncated_or_a_store_deleted_while_running_stops_writes_loudly(short_dir):
-    # the primary's own inbox is truncated: one serving process, so the connection reaches the primary
-    # (with children the kernel picks the accepter, and a child writes to an inbox of its own)
-    app = start(short_dir, serve_processes=1)
+    app = start(short_dir)
     try:
-        with Client(app.socket, timeout=30) as client:
+        # the primary's own inbox is truncated, and written through the primary (its private socket when it has
+        # serving children: the kernel hands a public connection to any serving process)
+        with Client(app.primary_socket, timeout=30) as client:
             wait_for(lambda: client.request("stats")["counts"]["events"] >= 50)
             client.request("ingest", events=[{**EVENT, "event_id": "before", "ts": 1_767_300_000}])
             os.truncate(short_dir / "a.db-inbox", 0)
@@ -139,6 +139,11 @@ def test_an_inbox_truncated_or_a_store_deleted_while_running_stops_writes_loudly
             assert health["status"] == "down" and health["outage"]["stage"] == "inbox"
             stages = {s["stage"]: s["state"] for s in client.request("stats")["stages"]}
             assert stages["ingest"] == "down"
+        for n in range(8):  # every serving process refuses from then on, whichever the kernel picks
+            with Client(app.socket, timeout=30) as anyone:
+                with pytest.raises(RequestError) as refused:
+                    anyone.request("ingest", events=[{**EVENT, "event_id": f"after-{n}", "ts": 1_767_300_002}])
+                assert refused.value.code == "unavailable" and "truncated" in refused.value.message
     finally:
         code, out, err = app.stop()
     assert code == 0, err

@@ -28,6 +28,7 @@ from appliance.serving.availability import Outage
 from appliance.serving.client import Client
 from appliance.serving.service import MAX_INBOX_LAG
 from appliance.serving.status_record import ServingStatus, StatusReader, StatusWriter, status_path
+from appliance.storage import store
 from appliance.storage.online_store import OnlineReader, online_path
 from tests.conftest import SMALL_CONFIG, fill, flip_stream, processed, serving
 
@@ -254,6 +255,67 @@ def test_a_killed_child_is_restarted_and_the_socket_keeps_answering(short_dir):
             assert client.request("predict", event=payments(1)[0])["event_id"] == "e0"
 
 
+def _inodes(pid: int) -> set[int]:
+    """The inodes of the files a process holds open now."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return found
+
+
+def test_a_child_stopped_by_sigterm_answers_and_logs_every_request_it_had_read(short_dir):
+    """A real child relays to a stand-in primary (a socket of the test's own) that holds its reply
+    until the child has begun to stop: the lines the child read behind the relayed one are answered
+    and in its inbox before it exits, and an idle connection is closed, not waited for."""
+    config = make_config(short_dir)
+    Path(config.db + "-inbox-2").touch()
+    stand_in = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stand_in.bind(str(short_dir / "p.sock"))
+    stand_in.listen(4)
+    stand_in.settimeout(30)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(short_dir / "c.sock"))
+    listener.listen(64)
+    events = payments(2)
+    with serving(config, serve_processes=2) as appliance:  # the online store and status record a child reads
+        children = ServingChildren(appliance.config, 1, listener.fileno(), stand_in.getsockname(), first_index=2)
+        children.start()
+        child = children.processes[2]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle, \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+                for conn in (idle, busy):
+                    conn.settimeout(30)
+                    conn.connect(str(short_dir / "c.sock"))
+                lines = [{"op": "stats", "id": 1}, {"op": "ingest", "id": 2, "events": [events[0]]},
+                         {"op": "ingest", "id": 3, "events": [events[1]]}]
+                busy.sendall(b"".join(orjson.dumps(line) + b"\n" for line in lines))  # one write: read at once
+                upstream, _ = stand_in.accept()
+                with upstream:
+                    assert orjson.loads(upstream.makefile("rb").readline())["op"] == "stats"  # relayed, held
+                    listening = os.fstat(listener.fileno()).st_ino
+                    child.send_signal(signal.SIGTERM)
+                    wait_for(lambda: listening not in _inodes(child.pid), "the child to stop accepting")
+                    upstream.sendall(b'{"id":1,"ok":true,"from":"stand-in"}\n')
+                    replies = busy.makefile("rb")
+                    got = [orjson.loads(replies.readline()) for _ in lines]
+                    assert got[0]["from"] == "stand-in" and [r["id"] for r in got] == [1, 2, 3]
+                    assert [r["accepted"] for r in got[1:]] == [1, 1]
+                    assert replies.readline() == b""  # then closed
+                    assert idle.recv(1) == b""  # closed at once: it had sent nothing
+                assert child.wait(30) == 0
+        finally:
+            children.stop()
+            listener.close()
+            stand_in.close()
+    logged = [orjson.loads(line)["event"]["event_id"]
+              for line in Path(config.db + "-inbox-2").read_bytes().splitlines() if line.strip()]
+    assert logged == [event["event_id"] for event in events]
+
+
 def _alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -405,27 +467,33 @@ def test_a_full_disk_in_the_primary_refuses_writes_in_a_child_with_the_same_code
                 wait_for(lambda: primary.request("health")["accepting_writes"] is False, "the primary to refuse")
                 code = refusal(primary, "ingest", events=[event])
                 assert code in ("disk_low", "unavailable")
-                reader = StatusReader(status_path(config.db))
-                wait_for(lambda: reader.read().outage is not None, "the outage published")
-                reader.close()
                 size = Path(config.db + "-inbox-2").stat().st_size
                 for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
                                    ("predict", {"event": event})):
                     assert refusal(child, op, **fields) == code, op
                 assert child.request("predict", event=event, ingest=False)["logged"] is False
                 assert Path(config.db + "-inbox-2").stat().st_size == size
-                filler.unlink()  # space returns: the child accepts again
+                filler.unlink()  # space returns: the child accepts again as soon as the primary says so
                 wait_for(lambda: primary.request("health")["accepting_writes"] is True, "the primary to accept")
-                wait_for(lambda: _accepts(child, event), "the child to accept")
+                assert child.request("ingest", events=[event])["accepted"] == 1
         finally:
             extra.close()
 
 
-def _accepts(client: Client, event: dict) -> bool:
-    try:
-        return client.request("ingest", events=[event])["accepted"] == 1
-    except RequestError:
-        return False
+def test_a_child_refuses_as_soon_as_the_primary_finds_its_own_inbox_truncated(two_processes):
+    appliance, extra = two_processes
+    with Client(appliance.private_server.unix_path) as primary, Client(extra.path) as child:  # no other child
+        event = payments(1)[0]
+        assert child.request("ingest", events=[event])["accepted"] == 1
+        primary.request("ingest", events=[event])
+        os.truncate(appliance.config.db + "-inbox", 0)
+        with pytest.raises(RequestError) as refused:  # the primary's append finds it (no tick in between)
+            primary.request("ingest", events=[event])
+        assert "truncated" in refused.value.message
+        with pytest.raises(RequestError) as refused:
+            child.request("ingest", events=[event])
+        assert refused.value.code == "unavailable" and "truncated" in refused.value.message
+        assert child.request("predict", event=event, ingest=False)["logged"] is False
 
 
 def test_inbox_lag_covers_every_childs_inbox(two_processes):
@@ -458,3 +526,30 @@ def test_childrens_predict_service_times_reach_the_primarys_stats(two_processes)
         assert stats["predict_latency_by_pid"][str(os.getpid())]["samples"] == own
         assert stats["predict_latency"]["samples"] >= own + 20  # every process's, together
         assert stats["predict_latency"]["max_us"] >= stats["predict_latency_by_pid"][pid]["max_us"]
+
+
+def test_a_childs_inbox_is_given_back_behind_the_durable_checkpoint(short_dir, monkeypatch):
+    """As the primary's own inbox: whole MiB before a durable checkpoint's offset in the child's inbox
+    become a hole (the file keeps its length, its unread end intact)."""
+    monkeypatch.setattr(store, "RELEASE_EVERY", 0.0)
+    config = make_config(short_dir, checkpoint={"every": 0.2})
+    inbox = Path(config.db + "-inbox-2")
+    inbox.touch()
+    with serving(config, serve_processes=2) as appliance:
+        extra = ExtraChild(appliance, str(short_dir / "c.sock"))
+        try:
+            with Client(extra.path) as child, Client(appliance.config.socket) as primary:
+                stream = [dict(raw, pad="p" * 400) for raw in payments(6000)]
+                for start in range(0, len(stream), 500):
+                    assert child.request("ingest", events=stream[start:start + 500])["accepted"] == 500
+                size = inbox.stat().st_size
+                assert size > 2 << 20
+                wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "the flow to read the child's inbox")
+                wait_for(lambda: inbox.stat().st_blocks * 512 <= size - (2 << 20), "the child's inbox given back")
+                assert inbox.stat().st_size == size  # offsets are unchanged
+                with open(inbox, "rb") as log:
+                    assert log.read(16) == b"\0" * 16
+                    log.seek(size - 2000)
+                    assert log.read().rstrip().endswith(b'"pad":"' + b"p" * 400 + b'"}}')
+        finally:
+            extra.close()
