@@ -14,8 +14,8 @@ appends to (a serving child's) is released the same way by the process that read
 
 Every complete line is a whole record, and only a whole record is acknowledged. A `kill -9` in the
 middle of a large append, or a disk that fills part-way through one, can leave a partial line at the
-end. Such a torn tail is never glued to the next record: the inbox notes it at open (and after a
-failed write) and starts its next append with a newline, so the fragment stays a line of its own,
+end. Such a torn tail is never glued to the next record: the inbox ends it with a newline at open
+(or, after a failed write, starts its next append with one), so the fragment stays a line of its own,
 which the flow dead-letters as a torn write. A failed append is blanked (the bytes it managed to
 write are overwritten with spaces, which the reader skips) and raises `InboxWriteError`: the request
 is refused, never acknowledged.
@@ -85,6 +85,20 @@ class Inbox:
         self._closed = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, args=(sync_every,), name="inbox-sync", daemon=True)
         self._syncer.start()
+        if self.torn:
+            self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """End a torn tail found at open with a newline now, so the flow reads the fragment as a line
+        (and dead-letters it) at once, not at this inbox's next append, which may never come while
+        serving children take every request. If the write fails, the next append starts with it."""
+        try:
+            if os.write(self._fd, b"\n") == 1:
+                self.size += 1
+                self.torn = False
+                self._dirty = True
+        except OSError as exc:
+            log.warning("cannot end the torn line of %s now (%s); the next append will", self.path, exc.strerror)
 
     def append(self, records: list[dict]) -> int:
         """Append records as JSON lines; return the byte offset after the last one.

@@ -28,7 +28,7 @@ from appliance.serving.availability import Outage
 from appliance.serving.client import Client
 from appliance.serving.service import MAX_INBOX_LAG
 from appliance.serving.status_record import ServingStatus, StatusReader, StatusWriter, status_path
-from appliance.storage import store
+from appliance.storage import writer
 from appliance.storage.online_store import OnlineReader, online_path
 from tests.conftest import SMALL_CONFIG, fill, flip_stream, processed, serving
 
@@ -531,7 +531,7 @@ def test_childrens_predict_service_times_reach_the_primarys_stats(two_processes)
 def test_a_childs_inbox_is_given_back_behind_the_durable_checkpoint(short_dir, monkeypatch):
     """As the primary's own inbox: whole MiB before a durable checkpoint's offset in the child's inbox
     become a hole (the file keeps its length, its unread end intact)."""
-    monkeypatch.setattr(store, "RELEASE_EVERY", 0.0)
+    monkeypatch.setattr(writer, "RELEASE_EVERY", 0.0)
     config = make_config(short_dir, checkpoint={"every": 0.2})
     inbox = Path(config.db + "-inbox-2")
     inbox.touch()
