@@ -64,3 +64,9 @@ class StoreInUse(ApplianceError):
     """Another appliance holds the store's lock (`up`, `up --fresh` and `replay` need it alone)."""
 
     code = "store_in_use"
+
+
+class FlowFailed(ApplianceError):
+    """The dataflow failed more often than its restarts allow (`appliance.runtime.supervision`)."""
+
+    code = "flow_failed"

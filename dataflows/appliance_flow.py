@@ -14,7 +14,7 @@ across workers would reorder them. Bytewax still parallelises reading and parsin
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +28,7 @@ from bytewax.outputs import Sink
 from appliance.config.file import EventSchema
 from appliance.engine.control import from_record
 from appliance.engine.core import Engine
-from appliance.engine.items import ControlItem, DeadItem, EventItem, Item, LabelItem, Served
+from appliance.engine.items import ControlItem, DeadItem, EventItem, Item, ItemRef, LabelItem, Served
 from appliance.errors import InvalidEvent
 from appliance.ingest.events import Event, decode, parse_event
 from appliance.ingest.order_log import OrderLog
@@ -42,8 +42,13 @@ def is_inbox(source: str) -> bool:
     return source == INBOX or (source[:6] == "inbox-" and source[6:].isdigit())
 
 
-def make_parser(schema: EventSchema, task: str) -> Callable[[list[tuple]], list[Item]]:
-    """Return the batch parser: raw `(source, offset, payload)` items to engine items."""
+def make_parser(schema: EventSchema, task: str,
+                poisoned: Mapping[ItemRef, str] | None = None) -> Callable[[list[tuple]], list[Item]]:
+    """Return the batch parser: raw `(source, offset, payload)` items to engine items.
+
+    An item in `poisoned` (one the engine failed on again and again, `appliance.runtime.supervision`)
+    becomes a dead letter with the given reason instead of reaching the engine.
+    """
 
     def parse_batch(items: list[tuple]) -> list[Item]:
         out: list[Item] = []
@@ -54,7 +59,21 @@ def make_parser(schema: EventSchema, task: str) -> Callable[[list[tuple]], list[
                 out.append(DeadItem(source, offset, _text(payload), exc.reason))
         return out
 
-    return parse_batch
+    if not poisoned:
+        return parse_batch
+    poison = dict(poisoned)  # this flow's: the supervisor's grows only between flows
+
+    def parse_batch_sparing(items: list[tuple]) -> list[Item]:
+        out: list[Item] = []
+        for raw in items:
+            reason = poison.get(ItemRef(raw[0], raw[1]))
+            if reason is None:
+                out.extend(parse_batch([raw]))
+            else:
+                out.append(DeadItem(raw[0], raw[1], _text(raw[2]), reason))
+        return out
+
+    return parse_batch_sparing
 
 
 def _parse_one(source: str, offset: int, payload: Any, schema: EventSchema, task: str) -> Item:
@@ -110,9 +129,11 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
 
     def __init__(self, engine: Engine, fingerprint: str, checkpoint_seconds: float,
                  after_batch: Callable[[Engine, bool], bool] | None = None,
-                 order_log: OrderLog | None = None) -> None:
+                 order_log: OrderLog | None = None,
+                 on_failure: Callable[[ItemRef, BaseException], None] | None = None) -> None:
         self.engine = engine
         self.order_log = order_log
+        self.on_failure = on_failure
         self.fingerprint = fingerprint
         self.every = checkpoint_seconds
         self.after_batch = after_batch
@@ -124,8 +145,14 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
         if self.order_log is not None:  # after a restart: the order of the first run, then arrival order
             values = self.order_log.order(values)
         process = self.engine.process
-        for item in values:
-            process(item)
+        item = None
+        try:
+            for item in values:
+                process(item)
+        except BaseException as exc:  # the flow ends; the supervisor learns which item it failed on
+            if self.on_failure is not None and item is not None:
+                self.on_failure(ItemRef(item.source, item.offset), exc)
+            raise
         self.engine.model.refresh_view()  # what the socket and the serving children score with (`view`)
         self.changed = True
         out: list[tuple] = [("rows", self.engine.take_rows())]
@@ -175,18 +202,21 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
 
 def build_flow(source: Source, sink: Sink, engine: Engine, *, fingerprint: str = "",
                checkpoint_seconds: float = 2.0, after_batch: Callable[[Engine, bool], bool] | None = None,
-               order_log: OrderLog | None = None) -> Dataflow:
+               order_log: OrderLog | None = None, poisoned: Mapping[ItemRef, str] | None = None,
+               on_failure: Callable[[ItemRef, BaseException], None] | None = None) -> Dataflow:
     """Build the appliance dataflow over any source of `(source, offset, payload)` and any sink.
 
     With an `order_log`, the engine records the order in which it takes items from the inputs and,
     after a restart, processes what the last run did after its checkpoint in that same order.
+    `on_failure` hears which item the engine failed on; items in `poisoned` are dead-lettered unread.
     """
     flow = Dataflow("appliance")
     raw = op.input("read", flow, source)
-    parsed = op.flat_map_batch("parse", raw, make_parser(engine.config.event, engine.task))
+    parsed = op.flat_map_batch("parse", raw, make_parser(engine.config.event, engine.task, poisoned))
     routed = op.key_on("route", parsed, lambda _item: "engine")
     results = op.stateful_batch(
-        "engine", routed, lambda _resume: EngineLogic(engine, fingerprint, checkpoint_seconds, after_batch, order_log)
+        "engine", routed, lambda _resume: EngineLogic(engine, fingerprint, checkpoint_seconds, after_batch, order_log,
+                                    on_failure)
     )
     op.output("store", op.key_rm("unkey", results), sink)
     return flow

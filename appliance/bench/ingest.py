@@ -10,7 +10,8 @@ The raw side is the loop a notebook would write: for each event, `predict_proba_
 the appliance itself logged (read from its store once, outside the timed loop), so both sides see
 the same dicts. It is also run in a fresh process.
 
-With `workers`, the replay runs on that many Bytewax workers (`appliance replay --workers N`); each
+The store writer runs in its own process, as in `appliance replay` (`--writer-thread`: on a thread
+of the replaying process, as before; for an A/B). With `workers`, the replay runs on that many Bytewax workers (`appliance replay --workers N`); each
 run also reports its CPU time (user + system, this process's threads and any child process, over the
 same interval) per event, so runs with more workers are compared on the work they cost, not only on
 the wall clock.
@@ -94,12 +95,14 @@ def _child(args: list[str]) -> dict[str, Any]:
     return orjson.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _run_appliance(config_path: str, source: str, db: str, workers: int = 1) -> dict[str, Any]:
+def _run_appliance(config_path: str, source: str, db: str, workers: int = 1,
+                   writer_thread: bool = False) -> dict[str, Any]:
     from appliance.runtime.app import Appliance, RunOptions
     from appliance.runtime.settings import resolve_config
 
     config = resolve_config(config_path, source, db=db, speed=0.0)
-    appliance = Appliance(config, RunOptions(serve=False, fresh=True, workers=workers))
+    appliance = Appliance(config, RunOptions(serve=False, fresh=True, workers=workers,
+                                             writer_process=not writer_thread))
     started, cpu = time.perf_counter(), cpu_seconds()
     appliance.run()
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
@@ -141,6 +144,8 @@ def main() -> None:
     app.add_argument("--source", required=True)
     app.add_argument("--db", required=True)
     app.add_argument("--workers", type=int, default=1)
+    app.add_argument("--writer-thread", action="store_true",
+                     help="the store writer on a thread of this process, as before it had its own")
     raw = sub.add_parser("raw")
     raw.add_argument("--vectors", required=True)
     raw.add_argument("--spec", required=True)
@@ -148,7 +153,7 @@ def main() -> None:
     raw.add_argument("--save-model")
     args = parser.parse_args()
     if args.side == "appliance":
-        result = _run_appliance(args.config, args.source, args.db, args.workers)
+        result = _run_appliance(args.config, args.source, args.db, args.workers, args.writer_thread)
     else:
         result = _run_raw(args.vectors, args.spec, args.task, args.save_model)
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")

@@ -15,7 +15,14 @@ from appliance import __version__
 from appliance.cli.bench import bench, soak
 from appliance.cli.console import console
 from appliance.cli.offline import story, train_offline
-from appliance.cli.options import CONFIG_OPTION, SOCKET_OPTION, friendly_errors, on_signals, require_store
+from appliance.cli.options import (
+    CONFIG_OPTION,
+    RESTARTS_OPTION,
+    SOCKET_OPTION,
+    friendly_errors,
+    on_signals,
+    require_store,
+)
 from appliance.cli.registry import alerts, attributes, models
 from appliance.cli.report import format_stats, format_status
 
@@ -49,10 +56,11 @@ def main() -> None:
                    "process alone, more use more cores.")
 @click.option("--console", "with_console", is_flag=True, help="Run the operator console in this terminal; "
                                                                "quitting it stops the appliance.")
+@RESTARTS_OPTION
 @friendly_errors
 def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None,
        token_file: str | None, token: str | None, auth_timeout: float, db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
-       metrics_port: int | None, serve_processes: int, with_console: bool) -> None:
+       metrics_port: int | None, serve_processes: int, with_console: bool, restarts: int) -> None:
     """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
     from appliance.runtime.app import Appliance, RunOptions
     from appliance.runtime.settings import resolve_config
@@ -72,7 +80,7 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
                                                      + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
                                                         if metrics_port else "")),
                          metrics_port=metrics_port,
-                         serve_processes=serve_processes)
+                         serve_processes=serve_processes, restarts=restarts)
     if with_console:
         from appliance.cli.console import up_with_console
 
@@ -95,21 +103,24 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Bytewax workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON.")
+@RESTARTS_OPTION
 @friendly_errors
 def replay(source: str | None, config_path: str | None, db: str | None, model_spec: str | None, fresh: bool,
-           workers: int, as_json: bool) -> None:
+           workers: int, as_json: bool, restarts: int) -> None:
     """Run the dataflow over a finite SOURCE as fast as possible (default: the bundled sample)."""
     from appliance.runtime.app import Appliance, RunOptions
     from appliance.runtime.settings import resolve_config
 
     config = _with_model(resolve_config(config_path, source, db=db, speed=0.0), model_spec)
     bar = _ReplayProgress(enabled=not as_json)
-    appliance = Appliance(config, RunOptions(serve=False, fresh=fresh, workers=workers, on_tick=bar.tick))
+    appliance = Appliance(config, RunOptions(serve=False, fresh=fresh, workers=workers, on_tick=bar.tick,
+                                                       restarts=restarts))
     on_signals(appliance.stop)
     started = time.monotonic()
     appliance.run()
     bar.close()
     stats = dict(appliance.board.snapshot)
+    stats["flow"] = appliance.supervisor.stats()
     stats["wall_seconds"] = round(time.monotonic() - started, 3)
     stats["events_per_second"] = round(stats["counts"]["events"] / max(stats["wall_seconds"], 1e-9), 1)
     click.echo(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() if as_json else format_stats(stats))

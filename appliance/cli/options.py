@@ -21,6 +21,18 @@ CONFIG_OPTION = click.option("--config", "config_path", envvar="APPLIANCE_CONFIG
                              help="appliance.toml to use (default: ./appliance.toml, else the bundled sample).")
 
 
+
+def _max_restarts() -> int:
+    from appliance.runtime.supervision import MAX_RESTARTS  # on use: every command imports this module
+
+    return MAX_RESTARTS
+
+
+RESTARTS_OPTION = click.option("--restarts", type=click.IntRange(0, 1000), default=_max_restarts, show_default="5",
+                               help="Restarts of a failed dataflow allowed within 10 minutes, each from its last "
+                                    "checkpoint; 0 stops on the first failure.")
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one-line click errors (exit code 1), no traceback."""
 

@@ -17,6 +17,13 @@ from appliance.engine.control import Command
 from appliance.ingest.events import Event, Label
 
 
+class ItemRef(NamedTuple):
+    """Where an item came from: its input and its offset there (what the order log and dead letters name)."""
+
+    source: str
+    offset: int | None
+
+
 class Served(NamedTuple):
     """An event scored over the socket before it reached the stream: what was served then."""
 

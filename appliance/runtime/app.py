@@ -23,13 +23,15 @@ from typing import Any
 from appliance.config.file import Config
 from appliance.config.model_spec import DEFAULT_MODELS, zeroing_warning
 from appliance.engine.core import Engine
-from appliance.errors import ConfigError
+from appliance.engine.items import ItemRef
+from appliance.errors import ConfigError, FlowFailed
 from appliance.features import attributes
 from appliance.features.space import HASH
 from appliance.ingest.events import decode
 from appliance.ingest.inbox import InboxSpace
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
+from appliance.runtime.supervision import MAX_RESTARTS, FlowSupervisor, describe
 from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
 from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
@@ -39,6 +41,7 @@ from appliance.storage.ownership import StoreLock, make_private
 from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
 from appliance.storage.store import load_checkpoint, load_entities, load_pending, open_db
 from appliance.storage.writer import StoreWriter
+from appliance.storage.writer_process import WriterProcess
 from appliance.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,8 @@ class RunOptions:
     on_tick: Callable[[Appliance], None] | None = None
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1:PORT/metrics
     serve_processes: int = 1  # processes accepting on the socket, the primary included (runtime.serving_processes)
+    restarts: int = MAX_RESTARTS  # restarts of a failed flow allowed within 10 minutes (runtime.supervision)
+    writer_process: bool = True  # the store writer in its own process (storage.writer_process), else a thread
 
 
 class Appliance:
@@ -139,6 +144,8 @@ class Appliance:
         self.online_failure: str | None = None
         self.child_inboxes: dict[str, str] = {}  # the flow's input name -> a serving child's inbox it reads
         self.child_spaces: dict[str, InboxSpace] = {}  # the same inboxes' disk space, given back as the primary's
+        self.supervisor = FlowSupervisor(options.restarts)
+        self.restarting: str | None = None  # why, while a failed flow is being restarted
         self._status_lock = threading.Lock()  # the children's status record: asked and written together
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
@@ -152,10 +159,11 @@ class Appliance:
                     make_private(path)
             self.source = resolve_source(config.source) if options.read_source else None
             self.engine = self._restore_engine()
-            self.writer = StoreWriter(config.db, retention=config.retention.as_dict(),
-                                      max_bytes=config.retention.max_bytes or default_max_bytes(config.db),
-                                      keep_models=config.retention.keep_models, cache_bytes=config.store_cache,
-                                      entity_keys=tuple(self.engine.space.layouts))
+            writer = WriterProcess if options.writer_process else StoreWriter
+            self.writer = writer(config.db, retention=config.retention.as_dict(),
+                                 max_bytes=config.retention.max_bytes or default_max_bytes(config.db),
+                                 keep_models=config.retention.keep_models, cache_bytes=config.store_cache,
+                                 entity_keys=tuple(self.engine.space.layouts))
             self.disk.sample()
         except BaseException:
             self.lock.release()
@@ -174,6 +182,9 @@ class Appliance:
             return None if failure is None else Outage("order log", failure)
 
         def flow() -> Outage | None:
+            restarting = self.restarting
+            if restarting is not None:
+                return Outage("dataflow", f"the dataflow failed ({restarting}) and is restarting from its checkpoint")
             thread = getattr(self, "_flow_thread", None)
             if thread is None or thread.is_alive() or self.stop_event.is_set():
                 return None
@@ -207,8 +218,11 @@ class Appliance:
         return (f"stopped, but the last state could not be saved ({failure}); everything acknowledged is in the "
                 "inbox: the next start redoes the work since the last checkpoint")
 
-    def _restore_engine(self) -> Engine:
-        warn_zeroing(self.config)
+    def _restore_engine(self, restart: bool = False) -> Engine:
+        """A new engine from the store's last committed checkpoint; at start, the attribute files
+        are read into the store first (a restart of the flow attaches what the start loaded)."""
+        if not restart:
+            warn_zeroing(self.config)
         engine = Engine(self.config)
         db = open_db(self.config.db)
         try:
@@ -223,7 +237,8 @@ class Appliance:
                 engine.restore(saved["engine"], load_entities(db), load_pending(db))
                 engine.load_recent_audit(db)  # the trail as the store holds it, not this start's
                 self.resumed = True
-            load_attribute_files(self.config, db)
+            if not restart:
+                load_attribute_files(self.config, db)
             engine.attach_attributes(db)
             self.imported = engine.commands.import_models(db)
         finally:
@@ -287,13 +302,9 @@ class Appliance:
                                   f"{exc.strerror or exc}") from None
 
     def run(self) -> None:
-        """Run until the inputs end (replay) or `stop` is called (serving); re-raise flow errors."""
-        from bytewax.run import cli_main
-
-        from dataflows.appliance_flow import build_flow
-        from dataflows.sinks import StoreSink
-        from dataflows.sources import ApplianceSource
-
+        """Run until the inputs end (replay) or `stop` is called (serving). A flow that fails is
+        restarted from its checkpoint within the restart budget (`runtime.supervision`); the error
+        that ends it for good is raised."""
         self.board.publish(self.engine, force=True)
         if self.options.serve:
             _tune_for_serving()
@@ -305,39 +316,98 @@ class Appliance:
         self.children = None
         if self.options.serve:
             self.start_server()
+            self.service.children_lag = self._children_lag
+            self.service.flow_stats = self.supervisor.stats
         if serving_children:
             self._start_children()
-        inputs = self._inputs()
-        if self.options.serve:
-            self.service.children_lag = self._children_lag
-        self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
-        self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.writer.after_durable_checkpoint = self._released
-        flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
-                          fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
-                          after_batch=self._after_batch, order_log=self.order_log)
-
-        def run_flow() -> None:
-            try:
-                cli_main(flow, workers_per_process=self.options.workers)
-            except BaseException as exc:  # surfaced by run() on the main thread
-                self.error = exc
-                self.stop_event.set()
-
-        self._flow_thread = threading.Thread(target=run_flow, name="dataflow", daemon=True)
-        self._flow_thread.start()
-        if self.options.on_ready is not None:
-            self.options.on_ready()
         try:
-            while self._flow_thread.is_alive():
-                self._flow_thread.join(0.2)
-                self._check_stages()
-                if self.options.on_tick is not None:
-                    self.options.on_tick(self)
+            self._start_flow()
+            if self.options.on_ready is not None:
+                self.options.on_ready()
+            while True:
+                self._wait_for_flow()
+                if self.error is None or self.stop_event.is_set() or not self._restart_flow():
+                    break
         finally:
             self._shutdown()
         if self.error is not None:
             raise self.error
+
+    def _start_flow(self) -> None:
+        """Build the dataflow over the inputs from the engine's offsets and run it on its own thread."""
+        from bytewax.run import cli_main
+
+        from dataflows.appliance_flow import build_flow
+        from dataflows.sinks import StoreSink
+        from dataflows.sources import ApplianceSource
+
+        inputs = self._inputs()
+        self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
+        self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
+        self.failed_item: ItemRef | None = None
+        flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
+                          fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
+                          after_batch=self._after_batch, order_log=self.order_log,
+                          poisoned=self.supervisor.poisoned, on_failure=self._engine_failed)
+
+        def run_flow() -> None:
+            try:
+                cli_main(flow, workers_per_process=self.options.workers)
+            except BaseException as exc:  # the supervisor decides, on the main thread
+                self.error = exc
+
+        self.error = None
+        self._flow_thread = threading.Thread(target=run_flow, name="dataflow", daemon=True)
+        self._flow_thread.start()
+
+    def _engine_failed(self, item: ItemRef, _error: BaseException) -> None:
+        self.failed_item = item  # on the flow's thread, before the flow ends
+
+    def _wait_for_flow(self) -> None:
+        while self._flow_thread.is_alive():
+            self._flow_thread.join(0.2)
+            self._tick()
+
+    def _tick(self) -> None:
+        self._check_stages()
+        if self.options.on_tick is not None:
+            self.options.on_tick(self)
+
+    def _restart_flow(self) -> bool:
+        """After the flow failed: wait as the supervisor says, let the writer commit what the dead flow
+        emitted, restore a new engine from the last committed checkpoint, start a new flow from its
+        offsets. Returns False (the error stands) when the budget is spent or the store cannot commit."""
+        error = self.error
+        assert error is not None
+        decision = self.supervisor.failed(error, self.failed_item)
+        log.error("the dataflow failed: %s", describe(error), exc_info=error)
+        if not decision.restart:
+            self.error = FlowFailed(decision.reason)
+            return False
+        self.restarting = describe(error)
+        self.availability.outage()  # the children refuse writes as this process does, from now on
+        self.order_log.close()
+        log.warning("restarting the dataflow from its checkpoint%s (restart %d)",
+                    f" in {decision.delay:.0f} s" if decision.delay else "", self.supervisor.restarts)
+        deadline = time.monotonic() + decision.delay
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            self.stop_event.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            self._tick()
+        if self.stop_event.is_set() or not self.writer.flush() or self.writer.failure is not None:
+            return False
+        self.engine = self._restore_engine(restart=True)
+        self.supervisor.resumed({name: int(offset) for name, offset in self.engine.offsets.items()})
+        if self.server is not None:
+            self.service.attach(self.engine)
+        if self.online is not None:
+            self.online = self._open_online(self.online.writer)
+        self._commit_start()
+        self.board.publish(self.engine, force=True)
+        self._start_flow()
+        self.restarting = None
+        log.warning("the dataflow runs again from its checkpoint (offsets %s)", dict(self.engine.offsets) or "none: the start")
+        return True
 
     def _start_children(self) -> None:
         """The private socket the children forward to (owner-only), then the children themselves."""
@@ -395,12 +465,12 @@ class Appliance:
         if getattr(self, "private_server", None) is not None:
             self.private_server.stop()
 
-    def _open_online(self) -> Any:
+    def _open_online(self, writer: Any = None) -> Any:
         """The online store, rebuilt from the restored engine (so it equals the checkpoint)."""
         from appliance.engine.online import OnlinePublisher
         from appliance.storage.online_store import OnlineWriter, online_path
 
-        publisher = OnlinePublisher(OnlineWriter(online_path(self.config.db)), self.engine)
+        publisher = OnlinePublisher(writer or OnlineWriter(online_path(self.config.db)), self.engine)
         publisher.rebuild()
         return publisher
 

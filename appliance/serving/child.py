@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import itertools
 import os
 import signal
@@ -54,6 +52,7 @@ import orjson
 
 from appliance.config.file import Config, config_from_dict, config_to_dict
 from appliance.learning.metrics import positive_score, predicted_label
+from appliance.processes import die_with_parent
 from appliance.serving.access import (
     AUTH_TIMEOUT,
     FAILED_AUTHS_PER_SECOND,
@@ -73,7 +72,6 @@ MAX_LINE = 1 << 20  # as the primary's protocol
 REPORT_EVERY = 0.25  # seconds between two reports of the predict service times (as the stats board's refresh)
 MAX_TCP_CONNECTIONS = 256  # per process, as the primary's TCP listener
 FINISH_WAIT = 5.0  # seconds a stopping child gives its connections to answer what they read (killed at 10)
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -102,14 +100,6 @@ class LineTooLong(Exception):
 def child_inbox_path(db: str, index: int) -> str:
     """The inbox a child logs to: `<db>-inbox-<index>` (one input partition of the flow)."""
     return f"{db}-inbox-{index}"
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies; exit now if it already has."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(0)
 
 
 class _StreamClock:

@@ -58,9 +58,15 @@ class Service:
         self.peer_latencies: Callable[[], dict[int, Any]] = dict  # the serving children's service times by pid
         self.children_lag: Callable[[], dict[str, int]] = dict  # bytes the flow is behind in each child's inbox
         self.unlogged = 0  # scored-only predictions answered but not logged while overloaded
+        self.flow_stats: Callable[[], dict] = dict  # the flow's restarts and failures (runtime.supervision)
         self.history = EntityHistory(engine.config.db, tuple(engine.space.layouts))
 
         self.operator = OperatorOps(engine, inbox, board)
+
+    def attach(self, engine: Engine) -> None:
+        """Answer from `engine` from now on (a restarted flow's, restored from the checkpoint)."""
+        self.engine = engine
+        self.operator.engine = engine
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
         return {**self.operator.handlers(), "predict": self.predict, "ingest": self.ingest, "label": self.label,
@@ -245,6 +251,7 @@ class Service:
             stats["predict_latency_by_pid"] = {str(os.getpid()): quantiles_of(own),
                                                **{str(pid): quantiles_of(times) for pid, times in peers.items()}}
         stats["predictions_unlogged"] = self.unlogged
+        stats["flow"] = self.flow_stats()
         stats["entity_keys"] = list(self.engine.space.layouts)
         stats.pop("curve", None)  # the `curve` op's; too long for a stats poll
         stats.pop("dead_letters_recent", None)  # the `data` op's

@@ -47,8 +47,9 @@ class StoreWriter:
     def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
                  commit_every: float = 0.05, retention: dict[str, float] | None = None,
                  max_bytes: int | None = None, keep_models: int | None = None, cache_bytes: int = 0,
-                 entity_keys: tuple[str, ...] = ()) -> None:
+                 entity_keys: tuple[str, ...] = (), release_every: float | None = None) -> None:
         self.path = str(path)
+        self.release_every = RELEASE_EVERY if release_every is None else release_every
         self.entity_keys = tuple(entity_keys)  # the keys whose newest events `entity_recent` lists, payload order
         self._recent = RecentEntities(self.entity_keys)  # each touched entity's row once per transaction
         self._bodies: BodyCodec | None = None  # the events' bodies, compressed once the store has a dictionary
@@ -80,7 +81,7 @@ class StoreWriter:
         # inbox can give back the disk space of what no restart will read again.
         self.after_durable_checkpoint: Callable[[dict[str, int]], None] | None = None
         self._committed_offsets: dict[str, int] | None = None
-        self._next_release = time.monotonic() + RELEASE_EVERY
+        self._next_release = time.monotonic() + self.release_every
         self.error: BaseException | None = None
         self.failure: str | None = None  # why writes fail right now (a full disk...), None when they do not
         self.write_failures = 0
@@ -116,7 +117,8 @@ class StoreWriter:
         return {"queued_rows": self._queued_rows, "max_rows": self.max_rows, "rows_written": self.rows_written,
                 "transactions": self.transactions, "waits": self.waits, "failure": self.failure,
                 "write_failures": self.write_failures, "max_bytes": self.max_bytes, "used_bytes": self.used_bytes,
-                "pruned_for_bytes": dict(self.pruned_for_bytes), "models_thinned": self.models_thinned,
+                "pruned": dict(self.pruned), "pruned_for_bytes": dict(self.pruned_for_bytes),
+                "models_thinned": self.models_thinned,
                 "cache_limit": self.cache_limit}
 
     def put_checkpoint(self, fingerprint: str, payload: dict[str, Any]) -> None:
@@ -134,8 +136,13 @@ class StoreWriter:
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything queued so far is committed."""
         done = threading.Event()
-        self._queue.put(("flush", done))
+        self.mark(done)
         return done.wait(timeout)
+
+    def mark(self, done: Any) -> None:
+        """Queue a marker: `done.set()` is called on the writer's thread once everything queued before
+        it is committed (`writer_process` reports a flush to the primary this way)."""
+        self._queue.put(("flush", done))
 
     def abandon(self) -> None:
         """Stop retrying a failing store: drop what is queued and what comes; the thread ends.
@@ -328,7 +335,7 @@ class StoreWriter:
     def _release(self, conn: sqlite3.Connection) -> None:
         """Make the last committed checkpoint durable (a WAL checkpoint syncs the WAL first, even with
         synchronous=NORMAL), then hand its offsets to `after_durable_checkpoint`."""
-        self._next_release = time.monotonic() + RELEASE_EVERY
+        self._next_release = time.monotonic() + self.release_every
         offsets, self._committed_offsets = self._committed_offsets, None
         if self.after_durable_checkpoint is None or offsets is None:
             return
