@@ -41,12 +41,34 @@ class InboxInput:
     start: int = 0
 
 
-class ApplianceSource(FixedPartitionedSource[Item, None]):
-    """One partition per input; all inputs end when `stop` is set."""
+class FlowAborted(Exception):
+    """The runtime ended the flow on purpose (its store writer is gone); it restarts it from its checkpoint."""
 
-    def __init__(self, inputs: list[ReplayInput | InboxInput], stop: threading.Event, batch_size: int = 512) -> None:
+
+class Abort:
+    """Set by the runtime to end the flow at once: every input raises `FlowAborted` with the reason."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class ApplianceSource(FixedPartitionedSource[Item, None]):
+    """One partition per input; all inputs end when `stop` is set (the inbox drained first), and fail
+    at once when `abort` is."""
+
+    def __init__(self, inputs: list[ReplayInput | InboxInput], stop: threading.Event, abort: Abort | None = None,
+                 batch_size: int = 512) -> None:
         self.inputs = {i.name: i for i in inputs}
         self.stop = stop
+        self.abort = abort or Abort()
         self.batch_size = batch_size
 
     def list_parts(self) -> list[str]:
@@ -55,14 +77,15 @@ class ApplianceSource(FixedPartitionedSource[Item, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> StatefulSourcePartition:
         spec = self.inputs[for_part]
         if isinstance(spec, InboxInput):
-            return _InboxPartition(spec, self.stop, self.batch_size)
-        return _ReplayPartition(spec, self.stop, self.batch_size)
+            return _InboxPartition(spec, self.stop, self.abort, self.batch_size)
+        return _ReplayPartition(spec, self.stop, self.abort, self.batch_size)
 
 
 class _ReplayPartition(StatefulSourcePartition[Item, None]):
-    def __init__(self, spec: ReplayInput, stop: threading.Event, batch_size: int) -> None:
+    def __init__(self, spec: ReplayInput, stop: threading.Event, abort: Abort, batch_size: int) -> None:
         self.spec = spec
         self.stop = stop
+        self.abort = abort
         self.batch_size = batch_size
         self.reader = spec.open_reader()
         self.lookahead: tuple[int, Any] | None = None
@@ -70,6 +93,8 @@ class _ReplayPartition(StatefulSourcePartition[Item, None]):
         self.awake: datetime | None = None
 
     def next_batch(self) -> list[Item]:
+        if self.abort.is_set():
+            raise FlowAborted(self.abort.reason)
         if self.stop.is_set():
             raise StopIteration
         if self.spec.speed <= 0:
@@ -118,14 +143,17 @@ class _ReplayPartition(StatefulSourcePartition[Item, None]):
 
 
 class _InboxPartition(StatefulSourcePartition[Item, None]):
-    def __init__(self, spec: InboxInput, stop: threading.Event, batch_size: int) -> None:
+    def __init__(self, spec: InboxInput, stop: threading.Event, abort: Abort, batch_size: int) -> None:
         self.spec = spec
         self.stop = stop
+        self.abort = abort
         self.batch_size = batch_size
         self.tail = InboxTail(spec.path, spec.start)
         self.idle = False
 
     def next_batch(self) -> list[Item]:
+        if self.abort.is_set():
+            raise FlowAborted(self.abort.reason)
         items = self.tail.read(self.batch_size)
         if not items and self.stop.is_set():
             raise StopIteration  # drained: everything acknowledged before the stop is processed

@@ -311,8 +311,8 @@ def attributes() -> None:
 def attributes_refresh(config_path: str | None, db: str | None, socket_path: str | None) -> None:
     """Reload every declared attribute CSV; a running appliance switches to changed tables at once."""
     from appliance.errors import ConnectFailed
-    from appliance.runtime.app import load_attribute_files
     from appliance.runtime.settings import resolve_config
+    from appliance.runtime.store_files import load_attribute_files
     from appliance.serving.client import Client
     from appliance.storage.store import open_db
 

@@ -9,7 +9,6 @@ end (the inbox is drained first), the engine writes a final checkpoint, the writ
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import os
 import sys
@@ -17,20 +16,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from appliance.config.file import Config
-from appliance.config.model_spec import DEFAULT_MODELS, zeroing_warning
 from appliance.engine.core import Engine
 from appliance.engine.items import ItemRef
 from appliance.errors import ConfigError, FlowFailed
-from appliance.features import attributes
-from appliance.features.space import HASH
 from appliance.ingest.events import decode
 from appliance.ingest.inbox import InboxSpace
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
+from appliance.runtime.store_files import child_inboxes, fingerprint, load_attribute_files, store_files, warn_zeroing
 from appliance.runtime.supervision import MAX_RESTARTS, FlowSupervisor, describe
 from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
 from appliance.serving.availability import Availability, GuardedInbox, Outage
@@ -38,75 +34,12 @@ from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
 from appliance.storage.disk import DiskGauge, default_max_bytes
 from appliance.storage.ownership import StoreLock, make_private
-from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
 from appliance.storage.store import load_checkpoint, load_entities, load_pending, open_db
 from appliance.storage.writer import StoreWriter
 from appliance.storage.writer_process import WriterProcess
 from appliance.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(config: Config, format_version: int = FORMAT_VERSION, rows_format: int = ROWS_FORMAT) -> str:
-    """Return a digest of what entity state and models depend on: schema, features, model, on-disk format."""
-    text = repr((config.event, config.features, config.model.task, config.model.spec))
-    text += f" format {format_version}"  # a store written in another on-disk format is refused, not misread
-    text += f" rows {rows_format}"  # and one whose logged rows (and waiting predictions) are in another layout
-    if config.features.categorical or any(spec.categorical for spec in config.features.attributes):
-        text += HASH  # hashed feature names change with the hash: a store from crc32 days is refused
-    if config.features.label_rates:
-        text += "+label_rates"
-    if config.features.label_means:
-        text += "+label_means"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def warn_zeroing(config: Config) -> list[str]:
-    """Warn (log, once per start) about each model spec that will ignore the hashed categoricals."""
-    if not (config.features.categorical or any(spec.categorical for spec in config.features.attributes)):
-        return []
-    task = config.model.task
-    specs = [("[model] spec", config.model.spec or DEFAULT_MODELS[task])]
-    specs += [(f'[[model.challenger]] "{c.name}"', c.spec) for c in config.model.challengers]
-    if config.lifecycle.challenger_spec:
-        specs.append(("[lifecycle] challenger_spec", config.lifecycle.challenger_spec))
-    warnings = [w for what, spec in specs if (w := zeroing_warning(spec, task, what)) is not None]
-    for warning in warnings:
-        log.warning("%s", warning)
-    return warnings
-
-
-def load_attribute_files(config: Config, db: Any) -> list[tuple[str, int, bool]]:
-    """Copy each declared attribute CSV into the store as a new version if its content changed.
-
-    Returns (table, version, changed) per table. A missing file is only an error when the store
-    holds no version of that table yet; otherwise the stored version goes on serving.
-    """
-    loaded = []
-    for spec in config.features.attributes:
-        try:
-            version, changed = attributes.load_csv(db, spec, spec.path, now=time.time())
-        except ConfigError:
-            latest = attributes.latest_version(db, spec.name)
-            if latest is None or Path(spec.path).exists():
-                raise
-            log.warning('attributes "%s": "%s" is gone; serving stored version %d', spec.name, spec.path,
-                        latest["version"])
-            version, changed = latest["version"], False
-        loaded.append((spec.name, version, changed))
-    return loaded
-
-
-def store_files(db_path: str) -> list[Path]:
-    """Return the files that make up a store: the database, its WAL, the inbox logs and the order log."""
-    return [Path(db_path + suffix) for suffix in ("", "-wal", "-shm", "-inbox", "-order")] + child_inboxes(db_path)
-
-
-def child_inboxes(db_path: str) -> list[Path]:
-    """The serving children's inboxes (`<db>-inbox-<n>`) present, those of an earlier start with more too."""
-    base = Path(db_path)
-    found = [p for p in base.parent.glob(base.name + "-inbox-*") if p.name.rsplit("-", 1)[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]))
 
 
 @dataclass
@@ -159,11 +92,12 @@ class Appliance:
                     make_private(path)
             self.source = resolve_source(config.source) if options.read_source else None
             self.engine = self._restore_engine()
+            self._writer_options = dict(retention=config.retention.as_dict(),
+                                        max_bytes=config.retention.max_bytes or default_max_bytes(config.db),
+                                        keep_models=config.retention.keep_models, cache_bytes=config.store_cache,
+                                        entity_keys=tuple(self.engine.space.layouts))
             writer = WriterProcess if options.writer_process else StoreWriter
-            self.writer = writer(config.db, retention=config.retention.as_dict(),
-                                 max_bytes=config.retention.max_bytes or default_max_bytes(config.db),
-                                 keep_models=config.retention.keep_models, cache_bytes=config.store_cache,
-                                 entity_keys=tuple(self.engine.space.layouts))
+            self.writer = writer(config.db, **self._writer_options)
             self.disk.sample()
         except BaseException:
             self.lock.release()
@@ -340,13 +274,14 @@ class Appliance:
 
         from dataflows.appliance_flow import build_flow
         from dataflows.sinks import StoreSink
-        from dataflows.sources import ApplianceSource
+        from dataflows.sources import Abort, ApplianceSource
 
         inputs = self._inputs()
         self.order_log = OrderLog(self.config.db + "-order", self.engine.offsets, [i.name for i in inputs])
         self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.failed_item: ItemRef | None = None
-        flow = build_flow(ApplianceSource(inputs, self.stop_event), StoreSink(self.writer), self.engine,
+        self.abort = Abort()
+        flow = build_flow(ApplianceSource(inputs, self.stop_event, self.abort), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
                           after_batch=self._after_batch, order_log=self.order_log,
                           poisoned=self.supervisor.poisoned, on_failure=self._engine_failed)
@@ -363,6 +298,15 @@ class Appliance:
 
     def _engine_failed(self, item: ItemRef, _error: BaseException) -> None:
         self.failed_item = item  # on the flow's thread, before the flow ends
+
+    def _replace_writer(self) -> None:
+        """A new store writer process for the one that died: the next flow starts from the last checkpoint
+        it committed, so what the dead one held uncommitted is redone."""
+        log.warning("starting a new store writer process")
+        self.writer = WriterProcess(self.config.db, **self._writer_options).start()
+        self.writer.after_durable_checkpoint = self._released
+        if self.server is not None:
+            self.service.store_stats = self.writer.stats
 
     def _wait_for_flow(self) -> None:
         while self._flow_thread.is_alive():
@@ -394,6 +338,8 @@ class Appliance:
         while time.monotonic() < deadline and not self.stop_event.is_set():
             self.stop_event.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             self._tick()
+        if getattr(self.writer, "lost", False) and not self.stop_event.is_set():
+            self._replace_writer()
         if self.stop_event.is_set() or not self.writer.flush() or self.writer.failure is not None:
             return False
         self.engine = self._restore_engine(restart=True)
@@ -490,8 +436,12 @@ class Appliance:
         return self.board.publish(engine, force)
 
     def _check_stages(self) -> None:
-        """Between two ticks: the inbox still the file it was; a stop gives up on a failing store."""
+        """Between two ticks: the inbox still the file it was; a stop gives up on a failing store; a
+        store writer process that died ends the flow, to be restarted with a new one."""
         self.disk.sample()
+        if (getattr(self.writer, "lost", False) and self.flow_running() and not self.stop_event.is_set()
+                and not self.abort.is_set()):
+            self.abort.set(str(self.writer.failure))
         if self.server is not None:
             self.inbox.verify()
         if self.children is not None and not self.stop_event.is_set():

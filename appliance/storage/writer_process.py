@@ -18,7 +18,8 @@ The two talk over a socket pair (inherited by `pass_fds`, never a path on disk),
 Order is the socket's: a checkpoint commits after every row sent before it, as through the thread's
 queue. Backpressure is the same queue's: the child's receiver blocks while its writer holds
 `max_rows` rows, the socket's buffers fill, and the flow's send waits. `failure` and the stats are the
-child's last report (at most STATUS_EVERY old). The child dies with the primary (`PR_SET_PDEATHSIG`)
+child's last report (at most STATUS_EVERY old). The child runs at a lower priority (`NICENESS`): on
+a machine with fewer cores than busy processes, a commit may wait, a request should not. The child dies with the primary (`PR_SET_PDEATHSIG`)
 and a primary that dies is recovered as always: the last committed checkpoint covers only committed
 rows. A child that dies on its own is a store failure (writes refused, the error raised at stop);
 `abandon` kills it: what it held uncommitted is redone from the checkpoint by the next start.
@@ -55,6 +56,7 @@ __all__ = ["WriterProcess"]
 log = logging.getLogger(__name__)
 
 STATUS_EVERY = 0.05  # seconds between two reports of the child's stats (and failure) to the primary
+NICENESS = 10  # the child's scheduling priority below the appliance's: a commit waits, a request does not
 _HEADER = struct.Struct(">I")
 
 
@@ -138,6 +140,11 @@ class WriterProcess:
         self._sock = ours
         threading.Thread(target=self._receive, name="store-writer-link", daemon=True).start()
         return self
+
+    @property
+    def lost(self) -> bool:
+        """Whether the child exited without being asked to (killed, out of memory...)."""
+        return self._gone.is_set() and not self._closing and not self._abandoned
 
     @property
     def pruned(self) -> dict[str, int]:
@@ -319,6 +326,7 @@ def serve(sock: socket.socket, options: dict[str, Any]) -> None:
 def main(argv: list[str]) -> None:
     fd, parent_pid = int(argv[0]), int(argv[1])
     die_with_parent(parent_pid)
+    os.nice(NICENESS)  # batches commit every 50 ms anyway; on a busy machine the serving processes go first
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the primary stops us in order
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise: `stop` then a clean exit, or SIGKILL
     options = orjson.loads(sys.stdin.buffer.read())

@@ -21,7 +21,7 @@ from appliance.config.model_spec import DEFAULT_MODELS, build_model, zeroing_war
 from appliance.features.category_stats import CategoryStats, buckets_for
 from appliance.features.space import FeatureSpace, bucket_of
 from appliance.learning.scaling import ScaleNumeric
-from appliance.runtime.app import fingerprint, warn_zeroing
+from appliance.runtime.store_files import fingerprint, warn_zeroing
 from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
 
 AIRPORTS = ("EWR", "JFK", "LGA")

@@ -112,7 +112,7 @@ def test_label_means_are_off_unless_configured_and_named_among_the_features():
     assert not any("_label_mean" in name for row in rows["predictions"] for name in decode_vector(row["features"]))
     assert Engine(config()).space.names[-2:] == ["user_label_mean", "film_label_mean"]
     assert "label_means" not in repr(cfg.features)  # a store from before the key keeps its fingerprint
-    from appliance.runtime.app import fingerprint
+    from appliance.runtime.store_files import fingerprint
 
     assert fingerprint(cfg) != fingerprint(config())
 

@@ -136,7 +136,7 @@ def _pending(engine: Engine):
 
 
 def test_label_rates_change_the_store_fingerprint_only_when_on():
-    from appliance.runtime.app import fingerprint
+    from appliance.runtime.store_files import fingerprint
 
     off, on = config(rates=False), config()
     assert "label_rates" not in repr(off.features)  # a store from before the key keeps its fingerprint

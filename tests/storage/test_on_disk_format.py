@@ -205,7 +205,7 @@ def _store_picture(path: Path) -> dict:
 @pytest.mark.parametrize("altered", ["fingerprint", "envelope"])
 def test_a_store_written_in_another_format_is_refused_at_start_and_nothing_is_deleted(short_dir, altered):
     from appliance.config.file import load_config
-    from appliance.runtime.app import fingerprint
+    from appliance.runtime.store_files import fingerprint
 
     source = short_dir / "events.jsonl"
     source.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in make_stream(300)))

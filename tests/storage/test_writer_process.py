@@ -8,8 +8,6 @@ import os
 import signal
 import sqlite3
 
-import orjson
-
 from appliance.errors import ApplianceError
 from appliance.runtime.app import Appliance, RunOptions
 from appliance.runtime.settings import resolve_config
@@ -82,19 +80,49 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_up_refuses_writes_once_its_writer_process_is_gone_and_exits_with_the_error(tmp_path):
+def test_up_replaces_a_writer_process_that_died_and_loses_nothing(tmp_path):
+    """The flow is ended and restarted from the last checkpoint with a new writer process: what the dead
+    one held uncommitted is redone; the socket stays up meanwhile (writes refused, then accepted)."""
     source = tmp_path / "events.jsonl"
-    source.write_text("".join(json.dumps(e) + "\n" for e in make_stream(200)))
+    events = make_stream(600)
+    source.write_text("".join(json.dumps(e) + "\n" for e in events))
     _config(tmp_path, source)
     app = Running(tmp_path)
     try:
         with Client(app.primary_socket, timeout=30) as client:
-            os.kill(client.request("stats")["store"]["pid"], signal.SIGKILL)
-            outage = wait_for(lambda: client.request("health")["outage"])
-            assert outage["stage"] == "store" and "the store writer process exited unexpectedly" in outage["reason"]
-            reply = client.send_line(orjson.dumps({"op": "ingest", "events": [
-                {"type": "payment", "event_id": "x", "user": "u1", "card": "c1", "amount": 3.0, "city": "porto"}]}))
+            first = client.request("stats")["store"]["pid"]
+            os.kill(first, signal.SIGKILL)
+            stats = wait_for(lambda: (s := client.request("stats"))["flow"]["restarts"] == 1
+                             and s["store"]["pid"] != first and s["outage"] is None and s, timeout=60)
+            assert "FlowAborted: the store writer process exited unexpectedly (exit code -9)" in \
+                stats["flow"]["failures"][0]["error"]
+            wait_for(lambda: client.request("stats")["offsets"].get(str(source)) == len(events), timeout=60)
+            after = {"type": "payment", "event_id": "after", "ts": events[-1]["ts"] + 60, "user": "u1", "card": "c1",
+                     "amount": 3.0, "city": "porto"}  # after the file's events: not late behind them
+            assert client.request("ingest", events=[after])["accepted"] == 1
+            wait_for(lambda: client.request("stats")["inbox_lag_bytes"] == 0, timeout=60)
     finally:
         code, _out, err = app.stop()
-    assert reply["ok"] is False and reply["error"]["code"] == "unavailable"
-    assert code == 1 and "Error: the store writer process exited unexpectedly (exit code -9)" in err
+    assert code == 0, err
+    conn = sqlite3.connect(tmp_path / "a.db")
+    try:
+        stored = {row[0] for row in conn.execute("SELECT event_id FROM events")}
+        dead = conn.execute("SELECT reason FROM dead_letters").fetchall()
+    finally:
+        conn.close()
+    assert stored == {e["event_id"] for e in events if e["type"] == "payment"} | {"after"}
+    assert dead == []
+
+
+def test_without_restarts_a_dead_writer_process_stops_up_with_the_error(tmp_path):
+    source = tmp_path / "events.jsonl"
+    source.write_text("".join(json.dumps(e) + "\n" for e in make_stream(200)))
+    _config(tmp_path, source)
+    app = Running(tmp_path, "--restarts", "0")
+    with Client(app.primary_socket, timeout=30) as client:
+        os.kill(client.request("stats")["store"]["pid"], signal.SIGKILL)
+    code = app.proc.wait(timeout=60)  # it stops on its own: the flow failed with no restart allowed
+    err = app.proc.stderr.read()
+    assert code == 1
+    assert ("Error: the dataflow failed 1 times within 10 minutes (at most 0 restarts); last: FlowAborted: "
+            "the store writer process exited unexpectedly (exit code -9)") in err
