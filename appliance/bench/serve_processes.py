@@ -8,9 +8,10 @@ point, in its own process tree):
   whichever the kernel gave it) and the throughput of `clients` concurrent connections
   (`wire.concurrent_processes`: the kernel spreads them over the processes);
 - once its source has ended (idle but for the requests): server CPU per request, the CPU seconds of
-  every serving process (`health.serving_pids`, from /proc) over a load run, divided by the replies.
-  A `predict` with `ingest: false` is still logged and read by the flow, so the primary's dataflow
-  CPU for it is included, as it is part of what a request costs.
+  every serving process (`health.serving_pids`, from /proc) and of the store writer process
+  (`stats.store.pid`) over a load run, divided by the replies. A `predict` with `ingest: false` is
+  still logged, read by the flow and written to the store, so the primary's dataflow CPU and the
+  writer's for it are included, as they are part of what a request costs.
 
 On the largest N that ingested, a publication's reach: `rollback` and `promote` in turn between two
 registered versions; from sending the command to (a) the primary answering with the new version
@@ -120,11 +121,13 @@ def _wait_source_end(app: lifecycle.Launched, timeout: float = 600.0) -> None:
 def _cpu_per_request(app: lifecycle.Launched, target: wire.Target, plan: ProcessesPlan) -> dict[str, Any]:
     with Client(app.socket) as client:
         pids = client.request("health")["serving_pids"]
+        writer = client.request("stats")["store"].get("pid")
+    pids = [*pids, writer] if writer is not None else pids
     before = cpu_seconds(pids)
     load = wire.concurrent_processes(target, plan.clients, plan.seconds, warmup=0.0)
     used = cpu_seconds(pids) - before
     replies = load["per_second"] * plan.seconds
-    return {"serving_pids": len(pids), "idle_throughput": load["per_second"], "cpu_seconds": round(used, 3),
+    return {"serving_pids": len(pids) - (writer is not None), "idle_throughput": load["per_second"], "cpu_seconds": round(used, 3),
             "cpu_us_per_request": round(used / replies * 1e6, 1) if replies else None}
 
 
