@@ -76,6 +76,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         last = drift["recent"][-1] if drift.get("recent") else None
         lines.append(f"Drift  {drift['alerts']} alerts ({drift.get('suppressed_by_cooldown', 0)} suppressed by "
                      f"cooldown)" + (f"; last: {last['kind']} on {last['subject']}, {last['action']}" if last else ""))
+    flow = stats.get("flow") or {}
+    if flow.get("restarts") or flow.get("failures"):
+        last = flow["failures"][0] if flow.get("failures") else None
+        lines.append(f"Flow  restarted {flow.get('restarts', 0)} times from its checkpoint"
+                     + (f"; last failure: {last['error']}" if last else "")
+                     + (f"; {len(flow['poisoned'])} items dead-lettered after failing twice" if flow.get("poisoned") else ""))
     server = stats.get("server")
     if server:
         lines.append("Server  " + "  ".join(f"{k} {v}" for k, v in server.items()))

@@ -173,6 +173,10 @@ def test_up_keeps_serving_through_a_restart_and_refuses_no_write_after_it(stream
             assert stats["flow"]["failures"][0]["error"] == f"InjectedFault: injected on {INJECTED}"
             assert stats["outage"] is None and client.request("health")["status"] == "ok"
             assert client.request("health")["serving_pids"] == pids  # no process was restarted
+            shown = subprocess.run([sys.executable, "-m", "appliance", "stats", "--socket", app.socket],
+                                   capture_output=True, text=True, timeout=60)
+            assert (f"Flow  restarted 1 times from its checkpoint; last failure: InjectedFault: injected on {INJECTED}"
+                    in shown.stdout), shown.stdout + shown.stderr
             reply = client.request("ingest", events=[{"type": "payment", "event_id": "after", "user": "u1",
                                                       "card": "c1", "amount": 12.5, "city": "porto"}])
             assert reply["accepted"] == 1
