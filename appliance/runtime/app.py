@@ -338,7 +338,7 @@ class Appliance:
         while time.monotonic() < deadline and not self.stop_event.is_set():
             self.stop_event.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             self._tick()
-        if getattr(self.writer, "lost", False) and not self.stop_event.is_set():
+        if self.writer.lost and not self.stop_event.is_set():
             self._replace_writer()
         if self.stop_event.is_set() or not self.writer.flush() or self.writer.failure is not None:
             return False
@@ -439,7 +439,7 @@ class Appliance:
         """Between two ticks: the inbox still the file it was; a stop gives up on a failing store; a
         store writer process that died ends the flow, to be restarted with a new one."""
         self.disk.sample()
-        if (getattr(self.writer, "lost", False) and self.flow_running() and not self.stop_event.is_set()
+        if (self.writer.lost and self.flow_running() and not self.stop_event.is_set()
                 and not self.abort.is_set()):
             self.abort.set(str(self.writer.failure))
         if self.server is not None:

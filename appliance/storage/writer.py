@@ -94,6 +94,12 @@ class StoreWriter:
         self._thread.start()
         return self
 
+    @property
+    def lost(self) -> bool:
+        """Whether the writer died and must be replaced (`writer_process.WriterProcess`); a thread never is:
+        its failure stays an outage until the appliance stops."""
+        return False
+
     def put_rows(self, rows: dict[str, list[dict]]) -> None:
         """Queue rows for writing; blocks while `max_rows` rows (or `max_batches`) are queued.
 

@@ -47,9 +47,7 @@ import orjson
 from appliance.errors import ApplianceError
 from appliance.processes import die_with_parent
 from appliance.storage import writer as thread_writer
-from appliance.storage.retention import PRUNED
-from appliance.storage.store import open_db
-from appliance.storage.writer import MAX_QUEUED_ROWS, StoreWriter
+from appliance.storage.writer import StoreWriter
 
 __all__ = ["WriterProcess"]
 
@@ -106,27 +104,21 @@ class WriterProcess:
     def __init__(self, path: str | Path, **options: Any) -> None:
         self.path = str(path)
         options.setdefault("release_every", thread_writer.RELEASE_EVERY)  # read now: a test may have patched it
-        self.options = {key: (list(value) if isinstance(value, tuple) else value) for key, value in options.items()}
+        self.options = options  # JSON for the child (orjson writes tuples as arrays)
         self.max_bytes = options.get("max_bytes")
         self.after_durable_checkpoint: Callable[[dict[str, int]], None] | None = None
         self.failure: str | None = None  # why writes fail right now (the child's last report, or its death)
         self.error: BaseException | None = None  # what stopped the writer for good, raised by the runtime at stop
         self.process: subprocess.Popen | None = None
-        # Until the child's first report: what the primary knows (the child may take a moment to start).
-        self._stats: dict[str, Any] = {"queued_rows": 0, "max_rows": options.get("max_rows", MAX_QUEUED_ROWS),
-                                       "rows_written": 0, "transactions": 0, "waits": 0, "write_failures": 0,
-                                       "max_bytes": self.max_bytes, "used_bytes": None,
-                                       "pruned": dict.fromkeys(options.get("retention") or {}, 0),
-                                       "pruned_for_bytes": dict.fromkeys(PRUNED, 0), "models_thinned": 0,
-                                       "cache_limit": None}
-        self._sock: socket.socket | None = None
-        self._send_lock = threading.Lock()
+        # Until the child's first report (it takes a moment to start): the stats of a writer that has
+        # written nothing yet. Building one also creates the store's schema before anyone reads it.
+        self._stats: dict[str, Any] = StoreWriter(path, **options).stats()
+        self._link: _Link | None = None
         self._flushes: dict[int, _Flush] = {}
         self._flush_ids = itertools.count(1)
         self._abandoned = False
         self._closing = False
         self._gone = threading.Event()  # the child has exited (or was never reachable)
-        open_db(self.path).conn.close()  # the schema exists before anyone reads the store
 
     def start(self) -> WriterProcess:
         """Start the child (from a thread that lives as long as it should: see `die_with_parent`)."""
@@ -137,7 +129,7 @@ class WriterProcess:
         self.process.stdin.write(orjson.dumps({"path": self.path, **self.options}))
         self.process.stdin.close()
         theirs.close()
-        self._sock = ours
+        self._link = _Link(ours)
         threading.Thread(target=self._receive, name="store-writer-link", daemon=True).start()
         return self
 
@@ -208,24 +200,18 @@ class WriterProcess:
             log.error("the store writer process did not stop within %g s; killed", timeout)
             self.abandon()
             self._gone.wait(5.0)
-        if self._sock is not None:
-            self._sock.close()
+        if self._link is not None:
+            self._link.sock.close()
 
     def _send(self, message: list) -> None:
-        if self._abandoned or self._gone.is_set() or self._sock is None:
+        if self._abandoned or self._gone.is_set() or self._link is None:
             return  # dropped: no checkpoint commits after it either
-        frame = _pack(message)
-        with self._send_lock:
-            try:
-                self._sock.sendall(frame)
-            except OSError as exc:  # the child is gone: its exit is reported by the receiver
-                if not self._abandoned:
-                    log.debug("store writer process unreachable: %s", exc)
+        self._link.send(message)  # a child gone meanwhile is reported by the receiver
 
     def _receive(self) -> None:
         """On the link's thread: the child's reports, until it exits."""
-        assert self._sock is not None and self.process is not None
-        for message in _frames(self._sock):
+        assert self._link is not None and self.process is not None
+        for message in _frames(self._link.sock):
             kind = message[0]
             if kind == "status":
                 self._status(message[1])
@@ -260,7 +246,9 @@ class WriterProcess:
 
 
 class _Link:
-    """The child's side of the socket pair: reports sent from several threads, one frame at a time."""
+    """One side of the socket pair: messages sent from several threads, one whole frame at a time; a
+    peer gone is not an error here (the primary learns it from the child's exit; a child dies with the
+    primary, `PR_SET_PDEATHSIG`)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -272,7 +260,7 @@ class _Link:
             try:
                 self.sock.sendall(frame)
             except OSError:
-                pass  # the primary is gone; this process follows it (PR_SET_PDEATHSIG)
+                pass
 
 
 class _Flushed:
