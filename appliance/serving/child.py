@@ -61,12 +61,13 @@ from appliance.serving.access import (
     FailedAuthBudget,
 )
 from appliance.serving.availability import Availability, GuardedInbox
+from appliance.serving.event_loop import new_event_loop
 from appliance.serving.latency import LatencyRing
 from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
 from appliance.serving.replica import Replica, ReplicaScore
 from appliance.serving.service import Service
 from appliance.serving.status_record import LatencyReport, StatusReader, report_path, status_path
-from appliance.storage.online_store import OnlineReader, online_path
+from appliance.storage.online_store import OnlineMeta, OnlineReader, online_path
 
 MAX_LINE = 1 << 20  # as the primary's protocol
 REPORT_EVERY = 0.25  # seconds between two reports of the predict service times (as the stats board's refresh)
@@ -103,16 +104,23 @@ def child_inbox_path(db: str, index: int) -> str:
 
 
 class _StreamClock:
-    """What `Service`'s checks read of the engine, from the online store's meta record."""
+    """What `Service`'s checks read of the engine, from the online store's meta record: read once per
+    request (`forget` at its start), and replaced by the meta the request's score saw (the newest)."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.offsets: dict[str, int] = {}
+        self.meta: OnlineMeta | None = None
+
+    def forget(self) -> None:
+        self.meta = None
 
     @property
     def watermark(self) -> float:
-        watermark = self.replica.meta().watermark
-        return float("-inf") if watermark is None else watermark
+        meta = self.meta
+        if meta is None:
+            meta = self.meta = self.replica.meta()
+        return float("-inf") if meta.watermark is None else meta.watermark
 
 
 class ChildService(Service):
@@ -124,7 +132,8 @@ class ChildService(Service):
         # Not Service.__init__: a child has no engine, board or store history.
         self.replica = replica
         self.inbox = inbox  # type: ignore[assignment]
-        self.engine = _StreamClock(replica)  # type: ignore[assignment]
+        self.clock = _StreamClock(replica)
+        self.engine = self.clock  # type: ignore[assignment]
         self.schema = config.event
         self.task = config.model.task
         self.started = time.time()
@@ -139,8 +148,21 @@ class ChildService(Service):
     def handlers(self) -> dict[str, Callable[[dict], Any]]:
         return {"predict": self.predict, "ingest": self.ingest, "label": self.label}
 
+    def predict(self, request: dict) -> dict:
+        self.clock.forget()
+        return super().predict(request)
+
+    def ingest(self, request: dict) -> dict:
+        self.clock.forget()
+        return super().ingest(request)
+
+    def label(self, request: dict) -> dict:
+        self.clock.forget()
+        return super().label(request)
+
     def _score(self, values: dict, ts: float, explain: Any) -> tuple[dict, Any, Any, dict]:
         scored: ReplicaScore = self.replica.score(values, ts)
+        self.clock.meta = scored.meta  # the checks after the score read the state it was computed on
         reply: dict[str, Any] = {"score": positive_score(scored.y) if self.task == "classification" else scored.y,
                                  "version": scored.version_name}
         if self.task == "classification":
@@ -234,17 +256,15 @@ class ChildServer:
                 if pump is not None:  # piped after a watch: the primary answers everything
                     upstream[1].write(line)  # type: ignore[index]
                     continue
-                try:
-                    request = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    request = None
-                if is_local(request) or (not session.authenticated and not isinstance(request, dict)):
-                    if not await self._answer(line, session, writer):
+                # decoded once, behind the protocol's own guards (length, nesting) as the primary's lines are
+                request = self.protocol.decode(line)
+                if is_local(request) or (not session.authenticated and request is None):
+                    if not await self._answer(request, line, session, writer):
                         break
                     continue
                 if not session.authenticated:  # the token check first, here: the primary's socket trusts us
-                    check = orjson.dumps({"op": "auth", "id": request.get("id"), "token": request.get("token")})
-                    if not await self._answer(check, session, writer, only_failure=True):
+                    check = {"op": "auth", "id": request.get("id"), "token": request.get("token")}
+                    if not await self._answer(check, line, session, writer, only_failure=True):
                         break
                     if not session.authenticated:
                         continue
@@ -282,11 +302,13 @@ class ChildServer:
             raise TimeoutError
         return await asyncio.wait_for(_read_line(reader, UNAUTHENTICATED_LINE + 1), remaining)
 
-    async def _answer(self, line: bytes, session: Session, writer: asyncio.StreamWriter,
+    async def _answer(self, request: dict | None, line: bytes, session: Session, writer: asyncio.StreamWriter,
                       only_failure: bool = False) -> bool:
-        """Answer a line here; a failed authentication's reply waits for its slot. False: close."""
+        """Answer a request here (`line` when it did not decode: its error); a failed authentication's
+        reply waits for its slot. False: close."""
         failed = session.failed_auths
-        reply = self.protocol.handle_line(line, session)
+        reply = self.protocol.handle_line(line, session) if request is None else self.protocol.handle_request(
+            request, session)
         if isinstance(reply, Deferred):  # no local handler defers; kept whole if one ever does
             reply = self.protocol.complete(reply)
         if session.failed_auths != failed:
@@ -360,7 +382,7 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
     listeners = [socket.socket(fileno=fd) for fd in (unix_fd, tcp_fd) if fd is not None]
     for listener in listeners:
         listener.setblocking(False)
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -161,10 +161,26 @@ class Protocol:
         when the handler deferred its work (see `complete`).
         """
         try:
-            request, rid = self._parse(line)
+            request = self._parse(line)
         except _Reject as reject:
             self.errors_total += 1
             return error_reply(reject.id, reject.code, reject.message)
+        return self.handle_request(request, session)
+
+    def decode(self, line: bytes | bytearray) -> dict[str, Any] | None:
+        """The request object in `line`, or None when `handle_line` would answer it with an error
+        (too long, too deep, not JSON, not an object). For a transport that looks at a request
+        before answering it: `handle_request` then answers it without decoding it again.
+        """
+        try:
+            return self._parse(line)
+        except _Reject:
+            return None
+
+    def handle_request(self, request: dict[str, Any], session: Session) -> bytes | Deferred:
+        """Answer a request `decode` returned (or any dict a request line would decode to), as
+        `handle_line` answers its line. Never raises."""
+        rid = request.get("id")
         op = request.get("op")
         try:
             if not session.authenticated or op == "auth":
@@ -200,8 +216,8 @@ class Protocol:
             None, "line_too_long", f"request line longer than {self.max_line} bytes; line dropped"
         )
 
-    def _parse(self, line: bytes | bytearray) -> tuple[dict[str, Any], Any]:
-        """Decode one line into a request object and its id, or raise `_Reject`."""
+    def _parse(self, line: bytes | bytearray) -> dict[str, Any]:
+        """Decode one line into a request object, or raise `_Reject`."""
         if len(line) > self.max_line + 2 and len(line.rstrip(b"\r\n")) > self.max_line:
             raise _Reject(None, "line_too_long", f"request line longer than {self.max_line} bytes")
         deep = _nesting_error(line)
@@ -214,7 +230,7 @@ class Protocol:
         if type(request) is not dict:
             kind = type(request).__name__
             raise _Reject(None, "bad_request", f"a request must be a JSON object, not {kind}")
-        return request, request.get("id")
+        return request
 
     def _check_auth(self, request: dict[str, Any], session: Session, rid: Any) -> None:
         """Authenticate the session from the request's `token`, or raise `unauthorized`.

@@ -35,6 +35,7 @@ import orjson
 from appliance.errors import ConfigError
 from appliance.serving.access import AUTH_TIMEOUT, FailedAuthBudget, check_token
 from appliance.serving.connection import Connection
+from appliance.serving.event_loop import new_event_loop
 from appliance.serving.protocol import Protocol, Session
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class SocketServer:
 
     # -- internals ------------------------------------------------------------------------
     def _serve(self, unix_sock: socket.socket | None, tcp_sock: socket.socket | None) -> None:
-        loop = _new_loop()
+        loop = new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
@@ -285,14 +286,6 @@ class SocketServer:
                 os.unlink(path)
         except OSError:
             pass
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _is_loopback(host: str) -> bool:

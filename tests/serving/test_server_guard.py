@@ -192,3 +192,35 @@ def test_up_takes_the_token_from_a_file_and_it_never_shows_in_the_command_line(s
     finally:
         code, _, err = app.stop()
     assert code == 0, err
+
+
+@pytest.mark.parametrize("line", [
+    b'{"op": "echo", "id": 7, "value": [1, 2]}\n',
+    b'{"op": "boom", "id": 8}',
+    b'{"op": "nope", "id": 9}',
+    b'{"id": 10}',
+    b'{"op": "auth", "id": 11, "token": "wrong"}',
+    b'{"op": "echo", "id": 12, "token": "' + TOKEN.encode() + b'"}',
+    b'{"op": "watch", "id": 13, "interval": 0.5}',
+])
+def test_a_decoded_request_is_answered_as_its_line(line):
+    """A serving child decodes a line once to route it, then answers the decoded request: the same
+    reply, the same authentication, the same error count as answering the line itself."""
+    by_line, by_request = Protocol(echo_handlers()), Protocol(echo_handlers())
+    line_session, request_session = Session(token=TOKEN), Session(token=TOKEN)
+    request = by_request.decode(line)
+    assert request is not None
+    assert by_request.handle_request(request, request_session) == by_line.handle_line(line, line_session)
+    assert (request_session.authenticated, request_session.failed_auths, by_request.errors_total) == (
+        line_session.authenticated, line_session.failed_auths, by_line.errors_total)
+
+
+@pytest.mark.parametrize("line", [b"{not json", b"[1, 2]", b"[" * 5000 + b"]" * 5000, b'"a string"',
+                                  b'{"op": "echo", "value": "' + b"x" * 300 + b'"}'])
+def test_decode_refuses_what_handle_line_answers_with_an_error(line):
+    """`decode` applies every guard of `handle_line` before the JSON parser: too long (here a 200-byte
+    limit), too deep, not JSON, not an object. The error reply is then `handle_line`'s."""
+    protocol = Protocol(echo_handlers(), max_line=200)
+    assert protocol.decode(line) is None
+    reply = orjson.loads(protocol.handle_line(line, Session(authenticated=True)))
+    assert reply["ok"] is False and reply["error"]["code"] in ("bad_json", "bad_request", "line_too_long")
