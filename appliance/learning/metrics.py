@@ -3,13 +3,16 @@
 Each prediction is scored when its label arrives, before the model learns from it, exactly as
 `river.evaluate.progressive_val_score` does, so the appliance's figures can be checked against River.
 ROC AUC and accuracy are kept as counts (`RocAucCounts`, `AccuracyCounts`: what River's confusion
-matrices hold, one histogram update per label instead of ten matrix updates and a revert); their
-values equal River's `metrics.ROCAUC` and `metrics.Accuracy` bit for bit. The other metrics are
-River's own objects. The rolling metrics share one window of labelled predictions.
+matrices hold, one histogram update per label instead of ten matrix updates and a revert), log loss,
+MAE and RMSE as River's running mean (`LogLossMean`, `AbsoluteErrorMean`, `RootSquaredErrorMean`:
+River's float operations without its layers of calls); every value equals River's metric's bit for
+bit (tests/learning/test_metric_counts.py). All are checkpointed as plain data. The rolling metrics
+share one window of labelled predictions.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import Counter, deque
 from typing import Any
@@ -123,11 +126,112 @@ class AccuracyCounts:
         return counts
 
 
+_LOW, _HIGH = 1e-15, 1 - 1e-15  # River's `_clamp_proba` bounds
+
+
+class _RunningMean:
+    """River's `stats.Mean` inside a `MeanMetric` (LogLoss, MAE, RMSE), without the metric's layers:
+    `update` and `revert` do River's float operations in River's order, so `get` is River's value bit
+    for bit (River: about five Python calls per update, here one)."""
+
+    __slots__ = ("n", "mean")
+
+    def __init__(self) -> None:
+        self.n = 0.0
+        self.mean = 0.0
+
+    def _add(self, x: float, w: float) -> None:
+        self.n += w
+        self.mean += (w / self.n) * (x - self.mean)
+
+    def _remove(self, x: float, w: float) -> None:
+        self.n -= w
+        if self.n < 0:
+            raise ValueError("Cannot go below 0")
+        if self.n == 0:
+            self.mean = 0.0
+        else:
+            self.mean -= (w / self.n) * (x - self.mean)
+
+    def get(self) -> float:
+        return self.mean
+
+    def to_data(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> _RunningMean:
+        metric = cls()
+        metric.n, metric.mean = data["n"], data["mean"]
+        return metric
+
+    @classmethod
+    def from_river(cls, metric: Any) -> _RunningMean:
+        """The running mean a River `MeanMetric` holds (a checkpoint written before this class)."""
+        return cls.from_data({"n": metric._mean.n, "mean": metric._mean._mean})
+
+
+class LogLossMean(_RunningMean):
+    """River's `metrics.LogLoss` (positive class True, probabilities clamped to (1e-15, 1 - 1e-15)).
+
+    >>> mine, river = LogLossMean(), metrics.LogLoss()
+    >>> for y, p in [(True, {True: .9}), (False, {True: .2}), (True, {False: 1.0}), (False, .65)]:
+    ...     mine.update(y, p); river.update(y, p)
+    >>> mine.get() == river.get()
+    True
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def _loss(y_true: Any, y_pred: Any) -> float:
+        p = y_pred.get(True, 0.0) if isinstance(y_pred, dict) else y_pred
+        if _HIGH < p:  # max(min(p, high), low), as `utils.math.clamp` (a NaN stays NaN)
+            p = _HIGH
+        if _LOW > p:
+            p = _LOW
+        return -math.log(p) if y_true else -math.log(1 - p)
+
+    def update(self, y_true: Any, y_pred: Any, w: float = 1.0) -> None:
+        self._add(self._loss(y_true, y_pred), w)
+
+    def revert(self, y_true: Any, y_pred: Any, w: float = 1.0) -> None:
+        self._remove(self._loss(y_true, y_pred), w)
+
+
+class AbsoluteErrorMean(_RunningMean):
+    """River's `metrics.MAE`."""
+
+    __slots__ = ()
+
+    def update(self, y_true: Any, y_pred: Any, w: float = 1.0) -> None:
+        self._add(abs(y_true - y_pred), w)
+
+    def revert(self, y_true: Any, y_pred: Any, w: float = 1.0) -> None:
+        self._remove(abs(y_true - y_pred), w)
+
+
+class RootSquaredErrorMean(_RunningMean):
+    """River's `metrics.RMSE`: the root of the running mean of squared errors."""
+
+    __slots__ = ()
+
+    def update(self, y_true: Any, y_pred: Any, w: float = 1.0) -> None:
+        self._add((y_true - y_pred) ** 2, w)
+
+    def revert(self, y_true: Any, y_pred: Any, w: float = 1.0) -> None:
+        self._remove((y_true - y_pred) ** 2, w)
+
+    def get(self) -> float:
+        return self.mean ** 0.5
+
+
 # name -> (metric class, takes probabilities, bigger is better)
-_CLASSIFICATION = {"roc_auc": (RocAucCounts, True, True), "log_loss": (metrics.LogLoss, True, False),
+_CLASSIFICATION = {"roc_auc": (RocAucCounts, True, True), "log_loss": (LogLossMean, True, False),
                    "accuracy": (AccuracyCounts, False, True)}
-_COUNTS = (RocAucCounts, AccuracyCounts)  # stored as plain data; River's objects are pickled
-_REGRESSION = {"mae": (metrics.MAE, False, False), "rmse": (metrics.RMSE, False, False)}
+_REGRESSION = {"mae": (AbsoluteErrorMean, False, False), "rmse": (RootSquaredErrorMean, False, False)}
+_RIVER_CLASSES = {metrics.ROCAUC: RocAucCounts, metrics.Accuracy: AccuracyCounts, metrics.LogLoss: LogLossMean,
+                  metrics.MAE: AbsoluteErrorMean, metrics.RMSE: RootSquaredErrorMean}
 PRIMARY = {"classification": "roc_auc", "regression": "mae"}
 # What the publication gate compares by default: a proper scoring rule (log loss) for classification,
 # the task's error for regression. ROC AUC ignores calibration and is undefined on one-class windows.
@@ -322,22 +426,18 @@ def _scored_entry(task: str, y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
 
 
 def _metrics_data(metrics_: list[tuple[str, Any, bool]]) -> dict[str, Any]:
-    return {name: metric.to_data() if isinstance(metric, _COUNTS) else dump_object(metric)
-            for name, metric, _ in metrics_}
+    return {name: metric.to_data() for name, metric, _ in metrics_}
 
 
 def _metrics_from_data(fresh: list[tuple[str, Any, bool]], data: dict[str, Any]) -> list[tuple[str, Any, bool]]:
-    return [(name, type(metric).from_data(data[name]) if isinstance(metric, _COUNTS) else load_object(data[name]),
-             uses) for name, metric, uses in fresh]
+    # bytes: a River metric object pickled by a release before this module kept it as plain data
+    return [(name, _from_river(load_object(data[name])) if isinstance(data[name], bytes)
+             else type(metric).from_data(data[name]), uses) for name, metric, uses in fresh]
 
 
 def _from_river(metric: Any) -> Any:
     """A River metric from an older checkpoint as the metric this module keeps for it."""
-    if isinstance(metric, metrics.ROCAUC):
-        return RocAucCounts.from_river(metric)
-    if isinstance(metric, metrics.Accuracy):
-        return AccuracyCounts.from_river(metric)
-    return metric
+    return _RIVER_CLASSES[type(metric)].from_river(metric)
 
 
 def not_worse(candidate: float | None, incumbent: float | None, margin: float, bigger_is_better: bool) -> bool:
