@@ -38,8 +38,10 @@ class Candidate:
         self.origin = origin
         self.version = version  # a registered version put up as a challenger
         self.evaluation = Evaluation(task, window)
-        self.duel = Evaluation(task, window)  # this candidate since the champion last changed...
-        self.duel_champion = Evaluation(task, window)  # ...and the champion's learner on the same labels
+        # this candidate since the champion last changed, and the champion's learner on the same labels:
+        # judged on their recent labels only (`winning_challenger`), so no cumulative metrics
+        self.duel = Evaluation(task, window, cumulative=False)
+        self.duel_champion = Evaluation(task, window, cumulative=False)
         self.lead_since: int | None = None  # duel labels at the first check of its current lead (`winning_challenger`)
         self.n_learned = 0
 
@@ -63,7 +65,8 @@ class Candidate:
                         learns=data["learns"], origin=data["origin"], version=data["version"])
         candidate.n_learned = data["n_learned"]
         candidate.evaluation = evaluation
-        candidate.duel, candidate.duel_champion = Evaluation.from_data(data["duel"]), Evaluation.from_data(data["duel_champion"])
+        candidate.duel = Evaluation.from_data(data["duel"], cumulative=False)
+        candidate.duel_champion = Evaluation.from_data(data["duel_champion"], cumulative=False)
         candidate.lead_since = data.get("lead_since")  # absent in an earlier release's checkpoint
         return candidate
 

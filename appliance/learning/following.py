@@ -40,7 +40,8 @@ class Paired:
 
     @classmethod
     def fresh(cls, task: str, window: int) -> Paired:
-        return cls(Evaluation(task, window), Evaluation(task, window))
+        # judged on recent labels only (`publication.gate`): no cumulative metrics
+        return cls(Evaluation(task, window, cumulative=False), Evaluation(task, window, cumulative=False))
 
     def update(self, y: Any, y_learner: Any, y_frozen: Any) -> None:
         self.learner.update(y, y_learner)
@@ -67,7 +68,8 @@ class Paired:
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Paired:
-        return cls(Evaluation.from_data(data["learner"]), Evaluation.from_data(data["frozen"]))
+        return cls(Evaluation.from_data(data["learner"], cumulative=False),
+                   Evaluation.from_data(data["frozen"], cumulative=False))
 
 
 class View:

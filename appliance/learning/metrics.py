@@ -275,10 +275,13 @@ class Evaluation:
     (1.0, 2)
     """
 
-    def __init__(self, task: str, window: int = 1000) -> None:
+    def __init__(self, task: str, window: int = 1000, *, cumulative: bool = True) -> None:
         self.task = task
         self.window = window
-        self._metrics = self._fresh()
+        # cumulative=False: the rolling metrics alone, for a comparison judged on recent labels only
+        # (a challenger's duel with the champion, the learner against its frozen version)
+        self.cumulative = cumulative
+        self._metrics = self._fresh() if cumulative else []
         self._rolling = self._fresh()
         # the labelled predictions in the rolling window, (y_true, y_pred, predicted label): evicted
         # ones are reverted from every rolling metric, as `utils.Rolling` does, one queue for all
@@ -307,15 +310,18 @@ class Evaluation:
     def to_data(self) -> dict[str, Any]:
         """This evaluation as plain data: counts as lists, River's metric objects pickled by name."""
         return {"task": self.task, "window": self.window, "count": self.count, "window_count": self.window_count,
-                "metrics": _metrics_data(self._metrics), "rolling": _metrics_data(self._rolling),
+                "cumulative": self.cumulative, "metrics": _metrics_data(self._metrics), "rolling": _metrics_data(self._rolling),
                 "scored": dump_object(list(self._scored)),
                 "classes": list(self.classes.items()), "window_labels": list(self.window_labels),
                 "window_classes": list(self.window_classes.items())}
 
     @classmethod
-    def from_data(cls, data: dict[str, Any]) -> Evaluation:
-        """The evaluation `to_data` described (or a checkpoint of River's `utils.Rolling` metrics)."""
-        evaluation = cls(data["task"], data["window"])
+    def from_data(cls, data: dict[str, Any], *, cumulative: bool | None = None) -> Evaluation:
+        """The evaluation `to_data` described (or a checkpoint of River's `utils.Rolling` metrics);
+        `cumulative=False` leaves out the cumulative metrics of one written with them (each is read by
+        name from the fresh evaluation's, so there are none to read)."""
+        keep = data.get("cumulative", True) if cumulative is None else cumulative
+        evaluation = cls(data["task"], data["window"], cumulative=keep)
         evaluation.count, evaluation.window_count = data["count"], data["window_count"]
         if "scored" in data:
             evaluation._metrics = _metrics_from_data(evaluation._metrics, data["metrics"])
@@ -382,11 +388,10 @@ class Evaluation:
         """
         out: dict[str, float | None] = {name: float(metric.get()) for name, metric, _ in self._metrics}
         out.update({f"{name}_window": float(metric.get()) for name, metric, _ in self._rolling})
-        if "roc_auc" in out:
-            if len(self.classes) < 2:
-                out["roc_auc"] = None
-            if len(self.window_classes) < 2:
-                out["roc_auc_window"] = None
+        if "roc_auc" in out and len(self.classes) < 2:
+            out["roc_auc"] = None
+        if "roc_auc_window" in out and len(self.window_classes) < 2:
+            out["roc_auc_window"] = None
         return out
 
     def window_primary(self) -> float | None:

@@ -34,8 +34,8 @@ _PROBA = {"roc_auc": True, "log_loss": True, "accuracy": False}
 class RiverEvaluation(Evaluation):
     """The evaluation as it was: River's metric objects, the rolling ones in `utils.Rolling`."""
 
-    def __init__(self, task: str, window: int = 1000) -> None:
-        super().__init__(task, window)
+    def __init__(self, task: str, window: int = 1000, cumulative: bool = True) -> None:
+        super().__init__(task, window)  # (cumulative metrics always, as it was)
         self._river()
 
     def _river(self) -> None:
@@ -72,7 +72,7 @@ class RiverEvaluation(Evaluation):
                 "window_classes": list(self.window_classes.items())}
 
     @classmethod
-    def from_data(cls, data: dict) -> RiverEvaluation:
+    def from_data(cls, data: dict, cumulative: bool | None = None) -> RiverEvaluation:
         evaluation = cls(data["task"], data["window"])
         evaluation.count, evaluation.window_count = data["count"], data["window_count"]
         for attribute, blob in (("_metrics", data["metrics"]), ("_rolling", data["rolling"])):
@@ -191,3 +191,31 @@ def test_an_engine_run_decides_exactly_as_with_rivers_metric_objects(monkeypatch
     for mine, theirs in zip(counts[1]["models"], reference[1]["models"]):
         mine, theirs = pickle.loads(mine["model"]), pickle.loads(theirs["model"])
         assert [mine.predict_proba_one(x) for x in reference[3]] == [theirs.predict_proba_one(x) for x in reference[3]]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_an_evaluation_without_cumulative_metrics_has_the_same_recent_figures(task):
+    """A duel or the learner-vs-frozen pair keeps only rolling metrics: every recent figure equals a
+    full evaluation's, through a window reset and a checkpoint (also one written with cumulative
+    metrics, which are then left out)."""
+    rng = random.Random(11)
+    full, recent = Evaluation(task, 50), Evaluation(task, 50, cumulative=False)
+    pairs = _scores(rng, 1500) if task == "classification" else [(rng.gauss(5, 2), rng.gauss(5, 3)) for _ in range(1500)]
+    names = [name for name, _, _ in full._metrics]
+    for i, (y, pred) in enumerate(pairs):
+        full.update(y, pred)
+        recent.update(y, pred)
+        window_values = {k: v for k, v in full.values().items() if k.endswith("_window")}
+        assert recent.values() == window_values, i
+        assert [recent.window_value(n) for n in names] == [full.window_value(n) for n in names], i
+        assert (recent.window_primary(), recent.count, recent.window_count) == (
+            full.window_primary(), full.count, full.window_count)
+        if i == 600:
+            full.reset_window()
+            recent.reset_window()
+        if i == 900:
+            recent = Evaluation.from_data(recent.to_data())
+            assert not recent.cumulative
+        if i == 1200:
+            recent = Evaluation.from_data(full.to_data(), cumulative=False)
+            assert recent.values() == window_values and not recent._metrics
