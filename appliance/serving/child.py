@@ -7,14 +7,8 @@ TCP), its `ChildOptions` as JSON on stdin (the config, the TCP token: never on t
 listening sockets inherited (`pass_fds`). The kernel hands each new connection to one process of
 those accepting on it.
 
-A TCP connection gets the primary's rules (`serving.access`): with a token it starts unauthenticated,
-has `auth_timeout` seconds and `MAX_FAILED_AUTHS` attempts to authenticate, lines of at most
-`UNAUTHENTICATED_LINE` bytes until then, and every failed attempt's reply waits for a slot of this
-process's share of the failed-authentication budget (`FAILED_AUTHS_PER_SECOND` / the number of
-serving processes, so guessing through every process at once is no faster than through one). `auth`
-is answered by the child; a relayed line has already passed the child's check.
-
-Per connection a child reads request lines in order and answers each before reading the next:
+Per connection a child reads request lines in order and answers each before reading the next
+(`serving.child_connections`, with the primary's rules for TCP connections):
 - `predict` of an event: features and score from its `Replica` (the online store, bit for bit the
   engine's), logged to the child's own inbox `<db>-inbox-<INDEX>` (durable before the reply, as the
   primary's inbox), which the flow reads as one more input partition;
@@ -53,25 +47,18 @@ import orjson
 from appliance.config.file import Config, config_from_dict, config_to_dict
 from appliance.learning.metrics import positive_score, predicted_label
 from appliance.processes import die_with_parent
-from appliance.serving.access import (
-    AUTH_TIMEOUT,
-    FAILED_AUTHS_PER_SECOND,
-    MAX_FAILED_AUTHS,
-    UNAUTHENTICATED_LINE,
-    FailedAuthBudget,
-)
+from appliance.serving.access import AUTH_TIMEOUT, UNAUTHENTICATED_LINE
 from appliance.serving.availability import Availability, GuardedInbox
+from appliance.serving.child_connections import MAX_LINE, ChildServer
 from appliance.serving.event_loop import new_event_loop
 from appliance.serving.latency import LatencyRing
-from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
+from appliance.serving.protocol import Protocol
 from appliance.serving.replica import Replica, ReplicaScore
 from appliance.serving.service import Service
 from appliance.serving.status_record import LatencyReport, StatusReader, report_path, status_path
 from appliance.storage.online_store import OnlineMeta, OnlineReader, online_path
 
-MAX_LINE = 1 << 20  # as the primary's protocol
 REPORT_EVERY = 0.25  # seconds between two reports of the predict service times (as the stats board's refresh)
-MAX_TCP_CONNECTIONS = 256  # per process, as the primary's TCP listener
 FINISH_WAIT = 5.0  # seconds a stopping child gives its connections to answer what they read (killed at 10)
 
 
@@ -92,10 +79,6 @@ class ChildOptions:
     def from_json(cls, data: bytes) -> ChildOptions:
         fields = orjson.loads(data)
         return cls(**{**fields, "config": config_from_dict(fields["config"])})
-
-
-class LineTooLong(Exception):
-    """A request line over the connection's limit."""
 
 
 def child_inbox_path(db: str, index: int) -> str:
@@ -175,194 +158,6 @@ class ChildService(Service):
         return max(0, self.inbox.size - int(self.status.read().offsets.get(self.input_name, 0)))
 
 
-def is_local(request: Any) -> bool:
-    """Whether a child answers this request itself (else the primary does)."""
-    if not isinstance(request, dict):
-        return False
-    op = request.get("op")
-    if op in ("ingest", "label", "auth"):  # `auth` checks this connection's token, which only the child knows
-        return True
-    return op == "predict" and isinstance(request.get("event"), dict)
-
-
-class ChildServer:
-    """Answers connections accepted on the inherited listening sockets; relays the rest to the primary."""
-
-    def __init__(self, protocol: Protocol, private_socket: str, options: ChildOptions) -> None:
-        self.protocol = protocol
-        self.private_socket = private_socket
-        self.options = options
-        self.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / max(1, self.options.serving_processes))
-        self.tcp_open = 0
-        self.stopping = False
-        self._open: dict[asyncio.Task, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}  # by handler
-
-    async def finish(self, timeout: float) -> None:
-        """Stop reading every connection; wait (at most `timeout`) until each has answered the whole
-        lines it had read and closed; drop the rest."""
-        self.stopping = True
-        for reader, writer in list(self._open.values()):
-            _stop_reading(reader, writer)
-        if self._open:
-            _done, late = await asyncio.wait(list(self._open), timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-
-    async def handle_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self.handle(reader, writer, Session(authenticated=True, peer="unix", token=self.options.token))
-
-    async def handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.tcp_open >= MAX_TCP_CONNECTIONS:
-            writer.close()
-            return
-        self.tcp_open += 1
-        try:
-            token = self.options.token
-            await self.handle(reader, writer, Session(authenticated=token is None, peer="tcp", token=token))
-        finally:
-            self.tcp_open -= 1
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session) -> None:
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        pump: asyncio.Task | None = None
-        deadline = asyncio.get_running_loop().time() + self.options.auth_timeout
-        task = asyncio.current_task()
-        assert task is not None
-        self._open[task] = (reader, writer)
-        if self.stopping:  # accepted as the stop began
-            _stop_reading(reader, writer)
-        try:
-            while True:
-                try:
-                    line = await self._next_line(reader, session, deadline)
-                except TimeoutError:  # not authenticated in time
-                    writer.transport.abort()
-                    return
-                except LineTooLong:
-                    if session.authenticated:
-                        writer.write(self.protocol.line_too_long())
-                    else:
-                        self.protocol.errors_total += 1
-                        writer.write(error_reply(None, "line_too_long", f"a request line longer than "
-                                                 f"{UNAUTHENTICATED_LINE} bytes before authenticating; connection closed"))
-                    break
-                if line is None:
-                    break
-                if self.stopping and not line.endswith(b"\n"):  # half a line when the stop came: never whole
-                    break
-                if not line.strip():
-                    continue
-                if pump is not None:  # piped after a watch: the primary answers everything
-                    upstream[1].write(line)  # type: ignore[index]
-                    continue
-                # decoded once, behind the protocol's own guards (length, nesting) as the primary's lines are
-                request = self.protocol.decode(line)
-                if is_local(request) or (not session.authenticated and request is None):
-                    if not await self._answer(request, line, session, writer):
-                        break
-                    continue
-                if not session.authenticated:  # the token check first, here: the primary's socket trusts us
-                    check = {"op": "auth", "id": request.get("id"), "token": request.get("token")}
-                    if not await self._answer(check, line, session, writer, only_failure=True):
-                        break
-                    if not session.authenticated:
-                        continue
-                if upstream is None:
-                    upstream = await asyncio.open_unix_connection(self.private_socket, limit=MAX_LINE + 2)
-                up_reader, up_writer = upstream
-                up_writer.write(line if line.endswith(b"\n") else line + b"\n")
-                if isinstance(request, dict) and request.get("op") == "watch":
-                    pump = asyncio.ensure_future(_relay(up_reader, writer))
-                    continue
-                reply = await up_reader.readline()
-                if not reply:
-                    raise ConnectionError("the primary closed the forwarding connection")
-                writer.write(reply)
-                await writer.drain()
-            if pump is not None:
-                upstream[1].write_eof()  # type: ignore[index]
-                await pump
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._open.pop(task, None)
-            if pump is not None:
-                pump.cancel()
-            if upstream is not None:
-                upstream[1].close()
-            writer.close()
-
-    async def _next_line(self, reader: asyncio.StreamReader, session: Session, deadline: float) -> bytes | None:
-        """The next request line (None at the end); before authentication, bounded in size and in time."""
-        if session.authenticated:
-            return await _read_line(reader, MAX_LINE + 2)
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise TimeoutError
-        return await asyncio.wait_for(_read_line(reader, UNAUTHENTICATED_LINE + 1), remaining)
-
-    async def _answer(self, request: dict | None, line: bytes, session: Session, writer: asyncio.StreamWriter,
-                      only_failure: bool = False) -> bool:
-        """Answer a request here (`line` when it did not decode: its error); a failed authentication's
-        reply waits for its slot. False: close."""
-        failed = session.failed_auths
-        reply = self.protocol.handle_line(line, session) if request is None else self.protocol.handle_request(
-            request, session)
-        if isinstance(reply, Deferred):  # no local handler defers; kept whole if one ever does
-            reply = self.protocol.complete(reply)
-        if session.failed_auths != failed:
-            await asyncio.sleep(self.failed_auths.delay(asyncio.get_running_loop().time()))
-            writer.write(reply)
-            await writer.drain()
-            return session.failed_auths < MAX_FAILED_AUTHS
-        if not only_failure:
-            writer.write(reply)
-            await writer.drain()
-        return True
-
-
-async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
-    """One line (with its newline, or the unterminated rest at the end; None when nothing is left),
-    raising `LineTooLong` past `limit` bytes. The reader's own limit may be smaller: a line is read
-    in the pieces it allows."""
-    pieces: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            piece = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            piece = exc.partial
-            if not pieces and not piece:
-                return None
-            pieces.append(piece)
-            return b"".join(pieces)
-        except asyncio.LimitOverrunError as exc:
-            piece = await reader.readexactly(max(1, exc.consumed))
-            size += len(piece)
-            if size > limit:
-                raise LineTooLong from None
-            pieces.append(piece)
-            continue
-        if size + len(piece) > limit:
-            raise LineTooLong
-        pieces.append(piece)
-        return b"".join(pieces)
-
-
-def _stop_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Read nothing more from the client: what is buffered is read to its end, then end of file."""
-    writer.transport.pause_reading()
-    reader.feed_eof()
-
-
-async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy the primary's lines (replies and pushed updates) to the client until either side closes."""
-    while line := await source.readline():
-        sink.write(line)
-        await sink.drain()
-
-
 def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, private_socket: str) -> None:
     """Run one child until SIGTERM (or the primary's death)."""
     config = options.config
@@ -378,7 +173,8 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
         print(f"serving child {index}: no latency report ({exc.strerror or exc})", file=sys.stderr)
         report = None
     protocol = Protocol(service.handlers(), max_line=MAX_LINE)
-    server = ChildServer(protocol, private_socket, options)
+    server = ChildServer(protocol, private_socket, token=options.token, auth_timeout=options.auth_timeout,
+                         serving_processes=options.serving_processes)
     listeners = [socket.socket(fileno=fd) for fd in (unix_fd, tcp_fd) if fd is not None]
     for listener in listeners:
         listener.setblocking(False)
