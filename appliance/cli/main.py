@@ -101,7 +101,9 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @click.option("--model", "model_spec", help="River model spec (see `appliance up --help`).")
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Bytewax workers.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Bytewax worker threads. They spread reading and parsing only: features and learning "
+                   "are one serial step, so more workers rarely replay faster (docs/benchmarks.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON.")
 @RESTARTS_OPTION
 @friendly_errors

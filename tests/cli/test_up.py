@@ -139,3 +139,7 @@ def test_a_missing_source_and_a_bad_model_spec_are_one_line_errors(short_dir):
     out = subprocess.run([sys.executable, "-m", "appliance", "replay", "river:Phishing", "--model",
                           "os.system('true')"], cwd=short_dir, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "not a River module" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "appliance", "replay", "river:Phishing", "--workers", "0"],
+                         cwd=short_dir, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "'--workers': 0 is not in the range x>=1" in out.stderr
+    assert not (short_dir / "appliance.db").exists()  # refused before anything was opened
