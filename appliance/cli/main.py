@@ -45,11 +45,13 @@ def main() -> None:
 @click.option("--auth-timeout", type=float, default=5.0, show_default=True,
               help="Seconds a TCP connection has to authenticate.")
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
-@click.option("--speed", type=float, help="Event-time replay speed; 0 = as fast as possible.")
+@click.option("--speed", type=click.FloatRange(min=0), help="Event-time replay speed; 0 = as fast as possible.")
 @click.option("--model", "model_spec", help="River model, e.g. 'appliance.ScaleNumeric() | linear_model.LogisticRegression()'.")
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
-@click.option("--status-every", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
-@click.option("--metrics-port", type=int, help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
+@click.option("--status-every", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds between status lines.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535),
+              help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 @click.option("--serve-processes", type=click.IntRange(1, 64), default=lambda: _default_serve_processes(),
               show_default="one per core, at most 4",
               help="Processes answering on the socket (Unix and TCP), this one included; 1 serves from this "

@@ -139,7 +139,13 @@ def test_a_missing_source_and_a_bad_model_spec_are_one_line_errors(short_dir):
     out = subprocess.run([sys.executable, "-m", "appliance", "replay", "river:Phishing", "--model",
                           "os.system('true')"], cwd=short_dir, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "not a River module" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "appliance", "replay", "river:Phishing", "--workers", "0"],
-                         cwd=short_dir, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "'--workers': 0 is not in the range x>=1" in out.stderr
-    assert not (short_dir / "appliance.db").exists()  # refused before anything was opened
+    # numbers out of range are usage errors (exit 2) before anything starts: before, `--workers 0`
+    # replayed nothing and exited 0, `--speed -5` ran as fast as possible, a port over 65535 was a traceback
+    for command, message in ((["replay", "river:Phishing", "--workers", "0"], "'--workers': 0 is not in the range x>=1"),
+                             (["up", "--speed", "-5"], "'--speed': -5.0 is not in the range x>=0"),
+                             (["up", "--status-every", "0"], "'--status-every': 0.0 is not in the range x>0"),
+                             (["up", "--metrics-port", "70000"], "'--metrics-port': 70000 is not in the range 1<=x<=65535")):
+        out = subprocess.run([sys.executable, "-m", "appliance", *command], cwd=short_dir, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, (command, out.stderr)
+        assert "Traceback" not in out.stderr and not (short_dir / "appliance.db").exists()
