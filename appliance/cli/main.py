@@ -48,8 +48,8 @@ def main() -> None:
 @click.option("--speed", type=click.FloatRange(min=0), help="Event-time replay speed; 0 = as fast as possible.")
 @click.option("--model", "model_spec", help="River model, e.g. 'appliance.ScaleNumeric() | linear_model.LogisticRegression()'.")
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
-@click.option("--status-every", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="Seconds between status lines.")
+@click.option("--status-every", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds between status lines; 0 = none.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535),
               help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 @click.option("--serve-processes", type=click.IntRange(1, 64), default=lambda: _default_serve_processes(),
@@ -275,7 +275,7 @@ class _StatusPrinter:
         self.next = time.monotonic() + every
 
     def tick(self, appliance: Any) -> None:
-        if self.every > 0 and time.monotonic() >= self.next:
+        if self.every and time.monotonic() >= self.next:
             self.next = time.monotonic() + self.every
             click.echo(format_status(appliance.board.snapshot))
 

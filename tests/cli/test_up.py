@@ -143,7 +143,7 @@ def test_a_missing_source_and_a_bad_model_spec_are_one_line_errors(short_dir):
     # replayed nothing and exited 0, `--speed -5` ran as fast as possible, a port over 65535 was a traceback
     for command, message in ((["replay", "river:Phishing", "--workers", "0"], "'--workers': 0 is not in the range x>=1"),
                              (["up", "--speed", "-5"], "'--speed': -5.0 is not in the range x>=0"),
-                             (["up", "--status-every", "0"], "'--status-every': 0.0 is not in the range x>0"),
+                             (["up", "--status-every", "-1"], "'--status-every': -1.0 is not in the range x>=0"),
                              (["up", "--metrics-port", "70000"], "'--metrics-port': 70000 is not in the range 1<=x<=65535")):
         out = subprocess.run([sys.executable, "-m", "appliance", *command], cwd=short_dir, capture_output=True,
                              text=True, timeout=60)
