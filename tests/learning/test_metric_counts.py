@@ -22,7 +22,8 @@ from river import metrics, utils
 from appliance.engine.core import Engine
 from appliance.learning import candidates, online_model, publication
 from appliance.learning import metrics as learning_metrics
-from appliance.learning.metrics import Evaluation, RocAucCounts, predicted_label
+from appliance.learning.metrics import Evaluation, predicted_label
+from appliance.learning.river_metrics import RocAucCounts
 from appliance.storage.snapshot import dump_object, load_object
 from tests.conftest import LEARNER, config_with, flip_stream, items
 
