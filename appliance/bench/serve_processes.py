@@ -8,7 +8,8 @@ point, in its own process tree):
   whichever the kernel gave it) and the throughput of `clients` concurrent connections
   (`wire.concurrent_processes`: the kernel spreads them over the processes);
 - once its source has ended (idle but for the requests): server CPU per request, the CPU seconds of
-  every serving process (`health.serving_pids`, from /proc) and of the store writer process
+  every serving process (`health.serving_pids`, from /proc: the primary, and with N > 1 its N
+  children, which take the connections) and of the store writer process
   (`stats.store.pid`) over a load run, divided by the replies. A `predict` with `ingest: false` is
   still logged, read by the flow and written to the store, so the primary's dataflow CPU and the
   writer's for it are included, as they are part of what a request costs.
@@ -127,6 +128,7 @@ def _cpu_per_request(app: lifecycle.Launched, target: wire.Target, plan: Process
     load = wire.concurrent_processes(target, plan.clients, plan.seconds, warmup=0.0)
     used = cpu_seconds(pids) - before
     replies = load["per_second"] * plan.seconds
+    # the primary and, with N > 1, its N serving children (the store writer is counted apart)
     return {"serving_pids": len(pids) - (writer is not None), "idle_throughput": load["per_second"], "cpu_seconds": round(used, 3),
             "cpu_us_per_request": round(used / replies * 1e6, 1) if replies else None}
 

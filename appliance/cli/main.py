@@ -54,8 +54,8 @@ def main() -> None:
               help="Also serve Prometheus metrics on 127.0.0.1:PORT/metrics.")
 @click.option("--serve-processes", type=click.IntRange(1, 64), default=lambda: _default_serve_processes(),
               show_default="one per core, at most 4",
-              help="Processes answering on the socket (Unix and TCP), this one included; 1 serves from this "
-                   "process alone, more use more cores.")
+              help="Processes answering on the socket (Unix and TCP): 1 serves from this process alone; "
+                   "N > 1 starts N serving processes beside this one, which keeps the dataflow.")
 @click.option("--console", "with_console", is_flag=True, help="Run the operator console in this terminal; "
                                                                "quitting it stops the appliance.")
 @RESTARTS_OPTION

@@ -56,7 +56,7 @@ class RunOptions:
     on_ready: Callable[[], None] | None = None
     on_tick: Callable[[Appliance], None] | None = None
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1:PORT/metrics
-    serve_processes: int = 1  # processes accepting on the socket, the primary included (runtime.serving_processes)
+    serve_processes: int = 1  # processes accepting on the socket: 1 this one, N > 1 serving children (runtime.serving_processes)
     restarts: int = MAX_RESTARTS  # restarts of a failed flow allowed within 10 minutes (runtime.supervision)
     writer_process: bool = True  # the store writer in its own process (storage.writer_process), else a thread
 
@@ -194,7 +194,7 @@ class Appliance:
         if self.options.serve:
             inputs.append(InboxInput("inbox", self.config.db + "-inbox", int(offsets.get("inbox", 0))))
             paths = {str(p) for p in child_inboxes(self.config.db)}
-            paths |= {f"{self.config.db}-inbox-{n}" for n in range(1, self.options.serve_processes)}
+            paths |= {f"{self.config.db}-inbox-{n}" for n in range(1, self.options.serve_processes + 1)}
             for path in sorted(paths, key=lambda p: int(p.rsplit("-", 1)[-1])):
                 name = "inbox-" + path.rsplit("-", 1)[-1]  # the flow's offsets are per input name
                 inputs.append(InboxInput(name, path, int(offsets.get(name, 0))))
@@ -255,6 +255,7 @@ class Appliance:
         if serving_children:
             self._start_children()
         self.writer.after_durable_checkpoint = self._released
+        collector = _tune_collector()
         try:
             self._start_flow()
             if self.options.on_ready is not None:
@@ -265,6 +266,7 @@ class Appliance:
                     break
         finally:
             self._shutdown()
+            _restore_collector(collector)
         if self.error is not None:
             raise self.error
 
@@ -374,14 +376,24 @@ class Appliance:
                                watch_source=lambda: self.service.stats({}))
         private.start()
         self.private_server = private
+        public = self.server
+        self.service.server_stats = lambda: _with_relayed_watchers(public.stats(), private.stats())
         assert self.server is not None and self.server.unix_fd is not None
-        self.children = ServingChildren(self.config, self.options.serve_processes - 1, self.server.unix_fd,
+        self.children = ServingChildren(self.config, self.options.serve_processes, self.server.unix_fd,
                                         private.unix_path, tcp_fd=self.server.tcp_fd,  # type: ignore[arg-type]
                                         token=self.options.token, auth_timeout=self.options.auth_timeout)
         # Each process takes its share of the failed-authentication budget: N of them guess no faster than one.
-        self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.options.serve_processes)
+        self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.children.serving_processes)
         self.children.start()
+        self._route_connections()
         self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
+
+    def _route_connections(self) -> None:
+        """New client connections go to the serving children; this process accepts them only while no
+        child is up. A predict here would wait for the flow's thread (one interpreter lock): measured,
+        its p99 while ingesting was 2-4 ms against 0.2 ms in a child (docs/benchmarks.md)."""
+        assert self.server is not None and self.children is not None
+        self.server.set_accepting(not self.children.running())
 
     def _children_lag(self) -> dict[str, int]:
         """Bytes the flow is behind in each serving child's inbox it reads (on any thread)."""
@@ -447,6 +459,7 @@ class Appliance:
         if self.children is not None and not self.stop_event.is_set():
             self._publish_status()
             self.children.check()
+            self._route_connections()
         if self.stop_event.is_set() and self.writer.failure is not None:
             self.writer.abandon()  # the flow may be waiting for room in the writer's queue
 
@@ -508,15 +521,37 @@ class Appliance:
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while the socket thread waits for it
 
 
+def _with_relayed_watchers(public: dict[str, int], private: dict[str, int]) -> dict[str, int]:
+    """The public socket's counters (the children's are added by `Service.stats`) with the watchers
+    the children relay to the private socket, where the pushing happens."""
+    for name in ("watchers", "watch_updates_pushed", "watch_updates_dropped"):
+        public[name] += private[name]
+    return public
+
+
+def _tune_collector() -> tuple[int, int, int]:
+    """Objects alive at start (modules, the restored model and state) are moved out of the cycle
+    collector's sight, and young-generation collections are made rarer, so full collections do not
+    stall the flow (or requests): with the interpreter's defaults the engine spent ~11 % of its time
+    over the sample's first 50,000 lines in the collector, ~130 ms per full collection
+    (docs/benchmarks.md). Returns the thresholds it replaced (`_restore_collector`)."""
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    return previous
+
+
+def _restore_collector(previous: tuple[int, int, int]) -> None:
+    """Give an embedding process its collector back as it was when `run` began."""
+    gc.unfreeze()
+    gc.set_threshold(*previous)
+
+
 def _tune_for_serving() -> None:
     """Keep the socket thread's waits short while the dataflow and the store writer run.
 
     The server answers from its own thread; with the default 5 ms GIL switch interval a request
-    can wait that long behind a busy dataflow thread. Objects alive at start (the restored model
-    and state) are moved out of the collector's sight, and young-generation collections are made
-    rarer, so full collections do not stall requests.
+    can wait that long behind a busy dataflow thread.
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)

@@ -1,7 +1,8 @@
 """The primary's serving children: started with the listening socket, restarted when one dies.
 
-With `--serve-processes N` (N > 1) the primary starts N-1 children (`appliance.serving.child`):
-the primary serves too, so N counts every process accepting on the socket. Each child gets the
+With `--serve-processes N` (N > 1) the primary starts N children (`appliance.serving.child`), which
+take every new client connection: the primary accepts only while none of them runs
+(`runtime.app.Appliance._route_connections`). Each child gets the
 listening Unix socket (and the TCP one, with the token on stdin, when TCP is on) by `pass_fds` (no fork of this process's state: `Popen` execs a fresh
 interpreter), the config as JSON on stdin, and the path of the primary's private socket to forward
 the ops it does not answer itself. `check` (called from the primary's main loop) restarts a child
@@ -28,13 +29,13 @@ STOP_WAIT = 10.0  # seconds a child has to exit after SIGTERM before it is kille
 
 
 def default_serve_processes() -> int:
-    """Serving processes by default: one per core, at most 4 (the primary counts as one)."""
+    """Serving processes by default: one per core, at most 4 (beside the primary, when more than 1)."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
 @dataclass
 class ServingChildren:
-    """N-1 child processes accepting on `unix_fd`, forwarding to `private_socket`."""
+    """`count` child processes accepting on `unix_fd`, forwarding to `private_socket`."""
 
     config: Config
     count: int
@@ -73,11 +74,17 @@ class ServingChildren:
 
     @property
     def serving_processes(self) -> int:
-        """Every process accepting, the primary included (each takes its share of the failed-auth budget)."""
+        """Every process that may accept, the primary included (it does while no child runs); each
+        takes its share of the failed-authentication budget."""
         return self.first_index + self.count
 
     def pids(self) -> list[int]:
         return [process.pid for process in self.processes.values()]
+
+    def running(self) -> int:
+        """Children started and not exited (each said it was accepting when it started)."""
+        with self.lock:
+            return sum(process.poll() is None for process in self.processes.values())
 
     def check(self) -> None:
         """Restart each child that has exited (not once `stop` began)."""

@@ -53,6 +53,9 @@ class ChildServer:
         self.auth_timeout = auth_timeout
         self.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / max(1, serving_processes))
         self.tcp_open = 0
+        self.connections_total = 0
+        self.connections_refused = 0
+        self.requests = 0  # lines answered here or relayed to the primary
         self.stopping = False
         self._open: dict[asyncio.Task, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}  # by handler
 
@@ -68,11 +71,20 @@ class ChildServer:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
+    def stats(self) -> dict[str, int]:
+        """This child's counters, named as the socket server's (`status_record.CHILD_COUNTERS`)."""
+        return {"connections_open": len(self._open), "connections_total": self.connections_total,
+                "connections_open_tcp": self.tcp_open, "connections_refused": self.connections_refused,
+                "auth_failures": self.failed_auths.total, "requests": self.requests,
+                "errors": self.protocol.errors_total}
+
     async def handle_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.handle(reader, writer, Session(authenticated=True, peer="unix", token=self.token))
 
     async def handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.tcp_open >= MAX_TCP_CONNECTIONS:
+            self.connections_total += 1
+            self.connections_refused += 1
             writer.close()
             return
         self.tcp_open += 1
@@ -89,6 +101,7 @@ class ChildServer:
         task = asyncio.current_task()
         assert task is not None
         self._open[task] = (reader, writer)
+        self.connections_total += 1
         if self.stopping:  # accepted as the stop began
             _stop_reading(reader, writer)
         try:
@@ -112,6 +125,7 @@ class ChildServer:
                     break
                 if not line.strip():
                     continue
+                self.requests += 1
                 if pump is not None:  # piped after a watch: the primary answers everything
                     upstream[1].write(line)  # type: ignore[index]
                     continue

@@ -102,6 +102,9 @@ class SocketServer:
         self.bytes_out = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.base_events.Server] = []
+        self._closed_servers: list[asyncio.base_events.Server] = []  # closed by `set_accepting`
+        self._listeners: list[socket.socket] = []
+        self.accepting = False
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -116,14 +119,27 @@ class SocketServer:
         """Bind and start serving; return once listening (raise if binding failed)."""
         unix_sock = self._bind_unix() if self.unix_path else None
         tcp_sock = self._bind_tcp() if self.tcp else None
-        self.unix_fd = None if unix_sock is None else unix_sock.fileno()  # serving children accept on it too
-        self.tcp_fd = None if tcp_sock is None else tcp_sock.fileno()  # and on this one
+        # The bound sockets stay open here for the server's life: serving children accept on them too
+        # (their fds are passed on), and the loop accepts on duplicates it may close (`set_accepting`).
+        self._listeners = [sock for sock in (unix_sock, tcp_sock) if sock is not None]
+        self.unix_fd = None if unix_sock is None else unix_sock.fileno()
+        self.tcp_fd = None if tcp_sock is None else tcp_sock.fileno()
         self._thread = threading.Thread(target=self._serve, args=(unix_sock, tcp_sock), name="socket-server",
                                         daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
             raise self._error
+
+    def set_accepting(self, accepting: bool, timeout: float = 10.0) -> None:
+        """Accept new connections on the listeners, or stop accepting them (any thread). Connections
+        already open are served either way, and the listening sockets stay open for the serving
+        children, which then take every new connection (`runtime.app` stops this process accepting
+        while a child is up)."""
+        loop = self._loop
+        if loop is None or self._stopped.is_set() or accepting == self.accepting:
+            return
+        asyncio.run_coroutine_threadsafe(self._accept(accepting), loop).result(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, answer what was received, flush replies, close; idempotent."""
@@ -137,6 +153,8 @@ class SocketServer:
             self._stopped.set()
             self.worker.shutdown(wait=False, cancel_futures=True)
             self._remove_socket_file()
+            for sock in self._listeners:
+                sock.close()
 
     def stats(self) -> dict[str, int]:
         """Counters for `stats`; cheap, safe to call from any thread."""
@@ -154,15 +172,7 @@ class SocketServer:
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
-            if unix_sock is not None:
-                self._servers.append(loop.run_until_complete(loop.create_unix_server(
-                    lambda: Connection(self, Session(authenticated=True, peer="unix", token=self.token)),
-                    sock=unix_sock, backlog=1024)))
-            if tcp_sock is not None:
-                needs_auth = self.token is not None
-                self._servers.append(loop.run_until_complete(loop.create_server(
-                    lambda: Connection(self, Session(authenticated=not needs_auth, peer="tcp", token=self.token)),
-                    sock=tcp_sock, backlog=1024)))
+            loop.run_until_complete(self._accept(True))
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -175,6 +185,30 @@ class SocketServer:
             loop.run_forever()
         finally:
             loop.close()
+
+    async def _accept(self, accepting: bool) -> None:
+        """Open the loop's servers on duplicates of the listening sockets, or close them."""
+        if not accepting:
+            for server in self._servers:
+                server.close()  # closes the duplicate only: the listening socket stays open
+            self._closed_servers.extend(self._servers)
+            self._servers = []
+            self.accepting = False
+            return
+        if self.accepting:
+            return
+        loop = asyncio.get_running_loop()
+        needs_auth = self.token is not None
+        for sock in self._listeners:
+            if sock.family == socket.AF_UNIX:
+                self._servers.append(await loop.create_unix_server(
+                    lambda: Connection(self, Session(authenticated=True, peer="unix", token=self.token)),
+                    sock=sock.dup(), backlog=1024))
+            else:
+                self._servers.append(await loop.create_server(
+                    lambda: Connection(self, Session(authenticated=not needs_auth, peer="tcp", token=self.token)),
+                    sock=sock.dup(), backlog=1024))
+        self.accepting = True
 
     async def _push_updates(self) -> None:
         """Send each watcher its due stats update, or drop it if the watcher is not reading."""
@@ -222,7 +256,7 @@ class SocketServer:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
-        for server in self._servers:
+        for server in self._servers + self._closed_servers:
             await server.wait_closed()
         asyncio.get_running_loop().stop()
 

@@ -55,7 +55,7 @@ class Service:
         self.outage: Callable[[], Any] = lambda: None  # the `Outage` refusing writes, or None
         self.serving_pids: Callable[[], list[int]] = lambda: [os.getpid()]  # primary first, then its children
         self.predict_latency = LatencyRing()
-        self.peer_latencies: Callable[[], dict[int, Any]] = dict  # the serving children's service times by pid
+        self.peer_latencies: Callable[[], dict[int, Any]] = dict  # the serving children's `PeerReport`s by pid
         self.children_lag: Callable[[], dict[str, int]] = dict  # bytes the flow is behind in each child's inbox
         self.unlogged = 0  # scored-only predictions answered but not logged while overloaded
         self.flow_stats: Callable[[], dict] = dict  # the flow's restarts and failures (runtime.supervision)
@@ -247,9 +247,14 @@ class Service:
         peers = self.peer_latencies()
         if peers:  # every serving process's last service times together, and each apart
             own = self.predict_latency.recorded()
-            stats["predict_latency"] = quantiles_of(itertools.chain(own, *peers.values()))
+            stats["predict_latency"] = quantiles_of(itertools.chain(own, *(peer.samples for peer in peers.values())))
             stats["predict_latency_by_pid"] = {str(os.getpid()): quantiles_of(own),
-                                               **{str(pid): quantiles_of(times) for pid, times in peers.items()}}
+                                               **{str(pid): quantiles_of(peer.samples) for pid, peer in peers.items()}}
+            server = stats.get("server")
+            if server is not None:  # the children's connections and requests with this process's own
+                for peer in peers.values():
+                    for name, value in peer.server.items():
+                        server[name] = server.get(name, 0) + value
         stats["predictions_unlogged"] = self.unlogged
         stats["flow"] = self.flow_stats()
         stats["entity_keys"] = list(self.engine.space.layouts)

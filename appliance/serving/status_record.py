@@ -1,6 +1,7 @@
 """What the serving processes tell each other through shared files: the primary's word to its
 children (whether writes are refused, how far the flow has read: `ServingStatus`), and each child's
-predict service times for the primary's `stats` (`LatencyReport`, `PeerLatencies`).
+predict service times and connection counters for the primary's `stats` (`LatencyReport`,
+`PeerLatencies`).
 
 A child answers `ingest`, `label` and logged `predict` itself, so it must refuse them when the
 primary would: while a stage is down (`Availability`'s outage: a full disk, a failing store writer,
@@ -43,7 +44,7 @@ import orjson
 from appliance.serving.availability import Outage
 from appliance.serving.latency import RING_SIZE, LatencyRing
 
-__all__ = ["RECORD_BYTES", "LatencyReport", "PeerLatencies", "ServingStatus", "SharedRecord", "report_path", "StatusReader", "StatusWriter", "status_path"]
+__all__ = ["CHILD_COUNTERS", "RECORD_BYTES", "LatencyReport", "PeerLatencies", "PeerReport", "ServingStatus", "SharedRecord", "report_path", "StatusReader", "StatusWriter", "status_path"]
 
 RECORD_BYTES = 16 << 10  # the whole file; a record longer than this has its outage reason shortened
 _HEAD = struct.Struct("<QI")  # sequence (odd while being written), payload length
@@ -151,36 +152,53 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+# A child's connection counters, as the socket server's `stats` names them (summed into `stats.server`)
+CHILD_COUNTERS = ("connections_open", "connections_total", "connections_open_tcp", "connections_refused",
+                  "auth_failures", "requests", "errors")
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """What one serving child last reported: its predict service times (ns) and its counters."""
+
+    samples: array
+    server: dict[str, int]
+
+
 def report_path(db: str, index: int) -> str:
-    """Where serving child `index` reports its predict service times."""
+    """Where serving child `index` reports its predict service times and counters."""
     return f"{db}-serving-{index}"
 
 
 class LatencyReport:
-    """A serving child's predict service times for the primary's `stats` (child -> primary).
+    """A serving child's predict service times and connection counters for the primary's `stats`
+    (child -> primary).
 
-    The child rewrites its `LatencyRing` (pid, count, the samples) into `<db>-serving-<n>`; the
-    primary merges every child's samples with its own (`PeerLatencies`).
+    The child rewrites its `LatencyRing` (pid, count, its `CHILD_COUNTERS`, the samples) into
+    `<db>-serving-<n>`; the primary merges every child's samples with its own and sums the counters
+    with its own server's (`PeerLatencies`).
     """
 
-    SIZE = _HEAD.size + 16 + 8 * RING_SIZE
+    _FIXED = struct.Struct(f"<QQ{len(CHILD_COUNTERS)}q")
+    SIZE = _HEAD.size + _FIXED.size + 8 * RING_SIZE
 
     def __init__(self, path: str) -> None:
         self._record = SharedRecord(path, self.SIZE, create=True)
-        self._count = -1
+        self._last: tuple = ()
 
-    def publish(self, ring: LatencyRing) -> None:
-        """Write the ring if it recorded anything since the last write."""
-        if ring.count != self._count:
-            self._count = ring.count
-            self._record.write(struct.pack("<QQ", os.getpid(), ring.count) + ring.recorded().tobytes())
+    def publish(self, ring: LatencyRing, server: dict[str, int]) -> None:
+        """Write the ring and the counters if either changed since the last write."""
+        counters = tuple(int(server.get(name, 0)) for name in CHILD_COUNTERS)
+        if (ring.count, counters) != self._last:
+            self._last = (ring.count, counters)
+            self._record.write(self._FIXED.pack(os.getpid(), ring.count, *counters) + ring.recorded().tobytes())
 
     def close(self) -> None:
         self._record.close()
 
 
 class PeerLatencies:
-    """The primary's side: each child's latest predict service times, from the files present."""
+    """The primary's side: each child's latest report, from the files present."""
 
     def __init__(self, db: str) -> None:
         self.pattern = glob.escape(db) + "-serving-*"
@@ -191,9 +209,10 @@ class PeerLatencies:
         for path in glob.glob(self.pattern):
             os.unlink(path)
 
-    def read(self) -> dict[int, array]:
-        """Service times (nanoseconds) by child pid."""
-        found: dict[int, array] = {}
+    def read(self) -> dict[int, PeerReport]:
+        """Each child's last report, by pid."""
+        found: dict[int, PeerReport] = {}
+        fixed = LatencyReport._FIXED
         for path in glob.glob(self.pattern):
             if not path.rsplit("-", 1)[-1].isdigit():
                 continue
@@ -207,8 +226,8 @@ class PeerLatencies:
                 continue
             payload = self._open[path][1].read()
             if payload:
-                pid, _count = struct.unpack_from("<QQ", payload)
-                found[pid] = array("q", payload[16:])
+                pid, _count, *counters = fixed.unpack_from(payload)
+                found[pid] = PeerReport(array("q", payload[fixed.size:]), dict(zip(CHILD_COUNTERS, counters)))
         return found
 
     def close(self) -> None:

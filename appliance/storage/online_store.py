@@ -153,6 +153,9 @@ class OnlineReader:
         self.env = env
         self.states = self.env.open_db(b"states", create=False)
         self.meta_db = self.env.open_db(b"meta", create=False)
+        # The last meta record decoded, with its bytes: a batch's meta is read by every request until
+        # the next batch, so it is decoded once per batch, not once per read.
+        self.last_meta: tuple[bytes, OnlineMeta] | None = None
 
     def view(self) -> OnlineView:
         """A consistent snapshot of one committed batch; `close` it (or use `with`)."""
@@ -184,10 +187,15 @@ class OnlineView:
         blob = self.txn.get(b"meta", db=self.reader.meta_db)
         if blob is None:
             raise OnlineStoreError("the online store has no batch yet")
+        last = self.reader.last_meta
+        if last is not None and last[0] == blob:
+            return last[1]
         data = orjson.loads(blob)
         if data.get("format") != FORMAT_VERSION:
             raise OnlineStoreError(f"online store of format {data.get('format')}; this release reads {FORMAT_VERSION}")
-        return OnlineMeta(**data)
+        meta = OnlineMeta(**data)
+        self.reader.last_meta = (blob, meta)
+        return meta
 
     def space(self) -> dict:
         blob = self.txn.get(b"space", db=self.reader.meta_db)

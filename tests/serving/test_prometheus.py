@@ -22,7 +22,7 @@ from appliance.config.file import config_from_dict
 from appliance.runtime.app import Appliance, RunOptions
 from appliance.serving import prometheus
 from appliance.serving.client import Client
-from tests.conftest import SMALL_CONFIG, feed, make_stream, serving
+from tests.conftest import SMALL_CONFIG, feed, make_stream, serving, wait_for
 
 
 def free_port() -> int:
@@ -158,6 +158,8 @@ def test_every_metric_the_protocol_doc_names_is_exposed(running):
     config, port = running
     with Client(config.socket) as client:
         feed(client, make_stream(200))
+        # the store's growth needs two readings of the disk (the main loop's ticks) before it has a value
+        wait_for(lambda: client.request("stats")["disk"]["growth_bytes_per_s"] is not None)
     section = Path(__file__).parents[2].joinpath("docs", "protocol.md").read_text().split("### Prometheus")[1]
     documented = set(re.findall(r"appliance_[a-z_]+", section.split("\n### ")[0]))
     assert len(documented) >= 10

@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import sys
+from array import array
 
 import orjson
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -21,9 +22,9 @@ from appliance.engine.core import Engine
 from appliance.engine.items import EventItem, LabelItem
 from appliance.engine.online import OnlinePublisher
 from appliance.features import attributes
-from appliance.features.entity_codec import decode_state
+from appliance.features.entity_codec import decode_state, encode_state
 from appliance.ingest.events import Event, parse_event
-from appliance.serving.replica import Replica
+from appliance.serving.replica import DecodedStates, Replica
 from appliance.storage.online_store import OnlineReader, OnlineWriter, Publication
 from appliance.storage.store import open_db
 from dataflows.appliance_flow import build_flow
@@ -100,6 +101,8 @@ def test_a_replica_scores_bit_for_bit_as_the_engine_after_every_batch(tmp_path):
     assert seen_versions[-1] == engine.model.served.version < newest, (seen_versions[-5:], newest)
     assert engine.space.label_rates is not None and engine.space.label_rates.n > 0
     assert writer.deleted > 0, "no eviction reached the online store"
+    cache = replica.states  # the decoded states it kept: reused, and decoded again when their bytes changed
+    assert cache.hits > 0 and cache.decoded > len(cache.entries) > 0
     with replica.reader.view() as view:
         stored = {(key, entity): decode_state(blob) for key, entity, blob in view.states()}
     assert stored == {(key, entity): state for key, entity, state in engine.space.iter_states(engine.entities)}
@@ -109,7 +112,7 @@ def test_a_replica_scores_bit_for_bit_as_the_engine_after_every_batch(tmp_path):
 REPLICA_SCRIPT = """
 import sys, orjson
 from appliance.config.file import config_from_dict
-from appliance.serving.replica import Replica
+from appliance.serving.replica import DecodedStates, Replica
 from appliance.storage.online_store import OnlineReader
 config, path, requests = orjson.loads(sys.stdin.buffer.read())
 replica = Replica(config_from_dict(config), OnlineReader(path))
@@ -214,3 +217,18 @@ def test_a_replica_follows_the_attribute_tables_the_engine_switches_to(tmp_path)
     assert tables_seen[0] == 1 and tables_seen[-1] == 2 == engine.space.attributes["card"].version
     assert any("card_limit" in replica.score(values, ts).x for values, ts in requests)
     writer.close()
+
+
+def test_decoded_states_are_reused_for_the_same_bytes_only_and_bounded():
+    one = encode_state((array("d", [1.0, 2.0]), (((7, 2),),)))
+    two = encode_state((array("d", [1.0, 3.0]), (((7, 2), (8, 3)),)))
+    cache = DecodedStates(capacity=2)
+    first = cache.state("card", "c1", one)
+    assert cache.state("card", "c1", bytes(one)) is first  # equal bytes (a new object, as LMDB returns)
+    assert cache.state("card", "c1", two) == decode_state(two)  # changed bytes: decoded again
+    assert (cache.hits, cache.decoded) == (1, 2)
+    cache.state("user", "c1", one)  # another key, same entity name: its own entry
+    cache.state("card", "c2", one)  # a third entry: the one stored longest ago goes
+    assert list(cache.entries) == [("user", "c1"), ("card", "c2")]
+    none = DecodedStates(capacity=0)
+    assert none.state("card", "c1", one) == decode_state(one) and not none.entries

@@ -2,8 +2,9 @@
 
 Which process the kernel hands a connection is not ours to choose, so the tests that need a child to
 answer start one more real child (`ServingChildren`) on a socket of the test's own, forwarding to the
-appliance's private socket exactly as the appliance's own children do; its inbox (`<db>-inbox-2`)
-exists before the appliance starts, so the flow reads it as an input partition.
+appliance's private socket exactly as the appliance's own children do; its inbox (`<db>-inbox-3`:
+the appliance's own two children have 1 and 2) exists before the appliance starts, so the flow reads
+it as an input partition.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ TOKEN = "tcp-token-for-the-children"
 class ExtraChild:
     """One more real serving child on sockets of the test's own (so the test knows who answers)."""
 
-    def __init__(self, appliance, path: str, tcp: bool = False, index: int = 2, **rules) -> None:
+    def __init__(self, appliance, path: str, tcp: bool = False, index: int = 3, **rules) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
@@ -82,7 +83,7 @@ class ExtraChild:
 @pytest.fixture
 def two_processes(short_dir):
     config = make_config(short_dir)
-    Path(config.db + "-inbox-2").touch()  # the extra child's inbox: an input of the flow from the start
+    Path(config.db + "-inbox-3").touch()  # the extra child's inbox: an input of the flow from the start
     with serving(config, serve_processes=2) as appliance:
         extra = ExtraChild(appliance, str(short_dir / "c.sock"))
         try:
@@ -95,7 +96,7 @@ def two_processes(short_dir):
 def tcp_child(short_dir):
     """The primary and one more child accepting on a TCP listener of the test's own, with a token."""
     config = make_config(short_dir)
-    Path(config.db + "-inbox-2").touch()
+    Path(config.db + "-inbox-3").touch()
     with serving(config, serve_processes=2) as appliance:
         extra = ExtraChild(appliance, str(short_dir / "c.sock"), tcp=True, token=TOKEN, auth_timeout=1.0)
         try:
@@ -113,7 +114,7 @@ def test_a_child_answers_tcp_clients_that_authenticate_and_relays_their_other_op
         scored = child.request("predict", event=payments(6)[5], ingest=False)
         assert 0.0 <= scored["score"] <= 1.0
         assert child.request("health")["pid"] == os.getpid()  # relayed: the primary answered it
-    logged = [orjson.loads(line) for line in Path(appliance.config.db + "-inbox-2").read_bytes().splitlines()]
+    logged = [orjson.loads(line) for line in Path(appliance.config.db + "-inbox-3").read_bytes().splitlines()]
     ingested = [record["event"]["event_id"] for record in logged if "served" not in record]
     assert ingested == [e["event_id"] for e in events]  # the child's inbox: the child answered
     assert [record["event"]["event_id"] for record in logged if "served" in record] == ["e5"]
@@ -170,7 +171,7 @@ def test_a_child_scores_as_the_engine_and_its_predictions_are_learned(two_proces
         primary.request("ingest", events=history)
         wait_for(lambda: processed(primary) >= 200, "the history to be processed")
         wait_for(lambda: appliance.online.writer.path.exists()
-                 and extra.children.processes[2].poll() is None, "the child")
+                 and extra.children.processes[3].poll() is None, "the child")
         # Scored-only probes (ingest false): the engine's state does not move between the two answers.
         engine = appliance.engine
         known = 0
@@ -191,7 +192,7 @@ def test_a_child_scores_as_the_engine_and_its_predictions_are_learned(two_proces
             child.request("label", event_id=raw["event_id"], label=int(raw["amount"] > 100))
         wait_for(lambda: primary.request("stats")["counts"]["labels_joined"] >= before["labels_joined"] + len(probes),
                  "the labels of the child-served predictions to be joined")
-    logged = [orjson.loads(line) for line in Path(appliance.config.db + "-inbox-2").read_bytes().splitlines()
+    logged = [orjson.loads(line) for line in Path(appliance.config.db + "-inbox-3").read_bytes().splitlines()
               if line.strip()]
     served = [record for record in logged if "served" in record and record["ingest"]]
     assert [record["event"]["event_id"] for record in served] == [raw["event_id"] for raw in probes]
@@ -209,7 +210,7 @@ def test_every_op_is_answered_through_a_child(two_processes):
         health = child.request("health")
         assert health["pid"] == os.getpid()  # forwarded: the primary (this test process) answered it
         assert extra.children.pids()[0] not in health["serving_pids"]
-        assert len(health["serving_pids"]) == 2 and health["serving_pids"][1] != os.getpid()
+        assert len(health["serving_pids"]) == 3 and os.getpid() not in health["serving_pids"][1:]
         assert child.request("stats")["counts"] == primary.request("stats")["counts"]
         assert child.request("models")["versions"] == primary.request("models")["versions"]
     ops_asked = {"predict", "ingest", "label", "stats", "health", "models"}
@@ -238,14 +239,37 @@ def test_watch_is_relayed_line_by_line(two_processes):
             raise AssertionError("no reply to health after watch")
 
 
+def test_while_children_serve_the_primary_accepts_no_client_connection(short_dir):
+    """A predict answered by the primary would wait for its flow's thread; with children up, every new
+    connection goes to a child: each scored-only predict is logged in a child's inbox, none in the
+    primary's. The primary still answers what the children relay to it (`health`)."""
+    config = make_config(short_dir)
+    with serving(config, serve_processes=2) as appliance:
+        assert not appliance.server.accepting
+        for i, event in enumerate(payments(30)):
+            with Client(config.socket) as client:
+                assert client.request("predict", event=event, ingest=False)["event_id"] == f"e{i}"
+                assert client.request("health")["pid"] == os.getpid()
+        primary_inbox = Path(config.db + "-inbox").read_bytes()
+        logged = sum(len(Path(f"{config.db}-inbox-{n}").read_bytes().splitlines()) for n in (1, 2))
+        # `stats.server` counts what the children answered and relayed (asked on the private socket,
+        # which no child counts): 30 connections, 60 request lines, no error
+        with Client(appliance.private_server.unix_path) as primary:
+            wait_for(lambda: primary.request("stats")["server"]["requests"] == 60, "the children's counters")
+            server = primary.request("stats")["server"]
+    assert primary_inbox.strip() == b"" and logged == 30
+    assert server["connections_total"] == 30 and server["errors"] == 0, server
+
+
 def test_a_killed_child_is_restarted_and_the_socket_keeps_answering(short_dir):
     config = make_config(short_dir)
     with serving(config, serve_processes=2) as appliance:
         old = appliance.children.pids()
-        assert len(old) == 1
+        assert len(old) == 2
         os.kill(old[0], signal.SIGKILL)
         wait_for(lambda: appliance.children.pids() != old and appliance.children.processes[1].poll() is None,
                  "a new child")
+        assert appliance.children.pids()[1] == old[1]
         assert appliance.children.restarts == 1
         for _ in range(20):  # whichever process the kernel picks answers
             with Client(config.socket) as fresh:
@@ -271,7 +295,7 @@ def test_a_child_stopped_by_sigterm_answers_and_logs_every_request_it_had_read(s
     until the child has begun to stop: the lines the child read behind the relayed one are answered
     and in its inbox before it exits, and an idle connection is closed, not waited for."""
     config = make_config(short_dir)
-    Path(config.db + "-inbox-2").touch()
+    Path(config.db + "-inbox-3").touch()
     stand_in = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stand_in.bind(str(short_dir / "p.sock"))
     stand_in.listen(4)
@@ -281,9 +305,9 @@ def test_a_child_stopped_by_sigterm_answers_and_logs_every_request_it_had_read(s
     listener.listen(64)
     events = payments(2)
     with serving(config, serve_processes=2) as appliance:  # the online store and status record a child reads
-        children = ServingChildren(appliance.config, 1, listener.fileno(), stand_in.getsockname(), first_index=2)
+        children = ServingChildren(appliance.config, 1, listener.fileno(), stand_in.getsockname(), first_index=3)
         children.start()
-        child = children.processes[2]
+        child = children.processes[3]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle, \
                     socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
@@ -312,7 +336,7 @@ def test_a_child_stopped_by_sigterm_answers_and_logs_every_request_it_had_read(s
             listener.close()
             stand_in.close()
     logged = [orjson.loads(line)["event"]["event_id"]
-              for line in Path(config.db + "-inbox-2").read_bytes().splitlines() if line.strip()]
+              for line in Path(config.db + "-inbox-3").read_bytes().splitlines() if line.strip()]
     assert logged == [event["event_id"] for event in events]
 
 
@@ -384,7 +408,7 @@ def test_kill_9_of_the_primary_leaves_no_serving_child(short_dir):
     try:
         with Client(str(short_dir / "appliance.sock")) as client:
             pids = client.request("health")["serving_pids"]
-        assert pids[0] == up.pid and len(pids) == 3
+        assert pids[0] == up.pid and len(pids) == 4  # the primary and its 3 serving children
         children = pids[1:]
         assert all(_alive(pid) for pid in children)
         up.kill()
@@ -443,12 +467,12 @@ def test_a_child_refuses_writes_by_the_primarys_status_record(short_dir):
 
 def test_the_primary_publishes_the_flows_offset_in_each_childs_inbox(two_processes):
     appliance, extra = two_processes
-    inbox = Path(appliance.config.db + "-inbox-2")
+    inbox = Path(appliance.config.db + "-inbox-3")
     with Client(extra.path) as child:
         child.request("ingest", events=payments(50))
     reader = StatusReader(status_path(appliance.config.db))
     try:
-        wait_for(lambda: reader.read().offsets.get("inbox-2") == inbox.stat().st_size > 0, "the offset published")
+        wait_for(lambda: reader.read().offsets.get("inbox-3") == inbox.stat().st_size > 0, "the offset published")
         assert reader.read().outage is None
     finally:
         reader.close()
@@ -456,7 +480,7 @@ def test_the_primary_publishes_the_flows_offset_in_each_childs_inbox(two_process
 
 def test_a_full_disk_in_the_primary_refuses_writes_in_a_child_with_the_same_code(small_disk):
     config = make_config(small_disk)
-    Path(config.db + "-inbox-2").touch()
+    Path(config.db + "-inbox-3").touch()
     with serving(config, serve_processes=2) as appliance:
         extra = ExtraChild(appliance, str(small_disk / "c.sock"))
         try:
@@ -467,12 +491,12 @@ def test_a_full_disk_in_the_primary_refuses_writes_in_a_child_with_the_same_code
                 wait_for(lambda: primary.request("health")["accepting_writes"] is False, "the primary to refuse")
                 code = refusal(primary, "ingest", events=[event])
                 assert code in ("disk_low", "unavailable")
-                size = Path(config.db + "-inbox-2").stat().st_size
+                size = Path(config.db + "-inbox-3").stat().st_size
                 for op, fields in (("ingest", {"events": [event]}), ("label", {"event_id": "e0", "label": 1}),
                                    ("predict", {"event": event})):
                     assert refusal(child, op, **fields) == code, op
                 assert child.request("predict", event=event, ingest=False)["logged"] is False
-                assert Path(config.db + "-inbox-2").stat().st_size == size
+                assert Path(config.db + "-inbox-3").stat().st_size == size
                 filler.unlink()  # space returns: the child accepts again as soon as the primary says so
                 wait_for(lambda: primary.request("health")["accepting_writes"] is True, "the primary to accept")
                 assert child.request("ingest", events=[event])["accepted"] == 1
@@ -503,11 +527,11 @@ def test_inbox_lag_covers_every_childs_inbox(two_processes):
     with Client(appliance.config.socket) as primary:
         wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "no lag to begin with")
         before = processed(primary)
-        with open(appliance.config.db + "-inbox-2", "ab") as inbox:  # a child's write, half landed
+        with open(appliance.config.db + "-inbox-3", "ab") as inbox:  # a child's write, half landed
             inbox.write(line[:half])
             inbox.flush()
             stats = primary.request("stats")
-            assert stats["inbox_lag_bytes"] == half and stats["inbox_lag_by_input"]["inbox-2"] == half
+            assert stats["inbox_lag_bytes"] == half and stats["inbox_lag_by_input"]["inbox-3"] == half
             inbox.write(line[half:])
         wait_for(lambda: primary.request("stats")["inbox_lag_bytes"] == 0, "the flow to read the child's line")
         assert processed(primary) == before + 1
@@ -533,7 +557,7 @@ def test_a_childs_inbox_is_given_back_behind_the_durable_checkpoint(short_dir, m
     become a hole (the file keeps its length, its unread end intact)."""
     monkeypatch.setattr(writer, "RELEASE_EVERY", 0.0)
     config = make_config(short_dir, checkpoint={"every": 0.2})
-    inbox = Path(config.db + "-inbox-2")
+    inbox = Path(config.db + "-inbox-3")
     inbox.touch()
     with serving(config, serve_processes=2) as appliance:
         extra = ExtraChild(appliance, str(short_dir / "c.sock"))

@@ -314,3 +314,37 @@ def test_deferred_work_runs_off_the_loop_and_replies_keep_request_order(short_di
     finally:
         release.set()
         srv.stop()
+
+
+def test_a_server_that_stops_accepting_keeps_its_connections_and_its_listening_socket(short_dir):
+    """What the primary does while serving children take new connections: the connections it holds
+    are still answered, a new one waits in the listening socket's queue for whoever accepts on it
+    (here the test, on the fd a child would inherit), and accepting again serves new ones."""
+    path = str(short_dir / "a.sock")
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=path)
+    srv.start()
+    try:
+        held = raw_connect(path)
+        held.sendall(b'{"op":"echo","id":1}\n')
+        assert read_lines(held, 1)[0]["id"] == 1
+        srv.set_accepting(False)
+        assert not srv.accepting
+        held.sendall(b'{"op":"echo","id":2}\n')
+        assert read_lines(held, 1)[0]["id"] == 2  # an open connection is still served
+        inherited = socket.socket(fileno=os.dup(srv.unix_fd))  # as a serving child gets it
+        inherited.settimeout(10)
+        with raw_connect(path) as waiting:
+            waiting.sendall(b'{"op":"echo","id":3}\n')
+            accepted, _ = inherited.accept()  # the new connection was left to the other process
+            with accepted:
+                assert accepted.recv(100) == b'{"op":"echo","id":3}\n'
+        inherited.close()
+        assert os.path.exists(path)  # the socket file and the listener outlive the loop's server
+        srv.set_accepting(True)
+        with raw_connect(path) as fresh:
+            fresh.sendall(b'{"op":"echo","id":4}\n')
+            assert read_lines(fresh, 1)[0]["id"] == 4
+        held.close()
+    finally:
+        srv.stop()
+    assert not os.path.exists(path)
