@@ -101,8 +101,8 @@ def _run_appliance(config_path: str, source: str, db: str, workers: int = 1,
     from appliance.runtime.settings import resolve_config
 
     config = resolve_config(config_path, source, db=db, speed=0.0)
-    appliance = Appliance(config, RunOptions(serve=False, fresh=True, workers=workers,
-                                             writer_process=not writer_thread))
+    appliance = Appliance(config, RunOptions(serve=False, own_process=True, fresh=True, workers=workers,
+                                             writer_process=not writer_thread))  # what `replay` runs
     started, cpu = time.perf_counter(), cpu_seconds()
     appliance.run()
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu

@@ -76,7 +76,8 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
         if token is not None:
             raise click.UsageError("pass the token with --token-file or --token (APPLIANCE_TOKEN), not both")
         token = read_token_file(token_file)
-    options = RunOptions(serve=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token, auth_timeout=auth_timeout,
+    options = RunOptions(serve=True, own_process=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token,
+                         auth_timeout=auth_timeout,
                          on_tick=printer.tick,
                          on_ready=lambda: click.echo(f"ready: serving on {config.socket}"
                                                      + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
@@ -117,8 +118,8 @@ def replay(source: str | None, config_path: str | None, db: str | None, model_sp
 
     config = _with_model(resolve_config(config_path, source, db=db, speed=0.0), model_spec)
     bar = _ReplayProgress(enabled=not as_json)
-    appliance = Appliance(config, RunOptions(serve=False, fresh=fresh, workers=workers, on_tick=bar.tick,
-                                                       restarts=restarts))
+    appliance = Appliance(config, RunOptions(serve=False, own_process=True, fresh=fresh, workers=workers,
+                                             on_tick=bar.tick, restarts=restarts))
     on_signals(appliance.stop)
     started = time.monotonic()
     appliance.run()

@@ -59,6 +59,10 @@ class RunOptions:
     serve_processes: int = 1  # processes accepting on the socket: 1 this one, N > 1 serving children (runtime.serving_processes)
     restarts: int = MAX_RESTARTS  # restarts of a failed flow allowed within 10 minutes (runtime.supervision)
     writer_process: bool = True  # the store writer in its own process (storage.writer_process), else a thread
+    # The process is the appliance's own (the CLI's `up` and `replay`): freeze what the start built out
+    # of the cycle collector's sight and make its collections rarer while `run` runs (`_tune_collector`).
+    # Off for an embedding, whose collector is its own.
+    own_process: bool = False
 
 
 class Appliance:
@@ -255,7 +259,7 @@ class Appliance:
         if serving_children:
             self._start_children()
         self.writer.after_durable_checkpoint = self._released
-        collector = _tune_collector()
+        collector = _tune_collector() if self.options.own_process else None
         try:
             self._start_flow()
             if self.options.on_ready is not None:
@@ -266,7 +270,8 @@ class Appliance:
                     break
         finally:
             self._shutdown()
-            _restore_collector(collector)
+            if collector is not None:
+                _restore_collector(collector)
         if self.error is not None:
             raise self.error
 
@@ -534,7 +539,8 @@ def _tune_collector() -> tuple[int, int, int]:
     collector's sight, and young-generation collections are made rarer, so full collections do not
     stall the flow (or requests): with the interpreter's defaults the engine spent ~11 % of its time
     over the sample's first 50,000 lines in the collector, ~130 ms per full collection
-    (docs/benchmarks.md). Returns the thresholds it replaced (`_restore_collector`)."""
+    (docs/benchmarks.md). Returns the thresholds it replaced (`_restore_collector`). Only in the
+    appliance's own process (`RunOptions.own_process`)."""
     previous = gc.get_threshold()
     gc.collect()
     gc.freeze()
@@ -543,7 +549,7 @@ def _tune_collector() -> tuple[int, int, int]:
 
 
 def _restore_collector(previous: tuple[int, int, int]) -> None:
-    """Give an embedding process its collector back as it was when `run` began."""
+    """The collector as it was when `run` began."""
     gc.unfreeze()
     gc.set_threshold(*previous)
 

@@ -124,11 +124,13 @@ class SocketServer:
         self._listeners = [sock for sock in (unix_sock, tcp_sock) if sock is not None]
         self.unix_fd = None if unix_sock is None else unix_sock.fileno()
         self.tcp_fd = None if tcp_sock is None else tcp_sock.fileno()
-        self._thread = threading.Thread(target=self._serve, args=(unix_sock, tcp_sock), name="socket-server",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="socket-server", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
+            for sock in self._listeners:
+                sock.close()
+            self._remove_socket_file()
             raise self._error
 
     def set_accepting(self, accepting: bool, timeout: float = 10.0) -> None:
@@ -139,7 +141,10 @@ class SocketServer:
         loop = self._loop
         if loop is None or self._stopped.is_set() or accepting == self.accepting:
             return
-        asyncio.run_coroutine_threadsafe(self._accept(accepting), loop).result(timeout)
+        try:
+            asyncio.run_coroutine_threadsafe(self._accept(accepting), loop).result(timeout)
+        except (RuntimeError, concurrent.futures.TimeoutError) as exc:  # the loop closed or stopping meanwhile
+            log.warning("the socket server could not %s accepting: %r", "start" if accepting else "stop", exc)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, answer what was received, flush replies, close; idempotent."""
@@ -167,7 +172,7 @@ class SocketServer:
                 "watch_updates_pushed": self.watch_pushed, "watch_updates_dropped": self.watch_dropped}
 
     # -- internals ------------------------------------------------------------------------
-    def _serve(self, unix_sock: socket.socket | None, tcp_sock: socket.socket | None) -> None:
+    def _serve(self) -> None:
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop

@@ -430,15 +430,16 @@ def refusal(client: Client, op: str, **fields) -> str:
 def test_a_child_refuses_writes_by_the_primarys_status_record(short_dir):
     """The test plays the primary's part: its own status record, read by a real child."""
     config = make_config(short_dir)
-    inbox = Path(config.db + "-inbox-7")  # not an input of this appliance's flow: only the status says the lag
-    with open(inbox, "wb") as handle:  # a sparse inbox far past the lag bound, ending in a whole line
-        handle.truncate(MAX_INBOX_LAG + (1 << 20))
-        handle.seek(0, os.SEEK_END)
-        handle.write(b"\n")
-    size = inbox.stat().st_size
     status = StatusWriter(str(short_dir / "own-serving"))
     status.publish(ServingStatus(None, {"inbox-7": 0}))
     with serving(config, serve_processes=2) as appliance:
+        # made after the flow started, so not one of its inputs: only the status says the lag
+        inbox = Path(config.db + "-inbox-7")
+        with open(inbox, "wb") as handle:  # a sparse inbox far past the lag bound, ending in a whole line
+            handle.truncate(MAX_INBOX_LAG + (1 << 20))
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+        size = inbox.stat().st_size
         extra = ExtraChild(appliance, str(short_dir / "c.sock"), index=7, status_path=status.path)
         try:
             with Client(extra.path) as child:
