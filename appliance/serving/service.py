@@ -28,6 +28,7 @@ from appliance.serving.health import stage_health
 from appliance.serving.latency import LatencyRing, quantiles_of
 from appliance.serving.operator_ops import OperatorOps, limit_of
 from appliance.serving.protocol import Deferred
+from appliance.serving.status_record import PeerReport
 from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory
 from appliance.timeutil import format_timestamp
 
@@ -55,7 +56,7 @@ class Service:
         self.outage: Callable[[], Any] = lambda: None  # the `Outage` refusing writes, or None
         self.serving_pids: Callable[[], list[int]] = lambda: [os.getpid()]  # primary first, then its children
         self.predict_latency = LatencyRing()
-        self.peer_latencies: Callable[[], dict[int, Any]] = dict  # the serving children's `PeerReport`s by pid
+        self.peer_latencies: Callable[[], dict[int, PeerReport]] = dict  # the serving children's reports by pid
         self.children_lag: Callable[[], dict[str, int]] = dict  # bytes the flow is behind in each child's inbox
         self.unlogged = 0  # scored-only predictions answered but not logged while overloaded
         self.flow_stats: Callable[[], dict] = dict  # the flow's restarts and failures (runtime.supervision)
