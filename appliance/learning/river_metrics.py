@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from river import metrics
-from scipy import integrate
+if TYPE_CHECKING:
+    from river import metrics
+
+# River's metrics and SciPy are imported where they are used, not here: `river.metrics` pulls in
+# `scipy.stats` (about 1 s), and a serving child imports this module without ever evaluating.
 
 
 class RocAucCounts:
@@ -25,6 +28,7 @@ class RocAucCounts:
     (or negatives) whose score lies above (or not above) that threshold, so a histogram over the
     gaps between thresholds holds the same information and `get` returns River's value exactly.
 
+    >>> from river import metrics
     >>> mine, river = RocAucCounts(), metrics.ROCAUC()
     >>> for y, p in [(0, .1), (0, .4), (1, .35), (1, .8), (1, 0.0), (0, 1.0)]:
     ...     mine.update(y, p); river.update(y, p)
@@ -35,6 +39,8 @@ class RocAucCounts:
     __slots__ = ("thresholds", "pos", "neg")
 
     def __init__(self, n_thresholds: int = 10) -> None:
+        from river import metrics
+
         reference = metrics.ROCAUC(n_thresholds=n_thresholds)
         self.thresholds = list(reference.thresholds)
         self.pos = [0] * (n_thresholds + 1)  # pos[k]: positives whose score is above exactly k thresholds
@@ -58,6 +64,8 @@ class RocAucCounts:
             fprs[i] = above_neg / n_neg if n_neg else 0.0
             above_pos -= self.pos[i + 1]
             above_neg -= self.neg[i + 1]
+        from scipy import integrate
+
         return -integrate.trapezoid(x=fprs, y=tprs)
 
     def to_data(self) -> dict[str, Any]:
@@ -169,6 +177,7 @@ class _RunningMean:
 class LogLossMean(_RunningMean):
     """River's `metrics.LogLoss` (positive class True, probabilities clamped to (1e-15, 1 - 1e-15)).
 
+    >>> from river import metrics
     >>> mine, river = LogLossMean(), metrics.LogLoss()
     >>> for y, p in [(True, {True: .9}), (False, {True: .2}), (True, {False: 1.0}), (False, .65)]:
     ...     mine.update(y, p); river.update(y, p)
@@ -221,10 +230,10 @@ class RootSquaredErrorMean(_RunningMean):
         return self.mean ** 0.5
 
 
-_RIVER_CLASSES = {metrics.ROCAUC: RocAucCounts, metrics.Accuracy: AccuracyCounts, metrics.LogLoss: LogLossMean,
-                  metrics.MAE: AbsoluteErrorMean, metrics.RMSE: RootSquaredErrorMean}
-
-
 def from_river(metric: Any) -> Any:
     """A River metric from an older checkpoint as the metric kept for it here."""
-    return _RIVER_CLASSES[type(metric)].from_river(metric)
+    from river import metrics
+
+    classes = {metrics.ROCAUC: RocAucCounts, metrics.Accuracy: AccuracyCounts, metrics.LogLoss: LogLossMean,
+               metrics.MAE: AbsoluteErrorMean, metrics.RMSE: RootSquaredErrorMean}
+    return classes[type(metric)].from_river(metric)

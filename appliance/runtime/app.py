@@ -212,8 +212,9 @@ class Appliance:
         except Exception:  # pacing only; the parse step reports bad events properly
             return None
 
-    def start_server(self) -> None:
-        """Open the inbox and start answering on the socket."""
+    def start_server(self, *, accepting: bool = True) -> None:
+        """Open the inbox and start answering on the socket (without `accepting`, on its private
+        socket only until `_route_connections` says otherwise: serving children take the public one)."""
         from appliance.serving.protocol import Protocol
         from appliance.serving.server import SocketServer
 
@@ -227,7 +228,7 @@ class Appliance:
         service.server_stats = server.stats
         service.store_stats = self.writer.stats
         service.disk_stats = self.disk.stats
-        server.start()
+        server.start(accepting=accepting)
         self.server, self.inbox, self.service = server, inbox, service
         if self.options.metrics_port is not None:
             from appliance.serving import prometheus
@@ -253,7 +254,7 @@ class Appliance:
         self._flow_thread = None
         self.children = None
         if self.options.serve:
-            self.start_server()
+            self.start_server(accepting=not serving_children)
             self.service.children_lag = self._children_lag
             self.service.flow_stats = self.supervisor.stats
         if serving_children:
@@ -394,9 +395,9 @@ class Appliance:
         self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
 
     def _route_connections(self) -> None:
-        """New client connections go to the serving children; this process accepts them only while no
-        child is up. A predict here would wait for the flow's thread (one interpreter lock): measured,
-        its p99 while ingesting was 2-4 ms against 0.2 ms in a child (docs/benchmarks.md)."""
+        """Client connections go to the serving children; this process accepts them only while no
+        child runs. A predict here would wait for the flow's thread (one interpreter lock): measured,
+        its p99 while ingesting was 0.8-5 ms against 0.1-0.25 ms in a child (docs/benchmarks.md)."""
         assert self.server is not None and self.children is not None
         self.server.set_accepting(not self.children.running())
 

@@ -52,11 +52,16 @@ class ServingChildren:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def start(self) -> None:
+        """Start every child at once, then wait for each to say it is accepting."""
         with self.lock:
-            for index in range(self.first_index, self.first_index + self.count):
-                self._spawn(index)
+            launched = {index: self._launch(index) for index in range(self.first_index, self.first_index + self.count)}
+            for index, process in launched.items():
+                self._await_ready(index, process)
 
     def _spawn(self, index: int) -> None:
+        self._await_ready(index, self._launch(index))
+
+    def _launch(self, index: int) -> subprocess.Popen:
         tcp = "-" if self.tcp_fd is None else str(self.tcp_fd)
         args = [sys.executable, "-m", "appliance.serving.child", str(index), str(self.unix_fd), tcp,
                 self.private_socket, str(os.getpid())]
@@ -67,6 +72,10 @@ class ServingChildren:
                                serving_processes=self.serving_processes, status_path=self.status_path)
         process.stdin.write(options.to_json())
         process.stdin.close()
+        return process
+
+    def _await_ready(self, index: int, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
         ready = process.stdout.readline()  # the child is accepting once it says so
         if ready.strip() != b"ready":
             log.warning("serving child %d did not start (exit %s)", index, process.poll())

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from appliance.config.file import Config
 from appliance.features import attributes
@@ -36,6 +34,9 @@ from appliance.features.space import FeatureSpace
 from appliance.learning.online_model import predict_with
 from appliance.storage.online_store import OnlineMeta, OnlineReader, OnlineView
 from appliance.storage.snapshot import load_object
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,9 @@ class Replica:
             self.space.set_attributes(table)
 
     def _store(self) -> sqlite_utils.Database:
-        if self._db is None:
+        if self._db is None:  # imported here: a child with no attribute table never needs it (~0.3 s)
+            import sqlite_utils
+
             self._db = sqlite_utils.Database(sqlite3.connect(f"file:{self.config.db}?mode=ro", uri=True))
         return self._db
 

@@ -115,16 +115,21 @@ class SocketServer:
         self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="socket-worker")
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
-        """Bind and start serving; return once listening (raise if binding failed)."""
+    def start(self, *, accepting: bool = True) -> None:
+        """Bind and start serving; return once listening (raise if binding failed). Without
+        `accepting` the sockets listen but this server takes no connection until `set_accepting`
+        (serving children take them)."""
         unix_sock = self._bind_unix() if self.unix_path else None
         tcp_sock = self._bind_tcp() if self.tcp else None
+        for sock in (unix_sock, tcp_sock):
+            if sock is not None:
+                sock.listen(1024)
         # The bound sockets stay open here for the server's life: serving children accept on them too
         # (their fds are passed on), and the loop accepts on duplicates it may close (`set_accepting`).
         self._listeners = [sock for sock in (unix_sock, tcp_sock) if sock is not None]
         self.unix_fd = None if unix_sock is None else unix_sock.fileno()
         self.tcp_fd = None if tcp_sock is None else tcp_sock.fileno()
-        self._thread = threading.Thread(target=self._serve, name="socket-server", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(accepting,), name="socket-server", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
@@ -172,12 +177,12 @@ class SocketServer:
                 "watch_updates_pushed": self.watch_pushed, "watch_updates_dropped": self.watch_dropped}
 
     # -- internals ------------------------------------------------------------------------
-    def _serve(self) -> None:
+    def _serve(self, accepting: bool) -> None:
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
-            loop.run_until_complete(self._accept(True))
+            loop.run_until_complete(self._accept(accepting))
         except BaseException as exc:
             self._error = exc
             self._ready.set()

@@ -348,3 +348,24 @@ def test_a_server_that_stops_accepting_keeps_its_connections_and_its_listening_s
     finally:
         srv.stop()
     assert not os.path.exists(path)
+
+
+def test_a_server_started_without_accepting_listens_for_the_children_only(short_dir):
+    path = str(short_dir / "q.sock")
+    srv = SocketServer(Protocol(echo_handlers()), unix_path=path)
+    srv.start(accepting=False)
+    try:
+        assert not srv.accepting
+        inherited = socket.socket(fileno=os.dup(srv.unix_fd))
+        inherited.settimeout(10)
+        with raw_connect(path) as waiting, inherited:
+            waiting.sendall(b'{"op":"echo","id":1}\n')
+            accepted, _ = inherited.accept()  # listening from the start, and left to the other process
+            with accepted:
+                assert accepted.recv(100) == b'{"op":"echo","id":1}\n'
+        srv.set_accepting(True)  # no child runs: this server answers
+        with raw_connect(path) as fresh:
+            fresh.sendall(b'{"op":"echo","id":2}\n')
+            assert read_lines(fresh, 1)[0]["id"] == 2
+    finally:
+        srv.stop()
