@@ -55,7 +55,7 @@ class ProcessesPlan:
     versions_wait: float = 120.0  # seconds to wait for a second registered version (else no publication row)
 
     def latency(self) -> tuple[int, ...]:
-        from appliance.runtime.serving_processes import default_serve_processes
+        from appliance.runtime.interpreters import default_serve_processes
 
         return self.latency_counts or tuple(sorted({1, default_serve_processes()}))
 

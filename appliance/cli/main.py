@@ -64,38 +64,42 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
        token_file: str | None, token: str | None, auth_timeout: float, db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
        metrics_port: int | None, serve_processes: int, with_console: bool, restarts: int) -> None:
     """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
-    from appliance.runtime.app import Appliance, RunOptions
-    from appliance.runtime.settings import resolve_config
+    from appliance.runtime.interpreters import SpareChildren
 
-    config = resolve_config(config_path, source, socket=socket_path, db=db, speed=speed)
-    config = _with_model(config, model_spec)
-    printer = _StatusPrinter(status_every)
-    if token_file is not None:
-        from appliance.serving.access import read_token_file
+    # First: the serving children's interpreters import while this process imports and restores.
+    with SpareChildren(serve_processes if serve_processes > 1 else 0) as spares:  # closed: what was not taken
+        from appliance.runtime.app import Appliance, RunOptions
+        from appliance.runtime.settings import resolve_config
 
-        if token is not None:
-            raise click.UsageError("pass the token with --token-file or --token (APPLIANCE_TOKEN), not both")
-        token = read_token_file(token_file)
-    options = RunOptions(serve=True, own_process=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token,
-                         auth_timeout=auth_timeout,
-                         on_tick=printer.tick,
-                         on_ready=lambda: click.echo(f"ready: serving on {config.socket}"
-                                                     + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
-                                                        if metrics_port else "")),
-                         metrics_port=metrics_port,
-                         serve_processes=serve_processes, restarts=restarts)
-    if with_console:
-        from appliance.cli.console import up_with_console
+        config = resolve_config(config_path, source, socket=socket_path, db=db, speed=speed)
+        config = _with_model(config, model_spec)
+        printer = _StatusPrinter(status_every)
+        if token_file is not None:
+            from appliance.serving.access import read_token_file
 
-        up_with_console(config, options)
-        return
-    appliance = Appliance(config, options)
-    on_signals(appliance.stop)
-    click.echo(f"appliance {__version__}: source {appliance.source} at speed {config.speed:g}x, "
-               f"socket {config.socket}, store {config.db}" + (" (resumed)" if appliance.resumed else ""))
-    appliance.run()
-    click.echo(format_status(appliance.board.snapshot))
-    click.echo(appliance.stop_message())
+            if token is not None:
+                raise click.UsageError("pass the token with --token-file or --token (APPLIANCE_TOKEN), not both")
+            token = read_token_file(token_file)
+        options = RunOptions(serve=True, own_process=True, fresh=fresh, tcp=_parse_tcp(tcp), token=token,
+                             auth_timeout=auth_timeout,
+                             on_tick=printer.tick,
+                             on_ready=lambda: click.echo(f"ready: serving on {config.socket}"
+                                                         + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
+                                                            if metrics_port else "")),
+                             metrics_port=metrics_port,
+                             serve_processes=serve_processes, restarts=restarts, spare_children=spares)
+        if with_console:
+            from appliance.cli.console import up_with_console
+
+            up_with_console(config, options)
+            return
+        appliance = Appliance(config, options)
+        on_signals(appliance.stop)
+        click.echo(f"appliance {__version__}: source {appliance.source} at speed {config.speed:g}x, "
+                   f"socket {config.socket}, store {config.db}" + (" (resumed)" if appliance.resumed else ""))
+        appliance.run()
+        click.echo(format_status(appliance.board.snapshot))
+        click.echo(appliance.stop_message())
 
 
 @main.command()
@@ -256,7 +260,7 @@ def _with_model(config: Any, model_spec: str | None) -> Any:
 
 
 def _default_serve_processes() -> int:
-    from appliance.runtime.serving_processes import default_serve_processes
+    from appliance.runtime.interpreters import default_serve_processes
 
     return default_serve_processes()
 

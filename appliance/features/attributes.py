@@ -18,13 +18,15 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import sqlite_utils
 
 from appliance.config.file import AttributeSpec
 from appliance.errors import ConfigError
+
+if TYPE_CHECKING:  # only annotations: a serving child reads tables without importing it (~0.3 s)
+    import sqlite_utils
 
 BATCH = 5000
 

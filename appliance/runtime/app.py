@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config.file import Config
 from appliance.engine.core import Engine
@@ -38,6 +38,9 @@ from appliance.storage.store import load_checkpoint, load_entities, load_pending
 from appliance.storage.writer import StoreWriter
 from appliance.storage.writer_process import WriterProcess
 from appliance.timeutil import parse_timestamp
+
+if TYPE_CHECKING:
+    from appliance.runtime.serving_processes import SpareChildren
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ class RunOptions:
     # of the cycle collector's sight and make its collections rarer while `run` runs (`_tune_collector`).
     # Off for an embedding, whose collector is its own.
     own_process: bool = False
+    # Serving children's interpreters started ahead (`appliance up` starts them before it imports this
+    # module): taken by the children instead of starting new ones; the caller closes what is left.
+    spare_children: SpareChildren | None = None
 
 
 class Appliance:
@@ -387,7 +393,8 @@ class Appliance:
         assert self.server is not None and self.server.unix_fd is not None
         self.children = ServingChildren(self.config, self.options.serve_processes, self.server.unix_fd,
                                         private.unix_path, tcp_fd=self.server.tcp_fd,  # type: ignore[arg-type]
-                                        token=self.options.token, auth_timeout=self.options.auth_timeout)
+                                        token=self.options.token, auth_timeout=self.options.auth_timeout,
+                                        spares=self.options.spare_children)
         # Each process takes its share of the failed-authentication budget: N of them guess no faster than one.
         self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.children.serving_processes)
         self.children.start()

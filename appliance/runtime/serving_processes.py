@@ -2,35 +2,38 @@
 
 With `--serve-processes N` (N > 1) the primary starts N children (`appliance.serving.child`), which
 take every new client connection: the primary accepts only while none of them runs
-(`runtime.app.Appliance._route_connections`). Each child gets the
-listening Unix socket (and the TCP one, with the token on stdin, when TCP is on) by `pass_fds` (no fork of this process's state: `Popen` execs a fresh
-interpreter), the config as JSON on stdin, and the path of the primary's private socket to forward
-the ops it does not answer itself. `check` (called from the primary's main loop) restarts a child
-that exited; `stop` terminates them all and waits. Children started from the main thread only:
-`PR_SET_PDEATHSIG` fires when the thread that started a child ends.
+(`runtime.app.Appliance._route_connections`). A child is a fresh interpreter (`Popen` execs it: no
+fork of this process's state) whose stdin is one end of a Unix socket pair; once the primary's
+sockets listen, it is handed its `ChildSetup` there (`serving.child_setup`): the listening Unix
+socket (and the TCP one when TCP is on) as descriptors, the config and the TCP token, and the path
+of the primary's private socket to forward the ops it does not answer itself.
+
+A child's start is mostly imports (~1 s of CPU, River's the most). `SpareChildren` starts the
+interpreters before the primary has a config or a socket (`appliance up` does, first thing), so
+their imports run while the primary starts; `ServingChildren` hands each its setup. Measured on 2
+cores: from `appliance up` to its first prediction 2.93 -> 2.25 s (docs/benchmarks.md).
+
+`check` (called from the primary's main loop) restarts a child that exited; `stop` terminates them
+all and waits. Children started from the main thread only: `PR_SET_PDEATHSIG` fires when the thread
+that started a child ends.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 
 from appliance.config.file import Config
+from appliance.runtime.interpreters import SpareChildren, start_interpreter
 from appliance.serving.access import AUTH_TIMEOUT
-from appliance.serving.child import ChildOptions
+from appliance.serving.child import ChildOptions, ChildSetup
+from appliance.serving.child_setup import hand_over
 
 log = logging.getLogger(__name__)
 
 STOP_WAIT = 10.0  # seconds a child has to exit after SIGTERM before it is killed
-
-
-def default_serve_processes() -> int:
-    """Serving processes by default: one per core, at most 4 (beside the primary, when more than 1)."""
-    return max(1, min(os.cpu_count() or 1, 4))
 
 
 @dataclass
@@ -50,6 +53,7 @@ class ServingChildren:
     restarts: int = 0
     stopped: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
+    spares: SpareChildren | None = None  # interpreters started ahead, taken before any new one is started
 
     def start(self) -> None:
         """Start every child at once, then wait for each to say it is accepting."""
@@ -62,17 +66,26 @@ class ServingChildren:
         self._await_ready(index, self._launch(index))
 
     def _launch(self, index: int) -> subprocess.Popen:
-        tcp = "-" if self.tcp_fd is None else str(self.tcp_fd)
-        args = [sys.executable, "-m", "appliance.serving.child", str(index), str(self.unix_fd), tcp,
-                self.private_socket, str(os.getpid())]
-        fds = (self.unix_fd,) if self.tcp_fd is None else (self.unix_fd, self.tcp_fd)
-        process = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert process.stdin is not None and process.stdout is not None
+        """A spare interpreter (else a new one) handed child `index`'s setup."""
         options = ChildOptions(self.config, token=self.token, auth_timeout=self.auth_timeout,
                                serving_processes=self.serving_processes, status_path=self.status_path)
-        process.stdin.write(options.to_json())
-        process.stdin.close()
-        return process
+        setup = ChildSetup(index, self.private_socket, options).to_dict()
+        fds = [self.unix_fd] if self.tcp_fd is None else [self.unix_fd, self.tcp_fd]
+        interpreter = (self.spares.take() if self.spares is not None else None) or start_interpreter()
+        try:
+            hand_over(interpreter.control, setup, fds)
+        except OSError as exc:  # a spare that died waiting: a new interpreter instead
+            log.warning("serving child %d: a started interpreter took no setup (%s); starting another", index, exc)
+            interpreter.control.close()
+            interpreter.process.kill()
+            interpreter.process.wait()
+            if interpreter.process.stdout is not None:
+                interpreter.process.stdout.close()
+            interpreter = start_interpreter()
+            hand_over(interpreter.control, setup, fds)
+        finally:
+            interpreter.control.close()
+        return interpreter.process
 
     def _await_ready(self, index: int, process: subprocess.Popen) -> None:
         assert process.stdout is not None

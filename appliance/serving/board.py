@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from appliance.engine.core import Engine
 from appliance.timeutil import format_timestamp
+
+if TYPE_CHECKING:
+    from appliance.engine.core import Engine
 
 RATE_WINDOW = 5.0  # seconds the rates are measured over; they fall to 0 when nothing arrives for this long
 RATE_NAMES = ("events_per_second", "labels_per_second", "predictions_per_second", "learns_per_second")

@@ -2,10 +2,12 @@
 
 `appliance up --serve-processes N` (N > 1) runs N serving children beside the primary (dataflow,
 engine, the server its children relay to), started by `runtime.serving_processes` as
-`python -m appliance.serving.child INDEX UNIX_FD TCP_FD PRIVATE_SOCKET PARENT_PID` (TCP_FD `-` without
-TCP), its `ChildOptions` as JSON on stdin (the config, the TCP token: never on the command line), the
-listening sockets inherited (`pass_fds`). The kernel hands each new connection to one of the
-children accepting on it (the primary accepts only while none runs).
+`python -m appliance.serving.child PARENT_PID`. A child imports what it serves with (River's
+models among them) at once, then waits on its stdin for its `ChildSetup` (`serving.child_setup`):
+the listening sockets as descriptors, its index, the primary's private socket and its
+`ChildOptions` (the config, the TCP token: never on the command line). `appliance up` starts the
+interpreters first thing, so their imports overlap the primary's own start. The kernel hands each
+new connection to one of the children accepting on it (the primary accepts only while none runs).
 
 Per connection a child reads request lines in order and answers each before reading the next
 (`serving.child_connections`, with the primary's rules for TCP connections):
@@ -43,14 +45,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import orjson
-
 from appliance.config.file import Config, config_from_dict, config_to_dict
 from appliance.learning.metrics import positive_score, predicted_label
 from appliance.processes import die_with_parent
 from appliance.serving.access import AUTH_TIMEOUT, UNAUTHENTICATED_LINE
 from appliance.serving.availability import Availability, GuardedInbox
 from appliance.serving.child_connections import MAX_LINE, ChildServer
+from appliance.serving.child_setup import take_over
 from appliance.serving.event_loop import new_event_loop
 from appliance.serving.latency import LatencyRing
 from appliance.serving.protocol import Protocol
@@ -73,13 +74,30 @@ class ChildOptions:
     serving_processes: int = 2  # every process accepting, the primary included: this one's budget share
     status_path: str | None = None  # the primary's `ServingStatus` record; None: the store's (`<db>-serving`)
 
-    def to_json(self) -> bytes:
-        return orjson.dumps({**asdict(self), "config": config_to_dict(self.config)})
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "config": config_to_dict(self.config)}
 
     @classmethod
-    def from_json(cls, data: bytes) -> ChildOptions:
-        fields = orjson.loads(data)
+    def from_dict(cls, fields: dict[str, Any]) -> ChildOptions:
         return cls(**{**fields, "config": config_from_dict(fields["config"])})
+
+
+@dataclass(frozen=True)
+class ChildSetup:
+    """What one child serves: its index (its inbox is `<db>-inbox-<index>`), the primary's private
+    socket (where it relays what it does not answer) and its options; the listening sockets travel
+    beside it as descriptors, the Unix one first."""
+
+    index: int
+    private_socket: str
+    options: ChildOptions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "private_socket": self.private_socket, "options": self.options.to_dict()}
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> ChildSetup:
+        return cls(int(fields["index"]), str(fields["private_socket"]), ChildOptions.from_dict(fields["options"]))
 
 
 def child_inbox_path(db: str, index: int) -> str:
@@ -89,7 +107,7 @@ def child_inbox_path(db: str, index: int) -> str:
 
 class _StreamClock:
     """What `Service`'s checks read of the engine, from the online store's meta record: read once per
-    request (`forget` at its start), and replaced by the meta the request's score saw (the newest)."""
+    request (`forget` at its start), from the request's one transaction, the one its score reads."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
@@ -134,19 +152,22 @@ class ChildService(Service):
 
     def predict(self, request: dict) -> dict:
         self.clock.forget()
-        return super().predict(request)
+        with self.replica.request():  # the checks and the score read one batch, in one transaction
+            return super().predict(request)
 
     def ingest(self, request: dict) -> dict:
         self.clock.forget()
-        return super().ingest(request)
+        with self.replica.request():
+            return super().ingest(request)
 
     def label(self, request: dict) -> dict:
         self.clock.forget()
-        return super().label(request)
+        with self.replica.request():
+            return super().label(request)
 
     def _score(self, values: dict, ts: float, explain: Any) -> tuple[dict, Any, Any, dict]:
         scored: ReplicaScore = self.replica.score(values, ts)
-        self.clock.meta = scored.meta  # the checks after the score read the state it was computed on
+        self.clock.meta = scored.meta  # the same batch's meta as the checks before it read
         reply: dict[str, Any] = {"score": positive_score(scored.y) if self.task == "classification" else scored.y,
                                  "version": scored.version_name}
         if self.task == "classification":
@@ -215,11 +236,25 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
         loop.close()
 
 
+def warm_imports() -> None:
+    """Import, before the setup arrives, what the setup imports: River's linear models and
+    preprocessing and the appliance's scaler (the default specs' estimators; ~0.8 s of a child's
+    ~1 s start). A spec of other estimators imports those at its setup."""
+    import river.linear_model  # noqa: F401
+    import river.preprocessing  # noqa: F401
+
+    import appliance.learning.scaling  # noqa: F401
+
+
 def main(argv: list[str]) -> None:
-    index, unix_fd, tcp_fd, private_socket, parent_pid = int(argv[0]), int(argv[1]), argv[2], argv[3], int(argv[4])
-    die_with_parent(parent_pid)
-    options = ChildOptions.from_json(sys.stdin.buffer.read())
-    serve(options, index, unix_fd, None if tcp_fd == "-" else int(tcp_fd), private_socket)
+    die_with_parent(int(argv[0]))
+    warm_imports()
+    received = take_over(socket.socket(fileno=sys.stdin.fileno()))
+    if received is None:  # the primary ended without handing this child a socket: nothing to serve
+        return
+    setup = ChildSetup.from_dict(received.fields)
+    unix_fd, tcp_fd = received.fds[0], (received.fds[1] if len(received.fds) > 1 else None)
+    serve(setup.options, setup.index, unix_fd, tcp_fd, setup.private_socket)
 
 
 if __name__ == "__main__":

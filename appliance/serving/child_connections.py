@@ -43,7 +43,7 @@ def is_local(request: Any) -> bool:
 
 
 class ChildServer:
-    """Answers connections accepted on the inherited listening sockets; relays the rest to the primary."""
+    """Answers connections accepted on the listening sockets the primary handed over; relays the rest to it."""
 
     def __init__(self, protocol: Protocol, private_socket: str, *, token: str | None, auth_timeout: float,
                  serving_processes: int) -> None:

@@ -10,7 +10,7 @@ engine's stats snapshot and its recent audit rows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.engine.control import (
     COMMANDS,
@@ -24,13 +24,14 @@ from appliance.engine.control import (
     Rollback,
     to_record,
 )
-from appliance.engine.core import Engine
 from appliance.errors import RequestError
 from appliance.ingest.inbox import Inbox
 from appliance.serving.board import StatsBoard
 from appliance.storage import registry
-from appliance.storage.store import reading
 from appliance.timeutil import format_timestamp
+
+if TYPE_CHECKING:
+    from appliance.engine.core import Engine
 
 
 def limit_of(request: dict, default: int, high: int | None = None) -> int:
@@ -165,6 +166,8 @@ class OperatorOps:
         model = self.engine.model
         if version == model.served.version or version in model.recent:
             return
+        from appliance.storage.store import reading  # here: a serving child imports this module, not sqlite_utils
+
         with reading(self.engine.config.db) as store:
             if registry.model_blob(store, version) is None:
                 raise RequestError("model_thinned", registry.thinned_error(store, version, action))

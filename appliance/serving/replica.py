@@ -18,6 +18,10 @@ still exactly the batch its transaction reads.
 A publication or a rollback reaches a replica with the first request after the batch that applied
 it commits: the replica checks the meta record on every request (one LMDB get), and loads the model
 once per version change.
+
+A serving child reads everything of one request in one transaction (`request`): the checks before
+the score (the watermark) and the score see the same batch, and the request opens one transaction,
+not two.
 """
 
 from __future__ import annotations
@@ -114,18 +118,31 @@ class Replica:
         self.model: Any = None
         self._db: sqlite_utils.Database | None = None
         self.states = DecodedStates(state_cache)
+        self._view: OnlineView | None = None  # the open request's transaction (`request`)
+
+    def request(self) -> _Request:
+        """`with replica.request():` every read until the block ends (`meta`, `score`) is of one
+        transaction, one committed batch."""
+        return _Request(self)
 
     def score(self, values: dict[str, Any], ts: float) -> ReplicaScore:
         """Features at event time `ts` from the entities' published states, and the served score."""
+        if self._view is not None:
+            return self._score(self._view, values, ts)
         with self.reader.view() as view:
-            meta = self._refresh(view)
-            states = self.states
-            store = {key: _KeyStates(view, key, states) for key in self.space.layouts}
-            x = self.space.compute(values, ts, store)  # type: ignore[arg-type]
-            y = predict_with(self.task, self.model, x)
+            return self._score(view, values, ts)
+
+    def _score(self, view: OnlineView, values: dict[str, Any], ts: float) -> ReplicaScore:
+        meta = self._refresh(view)
+        states = self.states
+        store = {key: _KeyStates(view, key, states) for key in self.space.layouts}
+        x = self.space.compute(values, ts, store)  # type: ignore[arg-type]
+        y = predict_with(self.task, self.model, x)
         return ReplicaScore(x, y, meta.version, meta.version_name, meta)
 
     def meta(self) -> OnlineMeta:
+        if self._view is not None:
+            return self._view.meta()
         with self.reader.view() as view:
             return view.meta()
 
@@ -162,6 +179,26 @@ class Replica:
         return self._db
 
     def close(self) -> None:
+        if self._view is not None:
+            self._view.close()
+            self._view = None
         if self._db is not None:
             self._db.conn.close()
         self.reader.close()
+
+
+class _Request:
+    """One request's read transaction on a replica (`Replica.request`)."""
+
+    __slots__ = ("replica",)
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def __enter__(self) -> None:
+        self.replica._view = self.replica.reader.view()
+
+    def __exit__(self, *exc: object) -> None:
+        view, self.replica._view = self.replica._view, None
+        if view is not None:
+            view.close()

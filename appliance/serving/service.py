@@ -15,10 +15,9 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
-from appliance.engine.core import Engine
 from appliance.errors import InvalidEvent, RequestError
 from appliance.ingest.events import Event, Label, check_not_ahead, make_label, parse_event
 from appliance.ingest.inbox import Inbox
@@ -31,6 +30,9 @@ from appliance.serving.protocol import Deferred
 from appliance.serving.status_record import PeerReport
 from appliance.storage.entity_history import RECENT_PER_ENTITY, EntityHistory
 from appliance.timeutil import format_timestamp
+
+if TYPE_CHECKING:  # annotations only: a serving child never imports the engine (nor the store's sqlite_utils)
+    from appliance.engine.core import Engine
 
 MAX_INGEST = 10_000
 MAX_INBOX_LAG = 256 << 20  # bytes the flow may fall behind the socket before ingest is refused

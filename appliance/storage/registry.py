@@ -12,12 +12,14 @@ from __future__ import annotations
 import io
 import sqlite3
 import zipfile
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
-import sqlite_utils
 
 from appliance.errors import ConfigError, NotFound
+
+if TYPE_CHECKING:  # only annotations: a serving child imports this module, never sqlite_utils (~0.3 s)
+    import sqlite_utils
 
 SERVING_ACTIONS = ("serve", "publish", "promote", "rollback")
 PINNING_ACTIONS = ("import",)  # versions an operator brought in: their bytes are never thinned

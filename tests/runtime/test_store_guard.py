@@ -81,9 +81,15 @@ def test_every_file_of_the_store_is_owner_only_under_umask_000(short_dir, source
             client.request("ingest", events=[{"event_id": "x", "ts": 1_767_300_000, "user": "u1", "card": "c9",
                                               "amount": 10.0, "city": "faro"}])
             wait_for(lambda: client.request("stats")["counts"]["events"] >= 1)
-        names = {p.name for p in short_dir.iterdir() if p.name.startswith("a.")}
-        assert {"a.db", "a.db-wal", "a.db-shm", "a.db-inbox", "a.db-order", "a.db-lock", "a.sock",
-                "a.db-online", "a.db-inbox-1", "a.sock.p"} <= names, names
+        expected = {"a.db", "a.db-wal", "a.db-shm", "a.db-inbox", "a.db-order", "a.db-lock", "a.sock",
+                    "a.db-online", "a.db-inbox-1", "a.sock.p"}
+
+        def present() -> set[str]:
+            return {p.name for p in short_dir.iterdir() if p.name.startswith("a.")}
+
+        # the WAL files come with the store writer's process, which opens the store once its imports are done
+        wait_for(lambda: expected <= present(), explain=lambda: sorted(expected - present()))
+        names = present()
         online = short_dir / "a.db-online"  # the online store: an owner-only directory of owner-only files
         assert stat.S_IMODE(online.stat().st_mode) == 0o700
         names = (names - {"a.db-online"}) | {f"a.db-online/{p.name}" for p in online.iterdir()}

@@ -232,3 +232,39 @@ def test_decoded_states_are_reused_for_the_same_bytes_only_and_bounded():
     assert list(cache.entries) == [("user", "c1"), ("card", "c2")]
     none = DecodedStates(capacity=0)
     assert none.state("card", "c1", one) == decode_state(one) and not none.entries
+
+
+def test_one_request_reads_one_batch_whatever_commits_meanwhile(tmp_path):
+    """Inside `Replica.request` the meta a child's checks read and the state its score reads are of
+    the batch committed when the request began, though a newer batch commits in between."""
+    config = config_from_dict(replica_config(str(tmp_path / "a.db")))
+    stream = make_stream(300, seed=3)
+    engine = Engine(config)
+    writer = OnlineWriter(tmp_path / "a.db-online")
+    publisher = OnlinePublisher(writer, engine)
+    publisher.rebuild()
+    replica = Replica(config, OnlineReader(writer.path, env=writer.env))
+    schema, task = config.event, config.model.task
+    events = [parse_event(orjson.dumps(raw), schema, task) for raw in stream]
+    first, second = events[:150], events[150:]
+
+    def process(batch):
+        for offset, parsed in enumerate(batch):
+            engine.process(EventItem("file", offset, parsed, None, True) if isinstance(parsed, Event)
+                           else LabelItem("file", offset, parsed))
+
+    process(first)
+    publisher.publish()
+    probe = next(e for e in second if isinstance(e, Event))
+    with replica.request():
+        before = replica.meta()
+        process(second)
+        publisher.publish()  # committed while the request reads
+        during = replica.score(probe.values, probe.ts)
+    after = replica.score(probe.values, probe.ts)
+    assert during.meta == before and after.meta.seq == before.seq + 1
+    assert after.meta.watermark > before.watermark
+    expected = engine.space.compute(probe.values, probe.ts, engine.entities)
+    assert orjson.dumps(after.x) == orjson.dumps(expected) != orjson.dumps(during.x)
+    replica.close()
+    writer.close()
