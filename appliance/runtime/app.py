@@ -40,7 +40,7 @@ from appliance.storage.writer_process import WriterProcess
 from appliance.timeutil import parse_timestamp
 
 if TYPE_CHECKING:
-    from appliance.runtime.serving_processes import SpareChildren
+    from appliance.runtime.interpreters import SpareChildren
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,7 @@ class Appliance:
 
     def _start_flow(self) -> None:
         """Build the dataflow over the inputs from the engine's offsets and run it on its own thread."""
+        self.writer.wait_ready()  # the store writer's process holds the store before anything is written to it
         from bytewax.run import cli_main
 
         from dataflows.appliance_flow import build_flow
@@ -317,6 +318,7 @@ class Appliance:
         """A new store writer process for the one that died: the next flow starts from the last checkpoint
         it committed, so what the dead one held uncommitted is redone."""
         log.warning("starting a new store writer process")
+        self.writer.close()  # gone already: releases what it holds of the store (its link, the file it pinned)
         self.writer = WriterProcess(self.config.db, **self._writer_options).start()
         self.writer.after_durable_checkpoint = self._released
         if self.server is not None:

@@ -30,6 +30,14 @@ class Interpreter:
     process: subprocess.Popen
     control: socket.socket  # the primary's end of the child's stdin: its setup goes there
 
+    def discard(self) -> None:
+        """End an interpreter never handed a setup (it holds nothing yet) and release its pipes."""
+        self.control.close()
+        self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
 
 def start_interpreter() -> Interpreter:
     """Start a serving child's interpreter; it imports, then waits for its setup on stdin."""
@@ -66,9 +74,4 @@ class SpareChildren:
 
     def close(self) -> None:
         while self._spare:
-            spare = self._spare.pop()
-            spare.control.close()
-            spare.process.kill()
-            spare.process.wait()
-            if spare.process.stdout is not None:
-                spare.process.stdout.close()
+            self._spare.pop().discard()

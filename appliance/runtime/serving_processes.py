@@ -76,11 +76,7 @@ class ServingChildren:
             hand_over(interpreter.control, setup, fds)
         except OSError as exc:  # a spare that died waiting: a new interpreter instead
             log.warning("serving child %d: a started interpreter took no setup (%s); starting another", index, exc)
-            interpreter.control.close()
-            interpreter.process.kill()
-            interpreter.process.wait()
-            if interpreter.process.stdout is not None:
-                interpreter.process.stdout.close()
+            interpreter.discard()
             interpreter = start_interpreter()
             hand_over(interpreter.control, setup, fds)
         finally:

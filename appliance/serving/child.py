@@ -58,7 +58,7 @@ from appliance.serving.protocol import Protocol
 from appliance.serving.replica import Replica, ReplicaScore
 from appliance.serving.service import Service
 from appliance.serving.status_record import LatencyReport, StatusReader, report_path, status_path
-from appliance.storage.online_store import OnlineMeta, OnlineReader, online_path
+from appliance.storage.online_store import OnlineReader, online_path
 
 REPORT_EVERY = 0.25  # seconds between two reports of the service times and counters (as the stats board's refresh)
 FINISH_WAIT = 5.0  # seconds a stopping child gives its connections to answer what they read (killed at 10)
@@ -106,23 +106,17 @@ def child_inbox_path(db: str, index: int) -> str:
 
 
 class _StreamClock:
-    """What `Service`'s checks read of the engine, from the online store's meta record: read once per
-    request (`forget` at its start), from the request's one transaction, the one its score reads."""
+    """What `Service`'s checks read of the engine: the watermark of the online store's meta record,
+    as the request's one transaction holds it (`Replica.request`), the batch its score reads."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.offsets: dict[str, int] = {}
-        self.meta: OnlineMeta | None = None
-
-    def forget(self) -> None:
-        self.meta = None
 
     @property
     def watermark(self) -> float:
-        meta = self.meta
-        if meta is None:
-            meta = self.meta = self.replica.meta()
-        return float("-inf") if meta.watermark is None else meta.watermark
+        watermark = self.replica.meta().watermark
+        return float("-inf") if watermark is None else watermark
 
 
 class ChildService(Service):
@@ -151,23 +145,19 @@ class ChildService(Service):
         return {"predict": self.predict, "ingest": self.ingest, "label": self.label}
 
     def predict(self, request: dict) -> dict:
-        self.clock.forget()
         with self.replica.request():  # the checks and the score read one batch, in one transaction
             return super().predict(request)
 
     def ingest(self, request: dict) -> dict:
-        self.clock.forget()
         with self.replica.request():
             return super().ingest(request)
 
     def label(self, request: dict) -> dict:
-        self.clock.forget()
         with self.replica.request():
             return super().label(request)
 
     def _score(self, values: dict, ts: float, explain: Any) -> tuple[dict, Any, Any, dict]:
         scored: ReplicaScore = self.replica.score(values, ts)
-        self.clock.meta = scored.meta  # the same batch's meta as the checks before it read
         reply: dict[str, Any] = {"score": positive_score(scored.y) if self.task == "classification" else scored.y,
                                  "version": scored.version_name}
         if self.task == "classification":
@@ -241,9 +231,8 @@ def warm_imports() -> None:
     preprocessing and the appliance's scaler (the default specs' estimators; ~0.8 s of a child's
     ~1 s start). A spec of other estimators imports those at its setup."""
     import river.linear_model  # noqa: F401
-    import river.preprocessing  # noqa: F401
 
-    import appliance.learning.scaling  # noqa: F401
+    import appliance.learning.scaling  # noqa: F401  (River's preprocessing behind it)
 
 
 def main(argv: list[str]) -> None:

@@ -1,6 +1,6 @@
 """How a serving child is told what to serve: one hand-over on its stdin, a Unix socket pair.
 
-A child's interpreter starts before the primary knows its sockets (`runtime.serving_processes`
+A child's interpreter starts before the primary knows its sockets (`runtime.interpreters`
 starts them first thing in `appliance up`, so their imports run while the primary restores its
 engine), and waits on its stdin for its `ChildSetup`: the listening sockets themselves, passed as
 file descriptors (`SCM_RIGHTS`, never pickled), with one marker byte, then the rest as JSON

@@ -119,6 +119,7 @@ class Replica:
         self._db: sqlite_utils.Database | None = None
         self.states = DecodedStates(state_cache)
         self._view: OnlineView | None = None  # the open request's transaction (`request`)
+        self._meta: OnlineMeta | None = None  # its meta record, once read
 
     def request(self) -> _Request:
         """`with replica.request():` every read until the block ends (`meta`, `score`) is of one
@@ -128,12 +129,12 @@ class Replica:
     def score(self, values: dict[str, Any], ts: float) -> ReplicaScore:
         """Features at event time `ts` from the entities' published states, and the served score."""
         if self._view is not None:
-            return self._score(self._view, values, ts)
+            return self._score(self._view, self.meta(), values, ts)
         with self.reader.view() as view:
-            return self._score(view, values, ts)
+            return self._score(view, view.meta(), values, ts)
 
-    def _score(self, view: OnlineView, values: dict[str, Any], ts: float) -> ReplicaScore:
-        meta = self._refresh(view)
+    def _score(self, view: OnlineView, meta: OnlineMeta, values: dict[str, Any], ts: float) -> ReplicaScore:
+        self._refresh(view, meta)
         states = self.states
         store = {key: _KeyStates(view, key, states) for key in self.space.layouts}
         x = self.space.compute(values, ts, store)  # type: ignore[arg-type]
@@ -141,13 +142,15 @@ class Replica:
         return ReplicaScore(x, y, meta.version, meta.version_name, meta)
 
     def meta(self) -> OnlineMeta:
-        if self._view is not None:
-            return self._view.meta()
-        with self.reader.view() as view:
-            return view.meta()
+        """The meta record: of the open request's transaction (read once per request), else of a new one."""
+        if self._view is None:
+            with self.reader.view() as view:
+                return view.meta()
+        if self._meta is None:
+            self._meta = self._view.meta()
+        return self._meta
 
-    def _refresh(self, view: OnlineView) -> OnlineMeta:
-        meta = view.meta()
+    def _refresh(self, view: OnlineView, meta: OnlineMeta) -> None:
         if meta.space_seq != self._space_seq:
             self._load_space(view.space())
             self._space_seq = meta.space_seq
@@ -157,7 +160,6 @@ class Replica:
                 raise RuntimeError("the online store names a served version but holds no model")
             self.model = load_object(blob)
             self._model_seq = meta.model_seq
-        return meta
 
     def _load_space(self, space: dict) -> None:
         rates = space.get("label_rates")
@@ -178,10 +180,13 @@ class Replica:
             self._db = sqlite_utils.Database(sqlite3.connect(f"file:{self.config.db}?mode=ro", uri=True))
         return self._db
 
+    def _end_request(self) -> None:
+        view, self._view, self._meta = self._view, None, None
+        if view is not None:
+            view.close()
+
     def close(self) -> None:
-        if self._view is not None:
-            self._view.close()
-            self._view = None
+        self._end_request()
         if self._db is not None:
             self._db.conn.close()
         self.reader.close()
@@ -199,6 +204,4 @@ class _Request:
         self.replica._view = self.replica.reader.view()
 
     def __exit__(self, *exc: object) -> None:
-        view, self.replica._view = self.replica._view, None
-        if view is not None:
-            view.close()
+        self.replica._end_request()

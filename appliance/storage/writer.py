@@ -47,7 +47,10 @@ class StoreWriter:
     def __init__(self, path: str | Path, *, max_batches: int = 256, max_rows: int = MAX_QUEUED_ROWS,
                  commit_every: float = 0.05, retention: dict[str, float] | None = None,
                  max_bytes: int | None = None, keep_models: int | None = None, cache_bytes: int = 0,
-                 entity_keys: tuple[str, ...] = (), release_every: float | None = None) -> None:
+                 entity_keys: tuple[str, ...] = (), release_every: float | None = None,
+                 identity: tuple[int, int] | None = None) -> None:
+        """`identity`: the store file's (device, inode) as the caller opened it, when the writer is
+        built later (in its own process); a file deleted or replaced before then is refused as after."""
         self.path = str(path)
         self.release_every = RELEASE_EVERY if release_every is None else release_every
         self.entity_keys = tuple(entity_keys)  # the keys whose newest events `entity_recent` lists, payload order
@@ -88,7 +91,11 @@ class StoreWriter:
         self._abandoned = threading.Event()
         open_db(self.path).conn.close()
         st = os.stat(self.path)
-        self._identity = (st.st_dev, st.st_ino)
+        # From the child's JSON options a list: the same two numbers.
+        self._identity = (st.st_dev, st.st_ino) if identity is None else (int(identity[0]), int(identity[1]))
+
+    def wait_ready(self) -> None:
+        """Nothing to wait for: the store was opened when this writer was built (`WriterProcess` waits)."""
 
     def start(self) -> StoreWriter:
         self._thread.start()

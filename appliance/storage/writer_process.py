@@ -113,12 +113,19 @@ class WriterProcess:
         # Until the child's first report (it takes a moment to start): the stats of a writer that has
         # written nothing yet. Building one also creates the store's schema before anyone reads it.
         self._stats: dict[str, Any] = StoreWriter(path, **options).stats()
+        # The child writes to the file as it is now: one deleted or replaced before the child opens it (its
+        # imports come first) is refused as after. Held open until `close`, so that no new file takes its
+        # inode meanwhile (a file created after an unlink can get the same number).
+        self._pinned: int | None = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        pinned = os.fstat(self._pinned)
+        options["identity"] = (pinned.st_dev, pinned.st_ino)
         self._link: _Link | None = None
         self._flushes: dict[int, _Flush] = {}
         self._flush_ids = itertools.count(1)
         self._abandoned = False
         self._closing = False
         self._gone = threading.Event()  # the child has exited (or was never reachable)
+        self._opened = threading.Event()  # the child has opened the store (its first report)
 
     def start(self) -> WriterProcess:
         """Start the child (from a thread that lives as long as it should: see `die_with_parent`)."""
@@ -189,6 +196,7 @@ class WriterProcess:
     def close(self, timeout: float = 60.0) -> None:
         """Have the child commit what it holds and exit (or give up at once if the store is failing)."""
         if self.process is None:
+            self._unpin()
             return
         self._closing = True
         self._send(["stop"])
@@ -202,6 +210,12 @@ class WriterProcess:
             self._gone.wait(5.0)
         if self._link is not None:
             self._link.sock.close()
+        self._unpin()
+
+    def _unpin(self) -> None:
+        if self._pinned is not None:
+            os.close(self._pinned)
+            self._pinned = None
 
     def _send(self, message: list) -> None:
         if self._abandoned or self._gone.is_set() or self._link is None:
@@ -237,7 +251,15 @@ class WriterProcess:
         for waiting in list(self._flushes.values()):
             waiting.done.set()
 
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until the child has opened the store (its imports come first), or has exited: the flow
+        starts on a store its writer holds, not one a fault could change before the writer looks."""
+        deadline = time.monotonic() + timeout
+        while not self._opened.wait(0.05) and not self._gone.is_set() and time.monotonic() < deadline:
+            pass
+
     def _status(self, stats: dict[str, Any]) -> None:
+        self._opened.set()
         self._stats = stats
         if not self._gone.is_set():
             self.failure = stats.get("failure")
@@ -286,6 +308,7 @@ def serve(sock: socket.socket, options: dict[str, Any]) -> None:
         options["entity_keys"] = tuple(options["entity_keys"])
     writer = StoreWriter(path, **options)
     link = _Link(sock)
+    link.send(["status", _report(writer)])  # the store is open: the primary may start its flow
     writer.after_durable_checkpoint = lambda offsets: link.send(["durable", offsets])
     writer.start()
     stopped = threading.Event()

@@ -13,11 +13,12 @@ import stat
 import subprocess
 import sys
 from array import array
+from dataclasses import dataclass
 
 import orjson
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from appliance.config.file import config_from_dict
+from appliance.config.file import Config, config_from_dict
 from appliance.engine.core import Engine
 from appliance.engine.items import EventItem, LabelItem
 from appliance.engine.online import OnlinePublisher
@@ -63,14 +64,30 @@ def probes(stream: list[dict]) -> list[dict]:
     return out
 
 
-def test_a_replica_scores_bit_for_bit_as_the_engine_after_every_batch(tmp_path):
+@dataclass
+class InProcess:
+    """An engine publishing after its batches, and a replica reading the store in the same process."""
+
+    config: Config
+    engine: Engine
+    writer: OnlineWriter
+    publisher: OnlinePublisher
+    replica: Replica
+
+
+def in_process(tmp_path, writer_class: type[OnlineWriter] = OnlineWriter) -> InProcess:
     config = config_from_dict(replica_config(str(tmp_path / "a.db")))
-    stream = make_stream(1500, seed=5)
     engine = Engine(config)
-    writer = CountingWriter(tmp_path / "a.db-online")
+    writer = writer_class(tmp_path / "a.db-online")
     publisher = OnlinePublisher(writer, engine)
     publisher.rebuild()
-    replica = Replica(config, OnlineReader(writer.path, env=writer.env))
+    return InProcess(config, engine, writer, publisher, Replica(config, OnlineReader(writer.path, env=writer.env)))
+
+
+def test_a_replica_scores_bit_for_bit_as_the_engine_after_every_batch(tmp_path):
+    setup = in_process(tmp_path, CountingWriter)
+    engine, writer, publisher, replica = setup.engine, setup.writer, setup.publisher, setup.replica
+    stream = make_stream(1500, seed=5)
     requests = probes(stream)
     compared, versions, seen_versions = 0, set(), []
 
@@ -237,13 +254,9 @@ def test_decoded_states_are_reused_for_the_same_bytes_only_and_bounded():
 def test_one_request_reads_one_batch_whatever_commits_meanwhile(tmp_path):
     """Inside `Replica.request` the meta a child's checks read and the state its score reads are of
     the batch committed when the request began, though a newer batch commits in between."""
-    config = config_from_dict(replica_config(str(tmp_path / "a.db")))
+    setup = in_process(tmp_path)
+    config, engine, writer, publisher, replica = setup.config, setup.engine, setup.writer, setup.publisher, setup.replica
     stream = make_stream(300, seed=3)
-    engine = Engine(config)
-    writer = OnlineWriter(tmp_path / "a.db-online")
-    publisher = OnlinePublisher(writer, engine)
-    publisher.rebuild()
-    replica = Replica(config, OnlineReader(writer.path, env=writer.env))
     schema, task = config.event, config.model.task
     events = [parse_event(orjson.dumps(raw), schema, task) for raw in stream]
     first, second = events[:150], events[150:]
