@@ -69,7 +69,7 @@ class Profile:
                 "us_per_item": round(self.seconds / self.items * 1e6, 1),
                 "phases": {name: {"seconds": round(s, 3), "share": round(s / self.seconds, 4)}
                            for name, s in self.phases.items()},
-                "candidates_per_label": self.candidates_per_label,
+                "candidates_per_label": {str(n): labels for n, labels in self.candidates_per_label.items()},
                 "partitionable_share": round(self.partitionable, 4),
                 "amdahl_bound": {str(n): round(self.bound(n), 3) for n in (2, 4, 16)}}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import ipaddress
 import logging
 import os
@@ -146,9 +147,12 @@ class SocketServer:
         loop = self._loop
         if loop is None or self._stopped.is_set() or accepting == self.accepting:
             return
+        switch = self._accept(accepting)
         try:
-            asyncio.run_coroutine_threadsafe(self._accept(accepting), loop).result(timeout)
+            asyncio.run_coroutine_threadsafe(switch, loop).result(timeout)
         except (RuntimeError, concurrent.futures.TimeoutError) as exc:  # the loop closed or stopping meanwhile
+            if inspect.getcoroutinestate(switch) == inspect.CORO_CREATED:
+                switch.close()  # never scheduled, or its loop will not run it: nothing is left pending
             log.warning("the socket server could not %s accepting: %r", "start" if accepting else "stop", exc)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from appliance.bench.engine_profile import PARTITIONABLE, profile_engine, sample_lines
@@ -22,3 +23,5 @@ def test_the_profile_accounts_for_the_engines_time_and_bounds_the_gain_of_worker
     assert set(PARTITIONABLE) <= set(profile.as_dict()["phases"])
     learned = profile.candidates_per_label
     assert learned and sum(learned.values()) > 0 and min(learned) >= 1
+    printed = orjson.loads(orjson.dumps(profile.as_dict()))  # what `python -m appliance.bench.engine_profile` prints
+    assert printed["candidates_per_label"] == {str(n): labels for n, labels in learned.items()}
