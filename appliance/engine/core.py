@@ -141,12 +141,20 @@ class Engine:
         # Every candidate's prediction, for learning when the label comes; a scored-only event is never
         # learned from, so it needs the champion learner's alone (its row's `learner_score`).
         shadow = model.shadow(x) if ingest else None
-        y_learner = shadow.scores[model.champion] if shadow is not None else model.predict(model.learner, x)
         if served is None:  # following, the served score is the learner's
+            y_learner = shadow.scores[model.champion] if shadow is not None else model.predict(model.learner, x)
             y_served = y_learner if model.following else model.predict(model.served.model, x)
             version = model.served.version
         else:
             y_served, version = as_prediction(served.score, self.task), served.version
+            if shadow is not None:
+                y_learner = shadow.scores[model.champion]
+            elif model.following and version == model.served.version:
+                # scored only, by a server serving the learner this version follows (its copy after a
+                # batch, `OnlineModel.view`): the learner's score is the one served, as on the stream
+                y_learner = y_served
+            else:
+                y_learner = model.predict(model.learner, x)
         features = self.vectors.encode(x)  # as logged, and as learned from when the label comes
         if ingest:
             self._ingest(event, source, offset)

@@ -195,3 +195,35 @@ def test_roc_auc_is_undefined_until_both_classes_are_seen_and_gates_nothing():
         evaluation.update(True, {True: 0.9, False: 0.1})
     assert evaluation.values()["roc_auc"] == 1.0  # overall, both classes were seen
     assert evaluation.values()["roc_auc_window"] is None  # the window of 3 holds only positives
+
+
+def test_a_scored_only_socket_prediction_logs_the_learner_score_it_was_served(small_config):
+    """A `predict` scored by a server (a serving child, from the view of the learner its version
+    follows) and logged with `"ingest": false`: while the version follows its learner, the learner's
+    score is the one served, as for the stream's events; served by a frozen version (not following,
+    or an older version than the engine's), the engine's learner scores it for the row."""
+    from appliance.engine.items import EventItem, Served
+    from appliance.ingest.events import parse_event
+    from appliance.learning.metrics import positive_score
+
+    engine = Engine(small_config)
+    run(engine, items(small_config, make_stream(400)))
+    model = engine.model
+    assert model.following and model.served.version > 1
+    model.refresh_view(force=True)
+    raw = {"type": "payment", "event_id": "probe", "ts": engine.watermark, "user": "u1", "card": "c1",
+           "amount": 80.0, "city": "paris"}
+
+    def logged(event_id, score, version):
+        event = parse_event({**raw, "event_id": event_id}, small_config.event, "classification")
+        x = engine.space.compute(event.values, event.ts, engine.entities)
+        row = run(engine, [EventItem("inbox", None, event, Served(x, score, version), ingest=False)])["predictions"][0]
+        return row, positive_score(model.predict(model.learner, x))
+
+    row, learner = logged("s1", 0.123, model.served.version)  # any score: the server's word is logged
+    assert row["score"] == row["learner_score"] == 0.123 and learner != 0.123
+    row, learner = logged("s2", 0.123, model.served.version - 1)  # an older version: not the learner's view
+    assert row["score"] == 0.123 and row["learner_score"] == learner
+    model.stop_following()
+    row, learner = logged("s3", 0.123, model.served.version)  # the frozen version served: the learner scores
+    assert row["score"] == 0.123 and row["learner_score"] == learner
