@@ -26,6 +26,7 @@ from appliance.ingest.events import decode
 from appliance.ingest.inbox import InboxSpace
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
+from appliance.processes import settle_collector
 from appliance.runtime.store_files import child_inboxes, fingerprint, load_attribute_files, store_files, warn_zeroing
 from appliance.runtime.supervision import MAX_RESTARTS, FlowSupervisor, describe
 from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
@@ -553,8 +554,7 @@ def _tune_collector() -> tuple[int, int, int]:
     appliance's own process (`RunOptions.own_process`)."""
     previous = gc.get_threshold()
     gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    settle_collector()
     return previous
 
 

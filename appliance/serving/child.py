@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import os
 import signal
@@ -47,7 +46,7 @@ from typing import Any
 
 from appliance.config.file import Config, config_from_dict, config_to_dict
 from appliance.learning.metrics import positive_score, predicted_label
-from appliance.processes import die_with_parent
+from appliance.processes import die_with_parent, settle_collector
 from appliance.serving.access import AUTH_TIMEOUT, UNAUTHENTICATED_LINE
 from appliance.serving.availability import Availability, GuardedInbox
 from appliance.serving.child_connections import MAX_LINE, ChildServer
@@ -189,7 +188,7 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
                          serving_processes=options.serving_processes)
     # What the start built (modules, River, the config, the replica) lives as long as the child: out of
     # the cycle collector's reach, a full collection no longer walks it (~40 ms with it, per pause).
-    gc.freeze()
+    settle_collector()
     listeners = [socket.socket(fileno=fd) for fd in (unix_fd, tcp_fd) if fd is not None]
     for listener in listeners:
         listener.setblocking(False)

@@ -29,3 +29,16 @@ def test_the_appliances_own_process_freezes_the_start_and_gets_its_collector_bac
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
     embedded = _replay(short_dir, own_process=False)  # an embedding's collector is left alone
     assert embedded and all(state == (before, 0) for state in embedded)
+
+
+def test_a_long_lived_process_settles_its_collector_as_the_flows_process_does():
+    """`settle_collector` (a serving child calls it once its start is built): what exists is frozen,
+    young collections are rare; in a fresh interpreter, so this test process's collector is untouched."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from appliance.processes import settle_collector; before = gc.get_freeze_count(); "
+            "settle_collector(); print(gc.get_threshold(), before, gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(")")
+    assert out[0] + ")" == "(50000, 50, 100)"
+    assert out[1].split() == ["0", "True"]
