@@ -47,7 +47,7 @@ from typing import Any
 from appliance.config.file import Config, config_from_dict, config_to_dict
 from appliance.learning.metrics import positive_score, predicted_label
 from appliance.processes import die_with_parent, settle_collector
-from appliance.serving.access import AUTH_TIMEOUT, UNAUTHENTICATED_LINE
+from appliance.serving.access import AUTH_TIMEOUT
 from appliance.serving.availability import Availability, GuardedInbox
 from appliance.serving.child_connections import MAX_LINE, ChildServer
 from appliance.serving.child_setup import take_over
@@ -198,11 +198,10 @@ def serve(options: ChildOptions, index: int, unix_fd: int, tcp_fd: int | None, p
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
     async def main() -> None:
-        accepting = [await asyncio.start_unix_server(server.handle_unix, sock=listeners[0], limit=MAX_LINE + 2,
-                                                     backlog=1024)]
-        if tcp_fd is not None:  # lines read in pieces of the unauthenticated limit: a stranger is bounded by it
-            accepting.append(await asyncio.start_server(server.handle_tcp, sock=listeners[1],
-                                                        limit=UNAUTHENTICATED_LINE + 2, backlog=1024))
+        running = asyncio.get_running_loop()
+        accepting = [await running.create_unix_server(server.unix_connection, sock=listeners[0], backlog=1024)]
+        if tcp_fd is not None:  # a stranger's lines are bounded by the unauthenticated limit (`ChildConnection`)
+            accepting.append(await running.create_server(server.tcp_connection, sock=listeners[1], backlog=1024))
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         while not stop.is_set():  # the predict service times, for the primary's stats

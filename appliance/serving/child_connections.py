@@ -1,14 +1,20 @@
 """A serving child's connections: each line answered in the child or relayed to the primary.
 
-Per connection (`ChildServer.handle`) request lines are read in order and each is answered before
-the next is read. A line is decoded once, behind the protocol's own guards (`Protocol.decode`):
-`predict` of an event, `ingest`, `label` and `auth` are answered here (`is_local`, by the child's
-`Protocol`); every other line (stats, models, promote, watch, malformed lines...) is written to the
-primary's private owner-only socket and its reply relayed; after a `watch` the connection is piped
-to the primary both ways. A TCP connection gets the primary's rules (`serving.access`): a deadline
-and a small line until authenticated, a few failed attempts, each failed reply waiting for a slot of
-this process's share of the failed-authentication budget. `finish` stops reading every connection
-and waits for what each read to be answered (`serving.child` calls it on SIGTERM).
+Each connection is an `asyncio.Protocol` on the child's loop, as the primary's are
+(`serving.connection`): `data_received` splits the bytes into lines and answers, synchronously and
+in order, every whole line the child answers itself, writing the replies of one chunk in one
+`write`. A line is decoded once, behind the protocol's own guards (`Protocol.decode`): `predict` of
+an event, `ingest`, `label` and `auth` are answered here (`is_local`, by the child's `Protocol`);
+every other line (stats, models, promote, watch, malformed lines...) is written to the primary's
+private owner-only socket and its reply relayed; while it is away the connection reads nothing
+more, so replies keep the order of the requests. After a `watch` the connection is piped to the
+primary both ways. A TCP connection gets the primary's rules (`serving.access`): a deadline and a
+small line until authenticated, a few failed attempts, each failed reply waiting for a slot of this
+process's share of the failed-authentication budget. `finish` stops reading every connection and
+waits for what each read to be answered (`serving.child` calls it on SIGTERM).
+
+Not asyncio's streams: a `StreamReader` hands every line to a task on the next turn of the loop,
+which cost a request ~8 us of round trip and ~4 us of CPU (docs/benchmarks.md, session 30).
 """
 
 from __future__ import annotations
@@ -22,14 +28,11 @@ from appliance.serving.access import (
     UNAUTHENTICATED_LINE,
     FailedAuthBudget,
 )
+from appliance.serving.connection import HIGH_WATER
 from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
 
 MAX_LINE = 1 << 20  # as the primary's protocol
 MAX_TCP_CONNECTIONS = 256  # per process, as the primary's TCP listener
-
-
-class LineTooLong(Exception):
-    """A request line over the connection's limit."""
 
 
 def is_local(request: Any) -> bool:
@@ -43,7 +46,9 @@ def is_local(request: Any) -> bool:
 
 
 class ChildServer:
-    """Answers connections accepted on the listening sockets the primary handed over; relays the rest to it."""
+    """Answers connections accepted on the listening sockets the primary handed over; relays the rest to it.
+
+    `unix_connection` and `tcp_connection` are the protocol factories of the two listeners."""
 
     def __init__(self, protocol: Protocol, private_socket: str, *, token: str | None, auth_timeout: float,
                  serving_processes: int) -> None:
@@ -57,180 +62,303 @@ class ChildServer:
         self.connections_refused = 0
         self.requests = 0  # lines answered here or relayed to the primary
         self.stopping = False
-        self._open: dict[asyncio.Task, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}  # by handler
+        self.open: set[ChildConnection] = set()
+
+    def unix_connection(self) -> ChildConnection:
+        return ChildConnection(self, Session(authenticated=True, peer="unix", token=self.token), tcp=False)
+
+    def tcp_connection(self) -> ChildConnection:
+        token = self.token
+        return ChildConnection(self, Session(authenticated=token is None, peer="tcp", token=token), tcp=True)
 
     async def finish(self, timeout: float) -> None:
         """Stop reading every connection; wait (at most `timeout`) until each has answered the whole
         lines it had read and closed; drop the rest."""
         self.stopping = True
-        for reader, writer in list(self._open.values()):
-            _stop_reading(reader, writer)
-        if self._open:
-            _done, late = await asyncio.wait(list(self._open), timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        for connection in list(self.open):
+            connection.stop_reading()
+        waiting = [connection.closed for connection in self.open if connection.closed is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        for connection in list(self.open):
+            connection.abort()
 
     def stats(self) -> dict[str, int]:
         """This child's counters, named as the socket server's (`status_record.CHILD_COUNTERS`)."""
-        return {"connections_open": len(self._open), "connections_total": self.connections_total,
+        return {"connections_open": len(self.open), "connections_total": self.connections_total,
                 "connections_open_tcp": self.tcp_open, "connections_refused": self.connections_refused,
                 "auth_failures": self.failed_auths.total, "requests": self.requests,
                 "errors": self.protocol.errors_total}
 
-    async def handle_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self.handle(reader, writer, Session(authenticated=True, peer="unix", token=self.token))
 
-    async def handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.tcp_open >= MAX_TCP_CONNECTIONS:
-            self.connections_total += 1
-            self.connections_refused += 1
-            writer.close()
+class ChildConnection(asyncio.Protocol):
+    """One client connection of a child: lines in, replies out, on the child's loop."""
+
+    def __init__(self, server: ChildServer, session: Session, *, tcp: bool) -> None:
+        self.server = server
+        self.session = session
+        self.tcp = tcp
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future | None = None  # done once the connection is gone (`finish` waits on it)
+        self.buffer = bytearray()
+        self.busy = False  # a relayed line, or a failed authentication's reply, not written yet
+        self.ended = False  # no more input: the client's end of file, or the child stopping
+        self.closing = False
+        self.write_paused = False
+        self.writable = asyncio.Event()  # cleared while the client reads too slowly (the watch pump waits)
+        self.writable.set()
+        self.counted_tcp = False
+        self.deadline: asyncio.TimerHandle | None = None
+        self.upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.relay: asyncio.Task | None = None
+        self.pump: asyncio.Task | None = None  # after a watch: the primary's lines copied to the client
+
+    # -- the transport's calls ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        server.connections_total += 1
+        loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
+        if self.tcp and server.tcp_open >= MAX_TCP_CONNECTIONS:
+            server.connections_refused += 1
+            transport.close()
             return
-        self.tcp_open += 1
-        try:
-            token = self.token
-            await self.handle(reader, writer, Session(authenticated=token is None, peer="tcp", token=token))
-        finally:
-            self.tcp_open -= 1
+        if self.tcp:
+            server.tcp_open += 1
+            self.counted_tcp = True
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+        server.open.add(self)
+        if not self.session.authenticated:
+            self.deadline = loop.call_later(server.auth_timeout, self._auth_deadline)
+        if server.stopping:  # accepted as the stop began
+            self.stop_reading()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session) -> None:
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        pump: asyncio.Task | None = None
-        deadline = asyncio.get_running_loop().time() + self.auth_timeout
-        task = asyncio.current_task()
-        assert task is not None
-        self._open[task] = (reader, writer)
-        self.connections_total += 1
-        if self.stopping:  # accepted as the stop began
-            _stop_reading(reader, writer)
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        if self.counted_tcp:
+            server.tcp_open -= 1
+            self.counted_tcp = False
+        server.open.discard(self)
+        if self.deadline is not None:
+            self.deadline.cancel()
+        for task in (self.relay, self.pump):
+            if task is not None:
+                task.cancel()
+        if self.upstream is not None:
+            self.upstream[1].close()
+            self.upstream = None
+        self.transport = None
+        self.writable.set()
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.ended:
+            return
+        if self.pump is not None:  # piped after a watch: the primary answers everything
+            self.server.requests += data.count(b"\n")
+            self.upstream[1].write(data)  # type: ignore[index]
+            return
+        self.buffer += data
+        if not self.busy:
+            self._answer_lines()
+        elif not self.session.authenticated and len(self.buffer) > UNAUTHENTICATED_LINE:
+            self.transport.abort()  # an unauthenticated client piling up input while its reply waits
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        if self.pump is not None:
+            self.upstream[1].write_eof()  # type: ignore[index]  # the pump ends when the primary closes
+        elif not self.busy:
+            self._answer_lines()  # the unterminated rest is the last line; then close
+        return True  # keep the transport: it is closed once every reply is written
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.writable.clear()
+        if self.transport is not None:
+            self.transport.pause_reading()  # a client that does not read its replies is not read either
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.writable.set()
+        self._resume_reading()
+
+    # -- the child's calls ----------------------------------------------------------------
+    def stop_reading(self) -> None:
+        """Read nothing more: whole lines already read are answered, then the connection closes."""
+        self.ended = True
+        if self.transport is None:
+            return
+        self.transport.pause_reading()
+        if self.pump is not None:
+            self.upstream[1].write_eof()  # type: ignore[index]
+        elif not self.busy:
+            self._answer_lines()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- lines ----------------------------------------------------------------------------
+    def _answer_lines(self) -> None:
+        """Answer every whole line in the buffer, in order, until one is relayed or held."""
+        transport = self.transport
+        if transport is None:
+            return
+        server = self.server
+        protocol = server.protocol
+        session = self.session
+        buffer = self.buffer
+        replies: list[bytes] = []
+        start = 0
+        while not self.busy and not self.closing:
+            end = buffer.find(b"\n", start)
+            if end >= 0:
+                line = bytes(buffer[start:end + 1])
+                start = end + 1
+            elif self.ended and start < len(buffer) and not server.stopping:
+                line = bytes(buffer[start:])  # the unterminated rest at the client's end of file
+                start = len(buffer)
+            else:
+                break
+            if len(line) > self._line_limit():
+                self._too_long(replies)
+                break
+            if not line.strip():
+                continue
+            server.requests += 1
+            # decoded once, behind the protocol's own guards (length, nesting) as the primary's lines are
+            request = protocol.decode(line)
+            if is_local(request) or (not session.authenticated and request is None):
+                failed = session.failed_auths
+                reply = protocol.handle_line(line, session) if request is None else protocol.handle_request(
+                    request, session)
+                if isinstance(reply, Deferred):  # no local handler defers; kept whole if one ever does
+                    reply = protocol.complete(reply)
+                if session.failed_auths != failed:
+                    self._hold(reply)
+                else:
+                    replies.append(reply)
+                continue
+            if not session.authenticated:  # the token check first, here: the primary's socket trusts us
+                failed = session.failed_auths
+                check = {"op": "auth", "id": request.get("id"), "token": request.get("token")}  # type: ignore[union-attr]
+                reply = protocol.handle_request(check, session)
+                if session.failed_auths != failed:
+                    self._hold(reply)  # type: ignore[arg-type]
+                    continue
+                if not session.authenticated:
+                    continue
+            self.busy = True
+            transport.pause_reading()  # later lines wait in the buffer: replies keep request order
+            self.relay = asyncio.ensure_future(self._relay(line, request))
+        if start:
+            del buffer[:start]
+        if replies:
+            transport.write(b"".join(replies))
+        if self.closing:
+            transport.close()
+        elif not self.busy:
+            if len(buffer) > self._line_limit():  # an unfinished line already over the limit
+                self._too_long([])
+                transport.close()
+            elif self.ended:
+                transport.close()  # every whole line is answered
+
+    def _line_limit(self) -> int:
+        """Bytes a line may have with its newline: the full limit once authenticated."""
+        return MAX_LINE + 2 if self.session.authenticated else UNAUTHENTICATED_LINE + 1
+
+    def _too_long(self, replies: list[bytes]) -> None:
+        """A line over the limit: say so, then close (what it held is never read as lines)."""
+        if self.session.authenticated:
+            reply = self.server.protocol.line_too_long()
+        else:
+            self.server.protocol.errors_total += 1
+            reply = error_reply(None, "line_too_long", f"a request line longer than {UNAUTHENTICATED_LINE} "
+                                "bytes before authenticating; connection closed")
+        if replies:
+            replies.append(reply)
+        elif self.transport is not None:
+            self.transport.write(reply)
+        self.buffer.clear()
+        self.closing = True
+
+    def _hold(self, reply: bytes) -> None:
+        """A failed authentication: its reply waits for a slot of the budget; nothing is read meanwhile."""
+        self.busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.server.failed_auths.delay(loop.time()), self._refusal_due, reply)
+
+    def _refusal_due(self, reply: bytes) -> None:
+        self.busy = False
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(reply)
+        if self.session.failed_auths >= MAX_FAILED_AUTHS:
+            self.buffer.clear()
+            transport.close()
+            return
+        self._resume_reading()
+        self._answer_lines()
+
+    async def _relay(self, line: bytes, request: Any) -> None:
+        """Write a line to the primary's private socket and its reply to the client; after a `watch`,
+        pipe the connection to the primary both ways."""
         try:
-            while True:
-                try:
-                    line = await self._next_line(reader, session, deadline)
-                except TimeoutError:  # not authenticated in time
-                    writer.transport.abort()
+            if self.upstream is None:
+                self.upstream = await asyncio.open_unix_connection(self.server.private_socket, limit=MAX_LINE + 2)
+            reader, writer = self.upstream
+            writer.write(line if line.endswith(b"\n") else line + b"\n")
+            if isinstance(request, dict) and request.get("op") == "watch":
+                self.pump = asyncio.ensure_future(self._pump(reader))
+                rest = bytes(self.buffer)
+                self.buffer.clear()
+                if rest:
+                    self.server.requests += rest.count(b"\n")
+                    writer.write(rest)
+                self.busy = False
+                if self.ended:
+                    writer.write_eof()
+                else:
+                    self._resume_reading()
+                return
+            reply = await reader.readline()
+            if not reply:
+                raise ConnectionError("the primary closed the forwarding connection")
+        except (ConnectionError, OSError, ValueError):  # ValueError: a reply line over the limit
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.transport is None:
+            return
+        self.transport.write(reply)
+        self.busy = False
+        self._resume_reading()
+        self._answer_lines()
+
+    async def _pump(self, reader: asyncio.StreamReader) -> None:
+        """Copy the primary's bytes (replies and pushed updates) to the client until either side closes."""
+        try:
+            while data := await reader.read(1 << 16):
+                await self.writable.wait()
+                if self.transport is None:
                     return
-                except LineTooLong:
-                    if session.authenticated:
-                        writer.write(self.protocol.line_too_long())
-                    else:
-                        self.protocol.errors_total += 1
-                        writer.write(error_reply(None, "line_too_long", f"a request line longer than "
-                                                 f"{UNAUTHENTICATED_LINE} bytes before authenticating; connection closed"))
-                    break
-                if line is None:
-                    break
-                if self.stopping and not line.endswith(b"\n"):  # half a line when the stop came: never whole
-                    break
-                if not line.strip():
-                    continue
-                self.requests += 1
-                if pump is not None:  # piped after a watch: the primary answers everything
-                    upstream[1].write(line)  # type: ignore[index]
-                    continue
-                # decoded once, behind the protocol's own guards (length, nesting) as the primary's lines are
-                request = self.protocol.decode(line)
-                if is_local(request) or (not session.authenticated and request is None):
-                    if not await self._answer(request, line, session, writer):
-                        break
-                    continue
-                if not session.authenticated:  # the token check first, here: the primary's socket trusts us
-                    check = {"op": "auth", "id": request.get("id"), "token": request.get("token")}
-                    if not await self._answer(check, line, session, writer, only_failure=True):
-                        break
-                    if not session.authenticated:
-                        continue
-                if upstream is None:
-                    upstream = await asyncio.open_unix_connection(self.private_socket, limit=MAX_LINE + 2)
-                up_reader, up_writer = upstream
-                up_writer.write(line if line.endswith(b"\n") else line + b"\n")
-                if isinstance(request, dict) and request.get("op") == "watch":
-                    pump = asyncio.ensure_future(_relay(up_reader, writer))
-                    continue
-                reply = await up_reader.readline()
-                if not reply:
-                    raise ConnectionError("the primary closed the forwarding connection")
-                writer.write(reply)
-                await writer.drain()
-            if pump is not None:
-                upstream[1].write_eof()  # type: ignore[index]
-                await pump
+                self.transport.write(data)
         except (ConnectionError, OSError):
             pass
-        finally:
-            self._open.pop(task, None)
-            if pump is not None:
-                pump.cancel()
-            if upstream is not None:
-                upstream[1].close()
-            writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
-    async def _next_line(self, reader: asyncio.StreamReader, session: Session, deadline: float) -> bytes | None:
-        """The next request line (None at the end); before authentication, bounded in size and in time."""
-        if session.authenticated:
-            return await _read_line(reader, MAX_LINE + 2)
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise TimeoutError
-        return await asyncio.wait_for(_read_line(reader, UNAUTHENTICATED_LINE + 1), remaining)
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.busy and not self.write_paused and not self.ended:
+            self.transport.resume_reading()
 
-    async def _answer(self, request: dict | None, line: bytes, session: Session, writer: asyncio.StreamWriter,
-                      only_failure: bool = False) -> bool:
-        """Answer a request here (`line` when it did not decode: its error); a failed authentication's
-        reply waits for its slot. False: close."""
-        failed = session.failed_auths
-        reply = self.protocol.handle_line(line, session) if request is None else self.protocol.handle_request(
-            request, session)
-        if isinstance(reply, Deferred):  # no local handler defers; kept whole if one ever does
-            reply = self.protocol.complete(reply)
-        if session.failed_auths != failed:
-            await asyncio.sleep(self.failed_auths.delay(asyncio.get_running_loop().time()))
-            writer.write(reply)
-            await writer.drain()
-            return session.failed_auths < MAX_FAILED_AUTHS
-        if not only_failure:
-            writer.write(reply)
-            await writer.drain()
-        return True
-
-
-async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
-    """One line (with its newline, or the unterminated rest at the end; None when nothing is left),
-    raising `LineTooLong` past `limit` bytes. The reader's own limit may be smaller: a line is read
-    in the pieces it allows."""
-    pieces: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            piece = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            piece = exc.partial
-            if not pieces and not piece:
-                return None
-            pieces.append(piece)
-            return b"".join(pieces)
-        except asyncio.LimitOverrunError as exc:
-            piece = await reader.readexactly(max(1, exc.consumed))
-            size += len(piece)
-            if size > limit:
-                raise LineTooLong from None
-            pieces.append(piece)
-            continue
-        if size + len(piece) > limit:
-            raise LineTooLong
-        pieces.append(piece)
-        return b"".join(pieces)
-
-
-def _stop_reading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Read nothing more from the client: what is buffered is read to its end, then end of file."""
-    writer.transport.pause_reading()
-    reader.feed_eof()
-
-
-async def _relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy the primary's lines (replies and pushed updates) to the client until either side closes."""
-    while line := await source.readline():
-        sink.write(line)
-        await sink.drain()
+    def _auth_deadline(self) -> None:
+        if self.transport is not None and not self.session.authenticated:
+            self.transport.abort()

@@ -217,6 +217,36 @@ def test_every_op_is_answered_through_a_child(two_processes):
     assert ops_asked <= set(ops)
 
 
+def test_a_childs_replies_keep_the_order_of_pipelined_lines_answered_here_and_relayed(two_processes):
+    """One write of many lines, answered by the child and relayed to the primary in turn, the last
+    without its newline before the client's end of file: every reply, in request order, then close.
+    A line over the limit is answered with its error and the connection closed."""
+    appliance, extra = two_processes
+    events = payments(4)
+    lines = [{"op": "predict", "id": 1, "event": events[0], "ingest": False}, {"op": "health", "id": 2},
+             {"op": "ingest", "id": 3, "events": [events[1]]}, {"op": "stats", "id": 4},
+             {"op": "no_such_op", "id": 5}, {"op": "label", "id": 6, "event_id": "e1", "label": 1},
+             {"op": "predict", "id": 7, "event": events[2], "ingest": False}]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(30)
+        conn.connect(extra.path)
+        conn.sendall(b"\n".join(orjson.dumps(line) for line in lines))  # no newline after the last
+        conn.shutdown(socket.SHUT_WR)
+        replies = [orjson.loads(line) for line in conn.makefile("rb")]
+    assert [reply.get("id") for reply in replies] == [1, 2, 3, 4, 5, 6, 7]
+    assert replies[1]["pid"] == os.getpid() and replies[3]["counts"]  # the primary (this process) answered
+    assert replies[4]["error"]["code"] == "unknown_op" and replies[2]["accepted"] == 1
+    assert 0.0 <= replies[6]["score"] <= 1.0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(30)
+        conn.connect(extra.path)
+        conn.sendall(orjson.dumps(lines[0]) + b"\n" + b"x" * ((1 << 20) + 10) + b"\n" + orjson.dumps(lines[1]) + b"\n")
+        stream = conn.makefile("rb")
+        assert orjson.loads(stream.readline())["id"] == 1
+        assert orjson.loads(stream.readline())["error"]["code"] == "line_too_long"
+        assert stream.readline() == b""  # closed: what followed the long line is not read
+
+
 def test_watch_is_relayed_line_by_line(two_processes):
     appliance, extra = two_processes
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
