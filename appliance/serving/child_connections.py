@@ -80,8 +80,11 @@ class ChildServer:
         waiting = [connection.closed for connection in self.open if connection.closed is not None]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
-        for connection in list(self.open):
+        late = list(self.open)
+        for connection in late:
             connection.abort()
+        if late:
+            await asyncio.sleep(0)  # their `connection_lost` runs before the loop ends
 
     def stats(self) -> dict[str, int]:
         """This child's counters, named as the socket server's (`status_record.CHILD_COUNTERS`)."""
