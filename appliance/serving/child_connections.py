@@ -14,7 +14,7 @@ process's share of the failed-authentication budget. `finish` stops reading ever
 waits for what each read to be answered (`serving.child` calls it on SIGTERM).
 
 Not asyncio's streams: a `StreamReader` hands every line to a task on the next turn of the loop,
-which cost a request ~8 us of round trip and ~4 us of CPU (docs/benchmarks.md, session 30).
+which cost a request ~10 us of round trip and ~8 us of a child's CPU (docs/benchmarks.md, session 30).
 """
 
 from __future__ import annotations
