@@ -87,7 +87,8 @@ class ChildServer:
             await asyncio.sleep(0)  # their `connection_lost` runs before the loop ends
 
     def stats(self) -> dict[str, int]:
-        """This child's counters, named as the socket server's (`status_record.CHILD_COUNTERS`)."""
+        """This child's counters, named as the socket server's: exactly `status_record.CHILD_COUNTERS`
+        (`LatencyReport.publish` reads each by name)."""
         return {"connections_open": len(self.open), "connections_total": self.connections_total,
                 "connections_open_tcp": self.tcp_open, "connections_refused": self.connections_refused,
                 "auth_failures": self.failed_auths.total, "requests": self.requests,

@@ -188,7 +188,7 @@ class LatencyReport:
 
     def publish(self, ring: LatencyRing, server: dict[str, int]) -> None:
         """Write the ring and the counters if either changed since the last write."""
-        counters = tuple(int(server.get(name, 0)) for name in CHILD_COUNTERS)
+        counters = tuple(int(server[name]) for name in CHILD_COUNTERS)  # a counter missing is a bug: loud
         if (ring.count, counters) != self._last:
             self._last = (ring.count, counters)
             self._record.write(self._FIXED.pack(os.getpid(), ring.count, *counters) + ring.recorded().tobytes())

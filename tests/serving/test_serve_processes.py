@@ -568,6 +568,28 @@ def test_inbox_lag_covers_every_childs_inbox(two_processes):
         assert processed(primary) == before + 1
 
 
+def test_a_childs_counters_are_the_ones_its_report_carries(short_dir):
+    """A child's report packs `CHILD_COUNTERS` by name from `ChildServer.stats`: the two name the same
+    counters, and a counter missing from the stats fails loudly instead of being reported as 0."""
+    from appliance.serving.child_connections import ChildServer
+    from appliance.serving.latency import LatencyRing
+    from appliance.serving.protocol import Protocol
+    from appliance.serving.status_record import CHILD_COUNTERS, LatencyReport, PeerLatencies, report_path
+
+    server = ChildServer(Protocol({}), str(short_dir / "unused.sock"), token=None, auth_timeout=1.0,
+                         serving_processes=1)
+    assert set(server.stats()) == set(CHILD_COUNTERS)
+    db = str(short_dir / "a.db")
+    report = LatencyReport(report_path(db, 7))
+    try:
+        report.publish(LatencyRing(), {**server.stats(), "requests": 41})
+        assert PeerLatencies(db).read()[os.getpid()].server == {**dict.fromkeys(CHILD_COUNTERS, 0), "requests": 41}
+        with pytest.raises(KeyError):
+            report.publish(LatencyRing(), {name: 1 for name in CHILD_COUNTERS if name != "errors"})
+    finally:
+        report.close()
+
+
 def test_childrens_predict_service_times_reach_the_primarys_stats(two_processes):
     appliance, extra = two_processes
     with Client(appliance.config.socket) as primary, Client(extra.path) as child:
