@@ -77,7 +77,7 @@ class ChildServer:
         self.stopping = True
         for connection in list(self.open):
             connection.stop_reading()
-        waiting = [connection.closed for connection in self.open if connection.closed is not None]
+        waiting = [connection.closed for connection in self.open]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
         late = list(self.open)
@@ -103,13 +103,13 @@ class ChildConnection(asyncio.Protocol):
         self.session = session
         self.tcp = tcp
         self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future | None = None  # done once the connection is gone (`finish` waits on it)
+        # done once the connection is gone (`finish` waits on it); the factory runs on the child's loop
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.buffer = bytearray()
         self.busy = False  # a relayed line, or a failed authentication's reply, not written yet
         self.ended = False  # no more input: the client's end of file, or the child stopping
         self.closing = False
-        self.write_paused = False
-        self.writable = asyncio.Event()  # cleared while the client reads too slowly (the watch pump waits)
+        self.writable = asyncio.Event()  # cleared while the client reads too slowly (reading and the watch pump wait)
         self.writable.set()
         self.counted_tcp = False
         self.deadline: asyncio.TimerHandle | None = None
@@ -121,8 +121,6 @@ class ChildConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self.server
         server.connections_total += 1
-        loop = asyncio.get_running_loop()
-        self.closed = loop.create_future()
         if self.tcp and server.tcp_open >= MAX_TCP_CONNECTIONS:
             server.connections_refused += 1
             transport.close()
@@ -134,7 +132,7 @@ class ChildConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
         server.open.add(self)
         if not self.session.authenticated:
-            self.deadline = loop.call_later(server.auth_timeout, self._auth_deadline)
+            self.deadline = asyncio.get_running_loop().call_later(server.auth_timeout, self._auth_deadline)
         if server.stopping:  # accepted as the stop began
             self.stop_reading()
 
@@ -154,7 +152,7 @@ class ChildConnection(asyncio.Protocol):
             self.upstream = None
         self.transport = None
         self.writable.set()
-        if self.closed is not None and not self.closed.done():
+        if not self.closed.done():
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
@@ -179,13 +177,11 @@ class ChildConnection(asyncio.Protocol):
         return True  # keep the transport: it is closed once every reply is written
 
     def pause_writing(self) -> None:
-        self.write_paused = True
         self.writable.clear()
         if self.transport is not None:
             self.transport.pause_reading()  # a client that does not read its replies is not read either
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         self.writable.set()
         self._resume_reading()
 
@@ -220,15 +216,15 @@ class ChildConnection(asyncio.Protocol):
         while not self.busy and not self.closing:
             end = buffer.find(b"\n", start)
             if end >= 0:
-                line = bytes(buffer[start:end + 1])
+                line = buffer[start:end + 1]
                 start = end + 1
             elif self.ended and start < len(buffer) and not server.stopping:
-                line = bytes(buffer[start:])  # the unterminated rest at the client's end of file
+                line = buffer[start:]  # the unterminated rest at the client's end of file
                 start = len(buffer)
             else:
                 break
             if len(line) > self._line_limit():
-                self._too_long(replies)
+                replies.append(self._too_long())
                 break
             if not line.strip():
                 continue
@@ -266,7 +262,7 @@ class ChildConnection(asyncio.Protocol):
             transport.close()
         elif not self.busy:
             if len(buffer) > self._line_limit():  # an unfinished line already over the limit
-                self._too_long([])
+                transport.write(self._too_long())
                 transport.close()
             elif self.ended:
                 transport.close()  # every whole line is answered
@@ -275,20 +271,16 @@ class ChildConnection(asyncio.Protocol):
         """Bytes a line may have with its newline: the full limit once authenticated."""
         return MAX_LINE + 2 if self.session.authenticated else UNAUTHENTICATED_LINE + 1
 
-    def _too_long(self, replies: list[bytes]) -> None:
-        """A line over the limit: say so, then close (what it held is never read as lines)."""
-        if self.session.authenticated:
-            reply = self.server.protocol.line_too_long()
-        else:
-            self.server.protocol.errors_total += 1
-            reply = error_reply(None, "line_too_long", f"a request line longer than {UNAUTHENTICATED_LINE} "
-                                "bytes before authenticating; connection closed")
-        if replies:
-            replies.append(reply)
-        elif self.transport is not None:
-            self.transport.write(reply)
+    def _too_long(self) -> bytes:
+        """A line over the limit: its error reply; the connection closes after it (what the line held
+        is never read as lines)."""
         self.buffer.clear()
         self.closing = True
+        if self.session.authenticated:
+            return self.server.protocol.line_too_long()
+        self.server.protocol.errors_total += 1
+        return error_reply(None, "line_too_long", f"a request line longer than {UNAUTHENTICATED_LINE} "
+                           "bytes before authenticating; connection closed")
 
     def _hold(self, reply: bytes) -> None:
         """A failed authentication: its reply waits for a slot of the budget; nothing is read meanwhile."""
@@ -360,7 +352,7 @@ class ChildConnection(asyncio.Protocol):
             self.transport.close()
 
     def _resume_reading(self) -> None:
-        if self.transport is not None and not self.busy and not self.write_paused and not self.ended:
+        if self.transport is not None and not self.busy and self.writable.is_set() and not self.ended:
             self.transport.resume_reading()
 
     def _auth_deadline(self) -> None:
