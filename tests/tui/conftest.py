@@ -6,10 +6,12 @@ import copy
 import json
 from pathlib import Path
 
+from rich.cells import cell_len
 from textual.widgets import Static
 
 from appliance.config.file import config_from_dict
 from tests.conftest import SMALL_CONFIG
+from tui.views.base import Table
 
 
 async def until(pilot, condition, what, tries=400):
@@ -46,8 +48,21 @@ def settled(view: str, *keys: str):
         else:
             raise AssertionError(f"the {view} view never painted")
         app.frozen = True  # no further repaint between here and the screenshot
+        await until(pilot, lambda: tables_measured(app), "the tables measured their columns")
         await pilot.pause()
     return run_before
+
+
+def tables_measured(app) -> bool:
+    """Every table on screen has measured its columns for the rows it shows: a DataTable does that on
+    its own idle turn after the rows go in, so a frame taken sooner shows columns as wide as their
+    headers."""
+    for table in app.screen.query(Table):
+        for i, column in enumerate(table.ordered_columns):
+            cells = [table.header[i], *(row[i] for row in table.rows_shown if i < len(row))]
+            if column.content_width < max(cell_len(cell) for cell in cells):
+                return False
+    return True
 
 
 def small_config(short_dir):
