@@ -53,6 +53,19 @@ def settled(view: str, *keys: str):
     return run_before
 
 
+async def look_up(pilot, key: str, entity: str) -> None:
+    """Open the entities view, look up one entity as an operator would, and wait until it is shown."""
+    app = pilot.app
+    await pilot.press("3")
+    await until(pilot, lambda: bool(app.views["entities"].keys), "the entity keys listed")
+    app.query_one("#entity-key").value = key
+    app.query_one("#entity-id").value = entity
+    app.query_one("#entity-id").focus()
+    await pilot.press("enter")
+    await until(pilot, lambda: bool(app.snapshot.entity) and app.views["entities"].shown == (app.snapshot.entity,),
+                f"{key} {entity} shown")
+
+
 def tables_measured(app) -> bool:
     """Every table on screen has measured its columns for the rows it shows: a DataTable does that on
     its own idle turn after the rows go in, so a frame taken sooner shows columns as wide as their

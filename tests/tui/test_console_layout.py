@@ -12,7 +12,7 @@ from rich.console import Console as RichConsole
 
 from appliance.serving.protocol import Protocol
 from appliance.serving.server import SocketServer
-from tests.tui.conftest import REPLIES, settled
+from tests.tui.conftest import REPLIES, look_up, settled
 from tui import panels
 from tui.console import Console
 
@@ -83,19 +83,7 @@ def test_the_entities_view_shows_its_last_column_at_120(canned):
     async def scenario() -> list[str]:
         app = Console(canned, rate=20)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("3")
-            for _ in range(500):
-                await pilot.pause(0.02)
-                if app.views["entities"].keys:
-                    break
-            app.query_one("#entity-key").value = "card"
-            app.query_one("#entity-id").value = "c3"
-            app.query_one("#entity-id").focus()
-            await pilot.press("enter")
-            for _ in range(500):
-                await pilot.pause(0.02)
-                if app.snapshot.entity and app.views["entities"].shown == (app.snapshot.entity,):
-                    break
+            await look_up(pilot, "card", "c3")
             await pilot.pause()
             return await screen_once(pilot, lambda lines: any(line.rstrip().endswith("1,662") for line in lines))
     lines = asyncio.run(scenario())

@@ -12,7 +12,7 @@ import pytest
 
 from appliance.serving.protocol import Protocol
 from appliance.serving.server import SocketServer
-from tests.tui.conftest import REPLIES, settled
+from tests.tui.conftest import REPLIES, look_up, settled, tables_measured, until
 from tui.console import Console
 
 
@@ -41,22 +41,11 @@ def test_models(snap_compare, canned_appliance, size):
 def test_entities(snap_compare, canned_appliance):
     async def run_before(pilot) -> None:
         app = pilot.app
-        await pilot.press("3")
-        for _ in range(500):
-            await pilot.pause(0.02)
-            if app.views["entities"].keys:
-                break
-        app.query_one("#entity-key").value = "card"
-        app.query_one("#entity-id").value = "c3"
-        app.query_one("#entity-id").focus()
-        await pilot.press("enter")
+        await look_up(pilot, "card", "c3")
         await settled("entities")(pilot)
-        for _ in range(500):
-            if app.snapshot.entity:
-                break
-            await pilot.pause(0.02)
         app.set_focus(None)  # no blinking cursor in the picture
         app.repaint()
+        await until(pilot, lambda: tables_measured(app), "the tables measured their columns")
         await pilot.pause()
 
     assert snap_compare(Console(canned_appliance, rate=20), terminal_size=(120, 40), run_before=run_before)
