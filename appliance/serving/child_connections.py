@@ -3,7 +3,7 @@
 Each connection is an `asyncio.Protocol` on the child's loop, as the primary's are
 (`serving.connection`): `data_received` splits the bytes into lines and answers, synchronously and
 in order, every whole line the child answers itself, writing the replies of one chunk in one
-`write`. A line is decoded once, behind the protocol's own guards (`Protocol.decode`): `predict` of
+`write`; the lines are cut by the primary's rules (`serving.framing`). A line is decoded once, behind the protocol's own guards (`Protocol.decode`): `predict` of
 an event, `ingest`, `label` and `auth` are answered here (`is_local`, by the child's `Protocol`);
 every other line (stats, models, promote, watch, malformed lines...) is written to the primary's
 private owner-only socket and its reply relayed; while it is away the connection reads nothing
@@ -29,7 +29,8 @@ from appliance.serving.access import (
     FailedAuthBudget,
 )
 from appliance.serving.connection import HIGH_WATER
-from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
+from appliance.serving.framing import TOO_LONG, Lines
+from appliance.serving.protocol import Deferred, Protocol, Session
 
 MAX_LINE = 1 << 20  # as the primary's protocol
 MAX_TCP_CONNECTIONS = 256  # per process, as the primary's TCP listener
@@ -105,10 +106,9 @@ class ChildConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         # done once the connection is gone (`finish` waits on it); the factory runs on the child's loop
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.buffer = bytearray()
+        self.lines = Lines()
         self.busy = False  # a relayed line, or a failed authentication's reply, not written yet
         self.ended = False  # no more input: the client's end of file, or the child stopping
-        self.closing = False
         self.writable = asyncio.Event()  # cleared while the client reads too slowly (reading and the watch pump wait)
         self.writable.set()
         self.counted_tcp = False
@@ -162,10 +162,10 @@ class ChildConnection(asyncio.Protocol):
             self.server.requests += data.count(b"\n")
             self.upstream[1].write(data)  # type: ignore[index]
             return
-        self.buffer += data
+        self.lines.feed(data)
         if not self.busy:
             self._answer_lines()
-        elif not self.session.authenticated and len(self.buffer) > UNAUTHENTICATED_LINE:
+        elif not self.session.authenticated and self.lines.unread > UNAUTHENTICATED_LINE:
             self.transport.abort()  # an unauthenticated client piling up input while its reply waits
 
     def eof_received(self) -> bool:
@@ -203,37 +203,33 @@ class ChildConnection(asyncio.Protocol):
 
     # -- lines ----------------------------------------------------------------------------
     def _answer_lines(self) -> None:
-        """Answer every whole line in the buffer, in order, until one is relayed or held."""
+        """Answer every line read (`serving.framing`), in order, until one is relayed or held."""
         transport = self.transport
         if transport is None:
             return
         server = self.server
         protocol = server.protocol
         session = self.session
-        buffer = self.buffer
+        lines = self.lines
+        final = self.ended and not server.stopping  # the client's end of file: its unterminated rest is a line
         replies: list[bytes] = []
-        start = 0
-        while not self.busy and not self.closing:
-            end = buffer.find(b"\n", start)
-            if end >= 0:
-                line = buffer[start:end + 1]
-                start = end + 1
-            elif self.ended and start < len(buffer) and not server.stopping:
-                line = buffer[start:]  # the unterminated rest at the client's end of file
-                start = len(buffer)
-            else:
+        while not self.busy:
+            authenticated = session.authenticated
+            line = lines.take(protocol.max_line if authenticated else UNAUTHENTICATED_LINE, final)
+            if line is None:
                 break
-            if len(line) > self._line_limit():
-                replies.append(self._too_long())
-                break
-            if not line.strip():
-                continue
+            if line is TOO_LONG:
+                if authenticated:
+                    replies.append(protocol.line_too_long())
+                    continue
+                self._refuse_unauthenticated(replies)
+                return
             server.requests += 1
             # decoded once, behind the protocol's own guards (length, nesting) as the primary's lines are
-            request = protocol.decode(line)
-            if is_local(request) or (not session.authenticated and request is None):
+            request = protocol.decode(line)  # type: ignore[arg-type]
+            if is_local(request) or (not authenticated and request is None):
                 failed = session.failed_auths
-                reply = protocol.handle_line(line, session) if request is None else protocol.handle_request(
+                reply = protocol.handle_line(line, session) if request is None else protocol.handle_request(  # type: ignore[arg-type]
                     request, session)
                 if isinstance(reply, Deferred):  # no local handler defers; kept whole if one ever does
                     reply = protocol.complete(reply)
@@ -242,7 +238,7 @@ class ChildConnection(asyncio.Protocol):
                 else:
                     replies.append(reply)
                 continue
-            if not session.authenticated:  # the token check first, here: the primary's socket trusts us
+            if not authenticated:  # the token check first, here: the primary's socket trusts us
                 failed = session.failed_auths
                 check = {"op": "auth", "id": request.get("id"), "token": request.get("token")}  # type: ignore[union-attr]
                 reply = protocol.handle_request(check, session)
@@ -253,34 +249,20 @@ class ChildConnection(asyncio.Protocol):
                     continue
             self.busy = True
             transport.pause_reading()  # later lines wait in the buffer: replies keep request order
-            self.relay = asyncio.ensure_future(self._relay(line, request))
-        if start:
-            del buffer[:start]
+            self.relay = asyncio.ensure_future(self._relay(line, request))  # type: ignore[arg-type]
+        lines.compact()
         if replies:
             transport.write(b"".join(replies))
-        if self.closing:
-            transport.close()
-        elif not self.busy:
-            if len(buffer) > self._line_limit():  # an unfinished line already over the limit
-                transport.write(self._too_long())
-                transport.close()
-            elif self.ended:
-                transport.close()  # every whole line is answered
+        if not self.busy and self.ended:
+            transport.close()  # every whole line is answered
 
-    def _line_limit(self) -> int:
-        """Bytes a line may have with its newline: the full limit once authenticated."""
-        return MAX_LINE + 2 if self.session.authenticated else UNAUTHENTICATED_LINE + 1
-
-    def _too_long(self) -> bytes:
-        """A line over the limit: its error reply; the connection closes after it (what the line held
-        is never read as lines)."""
-        self.buffer.clear()
-        self.closing = True
-        if self.session.authenticated:
-            return self.server.protocol.line_too_long()
-        self.server.protocol.errors_total += 1
-        return error_reply(None, "line_too_long", f"a request line longer than {UNAUTHENTICATED_LINE} "
-                           "bytes before authenticating; connection closed")
+    def _refuse_unauthenticated(self, replies: list[bytes]) -> None:
+        """An unauthenticated line over `UNAUTHENTICATED_LINE`: say so and close the connection, as the
+        primary does (what the line held is never read as lines)."""
+        replies.append(self.server.protocol.line_too_long_unauthenticated(UNAUTHENTICATED_LINE))
+        self.lines.clear()
+        self.transport.write(b"".join(replies))  # type: ignore[union-attr]
+        self.transport.close()  # type: ignore[union-attr]
 
     def _hold(self, reply: bytes) -> None:
         """A failed authentication: its reply waits for a slot of the budget; nothing is read meanwhile."""
@@ -297,7 +279,7 @@ class ChildConnection(asyncio.Protocol):
             return
         transport.write(reply)
         if self.session.failed_auths >= MAX_FAILED_AUTHS:
-            self.buffer.clear()
+            self.lines.clear()
             transport.close()
             return
         self._resume_reading()
@@ -310,11 +292,10 @@ class ChildConnection(asyncio.Protocol):
             if self.upstream is None:
                 self.upstream = await asyncio.open_unix_connection(self.server.private_socket, limit=MAX_LINE + 2)
             reader, writer = self.upstream
-            writer.write(line if line.endswith(b"\n") else line + b"\n")
+            writer.write(line + b"\n")
             if isinstance(request, dict) and request.get("op") == "watch":
                 self.pump = asyncio.ensure_future(self._pump(reader))
-                rest = bytes(self.buffer)
-                self.buffer.clear()
+                rest = self.lines.rest()
                 if rest:
                     self.server.requests += rest.count(b"\n")
                     writer.write(rest)

@@ -1,9 +1,11 @@
 """One connection of the socket server: split lines, answer them in order, push back, authenticate.
 
-Each connection is an `asyncio.Protocol` on the server's loop thread. `data_received` splits the
-bytes into lines, answers each complete line with `Protocol.handle_line` synchronously, and writes
-every reply of the chunk in one `write`; a deferred reply (an operator op that reads SQLite) holds
-the later lines in the buffer until it is written, so replies keep the order of the requests.
+Each connection is an `asyncio.Protocol` on the server's loop thread. `data_received` cuts the
+bytes into lines (`serving.framing`, the rules a serving child's connections follow too), answers
+each with `Protocol.handle_line` synchronously, and writes every reply of the chunk in one `write`;
+a deferred reply (an operator op that reads SQLite) holds the later lines in the buffer until it is
+written, so replies keep the order of the requests. At the client's end of file the rest is the
+last line; the connection closes once every line is answered.
 
 Until a TCP connection has authenticated it gets little: `UNAUTHENTICATED_LINE` bytes per line
 (a longer line closes it), `auth_timeout` seconds to authenticate (then it is closed), and
@@ -27,7 +29,8 @@ import concurrent.futures
 from typing import Protocol as Interface
 
 from appliance.serving.access import MAX_FAILED_AUTHS, UNAUTHENTICATED_LINE, FailedAuthBudget
-from appliance.serving.protocol import Deferred, Protocol, Session, error_reply
+from appliance.serving.framing import TOO_LONG, Lines
+from appliance.serving.protocol import Deferred, Protocol, Session
 
 HIGH_WATER = 1 << 20  # bytes in a connection's write buffer past which it stops being read
 
@@ -60,7 +63,7 @@ class Connection(asyncio.Protocol):
     """One client connection: lines in, replies out, on the loop thread; its counters live on its host."""
 
 
-    __slots__ = ("buffer", "deadline", "discarding", "dropped", "listener", "next_push", "paused", "pushed",
+    __slots__ = ("deadline", "dropped", "ended", "lines", "listener", "next_push", "paused", "pushed",
                  "server", "session", "transport", "waiting")
 
     def __init__(self, server: ConnectionHost, session: Session) -> None:
@@ -69,8 +72,8 @@ class Connection(asyncio.Protocol):
         self.listener = session.peer
         self.deadline: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.discarding = False
+        self.lines = Lines()
+        self.ended = False  # the client's end of file
         self.paused = False
         self.next_push = 0.0
         self.dropped = 0
@@ -111,67 +114,54 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             return
         self.server.bytes_in += len(data)
-        self.buffer += data
+        self.lines.feed(data)
         if self.waiting is None:
             self._answer_lines()
-        elif not self.session.authenticated and len(self.buffer) > UNAUTHENTICATED_LINE:
+        elif not self.session.authenticated and self.lines.unread > UNAUTHENTICATED_LINE:
             self.transport.abort()  # an unauthenticated client piling up input while its reply waits
 
     def _answer_lines(self) -> None:
-        """Answer every complete line in the buffer, in order, until one is deferred."""
+        """Answer every line read (`serving.framing`), in order, until one is deferred or held."""
         transport = self.transport
         if transport is None:
             return
         server = self.server
-        buffer = self.buffer
+        lines = self.lines
         protocol = server.protocol
-        limit = protocol.max_line
         session = self.session
+        ended = self.ended
         replies: list[bytes] = []
         deferred: Deferred | None = None
         refused: bytes | None = None  # a failed authentication's reply, held back for its slot
-        too_long = False  # an unauthenticated line over UNAUTHENTICATED_LINE
-        start = 0
         while deferred is None and refused is None:
-            end = buffer.find(b"\n", start)
-            if end < 0:
+            if session.authenticated:
+                line = lines.take(protocol.max_line, ended)
+                if line is None:
+                    break
+                if line is TOO_LONG:
+                    replies.append(protocol.line_too_long())
+                    continue
+                reply = protocol.handle_line(line, session)  # type: ignore[arg-type]
+                if type(reply) is bytes:
+                    replies.append(reply)
+                else:
+                    deferred = reply  # type: ignore[assignment]
+                continue
+            line = lines.take(UNAUTHENTICATED_LINE, ended)
+            if line is None:
                 break
-            if self.discarding:  # the rest of a line that was too long
-                self.discarding = False
+            if line is TOO_LONG:
+                self._refuse_unauthenticated(replies)
+                return
+            failed = session.failed_auths
+            reply = protocol.handle_line(line, session)  # type: ignore[arg-type]
+            if session.failed_auths != failed:
+                refused = reply  # type: ignore[assignment]
+            elif type(reply) is bytes:
+                replies.append(reply)
             else:
-                line = buffer[start:end]
-                if line.strip():
-                    if len(line) > limit + 1:
-                        replies.append(protocol.line_too_long())
-                    elif session.authenticated:
-                        reply = protocol.handle_line(line, session)
-                        if type(reply) is bytes:
-                            replies.append(reply)
-                        else:
-                            deferred = reply  # type: ignore[assignment]
-                    elif len(line) > UNAUTHENTICATED_LINE + 1:
-                        too_long = True
-                        break
-                    else:
-                        failed = session.failed_auths
-                        reply = protocol.handle_line(line, session)
-                        if session.failed_auths != failed:
-                            refused = reply  # type: ignore[assignment]
-                        elif type(reply) is bytes:
-                            replies.append(reply)
-                        else:
-                            deferred = reply  # type: ignore[assignment]
-            start = end + 1
-        if start:
-            del buffer[:start]
-        if too_long or (not session.authenticated and refused is None and len(buffer) > UNAUTHENTICATED_LINE):
-            self._refuse_unauthenticated(replies)
-            return
-        if deferred is None and len(buffer) > limit + 1:  # an unfinished line already over the limit
-            buffer.clear()
-            if not self.discarding:
-                self.discarding = True
-                replies.append(protocol.line_too_long())
+                deferred = reply  # type: ignore[assignment]
+        lines.compact()
         if replies:
             server.requests += len(replies)
             out = b"".join(replies)
@@ -193,13 +183,13 @@ class Connection(asyncio.Protocol):
             transport.pause_reading()
             delay = server.failed_auths.delay(asyncio.get_running_loop().time())
             asyncio.get_running_loop().call_later(delay, self._refusal_due, refused)
+        elif ended:
+            transport.close()  # the client's end of file: every line it sent is answered
 
     def _refuse_unauthenticated(self, replies: list[bytes]) -> None:
         """An unauthenticated line over `UNAUTHENTICATED_LINE`: say so and close the connection."""
-        self.server.protocol.errors_total += 1
-        replies.append(error_reply(None, "line_too_long", f"a request line longer than {UNAUTHENTICATED_LINE} "
-                                   "bytes before authenticating; connection closed"))
-        self.buffer.clear()
+        replies.append(self.server.protocol.line_too_long_unauthenticated(UNAUTHENTICATED_LINE))
+        self.lines.clear()
         self.transport.write(b"".join(replies))  # type: ignore[union-attr]
         self.transport.close()  # type: ignore[union-attr]
 
@@ -214,7 +204,7 @@ class Connection(asyncio.Protocol):
         transport.write(reply)
         if self.session.failed_auths >= MAX_FAILED_AUTHS:
             self.server.auth_closed += 1
-            self.buffer.clear()
+            self.lines.clear()
             transport.close()
             return
         if not self.paused:
@@ -235,7 +225,10 @@ class Connection(asyncio.Protocol):
         self._answer_lines()
 
     def eof_received(self) -> bool:
-        return False  # half-closed by the client: replies written so far are flushed, then close
+        self.ended = True  # half-closed by the client: its unterminated last line is one too
+        if self.waiting is None:
+            self._answer_lines()
+        return True  # the transport closes once every line is answered (`_answer_lines`)
 
     def pause_writing(self) -> None:
         if self.transport is not None and not self.paused:

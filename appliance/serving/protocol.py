@@ -216,6 +216,13 @@ class Protocol:
             None, "line_too_long", f"request line longer than {self.max_line} bytes; line dropped"
         )
 
+    def line_too_long_unauthenticated(self, limit: int) -> bytes:
+        """Build the error reply for a line over `limit` bytes before authenticating (the transport
+        closes the connection after it)."""
+        self.errors_total += 1
+        return error_reply(None, "line_too_long", f"a request line longer than {limit} bytes before "
+                           "authenticating; connection closed")
+
     def _parse(self, line: bytes | bytearray) -> dict[str, Any]:
         """Decode one line into a request object, or raise `_Reject`."""
         if len(line) > self.max_line + 2 and len(line.rstrip(b"\r\n")) > self.max_line:

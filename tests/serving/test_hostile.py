@@ -281,8 +281,8 @@ def test_a_half_closed_connection_gets_every_reply_then_eof(appliance):
     while chunk := sock.recv(1 << 16):
         data += chunk
     got = [orjson.loads(line) for line in data.splitlines()]
-    assert [r["id"] for r in got] == list(range(500)) and all(r["ok"] for r in got)
-    sock.close()  # an unterminated last line is not a request
+    assert [r["id"] for r in got] == list(range(501)) and all(r["ok"] for r in got)
+    sock.close()  # the unterminated rest at the end of file is the last line (as a serving child reads it)
     healthy(appliance.config.socket)
 
 

@@ -219,8 +219,7 @@ def test_every_op_is_answered_through_a_child(two_processes):
 
 def test_a_childs_replies_keep_the_order_of_pipelined_lines_answered_here_and_relayed(two_processes):
     """One write of many lines, answered by the child and relayed to the primary in turn, the last
-    without its newline before the client's end of file: every reply, in request order, then close.
-    A line over the limit is answered with its error and the connection closed."""
+    without its newline before the client's end of file: every reply, in request order, then close."""
     appliance, extra = two_processes
     events = payments(4)
     lines = [{"op": "predict", "id": 1, "event": events[0], "ingest": False}, {"op": "health", "id": 2},
@@ -237,14 +236,39 @@ def test_a_childs_replies_keep_the_order_of_pipelined_lines_answered_here_and_re
     assert replies[1]["pid"] == os.getpid() and replies[3]["counts"]  # the primary (this process) answered
     assert replies[4]["error"]["code"] == "unknown_op" and replies[2]["accepted"] == 1
     assert 0.0 <= replies[6]["score"] <= 1.0
+
+
+def framed(path: str, chunks: list[bytes]) -> list[tuple]:
+    """Send `chunks` in turn on one connection, then the end of file; every reply, as (id, ok, error code)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(30)
-        conn.connect(extra.path)
-        conn.sendall(orjson.dumps(lines[0]) + b"\n" + b"x" * ((1 << 20) + 10) + b"\n" + orjson.dumps(lines[1]) + b"\n")
-        stream = conn.makefile("rb")
-        assert orjson.loads(stream.readline())["id"] == 1
-        assert orjson.loads(stream.readline())["error"]["code"] == "line_too_long"
-        assert stream.readline() == b""  # closed: what followed the long line is not read
+        conn.connect(path)
+        for chunk in chunks:
+            conn.sendall(chunk)
+        conn.shutdown(socket.SHUT_WR)
+        replies = [orjson.loads(line) for line in conn.makefile("rb")]  # to the server's close
+    return [(reply.get("id"), reply["ok"], (reply.get("error") or {}).get("code")) for reply in replies]
+
+
+def test_the_primary_and_a_child_cut_lines_alike(two_processes):
+    """The same bytes get the same replies whichever process accepted the connection: a line over the
+    limit is refused and the next one read (sent whole, or unfinished across writes), blank lines are
+    skipped, and the unterminated rest at the client's end of file is the last line."""
+    appliance, extra = two_processes
+    event = payments(1)[0]
+    predict = orjson.dumps({"op": "predict", "id": 1, "event": event, "ingest": False})
+    health = [orjson.dumps({"op": "health", "id": i}) for i in range(2, 6)]
+    over = 1 << 20  # the protocol's limit
+    chunks = [predict + b"\n\n  \n" + b"x" * (over + 10) + b"\n" + health[0] + b"\n",
+              b'{"op": "health", "pad": "' + b"y" * (over // 2),  # an unfinished line, over the limit
+              b"y" * (over // 2 + 100), b'"}\n' + health[1] + b"\n" + health[2] + b"\n\n" + health[3]]
+    expected = [(1, True, None), (None, False, "line_too_long"), (2, True, None), (None, False, "line_too_long"),
+                (3, True, None), (4, True, None), (5, True, None)]
+    assert framed(extra.path, chunks) == expected  # a child
+    assert framed(appliance.private_server.unix_path, chunks) == expected  # the primary's own connections
+    assert framed(extra.path, [health[0] + b"\n" + health[1]]) == [(2, True, None), (3, True, None)]
+    assert framed(appliance.private_server.unix_path, [health[0] + b"\n" + health[1]]) == [(2, True, None),
+                                                                                        (3, True, None)]
 
 
 def test_watch_is_relayed_line_by_line(two_processes):
