@@ -3,6 +3,7 @@ that says how many buckets would do, and a default pipeline that does not zero t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import string
@@ -14,6 +15,8 @@ from dataclasses import replace
 
 import mmh3
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from river import checks, preprocessing
 
 from appliance.config.file import config_from_dict
@@ -22,7 +25,7 @@ from appliance.features.category_stats import CategoryStats, buckets_for
 from appliance.features.space import FeatureSpace, bucket_of
 from appliance.learning.scaling import ScaleNumeric
 from appliance.runtime.store_files import fingerprint, warn_zeroing
-from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT
+from appliance.storage.snapshot import FORMAT_VERSION, ROWS_FORMAT, dump_object, load_object
 
 AIRPORTS = ("EWR", "JFK", "LGA")
 CARRIERS = ("9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV")
@@ -163,3 +166,28 @@ def test_replay_shows_the_warning_once_and_the_default_spec_none(tmp_path):
     assert zeroing.stderr.count("StandardScaler maps hashed categorical features") == 1
     default = replay()
     assert default.returncode == 0 and "maps hashed categorical" not in default.stderr
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.tuples(st.booleans(), st.dictionaries(st.sampled_from(["a", "b", "c", "city#1"]),
+                                                               st.floats(-1e6, 1e6), min_size=1)),
+                      min_size=1, max_size=60))
+def test_scale_numeric_scales_as_river_to_the_last_bit_through_learning_copies_and_storage(steps):
+    """Its kept scales agree with River's StandardScaler on the numeric features after any mix of
+    learning and scaling, through a deep copy and a stored model, and learn River's state to the last bit."""
+    river_scaler, ours = preprocessing.StandardScaler(), ScaleNumeric(clip=None)
+    for n, (learn, x) in enumerate(steps):
+        numeric = {k: v for k, v in x.items() if "#" not in k}
+        if learn:
+            river_scaler.learn_one(numeric)
+            ours.learn_one(x)
+        if n % 7 == 3:
+            ours = copy.deepcopy(ours)
+        if n % 11 == 5:
+            ours = load_object(dump_object(ours))
+        scaled = ours.transform_one(x)
+        assert {k: v for k, v in scaled.items() if "#" not in k} == river_scaler.transform_one(numeric)
+        assert all(scaled[k] == x[k] for k in x if "#" in k)
+    assert dict(ours.scaler.counts) == dict(river_scaler.counts)
+    assert all(ours.scaler.means[k] == river_scaler.means[k] and ours.scaler.vars[k] == river_scaler.vars[k]
+               for k in river_scaler.counts)
