@@ -69,10 +69,10 @@ class ScaleNumeric(base.Transformer):
         for i, xi in x.items():
             if i.__class__ is str and marker in i:
                 continue
-            counts[i] += 1
-            old_mean = means[i]
-            mean = means[i] = old_mean + (xi - old_mean) / counts[i]
-            var = vars_[i] = vars_[i] + ((xi - old_mean) * (xi - mean) - vars_[i]) / counts[i]
+            n = counts[i] = counts[i] + 1
+            old_mean, old_var = means[i], vars_[i]
+            mean = means[i] = old_mean + (xi - old_mean) / n
+            var = vars_[i] = old_var + ((xi - old_mean) * (xi - mean) - old_var) / n
             scales[i] = (mean, var**0.5 if var else 0.0)
 
     def transform_one(self, x: dict) -> dict:
