@@ -3,8 +3,8 @@
 Each connection is an `asyncio.Protocol` on the child's loop, as the primary's are
 (`serving.connection`): `data_received` splits the bytes into lines and answers, synchronously and
 in order, every whole line the child answers itself, writing the replies of one chunk in one
-`write`; the lines are cut by the primary's rules (`serving.framing`). A line is decoded once, behind the protocol's own guards (`Protocol.decode`): `predict` of
-an event, `ingest`, `label` and `auth` are answered here (`is_local`, by the child's `Protocol`);
+`write`; the lines are cut by the primary's rules (`serving.framing`). A line is decoded once,
+behind the protocol's own guards (`Protocol.decode`): `predict` of an event, `ingest`, `label` and `auth` are answered here (`is_local`, by the child's `Protocol`);
 every other line (stats, models, promote, watch, malformed lines...) is written to the primary's
 private owner-only socket and its reply relayed; while it is away the connection reads nothing
 more, so replies keep the order of the requests. After a `watch` the connection is piped to the
@@ -28,7 +28,7 @@ from appliance.serving.access import (
     UNAUTHENTICATED_LINE,
     FailedAuthBudget,
 )
-from appliance.serving.connection import HIGH_WATER
+from appliance.serving.connection import HIGH_WATER, refuse_unauthenticated
 from appliance.serving.framing import TOO_LONG, Lines
 from appliance.serving.protocol import Deferred, Protocol, Session
 
@@ -222,7 +222,7 @@ class ChildConnection(asyncio.Protocol):
                 if authenticated:
                     replies.append(protocol.line_too_long())
                     continue
-                self._refuse_unauthenticated(replies)
+                refuse_unauthenticated(transport, lines, protocol, replies)
                 return
             server.requests += 1
             # decoded once, behind the protocol's own guards (length, nesting) as the primary's lines are
@@ -255,14 +255,6 @@ class ChildConnection(asyncio.Protocol):
             transport.write(b"".join(replies))
         if not self.busy and self.ended:
             transport.close()  # every whole line is answered
-
-    def _refuse_unauthenticated(self, replies: list[bytes]) -> None:
-        """An unauthenticated line over `UNAUTHENTICATED_LINE`: say so and close the connection, as the
-        primary does (what the line held is never read as lines)."""
-        replies.append(self.server.protocol.line_too_long_unauthenticated(UNAUTHENTICATED_LINE))
-        self.lines.clear()
-        self.transport.write(b"".join(replies))  # type: ignore[union-attr]
-        self.transport.close()  # type: ignore[union-attr]
 
     def _hold(self, reply: bytes) -> None:
         """A failed authentication: its reply waits for a slot of the budget; nothing is read meanwhile."""

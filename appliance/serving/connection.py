@@ -56,6 +56,16 @@ class ConnectionHost(Interface):
     bytes_out: int
 
 
+def refuse_unauthenticated(transport: asyncio.Transport, lines: Lines, protocol: Protocol,
+                           replies: list[bytes]) -> None:
+    """An unauthenticated line over `UNAUTHENTICATED_LINE`: the replies so far and its error, then the
+    connection closes (the primary's and a serving child's connections alike)."""
+    replies.append(protocol.line_too_long_unauthenticated(UNAUTHENTICATED_LINE))
+    lines.clear()
+    transport.write(b"".join(replies))
+    transport.close()
+
+
 _HELD = object()  # `waiting` while a failed authentication's reply waits for its slot
 
 
@@ -151,7 +161,7 @@ class Connection(asyncio.Protocol):
             if line is None:
                 break
             if line is TOO_LONG:
-                self._refuse_unauthenticated(replies)
+                refuse_unauthenticated(transport, lines, protocol, replies)
                 return
             failed = session.failed_auths
             reply = protocol.handle_line(line, session)  # type: ignore[arg-type]
@@ -185,13 +195,6 @@ class Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_later(delay, self._refusal_due, refused)
         elif ended:
             transport.close()  # the client's end of file: every line it sent is answered
-
-    def _refuse_unauthenticated(self, replies: list[bytes]) -> None:
-        """An unauthenticated line over `UNAUTHENTICATED_LINE`: say so and close the connection."""
-        replies.append(self.server.protocol.line_too_long_unauthenticated(UNAUTHENTICATED_LINE))
-        self.lines.clear()
-        self.transport.write(b"".join(replies))  # type: ignore[union-attr]
-        self.transport.close()  # type: ignore[union-attr]
 
     def _refusal_due(self, reply: bytes) -> None:
         """Send a failed authentication's reply once its slot has come; close after too many."""
