@@ -8,7 +8,7 @@ end (the inbox is drained first), the engine writes a final checkpoint, the writ
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import logging
 import os
 import sys
@@ -26,10 +26,10 @@ from appliance.ingest.events import decode
 from appliance.ingest.inbox import InboxSpace
 from appliance.ingest.order_log import OrderLog
 from appliance.ingest.readers import read_source, resolve_source
-from appliance.processes import settle_collector
+from appliance.processes import collector_settled
+from appliance.runtime.fleet import ServingFleet
 from appliance.runtime.store_files import child_inboxes, fingerprint, load_attribute_files, store_files, warn_zeroing
 from appliance.runtime.supervision import MAX_RESTARTS, FlowSupervisor, describe
-from appliance.serving.access import FAILED_AUTHS_PER_SECOND, FailedAuthBudget
 from appliance.serving.availability import Availability, GuardedInbox, Outage
 from appliance.serving.board import StatsBoard
 from appliance.serving.service import Service
@@ -64,7 +64,7 @@ class RunOptions:
     restarts: int = MAX_RESTARTS  # restarts of a failed flow allowed within 10 minutes (runtime.supervision)
     writer_process: bool = True  # the store writer in its own process (storage.writer_process), else a thread
     # The process is the appliance's own (the CLI's `up` and `replay`): freeze what the start built out
-    # of the cycle collector's sight and make its collections rarer while `run` runs (`_tune_collector`).
+    # of the cycle collector's sight and make its collections rarer while `run` runs (`processes.collector_settled`).
     # Off for an embedding, whose collector is its own.
     own_process: bool = False
     # Serving children's interpreters started ahead (`appliance up` starts them before it imports this
@@ -84,13 +84,11 @@ class Appliance:
         self.error: BaseException | None = None
         self.resumed = False
         self.imported: list[int] = []  # versions registered at start from staged imports
-        self.online: Any = None  # engine.online.OnlinePublisher while serving
-        self.online_failure: str | None = None
+        self.fleet: ServingFleet | None = None  # the serving children's side, while they serve
         self.child_inboxes: dict[str, str] = {}  # the flow's input name -> a serving child's inbox it reads
         self.child_spaces: dict[str, InboxSpace] = {}  # the same inboxes' disk space, given back as the primary's
         self.supervisor = FlowSupervisor(options.restarts)
         self.restarting: str | None = None  # why, while a failed flow is being restarted
-        self._status_lock = threading.Lock()  # the children's status record: asked and written together
         self.disk = DiskGauge(config.db, reserve=config.retention.disk_reserve)
         self.availability = self._watch_stages()
         self.lock = StoreLock(config.db)  # before anything of the store is unlinked or written
@@ -221,7 +219,7 @@ class Appliance:
 
     def start_server(self, *, accepting: bool = True) -> None:
         """Open the inbox and start answering on the socket (without `accepting`, on its private
-        socket only until `_route_connections` says otherwise: serving children take the public one)."""
+        socket only until `ServingFleet.route_connections` says otherwise: serving children take the public one)."""
         from appliance.serving.protocol import Protocol
         from appliance.serving.server import SocketServer
 
@@ -256,30 +254,31 @@ class Appliance:
             _tune_for_serving()
         self.writer.start()
         self._commit_start()
-        serving_children = self.options.serve and self.options.serve_processes > 1
-        self.online = self._open_online() if serving_children else None  # read only by the children
         self._flow_thread = None
-        self.children = None
+        if self.options.serve and self.options.serve_processes > 1:
+            self.fleet = ServingFleet(self.config, self.options.serve_processes, self.availability,
+                                      lambda: self.engine.offsets, token=self.options.token,
+                                      auth_timeout=self.options.auth_timeout, spares=self.options.spare_children)
+            self.fleet.open_online(self.engine)  # read only by the children
         if self.options.serve:
-            self.start_server(accepting=not serving_children)
+            self.start_server(accepting=self.fleet is None)
             self.service.children_lag = self._children_lag
             self.service.flow_stats = self.supervisor.stats
-        if serving_children:
-            self._start_children()
+        if self.fleet is not None:
+            self.fleet.start(self.service, self.server)
         self.writer.after_durable_checkpoint = self._released
-        collector = _tune_collector() if self.options.own_process else None
+        settled = collector_settled() if self.options.own_process else contextlib.nullcontext()
         try:
-            self._start_flow()
-            if self.options.on_ready is not None:
-                self.options.on_ready()
-            while True:
-                self._wait_for_flow()
-                if self.error is None or self.stop_event.is_set() or not self._restart_flow():
-                    break
+            with settled:
+                self._start_flow()
+                if self.options.on_ready is not None:
+                    self.options.on_ready()
+                while True:
+                    self._wait_for_flow()
+                    if self.error is None or self.stop_event.is_set() or not self._restart_flow():
+                        break
         finally:
             self._shutdown()
-            if collector is not None:
-                _restore_collector(collector)
         if self.error is not None:
             raise self.error
 
@@ -363,53 +362,14 @@ class Appliance:
         self.supervisor.resumed({name: int(offset) for name, offset in self.engine.offsets.items()})
         if self.server is not None:
             self.service.attach(self.engine)
-        if self.online is not None:
-            self.online = self._open_online(self.online.writer)
+        if self.fleet is not None:
+            self.fleet.open_online(self.engine)
         self._commit_start()
         self.board.publish(self.engine, force=True)
         self._start_flow()
         self.restarting = None
         log.warning("the dataflow runs again from its checkpoint (offsets %s)", dict(self.engine.offsets) or "none: the start")
         return True
-
-    def _start_children(self) -> None:
-        """The private socket the children forward to (owner-only), then the children themselves."""
-        from appliance.runtime.serving_processes import ServingChildren
-        from appliance.serving.protocol import Protocol
-        from appliance.serving.server import SocketServer
-        from appliance.serving.status_record import PeerLatencies, StatusWriter, status_path
-
-        self.serving_status = StatusWriter(status_path(self.config.db))
-        self._publish_status()  # before any child reads it
-        # An outage seen beginning or ending (a refused write, a `health`) reaches the children before the
-        # reply does: a client that saw this process refuse or recover finds every child agreeing.
-        self.availability.on_change = lambda _outage: self._publish_status()
-        self.peer_latencies = PeerLatencies(self.config.db)
-        self.peer_latencies.clear()  # an earlier start's children's
-        self.service.peer_latencies = self.peer_latencies.read
-        private = SocketServer(Protocol(self.service.handlers()), unix_path=self.config.socket + ".p",
-                               watch_source=lambda: self.service.stats({}))
-        private.start()
-        self.private_server = private
-        public = self.server
-        self.service.server_stats = lambda: _with_relayed_watchers(public.stats(), private.stats())
-        assert self.server is not None and self.server.unix_fd is not None
-        self.children = ServingChildren(self.config, self.options.serve_processes, self.server.unix_fd,
-                                        private.unix_path, tcp_fd=self.server.tcp_fd,  # type: ignore[arg-type]
-                                        token=self.options.token, auth_timeout=self.options.auth_timeout,
-                                        spares=self.options.spare_children)
-        # Each process takes its share of the failed-authentication budget: N of them guess no faster than one.
-        self.server.failed_auths = FailedAuthBudget(FAILED_AUTHS_PER_SECOND / self.children.serving_processes)
-        self.children.start()
-        self._route_connections()
-        self.service.serving_pids = lambda: [os.getpid(), *self.children.pids()]  # type: ignore[union-attr]
-
-    def _route_connections(self) -> None:
-        """Client connections go to the serving children; this process accepts them only while no
-        child runs. A predict here would wait for the flow's thread (one interpreter lock): measured,
-        its p99 while ingesting was 0.8-5 ms against 0.1-0.25 ms in a child (docs/benchmarks.md)."""
-        assert self.server is not None and self.children is not None
-        self.server.set_accepting(not self.children.running())
 
     def _children_lag(self) -> dict[str, int]:
         """Bytes the flow is behind in each serving child's inbox it reads (on any thread)."""
@@ -422,45 +382,10 @@ class Appliance:
                 lag[name] = 0
         return lag
 
-    def _publish_status(self) -> None:
-        """What the children refuse by: the outage refusing writes now, the flow's offsets in their inboxes.
-
-        Any thread; asked and written under one lock, so the last record written is the newest asked."""
-        from appliance.serving.status_record import ServingStatus
-
-        with self._status_lock:
-            offsets = {name: int(offset) for name, offset in dict(self.engine.offsets).items()
-                       if name.startswith("inbox-")}
-            self.serving_status.publish(ServingStatus(self.availability.current(), offsets))
-
-    def _stop_children(self) -> None:
-        if getattr(self, "children", None) is not None:
-            self.children.stop()  # first: what they accepted is in their inboxes before the inputs end
-        if getattr(self, "private_server", None) is not None:
-            self.private_server.stop()
-
-    def _open_online(self, writer: Any = None) -> Any:
-        """The online store, rebuilt from the restored engine (so it equals the checkpoint)."""
-        from appliance.engine.online import OnlinePublisher
-        from appliance.storage.online_store import OnlineWriter, online_path
-
-        publisher = OnlinePublisher(writer or OnlineWriter(online_path(self.config.db)), self.engine)
-        publisher.rebuild()
-        return publisher
-
     def _after_batch(self, engine: Engine, force: bool) -> bool:
         """After each engine batch (on the flow's thread): the online store, then the stats board."""
-        if self.online is not None:
-            import lmdb
-
-            try:
-                self.online.publish()
-            except lmdb.Error as exc:  # kept for the next batch; replicas serve the last whole batch
-                if self.online_failure is None:
-                    log.warning("cannot write the online store (%s); retried after each batch", exc)
-                self.online_failure = str(exc)
-            else:
-                self.online_failure = None
+        if self.fleet is not None:
+            self.fleet.publish_online()
         return self.board.publish(engine, force)
 
     def _check_stages(self) -> None:
@@ -472,10 +397,8 @@ class Appliance:
             self.abort.set(str(self.writer.failure))
         if self.server is not None:
             self.inbox.verify()
-        if self.children is not None and not self.stop_event.is_set():
-            self._publish_status()
-            self.children.check()
-            self._route_connections()
+        if self.fleet is not None and not self.stop_event.is_set():
+            self.fleet.tick()
         if self.stop_event.is_set() and self.writer.failure is not None:
             self.writer.abandon()  # the flow may be waiting for room in the writer's queue
 
@@ -501,13 +424,15 @@ class Appliance:
 
     def stop(self) -> None:
         """Ask the appliance to stop; `run` returns once everything is flushed."""
-        self._stop_children()
+        if self.fleet is not None:
+            self.fleet.stop()
         if self.server is not None:
             self.server.stop()
         self.stop_event.set()
 
     def _shutdown(self) -> None:
-        self._stop_children()
+        if self.fleet is not None:
+            self.fleet.stop()
         self.stop_event.set()
         if self.server is not None:
             self.server.stop()
@@ -517,11 +442,8 @@ class Appliance:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
         self.writer.close()
-        if getattr(self, "online", None) is not None:
-            self.online.writer.close()
-        if getattr(self, "serving_status", None) is not None:
-            self.serving_status.close()
-            self.peer_latencies.close()
+        if self.fleet is not None:
+            self.fleet.close()
         if getattr(self, "order_log", None) is not None:
             self.order_log.close()
         self.board.publish(self.engine, force=True)
@@ -535,33 +457,6 @@ class Appliance:
 
 
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while the socket thread waits for it
-
-
-def _with_relayed_watchers(public: dict[str, int], private: dict[str, int]) -> dict[str, int]:
-    """The public socket's counters (the children's are added by `Service.stats`) with the watchers
-    the children relay to the private socket, where the pushing happens."""
-    for name in ("watchers", "watch_updates_pushed", "watch_updates_dropped"):
-        public[name] += private[name]
-    return public
-
-
-def _tune_collector() -> tuple[int, int, int]:
-    """Objects alive at start (modules, the restored model and state) are moved out of the cycle
-    collector's sight, and young-generation collections are made rarer, so full collections do not
-    stall the flow (or requests): with the interpreter's defaults the engine spent ~11 % of its time
-    over the sample's first 50,000 lines in the collector, ~130 ms per full collection
-    (docs/benchmarks.md). Returns the thresholds it replaced (`_restore_collector`). Only in the
-    appliance's own process (`RunOptions.own_process`)."""
-    previous = gc.get_threshold()
-    gc.collect()
-    settle_collector()
-    return previous
-
-
-def _restore_collector(previous: tuple[int, int, int]) -> None:
-    """The collector as it was when `run` began."""
-    gc.unfreeze()
-    gc.set_threshold(*previous)
 
 
 def _tune_for_serving() -> None:

@@ -2,7 +2,7 @@
 
 With `--serve-processes N` (N > 1) the primary starts N children (`appliance.serving.child`), which
 take every new client connection: the primary accepts only while none of them runs
-(`runtime.app.Appliance._route_connections`). A child is a fresh interpreter (`Popen` execs it: no
+(`runtime.fleet.ServingFleet.route_connections`). A child is a fresh interpreter (`Popen` execs it: no
 fork of this process's state) whose stdin is one end of a Unix socket pair; once the primary's
 sockets listen, it is handed its `ChildSetup` there (`serving.child_setup`): the listening Unix
 socket (and the TCP one when TCP is on) as descriptors, the config and the TCP token, and the path

@@ -142,7 +142,7 @@ class SocketServer:
     def set_accepting(self, accepting: bool, timeout: float = 10.0) -> None:
         """Accept new connections on the listeners, or stop accepting them (any thread). Connections
         already open are served either way, and the listening sockets stay open for the serving
-        children, which then take every new connection (`runtime.app` stops this process accepting
+        children, which then take every new connection (`runtime.fleet` stops this process accepting
         while a child is up)."""
         loop = self._loop
         if loop is None or self._stopped.is_set() or accepting == self.accepting:

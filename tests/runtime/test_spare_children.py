@@ -75,7 +75,7 @@ def test_the_appliances_children_are_the_interpreters_started_ahead(short_dir):
     with SpareChildren(2) as spares:
         ahead = sorted(spare.process.pid for spare in spares._spare)
         with serving(config, serve_processes=2, spare_children=spares) as appliance:
-            assert sorted(appliance.children.pids()) == ahead
+            assert sorted(appliance.fleet.children.pids()) == ahead
             assert spares.take() is None
             for i, event in enumerate(flip_stream(10, 10)):
                 with Client(config.socket) as client:
@@ -91,9 +91,9 @@ def test_a_spare_that_died_is_replaced_by_a_new_interpreter(short_dir):
         os.kill(dead.process.pid, signal.SIGKILL)
         dead.process.wait(30)
         with serving(config, serve_processes=2, spare_children=spares) as appliance:
-            pids = appliance.children.pids()
+            pids = appliance.fleet.children.pids()
             assert alive.process.pid in pids and dead.process.pid not in pids and len(set(pids)) == 2
-            assert appliance.children.running() == 2
+            assert appliance.fleet.children.running() == 2
             with Client(config.socket) as client:
                 assert client.request("health")["serving_pids"] == [os.getpid(), *pids]
         dead.process.stdout.close()

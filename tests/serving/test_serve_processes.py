@@ -68,7 +68,7 @@ class ExtraChild:
             self.tcp_listener = socket.create_server(("127.0.0.1", 0))
             self.tcp_address = self.tcp_listener.getsockname()[:2]
         self.children = ServingChildren(appliance.config, 1, self.listener.fileno(),
-                                        appliance.private_server.unix_path, first_index=index,
+                                        appliance.fleet.private_server.unix_path, first_index=index,
                                         tcp_fd=None if self.tcp_listener is None else self.tcp_listener.fileno(),
                                         **rules)
         self.children.start()
@@ -155,7 +155,7 @@ def test_the_appliances_children_accept_on_its_tcp_listener(short_dir):
     config = make_config(short_dir)
     with serving(config, serve_processes=3, tcp=("127.0.0.1", 0), token=TOKEN) as appliance:
         listener = os.fstat(appliance.server.tcp_fd).st_ino
-        for pid in appliance.children.pids():
+        for pid in appliance.fleet.children.pids():
             held = {os.stat(f"/proc/{pid}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{pid}/fd")}
             assert listener in held
         for _ in range(10):  # whoever accepts, the token rules hold and the reply is right
@@ -170,7 +170,7 @@ def test_a_child_scores_as_the_engine_and_its_predictions_are_learned(two_proces
         history, probes = labelled[:200], payments(300)[200:]
         primary.request("ingest", events=history)
         wait_for(lambda: processed(primary) >= 200, "the history to be processed")
-        wait_for(lambda: appliance.online.writer.path.exists()
+        wait_for(lambda: appliance.fleet.online.writer.path.exists()
                  and extra.children.processes[3].poll() is None, "the child")
         # Scored-only probes (ingest false): the engine's state does not move between the two answers.
         engine = appliance.engine
@@ -265,9 +265,9 @@ def test_the_primary_and_a_child_cut_lines_alike(two_processes):
     expected = [(1, True, None), (None, False, "line_too_long"), (2, True, None), (None, False, "line_too_long"),
                 (3, True, None), (4, True, None), (5, True, None)]
     assert framed(extra.path, chunks) == expected  # a child
-    assert framed(appliance.private_server.unix_path, chunks) == expected  # the primary's own connections
+    assert framed(appliance.fleet.private_server.unix_path, chunks) == expected  # the primary's own connections
     assert framed(extra.path, [health[0] + b"\n" + health[1]]) == [(2, True, None), (3, True, None)]
-    assert framed(appliance.private_server.unix_path, [health[0] + b"\n" + health[1]]) == [(2, True, None),
+    assert framed(appliance.fleet.private_server.unix_path, [health[0] + b"\n" + health[1]]) == [(2, True, None),
                                                                                         (3, True, None)]
 
 
@@ -308,7 +308,7 @@ def test_while_children_serve_the_primary_accepts_no_client_connection(short_dir
         logged = sum(len(Path(f"{config.db}-inbox-{n}").read_bytes().splitlines()) for n in (1, 2))
         # `stats.server` counts what the children answered and relayed (asked on the private socket,
         # which no child counts): 30 connections, 60 request lines, no error
-        with Client(appliance.private_server.unix_path) as primary:
+        with Client(appliance.fleet.private_server.unix_path) as primary:
             wait_for(lambda: primary.request("stats")["server"]["requests"] == 60, "the children's counters")
             server = primary.request("stats")["server"]
     assert primary_inbox.strip() == b"" and logged == 30
@@ -318,16 +318,16 @@ def test_while_children_serve_the_primary_accepts_no_client_connection(short_dir
 def test_a_killed_child_is_restarted_and_the_socket_keeps_answering(short_dir):
     config = make_config(short_dir)
     with serving(config, serve_processes=2) as appliance:
-        old = appliance.children.pids()
+        old = appliance.fleet.children.pids()
         assert len(old) == 2
         os.kill(old[0], signal.SIGKILL)
-        wait_for(lambda: appliance.children.pids() != old and appliance.children.processes[1].poll() is None,
+        wait_for(lambda: appliance.fleet.children.pids() != old and appliance.fleet.children.processes[1].poll() is None,
                  "a new child")
-        assert appliance.children.pids()[1] == old[1]
-        assert appliance.children.restarts == 1
+        assert appliance.fleet.children.pids()[1] == old[1]
+        assert appliance.fleet.children.restarts == 1
         for _ in range(20):  # whichever process the kernel picks answers
             with Client(config.socket) as fresh:
-                assert fresh.request("health")["serving_pids"] == [os.getpid(), *appliance.children.pids()]
+                assert fresh.request("health")["serving_pids"] == [os.getpid(), *appliance.fleet.children.pids()]
         # a connection the killed child held is gone with it; a new one is answered
         with Client(config.socket) as client:
             assert client.request("predict", event=payments(1)[0])["event_id"] == "e0"
@@ -561,7 +561,7 @@ def test_a_full_disk_in_the_primary_refuses_writes_in_a_child_with_the_same_code
 
 def test_a_child_refuses_as_soon_as_the_primary_finds_its_own_inbox_truncated(two_processes):
     appliance, extra = two_processes
-    with Client(appliance.private_server.unix_path) as primary, Client(extra.path) as child:  # no other child
+    with Client(appliance.fleet.private_server.unix_path) as primary, Client(extra.path) as child:  # no other child
         event = payments(1)[0]
         assert child.request("ingest", events=[event])["accepted"] == 1
         primary.request("ingest", events=[event])
