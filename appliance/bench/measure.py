@@ -108,15 +108,13 @@ def entity_memory(config: Any, entities: int, events_per_entity: int = 3, seed: 
 
 
 def _state_size(entity: str, state: tuple) -> int:
-    """Bytes of one entity's state by `sys.getsizeof`: key string, state tuple, array, distinct sets."""
+    """Bytes of one entity's state by `sys.getsizeof`: key string, state tuple, array, the distinct
+    counts' tuple and each one's array of (hash, bucket) pairs."""
     import sys
 
     arr, distinct = state
-    size = sys.getsizeof(entity) + sys.getsizeof(state) + sys.getsizeof(arr) + sys.getsizeof(distinct)
-    for entries in distinct:
-        size += sys.getsizeof(entries) + sum(sys.getsizeof(e) + sys.getsizeof(e[0]) + sys.getsizeof(e[1])
-                                             for e in entries)
-    return size
+    return (sys.getsizeof(entity) + sys.getsizeof(state) + sys.getsizeof(arr) + sys.getsizeof(distinct)
+            + sum(sys.getsizeof(pairs) for pairs in distinct))
 
 
 def _rss() -> int:

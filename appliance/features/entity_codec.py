@@ -25,8 +25,11 @@ finds another version byte refuses the bytes (`FormatError`) rather than misread
 had no newest bucket id and no partial totals after each ring: its values would be misread as
 version 2's, so its bytes are refused (start with --fresh).
 
+In memory a distinct-count slot is one flat `array('q')`, hash, bucket, hash, bucket, ...
+(`entity_state._add_distinct`): the pairs in the order the bytes hold them.
+
 >>> from array import array
->>> state = (array("d", [5.0, float("-inf"), 1.0]), (((7, 2), (9, 3)),))
+>>> state = (array("d", [5.0, float("-inf"), 1.0]), (array("q", [7, 2, 9, 3]),))
 >>> decode_state(encode_state(state)) == state
 True
 """
@@ -50,21 +53,22 @@ class FormatError(ValueError):
 
 
 def encode_state(state: tuple) -> bytes:
-    """Return the bytes of one entity's state `(array('d') of values, tuple of distinct slots)`."""
+    """Return the bytes of one entity's state `(array('d') of values, tuple of distinct slots)`,
+    each slot an `array('q')` of hash, bucket, hash, bucket, ..."""
     values, distinct = state
     if sys.byteorder != "little":  # pragma: no cover - every platform the appliance runs on is little-endian
         values = array("d", values)
         values.byteswap()
     parts = [_HEAD.pack(LAYOUT_VERSION, len(values)), values.tobytes(), _COUNT16.pack(len(distinct))]
     for pairs in distinct:
-        parts.append(_COUNT32.pack(len(pairs)))
+        parts.append(_COUNT32.pack(len(pairs) // 2))
         if pairs:
-            parts.append(struct.pack("<" + _PAIR * len(pairs), *(n for pair in pairs for n in pair)))
+            parts.append(struct.pack("<" + _PAIR * (len(pairs) // 2), *pairs))
     return b"".join(parts)
 
 
 def decode_state(blob: bytes) -> tuple:
-    """Return the state `(array('d'), tuple of tuples of (hash, bucket))` that `encode_state` wrote."""
+    """Return the state `(array('d'), tuple of array('q') of hash, bucket, ...)` that `encode_state` wrote."""
     if len(blob) < _HEAD.size or blob[0] != LAYOUT_VERSION:
         found = blob[0] if blob else "none"
         raise FormatError(f"entity state of layout version {found}; this release reads version {LAYOUT_VERSION}; "
@@ -87,7 +91,7 @@ def decode_state(blob: bytes) -> tuple:
             at += _COUNT32.size
             flat = struct.unpack_from("<" + _PAIR * m, blob, at)
             at += 12 * m
-            slots.append(tuple(zip(flat[0::2], flat[1::2])))
+            slots.append(array("q", flat))
     except struct.error as exc:
         raise FormatError(f"entity state cut short: {exc}") from None
     if at != len(blob):

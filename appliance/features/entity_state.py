@@ -2,7 +2,7 @@
 
 Windows are hopping buckets in event time: a window W with B buckets has hop h = W / B, and at time
 t it covers the buckets floor(t/h) - B + 1 .. floor(t/h), i.e. between (B-1)·h and B·h of history.
-Per entity and key the state is one compact `array('d')` (plus a small tuple for distinct counts),
+Per entity and key the state is one compact `array('d')` (plus one `array('q')` per distinct count),
 replaced on every update, never mutated in place: a reader on another thread (the socket server)
 always sees a consistent state without a lock. `FeatureSpace` (features.py) is the only caller.
 
@@ -21,9 +21,8 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from appliance.config.rings import ring_size
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 NAN = math.nan
 DEFAULT_TTL = 86400.0  # an entity key whose aggregates have no window (since, last) forgets after a day
 DISTINCT_CAP = 128  # (value, bucket) pairs kept per distinct count; beyond, the oldest go (a lower bound)
-_BUCKET = itemgetter(1)  # a distinct-count pair's bucket id
+NO_PAIRS = array("q")  # a distinct count's pairs before any: shared, never changed (states are replaced)
 _STAT_OPS = {"count": (), "rate": (), "sum": ("sum",), "mean": ("sum",), "std": ("sum", "sumsq"),
              "min": ("min",), "max": ("max",)}
 
@@ -128,7 +127,7 @@ class KeyLayout:
             for i in range(slot.ring):
                 self.blank[slot.offset + i * slot.stride] = -math.inf
             self.blank[slot.totals] = -math.inf  # no newest bucket yet
-        self.blank_distinct: tuple = tuple(() for _ in self.distinct)
+        self.blank_distinct: tuple = tuple(NO_PAIRS for _ in self.distinct)
         self.reads = [self._read(agg) for agg in aggregates]
 
     def _read(self, agg: AggregateSpec) -> _Read:
@@ -245,15 +244,17 @@ def _summed_totals(arr: array, slot: _Slot, current: int) -> tuple:
     return tuple(totals)
 
 
-def _distinct_count(entries: tuple, slot: _DistinctSlot, ts: float) -> int:
+def _distinct_count(pairs: array, slot: _DistinctSlot, ts: float) -> int:
     """Distinct hashes among the window's (hash, bucket) pairs: the pairs are in bucket order, so
-    the window is a slice found by bisection, and a dict of the slice keeps one entry per hash (in C)."""
-    if not entries:
+    the window is a slice of the bucket ids found by bisection, and a set of that slice's hashes
+    counts them (in C)."""
+    if not pairs:
         return 0
     current = math.floor(ts / slot.hop)
-    start = bisect_right(entries, current - slot.buckets, key=_BUCKET)
-    end = len(entries) if entries[-1][1] <= current else bisect_right(entries, current, key=_BUCKET)
-    return len(dict(entries[start:end])) if start < end else 0
+    buckets = pairs[1::2]
+    start = bisect_right(buckets, current - slot.buckets)
+    end = len(buckets) if buckets[-1] <= current else bisect_right(buckets, current)
+    return len(set(pairs[2 * start:2 * end:2])) if start < end else 0
 
 
 def updated(layout: KeyLayout, old: tuple | None, values: dict[str, Any], ts: float) -> tuple:
@@ -388,27 +389,36 @@ def _fold(arr: array, at: int, base: int, kinds: tuple[str, ...]) -> None:
             arr[at + j] += value
 
 
-def _add_distinct(entries: tuple, slot: _DistinctSlot, value: Any, ts: float) -> tuple:
-    """Record that `value` was seen in the bucket of `ts`: one (hash, bucket) entry per pair,
-    kept in bucket order so the oldest are dropped from the front."""
+def _add_distinct(pairs: array, slot: _DistinctSlot, value: Any, ts: float) -> array:
+    """Record that `value` was seen in the bucket of `ts`: one (hash, bucket) pair per value and
+    bucket, kept in bucket order so the oldest are dropped from the front.
+
+    `pairs` is flat, `array('q', [hash, bucket, hash, bucket, ...])`: 16 bytes a pair, where a tuple
+    of two ints took ~120. A new array is returned; the old one is never changed (readers hold it).
+    """
     if value is None:
-        return entries
+        return pairs
     digest = zlib.crc32(str(value).encode("utf-8"))
     bid = math.floor(ts / slot.hop)
-    entry = (digest, bid)
-    if entry in entries:
-        return entries
-    if not entries or entries[-1][1] <= bid:
-        kept = entries + (entry,)
-    else:  # out of order: insert in bucket order
-        at = len(entries)
-        while at > 0 and entries[at - 1][1] > bid:
-            at -= 1
-        kept = entries[:at] + (entry,) + entries[at:]
-    oldest = kept[-1][1] - slot.ring
-    drop = 0
-    while kept[drop][1] <= oldest:
-        drop += 1
-    if len(kept) - drop > DISTINCT_CAP:
-        drop = len(kept) - DISTINCT_CAP
-    return kept[drop:] if drop else kept
+    if not pairs:
+        return array("q", (digest, bid))
+    n = len(pairs)
+    if pairs[n - 1] <= bid:  # the common case: the newest bucket, or a newer one
+        if pairs[n - 1] == bid:
+            buckets = pairs[1::2]
+            same = bisect_left(buckets, bid)
+            if digest in pairs[2 * same::2]:
+                return pairs
+        kept = pairs + array("q", (digest, bid))
+    else:  # out of order: after every pair of this bucket or an older one
+        buckets = pairs[1::2]
+        at = bisect_right(buckets, bid)
+        same = bisect_left(buckets, bid, 0, at)
+        if same < at and digest in pairs[2 * same:2 * at:2]:
+            return pairs
+        kept = pairs[:2 * at] + array("q", (digest, bid)) + pairs[2 * at:]
+    oldest = kept[-1] - slot.ring
+    drop = bisect_right(kept[1::2], oldest) if kept[1] <= oldest else 0
+    if len(kept) // 2 - drop > DISTINCT_CAP:
+        drop = len(kept) // 2 - DISTINCT_CAP
+    return kept[2 * drop:] if drop else kept

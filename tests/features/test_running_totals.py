@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.config.file import AggregateSpec
 from appliance.features.entity_codec import decode_state, encode_state
-from appliance.features.entity_state import KeyLayout, _distinct_count, _window_totals, aggregates_into, updated
+from appliance.features.entity_state import (
+    DISTINCT_CAP,
+    KeyLayout,
+    _distinct_count,
+    _window_totals,
+    aggregates_into,
+    updated,
+)
 
 AGGREGATES = [AggregateSpec("n_w1", "k", "count", 600.0), AggregateSpec("sum_w1", "k", "sum", 600.0, "v"),
               AggregateSpec("mean_w2", "k", "mean", 3600.0, "v"), AggregateSpec("std_w2", "k", "std", 3600.0, "v"),
@@ -121,5 +129,57 @@ def test_a_distinct_count_is_the_number_of_hashes_in_the_window(stream, buckets,
         for read in reads:
             ts = 1_767_225_600.0 + read * dslot.hop + 1.0
             current = math.floor(ts / dslot.hop)
-            scanned = len({h for h, bid in entries if current - buckets < bid <= current})
+            scanned = len({h for h, bid in zip(entries[0::2], entries[1::2]) if current - buckets < bid <= current})
             assert _distinct_count(entries, dslot, ts) == scanned
+
+
+def reference_pairs(seen: list[tuple[int, int]], ring: int) -> list[tuple[int, int]]:
+    """The (hash, bucket) pairs a distinct count keeps, spelled out: one per value and bucket, in
+    bucket order (a later one after the earlier ones of its bucket), none older than the newest
+    bucket minus the ring, at most DISTINCT_CAP of the newest."""
+    kept: list[tuple[int, int]] = []
+    for pair in seen:
+        if pair in kept:
+            continue
+        at = len(kept)
+        while at and kept[at - 1][1] > pair[1]:
+            at -= 1
+        kept.insert(at, pair)
+        kept = [p for p in kept if p[1] > kept[-1][1] - ring][-DISTINCT_CAP:]
+    return kept
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(stream=st.lists(st.tuples(st.integers(-5, 60), st.integers(0, 200)), max_size=300),
+       buckets=st.integers(1, 6), lateness=st.sampled_from([0.0, 300.0, 5000.0]))
+def test_a_distinct_count_keeps_the_pairs_it_always_kept(stream, buckets, lateness):
+    """The flat array of (hash, bucket) pairs holds what the spelled-out rule keeps, in that order,
+    out of order and past the cap (200 values, 128 kept) alike; every state before is left as it was."""
+    layout = KeyLayout("k", [AggregateSpec("users", "k", "distinct", 600.0, "u")], buckets, lateness, None)
+    dslot = next(iter(layout.distinct.values()))
+    state, seen, earlier, last = None, [], [], -math.inf
+    for step, user in stream:
+        ts = 1_767_225_600.0 + step * dslot.hop + 1.0
+        if last < ts - layout.ttl:  # idle past its TTL: the entity starts afresh
+            seen = []
+        last = max(last, ts)
+        state = updated(layout, state, {"u": f"u{user}"}, ts)
+        seen.append((zlib.crc32(f"u{user}".encode()), math.floor(ts / dslot.hop)))
+        pairs = state[1][0]
+        earlier.append((pairs, list(pairs)))
+        assert list(zip(pairs[0::2], pairs[1::2])) == reference_pairs(seen, dslot.ring)
+    assert all(list(pairs) == copied for pairs, copied in earlier)  # replaced, never changed in place
+
+
+def test_a_distinct_count_keeps_the_newest_pairs_up_to_its_cap():
+    """200 values in one window: the newest DISTINCT_CAP pairs stay, so the count is a lower bound."""
+    layout = KeyLayout("k", [AggregateSpec("users", "k", "distinct", 600.0, "u")], 6, 0.0, None)
+    dslot = next(iter(layout.distinct.values()))
+    state, seen = None, []
+    for user in range(200):
+        ts = 1_767_225_600.0 + (user // 40) * dslot.hop + 1.0  # 40 values in each of 5 buckets
+        state = updated(layout, state, {"u": f"u{user}"}, ts)
+        seen.append((zlib.crc32(f"u{user}".encode()), math.floor(ts / dslot.hop)))
+    pairs = state[1][0]
+    assert list(zip(pairs[0::2], pairs[1::2])) == seen[-DISTINCT_CAP:] == reference_pairs(seen, dslot.ring)
+    assert _distinct_count(pairs, dslot, ts) == DISTINCT_CAP

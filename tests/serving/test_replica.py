@@ -237,8 +237,8 @@ def test_a_replica_follows_the_attribute_tables_the_engine_switches_to(tmp_path)
 
 
 def test_decoded_states_are_reused_for_the_same_bytes_only_and_bounded():
-    one = encode_state((array("d", [1.0, 2.0]), (((7, 2),),)))
-    two = encode_state((array("d", [1.0, 3.0]), (((7, 2), (8, 3)),)))
+    one = encode_state((array("d", [1.0, 2.0]), (array("q", [7, 2]),)))
+    two = encode_state((array("d", [1.0, 3.0]), (array("q", [7, 2, 8, 3]),)))
     cache = DecodedStates(capacity=2)
     first = cache.state("card", "c1", one)
     assert cache.state("card", "c1", bytes(one)) is first  # equal bytes (a new object, as LMDB returns)
