@@ -9,14 +9,19 @@ from typing import Any
 
 from appliance.bench.plan import Plan
 
-TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
+# measure -> (peer, comparison, bound) as the issue states them: the benchmarks issue (6) set the first
+# ones; "Use every core" (18) set those of the workers, the serving processes and the staleness, and
+# set again the latency and FastAPI ones (6 asked p50 <= 2x and p99 <= 3x redis, throughput >= 7x FastAPI).
+TARGETS = {
     "ingest": ("raw River loop", ">=", 0.6),
     "ingest_workers": ("1 worker", ">=", 1.5),
     "ingest_workers_cpu": ("1 worker", "<=", 1.3),
-    "p50": ("redis GET", "<=", 2.0),
-    "p99": ("redis GET", "<=", 3.0),
+    "p50": ("redis GET", "<=", 5.0),
+    "p99": ("redis GET", "<=", 5.0),
+    "p99_echo": ("asyncio echo", "<=", 3.0),
     "throughput_redis": ("redis GET", ">=", 0.45),
-    "throughput_fastapi": ("FastAPI+uvicorn", ">=", 7.0),
+    "throughput_fastapi": ("FastAPI+uvicorn", ">=", 2.0),
+    "cpu_per_request": ("1 process", "<=", 1.2),  # with 4 serving processes
     "memory": (None, "<=", 1024.0),
     "startup": (None, "<=", 3.0),
     "recovery": (None, "<=", 5.0),
@@ -26,6 +31,10 @@ TARGETS = {  # measure -> (peer, comparison, bound) as the issue states them
 }
 
 NOT_RUN = {"skipped": "not run"}
+# the serving section's (figure, peer) -> its target, where the issues set one
+SERVING_TARGETS = {("p50_us", "redis"): "p50", ("p99_us", "redis"): "p99", ("p99_us", "echo"): "p99_echo",
+                   ("throughput", "redis"): "throughput_redis", ("throughput", "fastapi"): "throughput_fastapi"}
+TARGET_PROCESSES = "4"  # the serving processes whose CPU per request is held to that of 1
 
 
 @dataclass
@@ -67,8 +76,7 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
     for metric, unit, label in (("p50_us", "µs", "predict p50"), ("p99_us", "µs", "predict p99"),
                                 ("throughput", "req/s", f"{plan.serving.clients}-client throughput")):
         for peer in ("redis", "fastapi", "echo"):
-            key = {"p50_us": "p50", "p99_us": "p99"}.get(metric, f"throughput_{peer}")
-            target = key if key in TARGETS and TARGETS[key][0] == names[peer] else None
+            target = SERVING_TARGETS.get((metric, peer))
             if "skipped" in srv:
                 out.append(_skipped(label, unit, srv["skipped"], names[peer]))
             elif peer not in srv or srv.get("appliance") is None:
@@ -131,7 +139,7 @@ def _processes_rows(sp: dict[str, Any], plan: Plan) -> list[Row]:
     for n, figures in sorted(counts.items(), key=lambda item: int(item[0])):
         out.append(compare(f"server CPU per request, {n} serving process{'' if n == '1' else 'es'}", "µs", figures["cpu_us_per_request"],
                             None if n == "1" else "1 process", None if n == "1" else one.get("cpu_us_per_request"),
-                            None, f"CPU of every serving process / replies, {plan.processes.clients} clients, idle "
+                            "cpu_per_request" if n == TARGET_PROCESSES else None, f"CPU of every serving process / replies, {plan.processes.clients} clients, idle "
                             f"but for them; {figures['idle_throughput']:,.0f} req/s"))
     pub = sp.get("publication")
     n = max(sp["latency_counts"])

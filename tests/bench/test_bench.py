@@ -81,6 +81,25 @@ def test_a_missing_redis_is_a_reason_not_an_error(monkeypatch, short_dir):
     assert [row.ratio for row in echo] == [5.0, 5.0, 0.125]
 
 
+def test_the_serving_rows_are_judged_by_issue_18s_targets():
+    """p50 and p99 <= 5x redis, p99 <= 3x the echo, 16 clients >= 2x FastAPI, and 4 serving processes'
+    CPU per request <= 1.2x one's; the figures here are session 32's run."""
+    serving = {"appliance": {"p50_us": 113.2, "p99_us": 248.7, "throughput": 11656.0},
+               "redis": {"p50_us": 21.0, "p99_us": 66.9, "throughput": 166558.0},
+               "fastapi": {"p50_us": 172.4, "p99_us": 268.5, "throughput": 7374.0},
+               "echo": {"p50_us": 9.7, "p99_us": 24.7, "throughput": 148517.0}}
+    processes = {"counts": {str(n): {"cpu_us_per_request": cpu, "idle_throughput": 1.0}
+                            for n, cpu in ((1, 221.0), (2, 104.0), (4, 124.0))}, "latency_counts": [1]}
+    rows = table.rows({"serving": serving, "serve_processes": processes}, SMOKE)
+    judged = {(row.measure, row.peer): (row.target, row.verdict) for row in rows if row.target}
+    assert judged[("predict p50", "redis GET")] == ("<= 5x", "missed")  # 5.39x
+    assert judged[("predict p99", "redis GET")] == ("<= 5x", "met")  # 3.72x
+    assert judged[("predict p99", "asyncio echo")] == ("<= 3x", "missed")  # 10.1x
+    assert judged[("16-client throughput", "FastAPI+uvicorn")] == (">= 2x", "missed")  # 1.58x
+    assert judged[("server CPU per request, 4 serving processes", "1 process")] == ("<= 1.2x", "met")  # 0.56x
+    assert ("server CPU per request, 2 serving processes", "1 process") not in judged
+
+
 def test_targets_are_judged_on_the_ratio_or_the_figure():
     row = table.compare("ingest", "events/s", 3000.0, "raw River loop", 40000.0, "ingest")
     assert (row.ratio, row.target, row.verdict) == (0.075, ">= 0.6x", "missed")
