@@ -62,6 +62,11 @@ class ChildServer:
         self.connections_total = 0
         self.connections_refused = 0
         self.requests = 0  # lines answered here or relayed to the primary
+        self.bytes_in = 0  # read from clients
+        self.bytes_out = 0  # written to clients (replies, and what the primary pushes after a watch)
+        self.auth_timeouts = 0  # connections closed for not authenticating in time
+        self.auth_closed = 0  # connections closed after MAX_FAILED_AUTHS failures
+        self.paused_total = 0  # times a client read its replies too slowly and was not read meanwhile
         self.stopping = False
         self.open: set[ChildConnection] = set()
 
@@ -93,7 +98,9 @@ class ChildServer:
         return {"connections_open": len(self.open), "connections_total": self.connections_total,
                 "connections_open_tcp": self.tcp_open, "connections_refused": self.connections_refused,
                 "auth_failures": self.failed_auths.total, "requests": self.requests,
-                "errors": self.protocol.errors_total}
+                "errors": self.protocol.errors_total, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "auth_timeouts": self.auth_timeouts, "auth_closed": self.auth_closed,
+                "paused_clients": self.paused_total}
 
 
 class ChildConnection(asyncio.Protocol):
@@ -158,6 +165,7 @@ class ChildConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.ended:
             return
+        self.server.bytes_in += len(data)
         if self.pump is not None:  # piped after a watch: the primary answers everything
             self.server.requests += data.count(b"\n")
             self.upstream[1].write(data)  # type: ignore[index]
@@ -179,6 +187,7 @@ class ChildConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.writable.clear()
         if self.transport is not None:
+            self.server.paused_total += 1
             self.transport.pause_reading()  # a client that does not read its replies is not read either
 
     def resume_writing(self) -> None:
@@ -222,7 +231,7 @@ class ChildConnection(asyncio.Protocol):
                 if authenticated:
                     replies.append(protocol.line_too_long())
                     continue
-                refuse_unauthenticated(transport, lines, protocol, replies)
+                server.bytes_out += refuse_unauthenticated(transport, lines, protocol, replies)
                 return
             server.requests += 1
             # decoded once, behind the protocol's own guards (length, nesting) as the primary's lines are
@@ -252,7 +261,9 @@ class ChildConnection(asyncio.Protocol):
             self.relay = asyncio.ensure_future(self._relay(line, request))  # type: ignore[arg-type]
         lines.compact()
         if replies:
-            transport.write(b"".join(replies))
+            out = b"".join(replies)
+            server.bytes_out += len(out)
+            transport.write(out)
         if not self.busy and self.ended:
             transport.close()  # every whole line is answered
 
@@ -269,8 +280,10 @@ class ChildConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        self.server.bytes_out += len(reply)
         transport.write(reply)
         if self.session.failed_auths >= MAX_FAILED_AUTHS:
+            self.server.auth_closed += 1
             self.lines.clear()
             transport.close()
             return
@@ -306,6 +319,7 @@ class ChildConnection(asyncio.Protocol):
             return
         if self.transport is None:
             return
+        self.server.bytes_out += len(reply)
         self.transport.write(reply)
         self.busy = False
         self._resume_reading()
@@ -318,6 +332,7 @@ class ChildConnection(asyncio.Protocol):
                 await self.writable.wait()
                 if self.transport is None:
                     return
+                self.server.bytes_out += len(data)
                 self.transport.write(data)
         except (ConnectionError, OSError):
             pass
@@ -330,4 +345,5 @@ class ChildConnection(asyncio.Protocol):
 
     def _auth_deadline(self) -> None:
         if self.transport is not None and not self.session.authenticated:
+            self.server.auth_timeouts += 1
             self.transport.abort()

@@ -57,13 +57,15 @@ class ConnectionHost(Interface):
 
 
 def refuse_unauthenticated(transport: asyncio.Transport, lines: Lines, protocol: Protocol,
-                           replies: list[bytes]) -> None:
+                           replies: list[bytes]) -> int:
     """An unauthenticated line over `UNAUTHENTICATED_LINE`: the replies so far and its error, then the
-    connection closes (the primary's and a serving child's connections alike)."""
+    connection closes (the primary's and a serving child's connections alike). Returns the bytes written."""
     replies.append(protocol.line_too_long_unauthenticated(UNAUTHENTICATED_LINE))
     lines.clear()
-    transport.write(b"".join(replies))
+    out = b"".join(replies)
+    transport.write(out)
     transport.close()
+    return len(out)
 
 
 _HELD = object()  # `waiting` while a failed authentication's reply waits for its slot
@@ -161,7 +163,7 @@ class Connection(asyncio.Protocol):
             if line is None:
                 break
             if line is TOO_LONG:
-                refuse_unauthenticated(transport, lines, protocol, replies)
+                server.bytes_out += refuse_unauthenticated(transport, lines, protocol, replies)
                 return
             failed = session.failed_auths
             reply = protocol.handle_line(line, session)  # type: ignore[arg-type]

@@ -154,7 +154,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # A child's connection counters, as the socket server's `stats` names them (summed into `stats.server`)
 CHILD_COUNTERS = ("connections_open", "connections_total", "connections_open_tcp", "connections_refused",
-                  "auth_failures", "requests", "errors")
+                  "auth_failures", "requests", "errors", "bytes_in", "bytes_out", "auth_timeouts", "auth_closed",
+                  "paused_clients")
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,11 @@ def test_a_tcp_client_of_a_child_gets_the_primarys_token_rules(tcp_child):
     with Client(None, tcp=extra.tcp_address, token=TOKEN) as client:  # authenticated: lines up to the full limit
         big = [{**raw, "pad": "y" * 200} for raw in payments(100)]
         assert client.request("ingest", events=big)["accepted"] == 100
+    # the child's closings reach the primary's `stats`, as its own server's would (no TCP client reached those)
+    with Client(appliance.fleet.private_server.unix_path) as primary:
+        wait_for(lambda: primary.request("stats")["server"]["auth_timeouts"] == 1, "the child's counters")
+        server = primary.request("stats")["server"]
+    assert server["auth_closed"] == 1 and server["bytes_in"] > 100 * 200, server
 
 
 def test_the_appliances_children_accept_on_its_tcp_listener(short_dir):
@@ -298,21 +303,32 @@ def test_while_children_serve_the_primary_accepts_no_client_connection(short_dir
     connection goes to a child: each scored-only predict is logged in a child's inbox, none in the
     primary's. The primary still answers what the children relay to it (`health`)."""
     config = make_config(short_dir)
+    sent = received = 0
     with serving(config, serve_processes=2) as appliance:
         assert not appliance.server.accepting
         for i, event in enumerate(payments(30)):
-            with Client(config.socket) as client:
-                assert client.request("predict", event=event, ingest=False)["event_id"] == f"e{i}"
-                assert client.request("health")["pid"] == os.getpid()
+            with socket.socket(socket.AF_UNIX) as conn, conn.makefile("rb") as replies:
+                conn.connect(config.socket)
+                for line in (orjson.dumps({"op": "predict", "id": i, "event": event, "ingest": False}) + b"\n",
+                             b'{"op": "health", "id": 0}\n'):
+                    conn.sendall(line)
+                    reply = replies.readline()
+                    sent, received = sent + len(line), received + len(reply)
+                    assert orjson.loads(reply)["ok"], reply
+                    if b"predict" in line:
+                        assert orjson.loads(reply)["event_id"] == f"e{i}"
+                    else:
+                        assert orjson.loads(reply)["pid"] == os.getpid()
         primary_inbox = Path(config.db + "-inbox").read_bytes()
         logged = sum(len(Path(f"{config.db}-inbox-{n}").read_bytes().splitlines()) for n in (1, 2))
         # `stats.server` counts what the children answered and relayed (asked on the private socket,
-        # which no child counts): 30 connections, 60 request lines, no error
+        # which no child counts): 30 connections, 60 request lines, every byte each way, no error
         with Client(appliance.fleet.private_server.unix_path) as primary:
-            wait_for(lambda: primary.request("stats")["server"]["requests"] == 60, "the children's counters")
+            wait_for(lambda: primary.request("stats")["server"]["bytes_out"] == received, "the children's counters")
             server = primary.request("stats")["server"]
     assert primary_inbox.strip() == b"" and logged == 30
     assert server["connections_total"] == 30 and server["errors"] == 0, server
+    assert (server["requests"], server["bytes_in"], server["bytes_out"]) == (60, sent, received), server
 
 
 def test_a_killed_child_is_restarted_and_the_socket_keeps_answering(short_dir):
