@@ -34,27 +34,42 @@ def _store_for(config_path: str | None, db: str | None) -> Any:
 @models.command("list")
 @CONFIG_OPTION
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="The newest versions shown (the serving one is shown too, wherever it is).")
+@click.option("--all", "show_all", is_flag=True, help="Every version, oldest first.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def models_list(config_path: str | None, db: str | None, as_json: bool) -> None:
-    """Every registered version, with its lineage and the metrics it was published with."""
+def models_list(config_path: str | None, db: str | None, limit: int, show_all: bool, as_json: bool) -> None:
+    """The newest registered versions (every one with --all), with their lineage and the metrics each
+    was published with; the serving one is marked *.
+
+    A learner that follows its published version is published again at each check it passes, so a
+    store holds thousands of versions after a few weeks: the newest are the ones to read."""
     from appliance.storage import registry
     from appliance.timeutil import format_timestamp
 
     store = _store_for(config_path, db)
-    rows, served = registry.versions(store), registry.served_version(store)
+    rows, served = registry.versions(store, None if show_all else limit), registry.served_version(store)
+    total = len(rows) if show_all else registry.version_count(store)
+    older_served = served is not None and all(row["version"] != served for row in rows)
+    if older_served:  # an older version serves (a rollback, a promotion of a registered one): shown first
+        rows.insert(0, registry.version(store, served))
     if as_json:
-        click.echo(orjson.dumps({"served": served, "versions": rows}, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps({"served": served, "total": total, "versions": rows},
+                                option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(f"{'':2}{'version':>8} {'parent':>7} {'labels':>9} {'event time':<25} {'primary metric at publication'}")
-    for row in rows:
+    for i, row in enumerate(rows):
+        if older_served and i == 1 and row["version"] != served + 1:
+            click.echo(f"{'':2}{'...':>8}")
         mark = "* " if row["version"] == served else "  "
         metrics = row["metrics"]
         primary = next((f"{k} {metrics[k]:.4f}" for k in ("roc_auc", "mae") if metrics.get(k) is not None), "-")
         when = format_timestamp(row["event_ts"]) if row["event_ts"] is not None else "-"
         parent = f"v{row['parent']}" if row["parent"] else "-"
         click.echo(f"{mark}{'v' + str(row['version']):>8} {parent:>7} {row['n_learned']:>9,} {when:<25} {primary}")
-    click.echo(f"{len(rows)} versions; * serves (as of the last commit)")
+    shown = "" if len(rows) == total else f", {len(rows):,} shown (--all for every one)"
+    click.echo(f"{total:,} versions{shown}; * serves (as of the last commit)")
 
 
 @models.command("show")

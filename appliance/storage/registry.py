@@ -73,11 +73,27 @@ def thinned_error(db: sqlite_utils.Database, number: int, action: str) -> str:
             + ", ".join(f"v{version}" for version in kept))
 
 
-def versions(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Every registered version, oldest first, without the serialized model (`bytes` None: thinned)."""
-    rows = db.query("SELECT version, spec, parent, n_learned, event_ts, wall_ts, metrics, candidate, "
-                    "length(model) AS bytes FROM models ORDER BY version")
-    return [dict(row, metrics=orjson.loads(row["metrics"] or "{}")) for row in rows]
+_VERSION_COLUMNS = ("SELECT version, spec, parent, n_learned, event_ts, wall_ts, metrics, candidate, "
+                    "length(model) AS bytes FROM models")
+
+
+def versions(db: sqlite_utils.Database, newest: int | None = None) -> list[dict[str, Any]]:
+    """Registered versions, oldest first: every one, or the `newest` N; without the serialized model
+    (`bytes` None: thinned)."""
+    if newest is None:
+        rows = list(db.query(f"{_VERSION_COLUMNS} ORDER BY version"))
+    else:
+        rows = list(db.query(f"{_VERSION_COLUMNS} ORDER BY version DESC LIMIT ?", [newest]))[::-1]
+    return [_version_row(row) for row in rows]
+
+
+def version_count(db: sqlite_utils.Database) -> int:
+    """How many versions the registry holds."""
+    return int(db.execute("SELECT count(*) FROM models").fetchone()[0])
+
+
+def _version_row(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(row, metrics=orjson.loads(row["metrics"] or "{}"))
 
 
 def served_version(db: sqlite_utils.Database) -> int | None:
@@ -96,9 +112,8 @@ def audit(db: sqlite_utils.Database, version: int | None = None, limit: int = 50
 
 def version(db: sqlite_utils.Database, number: int) -> dict[str, Any]:
     """One version's metadata, or NotFound."""
-    for row in versions(db):
-        if row["version"] == number:
-            return row
+    for row in db.query(f"{_VERSION_COLUMNS} WHERE version = ?", [number]):
+        return _version_row(row)
     raise NotFound(f"no model version {number} in the registry")
 
 

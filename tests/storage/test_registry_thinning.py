@@ -139,3 +139,36 @@ def test_the_running_appliance_refuses_a_rollback_to_a_thinned_version(short_dir
         previous = appliance.engine.model.previous()
         assert previous in kept
         assert client.request("rollback")["version"] == previous  # what a rollback returns to is kept
+
+
+def test_models_list_shows_the_newest_versions_and_the_one_that_serves(tmp_path):
+    """A following learner is published at every check it passes: thousands of versions after weeks.
+    `models list` shows the newest 20 (`--limit`, `--all`), and the serving one wherever it is."""
+    from click.testing import CliRunner
+
+    from appliance.cli.main import main
+
+    db = tmp_path / "s.db"
+    writer = StoreWriter(db, commit_every=0.01).start()
+    try:
+        writer.put_rows({"models": model_rows(1, 30), "audit": [audit_row(1, "serve", 1), audit_row(2, "rollback", 4)]})
+        checkpoint(writer, needed=(4,))
+    finally:
+        writer.close()
+
+    def listed(*args: str) -> list[str]:
+        done = CliRunner().invoke(main, ["models", "list", "--db", str(db), *args])
+        assert done.exit_code == 0, done.output
+        return done.output.splitlines()
+
+    lines = listed()
+    assert [line.split()[0] for line in lines[1:4]] == ["*", "...", "v11"] and lines[1].split()[1] == "v4"
+    assert [line.split()[0] for line in lines[3:-1]] == [f"v{v}" for v in range(11, 31)]
+    assert lines[-1] == "30 versions, 21 shown (--all for every one); * serves (as of the last commit)"
+    assert len(listed("--all")) == 1 + 30 + 1 and listed("--all")[-1].startswith("30 versions;")
+    assert [line.split()[0] for line in listed("--limit", "2")[1:-1]] == ["*", "...", "v29", "v30"]
+    short = orjson.loads(CliRunner().invoke(main, ["models", "list", "--db", str(db), "--limit", "2", "--json"]).output)
+    assert (short["served"], short["total"]) == (4, 30)
+    assert [row["version"] for row in short["versions"]] == [4, 29, 30]
+    refused = CliRunner().invoke(main, ["models", "list", "--db", str(db), "--limit", "0"])
+    assert refused.exit_code == 2 and "--limit" in refused.output
