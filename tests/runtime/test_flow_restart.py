@@ -93,15 +93,18 @@ def stream(tmp_path_factory):
     return base, source, tables(reference / "a.db")
 
 
-@pytest.mark.parametrize("checkpoint", ["0.05s", "1h"])
-def test_a_flow_that_fails_once_is_restarted_and_ends_exactly_where_a_run_without_the_fault_does(stream, checkpoint):
+@pytest.mark.parametrize(("checkpoint", "workers"), [("0.05s", 1), ("1h", 1), ("0.05s", 2)])
+def test_a_flow_that_fails_once_is_restarted_and_ends_exactly_where_a_run_without_the_fault_does(stream, checkpoint,
+                                                                                                 workers):
     """With checkpoints every 50 ms the new flow redoes what came after the last one; with none yet
-    (every hour) it starts over from the start, over rows the dead flow committed: none may double."""
+    (every hour) it starts over from the start, over rows the dead flow committed: none may double.
+    With 2 Bytewax workers the failing one ends the other too, the flow restarts (it does not hang),
+    and the tables are those of the 1-worker run without the fault."""
     base, source, expected = stream
-    directory = base / f"once-{checkpoint}"
+    directory = base / f"once-{checkpoint}-{workers}"
     directory.mkdir()
     prepare(directory, source, times=1, checkpoint=checkpoint)
-    done = replay(directory)
+    done = replay(directory, "--workers", str(workers))
     assert done.returncode == 0, done.stderr
     assert fired(directory) == 1
     flow = json.loads(done.stdout)["flow"]
