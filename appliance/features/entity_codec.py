@@ -26,7 +26,7 @@ had no newest bucket id and no partial totals after each ring: its values would 
 version 2's, so its bytes are refused (start with --fresh).
 
 In memory a distinct-count slot is one flat `array('q')`, hash, bucket, hash, bucket, ...
-(`entity_state._add_distinct`): the pairs in the order the bytes hold them.
+(`distinct_pairs.add_pair`): the pairs in the order the bytes hold them.
 
 >>> from array import array
 >>> state = (array("d", [5.0, float("-inf"), 1.0]), (array("q", [7, 2, 9, 3]),))

@@ -19,21 +19,18 @@ the ring; a read behind the newest bucket (a late event) sums the ring as before
 from __future__ import annotations
 
 import math
-import zlib
 from array import array
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from appliance.config.rings import ring_size
+from appliance.features.distinct_pairs import NO_PAIRS, DistinctSlot, add_pair, count_in_window
 
 if TYPE_CHECKING:
     from appliance.config.file import AggregateSpec
 
 NAN = math.nan
 DEFAULT_TTL = 86400.0  # an entity key whose aggregates have no window (since, last) forgets after a day
-DISTINCT_CAP = 128  # (value, bucket) pairs kept per distinct count; beyond, the oldest go (a lower bound)
-NO_PAIRS = array("q")  # a distinct count's pairs before any: shared, never changed (states are replaced)
 _STAT_OPS = {"count": (), "rate": (), "sum": ("sum",), "mean": ("sum",), "std": ("sum", "sumsq"),
              "min": ("min",), "max": ("max",)}
 
@@ -64,25 +61,13 @@ class _Slot:
         self.additive = "min" not in self.stats and "max" not in self.stats
 
 
-@dataclass
-class _DistinctSlot:
-    field: str
-    window: float
-    buckets: int
-    index: int
-    ring: int = 0
-
-    def __post_init__(self) -> None:
-        self.hop = self.window / self.buckets
-
-
 class _Read(NamedTuple):
     """One aggregate as `aggregates_into` reads it, resolved once per layout."""
 
     name: str
     op: str
     slot: _Slot | None  # count, rate, sum, mean, std, min, max
-    dslot: _DistinctSlot | None  # distinct
+    dslot: DistinctSlot | None  # distinct
     number: int  # the slot's position among the key's slots, the distinct slot's, or the `last` value's
     stat: int  # where in the window's totals the op's running stat is (the sum for mean and std)
     square: int  # where the sum of squares is (std)
@@ -103,7 +88,7 @@ class KeyLayout:
         self.last_offset = {name: 1 + i for i, name in enumerate(self.last_fields)}
         size = 1 + len(self.last_fields)
         self.slots: dict[tuple[str | None, float], _Slot] = {}
-        self.distinct: dict[tuple[str, float], _DistinctSlot] = {}
+        self.distinct: dict[tuple[str, float], DistinctSlot] = {}
         for agg in aggregates:
             if agg.op in _STAT_OPS:
                 slot_key = (agg.field if agg.op not in ("count", "rate") else None, agg.window)
@@ -114,7 +99,7 @@ class KeyLayout:
             elif agg.op == "distinct":
                 dkey = (agg.field, agg.window)
                 ring = ring_size(agg.window, buckets, lateness)
-                self.distinct.setdefault(dkey, _DistinctSlot(agg.field, agg.window, buckets, len(self.distinct), ring))
+                self.distinct.setdefault(dkey, DistinctSlot(agg.field, agg.window, buckets, len(self.distinct), ring))
         for slot in self.slots.values():
             slot.offset = size
             slot.totals = size + slot.ring * slot.stride
@@ -174,7 +159,7 @@ def aggregates_into(x: dict[str, float], layout: KeyLayout, state: tuple | None,
             else:  # sum, min, max: the running stat itself
                 x[name] = totals[stat]
         elif dslot is not None:
-            x[name] = float(_distinct_count(distinct[number], dslot, ts))
+            x[name] = float(count_in_window(distinct[number], dslot, ts))
         elif op == "since":
             last = arr[0]
             if last == last:  # not NaN
@@ -244,19 +229,6 @@ def _summed_totals(arr: array, slot: _Slot, current: int) -> tuple:
     return tuple(totals)
 
 
-def _distinct_count(pairs: array, slot: _DistinctSlot, ts: float) -> int:
-    """Distinct hashes among the window's (hash, bucket) pairs: the pairs are in bucket order, so
-    the window is a slice of the bucket ids found by bisection, and a set of that slice's hashes
-    counts them (in C)."""
-    if not pairs:
-        return 0
-    current = math.floor(ts / slot.hop)
-    buckets = pairs[1::2]
-    start = bisect_right(buckets, current - slot.buckets)
-    end = len(buckets) if buckets[-1] <= current else bisect_right(buckets, current)
-    return len(set(pairs[2 * start:2 * end:2])) if start < end else 0
-
-
 def updated(layout: KeyLayout, old: tuple | None, values: dict[str, Any], ts: float) -> tuple:
     if old is None or old[0][0] < ts - layout.ttl:  # new, or idle past its TTL: start afresh
         old = (layout.blank, layout.blank_distinct)
@@ -272,7 +244,7 @@ def updated(layout: KeyLayout, old: tuple | None, values: dict[str, Any], ts: fl
     for slot in layout.slots.values():
         _add_to_slot(arr, slot, values, ts)
     if layout.distinct:
-        distinct = tuple([_add_distinct(distinct[d.index], d, values.get(d.field), ts)
+        distinct = tuple([add_pair(distinct[d.index], d, values.get(d.field), ts)
                           for d in layout.distinct.values()])
     return arr, distinct
 
@@ -387,38 +359,3 @@ def _fold(arr: array, at: int, base: int, kinds: tuple[str, ...]) -> None:
             arr[at + j] = value if first else max(arr[at + j], value)
         else:
             arr[at + j] += value
-
-
-def _add_distinct(pairs: array, slot: _DistinctSlot, value: Any, ts: float) -> array:
-    """Record that `value` was seen in the bucket of `ts`: one (hash, bucket) pair per value and
-    bucket, kept in bucket order so the oldest are dropped from the front.
-
-    `pairs` is flat, `array('q', [hash, bucket, hash, bucket, ...])`: 16 bytes a pair, where a tuple
-    of two ints took ~120. A new array is returned; the old one is never changed (readers hold it).
-    """
-    if value is None:
-        return pairs
-    digest = zlib.crc32(str(value).encode("utf-8"))
-    bid = math.floor(ts / slot.hop)
-    if not pairs:
-        return array("q", (digest, bid))
-    n = len(pairs)
-    if pairs[n - 1] <= bid:  # the common case: the newest bucket, or a newer one
-        if pairs[n - 1] == bid:
-            buckets = pairs[1::2]
-            same = bisect_left(buckets, bid)
-            if digest in pairs[2 * same::2]:
-                return pairs
-        kept = pairs + array("q", (digest, bid))
-    else:  # out of order: after every pair of this bucket or an older one
-        buckets = pairs[1::2]
-        at = bisect_right(buckets, bid)
-        same = bisect_left(buckets, bid, 0, at)
-        if same < at and digest in pairs[2 * same:2 * at:2]:
-            return pairs
-        kept = pairs[:2 * at] + array("q", (digest, bid)) + pairs[2 * at:]
-    oldest = kept[-1] - slot.ring
-    drop = bisect_right(kept[1::2], oldest) if kept[1] <= oldest else 0
-    if len(kept) // 2 - drop > DISTINCT_CAP:
-        drop = len(kept) // 2 - DISTINCT_CAP
-    return kept[2 * drop:] if drop else kept

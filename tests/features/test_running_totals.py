@@ -16,15 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.config.file import AggregateSpec
+from appliance.features.distinct_pairs import DISTINCT_CAP, count_in_window
 from appliance.features.entity_codec import decode_state, encode_state
-from appliance.features.entity_state import (
-    DISTINCT_CAP,
-    KeyLayout,
-    _distinct_count,
-    _window_totals,
-    aggregates_into,
-    updated,
-)
+from appliance.features.entity_state import KeyLayout, _window_totals, aggregates_into, updated
 
 AGGREGATES = [AggregateSpec("n_w1", "k", "count", 600.0), AggregateSpec("sum_w1", "k", "sum", 600.0, "v"),
               AggregateSpec("mean_w2", "k", "mean", 3600.0, "v"), AggregateSpec("std_w2", "k", "std", 3600.0, "v"),
@@ -130,7 +124,7 @@ def test_a_distinct_count_is_the_number_of_hashes_in_the_window(stream, buckets,
             ts = 1_767_225_600.0 + read * dslot.hop + 1.0
             current = math.floor(ts / dslot.hop)
             scanned = len({h for h, bid in zip(entries[0::2], entries[1::2]) if current - buckets < bid <= current})
-            assert _distinct_count(entries, dslot, ts) == scanned
+            assert count_in_window(entries, dslot, ts) == scanned
 
 
 def reference_pairs(seen: list[tuple[int, int]], ring: int) -> list[tuple[int, int]]:
@@ -182,4 +176,4 @@ def test_a_distinct_count_keeps_the_newest_pairs_up_to_its_cap():
         seen.append((zlib.crc32(f"u{user}".encode()), math.floor(ts / dslot.hop)))
     pairs = state[1][0]
     assert list(zip(pairs[0::2], pairs[1::2])) == seen[-DISTINCT_CAP:] == reference_pairs(seen, dslot.ring)
-    assert _distinct_count(pairs, dslot, ts) == DISTINCT_CAP
+    assert count_in_window(pairs, dslot, ts) == DISTINCT_CAP

@@ -8,7 +8,9 @@ import sqlite3
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from appliance.cli.main import main
 from appliance.config.file import config_from_dict
 from appliance.errors import ConfigError, NotFound, RequestError
 from appliance.serving.client import Client
@@ -144,10 +146,6 @@ def test_the_running_appliance_refuses_a_rollback_to_a_thinned_version(short_dir
 def test_models_list_shows_the_newest_versions_and_the_one_that_serves(tmp_path):
     """A following learner is published at every check it passes: thousands of versions after weeks.
     `models list` shows the newest 20 (`--limit`, `--all`), and the serving one wherever it is."""
-    from click.testing import CliRunner
-
-    from appliance.cli.main import main
-
     db = tmp_path / "s.db"
     writer = StoreWriter(db, commit_every=0.01).start()
     try:
