@@ -25,7 +25,6 @@ themselves live in the store's registry), `history` the versions that served, in
 
 from __future__ import annotations
 
-import copy
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,7 @@ from appliance.learning.following import Paired, View
 from appliance.learning.metrics import Evaluation
 from appliance.learning.publication import gate, labels_between_checks
 from appliance.learning.shadow import Shadow
-from appliance.learning.versions import Decision, Published, Versions
+from appliance.learning.versions import Decision, Published, Versions, copy_model
 
 if TYPE_CHECKING:
     from appliance.engine.label_join import Pending
@@ -381,7 +380,7 @@ class OnlineModel:
         """Put a registered version up as a challenger: a River model learns on, an offline one does not."""
         name = f"v{published.version}"
         learns = callable(getattr(published.model, "learn_one", None)) and not getattr(published.model, "frozen", False)
-        model = copy.deepcopy(published.model) if learns else published.model
+        model = copy_model(published.model) if learns else published.model
         candidate = Candidate(name, published.spec, model, self.task, self.config.metric_window, learns=learns,
                               origin=f"registry v{published.version}", version=None if learns else published.version)
         candidate.n_learned = published.n_learned

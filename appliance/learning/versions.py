@@ -3,7 +3,7 @@ engine to log, audit and publish (`learning.OnlineModel` makes them)."""
 
 from __future__ import annotations
 
-import copy
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +62,14 @@ HISTORY = 1000  # served versions remembered for rollback
 RECENT = 8  # published versions kept in memory, so a promote never waits for the store's commit
 
 
+def copy_model(model: Any) -> Any:
+    """An independent copy of a model: a pickle round trip, the form the registry stores it in, at
+    about half the cost of `copy.deepcopy` (a trained `ScaleNumeric | LogisticRegression`: 58 against
+    103 us). A version is frozen at publication and the followed learner is copied after batches, so
+    this runs on the engine's thread. Only our own objects: nothing here came over a socket."""
+    return pickle.loads(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 @dataclass
 class Versions:
     """Every version's number (never reused) and metadata, the versions that served in order, and
@@ -75,7 +83,7 @@ class Versions:
     def freeze(self, model: Any, spec: str, n_learned: int, metrics: dict, *, parent: int | None,
                event_ts: float | None, candidate: str) -> Published:
         """A new version of a copy of `model` (a learner keeps learning; its version does not)."""
-        return self.add(copy.deepcopy(model), spec, n_learned, metrics, parent=parent, event_ts=event_ts,
+        return self.add(copy_model(model), spec, n_learned, metrics, parent=parent, event_ts=event_ts,
                         candidate=candidate)
 
     def add(self, model: Any, spec: str, n_learned: int, metrics: dict, *, parent: int | None,

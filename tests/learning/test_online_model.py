@@ -235,3 +235,18 @@ def test_by_default_the_served_version_is_never_more_than_25_labels_behind_the_l
         lags.append(model.candidates[model.champion].n_learned - model.served.n_learned)
     assert model.refusals == 0  # a learnable stream: every check publishes, so the lag is the cadence's
     assert max(lags[:YOUNG * 25]) < 25 and max(lags) == 24 and ModelConfig().publish_every == 25
+
+
+def test_a_published_version_is_a_copy_that_does_not_learn_with_its_learner():
+    """Versions are frozen (and the followed learner copied for other threads) by a pickle round
+    trip (`versions.copy_model`): the copy predicts exactly as the learner did, then stays put."""
+    model = OnlineModel(ModelConfig(first_publish=5), SPEC)
+    feed(model, 300)
+    probes = [{"amount": float(a), "city#1": 1.0} for a in range(0, 200, 7)]
+    published = model.publish_now(300.0)
+    assert published.model is not model.learner
+    before = [model.predict(model.learner, x) for x in probes]
+    assert [model.predict(published.model, x) for x in probes] == before
+    feed(model, 50, seed=2, start=301.0)
+    assert [model.predict(model.learner, x) for x in probes] != before  # the learner moved on...
+    assert [model.predict(published.model, x) for x in probes] == before  # ...its version did not
