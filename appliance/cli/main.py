@@ -3,6 +3,7 @@ library function, and formats what it returns; errors become one line and exit c
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -228,11 +229,15 @@ def export() -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
               help="csv: a column per feature (narrow feature spaces); jsonl: only each row's features; parquet: "
                    "compressed columns. [default: the --out suffix; a suffix naming another format is refused]")
+@click.option("--workers", type=click.IntRange(0, 64), default=lambda: _default_export_workers(),
+              show_default="one per core, at most 8; 0 on one core",
+              help="Processes keeping the entities' state, each its share, beside the one reading the store "
+                   "and writing the rows; 0 does everything in this process. The rows are the same.")
 @CONFIG_OPTION
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @friendly_errors
-def export_training_set(out: str, start: str | None, end: str | None, fmt: str | None, config_path: str | None,
-                        db: str | None) -> None:
+def export_training_set(out: str, start: str | None, end: str | None, fmt: str | None, workers: int,
+                        config_path: str | None, db: str | None) -> None:
     """Every labelled event with its features as they were at its event time (point in time)."""
     from appliance.features.space import FeatureSpace
     from appliance.offline.export import WIDE_CSV, resolve_format, training_set, write_training_set
@@ -242,7 +247,7 @@ def export_training_set(out: str, start: str | None, end: str | None, fmt: str |
     config = resolve_config(config_path, None, db=db)
     require_store(config.db)
     rows = training_set(config.db, config, start=parse_timestamp(start) if start else None,
-                        end=parse_timestamp(end) if end else None)
+                        end=parse_timestamp(end) if end else None, workers=workers)
     names = FeatureSpace.for_config(config).names
     fmt = resolve_format(out, fmt)
     count = write_training_set(rows, out, names, fmt)
@@ -257,6 +262,11 @@ def _with_model(config: Any, model_spec: str | None) -> Any:
     from dataclasses import replace
 
     return replace(config, model=replace(config.model, spec=model_spec))
+
+
+def _default_export_workers() -> int:
+    cores = os.cpu_count() or 1
+    return 0 if cores == 1 else min(8, cores)
 
 
 def _default_serve_processes() -> int:

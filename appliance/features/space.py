@@ -126,12 +126,16 @@ class FeatureSpace:
         """Return an empty entity store: key name -> entity value -> state."""
         return {key: {} for key in self.layouts}
 
-    def compute(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]],
-                logged_rates: dict[str, float] | None = None) -> dict[str, float]:
+    def compute(self, values: dict[str, Any], ts: float, store: dict[str, dict[str, tuple]] | None,
+                logged_rates: dict[str, float] | None = None,
+                aggregates: list[dict[str, float] | None] | None = None) -> dict[str, float]:
         """Return the feature vector of an event at event time `ts`, from state before the event.
 
         `logged_rates`: the label rates and means the event was scored with (the export's; they are
-        moved by labels, not events), in place of the live ones, so what follows them (model scores) agrees."""
+        moved by labels, not events), in place of the live ones, so what follows them (model scores) agrees.
+        `aggregates`: each entity key's aggregates (in the order of `layouts`; None for a key the
+        event has no entity of), read where that key's state lives (`offline.partitions`), in place
+        of reading `store`."""
         x: dict[str, float] = {}
         for name in self.config.numeric:
             value = values.get(name)
@@ -157,10 +161,15 @@ class FeatureSpace:
                 rates.rates_into(x, onehots)
             if self.label_means is not None:
                 self.label_means.means_into(x, values)
-        for key, layout in self.layouts.items():
-            entity = values.get(key)
-            state = store[key].get(entity) if entity is not None else None
-            aggregates_into(x, layout, state, ts)
+        if aggregates is None:
+            for key, layout in self.layouts.items():
+                entity = values.get(key)
+                state = store[key].get(entity) if entity is not None else None
+                aggregates_into(x, layout, state, ts)
+        else:
+            for part in aggregates:
+                if part is not None:
+                    x.update(part)
         for table in self.attributes.values():
             self._attributes_into(x, table, values)
         for custom in self.custom:

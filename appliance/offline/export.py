@@ -17,6 +17,7 @@ before the retained history miss that part of it.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from appliance.features.label_means import feature_names as label_mean_names
 from appliance.features.label_rates import feature_names as label_rate_names
 from appliance.features.space import FeatureSpace
 from appliance.ingest.events import parse_event
+from appliance.offline.partitions import LoggedEvent, Partitions
 from appliance.storage.body import read_codecs, split_body
 from appliance.storage.payloads import decode_payload
 from appliance.storage.rows import decode_vector, status_code
@@ -42,15 +44,84 @@ WIDE_CSV = 256  # feature columns beyond which `export` suggests Parquet or JSON
 
 
 def training_set(db_path: str, config: Config, *, start: float | None = None,
-                 end: float | None = None) -> Iterator[dict[str, Any]]:
-    """Yield {"event_id", "ts", "label", **features} for labelled events with start <= ts < end."""
+                 end: float | None = None, workers: int = 0) -> Iterator[dict[str, Any]]:
+    """Yield {"event_id", "ts", "label", **features} for labelled events with start <= ts < end.
+
+    With `workers`, the entities' state is kept by that many worker processes, each owning its
+    share of the entities (`offline.partitions`), while this one reads the log: the same rows."""
     db = open_db(db_path)
-    space = FeatureSpace.for_config(config)
-    store = space.new_store()
-    specs = {spec.name: spec for spec in config.features.attributes}
-    switches = [s for s in attributes.switches(db) if s[1] in specs]
-    sweep_ticks: dict[str, int] = {}
-    watermark = -math.inf
+    try:
+        space = FeatureSpace.for_config(config)
+        events = _events(db, config, start, end)
+        attribute_versions = _AttributeVersions(db, config, space)
+        if workers > 0:
+            yield from _partitioned(config, space, events, attribute_versions, workers)
+            return
+        store = space.new_store()
+        sweep_ticks: dict[str, int] = {}
+        watermark = -math.inf
+        for event in events:
+            attribute_versions.before(event.seq)
+            if event.export:
+                x = space.compute(event.values, event.ts, store, event.logged_rates)
+                yield {"event_id": event.event_id, "ts": event.ts, "label": event.label, **x}
+            if event.fold:
+                space.update(event.values, event.ts, store)
+                if event.ts > watermark:  # as the engine: a scored-only event never moves event time
+                    watermark = event.ts
+                    space.sweep(store, watermark, sweep_ticks)
+    finally:
+        db.conn.close()
+
+
+BATCH = 5000  # events per batch: read from the log at once, and sent to the partition workers at once
+
+
+def _partitioned(config: Config, space: FeatureSpace, events: Iterator[LoggedEvent],
+                 attribute_versions: _AttributeVersions, workers: int) -> Iterator[dict[str, Any]]:
+    """The rows of `training_set`, the entity state kept by `workers` processes. One batch is in
+    flight ahead: the workers fold it while this process decodes the next one and writes the last."""
+    with Partitions(config, space, workers) as partitions:
+        batch = list(itertools.islice(events, BATCH))
+        watermark = _advanced(-math.inf, batch)
+        where = partitions.send(batch, watermark) if batch else []
+        while batch:
+            following = list(itertools.islice(events, BATCH))  # decoded while the workers fold `batch`
+            aggregates = partitions.receive(batch, where)
+            if following:
+                watermark = _advanced(watermark, following)
+                where = partitions.send(following, watermark)  # folded while this one is written
+            for event, pieces in zip(batch, aggregates):
+                attribute_versions.before(event.seq)
+                if event.export:
+                    x = space.compute(event.values, event.ts, None, event.logged_rates, aggregates=pieces)
+                    yield {"event_id": event.event_id, "ts": event.ts, "label": event.label, **x}
+            batch = following
+
+
+def _advanced(watermark: float, batch: list[LoggedEvent]) -> float:
+    """The event time after `batch`: only ingested events move it, as in the engine."""
+    return max([watermark, *(event.ts for event in batch if event.fold)])
+
+
+class _AttributeVersions:
+    """The attribute tables' versions switched at the event sequence numbers the engine logged."""
+
+    def __init__(self, db: Any, config: Config, space: FeatureSpace) -> None:
+        self.db, self.space = db, space
+        self.specs = {spec.name: spec for spec in config.features.attributes}
+        self.switches = [s for s in attributes.switches(db) if s[1] in self.specs]
+
+    def before(self, seq: int) -> None:
+        """Apply every switch the engine made before event `seq`."""
+        while self.switches and self.switches[0][0] < seq:
+            _, name, version = self.switches.pop(0)
+            self.space.set_attributes(attributes.read_version(self.db, self.specs[name], version))
+
+
+def _events(db: Any, config: Config, start: float | None, end: float | None) -> Iterator[LoggedEvent]:
+    """The event log in the order the engine processed it, decoded; marked for export when the
+    event's label was learned and it lies in [start, end)."""
     rates = label_rate_names(config.features.categorical) if config.features.label_rates else []
     rates += label_mean_names(config.event.keys) if config.features.label_means else []
     learned = [status_code(status) for status in LEARNED]
@@ -59,25 +130,16 @@ def training_set(db_path: str, config: Config, *, start: float | None = None,
     names = read_codecs(db.conn)
     cursor = db.execute("SELECT seq, event_id, ts, ingested, body FROM events ORDER BY seq")
     while True:
-        batch = cursor.fetchmany(5000)
+        batch = cursor.fetchmany(BATCH)
         if not batch:
             break
         for seq, event_id, ts, ingested, blob in batch:
-            while switches and switches[0][0] < seq:  # attribute versions as the engine applied them
-                _, name, version = switches.pop(0)
-                space.set_attributes(attributes.read_version(db, specs[name], version))
             body = split_body(blob)
             values = parse_event(decode_payload(body.payload, event_id, ts), config.event, config.model.task).values
-            if seq in labels and (start is None or ts >= start) and (end is None or ts < end):
-                # label rates are state moved by labels, not events: the values logged when it was scored
-                x = space.compute(values, ts, store, _logged(body.features, rates, names) if rates else None)
-                yield {"event_id": event_id, "ts": ts, "label": labels[seq], **x}
-            if ingested:
-                space.update(values, ts, store)
-            if ingested and ts > watermark:  # as the engine: a scored-only event never moves event time
-                watermark = ts
-                space.sweep(store, watermark, sweep_ticks)
-    db.conn.close()
+            export = seq in labels and (start is None or ts >= start) and (end is None or ts < end)
+            # label rates are state moved by labels, not events: the values logged when it was scored
+            logged = _logged(body.features, rates, names) if export and rates else None
+            yield LoggedEvent(seq, event_id, ts, values, export, bool(ingested), labels.get(seq), logged)
 
 
 def _logged(features: bytes | None, wanted: list[str], names: dict[int, tuple[str, ...]]) -> dict[str, float]:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from appliance.cli.main import main
 from appliance.config.file import config_from_dict, load_config
 from appliance.errors import ConfigError
+from appliance.offline import export
 from appliance.offline.export import training_set
 from appliance.runtime.app import Appliance, RunOptions
 from appliance.serving.client import Client
@@ -148,6 +149,10 @@ def test_a_refresh_applies_between_events_and_export_follows_it(tmp_path, monkey
     assert switches == [{"seq": 0, "name": "card", "version": 1}, {"seq": n_first, "name": "card", "version": 2}]
     for row in training_set(config.db, config):
         assert {k: v for k, v in row.items() if k not in ("event_id", "ts", "label")} == vectors[row["event_id"]]
+    # entity state in 2 worker processes, 50 events a batch: the switch lands inside the batches in flight
+    monkeypatch.setattr(export, "BATCH", 50)
+    partitioned = [list(row.items()) for row in training_set(config.db, config, workers=2)]
+    assert partitioned == [list(row.items()) for row in training_set(config.db, config)]
     shown = CliRunner().invoke(main, ["attributes", "show"])
     assert "card v1: 10 rows" in shown.output and f"from event #{n_first + 1}" in shown.output
 

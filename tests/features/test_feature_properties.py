@@ -234,7 +234,10 @@ def test_exported_training_set_equals_the_vectors_logged_at_prediction_time(stre
     writer.close()
     learned = {r["event_id"] for r in rows["labels"]}  # every label row is learned (late ones are apart)
     logged = {r["event_id"]: decode_vector(r["features"]) for r in rows["predictions"] if r["event_id"] in learned}
-    exported = {row.pop("event_id"): row for row in training_set(str(db_path), config)}
+    serial = list(training_set(str(db_path), config))
+    partitioned = list(training_set(str(db_path), config, workers=2))  # entity state in 2 worker processes
+    assert [list(row.items()) for row in partitioned] == [list(row.items()) for row in serial]
+    exported = {row.pop("event_id"): row for row in serial}
     assert set(exported) == set(logged)
     for event_id, row in exported.items():
         row.pop("ts"), row.pop("label")

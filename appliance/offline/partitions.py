@@ -1,0 +1,212 @@
+"""Entity state partitioned by key across worker processes, for replays without a learner (the export).
+
+A time-travel export (`offline.export.training_set`) replays the whole event log through the
+feature definitions: for every event, each of its entities' aggregates before it (when the event
+is exported) and the event folded in (when it was ingested). That per-entity work is most of the
+export and needs nothing but the entity's own history, so it spreads over processes: each entity
+("key=value") is owned by one worker (`owner`, a CRC-32: the same in every process), which keeps
+that entity's state. The main process reads and decodes the log, sends each worker one
+`Requests` per batch (columnar: the events that have an entity it owns, in log order), and merges
+the replies into each row in the order of the keys, as `FeatureSpace.compute` does, so the rows
+are those of the one-process export, value for value and in the same order (tests/offline/test_partitions.py).
+
+While the workers fold a batch, the main process decodes the next one (one batch in flight ahead).
+An idle entity is evicted by its worker at the end of a batch on the watermark the main process
+sends (eviction changes no value: `FeatureSpace.sweep`). A worker that dies ends the export with
+`PartitionFailed`, naming it; the others are stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import pickle
+import zlib
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
+
+from appliance.config.file import Config
+from appliance.errors import ApplianceError
+from appliance.features.entity_state import aggregates_into, updated
+from appliance.features.space import FeatureSpace
+
+
+class PartitionFailed(ApplianceError):
+    """A partition worker died or failed; the export stops."""
+
+
+class Requests(NamedTuple):
+    """One batch's work for one worker, columnar: per event with an entity it owns, in log order."""
+
+    keys: list[tuple[str, ...]]  # the event's keys whose entity this worker owns, in the order of the keys
+    values: list[dict[str, Any]]
+    ts: list[float]
+    read: list[bool]  # the aggregates before the event are wanted (an exported event)
+    fold: list[bool]  # the event changes state (it was ingested)
+    watermark: float  # the event time after the batch: idle entities are evicted by it
+
+
+def owner(key: str, entity: Any, workers: int) -> int:
+    """The worker that owns `key`'s entity `entity` (not `hash`, which Python salts per process).
+
+    >>> owner("card_id", "c1", 4) == owner("card_id", "c1", 4), 0 <= owner("user_id", 7, 3) < 3
+    (True, True)
+    """
+    return zlib.crc32(f"{key}={entity}".encode()) % workers
+
+
+def serve(config: Config, connection: Connection) -> None:
+    """A worker's loop: `Requests` in, for each one the aggregates of its read events out (a list,
+    per event: one dict per owned key, or None for an event only folded); ends on None."""
+    space = FeatureSpace.for_config(config)
+    layouts = space.layouts
+    store = space.new_store()
+    ticks: dict[str, int] = {}
+    while True:
+        message = connection.recv_bytes()
+        requests: Requests | None = pickle.loads(message)
+        if requests is None:
+            break
+        replies: list[list[dict[str, float]] | None] = []
+        for keys, values, ts, read, fold in zip(requests.keys, requests.values, requests.ts, requests.read,
+                                               requests.fold):
+            pieces = [] if read else None
+            for key in keys:
+                layout, entities, entity = layouts[key], store[key], values[key]
+                state = entities.get(entity)
+                if pieces is not None:
+                    piece: dict[str, float] = {}
+                    aggregates_into(piece, layout, state, ts)
+                    pieces.append(piece)
+                if fold:
+                    entities[entity] = updated(layout, state, values, ts)
+            replies.append(pieces)
+        if requests.watermark > -math.inf:
+            space.sweep(store, requests.watermark, ticks)
+        connection.send_bytes(pickle.dumps(replies, protocol=pickle.HIGHEST_PROTOCOL))
+    connection.close()
+
+
+class LoggedEvent(NamedTuple):
+    """One decoded event of the log, as the export replays it."""
+
+    seq: int
+    event_id: str
+    ts: float
+    values: dict[str, Any]
+    export: bool  # its row is wanted (a learned label, in the time range)
+    fold: bool  # it was ingested: it changes its entities' state
+    label: Any  # the learned label (None when not exported)
+    logged_rates: dict[str, float] | None  # the label rates and means it was scored with (exported only)
+
+
+class Routed(NamedTuple):
+    """Where a worker's request came from: the event's index in its batch and the keys it owns."""
+
+    index: int
+    keys: tuple[str, ...]
+
+
+class Partitions:
+    """`workers` processes, each the owner of its share of the entities of `space`'s keys; a context manager."""
+
+    def __init__(self, config: Config, space: FeatureSpace, workers: int) -> None:
+        self.space = space
+        self.keys = list(space.layouts)
+        self.workers = workers
+        context = multiprocessing.get_context("fork")  # the export's process has no threads: fork is safe, and instant
+        self.connections: list[Connection] = []
+        self.processes: list[Any] = []
+        for _ in range(workers):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=serve, args=(config, theirs), daemon=True)
+            process.start()
+            theirs.close()
+            self.connections.append(mine)
+            self.processes.append(process)
+
+    def __enter__(self) -> Partitions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, events: list[LoggedEvent], watermark: float) -> list[list[Routed]]:
+        """Send one batch to every worker; return, per worker, where each of its requests came from
+        (what `receive` needs to put the replies back)."""
+        workers, keys = self.workers, self.keys
+        batches = [Requests([], [], [], [], [], watermark) for _ in range(workers)]
+        where: list[list[Routed]] = [[] for _ in range(workers)]
+        for index, event in enumerate(events):
+            if not (event.export or event.fold):
+                continue
+            owned: dict[int, list[str]] = {}
+            for key in keys:
+                entity = event.values.get(key)
+                if entity is not None:
+                    owned.setdefault(owner(key, entity, workers), []).append(key)
+            for worker, mine in owned.items():
+                batch, owned_keys = batches[worker], tuple(mine)
+                batch.keys.append(owned_keys)
+                batch.values.append(event.values)
+                batch.ts.append(event.ts)
+                batch.read.append(event.export)
+                batch.fold.append(event.fold)
+                where[worker].append(Routed(index, owned_keys))
+        for worker, batch in enumerate(batches):
+            self._send(worker, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        return where
+
+    def receive(self, events: list[LoggedEvent], where: list[list[Routed]]) -> list[list[dict[str, float] | None]]:
+        """Each event's aggregates per key, in the order of the keys (what `FeatureSpace.compute`
+        takes as `aggregates`), from the workers' replies to the batch `send` returned `where` for."""
+        order = {key: i for i, key in enumerate(self.keys)}
+        width = len(self.keys)
+        out: list[list[dict[str, float] | None]] = [[None] * width for _ in events]
+        for worker in range(self.workers):
+            replies = pickle.loads(self._receive(worker))
+            for routed, pieces in zip(where[worker], replies):
+                if pieces is not None:
+                    row = out[routed.index]
+                    for key, piece in zip(routed.keys, pieces):
+                        row[order[key]] = piece
+        for event, row in zip(events, out):  # a key the event has no entity of: a blank state's values
+            if event.export:
+                for i, layout in enumerate(self.space.layouts.values()):
+                    if row[i] is None:
+                        blank: dict[str, float] = {}
+                        aggregates_into(blank, layout, None, event.ts)
+                        row[i] = blank
+        return out
+
+    def close(self) -> None:
+        for connection in self.connections:
+            try:
+                connection.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass  # it is gone already
+            connection.close()
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def _send(self, worker: int, message: bytes) -> None:
+        try:
+            self.connections[worker].send_bytes(message)
+        except OSError:
+            raise self._failed(worker) from None
+
+    def _receive(self, worker: int) -> bytes:
+        try:
+            return self.connections[worker].recv_bytes()
+        except (EOFError, OSError):
+            raise self._failed(worker) from None
+
+    def _failed(self, worker: int) -> PartitionFailed:
+        process = self.processes[worker]
+        process.join(timeout=1)
+        return PartitionFailed(f"export worker {worker + 1} of {self.workers} (pid {process.pid}) ended "
+                               f"(exit code {process.exitcode}); nothing was written past the rows before it")
+
