@@ -3,7 +3,6 @@ library function, and formats what it returns; errors become one line and exit c
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from appliance.cli.console import console
 from appliance.cli.offline import story, train_offline
 from appliance.cli.options import (
     CONFIG_OPTION,
+    EXPORT_WORKERS_OPTION,
     RESTARTS_OPTION,
     SOCKET_OPTION,
     friendly_errors,
@@ -229,10 +229,7 @@ def export() -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
               help="csv: a column per feature (narrow feature spaces); jsonl: only each row's features; parquet: "
                    "compressed columns. [default: the --out suffix; a suffix naming another format is refused]")
-@click.option("--workers", type=click.IntRange(0, 64), default=lambda: _default_export_workers(),
-              show_default="one per core, at most 8; 0 on one core",
-              help="Processes keeping the entities' state, each its share, beside the one reading the store "
-                   "and writing the rows; 0 does everything in this process. The rows are the same.")
+@EXPORT_WORKERS_OPTION
 @CONFIG_OPTION
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @friendly_errors
@@ -262,11 +259,6 @@ def _with_model(config: Any, model_spec: str | None) -> Any:
     from dataclasses import replace
 
     return replace(config, model=replace(config.model, spec=model_spec))
-
-
-def _default_export_workers() -> int:
-    cores = os.cpu_count() or 1
-    return 0 if cores == 1 else min(8, cores)
 
 
 def _default_serve_processes() -> int:

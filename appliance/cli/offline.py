@@ -7,7 +7,7 @@ import time
 import click
 import orjson
 
-from appliance.cli.options import CONFIG_OPTION, friendly_errors, require_store
+from appliance.cli.options import CONFIG_OPTION, EXPORT_WORKERS_OPTION, friendly_errors, require_store
 
 
 @click.command("train-offline")
@@ -20,13 +20,15 @@ from appliance.cli.options import CONFIG_OPTION, friendly_errors, require_store
 @click.option("--out", default="offline.onnx", show_default=True, help="Where to write the ONNX model.")
 @click.option("--challenge", is_flag=True, help="Put it up as a challenger on the running appliance at once.")
 @click.option("--seed", default=0, show_default=True)
+@EXPORT_WORKERS_OPTION
 @CONFIG_OPTION
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET", help="The running appliance's socket [default: the config's].")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def train_offline(kind: str | None, start: str | None, end: str | None, holdout: float, out: str, challenge: bool,
-                  seed: int, config_path: str | None, db: str | None, socket_path: str | None, as_json: bool) -> None:
+                  seed: int, workers: int, config_path: str | None, db: str | None, socket_path: str | None,
+                  as_json: bool) -> None:
     """Train on every labelled event in the store with its features as of its event time, convert to
     ONNX, check onnxruntime against scikit-learn, and register it as a new version."""
     from appliance.cli.registry import _operate, register_staged
@@ -45,7 +47,7 @@ def train_offline(kind: str | None, start: str | None, end: str | None, holdout:
     kind = kind or ("logistic" if task == "classification" else "linear")
     names = FeatureSpace.for_config(config).names
     rows = training_set(config.db, config, start=parse_timestamp(start) if start else None,
-                        end=parse_timestamp(end) if end else None)
+                        end=parse_timestamp(end) if end else None, workers=workers)
     model, report = train(rows, names, task, kind, holdout=holdout, seed=seed)
     check_schema(model, names)
     with open(out, "wb") as handle:

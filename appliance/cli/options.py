@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -20,6 +21,19 @@ SOCKET_OPTION = click.option("--socket", "socket_path", envvar="APPLIANCE_SOCKET
 CONFIG_OPTION = click.option("--config", "config_path", envvar="APPLIANCE_CONFIG", type=click.Path(dir_okay=False),
                              help="appliance.toml to use (default: ./appliance.toml, else the bundled sample).")
 
+
+
+def default_export_workers() -> int:
+    """Entity-state workers of an export: one per core, at most 8; none on one core (they would only wait)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores == 1 else min(8, cores)
+
+
+EXPORT_WORKERS_OPTION = click.option(
+    "--workers", type=click.IntRange(0, 64), default=default_export_workers,
+    show_default="one per core, at most 8; 0 on one core",
+    help="Processes keeping the entities' state, each its share, beside the one reading the store; 0 does "
+         "everything in this process. The rows are the same.")
 
 
 def _max_restarts() -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import pickle
+import threading
 import zlib
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -100,6 +101,12 @@ class LoggedEvent(NamedTuple):
     logged_rates: dict[str, float] | None  # the label rates and means it was scored with (exported only)
 
 
+def start_method() -> str:
+    """How the workers start: forked (at once) from a process with one thread, as the CLI's export
+    is; spawned from one with more (a fork copies whatever lock another thread holds)."""
+    return "fork" if threading.active_count() == 1 else "spawn"
+
+
 class Routed(NamedTuple):
     """Where a worker's request came from: the event's index in its batch and the keys it owns."""
 
@@ -114,7 +121,7 @@ class Partitions:
         self.space = space
         self.keys = list(space.layouts)
         self.workers = workers
-        context = multiprocessing.get_context("fork")  # the export's process has no threads: fork is safe, and instant
+        context = multiprocessing.get_context(start_method())
         self.connections: list[Connection] = []
         self.processes: list[Any] = []
         for _ in range(workers):

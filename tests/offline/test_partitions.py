@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,9 +81,29 @@ def test_a_worker_that_dies_ends_the_export_with_an_error_and_stops_the_others(s
         serve(config, connection)
 
     monkeypatch.setattr(partitions, "serve", dies_on_its_second_batch)
+    monkeypatch.setattr(partitions, "start_method", lambda: "fork")  # the patched loop reaches the child
     monkeypatch.setattr(export, "BATCH", 500)
     with pytest.raises(PartitionFailed) as failed:
         rows(store, 2)
     assert "exit code 3" in str(failed.value) and "export worker" in str(failed.value)
     assert multiprocessing.active_children() == []  # none left behind
 
+
+
+def test_workers_are_spawned_when_another_thread_runs(store):
+    """A fork copies locks other threads hold; with a second thread alive the workers are spawned."""
+    reference = rows(store, 0)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        assert partitions.start_method() == "spawn"
+        assert rows(store, 2) == reference
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_workers_are_forked_from_a_process_with_one_thread():
+    script = "from appliance.offline.partitions import start_method; print(start_method())"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout == b"fork\n"
