@@ -10,7 +10,7 @@ processes are paid per batch, not per entity.
 
     read      batches of parsed events (values, event time)
     sequence  one key: numbers the batch, splits each event's entities by owner
-              (`owner`: a CRC-32 of "key=value", the same in every process) -> one `PartBatch` per partition
+              (`offline.partitions.owner`: a CRC-32 of "key=value") -> one `PartBatch` per partition
     features  one key per partition ("part-<k>"): reads then folds its entities, in order -> a `SliceBatch`
     join      one key: once every partition's slices of a batch are in, merges them per event
 
@@ -47,6 +47,7 @@ from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from appliance.features.entity_state import KeyLayout, aggregates_into, updated
 from appliance.features.space import FeatureSpace
+from appliance.offline.partitions import owner  # the export's: "key=value" by CRC-32, the same in every process
 
 BATCH = 1000  # events per batch, about what the dataflow hands the engine at full speed
 RESULT = "RESULT "  # the prefix of the summary line a run prints
@@ -87,15 +88,6 @@ class Summary(NamedTuple):
     events: int
     checksum: int
     pids: tuple[int, ...]  # the processes whose slices were joined
-
-
-def owner(key: str, entity: Any, parts: int) -> int:
-    """The partition that owns `key`'s entity `entity`: a CRC-32, not `hash`, which differs by process.
-
-    >>> owner("card_id", "c1", 4) == owner("card_id", "c1", 4), 0 <= owner("user_id", 7, 2) < 2
-    (True, True)
-    """
-    return zlib.crc32(f"{key}={entity}".encode()) % parts
 
 
 def sample_events(lines: int) -> tuple[FeatureSpace, Events]:

@@ -107,3 +107,9 @@ def test_workers_are_spawned_when_another_thread_runs(store):
 def test_workers_are_forked_from_a_process_with_one_thread():
     script = "from appliance.offline.partitions import start_method; print(start_method())"
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout == b"fork\n"
+
+
+def test_an_entity_has_one_owner_in_every_process():
+    script = "from appliance.offline.partitions import owner; print([owner('card_id', f'c{i}', 4) for i in range(50)])"
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout for _ in range(2)}
+    assert len(runs) == 1  # not `hash`, which Python salts per process
