@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import pickle
+import signal
 import threading
 import zlib
 from multiprocessing.connection import Connection
@@ -58,7 +59,11 @@ def owner(key: str, entity: Any, workers: int) -> int:
 
 def serve(config: Config, connection: Connection) -> None:
     """A worker's loop: `Requests` in, for each one the aggregates of its read events out (a list,
-    per event: one dict per owned key, or None for an event only folded); ends on None."""
+    per event: one dict per owned key, or None for an event only folded); ends on None.
+
+    Ctrl-C reaches the whole process group: the export's process stops its workers, so a worker
+    ignores it rather than print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     space = FeatureSpace.for_config(config)
     layouts = space.layouts
     store = space.new_store()

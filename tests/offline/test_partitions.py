@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 import sample_data
 from appliance.bench.ingest import sample_subset
 from appliance.cli.main import main
+from appliance.features.space import FeatureSpace
 from appliance.offline import export, partitions
 from appliance.offline.export import training_set
 from appliance.offline.partitions import PartitionFailed
@@ -113,3 +115,20 @@ def test_an_entity_has_one_owner_in_every_process():
     script = "from appliance.offline.partitions import owner; print([owner('card_id', f'c{i}', 4) for i in range(50)])"
     runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout for _ in range(2)}
     assert len(runs) == 1  # not `hash`, which Python salts per process
+
+
+def test_a_worker_ignores_ctrl_c_which_the_exports_process_handles(store):
+    """Ctrl-C reaches every process of the group: a worker goes on, and ends when it is told."""
+    config = resolve_config(str(sample_data.CONFIG), None, db=str(store))
+    space = FeatureSpace.for_config(config)
+    event = partitions.LoggedEvent(1, "e1", 1_767_225_600.0, {"user_id": "u1", "card_id": "c1", "amount": 5.0},
+                                   True, True, 0, None)
+    with partitions.Partitions(config, space, 1) as workers:
+        worker = workers.processes[0]
+        where = workers.send([event], event.ts)  # answered once the worker is up: its handler is set by then
+        workers.receive([event], where)
+        os.kill(worker.pid, signal.SIGINT)
+        where = workers.send([event], event.ts)
+        (aggregates,) = workers.receive([event], where)
+        assert worker.is_alive() and any(piece for piece in aggregates)
+    assert worker.exitcode == 0
