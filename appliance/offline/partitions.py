@@ -13,7 +13,9 @@ are those of the one-process export, value for value and in the same order (test
 While the workers fold a batch, the main process decodes the next one (one batch in flight ahead).
 An idle entity is evicted by its worker at the end of a batch on the watermark the main process
 sends (eviction changes no value: `FeatureSpace.sweep`). A worker that dies ends the export with
-`PartitionFailed`, naming it; the others are stopped.
+`PartitionFailed`, naming it; the others are stopped. Batches and replies are pickled over
+`multiprocessing` pipes: anonymous socket pairs between this process and the children it started,
+which no other process can reach (nothing that came over the appliance's sockets is unpickled).
 """
 
 from __future__ import annotations
