@@ -54,6 +54,11 @@ def replay_once(config_path: str, source: str, db: str, workers: int = 1) -> dic
     return _child(["appliance", "--config", config_path, "--source", source, "--db", db, "--workers", str(workers)])
 
 
+def export_once(config_path: str, db: str, workers: int) -> dict[str, Any]:
+    """One timed `export training-set` (JSONL) of the store `db` with `workers` entity workers, in a new process."""
+    return _child(["export", "--config", config_path, "--db", db, "--workers", str(workers)])
+
+
 def cpu_seconds() -> float:
     """CPU time so far of this process (every thread) and of its waited-for children, user + system."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -115,6 +120,30 @@ def _run_appliance(config_path: str, source: str, db: str, workers: int = 1,
             "spec": config.model.spec, "candidates": len(appliance.engine.model.candidates)}
 
 
+def _run_export(config_path: str, db: str, workers: int) -> dict[str, Any]:
+    """The export as `appliance export training-set --out <db>.jsonl --workers N` does it, timed
+    from the first row asked for to the file closed (imports and config outside)."""
+    from appliance.features.space import FeatureSpace
+    from appliance.offline.export import training_set, write_training_set
+    from appliance.runtime.settings import resolve_config
+    from appliance.storage.store import open_db
+
+    config = resolve_config(config_path, None, db=db)
+    names = FeatureSpace.for_config(config).names
+    store = open_db(db)
+    try:
+        events = store.execute("SELECT count(*) FROM events").fetchone()[0]
+    finally:
+        store.conn.close()
+    out = f"{db}-export.jsonl"
+    started, cpu = time.perf_counter(), cpu_seconds()
+    rows = write_training_set(training_set(db, config, workers=workers), out, names, "jsonl")
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    Path(out).unlink()
+    return {"events": events, "rows": rows, "workers": workers, "seconds": round(seconds, 4),
+            "events_per_second": round(events / seconds, 1), "cpu_seconds": round(cpu, 3)}
+
+
 def _run_raw(vectors_path: str, spec: str, task: str, save_model: str | None) -> dict[str, Any]:
     from appliance.config.model_spec import build_model
 
@@ -146,6 +175,10 @@ def main() -> None:
     app.add_argument("--workers", type=int, default=1)
     app.add_argument("--writer-thread", action="store_true",
                      help="the store writer on a thread of this process, as before it had its own")
+    exported = sub.add_parser("export")
+    exported.add_argument("--config", required=True)
+    exported.add_argument("--db", required=True)
+    exported.add_argument("--workers", type=int, default=0)
     raw = sub.add_parser("raw")
     raw.add_argument("--vectors", required=True)
     raw.add_argument("--spec", required=True)
@@ -154,6 +187,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.side == "appliance":
         result = _run_appliance(args.config, args.source, args.db, args.workers, args.writer_thread)
+    elif args.side == "export":
+        result = _run_export(args.config, args.db, args.workers)
     else:
         result = _run_raw(args.vectors, args.spec, args.task, args.save_model)
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")

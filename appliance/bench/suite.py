@@ -4,7 +4,8 @@ Sections, in the order they run (each in fresh processes, in a scratch directory
 
 1. ingest: `appliance replay` of the sample's first N lines vs the raw River loop, A B A B
    (`appliance.bench.ingest`); the ratio of the medians. Each round also replays on 2 Bytewax
-   workers: events/s and CPU per event against 1 worker.
+   workers: events/s and CPU per event against 1 worker; and exports the replay's store
+   (`export training-set`) in one process and with the default entity workers: events/s.
 2. serving: the appliance (`appliance up`, ingesting the sample at a steady speed) vs FastAPI +
    uvicorn, an asyncio echo server and redis-server, interleaved per round (`serving`).
 3. console: CPU of `appliance console` at its default rate against that same appliance (`console`).
@@ -39,6 +40,7 @@ from appliance.bench.console import console_cpu
 from appliance.bench.measure import machine
 from appliance.bench.plan import Plan
 from appliance.bench.table import rows
+from appliance.offline.partitions import default_workers
 
 REQUESTS = 1000  # distinct requests each server is sent in turn
 
@@ -116,10 +118,15 @@ def _ingest(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
     counts = ingest.sample_subset(plan.ingest_lines, source)
     vectors, model = scratch / "vectors.pkl", scratch / "model.pkl"
     appliance_runs, raw_runs, two_worker_runs = [], [], []
+    export_workers = default_workers() or 2  # the export's default here (2 on one core, to measure anything)
+    export_runs: list[dict[str, Any]] = []
+    export_worker_runs: list[dict[str, Any]] = []
     for i in range(plan.ingest_rounds):
         db = str(scratch / f"ingest{i}.db")
         appliance_runs.append(ingest.replay_once(config, str(source), db))
         two_worker_runs.append(ingest.replay_once(config, str(source), db + "-w2", workers=2))
+        export_runs.append(ingest.export_once(config, db, 0))  # the replay's store, in one process...
+        export_worker_runs.append(ingest.export_once(config, db, export_workers))  # ...and with the workers
         if i == 0:
             store = store_bytes.bytes_per_event(db)
             logged = ingest.logged_vectors(db, appliance_runs[0]["task"])
@@ -135,6 +142,10 @@ def _ingest(plan: Plan, scratch: Path, config: str) -> dict[str, Any]:
             "cpu_us_per_event": [r["cpu_us_per_event"] for r in appliance_runs],
             "workers2_events_per_second": [r["events_per_second"] for r in two_worker_runs],
             "workers2_cpu_us_per_event": [r["cpu_us_per_event"] for r in two_worker_runs],
+            "export_events": export_runs[0]["events"], "export_rows": export_runs[0]["rows"],
+            "export_workers": export_workers,
+            "export_events_per_second": [r["events_per_second"] for r in export_runs],
+            "export_workers_events_per_second": [r["events_per_second"] for r in export_worker_runs],
             "store": store, "model_file": str(model), "feature_vectors": [x for x, _ in logged[-REQUESTS:]]}
 
 

@@ -64,6 +64,8 @@ def rows(sections: dict[str, Any], plan: Plan) -> list[Row]:
                             f"first {ing['lines']:,} lines of the sample: {ing['events']:,} payments, "
                             f"{ing['labels_learned']:,} labels learned; medians of {len(ing['raw_events_per_second'])}"))
         out += _worker_rows(ing)
+        if "export_events_per_second" in ing:  # (absent from a report saved before session 33)
+            out.append(_export_row(ing))
     if "skipped" not in ing and "store" in ing:
         store = ing["store"]
         out.append(compare("store bytes per logged event", "B", store["history_bytes_per_event"], None, None,
@@ -169,6 +171,16 @@ def _worker_rows(ing: dict[str, Any]) -> list[Row]:
                      median(ing["appliance_events_per_second"]), "ingest_workers", rounds),
             compare("CPU per event, 2 workers", "µs", median(ing["workers2_cpu_us_per_event"]), "1 worker",
                      median(ing["cpu_us_per_event"]), "ingest_workers_cpu", rounds)]
+
+
+def _export_row(ing: dict[str, Any]) -> Row:
+    """`export training-set` of the ingest replay's store with its entity workers against one process."""
+    median = statistics.median
+    return compare("export training-set, workers", "events/s", median(ing["export_workers_events_per_second"]),
+                   "one process", median(ing["export_events_per_second"]), None,
+                   f"{ing['export_workers']} entity workers against none, on the ingest replay's store "
+                   f"({ing['export_events']:,} events, {ing['export_rows']:,} rows, JSONL); medians of "
+                   f"{len(ing['export_events_per_second'])}, rounds interleaved")
 
 
 def compare(measure: str, unit: str, value: float | None, peer: str | None, peer_value: float | None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -23,14 +22,14 @@ CONFIG_OPTION = click.option("--config", "config_path", envvar="APPLIANCE_CONFIG
 
 
 
-def default_export_workers() -> int:
-    """Entity-state workers of an export: one per core, at most 8; none on one core (they would only wait)."""
-    cores = os.cpu_count() or 1
-    return 0 if cores == 1 else min(8, cores)
+def _default_export_workers() -> int:
+    from appliance.offline.partitions import default_workers  # on use: every command imports this module
+
+    return default_workers()
 
 
 EXPORT_WORKERS_OPTION = click.option(
-    "--workers", type=click.IntRange(0, 64), default=default_export_workers,
+    "--workers", type=click.IntRange(0, 64), default=_default_export_workers,
     show_default="one per core, at most 8; 0 on one core",
     help="Processes keeping the entities' state, each its share, beside the one reading the store; 0 does "
          "everything in this process. The rows are the same.")

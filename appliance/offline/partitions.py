@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -48,6 +49,12 @@ class Requests(NamedTuple):
     read: list[bool]  # the aggregates before the event are wanted (an exported event)
     fold: list[bool]  # the event changes state (it was ingested)
     watermark: float  # the event time after the batch: idle entities are evicted by it
+
+
+def default_workers() -> int:
+    """Entity-state workers of an export: one per core, at most 8; none on one core (they would only wait)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores == 1 else min(8, cores)
 
 
 def owner(key: str, entity: Any, workers: int) -> int:

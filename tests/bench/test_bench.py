@@ -14,7 +14,7 @@ import orjson
 from appliance.bench import peers, table, wire
 from appliance.bench.plan import SMOKE
 
-MEASURES = ["ingest", "ingest, 2 workers", "CPU per event, 2 workers", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
+MEASURES = ["ingest", "ingest, 2 workers", "CPU per event, 2 workers", "export training-set, workers", "predict p50", "predict p99", "16-client throughput", "memory per entity, 2,000 entities",
             "start-up to first prediction", "serving again after kill -9", "console CPU at default rate",
             "store writer at 0.016 GB", "store bytes per logged event",
             "predict p50, 2 serving processes", "predict p99, 2 serving processes",
