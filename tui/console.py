@@ -120,6 +120,11 @@ class Console(App):
                                 lambda name=view.NAME: self.action_view(name))
 
     @property
+    def polling(self) -> bool:
+        """Whether a poll is in flight (until it ends, the state line shows the last poll's)."""
+        return self._polling
+
+    @property
     def active_view(self) -> View | None:
         try:
             return self.views.get(self.query_one(TabbedContent).active)
