@@ -45,9 +45,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
-from appliance.features.entity_state import KeyLayout, aggregates_into, updated
+from appliance.features.entity_state import KeyLayout
 from appliance.features.space import FeatureSpace
-from appliance.offline.partitions import owner  # the export's: "key=value" by CRC-32, the same in every process
+from appliance.offline.partitions import owner, read_then_fold  # the export's owner and worker step
 
 BATCH = 1000  # events per batch, about what the dataflow hands the engine at full speed
 RESULT = "RESULT "  # the prefix of the summary line a run prints
@@ -111,21 +111,6 @@ def sample_events(lines: int) -> tuple[FeatureSpace, Events]:
                 events.values.append(parsed.values)
                 events.ts.append(parsed.ts)
     return FeatureSpace.for_config(config), events
-
-
-def read_then_fold(layouts: dict[str, KeyLayout], store: dict[str, dict], keys: Iterable[str],
-                   values: dict[str, Any], ts: float) -> list[dict[str, float]]:
-    """The aggregates of each of `keys`' entities before the event (one dict per key), then the
-    event folded into each."""
-    out = []
-    for key in keys:
-        layout, entities, entity = layouts[key], store[key], values[key]
-        state = entities.get(entity)
-        x: dict[str, float] = {}
-        aggregates_into(x, layout, state, ts)
-        entities[entity] = updated(layout, state, values, ts)
-        out.append(x)
-    return out
 
 
 def merged(pieces: Iterable[dict[str, float] | None]) -> dict[str, float]:

@@ -27,12 +27,13 @@ import pickle
 import signal
 import threading
 import zlib
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from appliance.config.file import Config
 from appliance.errors import ApplianceError
-from appliance.features.entity_state import aggregates_into, updated
+from appliance.features.entity_state import KeyLayout, aggregates_into, updated
 from appliance.features.space import FeatureSpace
 
 
@@ -85,21 +86,29 @@ def serve(config: Config, connection: Connection) -> None:
         replies: list[list[dict[str, float]] | None] = []
         for keys, values, ts, read, fold in zip(requests.keys, requests.values, requests.ts, requests.read,
                                                requests.fold):
-            pieces = [] if read else None
-            for key in keys:
-                layout, entities, entity = layouts[key], store[key], values[key]
-                state = entities.get(entity)
-                if pieces is not None:
-                    piece: dict[str, float] = {}
-                    aggregates_into(piece, layout, state, ts)
-                    pieces.append(piece)
-                if fold:
-                    entities[entity] = updated(layout, state, values, ts)
-            replies.append(pieces)
+            replies.append(read_then_fold(layouts, store, keys, values, ts, read=read, fold=fold))
         if requests.watermark > -math.inf:
             space.sweep(store, requests.watermark, ticks)
         connection.send_bytes(pickle.dumps(replies, protocol=pickle.HIGHEST_PROTOCOL))
     connection.close()
+
+
+def read_then_fold(layouts: dict[str, KeyLayout], store: dict[str, dict], keys: Iterable[str],
+                   values: dict[str, Any], ts: float, *, read: bool = True,
+                   fold: bool = True) -> list[dict[str, float]] | None:
+    """For each of `keys`' entities, its aggregates before the event (one dict per key; None when not
+    `read`), then the event folded into it (when `fold`)."""
+    pieces: list[dict[str, float]] | None = [] if read else None
+    for key in keys:
+        layout, entities, entity = layouts[key], store[key], values[key]
+        state = entities.get(entity)
+        if pieces is not None:
+            piece: dict[str, float] = {}
+            aggregates_into(piece, layout, state, ts)
+            pieces.append(piece)
+        if fold:
+            entities[entity] = updated(layout, state, values, ts)
+    return pieces
 
 
 class LoggedEvent(NamedTuple):
