@@ -2,13 +2,14 @@
 
     read    (source, offset, payload)                       one partition per input
     parse   EventItem | LabelItem | DeadItem | ControlItem (`appliance.engine.items`)  validate; bad input: a dead letter
-    route   ("engine", item)                                 one engine owns features and models
+    route   ("engine", item)                                 one engine owns the learner
     engine  ("rows", {table: [row]}) | ("checkpoint", fp, payload)
     store   batched, ordered writes to SQLite
 
-The engine is a single keyed state on purpose: events of one entity must meet the entity's state in
-arrival order, and an event touches several entities (card, user, device), so sharding entities
-across workers would reorder them. Bytewax still parallelises reading and parsing.
+The engine is one keyed state on purpose: the learner (label join, learning, metrics, the gate,
+candidates, drift) must see every item in arrival order. Entity state need not: with entity workers
+(`engine.partitions`, `appliance up --workers N`), `EngineLogic` admits a batch, hands its entity
+reads and folds to N processes, and settles the batch before while they work (`_pipelined`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 import orjson
@@ -27,8 +28,9 @@ from bytewax.outputs import Sink
 
 from appliance.config.file import EventSchema
 from appliance.engine.control import from_record
-from appliance.engine.core import Engine
+from appliance.engine.core import Engine, Verdict
 from appliance.engine.items import ControlItem, DeadItem, EventItem, Item, ItemRef, LabelItem, Served
+from appliance.engine.partitions import Dispatched, EntityPartitions
 from appliance.errors import InvalidEvent
 from appliance.ingest.events import Event, decode, parse_event
 from appliance.ingest.order_log import OrderLog
@@ -122,6 +124,15 @@ def _text(payload: Any) -> str:
 
 
 STATS_DELAY = 0.25  # seconds a throttled stats snapshot may lag the engine
+IN_FLIGHT_DELAY = 0.01  # seconds a batch with the entity workers waits for the next before it is settled
+
+
+class InFlight(NamedTuple):
+    """A batch admitted and dispatched to the entity workers, to be settled with their replies."""
+
+    items: list[Item]
+    verdicts: list[Verdict]
+    dispatched: Dispatched
 
 
 class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
@@ -130,8 +141,11 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
     def __init__(self, engine: Engine, fingerprint: str, checkpoint_seconds: float,
                  after_batch: Callable[[Engine, bool], bool] | None = None,
                  order_log: OrderLog | None = None,
-                 on_failure: Callable[[ItemRef, BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[ItemRef, BaseException], None] | None = None,
+                 partitions: EntityPartitions | None = None) -> None:
         self.engine = engine
+        self.partitions = partitions
+        self.in_flight: InFlight | None = None  # a batch admitted and with the entity workers, not settled
         self.order_log = order_log
         self.on_failure = on_failure
         self.fingerprint = fingerprint
@@ -144,6 +158,8 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
     def on_batch(self, values: list[Item]) -> tuple[list[tuple], bool]:
         if self.order_log is not None:  # after a restart: the order of the first run, then arrival order
             values = self.order_log.order(values)
+        if self.partitions is not None:
+            return self._pipelined(values), StatefulBatchLogic.RETAIN
         process = self.engine.process
         item = None
         try:
@@ -153,24 +169,67 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
             if self.on_failure is not None and item is not None:
                 self.on_failure(ItemRef(item.source, item.offset), exc)
             raise
+        return self._after_settling(), StatefulBatchLogic.RETAIN
+
+    def _after_settling(self, may_checkpoint: bool = True) -> list[tuple]:
         self.engine.model.refresh_view()  # what the socket and the serving children score with (`view`)
         self.changed = True
         out: list[tuple] = [("rows", self.engine.take_rows())]
-        if time.monotonic() >= self.next_checkpoint:
+        if may_checkpoint and time.monotonic() >= self.next_checkpoint:
             out.append(self._checkpoint())
         self._publish(force=False)
-        return out, StatefulBatchLogic.RETAIN
+        return out
+
+    # -- with entity workers: admit and dispatch a batch, settle the one before while they work --
+    def _pipelined(self, values: list[Item]) -> list[tuple]:
+        """Admit the batch and hand it to the entity workers, then settle the batch before it while
+        they read and fold this one. A checkpoint is taken with nothing in flight (admission and the
+        entity states then stand where the settled items left them), so when one is due the batch
+        before is settled first."""
+        out: list[tuple] = []
+        if time.monotonic() >= self.next_checkpoint:
+            out += self._settle_in_flight(may_checkpoint=True)
+            if self.changed and time.monotonic() >= self.next_checkpoint:
+                out.append(self._checkpoint())
+        admitted = self._admit(values)
+        out += self._settle_in_flight(may_checkpoint=False)  # the one before, while the workers take this one
+        self.in_flight = admitted
+        return out
+
+    def _admit(self, values: list[Item]) -> InFlight:
+        verdicts = [self.engine.admit(item) for item in values]
+        return InFlight(values, verdicts, self.partitions.dispatch(values, verdicts))
+
+    def _settle_in_flight(self, may_checkpoint: bool) -> list[tuple]:
+        batch, self.in_flight = self.in_flight, None
+        if batch is None:
+            return []
+        engine = self.engine
+        aggregates, changes = self.partitions.collect(batch.dispatched)
+        engine.take_entity_changes(changes.states, changes.evicted)
+        settle = engine.settle
+        item = None
+        try:
+            for item, verdict, pieces in zip(batch.items, batch.verdicts, aggregates):
+                settle(item, verdict, pieces)
+        except BaseException as exc:
+            if self.on_failure is not None and item is not None:
+                self.on_failure(ItemRef(item.source, item.offset), exc)
+            raise
+        return self._after_settling(may_checkpoint)
 
     def on_notify(self) -> tuple[list[tuple], bool]:
+        # with entity workers, a batch that nothing came after is settled now
+        out = self._settle_in_flight(may_checkpoint=True) if self.in_flight is not None else []
         self.engine.model.refresh_view(force=True)  # after a burst, the last labels reach the socket too
         if self.stale_stats:
             self._publish(force=True)
         if time.monotonic() < self.next_checkpoint:
-            return [], StatefulBatchLogic.RETAIN
+            return out, StatefulBatchLogic.RETAIN
         if not self.changed:
             self.next_checkpoint = time.monotonic() + self.every
-            return [], StatefulBatchLogic.RETAIN
-        return [("rows", self.engine.take_rows()), self._checkpoint()], StatefulBatchLogic.RETAIN
+            return out, StatefulBatchLogic.RETAIN
+        return [*out, ("rows", self.engine.take_rows()), self._checkpoint()], StatefulBatchLogic.RETAIN
 
     def _publish(self, force: bool) -> None:
         if self.after_batch is not None:
@@ -178,12 +237,15 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
             self.stale_stats = not published
 
     def on_eof(self) -> tuple[list[tuple], bool]:
+        out = self._settle_in_flight(may_checkpoint=False) if self.partitions is not None else []
         self.engine.model.refresh_view(force=True)
-        out = [("rows", self.engine.take_rows()), self._checkpoint()]
+        out += [("rows", self.engine.take_rows()), self._checkpoint()]
         self._publish(force=True)
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        if self.in_flight is not None:
+            return datetime.now(UTC) + timedelta(seconds=IN_FLIGHT_DELAY)
         delay = max(0.0, self.next_checkpoint - time.monotonic())
         if self.stale_stats:
             delay = min(delay, STATS_DELAY)
@@ -203,12 +265,15 @@ class EngineLogic(StatefulBatchLogic[Item, tuple, None]):
 def build_flow(source: Source, sink: Sink, engine: Engine, *, fingerprint: str = "",
                checkpoint_seconds: float = 2.0, after_batch: Callable[[Engine, bool], bool] | None = None,
                order_log: OrderLog | None = None, poisoned: Mapping[ItemRef, str] | None = None,
-               on_failure: Callable[[ItemRef, BaseException], None] | None = None) -> Dataflow:
+               on_failure: Callable[[ItemRef, BaseException], None] | None = None,
+               partitions: EntityPartitions | None = None) -> Dataflow:
     """Build the appliance dataflow over any source of `(source, offset, payload)` and any sink.
 
     With an `order_log`, the engine records the order in which it takes items from the inputs and,
     after a restart, processes what the last run did after its checkpoint in that same order.
     `on_failure` hears which item the engine failed on; items in `poisoned` are dead-lettered unread.
+    With `partitions` (started and loaded from the engine), entity state is read and folded by
+    worker processes while the engine settles the batch before (`engine.partitions`).
     """
     flow = Dataflow("appliance")
     raw = op.input("read", flow, source)
@@ -216,7 +281,7 @@ def build_flow(source: Source, sink: Sink, engine: Engine, *, fingerprint: str =
     routed = op.key_on("route", parsed, lambda _item: "engine")
     results = op.stateful_batch(
         "engine", routed, lambda _resume: EngineLogic(engine, fingerprint, checkpoint_seconds, after_batch, order_log,
-                                    on_failure)
+                                    on_failure, partitions)
     )
     op.output("store", op.key_rm("unkey", results), sink)
     return flow

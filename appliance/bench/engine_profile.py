@@ -129,7 +129,7 @@ def profile_engine(config: Any, lines: list[bytes], source: str = "sample") -> P
     model.served_eval.update = clock.wrap("served metrics", model.served_eval.update)
     model.predict = clock.wrap("scoring", model.predict)  # the served model's and, in `shadow`, each candidate's
     engine.space.compute = clock.wrap("features", engine.space.compute)
-    engine.join.expire = clock.wrap("label join", engine.join.expire)
+    engine._expired = clock.wrap("label join", engine._expired)
     take_rows = clock.wrap("rows", engine.take_rows)
     process = engine.process
     with _timed_entity_state(clock):

@@ -46,8 +46,8 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from appliance.features.entity_state import KeyLayout
+from appliance.features.partitions import owner, read_then_fold  # the export's owner and worker step
 from appliance.features.space import FeatureSpace
-from appliance.offline.partitions import owner, read_then_fold  # the export's owner and worker step
 
 BATCH = 1000  # events per batch, about what the dataflow hands the engine at full speed
 RESULT = "RESULT "  # the prefix of the summary line a run prints

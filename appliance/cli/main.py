@@ -18,6 +18,7 @@ from appliance.cli.offline import story, train_offline
 from appliance.cli.options import (
     CONFIG_OPTION,
     EXPORT_WORKERS_OPTION,
+    FLOW_WORKERS_OPTION,
     RESTARTS_OPTION,
     SOCKET_OPTION,
     friendly_errors,
@@ -57,13 +58,14 @@ def main() -> None:
               show_default="one per core, at most 4",
               help="Processes answering on the socket (Unix and TCP): 1 serves from this process alone; "
                    "N > 1 starts N serving processes beside this one, which keeps the dataflow.")
+@FLOW_WORKERS_OPTION
 @click.option("--console", "with_console", is_flag=True, help="Run the operator console in this terminal; "
                                                                "quitting it stops the appliance.")
 @RESTARTS_OPTION
 @friendly_errors
 def up(config_path: str | None, source: str | None, socket_path: str | None, tcp: str | None,
        token_file: str | None, token: str | None, auth_timeout: float, db: str | None, speed: float | None, model_spec: str | None, fresh: bool, status_every: float,
-       metrics_port: int | None, serve_processes: int, with_console: bool, restarts: int) -> None:
+       metrics_port: int | None, serve_processes: int, workers: int, with_console: bool, restarts: int) -> None:
     """Start the appliance: ingest, learn and serve predictions until stopped (Ctrl-C)."""
     from appliance.runtime.interpreters import SpareChildren
 
@@ -88,7 +90,8 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
                                                          + (f", metrics on http://127.0.0.1:{metrics_port}/metrics"
                                                             if metrics_port else "")),
                              metrics_port=metrics_port,
-                             serve_processes=serve_processes, restarts=restarts, spare_children=spares)
+                             serve_processes=serve_processes, workers=workers, restarts=restarts,
+                             spare_children=spares)
         if with_console:
             from appliance.cli.console import up_with_console
 
@@ -109,9 +112,7 @@ def up(config_path: str | None, source: str | None, socket_path: str | None, tcp
 @click.option("--db", envvar="APPLIANCE_DB", help="SQLite store [default: ./appliance.db].")
 @click.option("--model", "model_spec", help="River model spec (see `appliance up --help`).")
 @click.option("--fresh", is_flag=True, help="Discard the store's state and start over.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Bytewax worker threads. They spread reading and parsing only: features and learning "
-                   "are one serial step, so more workers rarely replay faster (docs/benchmarks.md).")
+@FLOW_WORKERS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the final stats as JSON.")
 @RESTARTS_OPTION
 @friendly_errors

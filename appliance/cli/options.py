@@ -35,6 +35,13 @@ EXPORT_WORKERS_OPTION = click.option(
          "everything in this process. The rows are the same.")
 
 
+FLOW_WORKERS_OPTION = click.option(
+    "--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+    help="Processes keeping the entities' state: with N >= 2, each keeps its share and reads then folds it "
+         "while the learner, which stays one serial step, settles the batch before. The rows are the same "
+         "(docs/benchmarks.md measures what it gains).")
+
+
 def _max_restarts() -> int:
     from appliance.runtime.supervision import MAX_RESTARTS  # on use: every command imports this module
 

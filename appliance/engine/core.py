@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -24,17 +24,18 @@ import orjson
 
 from appliance.config.file import Config
 from appliance.config.model_spec import DEFAULT_MODELS
+from appliance.engine.admission import Admission, EventAdmitted, Expiry, LabelAdmitted, Refused
 from appliance.engine.commands import EngineCommands, model_row
 from appliance.engine.items import ControlItem, EventItem, Item, LabelItem, Served
 from appliance.engine.label_join import LabelJoin, Pending, Scored
 from appliance.engine.rows import as_prediction, empty_rows, label_row, late_label_row, metric_row, prediction_row
-from appliance.errors import ConfigError, InvalidEvent
+from appliance.errors import ConfigError
 from appliance.features.category_stats import CategoryStats
 from appliance.features.entity_codec import decode_state, encode_state
 from appliance.features.label_means import LabelMeans
 from appliance.features.label_rates import LabelRates
 from appliance.features.space import FeatureSpace
-from appliance.ingest.events import Event, Label, check_not_ahead
+from appliance.ingest.events import Event, Label
 from appliance.learning.drift import DriftMonitor
 from appliance.learning.online_model import OnlineModel
 from appliance.learning.report import model_summary
@@ -46,7 +47,6 @@ from appliance.storage.snapshot import pack_checkpoint, unpack_checkpoint
 from appliance.timeutil import format_timestamp
 
 METRIC_EVERY = 200  # labels between two rows of metric history
-RECENTLY_EXPIRED = 100_000
 RECENT_AUDIT = 100  # audit rows kept in memory for the console
 RECENT_DEAD = 50  # dead letters kept in memory for the console (all of them are in the store)
 CURVE_POINTS = 500  # points of metric history kept in memory (one every METRIC_EVERY labels)
@@ -55,6 +55,9 @@ COUNTERS = ("events", "predictions", "labels", "labels_joined", "labels_immediat
             "labels_late", "labels_orphaned", "labels_defaulted", "predictions_expired",
             "dead_letters", "late_events", "duplicates", "future_events",
             "labels_early_dropped")
+
+
+Verdict = EventAdmitted | LabelAdmitted | Refused | None  # None: a command or a dead letter
 
 
 class Engine:
@@ -68,6 +71,9 @@ class Engine:
         self.payloads = PayloadCodec(tuple(self.space.layouts), config.event.id_field, config.event.time_field)
         self.sources = SourceIds()  # logged events' sources: an id each, the text once
         self.entities = self.space.new_store()
+        # True: entity state is read and folded by worker processes (`engine.partitions`), which hand
+        # back what each batch changed (`take_entity_changes`); `entities` then keeps their states
+        self.partitioned = False
         if config.features.label_rates:
             self.space.label_rates = LabelRates(config.features.categorical, self.task)
         if config.features.label_means:
@@ -80,13 +86,11 @@ class Engine:
             raise ConfigError(f"[lifecycle] drift_features: {', '.join(unknown)} not among the features "
                               f"({', '.join(self.space.names[:8])}, ...)")
         self.alert_seq = 0
+        self.admission = Admission(config.event, config.labels)
         self.join = LabelJoin(config.labels)
-        self.lateness = config.event.allowed_lateness
-        self.skew = config.event.max_future_skew
-        self.watermark = -math.inf
+        self.watermark = -math.inf  # as of the last item settled (admission's may be ahead, within a batch)
         self.offsets: dict[str, int] = {}
         self.counts = dict.fromkeys(COUNTERS, 0)
-        self.recently_expired: OrderedDict[str, None] = OrderedDict()
         self.dirty: set[tuple[str, str]] = set()
         self.evicted: set[tuple[str, str]] = set()
         # (key, entity) changed or evicted since the online store's last publication; None: not published
@@ -108,11 +112,29 @@ class Engine:
     # -- the per-item path -------------------------------------------------------------------
     def process(self, item: Item) -> None:
         """Apply one parsed item; rows for the store accumulate in `self.rows`."""
-        kind, source, offset = item.__class__, item.source, item.offset
+        self.settle(item, self.admit(item))
+
+    def admit(self, item: Item) -> Verdict:
+        """Decide the item's admission (`admission.Admission`: from event time and ids, before any
+        feature is read). The items of a batch can all be admitted before the first is settled."""
+        kind = item.__class__
         if kind is EventItem:
-            self._on_event(item.event, item.served, item.ingest, source, offset)
+            return self.admission.event(item.event, item.served is not None, item.ingest)
+        if kind is LabelItem:
+            return self.admission.label(item.label)
+        return None
+
+    def settle(self, item: Item, verdict: Verdict, aggregates: list[dict[str, float] | None] | None = None) -> None:
+        """Apply an admitted item, in admission order. `aggregates`: an event's entity aggregates, read
+        (and the event folded) where its entities' state lives; None: from `self.entities`."""
+        kind, source, offset = item.__class__, item.source, item.offset
+        if verdict.__class__ is Refused:
+            self.counts[verdict.counter] += 1
+            self._dead(source, offset, orjson.dumps(_refused_payload(item)).decode(), verdict.reason)
+        elif kind is EventItem:
+            self._on_event(item.event, item.served, item.ingest, source, offset, verdict, aggregates)
         elif kind is LabelItem:
-            self._on_label(item.label, source, offset)
+            self._on_label(item.label, verdict)
         elif kind is ControlItem:
             self.commands.apply(item.command)
         else:
@@ -120,24 +142,18 @@ class Engine:
         if offset is not None:
             self.offsets[source] = offset
 
-    def _on_event(self, event: Event, served: Served | None, ingest: bool, source: str, offset: int | None) -> None:
+    def _on_event(self, event: Event, served: Served | None, ingest: bool, source: str, offset: int | None,
+                  admitted: EventAdmitted, aggregates: list[dict[str, float] | None] | None) -> None:
         # A scored-only event (`"ingest": false`) is not part of the stream: it never moves event time
         # or changes state, and once scored over the socket (`served`: features computed then) it is
         # logged however far event time has moved on since.
-        if event.ts > self.watermark + self.skew and self._refuse_ahead(event.ts, event.raw, source, offset):
-            return
-        if (ingest or served is None) and event.ts < self.watermark - self.lateness:
-            self.counts["late_events"] += 1
-            behind = self.watermark - event.ts
-            reason = f"late: {behind:.0f}s behind the watermark {format_timestamp(self.watermark)} (allowed {self.lateness:.0f}s)"
-            self._dead(source, offset, orjson.dumps(event.raw).decode(), reason)
-            return
-        if event.event_id in self.join.pending:
-            self.counts["duplicates"] += 1
-            self._dead(source, offset, orjson.dumps(event.raw).decode(), f'duplicate event id "{event.event_id}"')
-            return
         model = self.model
-        x = self.space.compute(event.values, event.ts, self.entities) if served is None else served.x
+        if served is not None:
+            x = served.x
+        elif aggregates is None:
+            x = self.space.compute(event.values, event.ts, self.entities)
+        else:
+            x = self.space.compute(event.values, event.ts, None, aggregates=aggregates)
         # Every candidate's prediction, for learning when the label comes; a scored-only event is never
         # learned from, so it needs the champion learner's alone (its row's `learner_score`).
         shadow = model.shadow(x) if ingest else None
@@ -157,46 +173,60 @@ class Engine:
                 y_learner = model.predict(model.learner, x)
         features = self.vectors.encode(x)  # as logged, and as learned from when the label comes
         if ingest:
-            self._ingest(event, source, offset)
+            self._ingest(event)
         self.counts["predictions"] += 1
         self._log_event(event, source, offset, ingest)
-        if ingest and event.ts > self.watermark:
-            self.watermark = event.ts
+        self.watermark = admitted.watermark
+        if admitted.advanced and not self.partitioned:
             self._sweep()
         seq = self.counts["predictions"]
         self.rows["predictions"].append(prediction_row(event, seq, features, y_served, y_learner, version,
                                                        "stream" if served is None else "socket", self.task))
         if shadow is None:  # scored only: not part of the stream, so nothing is learned from it
-            self._expire()
+            self._expired(admitted.expiry)
             return
         if self.drift.features:
             for alert in self.drift.observe_features(x, event.ts):
                 self._on_alert(alert, self.config.lifecycle.on_data_drift)
-        label = event.label
-        status = "immediate"
-        if label is None:
-            label = self.join.pop_early(event.event_id)
-            status = "early"
         means = self.space.label_means
         scored = Scored(event.event_id, seq, event.ts, x, shadow, y_served, version,
                         None if means is None else means.key_values(event.values))
-        if label is None:
+        if admitted.waits:
             self.join.add(Pending.pack(scored, features))
         else:
-            self._learn(scored, label, event.ts, status)
-        self._expire()
+            self._learn(scored, admitted.label, event.ts, "early" if admitted.early else "immediate")
+        self._expired(admitted.expiry)
 
-    def _ingest(self, event: Event, source: str, offset: int | None) -> None:
-        self.space.update(event.values, event.ts, self.entities)
+    def _ingest(self, event: Event) -> None:
+        """Count an event into the stream and fold it into its entities (unless their worker did)."""
+        if not self.partitioned:
+            self.space.update(event.values, event.ts, self.entities)
+            touched = self.touched
+            for key in self.space.layouts:
+                entity = event.values.get(key)
+                if entity is not None:
+                    self.dirty.add((key, entity))
+                    if touched is not None:
+                        touched.add((key, entity))
         self.categories.observe(event.values)
-        touched = self.touched
-        for key in self.space.layouts:
-            entity = event.values.get(key)
-            if entity is not None:
-                self.dirty.add((key, entity))
-                if touched is not None:
-                    touched.add((key, entity))
         self.counts["events"] += 1
+
+    def take_entity_changes(self, states: list[tuple[str, str, bytes]], evicted: list[tuple[str, str]]) -> None:
+        """Keep what a batch changed in the entity workers (`engine.partitions`): the states they
+        evicted, then the ones they changed, as they are after the batch."""
+        entities, touched = self.entities, self.touched
+        for pair in evicted:
+            entities[pair[0]].pop(pair[1], None)
+            self.dirty.discard(pair)
+            self.evicted.add(pair)
+            if touched is not None:
+                touched.add(pair)
+        for key, entity, blob in states:
+            entities[key][entity] = decode_state(blob)
+            pair = (key, entity)
+            self.dirty.add(pair)
+            if touched is not None:
+                touched.add(pair)
 
     def _log_event(self, event: Event, source: str, offset: int | None, ingest: bool) -> None:
         self.rows["events"].append({"event_id": event.event_id, "seq": self.counts["predictions"], "ts": event.ts,
@@ -215,33 +245,19 @@ class Engine:
             if self.touched is not None:
                 self.touched.add(pair)
 
-    def _refuse_ahead(self, ts: float, raw: dict, source: str, offset: int | None) -> bool:
-        """Dead-letter an event time too far ahead of the stream and of the clock (rare: off the hot path)."""
-        try:
-            check_not_ahead(ts, self.watermark, time.time(), self.skew)
-        except InvalidEvent as exc:
-            self.counts["future_events"] += 1
-            self._dead(source, offset, orjson.dumps(raw).decode(), f"future: {exc.reason}")
-            return True
-        return False
-
-    def _on_label(self, label: Label, source: str = "", offset: int | None = None) -> None:
-        if label.ts is not None and label.ts > self.watermark + self.skew and self._refuse_ahead(
-                label.ts, {"event_id": label.event_id, "ts": label.ts, "label": label.value}, source, offset):
-            return
+    def _on_label(self, label: Label, admitted: LabelAdmitted) -> None:
         self.counts["labels"] += 1
-        if label.ts is not None and label.ts > self.watermark:
-            self.watermark = label.ts
-        pending = self.join.take(label.event_id)
-        if pending is not None:
+        self.watermark = admitted.watermark
+        if admitted.joined:
+            pending = self._take(label.event_id)
             self._learn(pending.unpack(), label.value, label.ts if label.ts is not None else self.watermark, "joined")
-        elif label.event_id in self.recently_expired:
+        elif admitted.late:
             self.counts["labels_late"] += 1
             self.rows["late_labels"].append(late_label_row(label.event_id, label.ts, label.value))
         else:
             self.counts["labels_early"] += 1
-            self.counts["labels_early_dropped"] += self.join.hold_early(label.event_id, self.watermark, label.value)
-        self._expire()
+            self.counts["labels_early_dropped"] += admitted.dropped
+        self._expired(admitted.expiry)
 
     def _learn(self, pending: Scored, y: Any, label_ts: float, status: str) -> None:
         delay = max(0.0, label_ts - pending.ts)
@@ -294,27 +310,25 @@ class Engine:
         self.rows["alerts"].append(row)
         self.drift.recent.append({**alert, "id": self.alert_seq, "action": taken})
 
-    def _expire(self) -> None:
-        join = self.join
-        if join.pending:
-            first = join.pending[next(iter(join.pending))]
-            if first.ts >= self.watermark - join.horizon and self.watermark < join.next_early_sweep:
-                return
-        elif not join.early or self.watermark < join.next_early_sweep:
+    def _expired(self, expiry: Expiry | None) -> None:
+        """Apply what admission expired after an item: each expired prediction learns the default
+        label, if the policy has one."""
+        if expiry is None:
             return
-        expired, orphans = join.expire(self.watermark)
-        self.counts["labels_orphaned"] += orphans
-        for pending in expired:
+        join = self.join
+        self.counts["labels_orphaned"] += expiry.orphans
+        for event_id in expiry.ids:
+            pending = self._take(event_id)
             self.counts["predictions_expired"] += 1
-            self._remember_expired(pending.event_id)
             if join.default is not None:
                 y = bool(join.default) if self.task == "classification" else join.default
                 self._learn(pending.unpack(), y, pending.ts + join.horizon, "defaulted")
 
-    def _remember_expired(self, event_id: str) -> None:
-        self.recently_expired[event_id] = None
-        if len(self.recently_expired) > RECENTLY_EXPIRED:
-            self.recently_expired.popitem(last=False)
+    def _take(self, event_id: str) -> Pending:
+        pending = self.join.take(event_id)
+        if pending is None:  # admission and the join move in step: this is a bug, not bad input
+            raise RuntimeError(f'admission let "{event_id}" leave the label join, which does not hold it')
+        return pending
 
     def _dead(self, source: str, offset: int | None, payload: str, reason: str) -> None:
         self.counts["dead_letters"] += 1
@@ -372,8 +386,10 @@ class Engine:
 
     def _core_data(self) -> dict[str, Any]:
         """The engine's own state as named plain fields (the parts' `to_data`)."""
-        return {"model": self.model.to_data(), "join": self.join.to_data(), "watermark": self.watermark,
-                "counts": self.counts, "recently_expired": list(self.recently_expired), "offsets": self.offsets,
+        admission = self.admission.to_data()  # as of the last item settled: a batch is settled whole first
+        join = {**self.join.to_data(), "next_early_sweep": admission["next_early_sweep"], "early": admission["early"]}
+        return {"model": self.model.to_data(), "join": join, "watermark": self.watermark,
+                "counts": self.counts, "recently_expired": admission["recently_expired"], "offsets": self.offsets,
                 "sweep_ticks": self.sweep_ticks, "categories": self.categories.to_data(),
                 "attributes": {name: table.version for name, table in self.space.attributes.items()},
                 "audit_seq": self.audit_seq, "last_import": self.last_import, "drift": self.drift.to_data(),
@@ -392,8 +408,10 @@ class Engine:
         self.join.load_data(core["join"])
         self.join.load(pending_rows)
         self.watermark = core["watermark"]
+        self.admission.load_data({**core["join"], "watermark": core["watermark"],
+                                  "recently_expired": core["recently_expired"]},
+                                 ((event_id, pending.ts) for event_id, pending in self.join.pending.items()))
         self.counts = {**dict.fromkeys(COUNTERS, 0), **core["counts"]}
-        self.recently_expired = OrderedDict.fromkeys(core["recently_expired"])
         self.offsets, self.sweep_ticks = core["offsets"], core["sweep_ticks"]
         self.categories.load_data(core["categories"])
         self._restored_attributes = core["attributes"]
@@ -426,7 +444,7 @@ class Engine:
             "watermark": None if self.watermark == -math.inf else format_timestamp(self.watermark),
             "pending_labels": len(self.join.pending),
             "label_join_rate": _join_rate_of(self.counts),
-            "early_labels": len(self.join.early),
+            "early_labels": len(self.admission.early),
             "label_delay_seconds": self.join.delay_quantiles(),
             "entities": self.space.entity_count(self.entities),
             "categorical": self.categories.summary(),
@@ -437,6 +455,14 @@ class Engine:
             "model": model_summary(self.model),
             "drift": self.drift.summary(),
         }
+
+
+def _refused_payload(item: Item) -> dict:
+    """What a refused event or label is stored as, in its dead letter."""
+    if item.__class__ is EventItem:
+        return item.event.raw
+    label = item.label
+    return {"event_id": label.event_id, "ts": label.ts, "label": label.value}
 
 
 def _join_rate_of(counts: dict[str, int]) -> float | None:

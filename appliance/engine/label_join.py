@@ -2,23 +2,23 @@
 
 A prediction waits in `pending` (keyed by event id) with the feature vector it was made on, until
 its label arrives or its horizon passes in event time; then the default label is learned or the
-prediction is dropped, as the policy says. A label that arrives before its event waits in `early`.
-Both maps are bounded by the horizon, so memory is bounded by the event rate times the horizon.
+prediction is dropped, as the policy says. Which label meets which prediction, which predictions
+expire and the labels that arrive before their event are `admission.Admission`'s; memory is
+bounded by the event rate times the horizon.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from appliance.config.file import LabelPolicy
+from appliance.engine.admission import DEFAULT_HORIZON
 from appliance.learning.shadow import Shadow
 from appliance.storage.rows import decode_vector, json_vector
 from appliance.storage.snapshot import pack as pack_data
 from appliance.storage.snapshot import unpack as unpack_data
-
-DEFAULT_HORIZON = 7 * 86400.0
 
 
 class Scored(NamedTuple):
@@ -72,12 +72,11 @@ class Pending:
         self.packed = Pending.pack(scored, features).packed
 
 
-MAX_EARLY = 100_000  # early labels held at most (the oldest is dropped past it, counted)
-MAX_EARLY_BYTES = 8 << 20  # and at most this many bytes of their event ids
-
-
 class LabelJoin:
-    """Pending predictions and early labels, expired by event time.
+    """Pending predictions, each until its label arrives or its horizon passes.
+
+    Which prediction a label joins and which ones expire is decided first by `admission.Admission`
+    (from ids and event times); the engine then takes the prediction from here.
 
     The pending predictions are checkpointed as changes: `changes` returns what was added (or
     repacked) and what left since the last call, and the store applies them to its table of
@@ -90,9 +89,6 @@ class LabelJoin:
         self.default = policy.default
         # OrderedDict, not dict: popping from the front of a plain dict degrades to O(n) per peek.
         self.pending: OrderedDict[str, Pending] = OrderedDict()
-        self.next_early_sweep = -float("inf")
-        self.early: OrderedDict[str, tuple[float, Any]] = OrderedDict()  # in arrival order
-        self.early_bytes = 0  # length of the held event ids
         self.delays: list[float] = []  # bounded sample of label delays, for stats
         self.seq = 0  # arrival order of pending predictions, kept by the store's rows
         self._added: dict[str, int] = {}  # since the last checkpoint: event id -> seq
@@ -100,15 +96,11 @@ class LabelJoin:
 
     def to_data(self) -> dict[str, Any]:
         """Everything but the pending predictions (the store's rows carry them) as plain data."""
-        return {"horizon": self.horizon, "default": self.default, "next_early_sweep": self.next_early_sweep,
-                "early": [[event_id, seen_at, value] for event_id, (seen_at, value) in self.early.items()],
-                "delays": self.delays, "seq": self.seq}
+        return {"horizon": self.horizon, "default": self.default, "delays": self.delays, "seq": self.seq}
 
     def load_data(self, data: dict[str, Any]) -> None:
         """Take the state `to_data` described; `load` then takes the pending predictions."""
-        self.horizon, self.default, self.next_early_sweep = data["horizon"], data["default"], data["next_early_sweep"]
-        self.early = OrderedDict((event_id, (seen_at, value)) for event_id, seen_at, value in data["early"])
-        self.early_bytes = sum(map(len, self.early))
+        self.horizon, self.default = data["horizon"], data["default"]
         self.delays, self.seq = data["delays"], data["seq"]
         self.pending, self._added, self._removed = OrderedDict(), {}, set()
 
@@ -150,62 +142,11 @@ class LabelJoin:
         self._added.pop(event_id, None)
         self._removed.add(event_id)
 
-    def hold_early(self, event_id: str, seen_at: float, value: Any) -> int:
-        """Keep a label whose event has not arrived yet; return how many of the oldest were dropped.
-
-        Labels for ids that never come (a typo, another system's ids, a hostile client) would grow
-        memory until the horizon expires them: past `MAX_EARLY` labels or `MAX_EARLY_BYTES` of ids
-        the oldest go first (the least likely to meet their event; a label cannot be refused at the
-        socket, which cannot know whether its event is on the way).
-
-        >>> from appliance.config.file import LabelPolicy
-        >>> join = LabelJoin(LabelPolicy())
-        >>> sum(join.hold_early(f"e{i}", 0.0, True) for i in range(MAX_EARLY + 2)), next(iter(join.early))
-        (2, 'e2')
-        """
-        early = self.early
-        self.pop_early(event_id)  # a second label for the same id replaces the first, at the back
-        early[event_id] = (seen_at, value)
-        self.early_bytes += len(event_id)
-        dropped = 0
-        while len(early) > MAX_EARLY or self.early_bytes > MAX_EARLY_BYTES:
-            oldest, _ = early.popitem(last=False)
-            self.early_bytes -= len(oldest)
-            dropped += 1
-        return dropped
-
-    def pop_early(self, event_id: str) -> Any | None:
-        """Return the label held for an event that has just arrived, if any."""
-        held = self.early.pop(event_id, None)
-        if held is None:
-            return None
-        self.early_bytes -= len(event_id)
-        return held[1]
-
     def record_delay(self, delay: float) -> None:
         """Remember a label delay; keeps the most recent 4,096."""
         self.delays.append(delay)
         if len(self.delays) > 8192:
             del self.delays[:4096]
-
-    def expire(self, watermark: float) -> tuple[list[Pending], int]:
-        """Remove predictions and early labels older than the horizon at `watermark`.
-
-        Returns the expired predictions (in arrival order) and how many early labels were dropped.
-        """
-        limit = watermark - self.horizon
-        expired = list(_take_while_old(self.pending, limit))
-        for pending in expired:
-            self._forget(pending.event_id)
-        orphans = 0
-        if self.early and watermark >= self.next_early_sweep:
-            self.next_early_sweep = watermark + self.horizon / 64
-            old = [key for key, (seen_at, _) in self.early.items() if seen_at < limit]
-            for key in old:
-                del self.early[key]
-                self.early_bytes -= len(key)
-            orphans = len(old)
-        return expired, orphans
 
     def delay_quantiles(self) -> dict[str, float]:
         """Return p50/p90/p99 label delay in seconds over recent labels."""
@@ -215,13 +156,3 @@ class LabelJoin:
         pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
         return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
 
-
-def _take_while_old(pending: OrderedDict[str, Pending], limit: float) -> Iterator[Pending]:
-    # Pending keeps arrival order, which is event-time order up to the allowed lateness.
-    while pending:
-        event_id = next(iter(pending))
-        item = pending[event_id]
-        if item.ts >= limit:
-            return
-        pending.popitem(last=False)
-        yield item

@@ -21,24 +21,18 @@ which no other process can reach (nothing that came over the appliance's sockets
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import pickle
 import signal
-import threading
-import zlib
-from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from appliance.config.file import Config
-from appliance.errors import ApplianceError
-from appliance.features.entity_state import KeyLayout, aggregates_into, updated
+from appliance.features.entity_state import aggregates_into
+from appliance.features.partitions import PartitionFailed, WorkerPool, owner, read_then_fold
 from appliance.features.space import FeatureSpace
 
-
-class PartitionFailed(ApplianceError):
-    """A partition worker died or failed; the export stops."""
+__all__ = ["LoggedEvent", "PartitionFailed", "Partitions", "Requests", "Routed", "default_workers", "serve"]
 
 
 class Requests(NamedTuple):
@@ -58,16 +52,7 @@ def default_workers() -> int:
     return 0 if cores == 1 else min(8, cores)
 
 
-def owner(key: str, entity: Any, workers: int) -> int:
-    """The worker that owns `key`'s entity `entity` (not `hash`, which Python salts per process).
-
-    >>> owner("card_id", "c1", 4) == owner("card_id", "c1", 4), 0 <= owner("user_id", 7, 3) < 3
-    (True, True)
-    """
-    return zlib.crc32(f"{key}={entity}".encode()) % workers
-
-
-def serve(config: Config, connection: Connection) -> None:
+def serve(config: Config, connection: Connection, index: int) -> None:
     """A worker's loop: `Requests` in, for each one the aggregates of its read events out (a list,
     per event: one dict per owned key, or None for an event only folded); ends on None.
 
@@ -93,24 +78,6 @@ def serve(config: Config, connection: Connection) -> None:
     connection.close()
 
 
-def read_then_fold(layouts: dict[str, KeyLayout], store: dict[str, dict], keys: Iterable[str],
-                   values: dict[str, Any], ts: float, *, read: bool = True,
-                   fold: bool = True) -> list[dict[str, float]] | None:
-    """For each of `keys`' entities, its aggregates before the event (one dict per key; None when not
-    `read`), then the event folded into it (when `fold`)."""
-    pieces: list[dict[str, float]] | None = [] if read else None
-    for key in keys:
-        layout, entities, entity = layouts[key], store[key], values[key]
-        state = entities.get(entity)
-        if pieces is not None:
-            piece: dict[str, float] = {}
-            aggregates_into(piece, layout, state, ts)
-            pieces.append(piece)
-        if fold:
-            entities[entity] = updated(layout, state, values, ts)
-    return pieces
-
-
 class LoggedEvent(NamedTuple):
     """One decoded event of the log, as the export replays it."""
 
@@ -124,12 +91,6 @@ class LoggedEvent(NamedTuple):
     logged_rates: dict[str, float] | None  # the label rates and means it was scored with (exported only)
 
 
-def start_method() -> str:
-    """How the workers start: forked (at once) from a process with one thread, as the CLI's export
-    is; spawned from one with more (a fork copies whatever lock another thread holds)."""
-    return "fork" if threading.active_count() == 1 else "spawn"
-
-
 class Routed(NamedTuple):
     """Where a worker's request came from: the event's index in its batch and the keys it owns."""
 
@@ -137,29 +98,16 @@ class Routed(NamedTuple):
     keys: tuple[str, ...]
 
 
-class Partitions:
+class Partitions(WorkerPool):
     """`workers` processes, each the owner of its share of the entities of `space`'s keys; a context manager."""
 
     def __init__(self, config: Config, space: FeatureSpace, workers: int) -> None:
+        super().__init__(serve, (config,), workers, "export worker", "nothing was written past the rows before it")
         self.space = space
         self.keys = list(space.layouts)
-        self.workers = workers
-        context = multiprocessing.get_context(start_method())
-        self.connections: list[Connection] = []
-        self.processes: list[Any] = []
-        for _ in range(workers):
-            mine, theirs = context.Pipe()
-            process = context.Process(target=serve, args=(config, theirs), daemon=True)
-            process.start()
-            theirs.close()
-            self.connections.append(mine)
-            self.processes.append(process)
 
     def __enter__(self) -> Partitions:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def send(self, events: list[LoggedEvent], watermark: float) -> list[list[Routed]]:
         """Send one batch to every worker; return, per worker, where each of its requests came from
@@ -184,7 +132,7 @@ class Partitions:
                 batch.fold.append(event.fold)
                 where[worker].append(Routed(index, owned_keys))
         for worker, batch in enumerate(batches):
-            self._send(worker, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+            self.send_to(worker, batch)
         return where
 
     def receive(self, events: list[LoggedEvent], where: list[list[Routed]]) -> list[list[dict[str, float] | None]]:
@@ -194,7 +142,7 @@ class Partitions:
         width = len(self.keys)
         out: list[list[dict[str, float] | None]] = [[None] * width for _ in events]
         for worker in range(self.workers):
-            replies = pickle.loads(self._receive(worker))
+            replies = self.receive_from(worker)
             for routed, pieces in zip(where[worker], replies):
                 if pieces is not None:
                     row = out[routed.index]
@@ -208,35 +156,3 @@ class Partitions:
                         aggregates_into(blank, layout, None, event.ts)
                         row[i] = blank
         return out
-
-    def close(self) -> None:
-        for connection in self.connections:
-            try:
-                connection.send_bytes(pickle.dumps(None))
-            except OSError:
-                pass  # it is gone already
-            connection.close()
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-    def _send(self, worker: int, message: bytes) -> None:
-        try:
-            self.connections[worker].send_bytes(message)
-        except OSError:
-            raise self._failed(worker) from None
-
-    def _receive(self, worker: int) -> bytes:
-        try:
-            return self.connections[worker].recv_bytes()
-        except (EOFError, OSError):
-            raise self._failed(worker) from None
-
-    def _failed(self, worker: int) -> PartitionFailed:
-        process = self.processes[worker]
-        process.join(timeout=1)
-        return PartitionFailed(f"export worker {worker + 1} of {self.workers} (pid {process.pid}) ended "
-                               f"(exit code {process.exitcode}); nothing was written past the rows before it")
-

@@ -1,7 +1,8 @@
 """Wiring: config -> store -> engine (restored from its checkpoint) -> dataflow -> socket server.
 
 `Appliance` is what `appliance up` and `appliance replay` run. It owns the threads: the dataflow
-(one thread; Bytewax workers inside), the socket server (its own event loop), and the store writer.
+(one thread running one Bytewax worker; with `workers` N >= 2, N processes beside it keep the entity
+state, `engine.partitions`), the socket server (its own event loop), and the store writer.
 Stopping is ordered: the server stops accepting and answers what it already received, the inputs
 end (the inbox is drained first), the engine writes a final checkpoint, the writer commits.
 """
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 from appliance.config.file import Config
 from appliance.engine.core import Engine
 from appliance.engine.items import ItemRef
+from appliance.engine.partitions import EntityPartitions
 from appliance.errors import ConfigError, FlowFailed
+from appliance.features.entity_codec import encode_state
 from appliance.ingest.events import decode
 from appliance.ingest.inbox import InboxSpace
 from appliance.ingest.order_log import OrderLog
@@ -48,12 +51,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunOptions:
-    """How to run: which inputs, whether to serve, how many Bytewax workers."""
+    """How to run: which inputs, whether to serve, how many processes keep the entity state."""
 
     serve: bool = True
     read_source: bool = True
     fresh: bool = False
-    workers: int = 1
+    workers: int = 1  # N >= 2: entity state in N worker processes (`engine.partitions`); 1: in the engine
     tcp: tuple[str, int] | None = None
     token: str | None = None
     auth_timeout: float = 5.0  # seconds a TCP connection has to authenticate
@@ -296,20 +299,37 @@ class Appliance:
         self.order_log.give_up = self.stop_event  # a failing append is retried until the appliance stops
         self.failed_item: ItemRef | None = None
         self.abort = Abort()
+        self.partitions = partitions = self._entity_partitions()
         flow = build_flow(ApplianceSource(inputs, self.stop_event, self.abort), StoreSink(self.writer), self.engine,
                           fingerprint=fingerprint(self.config), checkpoint_seconds=self.config.checkpoint_seconds,
                           after_batch=self._after_batch, order_log=self.order_log,
-                          poisoned=self.supervisor.poisoned, on_failure=self._engine_failed)
+                          poisoned=self.supervisor.poisoned, on_failure=self._engine_failed, partitions=partitions)
 
         def run_flow() -> None:
             try:
-                cli_main(flow, workers_per_process=self.options.workers)
+                # One Bytewax worker: a second one (a thread) only contends for the lock (docs/benchmarks.md)
+                cli_main(flow, workers_per_process=1)
             except BaseException as exc:  # the supervisor decides, on the main thread
                 self.error = exc
+            finally:
+                if partitions is not None:
+                    partitions.close()
 
         self.error = None
         self._flow_thread = threading.Thread(target=run_flow, name="dataflow", daemon=True)
         self._flow_thread.start()
+
+    def _entity_partitions(self) -> EntityPartitions | None:
+        """With 2 workers or more, entity state is kept by as many worker processes (`engine.partitions`),
+        started for this flow and loaded with the engine's (restored) entity states."""
+        engine = self.engine
+        if self.options.workers < 2:
+            engine.partitioned = False
+            return None
+        partitions = EntityPartitions(self.config, engine.space, self.options.workers, engine.sweep_ticks)
+        partitions.load([(key, entity, encode_state(state)) for key, entity, state in engine.space.iter_states(engine.entities)])
+        engine.partitioned = True
+        return partitions
 
     def _engine_failed(self, item: ItemRef, _error: BaseException) -> None:
         self.failed_item = item  # on the flow's thread, before the flow ends

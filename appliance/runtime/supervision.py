@@ -1,8 +1,8 @@
 """When the dataflow fails: restart it from its checkpoint, within a budget; a poison item dead-lettered.
 
-The dataflow's Bytewax workers are threads of the primary process: an exception in any of them
-(a bug met on one item, a user's model raising in `learn_one`, memory running out) ends the whole
-flow. The engine's state may then be half-changed by the item it failed on, so the flow is never
+The dataflow runs on a thread of the primary process (with `--workers N`, beside N processes that
+keep the entity state, `engine.partitions`): an exception in it (a bug met on one item, a user's
+model raising in `learn_one`, memory running out, an entity worker that died) ends the whole flow. The engine's state may then be half-changed by the item it failed on, so the flow is never
 resumed where it stopped: `appliance.runtime.app` waits for the store writer to commit what the
 dead flow emitted, restores a fresh engine from the last committed checkpoint, and starts a new flow
 from the checkpoint's offsets, exactly as a start after `kill -9` does (the order log makes it redo

@@ -195,7 +195,7 @@ class OperatorOps:
                 "events": counts.get("events", 0), "late_events": counts.get("late_events", 0),
                 "duplicates": counts.get("duplicates", 0), "dead_letters": counts.get("dead_letters", 0),
                 "dead_letters_recent": snapshot.get("dead_letters_recent", []),
-                "allowed_lateness_seconds": self.engine.lateness}
+                "allowed_lateness_seconds": self.engine.admission.lateness}
 
     def curve(self, request: dict) -> dict:
         """The windowed primary metric over event time: the served version and every candidate,

@@ -141,7 +141,7 @@ def test_a_missing_source_and_a_bad_model_spec_are_one_line_errors(short_dir):
     assert out.returncode == 1 and "not a River module" in out.stderr and "Traceback" not in out.stderr
     # numbers out of range are usage errors (exit 2) before anything starts: before, `--workers 0`
     # replayed nothing and exited 0, `--speed -5` ran as fast as possible, a port over 65535 was a traceback
-    for command, message in ((["replay", "river:Phishing", "--workers", "0"], "'--workers': 0 is not in the range x>=1"),
+    for command, message in ((["replay", "river:Phishing", "--workers", "0"], "'--workers': 0 is not in the range 1<=x<=64"),
                              (["up", "--speed", "-5"], "'--speed': -5.0 is not in the range x>=0"),
                              (["up", "--status-every", "-1"], "'--status-every': -1.0 is not in the range x>=0"),
                              (["up", "--metrics-port", "70000"], "'--metrics-port': 70000 is not in the range 1<=x<=65535")):

@@ -41,8 +41,7 @@ def test_changes_carry_what_was_added_and_what_left_since_the_last_call():
     assert [(row[0], row[1], row[2]) for row in rows] == [("e0", 1, 10.0), ("e1", 2, 20.0), ("e2", 3, 30.0)]
     assert removed == []
     assert join.take("e1") is not None
-    expired, _ = join.expire(115.0)  # e0 is older than the horizon
-    assert [p.event_id for p in expired] == ["e0"]
+    assert join.take("e0") is not None  # as when its horizon passed (`Admission` decides which)
     join.add(Pending.pack(scored("e3", 40.0)))
     join.add(Pending.pack(scored("e4", 41.0)))
     join.take("e4")  # added and gone between two checkpoints: a delete, no row
@@ -54,16 +53,14 @@ def test_changes_carry_what_was_added_and_what_left_since_the_last_call():
     assert join.changes() == ([], [])
 
 
-def test_the_join_as_data_keeps_early_labels_and_leaves_pending_predictions_to_the_store():
+def test_the_join_as_data_leaves_pending_predictions_to_the_store():
     join = LabelJoin(LabelPolicy(horizon=100.0, default=0))
     join.add(Pending.pack(scored("e0", 10.0)))
-    join.hold_early("e9", 12.0, True)
     join.record_delay(3.5)
     copy = LabelJoin(LabelPolicy())
     copy.load_data(join.to_data())
-    assert not copy.pending and copy.seq == 1 and copy.changes() == ([], [])
-    assert copy.early == join.early and copy.early_bytes == join.early_bytes and copy.delays == [3.5]
-    assert (copy.horizon, copy.default) == (100.0, 0) and copy.pop_early("e9") is True
+    assert not copy.pending and copy.seq == 1 and copy.changes() == ([], []) and copy.delays == [3.5]
+    assert (copy.horizon, copy.default) == (100.0, 0)
 
 
 def test_restoring_from_a_store_fed_by_many_checkpoints_resumes_exactly(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config.file import config_from_dict
-from appliance.engine import label_join
+from appliance.engine import admission
 from appliance.errors import RequestError
 from appliance.serving.client import Client
 from tests.conftest import SMALL_CONFIG, Running, serving, wait_for, write_config
@@ -113,7 +113,7 @@ def test_the_entity_op_answers_any_id_with_a_lookup(appliance, entity):
 
 
 def test_early_labels_are_bounded_the_oldest_dropped_and_counted(appliance, monkeypatch):
-    monkeypatch.setattr(label_join, "MAX_EARLY", 50)
+    monkeypatch.setattr(admission, "MAX_EARLY", 50)
     with Client(appliance.config.socket, timeout=30) as client:
         labels = [{"type": "label", "event_id": f"nobody-{i}", "label": 1, "ts": T} for i in range(60)]
         assert client.request("ingest", events=labels)["accepted"] == 60

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 import sample_data
 from appliance.bench.ingest import sample_subset
 from appliance.cli.main import main
+from appliance.features import partitions as pool
 from appliance.features.space import FeatureSpace
 from appliance.offline import export, partitions
 from appliance.offline.export import training_set
@@ -68,7 +69,7 @@ def test_the_cli_writes_the_same_bytes_with_workers(store, tmp_path):
 def test_a_worker_that_dies_ends_the_export_with_an_error_and_stops_the_others(store, monkeypatch):
     serve = partitions.serve
 
-    def dies_on_its_second_batch(config, connection):
+    def dies_on_its_second_batch(config, connection, index):
         received = 0
         real_recv = connection.recv_bytes
 
@@ -80,10 +81,10 @@ def test_a_worker_that_dies_ends_the_export_with_an_error_and_stops_the_others(s
             return real_recv()
 
         connection.recv_bytes = recv_bytes
-        serve(config, connection)
+        serve(config, connection, index)
 
     monkeypatch.setattr(partitions, "serve", dies_on_its_second_batch)
-    monkeypatch.setattr(partitions, "start_method", lambda: "fork")  # the patched loop reaches the child
+    monkeypatch.setattr(pool, "start_method", lambda: "fork")  # the patched loop reaches the child
     monkeypatch.setattr(export, "BATCH", 500)
     with pytest.raises(PartitionFailed) as failed:
         rows(store, 2)
@@ -99,7 +100,7 @@ def test_workers_are_spawned_when_another_thread_runs(store):
     other = threading.Thread(target=stop.wait, daemon=True)
     other.start()
     try:
-        assert partitions.start_method() == "spawn"
+        assert pool.start_method() == "spawn"
         assert rows(store, 2) == reference
     finally:
         stop.set()
@@ -107,12 +108,12 @@ def test_workers_are_spawned_when_another_thread_runs(store):
 
 
 def test_workers_are_forked_from_a_process_with_one_thread():
-    script = "from appliance.offline.partitions import start_method; print(start_method())"
+    script = "from appliance.features.partitions import start_method; print(start_method())"
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout == b"fork\n"
 
 
 def test_an_entity_has_one_owner_in_every_process():
-    script = "from appliance.offline.partitions import owner; print([owner('card_id', f'c{i}', 4) for i in range(50)])"
+    script = "from appliance.features.partitions import owner; print([owner('card_id', f'c{i}', 4) for i in range(50)])"
     runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout for _ in range(2)}
     assert len(runs) == 1  # not `hash`, which Python salts per process
 

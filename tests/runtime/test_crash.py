@@ -324,6 +324,32 @@ def test_sigkill_at_random_points_then_run_to_the_end_equals_an_uninterrupted_ru
         assert got[table] == expected_tables[table], f"table {table} differs after crashes"
 
 
+def test_sigkill_with_entity_state_in_worker_processes_then_the_end_equals_an_uninterrupted_run(replay):
+    """`--workers 2`: entity state in two worker processes (`engine.partitions`), killed with the
+    appliance (they die with their parent) at seeded points; each start loads them from the
+    checkpoint. The end equals the one-process run without kills: rows, states, features, scores."""
+    base, source, total, expected, expected_tables = replay
+    directory = base / "crashed-workers"
+    directory.mkdir()
+    _config(directory, source)
+    rng = random.Random(SEED + 2)
+    for target in sorted(rng.randrange(1, total * 7 // 10) for _ in range(4)):
+        app = Running(directory, "--workers", "2")
+        with Client(app.primary_socket, timeout=30) as client:
+            wait_for(lambda target=target: offset_of(client, str(source)) >= target, timeout=120)
+        sigkill(app)
+    app = Running(directory, "--workers", "2")
+    with Client(app.primary_socket, timeout=30) as client:
+        replayed(client, str(source), total)
+        served = ingest_batch(client)
+    observed = observe(app, str(source), total)
+    observed["served"] = served
+    assert observed == expected
+    got = tables(directory / "a.db")
+    for table in expected_tables:
+        assert got[table] == expected_tables[table], f"table {table} differs after crashes with entity workers"
+
+
 def test_sigterm_answers_in_flight_requests_drains_the_inbox_checkpoints_and_a_restart_continues(replay):
     base, source, total, expected, expected_tables = replay
     directory = base / "stopped"

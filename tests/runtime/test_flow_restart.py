@@ -98,7 +98,7 @@ def test_a_flow_that_fails_once_is_restarted_and_ends_exactly_where_a_run_withou
                                                                                                  workers):
     """With checkpoints every 50 ms the new flow redoes what came after the last one; with none yet
     (every hour) it starts over from the start, over rows the dead flow committed: none may double.
-    With 2 Bytewax workers the failing one ends the other too, the flow restarts (it does not hang),
+    With 2 workers (entity state in two worker processes) the flow restarts too (it does not hang),
     and the tables are those of the 1-worker run without the fault."""
     base, source, expected = stream
     directory = base / f"once-{checkpoint}-{workers}"
@@ -191,3 +191,36 @@ def test_up_keeps_serving_through_a_restart_and_refuses_no_write_after_it(stream
     assert fired(directory) == 1
     got = tables(directory / "a.db")
     assert len(got["events"]) == len(expected["events"]) + 1
+
+
+def test_an_entity_worker_that_dies_restarts_the_flow_from_its_checkpoint(tmp_path):
+    """`--workers 2`: one of the processes keeping the entity state is killed between two batches.
+    The next batch finds it gone, the flow fails and restarts from its checkpoint with new workers
+    (it does not hang), and everything acknowledged is processed as by a run without the kill."""
+    import os
+    import signal
+
+    from appliance.config.file import config_from_dict
+    from tests.conftest import SMALL_CONFIG, feed, serving
+
+    events = make_stream(900, seed=5)
+    results = []
+    for workers, kill in ((1, False), (2, True)):
+        directory = tmp_path / f"w{workers}"
+        directory.mkdir()
+        config = config_from_dict(SMALL_CONFIG).with_overrides(db=str(directory / "a.db"),
+                                                               socket=str(directory / "a.sock"))
+        with serving(config, workers=workers) as appliance, Client(config.socket, timeout=30) as client:
+            feed(client, events[:400])
+            first = appliance.partitions
+            if kill:
+                os.kill(first.processes[0].pid, signal.SIGKILL)
+                first.processes[0].join(10)
+            stats = feed(client, events[400:])
+            if kill:
+                assert appliance.partitions is not first and appliance.supervisor.restarts == 1
+                failure = appliance.supervisor.failures[0]
+                assert "entity partition 1 of 2" in failure.error and failure.item is None
+            features = client.request("features", key="user", entity="u3")["entities"]["user"]
+        results.append((stats["counts"], stats["pending_labels"], stats["watermark"], features))
+    assert results[0] == results[1]
