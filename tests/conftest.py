@@ -152,6 +152,44 @@ def flip_stream(n: int, change: int, seed: int = 7, shift_amount: bool = False) 
     return out
 
 
+def mixed_stream() -> list[dict]:
+    """Delayed labels, labels before their events and after their horizon, duplicates, late events
+    and scored-only events, on a stream whose concept changes (drift starts a challenger, which is
+    backfilled with the predictions waiting at that moment)."""
+    stream = flip_stream(900, change=450, shift_amount=True)
+    for i, event in enumerate(stream):
+        if i % 3:
+            event.pop("label")  # labelled later below, or never (then the default, at the horizon)
+    out: list[dict] = []
+    for i, event in enumerate(stream):
+        for after in (40, 152):  # within the horizon (1h), and long after it (i % 3 == 2: no label before)
+            if i % 3 == after % 3 and i + after < len(stream):
+                stream[i + after].setdefault("_labels", []).append(
+                    {"type": "label", "event_id": event["event_id"], "label": int(event["amount"] > 100)})
+        if i % 50 == 7:  # its label first
+            out.append({"type": "label", "event_id": event["event_id"], "label": 1, "ts": event["ts"]})
+        for label in event.pop("_labels", []):
+            out.append({**label, "ts": event["ts"]})
+        out.append(event)
+        if i % 97 == 5:
+            out.append({**event, "amount": 1.0})  # a duplicate while its prediction waits
+        if i % 113 == 9:
+            out.append({**event, "event_id": f"late{i}", "ts": event["ts"] - 7200})  # behind the lateness
+        if i % 71 == 3:
+            out.append({**event, "event_id": f"old{i}", "ts": event["ts"] - 8000})
+    return out
+
+
+def settle_with(pool, engine, batch) -> None:
+    """One batch through an engine whose entity state is in `pool` (`engine.partitions`), as the
+    flow does it without the overlap: admit every item, the workers read and fold, then settle."""
+    verdicts = [engine.admit(item) for item in batch]
+    aggregates, changes = pool.collect(pool.dispatch(batch, verdicts))
+    engine.take_entity_changes(changes.states, changes.evicted)
+    for item, verdict, pieces in zip(batch, verdicts, aggregates):
+        engine.settle(item, verdict, pieces)
+
+
 def config_with(model: dict | None = None, lifecycle: dict | None = None):
     data = copy.deepcopy(SMALL_CONFIG)
     data["model"].update(model or {})

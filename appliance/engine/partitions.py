@@ -88,7 +88,8 @@ def serve(config: Config, parent_pid: int, connection: Connection, index: int) -
             break
         if message is None:
             break
-        if isinstance(message, EntityLoad):
+        if isinstance(message, EntityLoad):  # the whole share: whatever was kept before goes
+            store = space.new_store()
             for key, entity, blob in message.states:
                 store[key][entity] = decode_state(blob)
             ticks = dict(message.ticks)
@@ -131,22 +132,25 @@ class Dispatched(NamedTuple):
 
 
 class EntityPartitions(WorkerPool):
-    """`workers` processes owning the entities of `space`'s keys; `sweep_ticks` is the engine's
-    (checkpointed with it), moved here as the admitted watermarks cross eviction ticks. Start it from
-    a thread that lives as long as the workers should (the kernel kills them when it ends)."""
+    """`workers` processes owning the entities of `space`'s keys. Start it from a thread that lives as
+    long as the workers should (the kernel kills them when it ends)."""
 
-    def __init__(self, config: Config, space: FeatureSpace, workers: int, sweep_ticks: dict[str, int]) -> None:
+    def __init__(self, config: Config, space: FeatureSpace, workers: int) -> None:
         super().__init__(serve, (config, os.getpid()), workers, "entity partition",
                          "the dataflow fails and restarts from its checkpoint")
         self.space = space
         self.keys = list(space.layouts)
         self.order = {key: i for i, key in enumerate(self.keys)}
-        self.ticks = sweep_ticks
         self.every = {key: layout.sweep_every for key, layout in space.layouts.items()}
+        self.ticks: dict[str, int] = {}
         self.next_tick = self._next_tick()
 
-    def load(self, states: Sequence[tuple[str, str, bytes]]) -> None:
-        """Hand each worker its share of the engine's entity states (at start, and after a restart)."""
+    def load(self, states: Sequence[tuple[str, str, bytes]], sweep_ticks: dict[str, int]) -> None:
+        """Hand each worker its share of an engine's entity states (at start, and after a restart),
+        replacing what it kept. `sweep_ticks` is the engine's (checkpointed with it), moved here as the
+        admitted watermarks cross eviction ticks."""
+        self.ticks = sweep_ticks
+        self.next_tick = self._next_tick()
         shares: list[list[tuple[str, str, bytes]]] = [[] for _ in range(self.workers)]
         for state in states:
             shares[owner(state[0], state[1], self.workers)].append(state)

@@ -326,8 +326,9 @@ class Appliance:
         if self.options.workers < 2:
             engine.partitioned = False
             return None
-        partitions = EntityPartitions(self.config, engine.space, self.options.workers, engine.sweep_ticks)
-        partitions.load([(key, entity, encode_state(state)) for key, entity, state in engine.space.iter_states(engine.entities)])
+        partitions = EntityPartitions(self.config, engine.space, self.options.workers)
+        partitions.load([(key, entity, encode_state(state)) for key, entity, state in engine.space.iter_states(engine.entities)],
+                        engine.sweep_ticks)
         engine.partitioned = True
         return partitions
 

@@ -10,7 +10,7 @@ from appliance.engine.core import Engine
 from appliance.engine.items import EventItem
 from appliance.features.partitions import read_then_fold
 from appliance.ingest.events import Event, Label
-from tests.conftest import START, config_with, flip_stream, items
+from tests.conftest import START, config_with, items, mixed_stream
 
 
 def event(event_id: str, ts: float, label=None) -> Event:
@@ -57,34 +57,6 @@ def test_as_data_it_resumes_where_it_was():
     copy.load_data(admission.to_data(), admission.waiting.items())
     assert copy.to_data() == admission.to_data() and copy.waiting == admission.waiting
     assert copy.label(Label("a", START + 201, True)).late
-
-
-def mixed_stream() -> list[dict]:
-    """Delayed labels, labels before their events and after their horizon, duplicates, late events
-    and scored-only events, on a stream whose concept changes (drift starts a challenger, which is
-    backfilled with the predictions waiting at that moment)."""
-    stream = flip_stream(900, change=450, shift_amount=True)
-    for i, event in enumerate(stream):
-        if i % 3:
-            event.pop("label")  # labelled later below, or never (then the default, at the horizon)
-    out: list[dict] = []
-    for i, event in enumerate(stream):
-        for after in (40, 152):  # within the horizon (1h), and long after it (i % 3 == 2: no label before)
-            if i % 3 == after % 3 and i + after < len(stream):
-                stream[i + after].setdefault("_labels", []).append(
-                    {"type": "label", "event_id": event["event_id"], "label": int(event["amount"] > 100)})
-        if i % 50 == 7:  # its label first
-            out.append({"type": "label", "event_id": event["event_id"], "label": 1, "ts": event["ts"]})
-        for label in event.pop("_labels", []):
-            out.append({**label, "ts": event["ts"]})
-        out.append(event)
-        if i % 97 == 5:
-            out.append({**event, "amount": 1.0})  # a duplicate while its prediction waits
-        if i % 113 == 9:
-            out.append({**event, "event_id": f"late{i}", "ts": event["ts"] - 7200})  # behind the lateness
-        if i % 71 == 3:
-            out.append({**event, "event_id": f"old{i}", "ts": event["ts"] - 8000})
-    return out
 
 
 @pytest.mark.parametrize("batch", [1, 64, 500])

@@ -15,8 +15,7 @@ from appliance.features.entity_codec import encode_state
 from appliance.features.partitions import PartitionFailed
 from appliance.ingest.events import Event
 from appliance.storage.snapshot import unpack_checkpoint
-from tests.conftest import config_with, items
-from tests.engine.test_admission import mixed_stream
+from tests.conftest import config_with, items, mixed_stream, settle_with
 from tests.runtime.test_crash import canonical, loaded
 
 # a challenger with no random state of its own (a tree's is seeded per instance), so two engines agree whole
@@ -53,7 +52,7 @@ def states(engine: Engine) -> dict:
     return {(key, entity): encode_state(state) for key, entity, state in engine.space.iter_states(engine.entities)}
 
 
-@pytest.mark.parametrize(("workers", "batch"), [(1, 1), (2, 64), (3, 500)])
+@pytest.mark.parametrize(("workers", "batch"), [(1, 1), (2, 64), (3, 500), (4, 37)])
 def test_entity_workers_give_the_rows_states_and_checkpoints_of_the_engine_alone(workers, batch):
     stream = stream_items()
     straight = Engine(CONFIG)
@@ -62,17 +61,13 @@ def test_entity_workers_give_the_rows_states_and_checkpoints_of_the_engine_alone
     straight_rows: dict[str, list] = {}
     got_rows: dict[str, list] = {}
     checkpoints = []
-    with EntityPartitions(CONFIG, partitioned.space, workers, partitioned.sweep_ticks) as pool:
-        pool.load([])
+    with EntityPartitions(CONFIG, partitioned.space, workers) as pool:
+        pool.load([], partitioned.sweep_ticks)
         for first in range(0, len(stream), batch):
             chunk = stream[first:first + batch]
             for item in chunk:
                 straight.process(item)
-            verdicts = [partitioned.admit(item) for item in chunk]
-            aggregates, changes = pool.collect(pool.dispatch(chunk, verdicts))
-            partitioned.take_entity_changes(changes.states, changes.evicted)
-            for item, verdict, pieces in zip(chunk, verdicts, aggregates):
-                partitioned.settle(item, verdict, pieces)
+            settle_with(pool, partitioned, chunk)
             for engine, rows in ((straight, straight_rows), (partitioned, got_rows)):
                 for table, new in engine.take_rows().items():
                     rows.setdefault(table, []).extend(new)
@@ -107,16 +102,11 @@ def test_a_restored_engine_hands_its_workers_their_entities():
     pending = [(event_id, p.ts, p.packed) for event_id, p in first.join.pending.items()]  # the store's rows
     resumed.restore(saved["engine"], saved["entities"], pending)
     resumed.partitioned = True
-    with EntityPartitions(CONFIG, resumed.space, 2, resumed.sweep_ticks) as pool:
-        pool.load(list(saved["entities"]))
+    with EntityPartitions(CONFIG, resumed.space, 2) as pool:
+        pool.load(list(saved["entities"]), resumed.sweep_ticks)
         rest = stream[half:]
         for start in range(0, len(rest), 200):
-            chunk = rest[start:start + 200]
-            verdicts = [resumed.admit(item) for item in chunk]
-            aggregates, changes = pool.collect(pool.dispatch(chunk, verdicts))
-            resumed.take_entity_changes(changes.states, changes.evicted)
-            for item, verdict, pieces in zip(chunk, verdicts, aggregates):
-                resumed.settle(item, verdict, pieces)
+            settle_with(pool, resumed, rest[start:start + 200])
     assert resumed.counts == straight.counts
     assert states(resumed) == states(straight)
 
@@ -125,8 +115,8 @@ def test_a_worker_that_dies_fails_the_batch_naming_it():
     engine = Engine(CONFIG)
     engine.partitioned = True
     chunk = stream_items()[:100]
-    with EntityPartitions(CONFIG, engine.space, 2, engine.sweep_ticks) as pool:
-        pool.load([])
+    with EntityPartitions(CONFIG, engine.space, 2) as pool:
+        pool.load([], engine.sweep_ticks)
         verdicts = [engine.admit(item) for item in chunk]
         dispatched = pool.dispatch(chunk, verdicts)
         pool.collect(dispatched)

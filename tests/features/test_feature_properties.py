@@ -21,10 +21,12 @@ from appliance.config.file import config_from_dict
 from appliance.engine.core import Engine
 from appliance.engine.items import EventItem, LabelItem
 from appliance.errors import ConfigError
+from appliance.features.space import FeatureSpace
 from appliance.ingest.events import Event, parse_event
 from appliance.offline.export import training_set
 from appliance.storage.rows import decode_vector
 from appliance.storage.writer import StoreWriter
+from tests.conftest import settle_with
 
 WINDOWS = {"2m": 120.0, "10m": 600.0}
 CONFIG = {
@@ -182,11 +184,19 @@ def assert_close(got: dict, want: dict, where: str) -> None:
         assert math.isclose(got[name], value, rel_tol=1e-9, abs_tol=1e-6), f"{where}: {name} {got[name]} != {value}"
 
 
-def assert_served_equal_brute_force(config, stream):
-    """Every logged feature vector of a run over `stream` equals the brute force's, event by event."""
+def assert_served_equal_brute_force(config, stream, pool=None):
+    """Every logged feature vector of a run over `stream` equals the brute force's, event by event.
+    With `pool` (`engine.partitions`), entity state is in its worker processes, fed batches of 5 items."""
     engine = Engine(config)
-    for item in to_items(config, stream):
-        engine.process(item)
+    parsed = to_items(config, stream)
+    if pool is None:
+        for item in parsed:
+            engine.process(item)
+    else:
+        engine.partitioned = True
+        pool.load([], engine.sweep_ticks)
+        for first in range(0, len(parsed), 5):
+            settle_with(pool, engine, parsed[first:first + 5])
     logged = {row["event_id"]: decode_vector(row["features"]) for row in engine.take_rows()["predictions"]}
     expected = brute_force(config, stream)
     assert set(logged) == set(expected)
@@ -198,6 +208,23 @@ def assert_served_equal_brute_force(config, stream):
 @given(stream=streams())
 def test_served_features_equal_a_brute_force_recomputation(stream):
     assert_served_equal_brute_force(config_from_dict(CONFIG), stream)
+
+
+@pytest.fixture(scope="module", params=[2, 4])
+def entity_workers(request):
+    """Entity state in 2 or 4 worker processes, reloaded (emptied) for each stream."""
+    from appliance.engine.partitions import EntityPartitions
+
+    config = config_from_dict(CONFIG)
+    with EntityPartitions(config, FeatureSpace.for_config(config), request.param) as pool:
+        yield pool
+
+
+@settings(max_examples=60, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(stream=streams())
+def test_features_from_entity_workers_equal_a_brute_force_recomputation(stream, entity_workers):
+    assert_served_equal_brute_force(config_from_dict(CONFIG), stream, entity_workers)
 
 
 @settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
