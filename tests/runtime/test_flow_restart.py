@@ -93,12 +93,12 @@ def stream(tmp_path_factory):
     return base, source, tables(reference / "a.db")
 
 
-@pytest.mark.parametrize(("checkpoint", "workers"), [("0.05s", 1), ("1h", 1), ("0.05s", 2)])
+@pytest.mark.parametrize(("checkpoint", "workers"), [("0.05s", 1), ("1h", 1), ("0.05s", 2), ("0.05s", 4)])
 def test_a_flow_that_fails_once_is_restarted_and_ends_exactly_where_a_run_without_the_fault_does(stream, checkpoint,
                                                                                                  workers):
     """With checkpoints every 50 ms the new flow redoes what came after the last one; with none yet
     (every hour) it starts over from the start, over rows the dead flow committed: none may double.
-    With 2 workers (entity state in two worker processes) the flow restarts too (it does not hang),
+    With 2 or 4 workers (entity state in worker processes) the flow restarts too (it does not hang),
     and the tables are those of the 1-worker run without the fault."""
     base, source, expected = stream
     directory = base / f"once-{checkpoint}-{workers}"
