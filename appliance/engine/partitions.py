@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import signal
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -38,7 +37,7 @@ from appliance.engine.admission import EventAdmitted
 from appliance.engine.items import EventItem, Item
 from appliance.features.entity_codec import decode_state, encode_state
 from appliance.features.entity_state import aggregates_into
-from appliance.features.partitions import WorkerPool, owner, read_then_fold
+from appliance.features.partitions import Routed, WorkerPool, owner, read_then_fold, received
 from appliance.features.space import FeatureSpace
 from appliance.processes import die_with_parent
 
@@ -74,20 +73,13 @@ def serve(config: Config, parent_pid: int, connection: Connection, index: int) -
     """A worker's loop: an `EntityLoad`, then `EntityRequests` in and `EntityReplies` out; ends on None
     (or when the appliance is gone: it dies with its parent, even one killed with SIGKILL).
 
-    Ctrl-C reaches the whole process group: the appliance stops its workers, so a worker ignores it."""
+    Ctrl-C is ignored (`features.partitions.received`)."""
     die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     space = FeatureSpace.for_config(config)
     layouts = space.layouts
     store = space.new_store()
     ticks: dict[str, int] = {}
-    while True:
-        try:
-            message = pickle.loads(connection.recv_bytes())
-        except EOFError:  # the appliance closed its end without a word (it is going)
-            break
-        if message is None:
-            break
+    for message in received(connection):
         if isinstance(message, EntityLoad):  # the whole share: whatever was kept before goes
             store = space.new_store()
             for key, entity, blob in message.states:
@@ -127,7 +119,7 @@ class Dispatched(NamedTuple):
     keys; each read event's index and time (a key it has no entity of reads as a blank state)."""
 
     size: int
-    where: list[list[tuple[int, tuple[str, ...]]]]
+    where: list[list[Routed]]
     reads: list[tuple[int, float]]
 
 
@@ -161,7 +153,7 @@ class EntityPartitions(WorkerPool):
         """Send every worker its requests for an admitted batch."""
         workers, keys = self.workers, self.keys
         requests = [EntityRequests([], [], [], [], [], [], []) for _ in range(workers)]
-        where: list[list[tuple[int, tuple[str, ...]]]] = [[] for _ in range(workers)]
+        where: list[list[Routed]] = [[] for _ in range(workers)]
         sweeps: list[tuple[int, float]] = []
         reads: list[tuple[int, float]] = []
         for index, (item, verdict) in enumerate(zip(batch, verdicts)):
@@ -184,7 +176,7 @@ class EntityPartitions(WorkerPool):
                 request.ts.append(item.event.ts)
                 request.read.append(read)
                 request.fold.append(fold)
-                where[worker].append((index, owned_keys))
+                where[worker].append(Routed(index, owned_keys))
             if read and owned:
                 reads.append((index, item.event.ts))
             if verdict.advanced and verdict.watermark >= self.next_tick:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import signal
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from appliance.errors import ApplianceError
 from appliance.features.entity_state import KeyLayout, aggregates_into, updated
@@ -55,6 +56,29 @@ def read_then_fold(layouts: dict[str, KeyLayout], store: dict[str, dict], keys: 
         if fold:
             entities[entity] = updated(layout, state, values, ts)
     return pieces
+
+
+class Routed(NamedTuple):
+    """Where a worker's request came from: the event's index in its batch and the keys it owns."""
+
+    index: int
+    keys: tuple[str, ...]
+
+
+def received(connection: Connection) -> Iterator[Any]:
+    """A worker's messages, unpickled, until None (or until its parent closed the pipe).
+
+    Ctrl-C reaches the whole process group: the parent stops its workers, so a worker ignores it
+    rather than print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            message = pickle.loads(connection.recv_bytes())
+        except EOFError:  # the parent closed its end without a word (it is going)
+            return
+        if message is None:
+            return
+        yield message
 
 
 def start_method() -> str:

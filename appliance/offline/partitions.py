@@ -23,13 +23,12 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import signal
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from appliance.config.file import Config
 from appliance.features.entity_state import aggregates_into
-from appliance.features.partitions import PartitionFailed, WorkerPool, owner, read_then_fold
+from appliance.features.partitions import PartitionFailed, Routed, WorkerPool, owner, read_then_fold, received
 from appliance.features.space import FeatureSpace
 
 __all__ = ["LoggedEvent", "PartitionFailed", "Partitions", "Requests", "Routed", "default_workers", "serve"]
@@ -56,18 +55,13 @@ def serve(config: Config, connection: Connection, index: int) -> None:
     """A worker's loop: `Requests` in, for each one the aggregates of its read events out (a list,
     per event: one dict per owned key, or None for an event only folded); ends on None.
 
-    Ctrl-C reaches the whole process group: the export's process stops its workers, so a worker
-    ignores it rather than print a traceback of its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Ctrl-C is ignored (`features.partitions.received`)."""
     space = FeatureSpace.for_config(config)
     layouts = space.layouts
     store = space.new_store()
     ticks: dict[str, int] = {}
-    while True:
-        message = connection.recv_bytes()
-        requests: Requests | None = pickle.loads(message)
-        if requests is None:
-            break
+    requests: Requests
+    for requests in received(connection):
         replies: list[list[dict[str, float]] | None] = []
         for keys, values, ts, read, fold in zip(requests.keys, requests.values, requests.ts, requests.read,
                                                requests.fold):
@@ -89,13 +83,6 @@ class LoggedEvent(NamedTuple):
     fold: bool  # it was ingested: it changes its entities' state
     label: Any  # the learned label (None when not exported)
     logged_rates: dict[str, float] | None  # the label rates and means it was scored with (exported only)
-
-
-class Routed(NamedTuple):
-    """Where a worker's request came from: the event's index in its batch and the keys it owns."""
-
-    index: int
-    keys: tuple[str, ...]
 
 
 class Partitions(WorkerPool):
